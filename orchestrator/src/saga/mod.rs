@@ -1,0 +1,19 @@
+//! The pure saga engine: no IO, no clock, no randomness of its own.
+//!
+//! - [`definition`]: saga definitions as data (JSON): steps, call specs, body templates
+//!   (`{"$from": "/input/..."}` JSON Pointers), per-step policy, input schema, business key,
+//!   content-hash versions.
+//! - [`state`]: the persisted state of one saga (serialised as JSON into the store).
+//! - [`engine`]: the transition function `transition(def, state, input, now, rand) -> Transition`.
+//!
+//! The driver (`crate::driver`) persists every [`engine::Transition`] **before** it performs the
+//! [`engine::Command`] the transition allows, and feeds the call's outcome back as
+//! [`engine::Input::Result`].
+
+pub mod definition;
+pub mod engine;
+pub mod state;
+
+pub use definition::{CallSpec, Definition, DefinitionError, FieldError, Policy, StepDef};
+pub use engine::{CallOutcome, Command, EventKind, EventRecord, Input, Request, Transition, transition};
+pub use state::{Phase, SagaState, SagaStatus, StepState, StepStatus};

@@ -1,0 +1,93 @@
+//! Persisted state of one saga. The whole struct is stored as JSON; the store also copies
+//! `status` and `next_attempt_at` into indexed columns.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    /// A compensation exhausted its budget; parked until `POST /sagas/{id}/retry`.
+    Failed,
+}
+
+impl SagaStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SagaStatus::Completed | SagaStatus::Compensated)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Action,
+    Compensation,
+}
+
+impl Phase {
+    /// The word used in idempotency keys: `{saga_id}:{step}:{action|compensation}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Action => "action",
+            Phase::Compensation => "compensation",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Action not sent yet.
+    Pending,
+    /// Action sent (at least once), outcome not final yet.
+    Running,
+    Succeeded,
+    /// Action failed for good (409, budget exhausted, deadline passed). It was sent, so it is
+    /// compensated too.
+    Failed,
+    Compensating,
+    Compensated,
+    /// Never sent, so never compensated (later steps of a saga that failed earlier).
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub name: String,
+    pub status: StepStatus,
+    /// Sends of the action so far (resends after 425 included).
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    /// JSON body of the action's 2xx answer.
+    pub output: Option<Value>,
+    pub last_error: Option<String>,
+    /// First send of the current phase (for the 425 deadline).
+    pub first_sent_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaState {
+    pub status: SagaStatus,
+    pub steps: Vec<StepState>,
+    /// The call decided and persisted but whose outcome is not recorded yet:
+    /// `(step index, phase, attempt number)`. On recovery the driver re-sends it.
+    pub in_flight: Option<(usize, Phase, u32)>,
+    /// When the next call is due (`None`: now, or terminal).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why the saga is compensating / failed.
+    pub reason: Option<String>,
+}

@@ -1,0 +1,1 @@
+//! Atomic commit protocol cores (placeholder).
