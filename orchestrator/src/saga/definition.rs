@@ -4,12 +4,19 @@
 //! A definition is immutable once loaded: its version is the SHA-256 of its canonical JSON
 //! (object keys sorted), so the same text always yields the same version and any change yields a
 //! new one.
+//!
+//! [`Definition::parse`] walks the document by hand rather than through `serde` alone, so that
+//! every problem is reported with a JSON Pointer into the document (`/steps/1/action/method`,
+//! `/policy/backoff/jitter` …) and all problems are reported at once.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 /// A parsed, validated saga definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Definition {
     pub name: String,
     #[serde(default)]
@@ -27,6 +34,7 @@ pub struct Definition {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StepDef {
     /// Unique within the definition; `[a-z0-9_]+` (it appears in idempotency keys).
     pub name: String,
@@ -40,6 +48,7 @@ pub struct StepDef {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CallSpec {
     /// Service name, resolved to a base URL by the orchestrator's configuration.
     pub service: String,
@@ -55,7 +64,7 @@ pub struct CallSpec {
 
 /// Retry / timeout policy. All durations in milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Per-call timeout; a timeout counts as a transient failure.
     pub timeout_ms: u64,
@@ -73,7 +82,7 @@ pub struct Policy {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Backoff {
     pub initial_ms: u64,
     pub multiplier: f64,
@@ -84,7 +93,12 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { initial_ms: 100, multiplier: 2.0, max_ms: 5_000, jitter: 0.2 }
+        Backoff {
+            initial_ms: 100,
+            multiplier: 2.0,
+            max_ms: 5_000,
+            jitter: 0.2,
+        }
     }
 }
 
@@ -116,38 +130,664 @@ pub enum DefinitionError {
     Invalid(Vec<FieldError>),
 }
 
+/// Upper bound of every duration in a policy (30 days): keeps time arithmetic far from overflow.
+pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Upper bound of `max_attempts` / `compensation_max_attempts`.
+pub const MAX_ATTEMPTS: u32 = 1_000_000;
+/// Longest step name (it goes into idempotency keys, which services accept up to 255 chars).
+pub const MAX_STEP_NAME: usize = 64;
+/// Longest definition name.
+pub const MAX_DEFINITION_NAME: usize = 128;
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Escape one reference token of a JSON Pointer (RFC 6901: `~` → `~0`, `/` → `~1`).
+pub fn escape_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// Append a token to a pointer.
+fn join(pointer: &str, token: &str) -> String {
+    format!("{pointer}/{}", escape_token(token))
+}
+
+/// Split a JSON Pointer into unescaped tokens; `None` if it is not a valid pointer (must be empty
+/// or start with `/`; `~` only as `~0` / `~1`).
+pub fn pointer_tokens(pointer: &str) -> Option<Vec<String>> {
+    if pointer.is_empty() {
+        return Some(Vec::new());
+    }
+    let rest = pointer.strip_prefix('/')?;
+    rest.split('/')
+        .map(|raw| {
+            let mut out = String::with_capacity(raw.len());
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                if c == '~' {
+                    match chars.next() {
+                        Some('0') => out.push('~'),
+                        Some('1') => out.push('/'),
+                        _ => return None,
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            Some(out)
+        })
+        .collect()
+}
+
+fn is_step_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_STEP_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn is_definition_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_DEFINITION_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Collects problems while walking the document.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, pointer: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            pointer: pointer.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `value` must be an object whose keys are all in `allowed`.
+    fn object<'v>(
+        &mut self,
+        value: &'v Value,
+        pointer: &str,
+        allowed: &[&str],
+    ) -> Option<&'v Map<String, Value>> {
+        let Some(map) = value.as_object() else {
+            self.push(
+                pointer,
+                format!("must be an object, found {}", kind_of(value)),
+            );
+            return None;
+        };
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                self.push(
+                    join(pointer, key),
+                    format!(
+                        "unknown field `{key}`; expected one of: {}",
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+        Some(map)
+    }
+
+    /// Deserialize `map[key]` if present (`Ok(None)` if absent; `None` also on error, recorded).
+    fn field<T: DeserializeOwned>(
+        &mut self,
+        map: &Map<String, Value>,
+        pointer: &str,
+        key: &str,
+    ) -> Option<T> {
+        let value = map.get(key)?;
+        match T::deserialize(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(join(pointer, key), format!("invalid value: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Like [`Errors::field`] but the field must be present.
+    fn required<T: DeserializeOwned>(
+        &mut self,
+        map: &Map<String, Value>,
+        pointer: &str,
+        key: &str,
+    ) -> Option<T> {
+        if !map.contains_key(key) {
+            self.push(
+                join(pointer, key),
+                format!("missing required field `{key}`"),
+            );
+            return None;
+        }
+        self.field(map, pointer, key)
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+const POLICY_FIELDS: [&str; 7] = [
+    "timeout_ms",
+    "max_attempts",
+    "backoff",
+    "poll_interval_ms",
+    "deadline_ms",
+    "compensation_max_attempts",
+    "max_retry_after_ms",
+];
+const BACKOFF_FIELDS: [&str; 4] = ["initial_ms", "multiplier", "max_ms", "jitter"];
+
+/// Apply the fields present in `value` (a possibly partial policy object) over `base`, checking
+/// types and ranges. Range checks are made on the merged result, reported at the field's pointer
+/// in this document when the field is set here.
+fn merge_policy(base: &Policy, value: &Value, pointer: &str, errs: &mut Errors) -> Policy {
+    let mut p = base.clone();
+    let Some(map) = errs.object(value, pointer, &POLICY_FIELDS) else {
+        return p;
+    };
+    macro_rules! set {
+        ($field:ident) => {
+            if let Some(v) = errs.field(map, pointer, stringify!($field)) {
+                p.$field = v;
+            }
+        };
+    }
+    set!(timeout_ms);
+    set!(max_attempts);
+    set!(poll_interval_ms);
+    set!(deadline_ms);
+    set!(compensation_max_attempts);
+    set!(max_retry_after_ms);
+    let backoff_ptr = join(pointer, "backoff");
+    if let Some(b) = map.get("backoff")
+        && let Some(bmap) = errs.object(b, &backoff_ptr, &BACKOFF_FIELDS)
+    {
+        macro_rules! set_b {
+            ($field:ident) => {
+                if let Some(v) = errs.field(bmap, &backoff_ptr, stringify!($field)) {
+                    p.backoff.$field = v;
+                }
+            };
+        }
+        set_b!(initial_ms);
+        set_b!(multiplier);
+        set_b!(max_ms);
+        set_b!(jitter);
+    }
+
+    // Range checks. Report at the field if this document sets it, else at the policy object.
+    let at = |key: &str| -> String {
+        if map.contains_key(key) {
+            join(pointer, key)
+        } else {
+            pointer.to_string()
+        }
+    };
+    let at_b = |key: &str| -> String {
+        let set_here = map
+            .get("backoff")
+            .and_then(Value::as_object)
+            .is_some_and(|b| b.contains_key(key));
+        if set_here {
+            join(&backoff_ptr, key)
+        } else {
+            pointer.to_string()
+        }
+    };
+    let duration = |errs: &mut Errors, ptr: String, name: &str, v: u64| {
+        if v == 0 || v > MAX_DURATION_MS {
+            errs.push(
+                ptr,
+                format!("{name} must be between 1 and {MAX_DURATION_MS} ms, got {v}"),
+            );
+        }
+    };
+    duration(errs, at("timeout_ms"), "timeout_ms", p.timeout_ms);
+    duration(
+        errs,
+        at("poll_interval_ms"),
+        "poll_interval_ms",
+        p.poll_interval_ms,
+    );
+    duration(errs, at("deadline_ms"), "deadline_ms", p.deadline_ms);
+    duration(
+        errs,
+        at("max_retry_after_ms"),
+        "max_retry_after_ms",
+        p.max_retry_after_ms,
+    );
+    duration(
+        errs,
+        at_b("initial_ms"),
+        "backoff.initial_ms",
+        p.backoff.initial_ms,
+    );
+    duration(errs, at_b("max_ms"), "backoff.max_ms", p.backoff.max_ms);
+    for (key, v) in [
+        ("max_attempts", p.max_attempts),
+        ("compensation_max_attempts", p.compensation_max_attempts),
+    ] {
+        if v == 0 || v > MAX_ATTEMPTS {
+            errs.push(
+                at(key),
+                format!("{key} must be between 1 and {MAX_ATTEMPTS}, got {v}"),
+            );
+        }
+    }
+    if p.backoff.max_ms < p.backoff.initial_ms {
+        errs.push(
+            at_b("max_ms"),
+            format!(
+                "backoff.max_ms ({}) must be at least backoff.initial_ms ({})",
+                p.backoff.max_ms, p.backoff.initial_ms
+            ),
+        );
+    }
+    let m = p.backoff.multiplier;
+    if !(m.is_finite() && (1.0..=100.0).contains(&m)) {
+        errs.push(
+            at_b("multiplier"),
+            format!("backoff.multiplier must be between 1 and 100, got {m}"),
+        );
+    }
+    let j = p.backoff.jitter;
+    if !(j.is_finite() && (0.0..=1.0).contains(&j)) {
+        errs.push(
+            at_b("jitter"),
+            format!("backoff.jitter must be between 0 and 1, got {j}"),
+        );
+    }
+    p
+}
+
+/// Check every `{"$from": ...}` in a body template; `visible`: the steps whose output it may read.
+fn check_template(template: &Value, pointer: &str, visible: &[String], errs: &mut Errors) {
+    match template {
+        Value::Object(map) if map.contains_key("$from") => {
+            let from_ptr = join(pointer, "$from");
+            if map.len() != 1 {
+                errs.push(pointer, "an object with `$from` must have no other field");
+            }
+            let Some(p) = map["$from"].as_str() else {
+                errs.push(from_ptr, "`$from` must be a string (a JSON Pointer)");
+                return;
+            };
+            if let Err(msg) = check_from(p, visible) {
+                errs.push(from_ptr, msg);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                check_template(v, &join(pointer, k), visible, errs);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_template(v, &join(pointer, &i.to_string()), visible, errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_from(pointer: &str, visible: &[String]) -> Result<(), String> {
+    let Some(tokens) = pointer_tokens(pointer) else {
+        return Err(format!("`{pointer}` is not a valid JSON Pointer"));
+    };
+    match tokens.first().map(String::as_str) {
+        Some("input") => Ok(()),
+        Some("saga") => match tokens.get(1).map(String::as_str) {
+            None | Some("id") if tokens.len() <= 2 => Ok(()),
+            _ => Err(format!("`{pointer}`: the saga context only has `/saga/id`")),
+        },
+        Some("steps") => match tokens.get(1) {
+            None => Err(format!(
+                "`{pointer}` must name a step: /steps/<step name>/..."
+            )),
+            Some(name) if visible.contains(name) => Ok(()),
+            Some(name) => Err(format!(
+                "`{pointer}` reads step `{name}`, which is not an earlier step of this definition"
+            )),
+        },
+        _ => Err(format!(
+            "`{pointer}` must begin with /input, /steps/<earlier step> or /saga"
+        )),
+    }
+}
+
+fn parse_call(
+    value: &Value,
+    pointer: &str,
+    visible: &[String],
+    errs: &mut Errors,
+) -> Option<CallSpec> {
+    let map = errs.object(value, pointer, &["service", "method", "path", "body"])?;
+    let service: Option<String> = errs.required(map, pointer, "service");
+    let method: Option<String> = errs.required(map, pointer, "method");
+    let path: Option<String> = errs.required(map, pointer, "path");
+    let body = map.get("body").cloned().unwrap_or(Value::Null);
+    if let Some(s) = &service
+        && s.trim().is_empty()
+    {
+        errs.push(join(pointer, "service"), "service must not be empty");
+    }
+    if let Some(m) = &method
+        && !METHODS.contains(&m.as_str())
+    {
+        errs.push(
+            join(pointer, "method"),
+            format!("method must be one of {}, got `{m}`", METHODS.join(", ")),
+        );
+    }
+    if let Some(p) = &path
+        && (!p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        errs.push(
+            join(pointer, "path"),
+            format!("path must begin with `/` and contain no whitespace, got `{p}`"),
+        );
+    }
+    check_template(&body, &join(pointer, "body"), visible, errs);
+    Some(CallSpec {
+        service: service?,
+        method: method?,
+        path: path?,
+        body,
+    })
+}
+
+/// Write `value` as canonical JSON: object keys sorted (by their UTF-8 bytes), no whitespace.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Canonical JSON text of a value (sorted keys, no whitespace).
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
 impl Definition {
     /// Parse and validate a definition document (unknown fields rejected, step names unique and
     /// well-formed, methods/paths sane, the input schema compiles, policy values in range), and
     /// resolve each step's effective policy.
-    pub fn parse(_doc: &Value) -> Result<Definition, DefinitionError> {
-        todo!()
+    pub fn parse(doc: &Value) -> Result<Definition, DefinitionError> {
+        let mut errs = Errors::default();
+        let Some(map) = errs.object(
+            doc,
+            "",
+            &[
+                "name",
+                "description",
+                "business_key",
+                "input_schema",
+                "policy",
+                "steps",
+            ],
+        ) else {
+            return Err(DefinitionError::Invalid(errs.0));
+        };
+
+        let name: Option<String> = errs.required(map, "", "name");
+        if let Some(n) = &name
+            && !is_definition_name(n)
+        {
+            errs.push(
+                "/name",
+                format!("name must be 1 to {MAX_DEFINITION_NAME} characters of [A-Za-z0-9_.-], got `{n}`"),
+            );
+        }
+        let description: String = errs.field(map, "", "description").unwrap_or_default();
+
+        let business_key: Option<String> = errs
+            .field::<Option<String>>(map, "", "business_key")
+            .flatten();
+        if let Some(bk) = &business_key
+            && (bk.is_empty() || pointer_tokens(bk).is_none())
+        {
+            errs.push("/business_key", format!("business_key must be a JSON Pointer into the input such as `/order_id`, got `{bk}`"));
+        }
+
+        let input_schema = match map.get("input_schema") {
+            None | Some(Value::Null) => None,
+            Some(schema) => {
+                if let Err(e) = jsonschema::validator_for(schema) {
+                    let at = e.instance_path().as_str();
+                    errs.push(
+                        format!("/input_schema{at}"),
+                        format!("input_schema does not compile: {e}"),
+                    );
+                }
+                Some(schema.clone())
+            }
+        };
+
+        let policy = match map.get("policy") {
+            Some(v) => merge_policy(&Policy::default(), v, "/policy", &mut errs),
+            None => Policy::default(),
+        };
+
+        let mut steps = Vec::new();
+        match map.get("steps") {
+            None => errs.push("/steps", "missing required field `steps`"),
+            Some(Value::Array(items)) if items.is_empty() => {
+                errs.push("/steps", "a saga needs at least one step")
+            }
+            Some(Value::Array(items)) => {
+                let mut names: Vec<String> = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let ptr = format!("/steps/{i}");
+                    let Some(smap) =
+                        errs.object(item, &ptr, &["name", "action", "compensation", "policy"])
+                    else {
+                        continue;
+                    };
+                    let sname: Option<String> = errs.required(smap, &ptr, "name");
+                    if let Some(n) = &sname {
+                        if !is_step_name(n) {
+                            errs.push(
+                                format!("{ptr}/name"),
+                                format!("step name must be 1 to {MAX_STEP_NAME} characters of [a-z0-9_], got `{n}`"),
+                            );
+                        } else if names.contains(n) {
+                            errs.push(format!("{ptr}/name"), format!("duplicate step name `{n}`"));
+                        }
+                    }
+                    let action = match smap.get("action") {
+                        Some(v) => parse_call(v, &format!("{ptr}/action"), &names, &mut errs),
+                        None => {
+                            errs.push(format!("{ptr}/action"), "missing required field `action`");
+                            None
+                        }
+                    };
+                    // A compensation may also read its own step's output.
+                    let mut with_self = names.clone();
+                    with_self.extend(sname.clone());
+                    let compensation = match smap.get("compensation") {
+                        None | Some(Value::Null) => None,
+                        Some(v) => {
+                            parse_call(v, &format!("{ptr}/compensation"), &with_self, &mut errs)
+                        }
+                    };
+                    let step_policy = match smap.get("policy") {
+                        None | Some(Value::Null) => policy.clone(),
+                        Some(v) => merge_policy(&policy, v, &format!("{ptr}/policy"), &mut errs),
+                    };
+                    if let Some(n) = &sname {
+                        names.push(n.clone());
+                    }
+                    if let (Some(name), Some(action)) = (sname, action) {
+                        steps.push(StepDef {
+                            name,
+                            action,
+                            compensation,
+                            policy: Some(step_policy),
+                        });
+                    }
+                }
+            }
+            Some(other) => errs.push(
+                "/steps",
+                format!("must be an array, found {}", kind_of(other)),
+            ),
+        }
+
+        if !errs.0.is_empty() {
+            return Err(DefinitionError::Invalid(errs.0));
+        }
+        Ok(Definition {
+            name: name.expect("checked above"),
+            description,
+            business_key,
+            input_schema,
+            policy,
+            steps,
+        })
     }
 
     /// Content hash of the canonical JSON of the *document* this definition was parsed from
     /// (hex SHA-256, 64 chars).
-    pub fn version_of(_doc: &Value) -> String {
-        todo!()
+    pub fn version_of(doc: &Value) -> String {
+        hex::encode(Sha256::digest(canonical_json(doc).as_bytes()))
     }
 
     /// Validate a saga input against the input schema. Errors name fields by JSON Pointer.
-    pub fn validate_input(&self, _input: &Value) -> Result<(), Vec<FieldError>> {
-        todo!()
+    ///
+    /// The input must be a JSON object in any case; without a schema any object is accepted.
+    pub fn validate_input(&self, input: &Value) -> Result<(), Vec<FieldError>> {
+        if !input.is_object() {
+            return Err(vec![FieldError {
+                pointer: String::new(),
+                message: format!(
+                    "the saga input must be a JSON object, found {}",
+                    kind_of(input)
+                ),
+            }]);
+        }
+        let Some(schema) = &self.input_schema else {
+            return Ok(());
+        };
+        let validator = match jsonschema::validator_for(schema) {
+            Ok(v) => v,
+            Err(e) => {
+                // `parse` compiled it already; only a hand-built Definition can get here.
+                return Err(vec![FieldError {
+                    pointer: String::new(),
+                    message: format!("the definition's input schema does not compile: {e}"),
+                }]);
+            }
+        };
+        let mut out: Vec<FieldError> = Vec::new();
+        for error in validator.iter_errors(input) {
+            let at = error.instance_path().as_str().to_string();
+            match error.kind() {
+                jsonschema::error::ValidationErrorKind::Required { property } => {
+                    let prop = property
+                        .as_str()
+                        .map_or_else(|| property.to_string(), str::to_string);
+                    out.push(FieldError {
+                        pointer: join(&at, &prop),
+                        message: format!("`{prop}` is required"),
+                    });
+                }
+                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    for prop in unexpected {
+                        out.push(FieldError {
+                            pointer: join(&at, prop),
+                            message: format!("unknown field `{prop}`"),
+                        });
+                    }
+                }
+                _ => out.push(FieldError {
+                    pointer: at,
+                    message: error.to_string(),
+                }),
+            }
+        }
+        if out.is_empty() { Ok(()) } else { Err(out) }
     }
 
     /// The business key selected from the input, if the definition names one (strings as is,
-    /// other scalars by their JSON text).
-    pub fn business_key(&self, _input: &Value) -> Option<String> {
-        todo!()
+    /// other scalars by their JSON text; `null`, arrays and objects yield `None`).
+    pub fn business_key(&self, input: &Value) -> Option<String> {
+        match input.pointer(self.business_key.as_deref()?)? {
+            Value::String(s) => Some(s.clone()),
+            v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string()),
+            Value::Null | Value::Array(_) | Value::Object(_) => None,
+        }
     }
 
-    /// The step's effective policy.
-    pub fn policy(&self, _step: usize) -> &Policy {
-        todo!()
+    /// The step's effective policy (the definition's policy if the step has none resolved).
+    pub fn policy(&self, step: usize) -> &Policy {
+        self.steps[step].policy.as_ref().unwrap_or(&self.policy)
+    }
+
+    /// Index of the step named `name`.
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
     }
 }
 
 /// Render a body template against a context. Missing pointers are an error naming the pointer.
-pub fn render(_template: &Value, _ctx: &Value) -> Result<Value, String> {
-    todo!()
+pub fn render(template: &Value, ctx: &Value) -> Result<Value, String> {
+    match template {
+        Value::Object(map) if map.len() == 1 && map.get("$from").is_some_and(Value::is_string) => {
+            let pointer = map["$from"].as_str().unwrap_or_default();
+            ctx.pointer(pointer)
+                .cloned()
+                .ok_or_else(|| format!("template pointer `{pointer}` selects nothing"))
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), render(v, ctx)?)))
+            .collect::<Result<Map<_, _>, String>>()
+            .map(Value::Object),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| render(v, ctx))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        other => Ok(other.clone()),
+    }
 }

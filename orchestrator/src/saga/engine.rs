@@ -20,7 +20,10 @@ pub enum CallOutcome {
     /// 425: in progress; resend with the same key at the poll interval until the deadline.
     InProgress,
     /// 429 / 503, with the parsed `Retry-After` if any.
-    Throttled { status: u16, retry_after: Option<Duration> },
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     /// Any other status.
     Error { status: u16, body: Value },
     /// Connection refused / reset, DNS, malformed response …
@@ -38,7 +41,12 @@ pub enum Input {
     Wake,
     /// The outcome of the call identified by `(step, phase, attempt)`. An outcome that does not
     /// match `state.in_flight` is stale and ignored (no-op transition).
-    Result { step: usize, phase: Phase, attempt: u32, outcome: CallOutcome },
+    Result {
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        outcome: CallOutcome,
+    },
     /// `POST /sagas/{id}/retry` on a `failed` saga: reset the failed compensation's budget and
     /// resume compensating. Any other status: no-op.
     ManualRetry,
@@ -59,7 +67,12 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Perform this call, then feed its outcome back as `Input::Result`.
-    Call { step: usize, phase: Phase, attempt: u32, request: Request },
+    Call {
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        request: Request,
+    },
     /// Nothing to do until `at` (then feed `Input::Wake`).
     WaitUntil(DateTime<Utc>),
     /// Terminal (`completed` / `compensated`) or parked (`failed`): nothing more to do.

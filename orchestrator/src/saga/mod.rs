@@ -15,5 +15,7 @@ pub mod engine;
 pub mod state;
 
 pub use definition::{CallSpec, Definition, DefinitionError, FieldError, Policy, StepDef};
-pub use engine::{CallOutcome, Command, EventKind, EventRecord, Input, Request, Transition, transition};
+pub use engine::{
+    CallOutcome, Command, EventKind, EventRecord, Input, Request, Transition, transition,
+};
 pub use state::{Phase, SagaState, SagaStatus, StepState, StepStatus};
