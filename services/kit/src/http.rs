@@ -1,0 +1,235 @@
+//! HTTP plumbing every Tandem server shares: extractors whose rejections are problem+json,
+//! the 404 / 405 fallbacks, the body limit, and `serve`.
+//!
+//! - [`Json`] accepts `application/json` (or `*+json`) only: wrong or missing content type → 415,
+//!   a body over the limit → 413, bad syntax → 400, a well-formed body of the wrong shape → 422
+//!   naming the field by JSON Pointer (`/items/0/quantity`).
+//! - [`Path`] and [`Query`] wrap axum's, turning their rejections into 400 / 422 problems.
+//! - [`finish`] adds the fallbacks, the body limit and request tracing to a router.
+
+use std::future::Future;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::problem::Problem;
+
+/// Largest request body accepted (413 beyond).
+pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+
+/// JSON body extractor and response type with problem+json rejections.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json_content_type(req.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            )
+            .detail("expected a request body with `Content-Type: application/json`"));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
+                    .detail(format!("the request body exceeds {BODY_LIMIT_BYTES} bytes"))
+            } else {
+                Problem::bad_request(format!("could not read the request body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parse a JSON body: syntax errors are 400, shape errors 422 with a JSON Pointer.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // First, syntax: anything that is not JSON at all is a malformed request.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        Problem::bad_request(format!("the request body is not valid JSON: {e}"))
+    })?;
+    from_value(value)
+}
+
+/// Deserialize a parsed JSON value into `T`; errors are 422 naming the field.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut pointer = path_to_pointer(e.path());
+        let message = e.inner().to_string();
+        // serde reports a missing field at its parent; name the field itself.
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            pointer.push('/');
+            pointer.push_str(&escape_pointer_token(field));
+            return Problem::invalid(pointer, "is required");
+        }
+        Problem::invalid(pointer, message)
+    })
+}
+
+fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => {
+                out.push('/');
+                out.push_str(&index.to_string());
+            }
+            Segment::Map { key } => {
+                out.push('/');
+                out.push_str(&escape_pointer_token(key));
+            }
+            Segment::Enum { variant } => {
+                out.push('/');
+                out.push_str(&escape_pointer_token(variant));
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Escape one reference token of a JSON Pointer (RFC 6901).
+pub fn escape_pointer_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Path extractor with problem+json rejections.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Problem))]
+pub struct Path<T>(pub T);
+
+/// Query-string extractor with problem+json rejections.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Problem))]
+pub struct Query<T>(pub T);
+
+impl From<PathRejection> for Problem {
+    fn from(r: PathRejection) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, "bad-path", "Invalid path parameter").detail(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for Problem {
+    fn from(r: QueryRejection) -> Self {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-query", "Invalid query string")
+            .detail(r.body_text())
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such route")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+        .detail("this route exists but does not accept that method")
+}
+
+/// Add the problem+json 404/405 fallbacks, the body limit and request tracing.
+pub fn finish(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Serve `router` on `listener` until `shutdown` completes (then drain in-flight requests).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Resolves on SIGINT or SIGTERM: the usual `shutdown` argument of a binary's `run`.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Install the tracing subscriber (`RUST_LOG`, default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Item {
+        sku: String,
+        quantity: u32,
+    }
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        order_id: String,
+        items: Vec<Item>,
+    }
+
+    #[test]
+    fn shape_errors_name_the_field() {
+        let p = parse_json::<Body>(br#"{"order_id":"o","items":[{"sku":"a","quantity":-1}]}"#).unwrap_err();
+        assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(p.errors[0].pointer, "/items/0/quantity");
+        let p = parse_json::<Body>(br#"{"items":[]}"#).unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/order_id");
+        let p = parse_json::<Body>(br#"{"order_id":"o","items":[{"sku":"a"}]}"#).unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/items/0/quantity");
+    }
+
+    #[test]
+    fn syntax_errors_are_400() {
+        let p = parse_json::<Body>(b"{nope").unwrap_err();
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    }
+}
