@@ -294,7 +294,13 @@ const BACKOFF_FIELDS: [&str; 4] = ["initial_ms", "multiplier", "max_ms", "jitter
 /// Apply the fields present in `value` (a possibly partial policy object) over `base`, checking
 /// types and ranges. Range checks are made on the merged result, reported at the field's pointer
 /// in this document when the field is set here.
-fn merge_policy(base: &Policy, value: &Value, pointer: &str, errs: &mut Errors) -> Policy {
+fn merge_policy(
+    base: &Policy,
+    value: &Value,
+    pointer: &str,
+    report_inherited: bool,
+    errs: &mut Errors,
+) -> Policy {
     let mut p = base.clone();
     let Some(map) = errs.object(value, pointer, &POLICY_FIELDS) else {
         return p;
@@ -329,27 +335,32 @@ fn merge_policy(base: &Policy, value: &Value, pointer: &str, errs: &mut Errors) 
         set_b!(jitter);
     }
 
-    // Range checks. Report at the field if this document sets it, else at the policy object.
-    let at = |key: &str| -> String {
-        if map.contains_key(key) {
-            join(pointer, key)
-        } else {
-            pointer.to_string()
-        }
-    };
-    let at_b = |key: &str| -> String {
-        let set_here = map
-            .get("backoff")
+    // Range checks on the merged result. A problem is reported at the field when this policy
+    // object sets it; an inherited one only for the definition's own policy (`inherited` false
+    // for a step override: the definition's policy reports it).
+    let set_b = |key: &str| {
+        map.get("backoff")
             .and_then(Value::as_object)
-            .is_some_and(|b| b.contains_key(key));
-        if set_here {
-            join(&backoff_ptr, key)
+            .is_some_and(|b| b.contains_key(key))
+    };
+    let at = |key: &str| -> Option<String> {
+        if map.contains_key(key) {
+            Some(join(pointer, key))
         } else {
-            pointer.to_string()
+            report_inherited.then(|| pointer.to_string())
         }
     };
-    let duration = |errs: &mut Errors, ptr: String, name: &str, v: u64| {
-        if v == 0 || v > MAX_DURATION_MS {
+    let at_b = |key: &str| -> Option<String> {
+        if set_b(key) {
+            Some(join(&backoff_ptr, key))
+        } else {
+            report_inherited.then(|| pointer.to_string())
+        }
+    };
+    let duration = |errs: &mut Errors, ptr: Option<String>, name: &str, v: u64| {
+        if let Some(ptr) = ptr
+            && (v == 0 || v > MAX_DURATION_MS)
+        {
             errs.push(
                 ptr,
                 format!("{name} must be between 1 and {MAX_DURATION_MS} ms, got {v}"),
@@ -381,16 +392,25 @@ fn merge_policy(base: &Policy, value: &Value, pointer: &str, errs: &mut Errors) 
         ("max_attempts", p.max_attempts),
         ("compensation_max_attempts", p.compensation_max_attempts),
     ] {
-        if v == 0 || v > MAX_ATTEMPTS {
+        if let Some(ptr) = at(key)
+            && (v == 0 || v > MAX_ATTEMPTS)
+        {
             errs.push(
-                at(key),
+                ptr,
                 format!("{key} must be between 1 and {MAX_ATTEMPTS}, got {v}"),
             );
         }
     }
-    if p.backoff.max_ms < p.backoff.initial_ms {
+    let cross = if set_b("initial_ms") {
+        at_b("initial_ms")
+    } else {
+        at_b("max_ms")
+    };
+    if let Some(ptr) = cross
+        && p.backoff.max_ms < p.backoff.initial_ms
+    {
         errs.push(
-            at_b("max_ms"),
+            ptr,
             format!(
                 "backoff.max_ms ({}) must be at least backoff.initial_ms ({})",
                 p.backoff.max_ms, p.backoff.initial_ms
@@ -398,16 +418,20 @@ fn merge_policy(base: &Policy, value: &Value, pointer: &str, errs: &mut Errors) 
         );
     }
     let m = p.backoff.multiplier;
-    if !(m.is_finite() && (1.0..=100.0).contains(&m)) {
+    if let Some(ptr) = at_b("multiplier")
+        && !(m.is_finite() && (1.0..=100.0).contains(&m))
+    {
         errs.push(
-            at_b("multiplier"),
+            ptr,
             format!("backoff.multiplier must be between 1 and 100, got {m}"),
         );
     }
     let j = p.backoff.jitter;
-    if !(j.is_finite() && (0.0..=1.0).contains(&j)) {
+    if let Some(ptr) = at_b("jitter")
+        && !(j.is_finite() && (0.0..=1.0).contains(&j))
+    {
         errs.push(
-            at_b("jitter"),
+            ptr,
             format!("backoff.jitter must be between 0 and 1, got {j}"),
         );
     }
@@ -604,7 +628,7 @@ impl Definition {
         };
 
         let policy = match map.get("policy") {
-            Some(v) => merge_policy(&Policy::default(), v, "/policy", &mut errs),
+            Some(v) => merge_policy(&Policy::default(), v, "/policy", true, &mut errs),
             None => Policy::default(),
         };
 
@@ -652,7 +676,9 @@ impl Definition {
                     };
                     let step_policy = match smap.get("policy") {
                         None | Some(Value::Null) => policy.clone(),
-                        Some(v) => merge_policy(&policy, v, &format!("{ptr}/policy"), &mut errs),
+                        Some(v) => {
+                            merge_policy(&policy, v, &format!("{ptr}/policy"), false, &mut errs)
+                        }
                     };
                     if let Some(n) = &sname {
                         names.push(n.clone());

@@ -7,8 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::definition::Definition;
-use super::state::{Phase, SagaState};
+use serde_json::json;
+
+use super::definition::{Backoff, Definition, render};
+use super::state::{Phase, SagaState, SagaStatus, StepState, StepStatus};
 
 /// What the driver observed of one call.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +92,7 @@ pub enum EventKind {
     StepFailed,
     CompensationStarted,
     CompensationSucceeded,
+    CompensationInProgress,
     CompensationRetryScheduled,
     CompensationFailed,
     SagaCompensating,
@@ -116,25 +119,654 @@ pub struct Transition {
 }
 
 /// Initial state for a new saga of `def` (all steps pending, status running).
-pub fn initial_state(_def: &Definition) -> SagaState {
-    todo!()
+pub fn initial_state(def: &Definition) -> SagaState {
+    SagaState {
+        status: SagaStatus::Running,
+        steps: def
+            .steps
+            .iter()
+            .map(|s| StepState {
+                name: s.name.clone(),
+                status: StepStatus::Pending,
+                attempts: 0,
+                compensation_attempts: 0,
+                output: None,
+                last_error: None,
+                first_sent_at: None,
+                failures: 0,
+                compensation_failures: 0,
+                polling: false,
+            })
+            .collect(),
+        in_flight: None,
+        next_attempt_at: None,
+        reason: None,
+    }
 }
 
 /// Template context for rendering bodies: `{"saga": {"id"}, "input": input, "steps": {name: output}}`.
-pub fn context(_saga_id: &str, _input: &Value, _state: &SagaState) -> Value {
-    todo!()
+pub fn context(saga_id: &str, input: &Value, state: &SagaState) -> Value {
+    let steps: serde_json::Map<String, Value> = state
+        .steps
+        .iter()
+        .filter_map(|s| s.output.clone().map(|o| (s.name.clone(), o)))
+        .collect();
+    json!({ "saga": { "id": saga_id }, "input": input, "steps": steps })
+}
+
+/// The delay before the retry that follows the `failures`-th failed attempt (`failures` ≥ 1):
+/// `min(initial * multiplier^(failures-1), max)` scaled by a jitter factor in
+/// `[1 - jitter, 1 + jitter]` drawn from `rand`.
+pub fn backoff_delay(backoff: &Backoff, failures: u32, rand: u64) -> Duration {
+    let exponent = i32::try_from(failures.saturating_sub(1)).unwrap_or(i32::MAX);
+    let base =
+        (backoff.initial_ms as f64 * backoff.multiplier.powi(exponent)).min(backoff.max_ms as f64);
+    // 53 random bits → uniform in [0, 1).
+    let unit = (rand >> 11) as f64 / (1u64 << 53) as f64;
+    let jitter = backoff.jitter.clamp(0.0, 1.0);
+    let factor = 1.0 - jitter + 2.0 * jitter * unit;
+    Duration::from_millis((base * factor).round().max(0.0) as u64)
+}
+
+/// The index of the next step to compensate: the last step (in definition order) whose action
+/// was sent, that has a compensation, and is not compensated yet.
+pub fn next_compensation(def: &Definition, state: &SagaState) -> Option<usize> {
+    (0..state.steps.len()).rev().find(|&i| {
+        let s = &state.steps[i];
+        s.attempts > 0 && def.steps[i].compensation.is_some() && s.status != StepStatus::Compensated
+    })
+}
+
+/// The command the state implies by itself (used for no-op transitions).
+pub fn implied_command(
+    def: &Definition,
+    saga_id: &str,
+    input: &Value,
+    state: &SagaState,
+    now: DateTime<Utc>,
+) -> Command {
+    if state.status.is_terminal() || state.status == SagaStatus::Failed {
+        return Command::Stop;
+    }
+    if let Some((step, phase, attempt)) = state.in_flight
+        && let Ok(request) = build_request(def, saga_id, input, state, step, phase)
+    {
+        return Command::Call {
+            step,
+            phase,
+            attempt,
+            request,
+        };
+    }
+    Command::WaitUntil(state.next_attempt_at.unwrap_or(now))
+}
+
+fn build_request(
+    def: &Definition,
+    saga_id: &str,
+    input: &Value,
+    state: &SagaState,
+    step: usize,
+    phase: Phase,
+) -> Result<Request, String> {
+    let sd = &def.steps[step];
+    let spec = match phase {
+        Phase::Action => &sd.action,
+        Phase::Compensation => sd
+            .compensation
+            .as_ref()
+            .ok_or_else(|| format!("step `{}` has no compensation", sd.name))?,
+    };
+    let body = render(&spec.body, &context(saga_id, input, state))?;
+    Ok(Request {
+        service: spec.service.clone(),
+        method: spec.method.clone(),
+        path: spec.path.clone(),
+        body,
+        idempotency_key: format!("{saga_id}:{}:{}", sd.name, phase.as_str()),
+        timeout: Duration::from_millis(def.policy(step).timeout_ms),
+    })
+}
+
+fn add_ms(now: DateTime<Utc>, ms: u64) -> DateTime<Utc> {
+    let delta = chrono::TimeDelta::try_milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or(chrono::TimeDelta::MAX);
+    now.checked_add_signed(delta)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A short human-readable description of a failed outcome.
+fn describe(outcome: &CallOutcome) -> String {
+    fn body_text(body: &Value) -> String {
+        // problem+json: prefer `detail`, then `title`.
+        match body {
+            Value::Null => String::new(),
+            Value::Object(m) => m
+                .get("detail")
+                .or_else(|| m.get("title"))
+                .and_then(Value::as_str)
+                .map_or_else(|| body.to_string(), str::to_string),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+    let with_body = |status: u16, body: &Value| {
+        let text = body_text(body);
+        if text.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {text}")
+        }
+    };
+    match outcome {
+        CallOutcome::Success { status, .. } => format!("HTTP {status}"),
+        CallOutcome::BusinessFailure { status, body } | CallOutcome::Error { status, body } => {
+            with_body(*status, body)
+        }
+        CallOutcome::InProgress => "HTTP 425: in progress".to_string(),
+        CallOutcome::Throttled {
+            status,
+            retry_after: Some(d),
+        } => {
+            format!(
+                "HTTP {status}: throttled, Retry-After {} ms",
+                duration_ms(*d)
+            )
+        }
+        CallOutcome::Throttled {
+            status,
+            retry_after: None,
+        } => format!("HTTP {status}: throttled"),
+        CallOutcome::Transport { message } => format!("transport error: {message}"),
+        CallOutcome::Timeout => "timed out".to_string(),
+    }
+}
+
+fn status_of(outcome: &CallOutcome) -> Option<u16> {
+    match outcome {
+        CallOutcome::Success { status, .. }
+        | CallOutcome::BusinessFailure { status, .. }
+        | CallOutcome::Throttled { status, .. }
+        | CallOutcome::Error { status, .. } => Some(*status),
+        CallOutcome::InProgress => Some(425),
+        CallOutcome::Transport { .. } | CallOutcome::Timeout => None,
+    }
+}
+
+/// One transition being computed.
+struct Run<'a> {
+    def: &'a Definition,
+    saga_id: &'a str,
+    input: &'a Value,
+    now: DateTime<Utc>,
+    rand: u64,
+    state: SagaState,
+    events: Vec<EventRecord>,
+}
+
+impl Run<'_> {
+    fn event(&mut self, kind: EventKind, step: Option<usize>, detail: Value) {
+        let step = step.map(|i| self.state.steps[i].name.clone());
+        self.events.push(EventRecord { kind, step, detail });
+    }
+
+    fn name(&self, step: usize) -> &str {
+        &self.state.steps[step].name
+    }
+
+    fn finish(self, command: Command) -> Transition {
+        Transition {
+            state: self.state,
+            events: self.events,
+            command,
+        }
+    }
+
+    /// Whatever is due now: the next action while running, the next compensation while
+    /// compensating.
+    fn advance(&mut self) -> Command {
+        self.state.in_flight = None;
+        self.state.next_attempt_at = None;
+        match self.state.status {
+            SagaStatus::Running => match self
+                .state
+                .steps
+                .iter()
+                .position(|s| s.status != StepStatus::Succeeded)
+            {
+                None => {
+                    self.state.status = SagaStatus::Completed;
+                    self.event(EventKind::SagaCompleted, None, json!({}));
+                    Command::Stop
+                }
+                Some(i) => self.send(i, Phase::Action, None),
+            },
+            SagaStatus::Compensating => match next_compensation(self.def, &self.state) {
+                None => {
+                    self.state.status = SagaStatus::Compensated;
+                    self.event(
+                        EventKind::SagaCompensated,
+                        None,
+                        json!({ "reason": self.state.reason }),
+                    );
+                    Command::Stop
+                }
+                Some(i) => self.send(i, Phase::Compensation, None),
+            },
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => Command::Stop,
+        }
+    }
+
+    /// Decide the next send of `(step, phase)`: record it as in flight (write-ahead) and return
+    /// the call. `resent`: why an in-flight call is sent again (crash recovery).
+    fn send(&mut self, step: usize, phase: Phase, resent: Option<String>) -> Command {
+        let request =
+            match build_request(self.def, self.saga_id, self.input, &self.state, step, phase) {
+                Ok(r) => r,
+                Err(msg) => {
+                    let msg = format!("cannot render the request body: {msg}");
+                    return match phase {
+                        Phase::Action => {
+                            let sent = self.state.steps[step].attempts > 0;
+                            self.fail_action(step, msg, json!({ "sent": sent }))
+                        }
+                        Phase::Compensation => self.failed_attempt(step, phase, msg, None, None),
+                    };
+                }
+            };
+        let now = self.now;
+        let s = &mut self.state.steps[step];
+        let attempt = match phase {
+            Phase::Action => {
+                s.attempts += 1;
+                s.status = StepStatus::Running;
+                s.attempts
+            }
+            Phase::Compensation => {
+                if s.status != StepStatus::Compensating {
+                    // Entering the compensation phase: its own 425 deadline.
+                    s.first_sent_at = None;
+                    s.status = StepStatus::Compensating;
+                }
+                s.compensation_attempts += 1;
+                s.compensation_attempts
+            }
+        };
+        s.first_sent_at.get_or_insert(now);
+        let polled = std::mem::take(&mut s.polling);
+        self.state.in_flight = Some((step, phase, attempt));
+        self.state.next_attempt_at = None;
+        let kind = match phase {
+            Phase::Action => EventKind::StepStarted,
+            Phase::Compensation => EventKind::CompensationStarted,
+        };
+        if let Some(why) = resent {
+            self.event(
+                kind,
+                Some(step),
+                json!({ "attempt": attempt, "resent": true, "reason": why }),
+            );
+        } else if !polled {
+            self.event(kind, Some(step), json!({ "attempt": attempt }));
+        }
+        Command::Call {
+            step,
+            phase,
+            attempt,
+            request,
+        }
+    }
+
+    /// The action of `step` failed for good: mark it, then compensate.
+    fn fail_action(&mut self, step: usize, error: String, extra: Value) -> Command {
+        let s = &mut self.state.steps[step];
+        s.status = StepStatus::Failed;
+        s.polling = false;
+        s.last_error = Some(error.clone());
+        let mut detail = json!({ "attempt": s.attempts, "failures": s.failures, "error": error });
+        if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), extra) {
+            d.extend(extra);
+        }
+        self.event(EventKind::StepFailed, Some(step), detail);
+        let reason = format!("step `{}` failed: {error}", self.name(step));
+        self.begin_compensation(step, reason)
+    }
+
+    fn begin_compensation(&mut self, step: usize, reason: String) -> Command {
+        self.state.status = SagaStatus::Compensating;
+        self.state.reason = Some(reason.clone());
+        self.event(
+            EventKind::SagaCompensating,
+            Some(step),
+            json!({ "reason": reason }),
+        );
+        for s in &mut self.state.steps {
+            if s.status == StepStatus::Pending && s.attempts == 0 {
+                s.status = StepStatus::Skipped;
+            }
+        }
+        self.advance()
+    }
+
+    /// One failed attempt of `(step, phase)`: retry after a delay, or give up when the budget
+    /// is spent (action: compensate; compensation: park the saga as failed).
+    fn failed_attempt(
+        &mut self,
+        step: usize,
+        phase: Phase,
+        error: String,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    ) -> Command {
+        let policy = self.def.policy(step);
+        let s = &mut self.state.steps[step];
+        s.polling = false;
+        s.last_error = Some(error.clone());
+        let (failures, max, attempt) = match phase {
+            Phase::Action => {
+                s.failures += 1;
+                (s.failures, policy.max_attempts, s.attempts)
+            }
+            Phase::Compensation => {
+                s.compensation_failures += 1;
+                (
+                    s.compensation_failures,
+                    policy.compensation_max_attempts,
+                    s.compensation_attempts,
+                )
+            }
+        };
+        if failures >= max {
+            let error = format!("{error} (gave up after {failures} failed attempts)");
+            return match phase {
+                Phase::Action => self.fail_action(step, error, json!({ "status": status })),
+                Phase::Compensation => self.park(step, error, status),
+            };
+        }
+        let delay_ms = match retry_after {
+            Some(d) => duration_ms(d).min(policy.max_retry_after_ms),
+            None => duration_ms(backoff_delay(&policy.backoff, failures, self.rand)),
+        };
+        let at = add_ms(self.now, delay_ms);
+        self.state.in_flight = None;
+        self.state.next_attempt_at = Some(at);
+        let kind = match phase {
+            Phase::Action => EventKind::StepRetryScheduled,
+            Phase::Compensation => EventKind::CompensationRetryScheduled,
+        };
+        self.event(
+            kind,
+            Some(step),
+            json!({
+                "attempt": attempt, "failures": failures, "max_attempts": max, "status": status,
+                "error": error, "delay_ms": delay_ms, "retry_at": at,
+            }),
+        );
+        Command::WaitUntil(at)
+    }
+
+    /// A compensation exhausted its budget: park the saga (`failed`) until a manual retry. The
+    /// earlier steps' compensations stay pending: they never run out of order.
+    fn park(&mut self, step: usize, error: String, status: Option<u16>) -> Command {
+        let s = &self.state.steps[step];
+        let detail = json!({
+            "attempt": s.compensation_attempts, "failures": s.compensation_failures,
+            "status": status, "error": error,
+        });
+        self.event(EventKind::CompensationFailed, Some(step), detail);
+        let reason = format!(
+            "compensation of step `{}` failed: {error}; {}",
+            self.name(step),
+            self.state
+                .reason
+                .as_deref()
+                .map_or_else(String::new, |r| format!("compensating because {r}"))
+        );
+        self.state.status = SagaStatus::Failed;
+        self.state.reason = Some(reason.clone());
+        self.state.in_flight = None;
+        self.state.next_attempt_at = None;
+        self.event(
+            EventKind::SagaFailed,
+            Some(step),
+            json!({ "reason": reason }),
+        );
+        Command::Stop
+    }
+
+    /// A 425: poll again after the poll interval, unless the deadline has passed.
+    fn in_progress(&mut self, step: usize, phase: Phase) -> Command {
+        let policy = self.def.policy(step);
+        let s = &self.state.steps[step];
+        let first = s.first_sent_at.unwrap_or(self.now);
+        let deadline = add_ms(first, policy.deadline_ms);
+        let attempt = match phase {
+            Phase::Action => s.attempts,
+            Phase::Compensation => s.compensation_attempts,
+        };
+        if self.now >= deadline {
+            let error = format!(
+                "still in progress (425) {} ms after the first send, past the {} ms deadline",
+                (self.now - first).num_milliseconds(),
+                policy.deadline_ms
+            );
+            return match phase {
+                Phase::Action => {
+                    self.state.steps[step].failures += 1;
+                    self.fail_action(step, error, json!({ "status": 425 }))
+                }
+                Phase::Compensation => self.failed_attempt(step, phase, error, Some(425), None),
+            };
+        }
+        let at = add_ms(self.now, policy.poll_interval_ms);
+        let s = &mut self.state.steps[step];
+        s.polling = true;
+        s.last_error = Some("in progress (425)".to_string());
+        self.state.in_flight = None;
+        self.state.next_attempt_at = Some(at);
+        let kind = match phase {
+            Phase::Action => EventKind::StepInProgress,
+            Phase::Compensation => EventKind::CompensationInProgress,
+        };
+        self.event(
+            kind,
+            Some(step),
+            json!({ "attempt": attempt, "next_poll_at": at, "deadline": deadline }),
+        );
+        Command::WaitUntil(at)
+    }
+
+    fn on_result(&mut self, step: usize, phase: Phase, outcome: CallOutcome) -> Command {
+        self.state.in_flight = None;
+        let status = status_of(&outcome);
+        let error = describe(&outcome);
+        match (phase, outcome) {
+            (Phase::Action, CallOutcome::Success { status, body }) => {
+                let s = &mut self.state.steps[step];
+                s.status = StepStatus::Succeeded;
+                s.output = Some(body);
+                s.last_error = None;
+                s.polling = false;
+                let attempt = s.attempts;
+                self.event(
+                    EventKind::StepSucceeded,
+                    Some(step),
+                    json!({ "attempt": attempt, "status": status }),
+                );
+                self.advance()
+            }
+            (Phase::Compensation, CallOutcome::Success { status, .. }) => {
+                let s = &mut self.state.steps[step];
+                s.status = StepStatus::Compensated;
+                s.last_error = None;
+                s.polling = false;
+                let attempt = s.compensation_attempts;
+                self.event(
+                    EventKind::CompensationSucceeded,
+                    Some(step),
+                    json!({ "attempt": attempt, "status": status }),
+                );
+                self.advance()
+            }
+            (Phase::Action, CallOutcome::BusinessFailure { status, body }) => {
+                self.fail_action(step, error, json!({ "status": status, "body": body }))
+            }
+            (Phase::Compensation, CallOutcome::BusinessFailure { .. }) => {
+                let error = format!(
+                    "{error} (a compensation must not fail for business reasons; retrying)"
+                );
+                self.failed_attempt(step, phase, error, status, None)
+            }
+            (_, CallOutcome::InProgress) => self.in_progress(step, phase),
+            (
+                _,
+                CallOutcome::Throttled {
+                    retry_after: Some(d),
+                    ..
+                },
+            ) => self.failed_attempt(step, phase, error, status, Some(d)),
+            (
+                _,
+                CallOutcome::Throttled {
+                    retry_after: None, ..
+                }
+                | CallOutcome::Error { .. },
+            )
+            | (_, CallOutcome::Transport { .. } | CallOutcome::Timeout) => {
+                self.failed_attempt(step, phase, error, status, None)
+            }
+        }
+    }
+
+    /// Crash recovery: the call in flight was decided and persisted, its outcome never recorded.
+    /// Count it as a failed attempt and send it again (same key), or give up if the budget is
+    /// spent.
+    fn resend_in_flight(&mut self, step: usize, phase: Phase, attempt: u32) -> Command {
+        let policy = self.def.policy(step);
+        let s = &mut self.state.steps[step];
+        let (failures, max) = match phase {
+            Phase::Action => {
+                s.failures += 1;
+                (s.failures, policy.max_attempts)
+            }
+            Phase::Compensation => {
+                s.compensation_failures += 1;
+                (s.compensation_failures, policy.compensation_max_attempts)
+            }
+        };
+        self.state.in_flight = None;
+        let why = format!(
+            "the outcome of attempt {attempt} was not recorded (recovered after an interruption)"
+        );
+        if failures >= max {
+            let error = format!("{why}; gave up after {failures} failed attempts");
+            self.state.steps[step].last_error = Some(error.clone());
+            return match phase {
+                Phase::Action => self.fail_action(step, error, json!({})),
+                Phase::Compensation => self.park(step, error, None),
+            };
+        }
+        self.state.steps[step].last_error = Some(why.clone());
+        self.send(step, phase, Some(why))
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.state.status == SagaStatus::Running
+            && self.state.in_flight.is_none()
+            && self
+                .state
+                .steps
+                .iter()
+                .all(|s| s.status == StepStatus::Pending && s.attempts == 0)
+    }
+
+    fn start(&mut self) -> Command {
+        let names: Vec<&str> = self.def.steps.iter().map(|s| s.name.as_str()).collect();
+        let detail = json!({ "definition": self.def.name, "steps": names });
+        self.event(EventKind::SagaStarted, None, detail);
+        self.advance()
+    }
 }
 
 /// The transition function. `rand` is a uniformly random u64 supplied by the driver (tests pass
 /// fixed values); jitter is derived from it. `saga_id` and `input` render the request bodies.
+///
+/// Rules (see the brief's saga contract): 2xx → next step; 409 → compensate; 425 → poll until
+/// the deadline; 429/503 honour `Retry-After` (capped); anything else → exponential backoff with
+/// jitter up to `max_attempts`, then compensate. Compensation runs in reverse order over exactly
+/// the steps whose action was sent; a compensation that exhausts `compensation_max_attempts`
+/// parks the saga as `failed` until [`Input::ManualRetry`].
 pub fn transition(
-    _def: &Definition,
-    _saga_id: &str,
-    _input: &Value,
-    _state: &SagaState,
-    _input_event: Input,
-    _now: DateTime<Utc>,
-    _rand: u64,
+    def: &Definition,
+    saga_id: &str,
+    input: &Value,
+    state: &SagaState,
+    input_event: Input,
+    now: DateTime<Utc>,
+    rand: u64,
 ) -> Transition {
-    todo!()
+    let noop = || Transition {
+        state: state.clone(),
+        events: Vec::new(),
+        command: implied_command(def, saga_id, input, state, now),
+    };
+    if state.status.is_terminal() {
+        return noop();
+    }
+    let mut run = Run {
+        def,
+        saga_id,
+        input,
+        now,
+        rand,
+        state: state.clone(),
+        events: Vec::new(),
+    };
+    let parked = state.status == SagaStatus::Failed;
+    let command = match input_event {
+        Input::ManualRetry if parked => {
+            let Some(step) = next_compensation(def, state) else {
+                run.state.status = SagaStatus::Compensating;
+                let command = run.advance();
+                return run.finish(command);
+            };
+            let s = &mut run.state.steps[step];
+            s.compensation_failures = 0;
+            s.first_sent_at = None;
+            s.polling = false;
+            run.state.status = SagaStatus::Compensating;
+            run.event(
+                EventKind::SagaRetried,
+                Some(step),
+                json!({ "reason": state.reason }),
+            );
+            run.advance()
+        }
+        _ if parked => return noop(),
+        Input::ManualRetry => return noop(),
+        Input::Start if run.is_fresh() => run.start(),
+        Input::Start => return noop(),
+        Input::Wake => match (state.in_flight, state.next_attempt_at) {
+            (Some((step, phase, attempt)), _) => run.resend_in_flight(step, phase, attempt),
+            (None, Some(at)) if now < at => return noop(),
+            (None, _) if run.is_fresh() => run.start(),
+            (None, _) => run.advance(),
+        },
+        Input::Result {
+            step,
+            phase,
+            attempt,
+            outcome,
+        } => {
+            if state.in_flight != Some((step, phase, attempt)) {
+                return noop();
+            }
+            run.on_result(step, phase, outcome)
+        }
+    };
+    run.finish(command)
 }

@@ -14,8 +14,14 @@ pub mod definition;
 pub mod engine;
 pub mod state;
 
-pub use definition::{CallSpec, Definition, DefinitionError, FieldError, Policy, StepDef};
+pub use definition::{
+    Backoff, CallSpec, Definition, DefinitionError, FieldError, Policy, StepDef, render,
+};
 pub use engine::{
-    CallOutcome, Command, EventKind, EventRecord, Input, Request, Transition, transition,
+    CallOutcome, Command, EventKind, EventRecord, Input, Request, Transition, backoff_delay,
+    context, implied_command, initial_state, next_compensation, transition,
 };
 pub use state::{Phase, SagaState, SagaStatus, StepState, StepStatus};
+
+#[cfg(test)]
+mod tests;

@@ -77,6 +77,18 @@ pub struct StepState {
     pub last_error: Option<String>,
     /// First send of the current phase (for the 425 deadline).
     pub first_sent_at: Option<DateTime<Utc>>,
+    /// Failed attempts of the action so far (errors, timeouts, throttling, an unrecorded outcome
+    /// after a crash, the 425 deadline). 425 answers are not failures: `attempts - failures` sends
+    /// were polls or the final one. Compared against `max_attempts`.
+    #[serde(default)]
+    pub failures: u32,
+    /// Failed attempts of the compensation since it started (or since the last manual retry);
+    /// compared against `compensation_max_attempts`.
+    #[serde(default)]
+    pub compensation_failures: u32,
+    /// The current phase answered 425 and is being polled (its resends log no `*_started` event).
+    #[serde(default)]
+    pub polling: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
