@@ -1,1 +1,10 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tandem_kit::http::init_tracing();
+    let config = orchestrator::Config::parse();
+    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+    let app = orchestrator::build(config).await?;
+    app.run(listener, tandem_kit::http::shutdown_signal()).await
+}

@@ -1,0 +1,140 @@
+//! Configuration from environment variables (or flags), with defaults that work on a developer
+//! machine with Postgres on 127.0.0.1:5432.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "orchestrator", about = "Tandem saga orchestrator")]
+pub struct Config {
+    /// The orchestrator's own database (created if missing; migrations applied at start).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tandem_orchestrator"
+    )]
+    pub database_url: String,
+
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:8081")]
+    pub inventory_url: String,
+    #[arg(long, env = "PAYMENT_URL", default_value = "http://127.0.0.1:8082")]
+    pub payment_url: String,
+    #[arg(long, env = "SHIPPING_URL", default_value = "http://127.0.0.1:8083")]
+    pub shipping_url: String,
+    /// More services a definition may call: `name=url,name=url`.
+    #[arg(long, env = "EXTRA_SERVICES", default_value = "")]
+    pub extra_services: String,
+
+    /// Maximum database connections. The whole default stack (orchestrator 20 + three services
+    /// at 5) uses 35 of the development server's 100.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 20)]
+    pub db_pool_size: u32,
+
+    /// Identity of this instance in leases. Default: `<hostname>:<listen port>`, so a restarted
+    /// instance takes its own leases back at once instead of waiting for them to expire.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// How long a claim on a saga lasts without renewal (each persisted transition renews it).
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 15_000)]
+    pub lease_ttl_ms: u64,
+
+    /// How often an idle instance looks for due work (retries, orphaned sagas).
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 500)]
+    pub poll_interval_ms: u64,
+
+    /// Sagas claimed per poll at most.
+    #[arg(long, env = "CLAIM_BATCH", default_value_t = 64)]
+    pub claim_batch: i64,
+
+    /// Sagas driven concurrently by this instance at most.
+    #[arg(long, env = "MAX_ACTIVE_SAGAS", default_value_t = 1024)]
+    pub max_active_sagas: usize,
+
+    /// Extra definition files (`*.json`) loaded at start, besides the built-in checkout.
+    #[arg(long, env = "DEFINITIONS_DIR")]
+    pub definitions_dir: Option<PathBuf>,
+
+    /// How long client idempotency keys of `POST /sagas` are kept (hours).
+    #[arg(long, env = "IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24)]
+    pub idempotency_retention_hours: u64,
+}
+
+impl Config {
+    /// Defaults with the given database and service URLs (tests, embedded stacks).
+    pub fn new(
+        database_url: impl Into<String>,
+        inventory: &str,
+        payment: &str,
+        shipping: &str,
+    ) -> Self {
+        let mut c = Config::parse_from(["orchestrator"]);
+        c.database_url = database_url.into();
+        c.inventory_url = inventory.to_string();
+        c.payment_url = payment.to_string();
+        c.shipping_url = shipping.to_string();
+        c
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// Service name → base URL (no trailing slash).
+    pub fn services(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "inventory".to_string(),
+            self.inventory_url.trim_end_matches('/').to_string(),
+        );
+        m.insert(
+            "payment".to_string(),
+            self.payment_url.trim_end_matches('/').to_string(),
+        );
+        m.insert(
+            "shipping".to_string(),
+            self.shipping_url.trim_end_matches('/').to_string(),
+        );
+        for pair in self
+            .extra_services
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (name, url) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("EXTRA_SERVICES entry {pair:?} is not name=url"))?;
+            m.insert(
+                name.trim().to_string(),
+                url.trim().trim_end_matches('/').to_string(),
+            );
+        }
+        Ok(m)
+    }
+
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "localhost".to_string());
+            match self.listen_addr.port() {
+                // Port 0 (tests): every instance must still have its own identity.
+                0 => format!("{host}:{}", uuid::Uuid::now_v7().simple()),
+                port => format!("{host}:{port}"),
+            }
+        })
+    }
+}

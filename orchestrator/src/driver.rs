@@ -1,0 +1,547 @@
+//! The saga driver: the IO around the pure engine.
+//!
+//! For each saga it holds a lease on, the driver loops: ask the engine for the next transition,
+//! **persist it (fenced by the lease epoch) before** performing the call it allows, perform the
+//! call with the key `{saga_id}:{step}:{action|compensation}`, feed the outcome back. A write
+//! rejected by the fence means another instance owns the saga now: the driver drops it at once.
+//!
+//! Work reaches the driver three ways: `POST /sagas` (the creating instance drives the new saga
+//! directly, no claim needed), the claim loop (`FOR UPDATE SKIP LOCKED` over due sagas whose
+//! lease is free or expired: retries whose time came, orphans of dead instances), and at
+//! start-up the leases this instance identity held before a restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, broadcast, watch};
+use uuid::Uuid;
+
+use crate::saga::{
+    CallOutcome, Command, Definition, Input, Request, SagaState, Transition, engine,
+};
+use crate::store::{self, NextRun, SagaRow};
+
+/// Loaded definitions: every version by (name, version), and the current version per name.
+#[derive(Default)]
+pub struct Definitions {
+    by_version: HashMap<(String, String), Arc<Definition>>,
+    current: HashMap<String, String>,
+}
+
+impl Definitions {
+    pub fn current(&self, name: &str) -> Option<(String, Arc<Definition>)> {
+        let v = self.current.get(name)?;
+        let d = self.by_version.get(&(name.to_string(), v.clone()))?;
+        Some((v.clone(), d.clone()))
+    }
+    pub fn get(&self, name: &str, version: &str) -> Option<Arc<Definition>> {
+        self.by_version
+            .get(&(name.to_string(), version.to_string()))
+            .cloned()
+    }
+    pub fn insert(&mut self, version: String, def: Definition) {
+        let name = def.name.clone();
+        self.current.insert(name.clone(), version.clone());
+        self.by_version.insert((name, version), Arc::new(def));
+    }
+    /// (name, current version) pairs, sorted.
+    pub fn names(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .current
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// A saga this instance holds a lease on.
+struct Active {
+    id: Uuid,
+    id_str: String,
+    def: Arc<Definition>,
+    input: Value,
+    state: SagaState,
+    epoch: i64,
+}
+
+pub struct Driver {
+    pub pool: PgPool,
+    pub instance_id: String,
+    pub lease_ttl: Duration,
+    pub services: BTreeMap<String, String>,
+    pub definitions: RwLock<Definitions>,
+    http: reqwest::Client,
+    /// Sagas being driven here (never drive one twice in one process).
+    active: Mutex<HashSet<Uuid>>,
+    slots: Arc<Semaphore>,
+    /// Ids of sagas that reached a terminal or parked state here (wakes long polls).
+    finished: broadcast::Sender<Uuid>,
+    /// Wakes the claim loop early (e.g. a saga was handed back).
+    wake: tokio::sync::Notify,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Driver {
+    pub fn new(
+        pool: PgPool,
+        instance_id: String,
+        lease_ttl: Duration,
+        services: BTreeMap<String, String>,
+        max_active: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        Ok(Driver {
+            pool,
+            instance_id,
+            lease_ttl,
+            services,
+            definitions: RwLock::new(Definitions::default()),
+            http,
+            active: Mutex::new(HashSet::new()),
+            slots: Arc::new(Semaphore::new(max_active)),
+            finished: broadcast::channel(4096).0,
+            wake: tokio::sync::Notify::new(),
+            shutdown,
+        })
+    }
+
+    pub fn subscribe_finished(&self) -> broadcast::Receiver<Uuid> {
+        self.finished.subscribe()
+    }
+
+    /// The definition a stored saga runs on (loaded from the database on a cache miss).
+    pub async fn definition(&self, name: &str, version: &str) -> anyhow::Result<Arc<Definition>> {
+        if let Some(d) = self
+            .definitions
+            .read()
+            .expect("definitions lock")
+            .get(name, version)
+        {
+            return Ok(d);
+        }
+        let body = store::definition(&self.pool, name, version)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("definition {name} version {version} is not stored"))?;
+        let def = Definition::parse(&body)
+            .map_err(|e| anyhow::anyhow!("stored definition {name}@{version}: {e}"))?;
+        let def = Arc::new(def);
+        self.definitions
+            .write()
+            .expect("definitions lock")
+            .by_version
+            .insert((name.to_string(), version.to_string()), def.clone());
+        Ok(def)
+    }
+
+    /// Start driving a saga this instance has just created and persisted (with the first
+    /// transition's call decided).
+    pub fn spawn_created(self: &Arc<Self>, row: SagaRow, def: Arc<Definition>, command: Command) {
+        let Some(permit) = self.try_activate(row.id) else {
+            return;
+        };
+        let active = Active {
+            id: row.id,
+            id_str: row.id.to_string(),
+            def,
+            input: row.input,
+            state: row.state,
+            epoch: row.lease_epoch,
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.run(active, command).await;
+            me.deactivate(row.id);
+            drop(permit);
+        });
+    }
+
+    /// Drive a saga obtained by a claim, a reclaim or a manual retry, starting with `input`.
+    pub fn spawn_leased(self: &Arc<Self>, row: SagaRow, input: Input) {
+        let Some(permit) = self.try_activate(row.id) else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = row.id;
+            match me.definition(&row.definition, &row.version).await {
+                Ok(def) => {
+                    let active = Active {
+                        id,
+                        id_str: id.to_string(),
+                        def,
+                        input: row.input,
+                        state: row.state,
+                        epoch: row.lease_epoch,
+                    };
+                    me.step_and_run(active, input).await;
+                }
+                Err(e) => {
+                    tracing::error!(saga = %id, error = %e, "cannot load the saga's definition")
+                }
+            }
+            me.deactivate(id);
+            drop(permit);
+        });
+    }
+
+    /// `POST /sagas/{id}/retry`: apply the manual retry now (so the answer shows its effect),
+    /// then drive the saga in the background.
+    pub async fn retry_now(self: &Arc<Self>, row: SagaRow) -> anyhow::Result<()> {
+        let def = self.definition(&row.definition, &row.version).await?;
+        let permit = self
+            .try_activate(row.id)
+            .ok_or_else(|| anyhow::anyhow!("saga {} is busy on this instance", row.id))?;
+        let mut a = Active {
+            id: row.id,
+            id_str: row.id.to_string(),
+            def,
+            input: row.input,
+            state: row.state,
+            epoch: row.lease_epoch,
+        };
+        let t = self.transition(&a, Input::ManualRetry);
+        match self.apply(&mut a, t).await {
+            Some(command) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let id = a.id;
+                    me.run(a, command).await;
+                    me.deactivate(id);
+                    drop(permit);
+                });
+            }
+            None => self.deactivate(a.id),
+        }
+        Ok(())
+    }
+
+    fn try_activate(&self, id: Uuid) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        if self.active.lock().expect("active lock").insert(id) {
+            Some(permit)
+        } else {
+            None
+        }
+    }
+
+    fn deactivate(&self, id: Uuid) {
+        self.active.lock().expect("active lock").remove(&id);
+    }
+
+    /// Free capacity for claims.
+    fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    fn transition(&self, a: &Active, input: Input) -> Transition {
+        engine::transition(
+            &a.def,
+            &a.id_str,
+            &a.input,
+            &a.state,
+            input,
+            Utc::now(),
+            rand::random(),
+        )
+    }
+
+    async fn step_and_run(&self, mut a: Active, input: Input) {
+        let t = self.transition(&a, input);
+        let Some(command) = self.apply(&mut a, t).await else {
+            return;
+        };
+        self.run(a, command).await;
+    }
+
+    /// The loop: perform the (already persisted) command, feed back, persist, repeat.
+    async fn run(&self, mut a: Active, mut command: Command) {
+        loop {
+            let next = match command {
+                Command::Call {
+                    step,
+                    phase,
+                    attempt,
+                    request,
+                } => {
+                    if *self.shutdown.borrow() {
+                        // Graceful shutdown: hand the lease back; whoever claims it re-sends
+                        // this call with the same idempotency key.
+                        let _ = store::release_lease(&self.pool, a.id, a.epoch).await;
+                        return;
+                    }
+                    let outcome = self.call(&request).await;
+                    tracing::debug!(saga = %a.id, step, ?phase, attempt, ?outcome, "call finished");
+                    self.transition(
+                        &a,
+                        Input::Result {
+                            step,
+                            phase,
+                            attempt,
+                            outcome,
+                        },
+                    )
+                }
+                Command::WaitUntil(at) => {
+                    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = until_shutdown(&mut shutdown) => {
+                            let _ = store::release_lease(&self.pool, a.id, a.epoch).await;
+                            return;
+                        }
+                    }
+                    self.transition(&a, Input::Wake)
+                }
+                Command::Stop => {
+                    let _ = self.finished.send(a.id);
+                    return;
+                }
+            };
+            match self.apply(&mut a, next).await {
+                Some(c) => command = c,
+                None => return,
+            }
+        }
+    }
+
+    /// Persist a transition (write-ahead) and return the command to perform, or None if the
+    /// saga must be dropped (fenced, or handed back to be claimed later).
+    async fn apply(&self, a: &mut Active, t: Transition) -> Option<Command> {
+        let short_wait = self.lease_ttl / 2;
+        let (next, keep) = match &t.command {
+            Command::Call { .. } => (NextRun::Now, true),
+            Command::WaitUntil(at) => {
+                let wait = (*at - Utc::now()).to_std().unwrap_or_default();
+                (NextRun::At(*at), wait < short_wait)
+            }
+            Command::Stop => (NextRun::Never, false),
+        };
+        let unchanged = t.events.is_empty() && t.state == a.state;
+        if !(unchanged && keep) {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match store::persist_transition(
+                    &self.pool,
+                    a.id,
+                    a.epoch,
+                    &t.state,
+                    &t.events,
+                    next,
+                    keep,
+                    self.lease_ttl,
+                )
+                .await
+                {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        tracing::warn!(saga = %a.id, epoch = a.epoch, "lease lost (fenced): dropping the saga");
+                        return None;
+                    }
+                    Err(e) => {
+                        // Never act before the write: retry until it lands or we are fenced.
+                        tracing::warn!(saga = %a.id, error = %e, retry_in = ?delay, "persisting a transition failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        a.state = t.state;
+        match t.command {
+            Command::WaitUntil(_) if !keep => {
+                self.wake.notify_one();
+                None
+            }
+            Command::Stop => {
+                let _ = self.finished.send(a.id);
+                None
+            }
+            c => Some(c),
+        }
+    }
+
+    /// Perform one call and classify the answer per the step result protocol.
+    async fn call(&self, r: &Request) -> CallOutcome {
+        let Some(base) = self.services.get(&r.service) else {
+            return CallOutcome::Transport {
+                message: format!("service {:?} is not configured", r.service),
+            };
+        };
+        let url = format!("{base}{}", r.path);
+        let method = match reqwest::Method::from_bytes(r.method.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => {
+                return CallOutcome::Transport {
+                    message: format!("bad method {:?}", r.method),
+                };
+            }
+        };
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("Idempotency-Key", &r.idempotency_key)
+            .timeout(r.timeout);
+        if !r.body.is_null() {
+            req = req.json(&r.body);
+        }
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) if e.is_timeout() => return CallOutcome::Timeout,
+            Err(e) => {
+                return CallOutcome::Transport {
+                    message: error_chain(&e),
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = match resp.bytes().await {
+            Ok(b) if b.is_empty() => Value::Null,
+            Ok(b) => serde_json::from_slice(&b)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned())),
+            Err(e) if e.is_timeout() => return CallOutcome::Timeout,
+            Err(e) => {
+                return CallOutcome::Transport {
+                    message: error_chain(&e),
+                };
+            }
+        };
+        classify(status, retry_after, body)
+    }
+
+    /// The claim loop: take due work until shutdown. Also purges old idempotency keys.
+    pub async fn claim_loop(self: Arc<Self>, poll: Duration, batch: i64, retention: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        let mut last_purge = std::time::Instant::now() - Duration::from_secs(3600);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let limit = batch.min(self.free_slots() as i64);
+            if limit > 0 {
+                match store::claim_due(&self.pool, &self.instance_id, self.lease_ttl, limit).await {
+                    Ok(rows) => {
+                        let full = rows.len() as i64 == limit;
+                        for row in rows {
+                            tracing::info!(saga = %row.id, epoch = row.lease_epoch, "claimed");
+                            self.spawn_leased(row, Input::Wake);
+                        }
+                        if full {
+                            continue; // more may be due
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming due sagas failed"),
+                }
+            }
+            if last_purge.elapsed() > Duration::from_secs(60) {
+                last_purge = std::time::Instant::now();
+                if let Err(e) = store::purge_idempotency_keys(&self.pool, retention).await {
+                    tracing::warn!(error = %e, "purging idempotency keys failed");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = self.wake.notified() => {
+                    // A saga was handed back with a retry time: sleep until roughly then.
+                    tokio::time::sleep(poll).await;
+                }
+                _ = until_shutdown(&mut shutdown) => return,
+            }
+        }
+    }
+
+    /// Wait until every saga driven here has stopped (after shutdown was signalled).
+    pub async fn drain(&self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        while !self.active.lock().expect("active lock").is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (the guard `wait_for` returns is not `Send`).
+async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// `Retry-After` as seconds (HTTP-date form is rare between services; treated as absent).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The step result protocol (as DTM's): 2xx success, 409 business failure, 425 in progress,
+/// 429/503 throttled (honour `Retry-After`), anything else an error to retry.
+pub fn classify(status: u16, retry_after: Option<Duration>, body: Value) -> CallOutcome {
+    match status {
+        200..=299 => CallOutcome::Success { status, body },
+        409 => CallOutcome::BusinessFailure { status, body },
+        425 => CallOutcome::InProgress,
+        429 | 503 => CallOutcome::Throttled {
+            status,
+            retry_after,
+        },
+        _ => CallOutcome::Error { status, body },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_status_codes() {
+        assert!(matches!(
+            classify(201, None, Value::Null),
+            CallOutcome::Success { .. }
+        ));
+        assert!(matches!(
+            classify(409, None, Value::Null),
+            CallOutcome::BusinessFailure { .. }
+        ));
+        assert!(matches!(
+            classify(425, None, Value::Null),
+            CallOutcome::InProgress
+        ));
+        assert!(matches!(
+            classify(503, Some(Duration::from_secs(2)), Value::Null),
+            CallOutcome::Throttled {
+                status: 503,
+                retry_after: Some(_)
+            }
+        ));
+        assert!(matches!(
+            classify(500, None, Value::Null),
+            CallOutcome::Error { status: 500, .. }
+        ));
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}

@@ -1,0 +1,495 @@
+//! The orchestrator's Postgres store: definitions, sagas (state + lease), the event log and
+//! client idempotency keys. Every state write is fenced by the lease epoch.
+//!
+//! Commit budget on the hot path: creating a saga is one transaction (idempotency key, saga row
+//! with the first step's decision, its events); each later transition is one single-statement
+//! write (state + lease renewal + events in one CTE).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::saga::{EventRecord, SagaState, SagaStatus};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
+
+/// A saga as stored.
+#[derive(Debug, Clone)]
+pub struct SagaRow {
+    pub id: Uuid,
+    pub definition: String,
+    pub version: String,
+    pub business_key: Option<String>,
+    pub input: Value,
+    pub input_hash: String,
+    pub status: String,
+    pub state: SagaState,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub lease_epoch: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The saga columns, as a literal so queries stay `&'static str` (sqlx refuses dynamic SQL).
+macro_rules! saga_columns {
+    () => {
+        "id, definition, version, business_key, input, input_hash, status, state, \
+         next_run_at, lease_owner, lease_until, lease_epoch, created_at, updated_at"
+    };
+}
+
+fn saga_from_row(row: &PgRow) -> Result<SagaRow, sqlx::Error> {
+    let state: Value = row.try_get("state")?;
+    let state: SagaState =
+        serde_json::from_value(state).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(SagaRow {
+        id: row.try_get("id")?,
+        definition: row.try_get("definition")?,
+        version: row.try_get("version")?,
+        business_key: row.try_get("business_key")?,
+        input: row.try_get("input")?,
+        input_hash: row.try_get("input_hash")?,
+        status: row.try_get("status")?,
+        state,
+        next_run_at: row.try_get("next_run_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: row.try_get("lease_until")?,
+        lease_epoch: row.try_get("lease_epoch")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventRow {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub step: Option<String>,
+    pub detail: Value,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn event_kind(e: &EventRecord) -> String {
+    match serde_json::to_value(e.kind) {
+        Ok(Value::String(s)) => s,
+        _ => format!("{:?}", e.kind),
+    }
+}
+
+// ---------- definitions ----------
+
+/// Store a definition version; returns true if it was new.
+pub async fn insert_definition(
+    pool: &PgPool,
+    name: &str,
+    version: &str,
+    body: &Value,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "INSERT INTO definitions (name, version, body) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .bind(version)
+    .bind(body)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Every stored definition version: (name, version, body), oldest first.
+pub async fn all_definitions(pool: &PgPool) -> Result<Vec<(String, String, Value)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT name, version, body FROM definitions ORDER BY seq")
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("name")?,
+                r.try_get("version")?,
+                r.try_get("body")?,
+            ))
+        })
+        .collect()
+}
+
+pub async fn definition(
+    pool: &PgPool,
+    name: &str,
+    version: &str,
+) -> Result<Option<Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT body FROM definitions WHERE name = $1 AND version = $2")
+        .bind(name)
+        .bind(version)
+        .fetch_optional(pool)
+        .await
+}
+
+// ---------- creating sagas ----------
+
+pub struct NewSaga<'a> {
+    pub id: Uuid,
+    pub definition: &'a str,
+    pub version: &'a str,
+    pub business_key: Option<&'a str>,
+    pub input: &'a Value,
+    pub input_hash: &'a str,
+    /// Hash of the whole request (for the client's Idempotency-Key).
+    pub request_hash: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub state: &'a SagaState,
+    pub events: &'a [EventRecord],
+    pub owner: &'a str,
+    pub lease_ttl: Duration,
+}
+
+#[derive(Debug)]
+pub enum Created {
+    /// A new saga, leased to the creator (epoch in the row).
+    New(Box<SagaRow>),
+    /// The Idempotency-Key was seen with the same request: that saga.
+    Replay(Uuid),
+    /// The Idempotency-Key was seen with a different request.
+    KeyReused { saga_id: Uuid },
+    /// A saga with this business key exists with the same input: that saga.
+    SameBusinessKey(Uuid),
+    /// A saga with this business key exists with a different input.
+    BusinessKeyConflict { saga_id: Uuid },
+}
+
+/// Create a saga (one transaction). Concurrent requests with the same Idempotency-Key or
+/// business key wait for the first one's commit and then see its saga.
+pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(key) = new.idempotency_key {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, saga_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(key)
+        .bind(new.request_hash)
+        .bind(new.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            let row =
+                sqlx::query("SELECT request_hash, saga_id FROM idempotency_keys WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let hash: String = row.try_get("request_hash")?;
+            let saga_id: Uuid = row.try_get("saga_id")?;
+            tx.rollback().await?;
+            return Ok(if hash == new.request_hash {
+                Created::Replay(saga_id)
+            } else {
+                Created::KeyReused { saga_id }
+            });
+        }
+    }
+    let state_json =
+        serde_json::to_value(new.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let row = sqlx::query(concat!("INSERT INTO sagas (id, definition, version, business_key, input, input_hash, status, state, \
+                            next_run_at, lease_owner, lease_until, lease_epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9, now() + make_interval(secs => $10), 1) \
+         ON CONFLICT (definition, business_key) WHERE business_key IS NOT NULL DO NOTHING \
+         RETURNING ", saga_columns!(), ""))
+    .bind(new.id)
+    .bind(new.definition)
+    .bind(new.version)
+    .bind(new.business_key)
+    .bind(new.input)
+    .bind(new.input_hash)
+    .bind(new.state.status.as_str())
+    .bind(&state_json)
+    .bind(new.owner)
+    .bind(secs(new.lease_ttl))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        // The business key is taken.
+        let existing = sqlx::query(
+            "SELECT id, input_hash FROM sagas WHERE definition = $1 AND business_key = $2",
+        )
+        .bind(new.definition)
+        .bind(new.business_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        let saga_id: Uuid = existing.try_get("id")?;
+        let hash: String = existing.try_get("input_hash")?;
+        if hash == new.input_hash {
+            // Same order again under a new client key: remember the key for that saga.
+            if let Some(key) = new.idempotency_key {
+                sqlx::query("UPDATE idempotency_keys SET saga_id = $2 WHERE key = $1")
+                    .bind(key)
+                    .bind(saga_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            return Ok(Created::SameBusinessKey(saga_id));
+        }
+        tx.rollback().await?;
+        return Ok(Created::BusinessKeyConflict { saga_id });
+    };
+    insert_events(&mut tx, new.id, new.events).await?;
+    tx.commit().await?;
+    Ok(Created::New(Box::new(saga_from_row(&row)?)))
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    saga: Uuid,
+    events: &[EventRecord],
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (kinds, steps, details) = event_columns(events);
+    sqlx::query(
+        "INSERT INTO saga_events (saga_id, kind, step, detail) \
+         SELECT $1, k, s, d FROM unnest($2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS e(k, s, d, n) ORDER BY n",
+    )
+    .bind(saga)
+    .bind(kinds)
+    .bind(steps)
+    .bind(details)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn event_columns(events: &[EventRecord]) -> (Vec<String>, Vec<Option<String>>, Vec<Value>) {
+    let kinds = events.iter().map(event_kind).collect();
+    let steps = events.iter().map(|e| e.step.clone()).collect();
+    let details = events.iter().map(|e| e.detail.clone()).collect();
+    (kinds, steps, details)
+}
+
+// ---------- transitions ----------
+
+/// When the saga needs a driver next.
+#[derive(Debug, Clone, Copy)]
+pub enum NextRun {
+    /// A call is in flight: due now (an orphan is resumed as soon as its lease expires).
+    Now,
+    At(DateTime<Utc>),
+    /// Terminal or parked.
+    Never,
+}
+
+/// Persist one transition, fenced by `epoch`. `keep_lease`: renew the lease (the driver keeps
+/// working on the saga); otherwise hand it back. Returns false if the epoch no longer matches
+/// (another instance took the saga over): the caller must drop the saga without acting.
+pub async fn persist_transition(
+    pool: &PgPool,
+    id: Uuid,
+    epoch: i64,
+    state: &SagaState,
+    events: &[EventRecord],
+    next: NextRun,
+    keep_lease: bool,
+    lease_ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let state_json = serde_json::to_value(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let (next_kind, next_at) = match next {
+        NextRun::Now => ("now", None),
+        NextRun::At(t) => ("at", Some(t)),
+        NextRun::Never => ("never", None),
+    };
+    let (kinds, steps, details) = event_columns(events);
+    let updated: i64 = sqlx::query_scalar(
+        "WITH upd AS ( \
+            UPDATE sagas SET status = $3, state = $4, updated_at = now(), \
+                next_run_at = CASE $5 WHEN 'now' THEN now() WHEN 'at' THEN $6 ELSE NULL END, \
+                lease_owner = CASE WHEN $7 THEN lease_owner ELSE NULL END, \
+                lease_until = CASE WHEN $7 THEN now() + make_interval(secs => $8) ELSE NULL END \
+            WHERE id = $1 AND lease_epoch = $2 RETURNING id), \
+         ins AS ( \
+            INSERT INTO saga_events (saga_id, kind, step, detail) \
+            SELECT upd.id, e.k, e.s, e.d FROM upd, \
+                unnest($9::text[], $10::text[], $11::jsonb[]) WITH ORDINALITY AS e(k, s, d, n) ORDER BY e.n) \
+         SELECT count(*) FROM upd",
+    )
+    .bind(id)
+    .bind(epoch)
+    .bind(state.status.as_str())
+    .bind(&state_json)
+    .bind(next_kind)
+    .bind(next_at)
+    .bind(keep_lease)
+    .bind(secs(lease_ttl))
+    .bind(kinds)
+    .bind(steps)
+    .bind(details)
+    .fetch_one(pool)
+    .await?;
+    Ok(updated == 1)
+}
+
+/// Hand a lease back without changing the state (graceful shutdown); due again at once.
+pub async fn release_lease(pool: &PgPool, id: Uuid, epoch: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, \
+             next_run_at = LEAST(next_run_at, now()) \
+         WHERE id = $1 AND lease_epoch = $2 AND next_run_at IS NOT NULL",
+    )
+    .bind(id)
+    .bind(epoch)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Take a parked (`failed`) saga for a manual retry: a new lease and epoch, in a transaction the
+/// caller completes with [`persist_transition`]. Returns None if there is no such saga.
+pub async fn lease_for_retry(
+    pool: &PgPool,
+    id: Uuid,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Option<SagaRow>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "UPDATE sagas SET lease_owner = $2, lease_until = now() + make_interval(secs => $3), \
+             lease_epoch = lease_epoch + 1 \
+         WHERE id = $1 AND status = 'failed' AND (lease_until IS NULL OR lease_until < now()) \
+         RETURNING ",
+        saga_columns!(),
+        ""
+    ))
+    .bind(id)
+    .bind(owner)
+    .bind(secs(ttl))
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(saga_from_row).transpose()
+}
+
+// ---------- leases ----------
+
+/// Claim up to `limit` due sagas whose lease is free or expired (database clock), one commit.
+pub async fn claim_due(
+    pool: &PgPool,
+    owner: &str,
+    ttl: Duration,
+    limit: i64,
+) -> Result<Vec<SagaRow>, sqlx::Error> {
+    // The claim locks due rows with SKIP LOCKED, so instances polling together never block on
+    // each other or claim the same saga.
+    let rows = sqlx::query(concat!(
+        "WITH due AS (SELECT id FROM sagas \
+               WHERE next_run_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
+               ORDER BY next_run_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE sagas SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), \
+             lease_epoch = lease_epoch + 1 \
+         WHERE id IN (SELECT id FROM due) \
+         RETURNING ",
+        saga_columns!()
+    ))
+    .bind(owner)
+    .bind(secs(ttl))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(saga_from_row).collect()
+}
+
+/// At start-up: take back the leases this instance identity held before a restart (new epoch,
+/// so anything the previous incarnation still had in flight is fenced).
+pub async fn reclaim_own(
+    pool: &PgPool,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Vec<SagaRow>, sqlx::Error> {
+    let rows = sqlx::query(concat!("UPDATE sagas SET lease_until = now() + make_interval(secs => $2), lease_epoch = lease_epoch + 1 \
+         WHERE lease_owner = $1 AND next_run_at IS NOT NULL \
+         RETURNING ", saga_columns!(), ""))
+    .bind(owner)
+    .bind(secs(ttl))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(saga_from_row).collect()
+}
+
+// ---------- reads ----------
+
+pub async fn saga(pool: &PgPool, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        saga_columns!(),
+        " FROM sagas WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(saga_from_row).transpose()
+}
+
+pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq, at, kind, step, detail FROM saga_events WHERE saga_id = $1 ORDER BY seq",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EventRow {
+                seq: r.try_get("seq")?,
+                at: r.try_get("at")?,
+                kind: r.try_get("kind")?,
+                step: r.try_get("step")?,
+                detail: r.try_get("detail")?,
+            })
+        })
+        .collect()
+}
+
+/// Newest first; `before` is the cursor (an id from the previous page).
+pub async fn list(
+    pool: &PgPool,
+    status: Option<SagaStatus>,
+    definition: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<SagaRow>, sqlx::Error> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        saga_columns!(),
+        " FROM sagas \
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR definition = $2) \
+           AND ($3::uuid IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(status.map(|s| s.as_str()))
+    .bind(definition)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(saga_from_row).collect()
+}
+
+/// Drop client idempotency keys older than the retention.
+pub async fn purge_idempotency_keys(
+    pool: &PgPool,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(secs(retention))
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
