@@ -1,0 +1,349 @@
+//! Inventory HTTP handlers, validation and SQL.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use tandem_kit::Problem;
+use tandem_kit::barrier::{self, IdempotencyKey, Op, Prior, Reply};
+use tandem_kit::http::{Json, Path, Query};
+use tandem_kit::problem::FieldIssue;
+use uuid::Uuid;
+
+use crate::App;
+
+pub const MAX_SKU_LEN: usize = 64;
+pub const MAX_ORDER_ID_LEN: usize = 128;
+pub const MAX_QUANTITY: i64 = 1_000_000;
+pub const MAX_ITEMS: usize = 100;
+pub const MAX_AVAILABLE: i64 = 1_000_000_000_000;
+
+pub fn routes(app: App) -> Router {
+    Router::new()
+        .route("/stock/{sku}", get(get_stock).put(put_stock))
+        .route("/reservations", post(reserve).get(list_reservations))
+        .route("/reservations/release", post(release))
+        .with_state(app)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveRequest {
+    pub order_id: String,
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub order_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStock {
+    pub available: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Stock {
+    pub sku: String,
+    pub available: i64,
+    pub reserved: i64,
+}
+
+/// Collects field problems; a non-empty list is one 422.
+#[derive(Default)]
+struct Issues(Vec<FieldIssue>);
+
+impl Issues {
+    fn add(&mut self, pointer: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldIssue {
+            pointer: pointer.into(),
+            message: message.into(),
+        });
+    }
+    fn text(&mut self, pointer: &str, value: &str, max: usize) {
+        if value.is_empty() {
+            self.add(pointer, "must not be empty");
+        } else if value.chars().count() > max {
+            self.add(pointer, format!("must be at most {max} characters"));
+        } else if value.chars().any(char::is_control) {
+            self.add(pointer, "must not contain control characters");
+        }
+    }
+    fn finish(self) -> Result<(), Problem> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Problem::invalid_fields(self.0))
+        }
+    }
+}
+
+fn validate_sku(sku: &str) -> Result<(), Problem> {
+    let mut issues = Issues::default();
+    issues.text("/path/sku", sku, MAX_SKU_LEN);
+    issues.finish()
+}
+
+fn validate_reserve(req: &ReserveRequest) -> Result<(), Problem> {
+    let mut issues = Issues::default();
+    issues.text("/order_id", &req.order_id, MAX_ORDER_ID_LEN);
+    if req.items.is_empty() {
+        issues.add("/items", "must contain at least one item");
+    } else if req.items.len() > MAX_ITEMS {
+        issues.add("/items", format!("must contain at most {MAX_ITEMS} items"));
+    }
+    for (i, item) in req.items.iter().enumerate() {
+        issues.text(&format!("/items/{i}/sku"), &item.sku, MAX_SKU_LEN);
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            issues.add(
+                format!("/items/{i}/quantity"),
+                format!("must be between 1 and {MAX_QUANTITY}"),
+            );
+        }
+    }
+    issues.finish()
+}
+
+fn problem(p: Problem) -> Response {
+    p.into_response()
+}
+
+async fn get_stock(
+    State(app): State<App>,
+    Path(sku): Path<String>,
+) -> Result<Json<Stock>, Problem> {
+    validate_sku(&sku)?;
+    let stock: Option<Stock> =
+        sqlx::query_as("SELECT sku, available, reserved FROM stock WHERE sku = $1")
+            .bind(&sku)
+            .fetch_optional(&app.pool)
+            .await?;
+    stock
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("unknown sku {sku:?}")))
+}
+
+async fn put_stock(
+    State(app): State<App>,
+    Path(sku): Path<String>,
+    Json(body): Json<SetStock>,
+) -> Result<Json<Stock>, Problem> {
+    validate_sku(&sku)?;
+    if !(0..=MAX_AVAILABLE).contains(&body.available) {
+        return Err(Problem::invalid(
+            "/available",
+            format!("must be between 0 and {MAX_AVAILABLE}"),
+        ));
+    }
+    let stock: Stock = sqlx::query_as(
+        "INSERT INTO stock (sku, available) VALUES ($1, $2)
+         ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, updated_at = now()
+         RETURNING sku, available, reserved",
+    )
+    .bind(&sku)
+    .bind(body.available)
+    .fetch_one(&app.pool)
+    .await?;
+    tracing::info!(sku = %stock.sku, available = stock.available, "stock set");
+    Ok(Json(stock))
+}
+
+/// `POST /reservations`: the saga action.
+async fn reserve(
+    State(app): State<App>,
+    key: IdempotencyKey,
+    Json(req): Json<ReserveRequest>,
+) -> Result<Response, Response> {
+    key.expect(Op::Action).map_err(problem)?;
+    validate_reserve(&req).map_err(problem)?;
+    let injection = app.faults.intercept(&key, Some(&req.order_id)).await?;
+    let effect_key = key.clone();
+    let outcome = barrier::action(&app.pool, &key, move |conn| {
+        Box::pin(async move { reserve_effect(conn, &effect_key, req).await })
+    })
+    .await;
+    Ok(injection.finish(outcome.into_response()))
+}
+
+async fn reserve_effect(
+    conn: &mut PgConnection,
+    key: &IdempotencyKey,
+    req: ReserveRequest,
+) -> Result<Reply, Problem> {
+    // One line per SKU, in SKU order: rows are locked in that order by every reservation.
+    let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
+    for item in req.items {
+        *wanted.entry(item.sku).or_default() += item.quantity;
+    }
+    for (sku, &quantity) in &wanted {
+        let updated: Option<i64> = sqlx::query_scalar(
+            "UPDATE stock SET available = available - $2, reserved = reserved + $2, updated_at = now()
+             WHERE sku = $1 AND available >= $2
+             RETURNING available",
+        )
+        .bind(sku)
+        .bind(quantity)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if updated.is_none() {
+            let available: Option<i64> =
+                sqlx::query_scalar("SELECT available FROM stock WHERE sku = $1")
+                    .bind(sku)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            let detail = match available {
+                Some(a) => format!("sku {sku:?}: {quantity} requested, {a} available"),
+                None => format!("sku {sku:?} is unknown (no stock)"),
+            };
+            return Err(
+                Problem::conflict("insufficient-stock", "Insufficient stock")
+                    .detail(detail)
+                    .with("sku", sku.clone())
+                    .with("requested", quantity)
+                    .with("available", available.unwrap_or(0)),
+            );
+        }
+    }
+    let items: Vec<Item> = wanted
+        .into_iter()
+        .map(|(sku, quantity)| Item { sku, quantity })
+        .collect();
+    let id = Uuid::now_v7();
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO reservations (id, order_id, saga_id, step, status, items)
+         VALUES ($1, $2, $3, $4, 'held', $5)
+         RETURNING created_at",
+    )
+    .bind(id)
+    .bind(&req.order_id)
+    .bind(&key.saga_id)
+    .bind(&key.step)
+    .bind(sqlx::types::Json(&items))
+    .fetch_one(&mut *conn)
+    .await?;
+    tracing::info!(%key, reservation_id = %id, order_id = %req.order_id, "reservation held");
+    Ok(Reply::created(json!({
+        "reservation_id": id,
+        "order_id": req.order_id,
+        "items": items,
+        "status": "held",
+        "created_at": created_at,
+    })))
+}
+
+/// `POST /reservations/release`: the compensation. Releases the reservation made under the
+/// action key of the same saga step (the body's `order_id` is informational).
+async fn release(
+    State(app): State<App>,
+    key: IdempotencyKey,
+    Json(req): Json<ReleaseRequest>,
+) -> Result<Response, Response> {
+    key.expect(Op::Compensation).map_err(problem)?;
+    let mut issues = Issues::default();
+    issues.text("/order_id", &req.order_id, MAX_ORDER_ID_LEN);
+    issues.finish().map_err(problem)?;
+    let injection = app.faults.intercept(&key, Some(&req.order_id)).await?;
+    let effect_key = key.clone();
+    let outcome = barrier::compensation(&app.pool, &key, move |conn, prior| {
+        Box::pin(async move { release_effect(conn, &effect_key, prior).await })
+    })
+    .await;
+    Ok(injection.finish(outcome.into_response()))
+}
+
+async fn release_effect(
+    conn: &mut PgConnection,
+    key: &IdempotencyKey,
+    prior: Prior,
+) -> Result<Reply, Problem> {
+    let released = if matches!(prior, Prior::Applied(_)) {
+        let row: Option<(Uuid, String, sqlx::types::Json<Vec<Item>>)> = sqlx::query_as(
+            "UPDATE reservations SET status = 'released', released_at = now()
+             WHERE saga_id = $1 AND step = $2 AND status = 'held'
+             RETURNING id, order_id, items",
+        )
+        .bind(&key.saga_id)
+        .bind(&key.step)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row
+    } else {
+        None
+    };
+    let Some((id, order_id, sqlx::types::Json(items))) = released else {
+        let mut body = barrier::nothing_to_undo(&prior);
+        body["released"] = Value::Bool(false);
+        return Ok(Reply::ok(body));
+    };
+    // Items are stored sorted by SKU: the same lock order as reservations.
+    for item in &items {
+        sqlx::query(
+            "UPDATE stock SET available = available + $2, reserved = reserved - $2, updated_at = now()
+             WHERE sku = $1",
+        )
+        .bind(&item.sku)
+        .bind(item.quantity)
+        .execute(&mut *conn)
+        .await?;
+    }
+    tracing::info!(%key, reservation_id = %id, %order_id, "reservation released");
+    Ok(Reply::ok(json!({
+        "released": true,
+        "reservation_id": id,
+        "order_id": order_id,
+        "items": items,
+        "status": "released",
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByOrder {
+    order_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Reservation {
+    reservation_id: Uuid,
+    order_id: String,
+    saga_id: String,
+    step: String,
+    status: String,
+    items: sqlx::types::Json<Vec<Item>>,
+    created_at: DateTime<Utc>,
+    released_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /reservations?order_id=`: every reservation of the order, oldest first.
+async fn list_reservations(
+    State(app): State<App>,
+    Query(q): Query<ByOrder>,
+) -> Result<Json<Vec<Reservation>>, Problem> {
+    let Some(order_id) = q.order_id else {
+        return Err(Problem::invalid("/query/order_id", "is required"));
+    };
+    let rows: Vec<Reservation> = sqlx::query_as(
+        "SELECT id AS reservation_id, order_id, saga_id, step, status, items, created_at, released_at
+         FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
+    )
+    .bind(&order_id)
+    .fetch_all(&app.pool)
+    .await?;
+    Ok(Json(rows))
+}

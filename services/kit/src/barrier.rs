@@ -1,0 +1,522 @@
+//! The saga barrier (DTM's semantics): makes every saga call to a service idempotent and safe
+//! against reordering, in the **same local Postgres transaction** as the business effect.
+//!
+//! Every mutating saga endpoint takes an `Idempotency-Key: {saga_id}:{step}:{action|compensation}`
+//! header ([`IdempotencyKey`], an axum extractor; a missing or malformed key is a 400).
+//! The barrier table records, per `(saga_id, step, op)`, the outcome that was answered (HTTP
+//! status + JSON body):
+//!
+//! - **duplicate action** → the first outcome again (the same body on success, the same 409 on a
+//!   business failure), no second effect;
+//! - **business failure** (the effect returns a 409 [`Problem`]) → the effect is rolled back to a
+//!   savepoint (no partial effect) and the 409 is recorded;
+//! - **null compensation** (compensation before its action) → recorded, succeeds, no effect; it
+//!   also records the action as refused, so a later action for that key is a **hanging** action:
+//!   409 `urn:tandem:problem:hanging`, no effect;
+//! - **compensation of a failed action** → success, no effect;
+//! - **duplicate compensation** → the first outcome again.
+//!
+//! Concurrent duplicates are safe: the barrier row is inserted first with
+//! `INSERT … ON CONFLICT DO NOTHING`, so a second request for the same key waits on the unique
+//! index until the first commits, then reads its outcome. Any other error (a non-409 problem, a
+//! database error) rolls the whole transaction back, barrier row included, so the request can be
+//! retried with the same key.
+//!
+//! The DDL lives here, once ([`DDL`]); each service includes it in its migrator with
+//! [`migrator`], as version [`MIGRATION_VERSION`] (services number their own migrations from 2).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{PgConnection, PgPool, SqlSafeStr};
+
+use crate::problem::Problem;
+
+/// The header every mutating saga endpoint requires.
+pub const HEADER: &str = "idempotency-key";
+/// Response header set when the answer is a stored outcome, not a fresh one.
+pub const REPLAYED_HEADER: &str = "idempotency-replayed";
+/// Longest accepted key (same bound as the orchestrator's own `Idempotency-Key`).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Migration version the barrier table takes in every service's migrator.
+pub const MIGRATION_VERSION: i64 = 1;
+
+/// The barrier table. `status`/`body` are NULL only inside the transaction that inserted the row
+/// (the row is taken first, as a lock, and filled in before commit), so a committed row always
+/// has its outcome.
+pub const DDL: &str = r#"
+CREATE TABLE saga_barrier (
+    saga_id    text        NOT NULL,
+    step       text        NOT NULL,
+    op         text        NOT NULL CHECK (op IN ('action', 'compensation')),
+    -- HTTP status and JSON body that were answered; replayed verbatim to duplicates.
+    status     smallint,
+    body       jsonb,
+    -- 'request': the op itself was handled; 'compensation': an action row written by a null
+    -- compensation so that the late action is refused (hanging).
+    origin     text        NOT NULL DEFAULT 'request' CHECK (origin IN ('request', 'compensation')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (saga_id, step, op)
+);
+"#;
+
+/// `service` (e.g. `sqlx::migrate!("../../migrations/inventory")`) plus the barrier table as
+/// version [`MIGRATION_VERSION`]. Panics if the service's own migrations use that version (a
+/// programming error caught by any test that builds the service).
+pub fn migrator(service: Migrator) -> Migrator {
+    assert!(
+        !service.version_exists(MIGRATION_VERSION),
+        "migration version {MIGRATION_VERSION} is reserved for the saga barrier"
+    );
+    let mut migrations: Vec<Migration> = service.migrations.into_owned();
+    migrations.push(Migration::new(
+        MIGRATION_VERSION,
+        Cow::Borrowed("tandem kit saga barrier"),
+        MigrationType::Simple,
+        DDL.into_sql_str(),
+        false,
+    ));
+    Migrator::with_migrations(migrations)
+}
+
+/// Which side of a step a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Action,
+    Compensation,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Action => "action",
+            Op::Compensation => "compensation",
+        }
+    }
+}
+
+/// A parsed `Idempotency-Key: {saga_id}:{step}:{action|compensation}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    pub saga_id: String,
+    pub step: String,
+    pub op: Op,
+}
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.len() > MAX_KEY_LEN {
+            return Err(format!("must be at most {MAX_KEY_LEN} characters"));
+        }
+        let shape = "must be {saga_id}:{step}:{action|compensation}";
+        let mut parts = raw.split(':');
+        let (Some(saga_id), Some(step), Some(op), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(shape.to_string());
+        };
+        if saga_id.is_empty() || saga_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!(
+                "{shape}; saga_id must be non-empty, without spaces"
+            ));
+        }
+        if step.is_empty()
+            || !step
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(format!("{shape}; step must match [a-z0-9_]+"));
+        }
+        let op = match op {
+            "action" => Op::Action,
+            "compensation" => Op::Compensation,
+            _ => {
+                return Err(format!(
+                    "{shape}; the last part must be action or compensation"
+                ));
+            }
+        };
+        Ok(IdempotencyKey {
+            saga_id: saga_id.to_string(),
+            step: step.to_string(),
+            op,
+        })
+    }
+
+    /// 400 unless this key is for `op` (an action endpoint refuses a compensation key).
+    pub fn expect(&self, op: Op) -> Result<&Self, Problem> {
+        if self.op == op {
+            Ok(self)
+        } else {
+            Err(key_problem(&format!(
+                "this endpoint is a saga {}, the key names a {}",
+                op.as_str(),
+                self.op.as_str()
+            )))
+        }
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.saga_id, self.step, self.op.as_str())
+    }
+}
+
+fn key_problem(message: &str) -> Problem {
+    Problem::bad_request(format!("Idempotency-Key header: {message}"))
+        .field("/header/Idempotency-Key", message)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(HEADER)
+            .ok_or_else(|| key_problem("is required on every saga call"))?;
+        let raw = value
+            .to_str()
+            .map_err(|_| key_problem("must be visible ASCII"))?;
+        IdempotencyKey::parse(raw).map_err(|m| key_problem(&m))
+    }
+}
+
+/// A successful answer of an effect: status (2xx) and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Self {
+        Reply {
+            status: StatusCode::OK,
+            body,
+        }
+    }
+    pub fn created(body: Value) -> Self {
+        Reply {
+            status: StatusCode::CREATED,
+            body,
+        }
+    }
+}
+
+/// What a barrier call answered: a stored outcome (status + body), fresh or replayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: StatusCode,
+    pub body: Value,
+    /// `true` when this is the stored outcome of an earlier request with the same key.
+    pub replayed: bool,
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    fn from_row(status: i16, body: Value, replayed: bool) -> Self {
+        let status = u16::try_from(status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Outcome {
+            status,
+            body,
+            replayed,
+        }
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        let content_type = if self.status.is_success() {
+            "application/json"
+        } else {
+            crate::problem::CONTENT_TYPE
+        };
+        let body = serde_json::to_vec(&self.body).unwrap_or_default();
+        let mut resp = (self.status, body).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if self.replayed {
+            headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        }
+        resp
+    }
+}
+
+/// The boxed future an effect returns (borrowing the transaction's connection).
+pub type EffectFuture<'c> = Pin<Box<dyn Future<Output = Result<Reply, Problem>> + Send + 'c>>;
+
+/// What the compensation finds about its step's action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prior {
+    /// The action succeeded; this is the body it answered. Undo its effect (find the service's
+    /// own rows by `key.saga_id` + `key.step`).
+    Applied(Value),
+    /// The action was refused with this 409 problem body: there is nothing to undo.
+    Failed(Value),
+    /// No action ran (null compensation): there is nothing to undo, and the action is now refused
+    /// as hanging if it ever arrives.
+    Absent,
+}
+
+/// Run a saga **action** through the barrier.
+///
+/// `effect` runs inside the transaction that holds the barrier row (and a savepoint); it returns
+/// the success reply, a 409 [`Problem`] for a business failure (effect rolled back, failure
+/// recorded and replayed), or any other problem, which aborts everything (nothing recorded; the
+/// caller may retry with the same key). Returns the outcome to answer, or that aborting problem.
+pub async fn action<F>(pool: &PgPool, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
+where
+    F: for<'c> FnOnce(&'c mut PgConnection) -> EffectFuture<'c>,
+{
+    key.expect(Op::Action)?;
+    let mut tx = pool.begin().await?;
+    let taken = take_row(&mut tx, key, Op::Action).await?;
+    if !taken {
+        // A duplicate (or the action a compensation already refused): the committed outcome.
+        let outcome = stored(&mut tx, key, Op::Action).await?;
+        tx.rollback().await?;
+        tracing::info!(%key, status = outcome.status.as_u16(), "barrier: replaying action outcome");
+        return Ok(outcome);
+    }
+    sqlx::query("SAVEPOINT tandem_effect")
+        .execute(&mut *tx)
+        .await?;
+    let (status, body) = match effect(&mut tx).await {
+        Ok(reply) => {
+            sqlx::query("RELEASE SAVEPOINT tandem_effect")
+                .execute(&mut *tx)
+                .await?;
+            (reply.status, reply.body)
+        }
+        Err(problem) if problem.status == StatusCode::CONFLICT => {
+            sqlx::query("ROLLBACK TO SAVEPOINT tandem_effect")
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(%key, slug = %problem.slug, "barrier: action refused (business failure)");
+            (problem.status, problem.to_json())
+        }
+        Err(problem) => return Err(problem), // dropping `tx` rolls back, barrier row included
+    };
+    record(&mut tx, key, Op::Action, status, &body).await?;
+    tx.commit().await?;
+    Ok(Outcome {
+        status,
+        body,
+        replayed: false,
+    })
+}
+
+/// Run a saga **compensation** through the barrier.
+///
+/// `effect` is called exactly once per key, with what became of the action ([`Prior`]); it must
+/// only undo something for [`Prior::Applied`], and answers a 2xx reply either way (a
+/// compensation never fails for business reasons: any problem aborts the transaction and is
+/// answered as is, so the orchestrator retries).
+pub async fn compensation<F>(
+    pool: &PgPool,
+    key: &IdempotencyKey,
+    effect: F,
+) -> Result<Outcome, Problem>
+where
+    F: for<'c> FnOnce(&'c mut PgConnection, Prior) -> EffectFuture<'c>,
+{
+    key.expect(Op::Compensation)?;
+    let mut tx = pool.begin().await?;
+    // Take the *action's* row first: if that succeeds, the action never ran (null compensation)
+    // and the row, recorded as a 409 `hanging`, refuses the action if it comes late.
+    let null_compensation = sqlx::query(
+        "INSERT INTO saga_barrier (saga_id, step, op, status, body, origin)
+         VALUES ($1, $2, 'action', 409, $3, 'compensation')
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&key.saga_id)
+    .bind(&key.step)
+    .bind(hanging_problem(key).to_json())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !take_row(&mut tx, key, Op::Compensation).await? {
+        let outcome = stored(&mut tx, key, Op::Compensation).await?;
+        tx.rollback().await?;
+        tracing::info!(%key, "barrier: replaying compensation outcome");
+        return Ok(outcome);
+    }
+    let prior = if null_compensation {
+        tracing::info!(%key, "barrier: null compensation (no action ran); the action is now refused");
+        Prior::Absent
+    } else {
+        let action_key = IdempotencyKey {
+            op: Op::Action,
+            ..key.clone()
+        };
+        let action = stored(&mut tx, &action_key, Op::Action).await?;
+        if action.status.is_success() {
+            Prior::Applied(action.body)
+        } else {
+            Prior::Failed(action.body)
+        }
+    };
+    let reply = effect(&mut tx, prior).await?;
+    if !reply.status.is_success() {
+        return Err(Problem::internal(format!(
+            "compensation effect for {key} answered {}",
+            reply.status
+        )));
+    }
+    record(&mut tx, key, Op::Compensation, reply.status, &reply.body).await?;
+    tx.commit().await?;
+    Ok(Outcome {
+        status: reply.status,
+        body: reply.body,
+        replayed: false,
+    })
+}
+
+/// The problem a hanging action (one that arrives after its compensation) is refused with.
+pub fn hanging_problem(key: &IdempotencyKey) -> Problem {
+    Problem::conflict("hanging", "Action refused: its compensation already ran")
+        .detail(format!(
+            "step {} of saga {} was compensated before this action arrived; the action is refused with no effect",
+            key.step, key.saga_id
+        ))
+        .with("saga_id", key.saga_id.clone())
+        .with("step", key.step.clone())
+}
+
+/// Insert the (still empty) barrier row for `op`; `false` if it already exists (after waiting for
+/// a concurrent inserter to commit or roll back).
+async fn take_row(conn: &mut PgConnection, key: &IdempotencyKey, op: Op) -> Result<bool, Problem> {
+    let done = sqlx::query(
+        "INSERT INTO saga_barrier (saga_id, step, op) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(&key.saga_id)
+    .bind(&key.step)
+    .bind(op.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn stored(conn: &mut PgConnection, key: &IdempotencyKey, op: Op) -> Result<Outcome, Problem> {
+    let row: Option<(Option<i16>, Option<Value>)> = sqlx::query_as(
+        "SELECT status, body FROM saga_barrier WHERE saga_id = $1 AND step = $2 AND op = $3",
+    )
+    .bind(&key.saga_id)
+    .bind(&key.step)
+    .bind(op.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some((Some(status), Some(body))) => Ok(Outcome::from_row(status, body, true)),
+        other => Err(Problem::internal(format!(
+            "barrier row {key} ({}) has no outcome: {other:?}",
+            op.as_str()
+        ))),
+    }
+}
+
+async fn record(
+    conn: &mut PgConnection,
+    key: &IdempotencyKey,
+    op: Op,
+    status: StatusCode,
+    body: &Value,
+) -> Result<(), Problem> {
+    sqlx::query(
+        "UPDATE saga_barrier SET status = $4, body = $5
+         WHERE saga_id = $1 AND step = $2 AND op = $3",
+    )
+    .bind(&key.saga_id)
+    .bind(&key.step)
+    .bind(op.as_str())
+    .bind(status.as_u16() as i16)
+    .bind(body)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A reply body for a compensation that had nothing to undo, with the reason.
+pub fn nothing_to_undo(prior: &Prior) -> Value {
+    match prior {
+        Prior::Applied(_) => json!({ "reason": "the action's effect was already undone" }),
+        Prior::Failed(body) => json!({
+            "reason": "the action failed; there is nothing to undo",
+            "action_problem": body.get("type").cloned().unwrap_or(Value::Null),
+        }),
+        Prior::Absent => json!({
+            "reason": "null compensation: no action ran under this key; a late action will be refused as hanging",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_well_formed_keys() {
+        let k = IdempotencyKey::parse("0193-abc:reserve_inventory:action").unwrap();
+        assert_eq!(k.saga_id, "0193-abc");
+        assert_eq!(k.step, "reserve_inventory");
+        assert_eq!(k.op, Op::Action);
+        assert_eq!(k.to_string(), "0193-abc:reserve_inventory:action");
+        let c = IdempotencyKey::parse("s:step2:compensation").unwrap();
+        assert_eq!(c.op, Op::Compensation);
+    }
+
+    #[test]
+    fn rejects_malformed_keys() {
+        for bad in [
+            "",
+            "s:step",
+            "s:step:action:extra",
+            ":step:action",
+            "s::action",
+            "s:Step:action",
+            "s:step-1:action",
+            "s:step:undo",
+            "s x:step:action",
+        ] {
+            assert!(
+                IdempotencyKey::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        let long = format!("{}:s:action", "x".repeat(MAX_KEY_LEN));
+        assert!(IdempotencyKey::parse(&long).is_err());
+    }
+
+    #[test]
+    fn migrator_puts_the_barrier_first() {
+        let service = Migrator::with_migrations(vec![Migration::new(
+            2,
+            Cow::Borrowed("service"),
+            MigrationType::Simple,
+            "SELECT 1".into_sql_str(),
+            false,
+        )]);
+        let m = migrator(service);
+        let versions: Vec<i64> = m.iter().map(|m| m.version).collect();
+        assert_eq!(versions, vec![1, 2]);
+    }
+}
