@@ -1,1 +1,12 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tandem_kit::http::init_tracing();
+    let config = payment::Config::parse();
+    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+    payment::build(config)
+        .await?
+        .run(listener, tandem_kit::http::shutdown_signal())
+        .await
+}

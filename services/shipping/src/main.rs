@@ -1,1 +1,12 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tandem_kit::http::init_tracing();
+    let config = shipping::Config::parse();
+    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+    shipping::build(config)
+        .await?
+        .run(listener, tandem_kit::http::shutdown_signal())
+        .await
+}
