@@ -401,10 +401,10 @@ fn merge_policy(
             );
         }
     }
-    let cross = if set_b("initial_ms") {
-        at_b("initial_ms")
-    } else {
+    let cross = if set_b("max_ms") || !set_b("initial_ms") {
         at_b("max_ms")
+    } else {
+        at_b("initial_ms")
     };
     if let Some(ptr) = cross
         && p.backoff.max_ms < p.backoff.initial_ms
