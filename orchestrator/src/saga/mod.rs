@@ -4,7 +4,9 @@
 //!   (`{"$from": "/input/..."}` JSON Pointers), per-step policy, input schema, business key,
 //!   content-hash versions.
 //! - [`state`]: the persisted state of one saga (serialised as JSON into the store).
-//! - [`engine`]: the transition function `transition(def, state, input, now, rand) -> Transition`.
+//! - [`engine`]: the transition function
+//!   `transition(def, saga_id, input, state, event, now, rand) -> Transition`.
+//! - `tests`: unit tests per rule and property tests (a simulator answering every call at random).
 //!
 //! The driver (`crate::driver`) persists every [`engine::Transition`] **before** it performs the
 //! [`engine::Command`] the transition allows, and feeds the call's outcome back as

@@ -275,6 +275,9 @@ fn shipped_checkout_definition_parses() {
     assert_eq!(def.policy(2).poll_interval_ms, 200);
     assert_eq!(def.business_key(&checkout_input()).as_deref(), Some("o-1"));
     assert_eq!(def.validate_input(&checkout_input()), Ok(()));
+    // The resolved definition survives serde (e.g. for caching) unchanged.
+    let text = serde_json::to_string(&def).unwrap();
+    assert_eq!(serde_json::from_str::<Definition>(&text).unwrap(), def);
 }
 
 #[test]
