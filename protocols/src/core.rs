@@ -1,0 +1,150 @@
+//! The sans-IO vocabulary shared by every protocol core: node ids, inputs, actions, the
+//! [`Role`] trait a role's state machine implements, and the [`System`] trait that describes
+//! one protocol instance (which nodes exist, how each boots and recovers) to the model checker
+//! and to the in-memory network.
+//!
+//! A driver runs a role like this (the same loop serves the in-memory network, the stateright
+//! model and a later HTTP + Postgres driver):
+//!
+//! 1. feed one [`Input`] (a message, a timer firing, the application's "commit") to
+//!    [`Role::handle`], or build the role from its stable log with the protocol's `recover`;
+//! 2. execute the returned [`Action`]s **in order**. A [`Action::ForceWrite`] must be durable
+//!    before any action after it in the same batch is performed, so "persist, then send" is
+//!    enforced by the order of the batch, not by the driver's good will.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::hash::Hash;
+
+/// A process taking part in one atomic commit.
+///
+/// `Coordinator(i)` is the 2PC/3PC transaction manager or the i-th Paxos Commit leader,
+/// `Participant(i)` a resource manager (participant 0 initiates the commit), `Acceptor(i)` a
+/// Paxos Commit acceptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NodeId {
+    Coordinator(u8),
+    Participant(u8),
+    Acceptor(u8),
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeId::Coordinator(i) => write!(f, "C{i}"),
+            NodeId::Participant(i) => write!(f, "P{i}"),
+            NodeId::Acceptor(i) => write!(f, "A{i}"),
+        }
+    }
+}
+
+/// The outcome of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    Commit,
+    Abort,
+}
+
+/// What a participant's local work says when asked to prepare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Vote {
+    Yes,
+    No,
+}
+
+/// An event fed into a role.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Input<M, T> {
+    /// The application on the initiating participant asks to commit.
+    Begin,
+    /// A message arrived (possibly a duplicate, possibly late).
+    Receive { from: NodeId, msg: M },
+    /// A timer armed with [`Action::SetTimer`] fired.
+    Timeout(T),
+}
+
+/// An effect requested by a role. Executed in order; see the module docs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Action<M, R, T> {
+    /// Append `R` to stable storage and wait until it is durable (fsync / committed row)
+    /// before performing any later action of the same batch.
+    ForceWrite(R),
+    /// Append `R` to stable storage lazily: it may be lost if the process crashes before a
+    /// later force flushes it. The protocols are correct if it is lost.
+    Write(R),
+    /// Send `msg` to `to`. Links may lose, duplicate and reorder; cores are idempotent.
+    Send { to: NodeId, msg: M },
+    /// Arm (or re-arm) a timer; when it fires, feed [`Input::Timeout`]. Durations are the
+    /// driver's business.
+    SetTimer(T),
+    /// Disarm a timer (no-op if not armed).
+    CancelTimer(T),
+    /// This process now knows the outcome (a participant may apply / roll back its work).
+    Decide(Outcome),
+    /// The transaction may be dropped from memory and its log garbage-collected.
+    Forget,
+}
+
+impl<M, R, T> Action<M, R, T> {
+    pub fn send(to: NodeId, msg: M) -> Self {
+        Action::Send { to, msg }
+    }
+}
+
+/// Convenience alias for a role's action batch.
+pub type Actions<N> = Vec<Action<<N as Role>::Msg, <N as Role>::Record, <N as Role>::Timer>>;
+
+/// Bounds shared by every wire / log type: hashable and ordered for the model checker,
+/// serialisable for a real driver.
+pub trait Wire:
+    Clone + Debug + Hash + Eq + Ord + Send + Sync + Serialize + DeserializeOwned + 'static
+{
+}
+impl<T> Wire for T where
+    T: Clone + Debug + Hash + Eq + Ord + Send + Sync + Serialize + DeserializeOwned + 'static
+{
+}
+
+/// One role's state machine (a coordinator, a participant, an acceptor ...).
+pub trait Role: Clone + Debug + Hash + Eq + Send + Sync + 'static {
+    type Msg: Wire;
+    type Record: Wire;
+    type Timer: Wire;
+
+    /// Feed one input; returns the actions to perform, in order.
+    fn handle(&mut self, input: Input<Self::Msg, Self::Timer>) -> Actions<Self>;
+}
+
+/// One protocol instance: which nodes exist and how each one starts and recovers.
+/// Implemented by [`crate::two_phase::TwoPc`], [`crate::three_phase::ThreePc`] and
+/// [`crate::paxos_commit::PaxosCommit`].
+pub trait System: Clone + Debug + Send + Sync + 'static {
+    type Node: Role;
+
+    /// Every node, participants included.
+    fn nodes(&self) -> Vec<NodeId>;
+    /// The participants (resource managers) whose decisions must agree.
+    fn participants(&self) -> Vec<NodeId>;
+    /// The participant that receives [`Input::Begin`].
+    fn initiator(&self) -> NodeId {
+        NodeId::Participant(0)
+    }
+    /// A fresh node with an empty log. `vote` is used only by participants.
+    fn boot(&self, id: NodeId, vote: Vote) -> (Self::Node, Actions<Self::Node>);
+    /// A node rebuilt from its stable log after a crash.
+    fn recover(
+        &self,
+        id: NodeId,
+        log: &[<Self::Node as Role>::Record],
+    ) -> (Self::Node, Actions<Self::Node>);
+    /// Whether this record is a participant's durable YES vote.
+    fn is_yes_record(&self, record: &<Self::Node as Role>::Record) -> bool;
+    /// The peer a timer waits for, if the protocol's fault model only lets timers fire when
+    /// that peer has failed (3PC's synchronous assumption). `None`: may fire at any time.
+    fn timer_awaits(&self, _timer: &<Self::Node as Role>::Timer) -> Option<NodeId> {
+        None
+    }
+}

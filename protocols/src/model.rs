@@ -1,0 +1,602 @@
+//! A stateright [`Model`] that runs any [`System`]'s cores under a configurable fault model,
+//! plus the helpers the model-checking tests use (timed runs, terminal-state tests, readable
+//! traces).
+//!
+//! The model executes the very same [`Role::handle`] / `recover` code as a production driver.
+//! One model step is one input to one node, and its whole action batch is applied at once:
+//! forced writes go to the node's stable log (flushing any lazy writes before them), lazy writes
+//! to a volatile buffer that a crash discards, sends to the network, timers to the node's armed
+//! set. A crash between the forced write and the sends of a real driver is covered by "the whole
+//! batch ran, then the messages were lost" (loss) or by the crash before the step.
+//!
+//! Network: a set of envelopes. With `duplicating`, delivering a message leaves it in the set
+//! (so it can be delivered again, in any order); with `lossy` a `Lose` step removes it.
+//! Without `duplicating` delivery consumes one copy (reliable FIFO-free links).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use stateright::{Checker, Model, Path, Property};
+
+use crate::core::{Action, Input, NodeId, Outcome, Role, System, Vote};
+
+type Msg<S> = <<S as System>::Node as Role>::Msg;
+type Rec<S> = <<S as System>::Node as Role>::Record;
+type Tmr<S> = <<S as System>::Node as Role>::Timer;
+
+/// Which faults the checker may inject.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// Messages may be lost.
+    pub lossy: bool,
+    /// Messages may be delivered more than once (and in any order).
+    pub duplicating: bool,
+    /// Nodes that may crash.
+    pub crashable: Vec<NodeId>,
+    /// Crashes per node.
+    pub max_crashes_per_node: u8,
+    /// Crashes in total.
+    pub max_crashes_total: u8,
+    /// Crashed nodes may restart from their stable log (crash-recovery) — otherwise crash-stop.
+    pub recovery: bool,
+    /// Possible partitions (one side of the cut each); at most one happens, and it is permanent.
+    pub partitions: Vec<Vec<NodeId>>,
+    /// Timers for which [`System::timer_awaits`] names a peer fire only when that peer has
+    /// crashed and none of its messages are still in flight, or is cut off by the partition
+    /// (a perfect failure detector in a synchronous system). Otherwise timers fire any time.
+    pub synchronous_timers: bool,
+}
+
+impl Faults {
+    /// Crash-recovery with lossy, duplicating, reordering links; every node may crash once.
+    pub fn crash_recovery<S: System>(sys: &S) -> Self {
+        let crashable = sys.nodes();
+        Faults {
+            lossy: true,
+            duplicating: true,
+            max_crashes_total: crashable.len() as u8,
+            crashable,
+            max_crashes_per_node: 1,
+            recovery: true,
+            partitions: vec![],
+            synchronous_timers: false,
+        }
+    }
+}
+
+/// A check attached to the model: an invariant (`always`) or a reachability target
+/// (`sometimes`).
+pub type Condition<S> = fn(&CommitModel<S>, &McState<<S as System>::Node>) -> bool;
+
+#[derive(Clone)]
+pub struct CommitModel<S: System> {
+    pub sys: S,
+    pub faults: Faults,
+    /// One initial state per vote vector.
+    pub votes: Vec<Vec<Vote>>,
+    /// Extra properties: (is invariant, name, condition).
+    pub extra: Vec<(bool, &'static str, Condition<S>)>,
+    /// Include the generic properties (agreement, validity, both outcomes reachable).
+    pub standard: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Envelope<M> {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub msg: M,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Slot<N: Role> {
+    pub id: NodeId,
+    /// `None` while crashed.
+    pub node: Option<N>,
+    pub log: Vec<N::Record>,
+    pub buffer: Vec<N::Record>,
+    pub timers: BTreeSet<N::Timer>,
+    pub crashes: u8,
+    /// Ghost: the outcome this node decided (kept across crashes).
+    pub decided: Option<Outcome>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct McState<N: Role> {
+    pub slots: Vec<Slot<N>>,
+    pub net: BTreeMap<Envelope<N::Msg>, u8>,
+    pub partition: Option<u8>,
+    pub crashes: u8,
+    /// Ghost: some node decided both outcomes at different times.
+    pub flip_flop: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum McAction<M, T> {
+    Begin,
+    Deliver(Envelope<M>),
+    Lose(Envelope<M>),
+    Timeout(NodeId, T),
+    Crash(NodeId),
+    Recover(NodeId),
+    Partition(u8),
+}
+
+impl<S: System> CommitModel<S> {
+    pub fn new(sys: S, faults: Faults, votes: Vec<Vec<Vote>>) -> Self {
+        CommitModel {
+            sys,
+            faults,
+            votes,
+            extra: vec![],
+            standard: true,
+        }
+    }
+
+    pub fn always(mut self, name: &'static str, c: Condition<S>) -> Self {
+        self.extra.push((true, name, c));
+        self
+    }
+
+    pub fn sometimes(mut self, name: &'static str, c: Condition<S>) -> Self {
+        self.extra.push((false, name, c));
+        self
+    }
+
+    pub fn without_standard(mut self) -> Self {
+        self.standard = false;
+        self
+    }
+
+    fn index(&self, s: &McState<S::Node>, id: NodeId) -> usize {
+        s.slots
+            .iter()
+            .position(|sl| sl.id == id)
+            .expect("unknown node")
+    }
+
+    fn cut(&self, s: &McState<S::Node>, a: NodeId, b: NodeId) -> bool {
+        match s.partition {
+            None => false,
+            Some(i) => {
+                let side = &self.faults.partitions[i as usize];
+                side.contains(&a) != side.contains(&b)
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        s: &mut McState<S::Node>,
+        i: usize,
+        actions: Vec<Action<Msg<S>, Rec<S>, Tmr<S>>>,
+    ) {
+        let me = s.slots[i].id;
+        for a in actions {
+            match a {
+                Action::ForceWrite(r) => {
+                    let slot = &mut s.slots[i];
+                    let buffered = std::mem::take(&mut slot.buffer);
+                    slot.log.extend(buffered);
+                    slot.log.push(r);
+                }
+                Action::Write(r) => s.slots[i].buffer.push(r),
+                Action::Send { to, msg } => {
+                    if self.cut(s, me, to) {
+                        continue;
+                    }
+                    let dest_down = s.slots.iter().any(|sl| sl.id == to && sl.node.is_none());
+                    if dest_down && !self.faults.recovery {
+                        continue; // crash-stop: can never be delivered
+                    }
+                    let e = Envelope { from: me, to, msg };
+                    let c = s.net.entry(e).or_insert(0);
+                    if self.faults.duplicating {
+                        *c = 1;
+                    } else {
+                        *c = c.saturating_add(1);
+                    }
+                }
+                Action::SetTimer(t) => {
+                    s.slots[i].timers.insert(t);
+                }
+                Action::CancelTimer(t) => {
+                    s.slots[i].timers.remove(&t);
+                }
+                Action::Decide(o) => {
+                    let slot = &mut s.slots[i];
+                    if slot.decided.is_some_and(|d| d != o) {
+                        s.flip_flop = true;
+                    }
+                    slot.decided = Some(o);
+                }
+                Action::Forget => {}
+            }
+        }
+    }
+
+    fn input(&self, s: &mut McState<S::Node>, i: usize, input: Input<Msg<S>, Tmr<S>>) {
+        let Some(node) = s.slots[i].node.as_mut() else {
+            return;
+        };
+        let out = node.handle(input);
+        self.apply(s, i, out);
+    }
+
+    /// Has `peer` observably failed from `me`'s point of view (synchronous timers)?
+    pub fn failed(&self, s: &McState<S::Node>, me: NodeId, peer: NodeId) -> bool {
+        if self.cut(s, me, peer) {
+            return true;
+        }
+        let down = s.slots.iter().any(|sl| sl.id == peer && sl.node.is_none());
+        down && !s.net.keys().any(|e| e.from == peer)
+    }
+
+    /// No step changes the state.
+    pub fn is_terminal(&self, s: &McState<S::Node>) -> bool {
+        let mut acts = Vec::new();
+        self.actions(s, &mut acts);
+        acts.into_iter().all(|a| self.next_state(s, a).is_none())
+    }
+
+    pub fn up(&self, s: &McState<S::Node>, id: NodeId) -> bool {
+        s.slots.iter().any(|sl| sl.id == id && sl.node.is_some())
+    }
+
+    pub fn participant_slots<'a>(
+        &'a self,
+        s: &'a McState<S::Node>,
+    ) -> impl Iterator<Item = &'a Slot<S::Node>> + 'a {
+        let ps = self.sys.participants();
+        s.slots.iter().filter(move |sl| ps.contains(&sl.id))
+    }
+
+    /// Every live participant has decided.
+    pub fn live_participants_decided(&self, s: &McState<S::Node>) -> bool {
+        self.participant_slots(s)
+            .all(|sl| sl.node.is_none() || sl.decided.is_some())
+    }
+
+    /// No two nodes decided differently, and no node changed its mind.
+    pub fn agreement(&self, s: &McState<S::Node>) -> bool {
+        let mut seen = None;
+        for d in s.slots.iter().filter_map(|sl| sl.decided) {
+            if seen.is_some_and(|x| x != d) {
+                return false;
+            }
+            seen = Some(d);
+        }
+        !s.flip_flop
+    }
+
+    /// A commit decision implies every participant durably voted YES.
+    pub fn validity(&self, s: &McState<S::Node>) -> bool {
+        let committed = s.slots.iter().any(|sl| sl.decided == Some(Outcome::Commit));
+        !committed
+            || self
+                .participant_slots(s)
+                .all(|sl| sl.log.iter().any(|r| self.sys.is_yes_record(r)))
+    }
+
+    pub fn all_participants_decided(&self, s: &McState<S::Node>, o: Outcome) -> bool {
+        self.participant_slots(s).all(|sl| sl.decided == Some(o))
+    }
+
+    /// A participant committed while another aborted.
+    pub fn split(&self, s: &McState<S::Node>) -> bool {
+        let ds: BTreeSet<_> = self
+            .participant_slots(s)
+            .filter_map(|sl| sl.decided)
+            .collect();
+        ds.len() == 2
+    }
+
+    fn describe(&self, s: &McState<S::Node>, a: &McAction<Msg<S>, Tmr<S>>) -> String {
+        match a {
+            McAction::Begin => format!("{}: the application asks to commit", self.sys.initiator()),
+            McAction::Deliver(e) => format!("{} -> {}: {:?}", e.from, e.to, e.msg),
+            McAction::Lose(e) => format!("LOST {} -> {}: {:?}", e.from, e.to, e.msg),
+            McAction::Timeout(n, t) => format!("{n}: timeout {t:?}"),
+            McAction::Crash(n) => format!("{n}: CRASH"),
+            McAction::Recover(n) => {
+                let i = self.index(s, *n);
+                format!("{n}: restarts from its stable log {:?}", s.slots[i].log)
+            }
+            McAction::Partition(p) => {
+                let side = &self.faults.partitions[*p as usize];
+                let (a, b): (Vec<_>, Vec<_>) =
+                    self.sys.nodes().into_iter().partition(|n| side.contains(n));
+                format!("NETWORK PARTITION {} | {}", names(&a), names(&b))
+            }
+        }
+    }
+
+    /// A readable trace: one line per step, with the decisions it caused, then the final state.
+    pub fn trace(&self, path: &Path<McState<S::Node>, McAction<Msg<S>, Tmr<S>>>) -> String {
+        let steps = path.clone().into_vec();
+        let mut out = String::new();
+        let mut n = 0;
+        for (state, action) in &steps {
+            let Some(action) = action else { continue };
+            n += 1;
+            let _ = write!(out, "{n:>3}. {}", self.describe(state, action));
+            if let Some(next) = self.next_state(state, action.clone()) {
+                for (before, after) in state.slots.iter().zip(&next.slots) {
+                    if after.decided != before.decided {
+                        let _ = write!(
+                            out,
+                            "   => {} decides {:?}",
+                            after.id,
+                            after.decided.unwrap()
+                        );
+                    }
+                }
+                let new_log: Vec<_> = state
+                    .slots
+                    .iter()
+                    .zip(&next.slots)
+                    .filter(|(b, a)| a.log.len() > b.log.len() && a.node.is_some())
+                    .map(|(_, a)| format!("{} forces {:?}", a.id, a.log.last().unwrap()))
+                    .collect();
+                if !new_log.is_empty() {
+                    let _ = write!(out, "   [{}]", new_log.join(", "));
+                }
+            }
+            out.push('\n');
+        }
+        out.push_str("  final state:\n");
+        for sl in &path.last_state().slots {
+            let status = match &sl.node {
+                None => "DOWN".to_string(),
+                Some(n) => format!("{n:?}"),
+            };
+            let _ = writeln!(
+                out,
+                "    {:<3} decided={:<13} log={:?}  {}",
+                sl.id.to_string(),
+                format!("{:?}", sl.decided),
+                sl.log,
+                status
+            );
+        }
+        out
+    }
+}
+
+fn names(v: &[NodeId]) -> String {
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl<S: System> Model for CommitModel<S> {
+    type State = McState<S::Node>;
+    type Action = McAction<Msg<S>, Tmr<S>>;
+
+    fn init_states(&self) -> Vec<Self::State> {
+        self.votes
+            .iter()
+            .map(|votes| {
+                let mut s = McState {
+                    slots: vec![],
+                    net: BTreeMap::new(),
+                    partition: None,
+                    crashes: 0,
+                    flip_flop: false,
+                };
+                let mut boots = vec![];
+                for id in self.sys.nodes() {
+                    let vote = match id {
+                        NodeId::Participant(p) => votes[p as usize],
+                        _ => Vote::Yes,
+                    };
+                    let (node, out) = self.sys.boot(id, vote);
+                    s.slots.push(Slot {
+                        id,
+                        node: Some(node),
+                        log: vec![],
+                        buffer: vec![],
+                        timers: BTreeSet::new(),
+                        crashes: 0,
+                        decided: None,
+                    });
+                    boots.push(out);
+                }
+                for (i, out) in boots.into_iter().enumerate() {
+                    self.apply(&mut s, i, out);
+                }
+                s
+            })
+            .collect()
+    }
+
+    fn actions(&self, s: &Self::State, actions: &mut Vec<Self::Action>) {
+        if self.up(s, self.sys.initiator()) {
+            actions.push(McAction::Begin);
+        }
+        for e in s.net.keys() {
+            if self.up(s, e.to) {
+                actions.push(McAction::Deliver(e.clone()));
+            }
+            if self.faults.lossy {
+                actions.push(McAction::Lose(e.clone()));
+            }
+        }
+        for sl in &s.slots {
+            if sl.node.is_none() {
+                continue;
+            }
+            for t in &sl.timers {
+                let may = !self.faults.synchronous_timers
+                    || match self.sys.timer_awaits(t) {
+                        None => true,
+                        Some(peer) => self.failed(s, sl.id, peer),
+                    };
+                if may {
+                    actions.push(McAction::Timeout(sl.id, t.clone()));
+                }
+            }
+        }
+        for sl in &s.slots {
+            match sl.node {
+                Some(_) => {
+                    if self.faults.crashable.contains(&sl.id)
+                        && sl.crashes < self.faults.max_crashes_per_node
+                        && s.crashes < self.faults.max_crashes_total
+                    {
+                        actions.push(McAction::Crash(sl.id));
+                    }
+                }
+                None => {
+                    if self.faults.recovery {
+                        actions.push(McAction::Recover(sl.id));
+                    }
+                }
+            }
+        }
+        if s.partition.is_none() {
+            for i in 0..self.faults.partitions.len() {
+                actions.push(McAction::Partition(i as u8));
+            }
+        }
+    }
+
+    fn next_state(&self, last: &Self::State, action: Self::Action) -> Option<Self::State> {
+        let mut s = last.clone();
+        match action {
+            McAction::Begin => {
+                let i = self.index(&s, self.sys.initiator());
+                self.input(&mut s, i, Input::Begin);
+            }
+            McAction::Deliver(e) => {
+                if !self.faults.duplicating {
+                    let c = s.net.get_mut(&e)?;
+                    *c -= 1;
+                    if *c == 0 {
+                        s.net.remove(&e);
+                    }
+                }
+                let i = self.index(&s, e.to);
+                self.input(
+                    &mut s,
+                    i,
+                    Input::Receive {
+                        from: e.from,
+                        msg: e.msg,
+                    },
+                );
+            }
+            McAction::Lose(e) => {
+                s.net.remove(&e);
+            }
+            McAction::Timeout(n, t) => {
+                let i = self.index(&s, n);
+                s.slots[i].timers.remove(&t);
+                self.input(&mut s, i, Input::Timeout(t));
+            }
+            McAction::Crash(n) => {
+                let i = self.index(&s, n);
+                let sl = &mut s.slots[i];
+                sl.node = None;
+                sl.buffer.clear();
+                sl.timers.clear();
+                sl.crashes += 1;
+                s.crashes += 1;
+                if !self.faults.recovery {
+                    s.net.retain(|e, _| e.to != n);
+                }
+            }
+            McAction::Recover(n) => {
+                let i = self.index(&s, n);
+                let (node, out) = self.sys.recover(n, &s.slots[i].log);
+                s.slots[i].node = Some(node);
+                self.apply(&mut s, i, out);
+            }
+            McAction::Partition(p) => {
+                s.partition = Some(p);
+                let side = &self.faults.partitions[p as usize];
+                s.net
+                    .retain(|e, _| side.contains(&e.from) == side.contains(&e.to));
+            }
+        }
+        if &s == last { None } else { Some(s) }
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        let mut v = vec![];
+        if self.standard {
+            v.push(Property::always("agreement", |m: &Self, s| m.agreement(s)));
+            v.push(Property::always(
+                "commit only if all voted yes",
+                |m: &Self, s| m.validity(s),
+            ));
+            v.push(Property::sometimes("all commit", |m: &Self, s| {
+                m.all_participants_decided(s, Outcome::Commit)
+            }));
+            v.push(Property::sometimes("all abort", |m: &Self, s| {
+                m.all_participants_decided(s, Outcome::Abort)
+            }));
+        }
+        for (always, name, c) in &self.extra {
+            v.push(if *always {
+                Property::always(name, *c)
+            } else {
+                Property::sometimes(name, *c)
+            });
+        }
+        v
+    }
+}
+
+/// The figures of one exhaustive run.
+#[derive(Clone, Debug)]
+pub struct RunStats {
+    pub label: String,
+    pub unique_states: usize,
+    pub total_states: usize,
+    pub max_depth: usize,
+    pub elapsed: Duration,
+    pub complete: bool,
+}
+
+impl std::fmt::Display for RunStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[model] {}: {} unique states ({} generated), max depth {}, {:.2}s{}",
+            self.label,
+            self.unique_states,
+            self.total_states,
+            self.max_depth,
+            self.elapsed.as_secs_f64(),
+            if self.complete {
+                ""
+            } else {
+                " (stopped early)"
+            }
+        )
+    }
+}
+
+/// Run a breadth-first exhaustive check (shortest counterexamples), print and return figures.
+pub fn run_bfs<S: System>(
+    label: &str,
+    model: CommitModel<S>,
+) -> (impl Checker<CommitModel<S>> + use<S>, RunStats) {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let start = Instant::now();
+    let checker = model.checker().threads(threads).spawn_bfs().join();
+    let stats = RunStats {
+        label: label.to_string(),
+        unique_states: checker.unique_state_count(),
+        total_states: checker.state_count(),
+        max_depth: checker.max_depth(),
+        elapsed: start.elapsed(),
+        complete: checker.is_done(),
+    };
+    println!("{stats}");
+    (checker, stats)
+}
