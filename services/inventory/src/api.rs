@@ -85,22 +85,24 @@ impl Issues {
             self.add(pointer, "must not contain control characters");
         }
     }
-    fn finish(self) -> Result<(), Problem> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Problem::invalid_fields(self.0))
-        }
+    fn finish(self) -> Result<(), Issues> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
     }
 }
 
-fn validate_sku(sku: &str) -> Result<(), Problem> {
+impl From<Issues> for Problem {
+    fn from(issues: Issues) -> Self {
+        Problem::invalid_fields(issues.0)
+    }
+}
+
+fn validate_sku(sku: &str) -> Result<(), Issues> {
     let mut issues = Issues::default();
     issues.text("/path/sku", sku, MAX_SKU_LEN);
     issues.finish()
 }
 
-fn validate_reserve(req: &ReserveRequest) -> Result<(), Problem> {
+fn validate_reserve(req: &ReserveRequest) -> Result<(), Issues> {
     let mut issues = Issues::default();
     issues.text("/order_id", &req.order_id, MAX_ORDER_ID_LEN);
     if req.items.is_empty() {
@@ -120,8 +122,8 @@ fn validate_reserve(req: &ReserveRequest) -> Result<(), Problem> {
     issues.finish()
 }
 
-fn problem(p: Problem) -> Response {
-    p.into_response()
+fn problem(p: impl Into<Problem>) -> Response {
+    p.into().into_response()
 }
 
 async fn get_stock(

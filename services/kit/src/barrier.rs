@@ -154,6 +154,7 @@ impl IdempotencyKey {
     }
 
     /// 400 unless this key is for `op` (an action endpoint refuses a compensation key).
+    #[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
     pub fn expect(&self, op: Op) -> Result<&Self, Problem> {
         if self.op == op {
             Ok(self)

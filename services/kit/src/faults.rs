@@ -155,6 +155,7 @@ impl Faults {
     }
 
     /// Install a fault (validated).
+    #[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
     pub fn add(&self, spec: FaultSpec) -> Result<Fault, Problem> {
         match (&spec.order_id, &spec.key) {
             (Some(_), Some(_)) | (None, None) => {

@@ -65,16 +65,18 @@ impl Issues {
             self.add(pointer, "must not contain control characters");
         }
     }
-    fn finish(self) -> Result<(), Problem> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Problem::invalid_fields(self.0))
-        }
+    fn finish(self) -> Result<(), Issues> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
     }
 }
 
-fn validate_charge(req: &ChargeRequest) -> Result<(), Problem> {
+impl From<Issues> for Problem {
+    fn from(issues: Issues) -> Self {
+        Problem::invalid_fields(issues.0)
+    }
+}
+
+fn validate_charge(req: &ChargeRequest) -> Result<(), Issues> {
     let mut issues = Issues::default();
     issues.text("/order_id", &req.order_id, MAX_ID_LEN);
     issues.text("/customer_id", &req.customer_id, MAX_ID_LEN);
@@ -94,8 +96,8 @@ fn validate_charge(req: &ChargeRequest) -> Result<(), Problem> {
     issues.finish()
 }
 
-fn problem(p: Problem) -> Response {
-    p.into_response()
+fn problem(p: impl Into<Problem>) -> Response {
+    p.into().into_response()
 }
 
 /// `POST /charges`: the saga action.

@@ -85,16 +85,18 @@ impl Issues {
             self.add(pointer, "must not contain control characters");
         }
     }
-    fn finish(self) -> Result<(), Problem> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Problem::invalid_fields(self.0))
-        }
+    fn finish(self) -> Result<(), Issues> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
     }
 }
 
-fn validate_shipment(req: &ShipmentRequest) -> Result<(), Problem> {
+impl From<Issues> for Problem {
+    fn from(issues: Issues) -> Self {
+        Problem::invalid_fields(issues.0)
+    }
+}
+
+fn validate_shipment(req: &ShipmentRequest) -> Result<(), Issues> {
     let mut issues = Issues::default();
     issues.text("/order_id", &req.order_id, MAX_ID_LEN);
     let a = &req.address;
@@ -128,8 +130,8 @@ fn validate_shipment(req: &ShipmentRequest) -> Result<(), Problem> {
     issues.finish()
 }
 
-fn problem(p: Problem) -> Response {
-    p.into_response()
+fn problem(p: impl Into<Problem>) -> Response {
+    p.into().into_response()
 }
 
 /// `POST /shipments`: the saga action.
