@@ -7,5 +7,6 @@
 //! - `commit` (in the binary): `tandem commit compare`, the atomic-commit protocol comparison.
 
 pub mod client;
+pub mod commands;
 pub mod demo;
 pub mod stack;

@@ -1,0 +1,95 @@
+//! `tandem up` and `tandem demo`.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::client::Client;
+use crate::demo;
+use crate::stack::{Stack, StackConfig};
+
+const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The Postgres server (any database URL on it; the stack creates its own databases).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SERVER)]
+    pub database_url: String,
+    /// Database name prefix: databases are `<prefix>_orchestrator`, `<prefix>_inventory`, …
+    #[arg(long, default_value = "tandem")]
+    pub db_prefix: String,
+    /// Orchestrator port; inventory, payment and shipping take the next three.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+}
+
+/// Start the whole stack in this process and serve until Ctrl-C.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackConfig::new(args.database_url, &args.db_prefix, args.port)).await?;
+    println!("Tandem is up:");
+    println!("  orchestrator  {}", stack.orchestrator_url);
+    println!("  inventory     {}", stack.inventory_url);
+    println!("  payment       {}", stack.payment_url);
+    println!("  shipping      {}", stack.shipping_url);
+    println!("databases: {}", stack.database_urls.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>().join(", "));
+    println!("Ctrl-C stops it (gracefully: leases are handed back).");
+    tokio::select! {
+        e = stack.wait_for_failure() => return Err(e),
+        _ = tandem_kit::http::shutdown_signal() => {}
+    }
+    stack.stop().await
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run against a stack that is already up (e.g. `tandem up`) at this orchestrator URL; the
+    /// services are then expected on the next three ports unless given.
+    #[arg(long)]
+    pub orchestrator_url: Option<String>,
+    #[arg(long)]
+    pub inventory_url: Option<String>,
+    #[arg(long)]
+    pub payment_url: Option<String>,
+    #[arg(long)]
+    pub shipping_url: Option<String>,
+    /// Without --orchestrator-url: the Postgres server the demo's own stack uses.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SERVER)]
+    pub database_url: String,
+    /// Without --orchestrator-url: database name prefix of the demo's own stack.
+    #[arg(long, default_value = "tandem_demo")]
+    pub db_prefix: String,
+}
+
+fn next_port(url: &str, offset: u16) -> anyhow::Result<String> {
+    let (head, port) = url.trim_end_matches('/').rsplit_once(':').ok_or_else(|| anyhow::anyhow!("{url} has no port"))?;
+    let port: u16 = port.parse()?;
+    Ok(format!("{head}:{}", port + offset))
+}
+
+/// Run the checkout scenarios, print their timelines; Err if any outcome is unexpected.
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let (client, stack) = match &args.orchestrator_url {
+        Some(o) => {
+            let inv = args.inventory_url.clone().map_or_else(|| next_port(o, 1), Ok)?;
+            let pay = args.payment_url.clone().map_or_else(|| next_port(o, 2), Ok)?;
+            let ship = args.shipping_url.clone().map_or_else(|| next_port(o, 3), Ok)?;
+            (Client::new(o, &inv, &pay, &ship), None)
+        }
+        None => {
+            println!("Starting the stack in this process (databases {}_*) …", args.db_prefix);
+            let stack = Stack::start(StackConfig::new(&args.database_url, &args.db_prefix, 0)).await?;
+            (Client::for_stack(&stack), Some(stack))
+        }
+    };
+    let health = client.get(&format!("{}/healthz", client.orchestrator)).await?;
+    anyhow::ensure!(health.status == 200, "the orchestrator is not healthy: {}", health.body);
+    let run_id = format!("demo-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    println!("Running {} checkout scenarios (run {run_id}) …", demo::SCENARIOS.len());
+    let outcomes = tokio::time::timeout(Duration::from_secs(300), demo::run_all(&client, &run_id)).await??;
+    let ok = demo::report(&outcomes);
+    if let Some(s) = stack {
+        s.stop().await?;
+    }
+    anyhow::ensure!(ok, "some scenarios did not end as expected");
+    Ok(())
+}
