@@ -26,6 +26,7 @@ pub const MAX_AVAILABLE: i64 = 1_000_000_000_000;
 
 pub fn routes(app: App) -> Router {
     Router::new()
+        .route("/healthz", axum::routing::get(healthz))
         .route("/stock/{sku}", get(get_stock).put(put_stock))
         .route("/reservations", post(reserve).get(list_reservations))
         .route("/reservations/release", post(release))
@@ -348,4 +349,10 @@ async fn list_reservations(
     .fetch_all(&app.pool)
     .await?;
     Ok(Json(rows))
+}
+
+/// `GET /healthz`: 200 when the database answers.
+async fn healthz(State(app): State<App>) -> Result<Json<Value>, Problem> {
+    sqlx::query("SELECT 1").execute(&app.pool).await?;
+    Ok(Json(json!({ "status": "ok", "service": "inventory" })))
 }

@@ -8,7 +8,8 @@
 //! - `migrations/inventory/`: the schema (the barrier table comes from `tandem_kit::barrier`).
 //!
 //! Endpoints: `PUT /stock/{sku}`, `GET /stock/{sku}`, `POST /reservations` (saga action),
-//! `POST /reservations/release` (its compensation), `GET /reservations?order_id=`, `/faults`.
+//! `POST /reservations/release` (its compensation), `GET /reservations?order_id=`, `/faults`,
+//! `GET /healthz`.
 
 pub mod api;
 

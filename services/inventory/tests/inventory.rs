@@ -642,3 +642,12 @@ async fn fifty_concurrent_reservations_never_oversell() {
     assert_eq!(svc.count("reservations").await, 10);
     assert!(watcher.await.unwrap() >= 1);
 }
+
+#[tokio::test]
+async fn healthz_answers() {
+    let svc = spawn().await;
+    let (s, b) = svc.get("/healthz").await;
+    assert_eq!((s, &b["status"]), (StatusCode::OK, &json!("ok")));
+    let (s, b) = svc.get("/no/such/route").await;
+    assert_problem(s, &b, StatusCode::NOT_FOUND, "not-found");
+}

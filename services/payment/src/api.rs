@@ -23,6 +23,7 @@ pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 
 pub fn routes(app: App) -> Router {
     Router::new()
+        .route("/healthz", axum::routing::get(healthz))
         .route("/charges", post(charge))
         .route("/refunds", post(refund))
         .route("/payments", get(list_payments))
@@ -257,4 +258,10 @@ async fn list_payments(
     .fetch_all(&app.pool)
     .await?;
     Ok(Json(rows))
+}
+
+/// `GET /healthz`: 200 when the database answers.
+async fn healthz(State(app): State<App>) -> Result<Json<Value>, Problem> {
+    sqlx::query("SELECT 1").execute(&app.pool).await?;
+    Ok(Json(json!({ "status": "ok", "service": "payment" })))
 }

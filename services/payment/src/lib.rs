@@ -7,7 +7,7 @@
 //! - `migrations/payment/`: the schema (the barrier table comes from `tandem_kit::barrier`).
 //!
 //! Endpoints: `POST /charges` (saga action), `POST /refunds` (its compensation),
-//! `GET /payments?order_id=`, `/faults`.
+//! `GET /payments?order_id=`, `/faults`, `GET /healthz`.
 
 pub mod api;
 

@@ -25,6 +25,7 @@ pub const MAX_ITEMS: usize = 100;
 
 pub fn routes(app: App) -> Router {
     Router::new()
+        .route("/healthz", axum::routing::get(healthz))
         .route("/shipments", post(create).get(list_shipments))
         .route("/shipments/cancel", post(cancel))
         .with_state(app)
@@ -282,4 +283,10 @@ async fn list_shipments(
     .fetch_all(&app.pool)
     .await?;
     Ok(Json(rows))
+}
+
+/// `GET /healthz`: 200 when the database answers.
+async fn healthz(State(app): State<App>) -> Result<Json<Value>, Problem> {
+    sqlx::query("SELECT 1").execute(&app.pool).await?;
+    Ok(Json(json!({ "status": "ok", "service": "shipping" })))
 }

@@ -6,7 +6,7 @@
 //! - `migrations/shipping/`: the schema (the barrier table comes from `tandem_kit::barrier`).
 //!
 //! Endpoints: `POST /shipments` (saga action), `POST /shipments/cancel` (its compensation),
-//! `GET /shipments?order_id=`, `/faults`.
+//! `GET /shipments?order_id=`, `/faults`, `GET /healthz`.
 
 pub mod api;
 
