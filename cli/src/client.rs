@@ -24,7 +24,10 @@ pub struct Reply {
 impl Client {
     pub fn new(orchestrator: &str, inventory: &str, payment: &str, shipping: &str) -> Self {
         Client {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("HTTP client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(90))
+                .build()
+                .expect("HTTP client"),
             orchestrator: orchestrator.trim_end_matches('/').to_string(),
             inventory: inventory.trim_end_matches('/').to_string(),
             payment: payment.trim_end_matches('/').to_string(),
@@ -33,27 +36,60 @@ impl Client {
     }
 
     pub fn for_stack(s: &crate::stack::Stack) -> Self {
-        Client::new(&s.orchestrator_url, &s.inventory_url, &s.payment_url, &s.shipping_url)
+        Client::new(
+            &s.orchestrator_url,
+            &s.inventory_url,
+            &s.payment_url,
+            &s.shipping_url,
+        )
     }
 
     async fn reply(resp: reqwest::Response) -> anyhow::Result<Reply> {
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await?;
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
         Ok(Reply { status, body })
     }
 
     pub async fn get(&self, url: &str) -> anyhow::Result<Reply> {
-        Self::reply(self.http.get(url).send().await.with_context(|| format!("GET {url}"))?).await
+        Self::reply(
+            self.http
+                .get(url)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?,
+        )
+        .await
     }
 
-    pub async fn send_json(&self, method: reqwest::Method, url: &str, body: &Value) -> anyhow::Result<Reply> {
-        Self::reply(self.http.request(method.clone(), url).json(body).send().await.with_context(|| format!("{method} {url}"))?)
-            .await
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &Value,
+    ) -> anyhow::Result<Reply> {
+        Self::reply(
+            self.http
+                .request(method.clone(), url)
+                .json(body)
+                .send()
+                .await
+                .with_context(|| format!("{method} {url}"))?,
+        )
+        .await
     }
 
     /// `POST /sagas`.
-    pub async fn start_saga(&self, definition: &str, input: &Value, idempotency_key: Option<&str>) -> anyhow::Result<Reply> {
+    pub async fn start_saga(
+        &self,
+        definition: &str,
+        input: &Value,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Reply> {
         let mut req = self
             .http
             .post(format!("{}/sagas", self.orchestrator))
@@ -66,8 +102,18 @@ impl Client {
 
     /// `GET /sagas/{id}?wait=…`: long-poll until the saga settles (or the wait ends).
     pub async fn wait_saga(&self, id: &str, wait_secs: u32) -> anyhow::Result<Value> {
-        let r = self.get(&format!("{}/sagas/{id}?wait={wait_secs}", self.orchestrator)).await?;
-        anyhow::ensure!(r.status == 200, "GET /sagas/{id} answered {}: {}", r.status, r.body);
+        let r = self
+            .get(&format!(
+                "{}/sagas/{id}?wait={wait_secs}",
+                self.orchestrator
+            ))
+            .await?;
+        anyhow::ensure!(
+            r.status == 200,
+            "GET /sagas/{id} answered {}: {}",
+            r.status,
+            r.body
+        );
         Ok(r.body)
     }
 
@@ -75,7 +121,10 @@ impl Client {
     pub async fn settle(&self, id: &str, max_secs: u32) -> anyhow::Result<Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(max_secs as u64);
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now()).as_secs().min(30) as u32;
+            let left = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs()
+                .min(30) as u32;
             let s = self.wait_saga(id, left).await?;
             let st = s["status"].as_str().unwrap_or("");
             if matches!(st, "completed" | "compensated" | "failed") || left == 0 {
@@ -85,18 +134,30 @@ impl Client {
     }
 
     pub async fn set_stock(&self, sku: &str, available: i64) -> anyhow::Result<Reply> {
-        self.send_json(reqwest::Method::PUT, &format!("{}/stock/{sku}", self.inventory), &json!({ "available": available }))
-            .await
+        self.send_json(
+            reqwest::Method::PUT,
+            &format!("{}/stock/{sku}", self.inventory),
+            &json!({ "available": available }),
+        )
+        .await
     }
 
     pub async fn stock(&self, sku: &str) -> anyhow::Result<Value> {
-        Ok(self.get(&format!("{}/stock/{sku}", self.inventory)).await?.body)
+        Ok(self
+            .get(&format!("{}/stock/{sku}", self.inventory))
+            .await?
+            .body)
     }
 
     /// Items of a list endpoint (`[...]` or `{"items": [...]}`).
     async fn list(&self, url: String) -> anyhow::Result<Vec<Value>> {
         let r = self.get(&url).await?;
-        anyhow::ensure!(r.status == 200, "GET {url} answered {}: {}", r.status, r.body);
+        anyhow::ensure!(
+            r.status == 200,
+            "GET {url} answered {}: {}",
+            r.status,
+            r.body
+        );
         Ok(match r.body {
             Value::Array(a) => a,
             Value::Object(mut o) => match o.remove("items") {
@@ -108,15 +169,21 @@ impl Client {
     }
 
     pub async fn reservations(&self, order_id: &str) -> anyhow::Result<Vec<Value>> {
-        self.list(format!("{}/reservations?order_id={order_id}", self.inventory)).await
+        self.list(format!(
+            "{}/reservations?order_id={order_id}",
+            self.inventory
+        ))
+        .await
     }
 
     pub async fn payments(&self, order_id: &str) -> anyhow::Result<Vec<Value>> {
-        self.list(format!("{}/payments?order_id={order_id}", self.payment)).await
+        self.list(format!("{}/payments?order_id={order_id}", self.payment))
+            .await
     }
 
     pub async fn shipments(&self, order_id: &str) -> anyhow::Result<Vec<Value>> {
-        self.list(format!("{}/shipments?order_id={order_id}", self.shipping)).await
+        self.list(format!("{}/shipments?order_id={order_id}", self.shipping))
+            .await
     }
 
     /// Register a scoped fault at a service (`inventory`, `payment` or `shipping`).
@@ -127,14 +194,27 @@ impl Client {
             "shipping" => &self.shipping,
             other => anyhow::bail!("unknown service {other}"),
         };
-        let r = self.send_json(reqwest::Method::POST, &format!("{base}/faults"), fault).await?;
-        anyhow::ensure!(r.status == 201, "POST {base}/faults answered {}: {}", r.status, r.body);
+        let r = self
+            .send_json(reqwest::Method::POST, &format!("{base}/faults"), fault)
+            .await?;
+        anyhow::ensure!(
+            r.status == 201,
+            "POST {base}/faults answered {}: {}",
+            r.status,
+            r.body
+        );
         Ok(r)
     }
 }
 
 /// A valid checkout input.
-pub fn checkout_input(order_id: &str, sku: &str, quantity: i64, card_token: &str, country: &str) -> Value {
+pub fn checkout_input(
+    order_id: &str,
+    sku: &str,
+    quantity: i64,
+    card_token: &str,
+    country: &str,
+) -> Value {
     json!({
         "order_id": order_id,
         "customer_id": "cust-42",

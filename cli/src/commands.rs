@@ -25,13 +25,26 @@ pub struct UpArgs {
 
 /// Start the whole stack in this process and serve until Ctrl-C.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let mut stack = Stack::start(StackConfig::new(args.database_url, &args.db_prefix, args.port)).await?;
+    let mut stack = Stack::start(StackConfig::new(
+        args.database_url,
+        &args.db_prefix,
+        args.port,
+    ))
+    .await?;
     println!("Tandem is up:");
     println!("  orchestrator  {}", stack.orchestrator_url);
     println!("  inventory     {}", stack.inventory_url);
     println!("  payment       {}", stack.payment_url);
     println!("  shipping      {}", stack.shipping_url);
-    println!("databases: {}", stack.database_urls.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "databases: {}",
+        stack
+            .database_urls
+            .iter()
+            .map(|(_, u)| u.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("Ctrl-C stops it (gracefully: leases are handed back).");
     tokio::select! {
         e = stack.wait_for_failure() => return Err(e),
@@ -61,7 +74,10 @@ pub struct DemoArgs {
 }
 
 fn next_port(url: &str, offset: u16) -> anyhow::Result<String> {
-    let (head, port) = url.trim_end_matches('/').rsplit_once(':').ok_or_else(|| anyhow::anyhow!("{url} has no port"))?;
+    let (head, port) = url
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{url} has no port"))?;
     let port: u16 = port.parse()?;
     Ok(format!("{head}:{}", port + offset))
 }
@@ -70,22 +86,45 @@ fn next_port(url: &str, offset: u16) -> anyhow::Result<String> {
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (client, stack) = match &args.orchestrator_url {
         Some(o) => {
-            let inv = args.inventory_url.clone().map_or_else(|| next_port(o, 1), Ok)?;
-            let pay = args.payment_url.clone().map_or_else(|| next_port(o, 2), Ok)?;
-            let ship = args.shipping_url.clone().map_or_else(|| next_port(o, 3), Ok)?;
+            let inv = args
+                .inventory_url
+                .clone()
+                .map_or_else(|| next_port(o, 1), Ok)?;
+            let pay = args
+                .payment_url
+                .clone()
+                .map_or_else(|| next_port(o, 2), Ok)?;
+            let ship = args
+                .shipping_url
+                .clone()
+                .map_or_else(|| next_port(o, 3), Ok)?;
             (Client::new(o, &inv, &pay, &ship), None)
         }
         None => {
-            println!("Starting the stack in this process (databases {}_*) …", args.db_prefix);
-            let stack = Stack::start(StackConfig::new(&args.database_url, &args.db_prefix, 0)).await?;
+            println!(
+                "Starting the stack in this process (databases {}_*) …",
+                args.db_prefix
+            );
+            let stack =
+                Stack::start(StackConfig::new(&args.database_url, &args.db_prefix, 0)).await?;
             (Client::for_stack(&stack), Some(stack))
         }
     };
-    let health = client.get(&format!("{}/healthz", client.orchestrator)).await?;
-    anyhow::ensure!(health.status == 200, "the orchestrator is not healthy: {}", health.body);
+    let health = client
+        .get(&format!("{}/healthz", client.orchestrator))
+        .await?;
+    anyhow::ensure!(
+        health.status == 200,
+        "the orchestrator is not healthy: {}",
+        health.body
+    );
     let run_id = format!("demo-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    println!("Running {} checkout scenarios (run {run_id}) …", demo::SCENARIOS.len());
-    let outcomes = tokio::time::timeout(Duration::from_secs(300), demo::run_all(&client, &run_id)).await??;
+    println!(
+        "Running {} checkout scenarios (run {run_id}) …",
+        demo::SCENARIOS.len()
+    );
+    let outcomes =
+        tokio::time::timeout(Duration::from_secs(300), demo::run_all(&client, &run_id)).await??;
     let ok = demo::report(&outcomes);
     if let Some(s) = stack {
         s.stop().await?;

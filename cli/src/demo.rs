@@ -26,10 +26,22 @@ impl Outcome {
 
 pub const SCENARIOS: [(&str, &str); 5] = [
     ("success", "stock reserved, card charged, shipment created"),
-    ("declined card", "payment answers 409: the reservation is released"),
-    ("undeliverable address", "shipping answers 409: refund, then release (reverse order)"),
-    ("transient payment failures", "payment fails twice with 500: retried with backoff, then charged once"),
-    ("lost response", "payment charges, then answers 503: the retry with the same key gets the first result"),
+    (
+        "declined card",
+        "payment answers 409: the reservation is released",
+    ),
+    (
+        "undeliverable address",
+        "shipping answers 409: refund, then release (reverse order)",
+    ),
+    (
+        "transient payment failures",
+        "payment fails twice with 500: retried with backoff, then charged once",
+    ),
+    (
+        "lost response",
+        "payment charges, then answers 503: the retry with the same key gets the first result",
+    ),
 ];
 
 /// Run every scenario (concurrently) and return their outcomes in order.
@@ -56,15 +68,20 @@ impl Checks {
 
 /// Index of the first event of `kind` for `step` (None if absent).
 pub fn event_index(saga: &Value, kind: &str, step: Option<&str>) -> Option<usize> {
-    saga["events"].as_array()?.iter().position(|e| {
-        e["kind"] == kind && step.is_none_or(|s| e["step"] == s)
-    })
+    saga["events"]
+        .as_array()?
+        .iter()
+        .position(|e| e["kind"] == kind && step.is_none_or(|s| e["step"] == s))
 }
 
 pub fn count_events(saga: &Value, kind: &str, step: &str) -> usize {
     saga["events"]
         .as_array()
-        .map(|a| a.iter().filter(|e| e["kind"] == kind && e["step"] == step).count())
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["kind"] == kind && e["step"] == step)
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -78,14 +95,24 @@ fn statuses(list: &[Value], status: &str) -> usize {
 
 async fn start(c: &Client, input: &Value) -> anyhow::Result<Value> {
     let r = c.start_saga("checkout", input, None).await?;
-    anyhow::ensure!(r.status == 201, "POST /sagas answered {}: {}", r.status, r.body);
+    anyhow::ensure!(
+        r.status == 201,
+        "POST /sagas answered {}: {}",
+        r.status,
+        r.body
+    );
     let id = r.body["id"].as_str().unwrap_or_default().to_string();
     c.settle(&id, 120).await
 }
 
 async fn seed(c: &Client, sku: &str, n: i64) -> anyhow::Result<()> {
     let r = c.set_stock(sku, n).await?;
-    anyhow::ensure!(r.status == 200, "PUT /stock/{sku} answered {}: {}", r.status, r.body);
+    anyhow::ensure!(
+        r.status == 200,
+        "PUT /stock/{sku} answered {}: {}",
+        r.status,
+        r.body
+    );
     Ok(())
 }
 
@@ -94,16 +121,36 @@ async fn success(c: &Client, run: &str) -> anyhow::Result<Outcome> {
     seed(c, &sku, 10).await?;
     let saga = start(c, &checkout_input(&order, &sku, 2, "tok_visa", "GB")).await?;
     let mut k = Checks(vec![]);
-    k.check(saga["status"] == "completed", format!("status is {}, expected completed", saga["status"]));
+    k.check(
+        saga["status"] == "completed",
+        format!("status is {}, expected completed", saga["status"]),
+    );
     let stock = c.stock(&sku).await?;
-    k.check(stock["available"] == 8, format!("available stock is {}, expected 8", stock["available"]));
+    k.check(
+        stock["available"] == 8,
+        format!("available stock is {}, expected 8", stock["available"]),
+    );
     let res = c.reservations(&order).await?;
-    k.check(statuses(&res, "held") == 1, format!("{} held reservations, expected 1", statuses(&res, "held")));
+    k.check(
+        statuses(&res, "held") == 1,
+        format!("{} held reservations, expected 1", statuses(&res, "held")),
+    );
     let pay = c.payments(&order).await?;
-    k.check(kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 0, format!("payments {pay:?}, expected exactly one charge"));
+    k.check(
+        kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 0,
+        format!("payments {pay:?}, expected exactly one charge"),
+    );
     let ship = c.shipments(&order).await?;
-    k.check(statuses(&ship, "created") == 1, format!("shipments {ship:?}, expected one created"));
-    Ok(Outcome { name: SCENARIOS[0].0, what: SCENARIOS[0].1, saga, failures: k.0 })
+    k.check(
+        statuses(&ship, "created") == 1,
+        format!("shipments {ship:?}, expected one created"),
+    );
+    Ok(Outcome {
+        name: SCENARIOS[0].0,
+        what: SCENARIOS[0].1,
+        saga,
+        failures: k.0,
+    })
 }
 
 async fn declined(c: &Client, run: &str) -> anyhow::Result<Outcome> {
@@ -111,18 +158,32 @@ async fn declined(c: &Client, run: &str) -> anyhow::Result<Outcome> {
     seed(c, &sku, 10).await?;
     let saga = start(c, &checkout_input(&order, &sku, 3, "tok_decline", "GB")).await?;
     let mut k = Checks(vec![]);
-    k.check(saga["status"] == "compensated", format!("status is {}, expected compensated", saga["status"]));
+    k.check(
+        saga["status"] == "compensated",
+        format!("status is {}, expected compensated", saga["status"]),
+    );
     let stock = c.stock(&sku).await?;
-    k.check(stock["available"] == 10, format!("available stock is {}, expected 10", stock["available"]));
+    k.check(
+        stock["available"] == 10,
+        format!("available stock is {}, expected 10", stock["available"]),
+    );
     let pay = c.payments(&order).await?;
-    k.check(kinds(&pay, "charge") == kinds(&pay, "refund"), format!("payments {pay:?}: a net charge remains"));
+    k.check(
+        kinds(&pay, "charge") == kinds(&pay, "refund"),
+        format!("payments {pay:?}: a net charge remains"),
+    );
     let failed = event_index(&saga, "step_failed", Some("charge_payment"));
     let released = event_index(&saga, "compensation_succeeded", Some("reserve_inventory"));
     k.check(
         matches!((failed, released), (Some(f), Some(r)) if f < r),
         "the event log does not show the release after the payment failed",
     );
-    Ok(Outcome { name: SCENARIOS[1].0, what: SCENARIOS[1].1, saga, failures: k.0 })
+    Ok(Outcome {
+        name: SCENARIOS[1].0,
+        what: SCENARIOS[1].1,
+        saga,
+        failures: k.0,
+    })
 }
 
 async fn undeliverable(c: &Client, run: &str) -> anyhow::Result<Outcome> {
@@ -130,62 +191,131 @@ async fn undeliverable(c: &Client, run: &str) -> anyhow::Result<Outcome> {
     seed(c, &sku, 10).await?;
     let saga = start(c, &checkout_input(&order, &sku, 1, "tok_visa", "ZZ")).await?;
     let mut k = Checks(vec![]);
-    k.check(saga["status"] == "compensated", format!("status is {}, expected compensated", saga["status"]));
+    k.check(
+        saga["status"] == "compensated",
+        format!("status is {}, expected compensated", saga["status"]),
+    );
     let stock = c.stock(&sku).await?;
-    k.check(stock["available"] == 10, format!("available stock is {}, expected 10", stock["available"]));
+    k.check(
+        stock["available"] == 10,
+        format!("available stock is {}, expected 10", stock["available"]),
+    );
     let pay = c.payments(&order).await?;
-    k.check(kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 1, format!("payments {pay:?}: expected one charge and one refund"));
-    let charge_at = pay.iter().find(|p| p["kind"] == "charge").and_then(|p| p["created_at"].as_str()).and_then(parse_time);
-    let refund_at = pay.iter().find(|p| p["kind"] == "refund").and_then(|p| p["created_at"].as_str()).and_then(parse_time);
-    k.check(matches!((charge_at, refund_at), (Some(c), Some(r)) if c <= r), "the refund is not after the charge");
+    k.check(
+        kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 1,
+        format!("payments {pay:?}: expected one charge and one refund"),
+    );
+    let charge_at = pay
+        .iter()
+        .find(|p| p["kind"] == "charge")
+        .and_then(|p| p["created_at"].as_str())
+        .and_then(parse_time);
+    let refund_at = pay
+        .iter()
+        .find(|p| p["kind"] == "refund")
+        .and_then(|p| p["created_at"].as_str())
+        .and_then(parse_time);
+    k.check(
+        matches!((charge_at, refund_at), (Some(c), Some(r)) if c <= r),
+        "the refund is not after the charge",
+    );
     let ship = c.shipments(&order).await?;
-    k.check(statuses(&ship, "created") == 0, format!("shipments {ship:?}: a live shipment remains"));
+    k.check(
+        statuses(&ship, "created") == 0,
+        format!("shipments {ship:?}: a live shipment remains"),
+    );
     let refunded = event_index(&saga, "compensation_succeeded", Some("charge_payment"));
     let released = event_index(&saga, "compensation_succeeded", Some("reserve_inventory"));
     k.check(
         matches!((refunded, released), (Some(f), Some(r)) if f < r),
         "the event log does not show the release after the refund",
     );
-    Ok(Outcome { name: SCENARIOS[2].0, what: SCENARIOS[2].1, saga, failures: k.0 })
+    Ok(Outcome {
+        name: SCENARIOS[2].0,
+        what: SCENARIOS[2].1,
+        saga,
+        failures: k.0,
+    })
 }
 
 async fn transient(c: &Client, run: &str) -> anyhow::Result<Outcome> {
     let (order, sku) = (format!("{run}-flaky"), format!("{run}-widget-flaky"));
     seed(c, &sku, 10).await?;
-    c.add_fault("payment", &json!({ "order_id": order, "kind": "transient", "times": 2 })).await?;
+    c.add_fault(
+        "payment",
+        &json!({ "order_id": order, "kind": "transient", "times": 2 }),
+    )
+    .await?;
     let saga = start(c, &checkout_input(&order, &sku, 1, "tok_visa", "GB")).await?;
     let mut k = Checks(vec![]);
-    k.check(saga["status"] == "completed", format!("status is {}, expected completed", saga["status"]));
+    k.check(
+        saga["status"] == "completed",
+        format!("status is {}, expected completed", saga["status"]),
+    );
     let retries = count_events(&saga, "step_retry_scheduled", "charge_payment");
-    k.check(retries == 2, format!("{retries} retries of charge_payment, expected 2"));
+    k.check(
+        retries == 2,
+        format!("{retries} retries of charge_payment, expected 2"),
+    );
     let pay = c.payments(&order).await?;
-    k.check(kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 0, format!("payments {pay:?}, expected exactly one charge"));
-    Ok(Outcome { name: SCENARIOS[3].0, what: SCENARIOS[3].1, saga, failures: k.0 })
+    k.check(
+        kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 0,
+        format!("payments {pay:?}, expected exactly one charge"),
+    );
+    Ok(Outcome {
+        name: SCENARIOS[3].0,
+        what: SCENARIOS[3].1,
+        saga,
+        failures: k.0,
+    })
 }
 
 async fn lost_response(c: &Client, run: &str) -> anyhow::Result<Outcome> {
     let (order, sku) = (format!("{run}-lost"), format!("{run}-widget-lost"));
     seed(c, &sku, 10).await?;
-    c.add_fault("payment", &json!({ "order_id": order, "kind": "effect_then_503", "times": 1 })).await?;
+    c.add_fault(
+        "payment",
+        &json!({ "order_id": order, "kind": "effect_then_503", "times": 1 }),
+    )
+    .await?;
     let saga = start(c, &checkout_input(&order, &sku, 1, "tok_visa", "GB")).await?;
     let mut k = Checks(vec![]);
-    k.check(saga["status"] == "completed", format!("status is {}, expected completed", saga["status"]));
+    k.check(
+        saga["status"] == "completed",
+        format!("status is {}, expected completed", saga["status"]),
+    );
     let retries = count_events(&saga, "step_retry_scheduled", "charge_payment");
-    k.check(retries == 1, format!("{retries} retries of charge_payment, expected 1"));
+    k.check(
+        retries == 1,
+        format!("{retries} retries of charge_payment, expected 1"),
+    );
     let pay = c.payments(&order).await?;
-    k.check(kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 0, format!("payments {pay:?}, expected exactly one charge"));
-    Ok(Outcome { name: SCENARIOS[4].0, what: SCENARIOS[4].1, saga, failures: k.0 })
+    k.check(
+        kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 0,
+        format!("payments {pay:?}, expected exactly one charge"),
+    );
+    Ok(Outcome {
+        name: SCENARIOS[4].0,
+        what: SCENARIOS[4].1,
+        saga,
+        failures: k.0,
+    })
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A saga's event log as a readable timeline (times relative to its first event).
 pub fn timeline(saga: &Value) -> String {
     let mut out = String::new();
     let events = saga["events"].as_array().cloned().unwrap_or_default();
-    let t0 = events.first().and_then(|e| e["at"].as_str()).and_then(parse_time);
+    let t0 = events
+        .first()
+        .and_then(|e| e["at"].as_str())
+        .and_then(parse_time);
     for e in &events {
         let at = e["at"].as_str().and_then(parse_time);
         let ms = match (t0, at) {
@@ -202,7 +332,10 @@ pub fn timeline(saga: &Value) -> String {
         }
         for key in ["error", "reason", "retry_at", "message"] {
             if let Some(v) = d.get(key).filter(|v| !v.is_null()) {
-                let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                let v = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
                 let v: String = v.chars().take(90).collect();
                 notes.push(format!("{key}: {v}"));
             }
@@ -221,7 +354,11 @@ pub fn timeline(saga: &Value) -> String {
 /// Print the outcomes; returns true if all passed.
 pub fn report(outcomes: &[Outcome]) -> bool {
     for (i, o) in outcomes.iter().enumerate() {
-        let mark = if o.passed() { "as expected" } else { "UNEXPECTED" };
+        let mark = if o.passed() {
+            "as expected"
+        } else {
+            "UNEXPECTED"
+        };
         println!(
             "\n[{}] {} — {}\n    saga {}  order {}  → {} ({mark})",
             i + 1,

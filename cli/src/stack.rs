@@ -23,7 +23,11 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
-    pub fn new(server_url: impl Into<String>, db_prefix: impl Into<String>, base_port: u16) -> Self {
+    pub fn new(
+        server_url: impl Into<String>,
+        db_prefix: impl Into<String>,
+        base_port: u16,
+    ) -> Self {
         StackConfig {
             server_url: server_url.into(),
             db_prefix: db_prefix.into(),
@@ -51,14 +55,18 @@ fn port(base: u16, offset: u16) -> u16 {
 
 async fn bind(port: u16) -> anyhow::Result<(TcpListener, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr} (is another stack running?)"))?;
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (is another stack running?)"))?;
     let url = format!("http://{}", l.local_addr()?);
     Ok((l, url))
 }
 
 impl Stack {
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Stack> {
-        let db = |c: &str| tandem_kit::testing::with_database(&cfg.server_url, &format!("{}_{c}", cfg.db_prefix));
+        let db = |c: &str| {
+            tandem_kit::testing::with_database(&cfg.server_url, &format!("{}_{c}", cfg.db_prefix))
+        };
         let (shutdown, rx) = watch::channel(false);
         let stop = move || {
             let mut rx = rx.clone();
@@ -87,7 +95,12 @@ impl Stack {
         tasks.push(tokio::spawn(app.run(l, stop())));
 
         let (l, orchestrator_url) = bind(cfg.base_port).await?;
-        let mut oc = orchestrator::Config::new(db("orchestrator"), &inventory_url, &payment_url, &shipping_url);
+        let mut oc = orchestrator::Config::new(
+            db("orchestrator"),
+            &inventory_url,
+            &payment_url,
+            &shipping_url,
+        );
         oc.listen_addr = l.local_addr()?;
         (cfg.orchestrator)(&mut oc);
         let app = orchestrator::build(oc).await?;

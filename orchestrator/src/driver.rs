@@ -335,10 +335,12 @@ impl Driver {
                     &self.pool,
                     a.id,
                     a.epoch,
-                    &t.state,
-                    &t.events,
-                    next,
-                    keep,
+                    store::TransitionWrite {
+                        state: &t.state,
+                        events: &t.events,
+                        next,
+                        keep_lease: keep,
+                    },
                     self.lease_ttl,
                 )
                 .await

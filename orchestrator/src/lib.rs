@@ -83,8 +83,9 @@ async fn load_definitions(driver: &Driver, config: &Config) -> anyhow::Result<()
         store::insert_definition(&driver.pool, &def.name, &Definition::version_of(&doc), &doc)
             .await?;
     }
+    let stored = store::all_definitions(&driver.pool).await?;
     let mut defs = driver.definitions.write().expect("definitions lock");
-    for (name, version, body) in store_all(&driver.pool).await? {
+    for (name, version, body) in stored {
         match Definition::parse(&body) {
             Ok(def) => defs.insert(version, def),
             Err(e) => {
@@ -95,11 +96,6 @@ async fn load_definitions(driver: &Driver, config: &Config) -> anyhow::Result<()
     Ok(())
 }
 
-async fn store_all(
-    pool: &sqlx::PgPool,
-) -> anyhow::Result<Vec<(String, String, serde_json::Value)>> {
-    Ok(store::all_definitions(pool).await?)
-}
 
 impl App {
     pub fn router(&self) -> axum::Router {

@@ -291,16 +291,28 @@ pub enum NextRun {
 /// Persist one transition, fenced by `epoch`. `keep_lease`: renew the lease (the driver keeps
 /// working on the saga); otherwise hand it back. Returns false if the epoch no longer matches
 /// (another instance took the saga over): the caller must drop the saga without acting.
+/// One transition to persist.
+pub struct TransitionWrite<'a> {
+    pub state: &'a SagaState,
+    pub events: &'a [EventRecord],
+    pub next: NextRun,
+    /// Renew the lease (the driver keeps working on the saga) or hand it back.
+    pub keep_lease: bool,
+}
+
 pub async fn persist_transition(
     pool: &PgPool,
     id: Uuid,
     epoch: i64,
-    state: &SagaState,
-    events: &[EventRecord],
-    next: NextRun,
-    keep_lease: bool,
+    w: TransitionWrite<'_>,
     lease_ttl: Duration,
 ) -> Result<bool, sqlx::Error> {
+    let TransitionWrite {
+        state,
+        events,
+        next,
+        keep_lease,
+    } = w;
     let state_json = serde_json::to_value(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let (next_kind, next_at) = match next {
         NextRun::Now => ("now", None),

@@ -9,7 +9,10 @@ use tandem_cli::client::Client;
 use tandem_cli::stack::{Stack, StackConfig};
 
 /// A fresh stack: new databases `tandem_t_<name>_<random>_*`, ephemeral ports, small pools.
-pub async fn in_process(name: &str, tweak: impl FnOnce(&mut orchestrator::Config) + Send + 'static) -> (Stack, Client) {
+pub async fn in_process(
+    name: &str,
+    tweak: impl FnOnce(&mut orchestrator::Config) + Send + 'static,
+) -> (Stack, Client) {
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let prefix = format!("tandem_t_{name}_{}", &suffix[suffix.len() - 10..]);
     let mut cfg = StackConfig::new(tandem_kit::testing::server_url(), prefix, 0);
@@ -19,7 +22,9 @@ pub async fn in_process(name: &str, tweak: impl FnOnce(&mut orchestrator::Config
         c.poll_interval_ms = 100;
         tweak(c);
     });
-    let stack = Stack::start(cfg).await.expect("the stack starts (is Postgres up? see README)");
+    let stack = Stack::start(cfg)
+        .await
+        .expect("the stack starts (is Postgres up? see README)");
     let client = Client::for_stack(&stack);
     (stack, client)
 }
@@ -35,7 +40,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -56,11 +64,23 @@ pub mod procs {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(&root)
-                .args(["build", "--bin", "orchestrator", "--bin", "inventory", "--bin", "payment", "--bin", "shipping"])
+                .args([
+                    "build",
+                    "--bin",
+                    "orchestrator",
+                    "--bin",
+                    "inventory",
+                    "--bin",
+                    "payment",
+                    "--bin",
+                    "shipping",
+                ])
                 .status()
                 .expect("running cargo build");
             assert!(status.success(), "building the binaries failed");
-            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root.join("target"));
             target.join("debug")
         })
         .clone()
@@ -82,8 +102,13 @@ pub mod procs {
             for (k, v) in env {
                 cmd.env(k, v);
             }
-            let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
-            Proc { name: bin.to_string(), child }
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
+            Proc {
+                name: bin.to_string(),
+                child,
+            }
         }
 
         /// SIGKILL, and reap.
@@ -105,6 +130,10 @@ pub mod procs {
 
     /// A free loopback port (bound then released).
     pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 }

@@ -13,7 +13,13 @@ async fn every_demo_scenario_ends_as_expected() {
     let (stack, c) = in_process("demo", |_| {}).await;
     let outcomes = demo::run_all(&c, "t").await.unwrap();
     for o in &outcomes {
-        assert!(o.passed(), "scenario {}: {:?}\n{}", o.name, o.failures, demo::timeline(&o.saga));
+        assert!(
+            o.passed(),
+            "scenario {}: {:?}\n{}",
+            o.name,
+            o.failures,
+            demo::timeline(&o.saga)
+        );
     }
     // The reverse order, spelled out from the event log of the undeliverable checkout:
     let zz = &outcomes[2].saga;
@@ -24,7 +30,10 @@ async fn every_demo_scenario_ends_as_expected() {
         .filter(|e| e["kind"] == "compensation_succeeded")
         .map(|e| e["step"].as_str().unwrap())
         .collect();
-    assert_eq!(order, ["create_shipment", "charge_payment", "reserve_inventory"]);
+    assert_eq!(
+        order,
+        ["create_shipment", "charge_payment", "reserve_inventory"]
+    );
     stack.stop().await.unwrap();
 }
 
@@ -47,7 +56,14 @@ async fn scarce_stock_never_oversells() {
     let posts = (0..50).map(|i| {
         let c = c.clone();
         async move {
-            let r = c.start_saga("checkout", &checkout_input(&format!("scarce-{i}"), "scarce", 1, "tok_visa", "GB"), None).await.unwrap();
+            let r = c
+                .start_saga(
+                    "checkout",
+                    &checkout_input(&format!("scarce-{i}"), "scarce", 1, "tok_visa", "GB"),
+                    None,
+                )
+                .await
+                .unwrap();
             assert_eq!(r.status, 201, "{}", r.body);
             let id = r.body["id"].as_str().unwrap().to_string();
             c.settle(&id, 120).await.unwrap()
@@ -55,7 +71,10 @@ async fn scarce_stock_never_oversells() {
     });
     let sagas = futures::future::join_all(posts).await;
     let completed = sagas.iter().filter(|s| s["status"] == "completed").count();
-    let compensated = sagas.iter().filter(|s| s["status"] == "compensated").count();
+    let compensated = sagas
+        .iter()
+        .filter(|s| s["status"] == "compensated")
+        .count();
     assert_eq!((completed, compensated), (10, 40));
     let stock = c.stock("scarce").await.unwrap();
     assert_eq!(stock["available"], 0);
@@ -87,45 +106,88 @@ async fn duplicate_requests_never_charge_twice() {
         .iter()
         .map(|r| {
             let r = r.as_ref().unwrap();
-            assert!(r.status == 201 || r.status == 200, "{} {}", r.status, r.body);
+            assert!(
+                r.status == 201 || r.status == 200,
+                "{} {}",
+                r.status,
+                r.body
+            );
             r.body["id"].as_str().unwrap().to_string()
         })
         .collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
-    assert_eq!(replies.iter().filter(|r| r.as_ref().unwrap().status == 201).count(), 1);
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|r| r.as_ref().unwrap().status == 201)
+            .count(),
+        1
+    );
     let saga = c.settle(&ids[0], 60).await.unwrap();
     assert_eq!(saga["status"], "completed");
 
     // The same order under another key and the same body: the existing saga.
-    let again = c.start_saga("checkout", &input, Some("client-key-2")).await.unwrap();
-    assert_eq!((again.status, again.body["id"].as_str().unwrap()), (200, ids[0].as_str()));
+    let again = c
+        .start_saga("checkout", &input, Some("client-key-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, again.body["id"].as_str().unwrap()),
+        (200, ids[0].as_str())
+    );
     // The same order with a different body: 409 naming the saga.
     let mut other = input.clone();
     other["amount_cents"] = json!(1);
-    let conflict = c.start_saga("checkout", &other, Some("client-key-3")).await.unwrap();
+    let conflict = c
+        .start_saga("checkout", &other, Some("client-key-3"))
+        .await
+        .unwrap();
     assert_eq!(conflict.status, 409, "{}", conflict.body);
     assert_eq!(conflict.body["saga_id"], ids[0].as_str());
     // The first key with a different body: 422.
-    let reused = c.start_saga("checkout", &other, Some("client-key-1")).await.unwrap();
+    let reused = c
+        .start_saga("checkout", &other, Some("client-key-1"))
+        .await
+        .unwrap();
     assert_eq!(reused.status, 422, "{}", reused.body);
-    assert_eq!(reused.body["type"], "urn:tandem:problem:idempotency-key-reused");
+    assert_eq!(
+        reused.body["type"],
+        "urn:tandem:problem:idempotency-key-reused"
+    );
 
     let pay = c.payments("dup-1").await.unwrap();
-    assert_eq!(pay.iter().filter(|p| p["kind"] == "charge").count(), 1, "{pay:?}");
+    assert_eq!(
+        pay.iter().filter(|p| p["kind"] == "charge").count(),
+        1,
+        "{pay:?}"
+    );
     let list = c.get(&format!("{}/sagas", c.orchestrator)).await.unwrap();
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
     stack.stop().await.unwrap();
 }
 
-async fn raw(c: &tandem_cli::client::Client, method: &str, path: &str, ctype: Option<&str>, body: Vec<u8>) -> (u16, String, Value) {
+async fn raw(
+    c: &tandem_cli::client::Client,
+    method: &str,
+    path: &str,
+    ctype: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String, Value) {
     let http = reqwest::Client::new();
-    let mut req = http.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", c.orchestrator));
+    let mut req = http.request(
+        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+        format!("{}{path}", c.orchestrator),
+    );
     if let Some(ct) = ctype {
         req = req.header("content-type", ct);
     }
     let resp = req.body(body).send().await.unwrap();
     let status = resp.status().as_u16();
-    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, ct, body)
 }
@@ -140,36 +202,155 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
         f(&mut i);
         serde_json::to_vec(&json!({"definition": "checkout", "input": i})).unwrap()
     };
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
-        ("malformed JSON", "/sagas", json, b"{\"definition\": ".to_vec(), 400, None),
+    /// (what, path, content type, body, expected status, pointer the problem must name)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Vec<u8>,
+        u16,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            "/sagas",
+            json,
+            b"{\"definition\": ".to_vec(),
+            400,
+            None,
+        ),
         ("no content type", "/sagas", None, with(&|_| {}), 415, None),
-        ("text/plain", "/sagas", Some("text/plain"), with(&|_| {}), 415, None),
-        ("unknown definition", "/sagas", json, br#"{"definition":"nope","input":{}}"#.to_vec(), 422, Some("/definition")),
-        ("missing input", "/sagas", json, br#"{"definition":"checkout"}"#.to_vec(), 422, Some("/input")),
-        ("unknown member", "/sagas", json, br#"{"definition":"checkout","input":{},"x":1}"#.to_vec(), 422, None),
-        ("missing order_id", "/sagas", json, with(&|i| { i.as_object_mut().unwrap().remove("order_id"); }), 422, Some("/input")),
-        ("quantity 0", "/sagas", json, with(&|i| i["items"][0]["quantity"] = json!(0)), 422, Some("/input/items/0/quantity")),
-        ("amount negative", "/sagas", json, with(&|i| i["amount_cents"] = json!(-5)), 422, Some("/input/amount_cents")),
-        ("no items", "/sagas", json, with(&|i| i["items"] = json!([])), 422, Some("/input/items")),
-        ("bad country", "/sagas", json, with(&|i| i["shipping"]["address"]["country"] = json!("gb")), 422, Some("/input/shipping/address/country")),
-        ("missing card", "/sagas", json, with(&|i| i["payment"] = json!({})), 422, Some("/input/payment")),
-        ("too large", "/sagas", json, vec![b' '; 300 * 1024], 413, None),
+        (
+            "text/plain",
+            "/sagas",
+            Some("text/plain"),
+            with(&|_| {}),
+            415,
+            None,
+        ),
+        (
+            "unknown definition",
+            "/sagas",
+            json,
+            br#"{"definition":"nope","input":{}}"#.to_vec(),
+            422,
+            Some("/definition"),
+        ),
+        (
+            "missing input",
+            "/sagas",
+            json,
+            br#"{"definition":"checkout"}"#.to_vec(),
+            422,
+            Some("/input"),
+        ),
+        (
+            "unknown member",
+            "/sagas",
+            json,
+            br#"{"definition":"checkout","input":{},"x":1}"#.to_vec(),
+            422,
+            None,
+        ),
+        (
+            "missing order_id",
+            "/sagas",
+            json,
+            with(&|i| {
+                i.as_object_mut().unwrap().remove("order_id");
+            }),
+            422,
+            Some("/input"),
+        ),
+        (
+            "quantity 0",
+            "/sagas",
+            json,
+            with(&|i| i["items"][0]["quantity"] = json!(0)),
+            422,
+            Some("/input/items/0/quantity"),
+        ),
+        (
+            "amount negative",
+            "/sagas",
+            json,
+            with(&|i| i["amount_cents"] = json!(-5)),
+            422,
+            Some("/input/amount_cents"),
+        ),
+        (
+            "no items",
+            "/sagas",
+            json,
+            with(&|i| i["items"] = json!([])),
+            422,
+            Some("/input/items"),
+        ),
+        (
+            "bad country",
+            "/sagas",
+            json,
+            with(&|i| i["shipping"]["address"]["country"] = json!("gb")),
+            422,
+            Some("/input/shipping/address/country"),
+        ),
+        (
+            "missing card",
+            "/sagas",
+            json,
+            with(&|i| i["payment"] = json!({})),
+            422,
+            Some("/input/payment"),
+        ),
+        (
+            "too large",
+            "/sagas",
+            json,
+            vec![b' '; 300 * 1024],
+            413,
+            None,
+        ),
     ];
     for (what, path, ct, body, status, pointer) in cases {
         let (got, ctype, problem) = raw(&c, "POST", path, ct, body).await;
         assert_eq!(got, status, "{what}: {problem}");
         assert_eq!(ctype, "application/problem+json", "{what}");
         assert_eq!(problem["status"], status, "{what}");
-        assert!(problem["type"].as_str().unwrap().starts_with("urn:tandem:problem:"), "{what}");
-        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: {problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:tandem:problem:"),
+            "{what}"
+        );
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {problem}"
+        );
         if let Some(p) = pointer {
-            let pointers: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
-            assert!(pointers.iter().any(|q| q.starts_with(p)), "{what}: {pointers:?} does not name {p}");
+            let pointers: Vec<&str> = problem["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["pointer"].as_str().unwrap())
+                .collect();
+            assert!(
+                pointers.iter().any(|q| q.starts_with(p)),
+                "{what}: {pointers:?} does not name {p}"
+            );
         }
     }
     let (s, ct, _) = raw(&c, "PUT", "/sagas", json, b"{}".to_vec()).await;
     assert_eq!((s, ct.as_str()), (405, "application/problem+json"));
-    let (s, _, _) = raw(&c, "GET", "/sagas/0196a0c0-0000-7000-8000-000000000000", None, vec![]).await;
+    let (s, _, _) = raw(
+        &c,
+        "GET",
+        "/sagas/0196a0c0-0000-7000-8000-000000000000",
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(s, 404);
     let (s, _, _) = raw(&c, "GET", "/sagas/not-a-uuid", None, vec![]).await;
     assert_eq!(s, 400);
@@ -235,15 +416,34 @@ async fn a_second_definition_runs_and_versions_are_pinned() {
     let (stack, c) = in_process("seconddef", |_| {}).await;
     let post_def = |d: Value| {
         let c = c.clone();
-        async move { c.send_json(reqwest::Method::POST, &format!("{}/definitions", c.orchestrator), &d).await.unwrap() }
+        async move {
+            c.send_json(
+                reqwest::Method::POST,
+                &format!("{}/definitions", c.orchestrator),
+                &d,
+            )
+            .await
+            .unwrap()
+        }
     };
     let v1 = post_def(gift_card_definition("v1")).await;
     assert_eq!(v1.status, 201, "{}", v1.body);
-    assert_eq!(post_def(gift_card_definition("v1")).await.status, 200, "same text, same version");
+    assert_eq!(
+        post_def(gift_card_definition("v1")).await.status,
+        200,
+        "same text, same version"
+    );
     c.set_stock("gift-50", 1).await.unwrap();
 
     // Runs to completion: charge first, then stock.
-    let r = c.start_saga("gift-card", &json!({"card_id": "g1", "sku": "gift-50", "value_cents": 5000, "token": "tok_visa"}), None).await.unwrap();
+    let r = c
+        .start_saga(
+            "gift-card",
+            &json!({"card_id": "g1", "sku": "gift-50", "value_cents": 5000, "token": "tok_visa"}),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["version"], v1.body["version"]);
     let s1 = c.settle(r.body["id"].as_str().unwrap(), 60).await.unwrap();
@@ -254,12 +454,23 @@ async fn a_second_definition_runs_and_versions_are_pinned() {
     let v2 = post_def(gift_card_definition("v2")).await;
     assert_eq!(v2.status, 201);
     assert_ne!(v2.body["version"], v1.body["version"]);
-    let r = c.start_saga("gift-card", &json!({"card_id": "g2", "sku": "gift-50", "value_cents": 5000, "token": "tok_visa"}), None).await.unwrap();
+    let r = c
+        .start_saga(
+            "gift-card",
+            &json!({"card_id": "g2", "sku": "gift-50", "value_cents": 5000, "token": "tok_visa"}),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(r.body["version"], v2.body["version"]);
     let s2 = c.settle(r.body["id"].as_str().unwrap(), 60).await.unwrap();
     assert_eq!(s2["status"], "compensated", "{}", demo::timeline(&s2));
     let pay = c.payments("g2").await.unwrap();
-    assert_eq!(pay.iter().filter(|p| p["kind"] == "refund").count(), 1, "{pay:?}");
+    assert_eq!(
+        pay.iter().filter(|p| p["kind"] == "refund").count(),
+        1,
+        "{pay:?}"
+    );
     // The first saga still reports the version it ran on.
     let again = c.wait_saga(s1["id"].as_str().unwrap(), 0).await.unwrap();
     assert_eq!(again["version"], v1.body["version"]);
@@ -279,12 +490,31 @@ async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
     let mut def = gift_card_definition("parking");
     def["name"] = json!("gift-card-parking");
     def["policy"]["compensation_max_attempts"] = json!(2);
-    let r = c.send_json(reqwest::Method::POST, &format!("{}/definitions", c.orchestrator), &def).await.unwrap();
+    let r = c
+        .send_json(
+            reqwest::Method::POST,
+            &format!("{}/definitions", c.orchestrator),
+            &def,
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     c.set_stock("gift-p", 0).await.unwrap(); // step 2 fails → compensate the charge
     // The refund fails 5 times: budget 2 → parked as failed.
-    c.add_fault("payment", &json!({"order_id": "p1", "op": "compensation", "kind": "transient", "times": 5})).await.unwrap();
-    let r = c.start_saga("gift-card-parking", &json!({"card_id": "p1", "sku": "gift-p", "value_cents": 100, "token": "tok_visa"}), None).await.unwrap();
+    c.add_fault(
+        "payment",
+        &json!({"order_id": "p1", "op": "compensation", "kind": "transient", "times": 5}),
+    )
+    .await
+    .unwrap();
+    let r = c
+        .start_saga(
+            "gift-card-parking",
+            &json!({"card_id": "p1", "sku": "gift-p", "value_cents": 100, "token": "tok_visa"}),
+            None,
+        )
+        .await
+        .unwrap();
     let id = r.body["id"].as_str().unwrap().to_string();
     let s = c.settle(&id, 60).await.unwrap();
     assert_eq!(s["status"], "failed", "{}", demo::timeline(&s));
@@ -294,7 +524,13 @@ async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
     assert_eq!(pay.iter().filter(|p| p["kind"] == "refund").count(), 0);
     // Retry: budget reset (2 more attempts, 3 faults left → fails again), then once more.
     let retry = |c: tandem_cli::client::Client, id: String| async move {
-        c.send_json(reqwest::Method::POST, &format!("{}/sagas/{id}/retry", c.orchestrator), &json!({})).await.unwrap()
+        c.send_json(
+            reqwest::Method::POST,
+            &format!("{}/sagas/{id}/retry", c.orchestrator),
+            &json!({}),
+        )
+        .await
+        .unwrap()
     };
     let r = retry(c.clone(), id.clone()).await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -305,7 +541,11 @@ async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
     let s = c.settle(&id, 60).await.unwrap();
     assert_eq!(s["status"], "compensated", "{}", demo::timeline(&s));
     let pay = c.payments("p1").await.unwrap();
-    assert_eq!(pay.iter().filter(|p| p["kind"] == "refund").count(), 1, "{pay:?}");
+    assert_eq!(
+        pay.iter().filter(|p| p["kind"] == "refund").count(),
+        1,
+        "{pay:?}"
+    );
     // Retrying a compensated saga is refused.
     assert_eq!(retry(c.clone(), id.clone()).await.status, 409);
     stack.stop().await.unwrap();
@@ -318,17 +558,50 @@ async fn in_progress_answers_are_polled_and_slow_calls_time_out() {
     def["name"] = json!("gift-card-timeouts");
     def["policy"] = json!({"timeout_ms": 300, "poll_interval_ms": 20, "deadline_ms": 10000, "max_attempts": 4,
                            "backoff": {"initial_ms": 10, "max_ms": 50}});
-    let r = c.send_json(reqwest::Method::POST, &format!("{}/definitions", c.orchestrator), &def).await.unwrap();
+    let r = c
+        .send_json(
+            reqwest::Method::POST,
+            &format!("{}/definitions", c.orchestrator),
+            &def,
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     c.set_stock("gift-t", 10).await.unwrap();
     // 425 three times from payment, then a slow inventory (1 s > 300 ms timeout) once.
-    c.add_fault("payment", &json!({"order_id": "t1", "kind": "in_progress", "times": 3})).await.unwrap();
-    c.add_fault("inventory", &json!({"order_id": "t1", "kind": "latency", "latency_ms": 1000, "times": 1})).await.unwrap();
-    let r = c.start_saga("gift-card-timeouts", &json!({"card_id": "t1", "sku": "gift-t", "value_cents": 100, "token": "tok_visa"}), None).await.unwrap();
+    c.add_fault(
+        "payment",
+        &json!({"order_id": "t1", "kind": "in_progress", "times": 3}),
+    )
+    .await
+    .unwrap();
+    c.add_fault(
+        "inventory",
+        &json!({"order_id": "t1", "kind": "latency", "latency_ms": 1000, "times": 1}),
+    )
+    .await
+    .unwrap();
+    let r = c
+        .start_saga(
+            "gift-card-timeouts",
+            &json!({"card_id": "t1", "sku": "gift-t", "value_cents": 100, "token": "tok_visa"}),
+            None,
+        )
+        .await
+        .unwrap();
     let s = c.settle(r.body["id"].as_str().unwrap(), 60).await.unwrap();
     assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
-    assert_eq!(demo::count_events(&s, "step_in_progress", "charge"), 3, "{}", demo::timeline(&s));
-    assert!(demo::count_events(&s, "step_retry_scheduled", "take_card_stock") >= 1, "{}", demo::timeline(&s));
+    assert_eq!(
+        demo::count_events(&s, "step_in_progress", "charge"),
+        3,
+        "{}",
+        demo::timeline(&s)
+    );
+    assert!(
+        demo::count_events(&s, "step_retry_scheduled", "take_card_stock") >= 1,
+        "{}",
+        demo::timeline(&s)
+    );
     // The slow call's effect happened once even though its answer was lost to the timeout.
     let res = c.reservations("t1").await.unwrap();
     assert_eq!(res.len(), 1, "{res:?}");
@@ -342,27 +615,72 @@ async fn list_filters_paginates_and_long_polls() {
     c.set_stock("lst", 100).await.unwrap();
     let mut ids = vec![];
     for i in 0..5 {
-        let card = if i % 2 == 0 { "tok_visa" } else { "tok_decline" };
-        let r = c.start_saga("checkout", &checkout_input(&format!("lst-{i}"), "lst", 1, card, "GB"), None).await.unwrap();
+        let card = if i % 2 == 0 {
+            "tok_visa"
+        } else {
+            "tok_decline"
+        };
+        let r = c
+            .start_saga(
+                "checkout",
+                &checkout_input(&format!("lst-{i}"), "lst", 1, card, "GB"),
+                None,
+            )
+            .await
+            .unwrap();
         ids.push(r.body["id"].as_str().unwrap().to_string());
     }
     for id in &ids {
         let s = c.wait_saga(id, 30).await.unwrap();
-        assert!(s["status"] == "completed" || s["status"] == "compensated", "long poll returned {}", s["status"]);
+        assert!(
+            s["status"] == "completed" || s["status"] == "compensated",
+            "long poll returned {}",
+            s["status"]
+        );
     }
-    let page1 = c.get(&format!("{}/sagas?limit=2", c.orchestrator)).await.unwrap().body;
+    let page1 = c
+        .get(&format!("{}/sagas?limit=2", c.orchestrator))
+        .await
+        .unwrap()
+        .body;
     assert_eq!(page1["items"].as_array().unwrap().len(), 2);
     assert_eq!(page1["items"][0]["id"], ids[4].as_str(), "newest first");
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let page2 = c.get(&format!("{}/sagas?limit=2&cursor={cursor}", c.orchestrator)).await.unwrap().body;
+    let page2 = c
+        .get(&format!("{}/sagas?limit=2&cursor={cursor}", c.orchestrator))
+        .await
+        .unwrap()
+        .body;
     assert_eq!(page2["items"][0]["id"], ids[2].as_str());
-    let page3 = c.get(&format!("{}/sagas?limit=2&cursor={}", c.orchestrator, page2["next_cursor"].as_str().unwrap())).await.unwrap().body;
+    let page3 = c
+        .get(&format!(
+            "{}/sagas?limit=2&cursor={}",
+            c.orchestrator,
+            page2["next_cursor"].as_str().unwrap()
+        ))
+        .await
+        .unwrap()
+        .body;
     assert_eq!(page3["items"].as_array().unwrap().len(), 1);
     assert!(page3["next_cursor"].is_null());
-    let comp = c.get(&format!("{}/sagas?status=compensated", c.orchestrator)).await.unwrap().body;
+    let comp = c
+        .get(&format!("{}/sagas?status=compensated", c.orchestrator))
+        .await
+        .unwrap()
+        .body;
     assert_eq!(comp["items"].as_array().unwrap().len(), 2);
     let s = c.wait_saga(&ids[0], 0).await.unwrap();
-    assert_eq!(s["lease"]["owner"], Value::Null, "a finished saga holds no lease");
-    assert!(s["events"].as_array().unwrap().windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
+    assert_eq!(
+        s["lease"]["owner"],
+        Value::Null,
+        "a finished saga holds no lease"
+    );
+    assert!(
+        s["events"]
+            .as_array()
+            .unwrap()
+            .windows(2)
+            .all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64())
+    );
     stack.stop().await.unwrap();
 }

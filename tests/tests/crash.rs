@@ -16,7 +16,10 @@ struct Binaries {
 
 impl Binaries {
     fn db(&self, component: &str) -> String {
-        tandem_kit::testing::with_database(&tandem_kit::testing::server_url(), &format!("{}_{component}", self.prefix))
+        tandem_kit::testing::with_database(
+            &tandem_kit::testing::server_url(),
+            &format!("{}_{component}", self.prefix),
+        )
     }
 
     fn url(&self, i: usize) -> String {
@@ -59,16 +62,26 @@ impl Binaries {
 async fn up(c: &Client, url: String) {
     eventually(Duration::from_secs(60), &format!("{url} to answer"), || {
         let url = url.clone();
-        async move { c.get(&url).await.ok().filter(|r| r.status == 200).map(|_| ()) }
+        async move {
+            c.get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|_| ())
+        }
     })
     .await
 }
 
 async fn saga_reaches(c: &Client, id: &str, kind: &str, step: &str) {
-    eventually(Duration::from_secs(30), &format!("{kind} {step}"), || async move {
-        let s = c.wait_saga(id, 0).await.ok()?;
-        demo::event_index(&s, kind, Some(step)).map(|_| ())
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{kind} {step}"),
+        || async move {
+            let s = c.wait_saga(id, 0).await.ok()?;
+            demo::event_index(&s, kind, Some(step)).map(|_| ())
+        },
+    )
     .await
 }
 
@@ -79,7 +92,10 @@ fn count(list: &[Value], key: &str, value: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
     let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let b = Binaries { prefix: format!("tandem_t_crash_{}", &suffix[suffix.len() - 10..]), ports: [0; 4].map(|_| free_port()) };
+    let b = Binaries {
+        prefix: format!("tandem_t_crash_{}", &suffix[suffix.len() - 10..]),
+        ports: [0; 4].map(|_| free_port()),
+    };
     let _inventory = b.service("inventory", 1);
     let _payment = b.service("payment", 2);
     let _shipping = b.service("shipping", 3);
@@ -93,8 +109,20 @@ async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
 
     // 1. Killed while the shipment call is in flight (the service is slow): another instance
     //    identity takes over once the lease expires, re-sends with the same key.
-    c.add_fault("shipping", &json!({"order_id": "crash-1", "kind": "latency", "latency_ms": 1500})).await.unwrap();
-    let r = c.start_saga("checkout", &checkout_input("crash-1", "crash-sku", 2, "tok_visa", "GB"), None).await.unwrap();
+    c.add_fault(
+        "shipping",
+        &json!({"order_id": "crash-1", "kind": "latency", "latency_ms": 1500}),
+    )
+    .await
+    .unwrap();
+    let r = c
+        .start_saga(
+            "checkout",
+            &checkout_input("crash-1", "crash-sku", 2, "tok_visa", "GB"),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     let id1 = r.body["id"].as_str().unwrap().to_string();
     saga_reaches(&c, &id1, "step_started", "create_shipment").await;
@@ -103,12 +131,27 @@ async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
     up(&c, format!("{}/healthz", c.orchestrator)).await;
     let s1 = c.settle(&id1, 60).await.unwrap();
     assert_eq!(s1["status"], "completed", "{}", demo::timeline(&s1));
-    assert!(s1["events"].as_array().unwrap().iter().any(|e| e["detail"]["resent"] == true), "{}", demo::timeline(&s1));
+    assert!(
+        s1["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"]["resent"] == true),
+        "{}",
+        demo::timeline(&s1)
+    );
 
     // 2. Killed during compensation (the refund is slow): the same identity restarts and
     //    takes its leases back at once.
     c.add_fault("payment", &json!({"order_id": "crash-2", "op": "compensation", "kind": "latency", "latency_ms": 1500})).await.unwrap();
-    let r = c.start_saga("checkout", &checkout_input("crash-2", "crash-sku", 3, "tok_visa", "ZZ"), None).await.unwrap();
+    let r = c
+        .start_saga(
+            "checkout",
+            &checkout_input("crash-2", "crash-sku", 3, "tok_visa", "ZZ"),
+            None,
+        )
+        .await
+        .unwrap();
     let id2 = r.body["id"].as_str().unwrap().to_string();
     saga_reaches(&c, &id2, "compensation_started", "charge_payment").await;
     orch.kill9();
@@ -119,17 +162,44 @@ async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
 
     // The services' own records: one effect per step.
     let res = c.reservations("crash-1").await.unwrap();
-    assert_eq!((res.len(), count(&res, "status", "held")), (1, 1), "{res:?}");
+    assert_eq!(
+        (res.len(), count(&res, "status", "held")),
+        (1, 1),
+        "{res:?}"
+    );
     let pay = c.payments("crash-1").await.unwrap();
-    assert_eq!((count(&pay, "kind", "charge"), count(&pay, "kind", "refund")), (1, 0), "{pay:?}");
+    assert_eq!(
+        (count(&pay, "kind", "charge"), count(&pay, "kind", "refund")),
+        (1, 0),
+        "{pay:?}"
+    );
     let ship = c.shipments("crash-1").await.unwrap();
-    assert_eq!((ship.len(), count(&ship, "status", "created")), (1, 1), "{ship:?}");
+    assert_eq!(
+        (ship.len(), count(&ship, "status", "created")),
+        (1, 1),
+        "{ship:?}"
+    );
 
     let res = c.reservations("crash-2").await.unwrap();
-    assert_eq!((res.len(), count(&res, "status", "released")), (1, 1), "{res:?}");
+    assert_eq!(
+        (res.len(), count(&res, "status", "released")),
+        (1, 1),
+        "{res:?}"
+    );
     let pay = c.payments("crash-2").await.unwrap();
-    assert_eq!((count(&pay, "kind", "charge"), count(&pay, "kind", "refund")), (1, 1), "{pay:?}");
-    assert_eq!(count(&c.shipments("crash-2").await.unwrap(), "status", "created"), 0);
+    assert_eq!(
+        (count(&pay, "kind", "charge"), count(&pay, "kind", "refund")),
+        (1, 1),
+        "{pay:?}"
+    );
+    assert_eq!(
+        count(&c.shipments("crash-2").await.unwrap(), "status", "created"),
+        0
+    );
     let stock = c.stock("crash-sku").await.unwrap();
-    assert_eq!((stock["available"].as_i64(), stock["reserved"].as_i64()), (Some(8), Some(2)), "{stock}");
+    assert_eq!(
+        (stock["available"].as_i64(), stock["reserved"].as_i64()),
+        (Some(8), Some(2)),
+        "{stock}"
+    );
 }

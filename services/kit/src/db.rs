@@ -14,7 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 /// Retries with backoff for about 30 s while the server is not reachable (so a stack that starts
 /// before Postgres does still comes up).
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let opts = PgConnectOptions::from_str(url).with_context(|| format!("invalid database URL {url:?}"))?;
+    let opts =
+        PgConnectOptions::from_str(url).with_context(|| format!("invalid database URL {url:?}"))?;
     let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
     let retry = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -47,14 +48,21 @@ pub async fn create_database_if_missing(opts: &PgConnectOptions) -> anyhow::Resu
     let name = opts.get_database().unwrap_or("postgres").to_string();
     // Connect to the maintenance database of the same server to check / create.
     let admin = opts.clone().database("postgres");
-    let mut conn = admin.connect().await.context("connecting to the postgres maintenance database")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await?;
+    let mut conn = admin
+        .connect()
+        .await
+        .context("connecting to the postgres maintenance database")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut conn).await {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut conn)
+            .await
+        {
             let dup = e
                 .as_database_error()
                 .and_then(|d| d.code())

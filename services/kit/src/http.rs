@@ -9,12 +9,12 @@
 
 use std::future::Future;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -45,8 +45,12 @@ where
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
-                    .detail(format!("the request body exceeds {BODY_LIMIT_BYTES} bytes"))
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload-too-large",
+                    "Payload too large",
+                )
+                .detail(format!("the request body exceeds {BODY_LIMIT_BYTES} bytes"))
             } else {
                 Problem::bad_request(format!("could not read the request body: {rejection}"))
             }
@@ -58,9 +62,8 @@ where
 /// Parse a JSON body: syntax errors are 400, shape errors 422 with a JSON Pointer.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     // First, syntax: anything that is not JSON at all is a malformed request.
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        Problem::bad_request(format!("the request body is not valid JSON: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Problem::bad_request(format!("the request body is not valid JSON: {e}")))?;
     from_value(value)
 }
 
@@ -111,11 +114,20 @@ pub fn escape_pointer_token(token: &str) -> String {
 }
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
@@ -136,14 +148,23 @@ pub struct Query<T>(pub T);
 
 impl From<PathRejection> for Problem {
     fn from(r: PathRejection) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, "bad-path", "Invalid path parameter").detail(r.body_text())
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-path",
+            "Invalid path parameter",
+        )
+        .detail(r.body_text())
     }
 }
 
 impl From<QueryRejection> for Problem {
     fn from(r: QueryRejection) -> Self {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-query", "Invalid query string")
-            .detail(r.body_text())
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-query",
+            "Invalid query string",
+        )
+        .detail(r.body_text())
     }
 }
 
@@ -152,8 +173,12 @@ async fn not_found() -> Problem {
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
-        .detail("this route exists but does not accept that method")
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+    )
+    .detail("this route exists but does not accept that method")
 }
 
 /// Add the problem+json 404/405 fallbacks, the body limit and request tracing.
@@ -171,7 +196,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Resolves on SIGINT or SIGTERM: the usual `shutdown` argument of a binary's `run`.
@@ -181,7 +208,8 @@ pub async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -218,7 +246,8 @@ mod tests {
 
     #[test]
     fn shape_errors_name_the_field() {
-        let p = parse_json::<Body>(br#"{"order_id":"o","items":[{"sku":"a","quantity":-1}]}"#).unwrap_err();
+        let p = parse_json::<Body>(br#"{"order_id":"o","items":[{"sku":"a","quantity":-1}]}"#)
+            .unwrap_err();
         assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(p.errors[0].pointer, "/items/0/quantity");
         let p = parse_json::<Body>(br#"{"items":[]}"#).unwrap_err();

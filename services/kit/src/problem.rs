@@ -54,7 +54,10 @@ impl Problem {
     }
 
     pub fn field(mut self, pointer: impl Into<String>, message: impl Into<String>) -> Self {
-        self.errors.push(FieldIssue { pointer: pointer.into(), message: message.into() });
+        self.errors.push(FieldIssue {
+            pointer: pointer.into(),
+            message: message.into(),
+        });
         self
     }
 
@@ -77,9 +80,13 @@ impl Problem {
     pub fn invalid(pointer: impl Into<String>, message: impl Into<String>) -> Self {
         let message = message.into();
         let pointer = pointer.into();
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "Invalid input")
-            .detail(format!("{}: {message}", display_pointer(&pointer)))
-            .field(pointer, message)
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+            "Invalid input",
+        )
+        .detail(format!("{}: {message}", display_pointer(&pointer)))
+        .field(pointer, message)
     }
 
     /// 422 with several invalid fields.
@@ -89,8 +96,12 @@ impl Problem {
             .map(|i| format!("{}: {}", display_pointer(&i.pointer), i.message))
             .collect::<Vec<_>>()
             .join("; ");
-        let mut p = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "Invalid input")
-            .detail(detail);
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+            "Invalid input",
+        )
+        .detail(detail);
         p.errors = issues;
         p
     }
@@ -114,9 +125,13 @@ impl Problem {
     /// 503: a dependency (the database) is unavailable; retry later.
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         tracing::warn!(%cause, "service unavailable");
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
-            .detail("a dependency is unavailable; retry later with the same Idempotency-Key")
-            .retry_after(1)
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        )
+        .detail("a dependency is unavailable; retry later with the same Idempotency-Key")
+        .retry_after(1)
     }
 
     /// The `type` URI.
@@ -133,7 +148,10 @@ impl Problem {
             body.insert("detail".into(), Value::String(d.clone()));
         }
         if !self.errors.is_empty() {
-            body.insert("errors".into(), serde_json::to_value(&self.errors).unwrap_or(Value::Null));
+            body.insert(
+                "errors".into(),
+                serde_json::to_value(&self.errors).unwrap_or(Value::Null),
+            );
         }
         for (k, v) in &self.extensions {
             body.entry(k.clone()).or_insert_with(|| v.clone());
@@ -143,7 +161,11 @@ impl Problem {
 }
 
 fn display_pointer(pointer: &str) -> &str {
-    if pointer.is_empty() { "(body)" } else { pointer }
+    if pointer.is_empty() {
+        "(body)"
+    } else {
+        pointer
+    }
 }
 
 impl std::fmt::Display for Problem {
@@ -165,7 +187,8 @@ impl IntoResponse for Problem {
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -20,7 +20,13 @@ pub async fn fresh_database_url(prefix: &str) -> String {
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let prefix: String = prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .take(24)
         .collect();
     let name = format!("tandem_t_{prefix}_{}", &suffix[suffix.len() - 12..]);
@@ -61,9 +67,15 @@ mod tests {
     #[test]
     fn replaces_the_database_name() {
         assert_eq!(
-            super::with_database("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "x"),
+            super::with_database(
+                "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
+                "x"
+            ),
             "postgres://postgres@127.0.0.1:5432/x?sslmode=disable"
         );
-        assert_eq!(super::with_database("postgres://h:1", "y"), "postgres://h:1/y");
+        assert_eq!(
+            super::with_database("postgres://h:1", "y"),
+            "postgres://h:1/y"
+        );
     }
 }
