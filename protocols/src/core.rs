@@ -142,6 +142,20 @@ pub trait System: Clone + Debug + Send + Sync + 'static {
     ) -> (Self::Node, Actions<Self::Node>);
     /// Whether this record is a participant's durable YES vote.
     fn is_yes_record(&self, record: &<Self::Node as Role>::Record) -> bool;
+    /// Drop records that recovery no longer needs (a driver may truncate its log the same
+    /// way). The default keeps one copy of each record: every protocol here recovers from the
+    /// set of records it has, not from their multiplicity.
+    fn compact_log(&self, _id: NodeId, log: &mut Vec<<Self::Node as Role>::Record>) {
+        let mut seen = Vec::with_capacity(log.len());
+        log.retain(|r| {
+            if seen.contains(r) {
+                false
+            } else {
+                seen.push(r.clone());
+                true
+            }
+        });
+    }
     /// The peer a timer waits for, if the protocol's fault model only lets timers fire when
     /// that peer has failed (3PC's synchronous assumption). `None`: may fire at any time.
     fn timer_awaits(&self, _timer: &<Self::Node as Role>::Timer) -> Option<NodeId> {

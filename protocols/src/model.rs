@@ -79,6 +79,8 @@ pub struct CommitModel<S: System> {
     pub extra: Vec<(bool, &'static str, Condition<S>)>,
     /// Include the generic properties (agreement, validity, both outcomes reachable).
     pub standard: bool,
+    /// Timers the checker never fires (a bound, stated with each check).
+    pub muted: Option<fn(&Tmr<S>) -> bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -130,6 +132,7 @@ impl<S: System> CommitModel<S> {
             votes,
             extra: vec![],
             standard: true,
+            muted: None,
         }
     }
 
@@ -140,6 +143,11 @@ impl<S: System> CommitModel<S> {
 
     pub fn sometimes(mut self, name: &'static str, c: Condition<S>) -> Self {
         self.extra.push((false, name, c));
+        self
+    }
+
+    pub fn mute(mut self, muted: fn(&Tmr<S>) -> bool) -> Self {
+        self.muted = Some(muted);
         self
     }
 
@@ -179,6 +187,7 @@ impl<S: System> CommitModel<S> {
                     let buffered = std::mem::take(&mut slot.buffer);
                     slot.log.extend(buffered);
                     slot.log.push(r);
+                    self.sys.compact_log(me, &mut slot.log);
                 }
                 Action::Write(r) => s.slots[i].buffer.push(r),
                 Action::Send { to, msg } => {
@@ -428,6 +437,9 @@ impl<S: System> Model for CommitModel<S> {
                 continue;
             }
             for t in &sl.timers {
+                if self.muted.is_some_and(|m| m(t)) {
+                    continue;
+                }
                 let may = !self.faults.synchronous_timers
                     || match self.sys.timer_awaits(t) {
                         None => true,
@@ -588,7 +600,15 @@ pub fn run_bfs<S: System>(
         .map(|n| n.get())
         .unwrap_or(1);
     let start = Instant::now();
-    let checker = model.checker().threads(threads).spawn_bfs().join();
+    let mut builder = model.checker().threads(threads);
+    // A safety valve for exploring bounds: stop after this many states.
+    if let Some(cap) = std::env::var("TANDEM_MC_MAX_STATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.target_state_count(cap);
+    }
+    let checker = builder.spawn_bfs().join();
     let stats = RunStats {
         label: label.to_string(),
         unique_states: checker.unique_state_count(),

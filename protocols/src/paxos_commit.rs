@@ -641,4 +641,24 @@ impl System for PaxosCommit {
     fn is_yes_record(&self, record: &Record) -> bool {
         *record == Record::Prepared
     }
+
+    /// An acceptor needs only its newest snapshot, a leader only its highest ballot.
+    fn compact_log(&self, id: NodeId, log: &mut Vec<Record>) {
+        match id {
+            NodeId::Acceptor(_) => {
+                let keep = log.len().saturating_sub(1);
+                log.drain(..keep);
+            }
+            NodeId::Coordinator(_) => {
+                let max = log.iter().filter_map(|r| match r {
+                    Record::Ballot(b) => Some(*b),
+                    _ => None,
+                });
+                let max = max.max();
+                log.clear();
+                log.extend(max.map(Record::Ballot));
+            }
+            NodeId::Participant(_) => log.dedup(),
+        }
+    }
 }
