@@ -168,6 +168,11 @@ impl Driver {
     /// Drive a saga obtained by a claim, a reclaim or a manual retry, starting with `input`.
     pub fn spawn_leased(self: &Arc<Self>, row: SagaRow, input: Input) {
         let Some(permit) = self.try_activate(row.id) else {
+            // Already driven here (its lease lapsed, e.g. this process was paused) or no free
+            // slot: hand the new lease back so the saga is due again at once; the old task here
+            // is fenced by the new epoch and drops it.
+            let pool = self.pool.clone();
+            tokio::spawn(async move { store::release_lease(&pool, row.id, row.lease_epoch).await });
             return;
         };
         let me = self.clone();
@@ -279,7 +284,12 @@ impl Driver {
                         let _ = store::release_lease(&self.pool, a.id, a.epoch).await;
                         return;
                     }
+                    tandem_kit::crash::point(match phase {
+                        crate::saga::Phase::Action => "orchestrator.before_call",
+                        crate::saga::Phase::Compensation => "orchestrator.before_compensation_call",
+                    });
                     let outcome = self.call(&request).await;
+                    tandem_kit::crash::point("orchestrator.after_call_before_persist");
                     tracing::debug!(saga = %a.id, step, ?phase, attempt, ?outcome, "call finished");
                     self.transition(
                         &a,
@@ -345,7 +355,10 @@ impl Driver {
                 )
                 .await
                 {
-                    Ok(true) => break,
+                    Ok(true) => {
+                        tandem_kit::crash::point("orchestrator.after_persist");
+                        break;
+                    }
                     Ok(false) => {
                         tracing::warn!(saga = %a.id, epoch = a.epoch, "lease lost (fenced): dropping the saga");
                         return None;
@@ -438,6 +451,9 @@ impl Driver {
             if limit > 0 {
                 match store::claim_due(&self.pool, &self.instance_id, self.lease_ttl, limit).await {
                     Ok(rows) => {
+                        if !rows.is_empty() {
+                            tandem_kit::crash::point("orchestrator.after_claim");
+                        }
                         let full = rows.len() as i64 == limit;
                         for row in rows {
                             tracing::info!(saga = %row.id, epoch = row.lease_epoch, "claimed");
@@ -463,6 +479,34 @@ impl Driver {
                     tokio::time::sleep(poll).await;
                 }
                 _ = until_shutdown(&mut shutdown) => return,
+            }
+        }
+    }
+
+    /// Renew, in one statement every `lease_ttl / 3`, the leases of the sagas driven here, so a
+    /// call slower than the TTL does not lose its lease (transitions renew it too). Only
+    /// unexpired leases this instance still owns are extended: a lapsed one stays claimable.
+    pub async fn renew_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.lease_ttl / 3) => {}
+                _ = until_shutdown(&mut shutdown) => return,
+            }
+            let ids: Vec<Uuid> = self
+                .active
+                .lock()
+                .expect("active lock")
+                .iter()
+                .copied()
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            if let Err(e) =
+                store::renew_leases(&self.pool, &self.instance_id, &ids, self.lease_ttl).await
+            {
+                tracing::warn!(error = %e, "renewing leases failed");
             }
         }
     }

@@ -96,7 +96,6 @@ async fn load_definitions(driver: &Driver, config: &Config) -> anyhow::Result<()
     Ok(())
 }
 
-
 impl App {
     pub fn router(&self) -> axum::Router {
         api::router(self.driver.clone())
@@ -124,6 +123,7 @@ impl App {
             self.config.claim_batch,
             Duration::from_secs(self.config.idempotency_retention_hours * 3600),
         ));
+        let renew = tokio::spawn(d.clone().renew_loop());
         let tx = self.shutdown_tx.clone();
         let router = self.router();
         tandem_kit::http::serve(listener, router, async move {
@@ -133,6 +133,7 @@ impl App {
         .await?;
         let _ = self.shutdown_tx.send(true);
         let _ = claim.await;
+        let _ = renew.await;
         d.drain(Duration::from_secs(10)).await;
         tracing::info!("orchestrator stopped");
         Ok(())

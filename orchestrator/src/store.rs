@@ -505,3 +505,23 @@ pub async fn purge_idempotency_keys(
     .await?;
     Ok(r.rows_affected())
 }
+
+/// Extend the leases `owner` holds on `ids` (one statement): only unexpired leases it still
+/// owns, so a lease that lapsed (a paused process) stays free for another instance to claim.
+pub async fn renew_leases(
+    pool: &PgPool,
+    owner: &str,
+    ids: &[Uuid],
+    ttl: Duration,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE sagas SET lease_until = now() + make_interval(secs => $3) \
+         WHERE id = ANY($2) AND lease_owner = $1 AND lease_until > now()",
+    )
+    .bind(owner)
+    .bind(ids)
+    .bind(secs(ttl))
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}

@@ -2,8 +2,14 @@
 //!
 //! - [`in_process`]: the whole stack in this process on ephemeral ports, with fresh databases.
 //! - [`procs`]: the real binaries as child processes (for `kill -9`), built on demand.
+//! - [`cluster`]: the real binaries as a stack (n orchestrators + 3 services) that tests can kill,
+//!   pause and restart, with fresh databases and the services' tables at hand for audits.
+//! - [`pgcluster`]: a throwaway Postgres cluster of the test's own (for restarting Postgres).
 
 use std::time::Duration;
+
+pub mod cluster;
+pub mod pgcluster;
 
 use tandem_cli::client::Client;
 use tandem_cli::stack::{Stack, StackConfig};
@@ -51,37 +57,38 @@ where
 pub mod procs {
     //! Real binaries as child processes.
 
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
+    use std::fs::File;
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, ExitStatus, Stdio};
     use std::sync::OnceLock;
 
-    /// Build the four binaries once per test process (a no-op when they are fresh) and return
-    /// the directory holding them.
+    /// Build the four binaries once per test process (a no-op when they are fresh), in the
+    /// profile this code was built with (`--release` benchmarks spawn release binaries), and
+    /// return the directory holding them.
     pub fn bin_dir() -> PathBuf {
         static DIR: OnceLock<PathBuf> = OnceLock::new();
         DIR.get_or_init(|| {
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = !cfg!(debug_assertions);
+            let mut args = vec!["build"];
+            if release {
+                args.push("--release");
+            }
+            for bin in ["orchestrator", "inventory", "payment", "shipping"] {
+                args.extend(["--bin", bin]);
+            }
             let status = Command::new(cargo)
                 .current_dir(&root)
-                .args([
-                    "build",
-                    "--bin",
-                    "orchestrator",
-                    "--bin",
-                    "inventory",
-                    "--bin",
-                    "payment",
-                    "--bin",
-                    "shipping",
-                ])
+                .args(&args)
                 .status()
                 .expect("running cargo build");
             assert!(status.success(), "building the binaries failed");
             let target = std::env::var("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| root.join("target"));
-            target.join("debug")
+            target.join(if release { "release" } else { "debug" })
         })
         .clone()
     }
@@ -90,14 +97,33 @@ pub mod procs {
     pub struct Proc {
         pub name: String,
         child: Child,
+        exit: Option<ExitStatus>,
     }
 
     impl Proc {
         pub fn spawn(bin: &str, env: &[(&str, String)]) -> Proc {
+            Self::spawn_logged(bin, env, None)
+        }
+
+        /// Spawn with stdout and stderr appended to `log` (when given; `TANDEM_TEST_LOGS`
+        /// inherits them instead).
+        pub fn spawn_logged(bin: &str, env: &[(&str, String)], log: Option<&Path>) -> Proc {
             let mut cmd = Command::new(bin_dir().join(bin));
             cmd.stdin(Stdio::null());
             if std::env::var("TANDEM_TEST_LOGS").is_err() {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                match log {
+                    Some(path) => {
+                        let f = File::options()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                        cmd.stdout(f.try_clone().expect("log file")).stderr(f);
+                    }
+                    None => {
+                        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                    }
+                }
             }
             for (k, v) in env {
                 cmd.env(k, v);
@@ -108,13 +134,38 @@ pub mod procs {
             Proc {
                 name: bin.to_string(),
                 child,
+                exit: None,
             }
         }
 
         /// SIGKILL, and reap.
         pub fn kill9(&mut self) {
             let _ = self.child.kill();
-            let _ = self.child.wait();
+            if let Ok(s) = self.child.wait() {
+                self.exit.get_or_insert(s);
+            }
+        }
+
+        /// Send a signal by name (`STOP`, `CONT`, …) with kill(1).
+        pub fn signal(&self, sig: &str) {
+            let status = Command::new("kill")
+                .args([format!("-{sig}"), self.pid().to_string()])
+                .status()
+                .expect("running kill");
+            assert!(status.success(), "kill -{sig} {} failed", self.pid());
+        }
+
+        /// The exit status if the process has exited (reaped here).
+        pub fn exited(&mut self) -> Option<ExitStatus> {
+            if self.exit.is_none() {
+                self.exit = self.child.try_wait().ok().flatten();
+            }
+            self.exit
+        }
+
+        /// Exited by `SIGABRT`: a crash point fired (see `tandem_kit::crash`).
+        pub fn aborted(&mut self) -> bool {
+            self.exited().and_then(|s| s.signal()) == Some(6)
         }
 
         pub fn pid(&self) -> u32 {
@@ -124,7 +175,7 @@ pub mod procs {
 
     impl Drop for Proc {
         fn drop(&mut self) {
-            self.kill9();
+            self.kill9(); // SIGKILL ends a stopped (SIGSTOP) process too
         }
     }
 

@@ -317,7 +317,9 @@ where
         Err(problem) => return Err(problem), // dropping `tx` rolls back, barrier row included
     };
     record(&mut tx, key, Op::Action, status, &body).await?;
+    crate::crash::point("service.action.before_commit");
     tx.commit().await?;
+    crate::crash::point("service.action.after_commit");
     Ok(Outcome {
         status,
         body,
@@ -384,7 +386,9 @@ where
         )));
     }
     record(&mut tx, key, Op::Compensation, reply.status, &reply.body).await?;
+    crate::crash::point("service.compensation.before_commit");
     tx.commit().await?;
+    crate::crash::point("service.compensation.after_commit");
     Ok(Outcome {
         status: reply.status,
         body: reply.body,

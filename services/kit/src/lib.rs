@@ -7,9 +7,11 @@
 //! - [`barrier`]: the idempotency barrier (duplicate / null compensation / hanging), in the same
 //!   local transaction as the business effect.
 //! - [`faults`]: scoped fault injection for demos and tests.
+//! - [`crash`]: named crash points (`TANDEM_CRASH`), off by default, for crash tests.
 //! - [`testing`]: a fresh database per test.
 
 pub mod barrier;
+pub mod crash;
 pub mod db;
 pub mod faults;
 pub mod http;

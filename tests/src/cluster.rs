@@ -1,0 +1,603 @@
+//! The real binaries as a stack: `n` orchestrators (instance ids `orch-0`, `orch-1`, …) and the
+//! three services, each with its own fresh database `<prefix>_<component>` and a fixed loopback
+//! port, so a process can be killed (`SIGKILL`, a crash point), paused (`SIGSTOP`) and restarted
+//! in place. Each process's output is appended to `<tmp>/tandem-tests/<prefix>/<node>.log`.
+//!
+//! [`Audit`] reads the services' own tables (and the orchestrator's saga rows) and lists every
+//! violated invariant of the checkout saga (see [`Audit::violations`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, Row};
+use tandem_cli::client::Client;
+
+use crate::procs::{Proc, free_port};
+
+pub const SERVICES: [&str; 3] = ["inventory", "payment", "shipping"];
+
+pub struct ClusterConfig {
+    /// Any URL of the Postgres server to use.
+    pub server_url: String,
+    /// Short test name (part of the database names).
+    pub name: String,
+    pub orchestrators: usize,
+    /// Extra environment of every orchestrator (`LEASE_TTL_MS`, `DEFINITIONS_DIR` …).
+    pub orchestrator_env: Vec<(String, String)>,
+    pub orchestrator_pool: u32,
+    pub service_pool: u32,
+}
+
+impl ClusterConfig {
+    pub fn new(name: &str, orchestrators: usize) -> Self {
+        ClusterConfig {
+            server_url: tandem_kit::testing::server_url(),
+            name: name.to_string(),
+            orchestrators,
+            orchestrator_env: vec![],
+            orchestrator_pool: 4,
+            service_pool: 3,
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.orchestrator_env.push((k.to_string(), v.into()));
+        self
+    }
+}
+
+/// One process of the stack.
+pub struct Node {
+    /// `inventory`, `payment`, `shipping`, `orch-0`, `orch-1` …
+    pub name: String,
+    pub bin: &'static str,
+    pub port: u16,
+    env: Vec<(String, String)>,
+    pub proc: Option<Proc>,
+    /// `TANDEM_CRASH` of the running process, if any.
+    pub crash: Option<String>,
+    pub starts: u32,
+}
+
+pub struct Cluster {
+    pub prefix: String,
+    pub server_url: String,
+    /// Services first (in [`SERVICES`] order), then the orchestrators.
+    pub nodes: Vec<Node>,
+    pub log_dir: PathBuf,
+}
+
+impl Cluster {
+    /// Allocate ports and databases names; nothing runs yet (see [`Cluster::start_all`]).
+    pub fn new(cfg: ClusterConfig) -> Cluster {
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        let prefix = format!("tandem_t_{}_{}", cfg.name, &suffix[suffix.len() - 10..]);
+        let log_dir = std::env::temp_dir().join("tandem-tests").join(&prefix);
+        std::fs::create_dir_all(&log_dir).expect("creating the log directory");
+        let db = |component: &str| {
+            tandem_kit::testing::with_database(&cfg.server_url, &format!("{prefix}_{component}"))
+        };
+        let mut nodes: Vec<Node> = SERVICES
+            .iter()
+            .map(|s| {
+                let port = free_port();
+                Node {
+                    name: s.to_string(),
+                    bin: s,
+                    port,
+                    env: vec![
+                        ("DATABASE_URL".into(), db(s)),
+                        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+                        ("DB_POOL_SIZE".into(), cfg.service_pool.to_string()),
+                    ],
+                    proc: None,
+                    crash: None,
+                    starts: 0,
+                }
+            })
+            .collect();
+        let svc_url = |i: usize| format!("http://127.0.0.1:{}", nodes[i].port);
+        let (inv, pay, ship) = (svc_url(0), svc_url(1), svc_url(2));
+        for i in 0..cfg.orchestrators {
+            let port = free_port();
+            let mut env = vec![
+                ("DATABASE_URL".to_string(), db("orchestrator")),
+                ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+                ("INVENTORY_URL".into(), inv.clone()),
+                ("PAYMENT_URL".into(), pay.clone()),
+                ("SHIPPING_URL".into(), ship.clone()),
+                ("INSTANCE_ID".into(), format!("orch-{i}")),
+                ("DB_POOL_SIZE".into(), cfg.orchestrator_pool.to_string()),
+            ];
+            env.extend(cfg.orchestrator_env.iter().cloned());
+            nodes.push(Node {
+                name: format!("orch-{i}"),
+                bin: "orchestrator",
+                port,
+                env,
+                proc: None,
+                crash: None,
+                starts: 0,
+            });
+        }
+        Cluster {
+            prefix,
+            server_url: cfg.server_url,
+            nodes,
+            log_dir,
+        }
+    }
+
+    /// Node index of a service.
+    pub fn service(&self, name: &str) -> usize {
+        SERVICES
+            .iter()
+            .position(|s| *s == name)
+            .unwrap_or_else(|| panic!("unknown service {name}"))
+    }
+
+    /// Node index of orchestrator `i`.
+    pub fn orchestrator(&self, i: usize) -> usize {
+        SERVICES.len() + i
+    }
+
+    pub fn orchestrator_count(&self) -> usize {
+        self.nodes.len() - SERVICES.len()
+    }
+
+    pub fn url(&self, node: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[node].port)
+    }
+
+    pub fn db_url(&self, component: &str) -> String {
+        tandem_kit::testing::with_database(
+            &self.server_url,
+            &format!("{}_{component}", self.prefix),
+        )
+    }
+
+    /// A client talking to orchestrator `i`.
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(
+            &self.url(self.orchestrator(i)),
+            &self.url(0),
+            &self.url(1),
+            &self.url(2),
+        )
+    }
+
+    pub fn log_path(&self, node: usize) -> PathBuf {
+        self.log_dir.join(format!("{}.log", self.nodes[node].name))
+    }
+
+    /// Everything node `node` wrote so far (all its incarnations).
+    pub fn log(&self, node: usize) -> String {
+        std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
+    }
+
+    /// (Re)start a node, with `crash` as its `TANDEM_CRASH` if given.
+    pub fn start(&mut self, node: usize, crash: Option<String>) {
+        let path = self.log_path(node);
+        let n = &mut self.nodes[node];
+        if let Some(p) = n.proc.as_mut() {
+            p.kill9();
+        }
+        n.starts += 1;
+        if let Ok(mut f) = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            let _ = writeln!(
+                f,
+                "==== start {} of {} (TANDEM_CRASH={})",
+                n.starts,
+                n.name,
+                crash.as_deref().unwrap_or("")
+            );
+        }
+        let mut env: Vec<(&str, String)> =
+            n.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        if let Some(c) = &crash {
+            env.push(("TANDEM_CRASH", c.clone()));
+        }
+        n.proc = Some(Proc::spawn_logged(n.bin, &env, Some(&path)));
+        n.crash = crash;
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start(i, None);
+        }
+    }
+
+    pub fn kill9(&mut self, node: usize) {
+        if let Some(p) = self.nodes[node].proc.as_mut() {
+            p.kill9();
+        }
+    }
+
+    pub fn proc(&mut self, node: usize) -> &mut Proc {
+        self.nodes[node]
+            .proc
+            .as_mut()
+            .expect("the node was started")
+    }
+
+    /// Wait until `GET /healthz` of the node answers 200 (its database included).
+    pub async fn wait_healthy(&self, node: usize, timeout: Duration) {
+        let url = format!("{}/healthz", self.url(node));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        crate::eventually(
+            timeout,
+            &format!("{} to answer {url}", self.nodes[node].name),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let r = http.get(&url).send().await.ok()?;
+                    (r.status() == 200).then_some(())
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn wait_all_healthy(&self, timeout: Duration) {
+        for i in 0..self.nodes.len() {
+            self.wait_healthy(i, timeout).await;
+        }
+    }
+
+    async fn connect(&self, component: &str) -> PgConnection {
+        PgConnection::connect(&self.db_url(component))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the {component} database: {e}"))
+    }
+
+    /// Read the orchestrator's sagas and the services' own records.
+    pub async fn audit(&self) -> Audit {
+        let mut orch = self.connect("orchestrator").await;
+        let sagas = sqlx::query(
+            "SELECT id::text AS id, input->>'order_id' AS order_id, status, lease_epoch FROM sagas",
+        )
+        .fetch_all(&mut orch)
+        .await
+        .expect("reading sagas")
+        .iter()
+        .map(|r| SagaRecord {
+            id: r.get("id"),
+            order_id: r.get("order_id"),
+            status: r.get("status"),
+            epoch: r.get("lease_epoch"),
+        })
+        .collect();
+        let mut inv = self.connect("inventory").await;
+        let reservations = sqlx::query("SELECT saga_id, step, status, items FROM reservations")
+            .fetch_all(&mut inv)
+            .await
+            .expect("reading reservations")
+            .iter()
+            .map(|r| Reservation {
+                saga_id: r.get("saga_id"),
+                step: r.get("step"),
+                status: r.get("status"),
+                items: r
+                    .get::<Value, _>("items")
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|i| {
+                        (
+                            i["sku"].as_str().unwrap_or_default().to_string(),
+                            i["quantity"].as_i64().unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let stock = sqlx::query("SELECT sku, available, reserved FROM stock")
+            .fetch_all(&mut inv)
+            .await
+            .expect("reading stock")
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>("sku"),
+                    (r.get::<i64, _>("available"), r.get::<i64, _>("reserved")),
+                )
+            })
+            .collect();
+        let mut pay = self.connect("payment").await;
+        let payments = sqlx::query(
+            "SELECT id::text AS id, kind, saga_id, step, charge_id::text AS charge_id FROM payments",
+        )
+        .fetch_all(&mut pay)
+        .await
+        .expect("reading payments")
+        .iter()
+        .map(|r| Payment {
+            id: r.get("id"),
+            kind: r.get("kind"),
+            saga_id: r.get("saga_id"),
+            step: r.get("step"),
+            charge_id: r.get("charge_id"),
+        })
+        .collect();
+        let mut ship = self.connect("shipping").await;
+        let shipments = sqlx::query("SELECT saga_id, step, status FROM shipments")
+            .fetch_all(&mut ship)
+            .await
+            .expect("reading shipments")
+            .iter()
+            .map(|r| Shipment {
+                saga_id: r.get("saga_id"),
+                step: r.get("step"),
+                status: r.get("status"),
+            })
+            .collect();
+        for c in [orch, inv, pay, ship] {
+            let _ = c.close().await;
+        }
+        Audit {
+            sagas,
+            reservations,
+            stock,
+            payments,
+            shipments,
+        }
+    }
+
+    /// Sagas not completed or compensated yet, and whether one is parked (`failed`).
+    pub async fn unsettled(&self) -> (i64, i64) {
+        let mut c = self.connect("orchestrator").await;
+        let row = sqlx::query(
+            "SELECT count(*) FILTER (WHERE status NOT IN ('completed', 'compensated')) AS open, \
+                    count(*) FILTER (WHERE status = 'failed') AS failed FROM sagas",
+        )
+        .fetch_one(&mut c)
+        .await
+        .expect("counting sagas");
+        let _ = c.close().await;
+        (row.get("open"), row.get("failed"))
+    }
+}
+
+pub struct SagaRecord {
+    pub id: String,
+    pub order_id: String,
+    pub status: String,
+    pub epoch: i64,
+}
+
+pub struct Reservation {
+    pub saga_id: String,
+    pub step: String,
+    pub status: String,
+    pub items: Vec<(String, i64)>,
+}
+
+pub struct Payment {
+    pub id: String,
+    pub kind: String,
+    pub saga_id: String,
+    pub step: String,
+    pub charge_id: Option<String>,
+}
+
+pub struct Shipment {
+    pub saga_id: String,
+    pub step: String,
+    pub status: String,
+}
+
+/// The orchestrator's view and the services' records, read at one moment (after the run).
+pub struct Audit {
+    pub sagas: Vec<SagaRecord>,
+    pub reservations: Vec<Reservation>,
+    /// sku → (available, reserved)
+    pub stock: BTreeMap<String, (i64, i64)>,
+    pub payments: Vec<Payment>,
+    pub shipments: Vec<Shipment>,
+}
+
+impl Audit {
+    /// Sagas per status.
+    pub fn by_status(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for s in &self.sagas {
+            *m.entry(s.status.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    pub fn saga_by_order(&self, order_id: &str) -> Option<&SagaRecord> {
+        self.sagas.iter().find(|s| s.order_id == order_id)
+    }
+
+    /// Every violated invariant, with the offending saga, as (invariant, message):
+    /// - `settled`: every saga is `completed` or `compensated` (none running, none `failed`);
+    /// - `completed`: exactly one held reservation, one charge and no refund, one live shipment;
+    /// - `compensated`: no held reservation, every charge refunded exactly once, no live shipment;
+    /// - `at_most_once`: per (saga, step, action|compensation) at most one business effect
+    ///   (reservations, charges, refunds, shipments counted themselves), and every effect belongs
+    ///   to a known saga;
+    /// - `stock`: for each SKU, initial = available + held reservations, the service's own
+    ///   `reserved` column agrees, nothing negative.
+    pub fn violations(&self, initial_stock: &BTreeMap<String, i64>) -> Vec<(&'static str, String)> {
+        let mut v: Vec<(&'static str, String)> = Vec::new();
+        let known: HashMap<&str, &SagaRecord> =
+            self.sagas.iter().map(|s| (s.id.as_str(), s)).collect();
+
+        // at most once, counting the effects themselves
+        let mut per_key: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        for r in &self.reservations {
+            *per_key
+                .entry((&r.saga_id, &r.step, "reservation"))
+                .or_default() += 1;
+        }
+        for p in &self.payments {
+            *per_key.entry((&p.saga_id, &p.step, &p.kind)).or_default() += 1;
+        }
+        for s in &self.shipments {
+            *per_key
+                .entry((&s.saga_id, &s.step, "shipment"))
+                .or_default() += 1;
+        }
+        for ((saga, step, what), n) in &per_key {
+            if *n > 1 {
+                v.push((
+                    "at_most_once",
+                    format!("saga {saga} step {step}: {n} × {what}"),
+                ));
+            }
+            if !known.contains_key(saga) {
+                v.push((
+                    "at_most_once",
+                    format!("{what} of step {step} for unknown saga {saga}"),
+                ));
+            }
+        }
+        let mut refunds_per_charge: HashMap<&str, usize> = HashMap::new();
+        for p in self.payments.iter().filter(|p| p.kind == "refund") {
+            *refunds_per_charge
+                .entry(p.charge_id.as_deref().unwrap_or("?"))
+                .or_default() += 1;
+        }
+        for (charge, n) in &refunds_per_charge {
+            if *n > 1 {
+                v.push((
+                    "at_most_once",
+                    format!("charge {charge} refunded {n} times"),
+                ));
+            }
+        }
+
+        // per saga outcome
+        let mut res: HashMap<&str, Vec<&Reservation>> = HashMap::new();
+        for r in &self.reservations {
+            res.entry(&r.saga_id).or_default().push(r);
+        }
+        let mut charges: HashMap<&str, Vec<&Payment>> = HashMap::new();
+        for p in self.payments.iter().filter(|p| p.kind == "charge") {
+            charges.entry(&p.saga_id).or_default().push(p);
+        }
+        let mut ships: HashMap<&str, Vec<&Shipment>> = HashMap::new();
+        for s in &self.shipments {
+            ships.entry(&s.saga_id).or_default().push(s);
+        }
+        for s in &self.sagas {
+            let id = s.id.as_str();
+            let r = res.get(id).map(Vec::as_slice).unwrap_or_default();
+            let held = r.iter().filter(|r| r.status == "held").count();
+            let c = charges.get(id).map(Vec::as_slice).unwrap_or_default();
+            let refunded: Vec<usize> = c
+                .iter()
+                .map(|c| refunds_per_charge.get(c.id.as_str()).copied().unwrap_or(0))
+                .collect();
+            let sh = ships.get(id).map(Vec::as_slice).unwrap_or_default();
+            let live = sh.iter().filter(|s| s.status == "created").count();
+            let who = format!("saga {id} (order {})", s.order_id);
+            match s.status.as_str() {
+                "completed" => {
+                    if !(held == 1 && r.len() == 1) {
+                        v.push((
+                            "completed",
+                            format!("{who}: {held} held of {} reservations", r.len()),
+                        ));
+                    }
+                    if !(c.len() == 1 && refunded.iter().all(|n| *n == 0)) {
+                        v.push((
+                            "completed",
+                            format!("{who}: {} charges, refunds {refunded:?}", c.len()),
+                        ));
+                    }
+                    if !(live == 1 && sh.len() == 1) {
+                        v.push((
+                            "completed",
+                            format!("{who}: {live} live of {} shipments", sh.len()),
+                        ));
+                    }
+                }
+                "compensated" => {
+                    if held != 0 {
+                        v.push(("compensated", format!("{who}: {held} held reservations")));
+                    }
+                    if refunded.iter().any(|n| *n != 1) {
+                        v.push((
+                            "compensated",
+                            format!("{who}: refunds per charge {refunded:?}"),
+                        ));
+                    }
+                    if live != 0 {
+                        v.push(("compensated", format!("{who}: {live} live shipments")));
+                    }
+                }
+                other => v.push(("settled", format!("{who} is {other}"))),
+            }
+        }
+
+        // stock conservation
+        let mut held_qty: BTreeMap<&str, i64> = BTreeMap::new();
+        for r in self.reservations.iter().filter(|r| r.status == "held") {
+            for (sku, q) in &r.items {
+                *held_qty.entry(sku).or_default() += q;
+            }
+        }
+        for (sku, initial) in initial_stock {
+            let (available, reserved) = self.stock.get(sku).copied().unwrap_or((-1, -1));
+            let held = held_qty.get(sku.as_str()).copied().unwrap_or(0);
+            if available < 0 || reserved < 0 || available + held != *initial || reserved != held {
+                v.push((
+                    "stock",
+                    format!(
+                        "{sku}: initial {initial}, available {available}, held reservations {held}, reserved column {reserved}"
+                    ),
+                ));
+            }
+        }
+        v
+    }
+}
+
+/// Compare a settled saga's outcome with the services' read APIs (`GET /reservations`,
+/// `/payments`, `/shipments` by order): problems found, if any.
+pub async fn api_problems(c: &Client, order_id: &str, status: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    let (res, pay, ship) = match (
+        c.reservations(order_id).await,
+        c.payments(order_id).await,
+        c.shipments(order_id).await,
+    ) {
+        (Ok(r), Ok(p), Ok(s)) => (r, p, s),
+        (r, pa, s) => {
+            return vec![format!(
+                "order {order_id}: read APIs failed: {:?} {:?} {:?}",
+                r.err(),
+                pa.err(),
+                s.err()
+            )];
+        }
+    };
+    let count = |l: &[Value], k: &str, v: &str| l.iter().filter(|x| x[k] == v).count();
+    let held = count(&res, "status", "held");
+    let charges = count(&pay, "kind", "charge");
+    let refunds = count(&pay, "kind", "refund");
+    let live = count(&ship, "status", "created");
+    let ok = match status {
+        "completed" => held == 1 && charges == 1 && refunds == 0 && live == 1,
+        "compensated" => held == 0 && refunds == charges && live == 0,
+        _ => false,
+    };
+    if !ok {
+        p.push(format!(
+            "order {order_id} ({status}) per the APIs: {held} held, {charges} charges, {refunds} refunds, {live} live shipments"
+        ));
+    }
+    p
+}

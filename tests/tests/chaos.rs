@@ -1,0 +1,585 @@
+//! Chaos: the real binaries (2 orchestrators, the 3 services) on Postgres, hundreds of checkouts
+//! with mixed outcomes, while a nemesis kills processes with `SIGKILL` at random moments and
+//! restarts them with crash points armed (`TANDEM_CRASH`), so they also abort at the exact
+//! places that matter. At the end every invariant is checked from the services' own tables and
+//! read APIs (see `tandem_tests::cluster::Audit::violations`).
+//!
+//! Short run (CI): `cargo test -p tandem-tests --test chaos`.
+//! Long run: `TANDEM_CHAOS_SAGAS=2000 TANDEM_CHAOS_KILLS=150 cargo test -p tandem-tests --release
+//! --test chaos -- --nocapture` (prints the summary). `TANDEM_CHAOS_SEED` fixes the workload.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tandem_cli::client::{Client, checkout_input};
+use tandem_cli::demo;
+use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
+use tandem_tests::eventually;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The shipped checkout with a policy for chaos: 1 s call timeout (a slower answer is a
+/// transient failure), quick retries, a short 425 deadline, and budgets large enough that the
+/// kills never exhaust a compensation (nothing parks).
+pub fn write_chaos_definition(dir: &Path, name: &str, deadline_ms: u64) {
+    let mut def: Value = serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();
+    def["name"] = json!(name);
+    def["policy"] = json!({
+        "timeout_ms": 1000,
+        "max_attempts": 12,
+        "backoff": { "initial_ms": 50, "multiplier": 2.0, "max_ms": 1000, "jitter": 0.2 },
+        "poll_interval_ms": 100,
+        "deadline_ms": deadline_ms,
+        "compensation_max_attempts": 10000,
+        "max_retry_after_ms": 1000
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(&def).unwrap(),
+    )
+    .unwrap();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scenario {
+    Decline,
+    Undeliverable,
+    Transient,
+    EffectThen503,
+    InProgress,
+    SlowerThanTimeout,
+    Scarce,
+    Plain,
+}
+
+fn scenario(i: usize) -> Scenario {
+    match i % 10 {
+        0 => Scenario::Decline,
+        1 => Scenario::Undeliverable,
+        2 => Scenario::Transient,
+        3 => Scenario::EffectThen503,
+        4 => Scenario::InProgress,
+        5 => Scenario::SlowerThanTimeout,
+        6 | 7 => Scenario::Scarce,
+        _ => Scenario::Plain,
+    }
+}
+
+const SKUS: [&str; 3] = ["chaos-a", "chaos-b", "chaos-c"];
+const SCARCE: &str = "chaos-scarce";
+const ORCH_POINTS: [&str; 5] = [
+    "orchestrator.after_claim",
+    "orchestrator.before_call",
+    "orchestrator.before_compensation_call",
+    "orchestrator.after_call_before_persist",
+    "orchestrator.after_persist",
+];
+const SERVICE_POINTS: [&str; 4] = [
+    "service.action.before_commit",
+    "service.action.after_commit",
+    "service.compensation.before_commit",
+    "service.compensation.after_commit",
+];
+
+/// Order `i`: its input and the faults to install (service, fault body).
+fn order(i: usize, rng: &mut StdRng) -> (String, Scenario, Value, Vec<(&'static str, Value)>) {
+    let id = format!("chaos-{i}");
+    let sc = scenario(i);
+    let card = if sc == Scenario::Decline {
+        "tok_decline"
+    } else {
+        "tok_visa"
+    };
+    let country = if sc == Scenario::Undeliverable {
+        "ZZ"
+    } else {
+        "GB"
+    };
+    let mut input = checkout_input(&id, SKUS[0], 1, card, country);
+    let mut items =
+        vec![json!({"sku": SKUS[rng.random_range(0..3)], "quantity": rng.random_range(1..=3)})];
+    if rng.random_bool(0.3) {
+        items.push(json!({"sku": SKUS[rng.random_range(0..3)], "quantity": 1}));
+    }
+    if sc == Scenario::Scarce {
+        items = vec![json!({"sku": SCARCE, "quantity": rng.random_range(1..=3)})];
+    }
+    input["items"] = json!(items);
+    let service = ["inventory", "payment", "shipping"][rng.random_range(0..3)];
+    let f = |kind: &str| json!({"order_id": id, "kind": kind, "op": "action"});
+    let faults = match sc {
+        Scenario::Transient => {
+            let mut x = f("transient");
+            x["times"] = json!(rng.random_range(1..=3));
+            vec![(service, x)]
+        }
+        Scenario::EffectThen503 => vec![(service, f("effect_then_503"))],
+        Scenario::InProgress => {
+            let mut x = f("in_progress");
+            x["times"] = json!(rng.random_range(2..=4));
+            vec![(service, x)]
+        }
+        Scenario::SlowerThanTimeout => {
+            let mut x = f("latency");
+            x["latency_ms"] = json!(1500);
+            vec![(service, x)]
+        }
+        // the refund's answer is lost once, and the release is slow to start
+        Scenario::Undeliverable => vec![
+            (
+                "payment",
+                json!({"order_id": id, "kind": "effect_then_503", "op": "compensation"}),
+            ),
+            (
+                "inventory",
+                json!({"order_id": id, "kind": "in_progress", "op": "compensation", "times": 2}),
+            ),
+        ],
+        _ => vec![],
+    };
+    (id, sc, input, faults)
+}
+
+/// `POST /sagas` until some orchestrator takes it (the business key makes retries safe).
+async fn submit(clients: &[Client], first: usize, def: &str, input: &Value) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = first;
+    loop {
+        let c = &clients[i % clients.len()];
+        if let Ok(r) = c.start_saga(def, input, None).await {
+            if r.status == 201 || r.status == 200 {
+                return r.body["id"].as_str().unwrap().to_string();
+            }
+            assert!(
+                r.status >= 500,
+                "POST /sagas answered {}: {}",
+                r.status,
+                r.body
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no orchestrator took order {input}"
+        );
+        i += 1;
+        if i % clients.len() == first % clients.len() {
+            tokio::time::sleep(Duration::from_millis(50)).await; // every orchestrator is down
+        }
+    }
+}
+
+/// A crash point to arm on a restart (or none).
+fn arm(rng: &mut StdRng, orchestrator: bool) -> Option<String> {
+    if rng.random_bool(0.5) {
+        return None;
+    }
+    let point = if orchestrator {
+        ORCH_POINTS[rng.random_range(0..ORCH_POINTS.len())]
+    } else {
+        SERVICE_POINTS[rng.random_range(0..SERVICE_POINTS.len())]
+    };
+    Some(if rng.random_bool(0.25) {
+        format!("{point}@0.03")
+    } else {
+        let max = if point.contains("compensation") || point.ends_with("after_claim") {
+            3
+        } else {
+            25
+        };
+        format!("{point}={}", rng.random_range(1..=max))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kills_lose_nothing_and_double_nothing() {
+    let sagas = env_usize("TANDEM_CHAOS_SAGAS", 200);
+    let target_kills = env_usize("TANDEM_CHAOS_KILLS", 20);
+    let seed = std::env::var("TANDEM_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    let mean_gap_ms = 600u64;
+    let started = Instant::now();
+
+    let defs = std::env::temp_dir().join(format!(
+        "tandem-chaos-defs-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    write_chaos_definition(&defs, "checkout_chaos", 5000);
+    let mut cluster = Cluster::new(
+        ClusterConfig::new("chaos", 2)
+            .env("LEASE_TTL_MS", "1000")
+            .env("POLL_INTERVAL_MS", "100")
+            .env("DEFINITIONS_DIR", defs.display().to_string()),
+    );
+    eprintln!(
+        "chaos: seed {seed}, {sagas} sagas, ≥ {target_kills} kills, logs in {}",
+        cluster.log_dir.display()
+    );
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    let clients: Vec<Client> = (0..2).map(|i| cluster.client(i)).collect();
+
+    let mut initial: BTreeMap<String, i64> =
+        SKUS.iter().map(|s| (s.to_string(), 1_000_000)).collect();
+    initial.insert(SCARCE.to_string(), (sagas / 10).max(10) as i64);
+    for (sku, n) in &initial {
+        let r = clients[0].set_stock(sku, *n).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    // The workload, paced to span the kill schedule.
+    let pace = Duration::from_millis(target_kills as u64 * mean_gap_ms / sagas.max(1) as u64);
+    let faults_lost = Arc::new(AtomicUsize::new(0));
+    let workload = {
+        let clients = clients.clone();
+        let faults_lost = faults_lost.clone();
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut tasks = Vec::new();
+            for i in 0..sagas {
+                let (id, sc, input, faults) = order(i, &mut rng);
+                let clients = clients.clone();
+                let faults_lost = faults_lost.clone();
+                tasks.push(tokio::spawn(async move {
+                    for (service, f) in &faults {
+                        // A service that is down (or restarts later) just forgets the fault.
+                        if clients[0].add_fault(service, f).await.is_err() {
+                            faults_lost.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let saga = submit(&clients, i, "checkout_chaos", &input).await;
+                    (id, sc, saga)
+                }));
+                tokio::time::sleep(pace).await;
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+    };
+
+    // The nemesis.
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut kills: BTreeMap<String, usize> = BTreeMap::new();
+    let mut unexpected_exits = Vec::new();
+    let mut restarts: Vec<(Instant, usize)> = Vec::new();
+    let gap = |rng: &mut StdRng| {
+        Duration::from_millis(rng.random_range(mean_gap_ms / 2..=mean_gap_ms * 3 / 2))
+    };
+    let mut next_kill = Instant::now() + gap(&mut rng);
+    let n_nodes = cluster.nodes.len();
+    let total = |k: &BTreeMap<String, usize>| k.values().sum::<usize>();
+    while !(workload.is_finished() && total(&kills) >= target_kills) {
+        let now = Instant::now();
+        for node in 0..n_nodes {
+            let pending = restarts.iter().any(|(_, n)| *n == node);
+            let Some(p) = cluster.nodes[node].proc.as_mut() else {
+                continue;
+            };
+            if pending || p.exited().is_none() {
+                continue;
+            }
+            if p.aborted() {
+                let point = cluster.nodes[node].crash.clone().unwrap_or_default();
+                let point = point
+                    .split(['=', '@'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                *kills.entry(format!("crash point {point}")).or_default() += 1;
+            } else {
+                let status = p.exited();
+                unexpected_exits.push(format!("{} exited: {status:?}", cluster.nodes[node].name));
+            }
+            restarts.push((now + Duration::from_millis(rng.random_range(0..300)), node));
+        }
+        if now >= next_kill {
+            let node = rng.random_range(0..n_nodes);
+            if !restarts.iter().any(|(_, n)| *n == node) {
+                cluster.kill9(node);
+                let kind = if node >= 3 {
+                    "orchestrator"
+                } else {
+                    cluster.nodes[node].bin
+                };
+                *kills.entry(format!("SIGKILL {kind}")).or_default() += 1;
+                restarts.push((now + Duration::from_millis(rng.random_range(0..400)), node));
+            }
+            next_kill = now + gap(&mut rng);
+        }
+        let (due, later): (Vec<_>, Vec<_>) = restarts.into_iter().partition(|(at, _)| *at <= now);
+        restarts = later;
+        for (_, node) in due {
+            let crash = arm(&mut rng, node >= 3);
+            cluster.start(node, crash);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let submitted = workload.await.unwrap();
+    let chaos_secs = started.elapsed().as_secs_f64();
+
+    // Calm: every process up without crash points; wait for every saga to settle.
+    for node in 0..n_nodes {
+        let running = cluster.nodes[node]
+            .proc
+            .as_mut()
+            .is_some_and(|p| p.exited().is_none());
+        if !running || cluster.nodes[node].crash.is_some() {
+            cluster.start(node, None);
+        }
+    }
+    cluster.wait_all_healthy(Duration::from_secs(60)).await;
+    let settle_start = Instant::now();
+    eventually(Duration::from_secs(300), "every saga to settle", || {
+        let cluster = &cluster;
+        async move {
+            let (open, failed) = cluster.unsettled().await;
+            assert_eq!(failed, 0, "a saga was parked as failed");
+            (open == 0).then_some(())
+        }
+    })
+    .await;
+    let settle_secs = settle_start.elapsed().as_secs_f64();
+
+    // Audit: the services' own tables ...
+    let audit = cluster.audit().await;
+    let mut violations = audit.violations(&initial);
+    if audit.sagas.len() != sagas {
+        violations.push((
+            "settled",
+            format!("{} sagas stored, {sagas} submitted", audit.sagas.len()),
+        ));
+    }
+    let mut by_scenario: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for (order_id, sc, saga_id) in &submitted {
+        let Some(s) = audit.saga_by_order(order_id) else {
+            violations.push((
+                "settled",
+                format!("order {order_id} (saga {saga_id}) is lost"),
+            ));
+            continue;
+        };
+        if &s.id != saga_id {
+            violations.push((
+                "settled",
+                format!("order {order_id}: saga {saga_id} answered, {} stored", s.id),
+            ));
+        }
+        *by_scenario
+            .entry(format!("{sc:?}"))
+            .or_default()
+            .entry(s.status.clone())
+            .or_default() += 1;
+        // Business failures are deterministic whatever the chaos.
+        if matches!(sc, Scenario::Decline | Scenario::Undeliverable) && s.status != "compensated" {
+            violations.push((
+                "outcome",
+                format!("order {order_id} ({sc:?}) is {}", s.status),
+            ));
+        }
+    }
+    // ... and their read APIs.
+    for (order_id, _, _) in &submitted {
+        if let Some(s) = audit.saga_by_order(order_id) {
+            for p in api_problems(&clients[0], order_id, &s.status).await {
+                violations.push(("api", p));
+            }
+        }
+    }
+    for e in &unexpected_exits {
+        violations.push(("process", e.clone()));
+    }
+
+    let mut invariants: BTreeMap<&str, usize> = [
+        "settled",
+        "completed",
+        "compensated",
+        "at_most_once",
+        "stock",
+        "outcome",
+        "api",
+        "process",
+    ]
+    .into_iter()
+    .map(|k| (k, 0))
+    .collect();
+    for (k, _) in &violations {
+        *invariants.entry(k).or_default() += 1;
+    }
+    let summary = json!({
+        "seed": seed,
+        "sagas": sagas,
+        "by_status": audit.by_status(),
+        "by_scenario": by_scenario,
+        "kills_total": total(&kills),
+        "kills": kills,
+        "faults_not_installed": faults_lost.load(Ordering::Relaxed),
+        "effects": {
+            "reservations": audit.reservations.len(),
+            "charges": audit.payments.iter().filter(|p| p.kind == "charge").count(),
+            "refunds": audit.payments.iter().filter(|p| p.kind == "refund").count(),
+            "shipments": audit.shipments.len(),
+        },
+        "invariant_violations": invariants,
+        "chaos_secs": (chaos_secs * 10.0).round() / 10.0,
+        "settle_after_chaos_secs": (settle_secs * 10.0).round() / 10.0,
+        "total_secs": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    });
+    println!(
+        "chaos summary:\n{}",
+        serde_json::to_string_pretty(&summary).unwrap()
+    );
+    assert!(
+        violations.is_empty(),
+        "{} invariant violations (logs in {}):\n{}",
+        violations.len(),
+        cluster.log_dir.display(),
+        violations
+            .iter()
+            .take(50)
+            .map(|(k, m)| format!("{k}: {m}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        total(&kills) >= target_kills,
+        "only {} kills",
+        total(&kills)
+    );
+    let _ = std::fs::remove_dir_all(&defs);
+}
+
+/// Per-step timeout and 425 polling through the real binaries' fault injection: a call slower
+/// than `timeout_ms` is a transient failure (retried with the same key: one effect); 425 answers
+/// are polled until success; 425 past the step's deadline fails the step and compensates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_in_progress_polling_end_to_end() {
+    let defs =
+        std::env::temp_dir().join(format!("tandem-e2e-defs-{}", uuid::Uuid::now_v7().simple()));
+    write_chaos_definition(&defs, "checkout_e2e", 2500);
+    let mut cluster = Cluster::new(
+        ClusterConfig::new("e2e", 1)
+            .env("POLL_INTERVAL_MS", "100")
+            .env("DEFINITIONS_DIR", defs.display().to_string()),
+    );
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    let c = cluster.client(0);
+    c.set_stock("e2e-sku", 100).await.unwrap();
+    let fault = |order: &str, kind: &str, op: &str, times: u32| {
+        let mut f = json!({"order_id": order, "kind": kind, "op": op, "times": times});
+        if kind == "latency" {
+            f["latency_ms"] = json!(1500);
+        }
+        f
+    };
+    c.add_fault("shipping", &fault("e2e-slow", "latency", "action", 1))
+        .await
+        .unwrap();
+    c.add_fault("payment", &fault("e2e-425", "in_progress", "action", 3))
+        .await
+        .unwrap();
+    c.add_fault(
+        "inventory",
+        &fault("e2e-deadline", "in_progress", "action", 1000),
+    )
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for order in ["e2e-slow", "e2e-425", "e2e-deadline"] {
+        let r = c
+            .start_saga(
+                "checkout_e2e",
+                &checkout_input(order, "e2e-sku", 1, "tok_visa", "GB"),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let step = |s: &Value, name: &str| {
+        s["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let events = |s: &Value, kind: &str, step: &str| {
+        s["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind && e["step"] == step)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // Slower than the 1 s timeout once: a transient failure, re-sent, one shipment.
+    let s = c.settle(&ids[0], 60).await.unwrap();
+    assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
+    assert_eq!(
+        step(&s, "create_shipment")["attempts"],
+        2,
+        "{}",
+        demo::timeline(&s)
+    );
+    let retry = events(&s, "step_retry_scheduled", "create_shipment");
+    assert_eq!(retry.len(), 1, "{}", demo::timeline(&s));
+    assert_eq!(
+        retry[0]["detail"]["error"],
+        "timed out",
+        "{}",
+        demo::timeline(&s)
+    );
+    // 425 three times, polled at the poll interval, then success.
+    let s = c.settle(&ids[1], 60).await.unwrap();
+    assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
+    assert_eq!(
+        step(&s, "charge_payment")["attempts"],
+        4,
+        "{}",
+        demo::timeline(&s)
+    );
+    assert_eq!(
+        events(&s, "step_in_progress", "charge_payment").len(),
+        3,
+        "{}",
+        demo::timeline(&s)
+    );
+    // 425 until the 2.5 s deadline: the step fails, the saga compensates.
+    let s = c.settle(&ids[2], 60).await.unwrap();
+    assert_eq!(s["status"], "compensated", "{}", demo::timeline(&s));
+    let failed = events(&s, "step_failed", "reserve_inventory");
+    assert_eq!(failed.len(), 1, "{}", demo::timeline(&s));
+    assert!(
+        failed[0]["detail"].to_string().contains("deadline"),
+        "{}",
+        demo::timeline(&s)
+    );
+
+    // The services' records: the slow call's effect happened once.
+    let audit = cluster.audit().await;
+    let initial = BTreeMap::from([("e2e-sku".to_string(), 100)]);
+    let v = audit.violations(&initial);
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(audit.shipments.len(), 2);
+    let _ = std::fs::remove_dir_all(&defs);
+}
