@@ -54,6 +54,30 @@ where
     }
 }
 
+/// The shipped checkout with a policy for chaos: 1 s call timeout (a slower answer is a
+/// transient failure), quick retries, a short 425 deadline, and budgets large enough that the
+/// kills never exhaust a compensation (nothing parks).
+pub fn write_chaos_definition(dir: &std::path::Path, name: &str, deadline_ms: u64) {
+    let mut def: serde_json::Value =
+        serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();
+    def["name"] = serde_json::json!(name);
+    def["policy"] = serde_json::json!({
+        "timeout_ms": 1000,
+        "max_attempts": 12,
+        "backoff": { "initial_ms": 50, "multiplier": 2.0, "max_ms": 1000, "jitter": 0.2 },
+        "poll_interval_ms": 100,
+        "deadline_ms": deadline_ms,
+        "compensation_max_attempts": 10000,
+        "max_retry_after_ms": 1000
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(&def).unwrap(),
+    )
+    .unwrap();
+}
+
 pub mod procs {
     //! Real binaries as child processes.
 

@@ -9,7 +9,6 @@
 //! --test chaos -- --nocapture` (prints the summary). `TANDEM_CHAOS_SEED` fixes the workload.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,36 +19,13 @@ use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
 use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
-use tandem_tests::eventually;
+use tandem_tests::{eventually, write_chaos_definition};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// The shipped checkout with a policy for chaos: 1 s call timeout (a slower answer is a
-/// transient failure), quick retries, a short 425 deadline, and budgets large enough that the
-/// kills never exhaust a compensation (nothing parks).
-pub fn write_chaos_definition(dir: &Path, name: &str, deadline_ms: u64) {
-    let mut def: Value = serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();
-    def["name"] = json!(name);
-    def["policy"] = json!({
-        "timeout_ms": 1000,
-        "max_attempts": 12,
-        "backoff": { "initial_ms": 50, "multiplier": 2.0, "max_ms": 1000, "jitter": 0.2 },
-        "poll_interval_ms": 100,
-        "deadline_ms": deadline_ms,
-        "compensation_max_attempts": 10000,
-        "max_retry_after_ms": 1000
-    });
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}.json")),
-        serde_json::to_vec_pretty(&def).unwrap(),
-    )
-    .unwrap();
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

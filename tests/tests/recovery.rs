@@ -1,0 +1,233 @@
+//! Recovery with the real binaries:
+//! - a stale lease holder (paused with `SIGSTOP` past its lease) is fenced: another instance
+//!   takes its sagas over, and once resumed its writes are rejected and no effect is doubled;
+//! - a Postgres restart (on a throwaway cluster of the test's own): every process reconnects
+//!   and every saga finishes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tandem_cli::client::{Client, checkout_input};
+use tandem_cli::demo;
+use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
+use tandem_tests::eventually;
+use tandem_tests::pgcluster::PgCluster;
+
+async fn saga(c: &Client, id: &str) -> Value {
+    c.wait_saga(id, 0).await.unwrap()
+}
+
+fn has_event(s: &Value, kind: &str, step: &str) -> bool {
+    demo::event_index(s, kind, Some(step)).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lease_holder_is_fenced_and_nothing_is_doubled() {
+    let mut cluster = Cluster::new(
+        ClusterConfig::new("stale", 2)
+            .env("LEASE_TTL_MS", "1500")
+            .env("POLL_INTERVAL_MS", "100"),
+    );
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    let (a, b) = (cluster.client(0), cluster.client(1));
+    a.set_stock("stale-sku", 100).await.unwrap();
+
+    // Ten sagas driven by orch-0, each with its shipment call in flight (the service is slow
+    // once: 3 s, longer than the lease).
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let order = format!("stale-{i}");
+        a.add_fault(
+            "shipping",
+            &json!({"order_id": order, "kind": "latency", "latency_ms": 3000}),
+        )
+        .await
+        .unwrap();
+        let r = a
+            .start_saga(
+                "checkout",
+                &checkout_input(&order, "stale-sku", 1, "tok_visa", "GB"),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let mut epochs = Vec::new();
+    for id in &ids {
+        let s = eventually(Duration::from_secs(30), "the shipment call", || async {
+            let s = saga(&b, id).await;
+            has_event(&s, "step_started", "create_shipment").then_some(s)
+        })
+        .await;
+        assert_eq!(s["lease"]["owner"], "orch-0", "{s}");
+        epochs.push(s["lease"]["epoch"].as_i64().unwrap());
+    }
+
+    // Pause orch-0 past its lease: orch-1 takes every saga over and finishes it.
+    let orch0 = cluster.orchestrator(0);
+    cluster.proc(orch0).signal("STOP");
+    let mut finished = Vec::new();
+    for (id, epoch) in ids.iter().zip(&epochs) {
+        let s = b.settle(id, 60).await.unwrap();
+        assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
+        assert!(
+            s["lease"]["epoch"].as_i64().unwrap() > *epoch,
+            "the epoch moved: {s}"
+        );
+        let resent = s["events"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "step_started"
+                && e["step"] == "create_shipment"
+                && e["detail"]["resent"] == true
+        });
+        assert!(resent, "orch-1 re-sent the call: {}", demo::timeline(&s));
+        finished.push(s["events"].as_array().unwrap().len());
+    }
+
+    // Resume orch-0: its in-flight calls return, and every write it tries is fenced.
+    cluster.proc(orch0).signal("CONT");
+    let fenced = eventually(
+        Duration::from_secs(30),
+        "orch-0 to drop every saga (fenced)",
+        || {
+            let log = cluster.log(orch0);
+            let ids = &ids;
+            async move {
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("lease lost (fenced)"))
+                    .collect();
+                let all = ids.iter().all(|id| lines.iter().any(|l| l.contains(id)));
+                all.then_some(lines.len())
+            }
+        },
+    )
+    .await;
+    assert!(fenced >= ids.len());
+    cluster.wait_healthy(orch0, Duration::from_secs(10)).await;
+    for (id, n) in ids.iter().zip(&finished) {
+        let s = saga(&a, id).await;
+        assert_eq!(s["status"], "completed");
+        assert_eq!(
+            s["events"].as_array().unwrap().len(),
+            *n,
+            "the stale owner wrote nothing: {}",
+            demo::timeline(&s)
+        );
+    }
+
+    // One effect per step, from the services' own tables and APIs.
+    let audit = cluster.audit().await;
+    let v = audit.violations(&BTreeMap::from([("stale-sku".to_string(), 100)]));
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(audit.shipments.len(), 10);
+    for i in 0..10 {
+        let p = api_problems(&a, &format!("stale-{i}"), "completed").await;
+        assert!(p.is_empty(), "{p:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_every_process_reconnects_and_every_saga_finishes() {
+    let Some(pg) = PgCluster::create() else {
+        eprintln!(
+            "SKIPPED: no Postgres server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin"
+        );
+        return;
+    };
+    let defs = std::env::temp_dir().join(format!(
+        "tandem-pgrestart-defs-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    tandem_tests::write_chaos_definition(&defs, "checkout_chaos", 5000);
+    let mut cfg = ClusterConfig::new("pgrestart", 1)
+        .env("LEASE_TTL_MS", "2000")
+        .env("POLL_INTERVAL_MS", "100")
+        .env("DEFINITIONS_DIR", defs.display().to_string());
+    cfg.server_url = pg.url();
+    let mut cluster = Cluster::new(cfg);
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    let c = cluster.client(0);
+    c.set_stock("pg-sku", 1000).await.unwrap();
+
+    let start = |i: usize| {
+        let c = c.clone();
+        async move {
+            let order = format!("pg-{i}");
+            // Half of them are slow at payment, so they are in flight across the restart.
+            if i % 2 == 0 {
+                c.add_fault(
+                    "payment",
+                    &json!({"order_id": order, "kind": "latency", "latency_ms": 800}),
+                )
+                .await
+                .unwrap();
+            }
+            let input = checkout_input(&order, "pg-sku", 1, "tok_visa", "GB");
+            eventually(Duration::from_secs(60), "POST /sagas", || {
+                let (c, input) = (c.clone(), input.clone());
+                async move {
+                    let r = c.start_saga("checkout_chaos", &input, None).await.ok()?;
+                    (r.status == 201 || r.status == 200).then_some(())
+                }
+            })
+            .await;
+        }
+    };
+    for i in 0..15 {
+        start(i).await;
+    }
+
+    // Restart Postgres while sagas are in flight; every process notices the outage.
+    pg.stop();
+    for node in 0..cluster.nodes.len() {
+        let url = format!("{}/healthz", cluster.url(node));
+        eventually(Duration::from_secs(30), "a /healthz failure", || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                (r.status() != 200).then_some(())
+            }
+        })
+        .await;
+    }
+    pg.start();
+    cluster.wait_all_healthy(Duration::from_secs(60)).await;
+    for i in 15..30 {
+        start(i).await;
+    }
+
+    eventually(Duration::from_secs(120), "every saga to settle", || {
+        let cluster = &cluster;
+        async move {
+            let (open, failed) = cluster.unsettled().await;
+            assert_eq!(failed, 0, "a saga was parked as failed");
+            (open == 0).then_some(())
+        }
+    })
+    .await;
+    for node in 0..cluster.nodes.len() {
+        assert!(
+            cluster.proc(node).exited().is_none(),
+            "{} exited; log in {}",
+            cluster.nodes[node].name,
+            cluster.log_dir.display()
+        );
+    }
+    let audit = cluster.audit().await;
+    assert_eq!(audit.sagas.len(), 30);
+    assert_eq!(
+        audit.by_status(),
+        BTreeMap::from([("completed".to_string(), 30)]),
+        "logs in {}",
+        cluster.log_dir.display()
+    );
+    let v = audit.violations(&BTreeMap::from([("pg-sku".to_string(), 1000)]));
+    assert!(v.is_empty(), "{v:?}");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&defs);
+}
