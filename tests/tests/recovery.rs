@@ -159,7 +159,7 @@ async fn postgres_restart_every_process_reconnects_and_every_saga_finishes() {
         async move {
             let order = format!("pg-{i}");
             // Half of them are slow at payment, so they are in flight across the restart.
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 c.add_fault(
                     "payment",
                     &json!({"order_id": order, "kind": "latency", "latency_ms": 800}),
