@@ -1,7 +1,16 @@
+//! `tandem`: the user's command line. Each command group lives in its own module; add a
+//! variant to [`Commands`] and a match arm in `main` to extend it.
+
 use clap::{Parser, Subcommand};
 
+mod commit;
+
 #[derive(Parser)]
-#[command(name = "tandem", about = "Tandem: transactions that span microservices")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Tandem: transactions that span microservices"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -9,19 +18,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Start the whole checkout stack (orchestrator, inventory, payment, shipping) in one process.
-    Up(tandem_cli::commands::UpArgs),
-    /// Run the checkout demo scenarios and print each saga's timeline.
-    Demo(tandem_cli::commands::DemoArgs),
+    /// Atomic commit protocols (2PC, 3PC, Paxos Commit).
+    Commit(commit::CommitArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    if std::env::var("RUST_LOG").is_ok() {
-        tandem_kit::http::init_tracing();
-    }
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Commands::Up(a) => tandem_cli::commands::up(a).await,
-        Commands::Demo(a) => tandem_cli::commands::demo(a).await,
+        Commands::Commit(args) => commit::run(args),
     }
 }

@@ -24,6 +24,8 @@ use crate::core::{Action, Input, NodeId, Outcome, Role, System, Vote};
 type Msg<S> = <<S as System>::Node as Role>::Msg;
 type Rec<S> = <<S as System>::Node as Role>::Record;
 type Tmr<S> = <<S as System>::Node as Role>::Timer;
+/// A path through a [`CommitModel`].
+pub type McPath<S> = Path<McState<<S as System>::Node>, McAction<Msg<S>, Tmr<S>>>;
 
 /// Which faults the checker may inject.
 #[derive(Clone, Debug)]
@@ -46,6 +48,8 @@ pub struct Faults {
     /// crashed and none of its messages are still in flight, or is cut off by the partition
     /// (a perfect failure detector in a synchronous system). Otherwise timers fire any time.
     pub synchronous_timers: bool,
+    /// Nodes that are down from the start (and never recover).
+    pub initially_down: Vec<NodeId>,
 }
 
 impl Faults {
@@ -61,6 +65,7 @@ impl Faults {
             recovery: true,
             partitions: vec![],
             synchronous_timers: false,
+            initially_down: vec![],
         }
     }
 }
@@ -80,7 +85,7 @@ pub struct CommitModel<S: System> {
     /// Include the generic properties (agreement, validity, both outcomes reachable).
     pub standard: bool,
     /// Timers the checker never fires (a bound, stated with each check).
-    pub muted: Option<fn(&Tmr<S>) -> bool>,
+    pub muted: Option<fn(NodeId, &Tmr<S>) -> bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -146,7 +151,7 @@ impl<S: System> CommitModel<S> {
         self
     }
 
-    pub fn mute(mut self, muted: fn(&Tmr<S>) -> bool) -> Self {
+    pub fn mute(mut self, muted: fn(NodeId, &Tmr<S>) -> bool) -> Self {
         self.muted = Some(muted);
         self
     }
@@ -182,6 +187,10 @@ impl<S: System> CommitModel<S> {
         let me = s.slots[i].id;
         for a in actions {
             match a {
+                // Under crash-stop nobody ever reads a log except the validity check, which
+                // reads participants' logs: other nodes' logs would only split equal states.
+                Action::ForceWrite(_)
+                    if !self.faults.recovery && !matches!(me, NodeId::Participant(_)) => {}
                 Action::ForceWrite(r) => {
                     let slot = &mut s.slots[i];
                     let buffered = std::mem::take(&mut slot.buffer);
@@ -321,7 +330,7 @@ impl<S: System> CommitModel<S> {
     }
 
     /// A readable trace: one line per step, with the decisions it caused, then the final state.
-    pub fn trace(&self, path: &Path<McState<S::Node>, McAction<Msg<S>, Tmr<S>>>) -> String {
+    pub fn trace(&self, path: &McPath<S>) -> String {
         let steps = path.clone().into_vec();
         let mut out = String::new();
         let mut n = 0;
@@ -413,7 +422,11 @@ impl<S: System> Model for CommitModel<S> {
                     boots.push(out);
                 }
                 for (i, out) in boots.into_iter().enumerate() {
-                    self.apply(&mut s, i, out);
+                    if self.faults.initially_down.contains(&s.slots[i].id) {
+                        s.slots[i].node = None;
+                    } else {
+                        self.apply(&mut s, i, out);
+                    }
                 }
                 s
             })
@@ -437,7 +450,7 @@ impl<S: System> Model for CommitModel<S> {
                 continue;
             }
             for t in &sl.timers {
-                if self.muted.is_some_and(|m| m(t)) {
+                if self.muted.is_some_and(|m| m(sl.id, t)) {
                     continue;
                 }
                 let may = !self.faults.synchronous_timers
@@ -461,7 +474,7 @@ impl<S: System> Model for CommitModel<S> {
                     }
                 }
                 None => {
-                    if self.faults.recovery {
+                    if self.faults.recovery && !self.faults.initially_down.contains(&sl.id) {
                         actions.push(McAction::Recover(sl.id));
                     }
                 }
@@ -596,16 +609,27 @@ pub fn run_bfs<S: System>(
     label: &str,
     model: CommitModel<S>,
 ) -> (impl Checker<CommitModel<S>> + use<S>, RunStats) {
+    run_bfs_capped(label, model, None)
+}
+
+/// Like [`run_bfs`], but stop after about `cap` generated states. Breadth-first order means
+/// every execution shorter than the reported depth has been covered.
+pub fn run_bfs_capped<S: System>(
+    label: &str,
+    model: CommitModel<S>,
+    cap: Option<usize>,
+) -> (impl Checker<CommitModel<S>> + use<S>, RunStats) {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let start = Instant::now();
     let mut builder = model.checker().threads(threads);
     // A safety valve for exploring bounds: stop after this many states.
-    if let Some(cap) = std::env::var("TANDEM_MC_MAX_STATES")
+    let cap = std::env::var("TANDEM_MC_MAX_STATES")
         .ok()
         .and_then(|v| v.parse().ok())
-    {
+        .or(cap);
+    if let Some(cap) = cap {
         builder = builder.target_state_count(cap);
     }
     let checker = builder.spawn_bfs().join();

@@ -38,12 +38,13 @@ pub struct Measurement {
 /// Run `sys` failure-free with every participant voting YES. `host` maps nodes to hosts.
 pub fn run<S: System>(sys: &S, host: impl Fn(NodeId) -> u32) -> Measurement {
     type Ev<M> = Option<(NodeId, M)>; // None = Begin
+    type Queue<M> = BTreeMap<(u32, u64), (NodeId, Ev<M>)>;
     let mut nodes: BTreeMap<NodeId, S::Node> = BTreeMap::new();
     for id in sys.nodes() {
         let (node, _boot) = sys.boot(id, Vote::Yes); // boot actions only arm timers
         nodes.insert(id, node);
     }
-    let mut queue: BTreeMap<(u32, u64), (NodeId, Ev<<S::Node as Role>::Msg>)> = BTreeMap::new();
+    let mut queue: Queue<<S::Node as Role>::Msg> = BTreeMap::new();
     let mut seq = 0u64;
     queue.insert((0, seq), (sys.initiator(), None));
     let mut arrivals: Vec<u32> = vec![];

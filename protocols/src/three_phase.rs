@@ -513,7 +513,7 @@ impl Coordinator {
                     self.state = CState::Collecting {
                         yes: BTreeSet::from([p]),
                     };
-                    let mut out = vec![];
+                    let mut out = vec![Action::CancelTimer(Timer::Peer(NodeId::Participant(p)))];
                     for q in self.all().filter(|q| *q != NodeId::Participant(p)) {
                         out.push(Action::send(q, Msg::CanCommit));
                         out.push(Action::SetTimer(Timer::Peer(q)));
@@ -537,7 +537,7 @@ impl Coordinator {
                 _ => vec![],
             },
             Input::Timeout(Timer::Peer(NodeId::Participant(p))) => match &mut self.state {
-                CState::Collecting { .. } => self.abort(),
+                CState::Fresh | CState::Collecting { .. } => self.abort(),
                 CState::PreCommitting { acked } => {
                     // Everyone voted YES: a silent participant does not stop the commit.
                     acked.insert(p);
@@ -592,12 +592,14 @@ impl System for ThreePc {
                 let (p, out) = Participant::new(i, self.n, vote);
                 (Node::Participant(p), out)
             }
+            // The coordinator waits for the initiator: if it dies before asking to commit,
+            // the transaction is aborted.
             _ => (
                 Node::Coordinator(Coordinator {
                     n: self.n,
                     state: CState::Fresh,
                 }),
-                vec![],
+                vec![Action::SetTimer(Timer::Peer(NodeId::Participant(0)))],
             ),
         }
     }
