@@ -18,12 +18,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Start the whole checkout stack (orchestrator, inventory, payment, shipping) in one process.
+    Up(tandem_cli::commands::UpArgs),
+    /// Run the checkout demo scenarios and print each saga's timeline.
+    Demo(tandem_cli::commands::DemoArgs),
     /// Atomic commit protocols (2PC, 3PC, Paxos Commit).
     Commit(commit::CommitArgs),
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var("RUST_LOG").is_ok() {
+        tandem_kit::http::init_tracing();
+    }
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match Cli::parse().command {
+        Commands::Up(a) => runtime()?.block_on(tandem_cli::commands::up(a)),
+        Commands::Demo(a) => runtime()?.block_on(tandem_cli::commands::demo(a)),
         Commands::Commit(args) => commit::run(args),
     }
 }
