@@ -30,7 +30,11 @@ fn main() -> anyhow::Result<()> {
     if std::env::var("RUST_LOG").is_ok() {
         tandem_kit::http::init_tracing();
     }
-    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match Cli::parse().command {
         Commands::Up(a) => runtime()?.block_on(tandem_cli::commands::up(a)),
         Commands::Demo(a) => runtime()?.block_on(tandem_cli::commands::demo(a)),
