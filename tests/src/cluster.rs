@@ -601,3 +601,103 @@ pub async fn api_problems(c: &Client, order_id: &str, status: &str) -> Vec<Strin
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saga(id: &str, status: &str) -> SagaRecord {
+        SagaRecord {
+            id: id.into(),
+            order_id: format!("o-{id}"),
+            status: status.into(),
+            epoch: 1,
+        }
+    }
+    fn res(saga: &str, status: &str, qty: i64) -> Reservation {
+        Reservation {
+            saga_id: saga.into(),
+            step: "reserve_inventory".into(),
+            status: status.into(),
+            items: vec![("sku".into(), qty)],
+        }
+    }
+    fn pay(id: &str, kind: &str, saga: &str, charge: Option<&str>) -> Payment {
+        Payment {
+            id: id.into(),
+            kind: kind.into(),
+            saga_id: saga.into(),
+            step: "charge_payment".into(),
+            charge_id: charge.map(Into::into),
+        }
+    }
+    fn ship(saga: &str, status: &str) -> Shipment {
+        Shipment {
+            saga_id: saga.into(),
+            step: "create_shipment".into(),
+            status: status.into(),
+        }
+    }
+
+    fn consistent() -> Audit {
+        Audit {
+            sagas: vec![saga("a", "completed"), saga("b", "compensated")],
+            reservations: vec![res("a", "held", 2), res("b", "released", 1)],
+            stock: BTreeMap::from([("sku".to_string(), (8, 2))]),
+            payments: vec![
+                pay("c1", "charge", "a", None),
+                pay("c2", "charge", "b", None),
+                pay("r2", "refund", "b", Some("c2")),
+            ],
+            shipments: vec![ship("a", "created"), ship("b", "cancelled")],
+        }
+    }
+
+    fn kinds(a: &Audit) -> Vec<&'static str> {
+        let mut k: Vec<_> = a
+            .violations(&BTreeMap::from([("sku".to_string(), 10)]))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    }
+
+    #[test]
+    fn a_consistent_outcome_passes() {
+        assert!(kinds(&consistent()).is_empty());
+    }
+
+    #[test]
+    fn every_kind_of_violation_is_caught() {
+        let mut a = consistent();
+        a.payments.push(pay("r2b", "refund", "b", Some("c2")));
+        assert_eq!(kinds(&a), ["at_most_once", "compensated"]);
+
+        let mut a = consistent();
+        a.payments.push(pay("r1", "refund", "a", Some("c1")));
+        assert_eq!(kinds(&a), ["completed"]);
+
+        let mut a = consistent();
+        a.reservations[1].status = "held".into();
+        a.stock.insert("sku".into(), (7, 3));
+        assert_eq!(kinds(&a), ["compensated"]);
+
+        let mut a = consistent();
+        a.stock.insert("sku".into(), (9, 2));
+        assert_eq!(kinds(&a), ["stock"]);
+
+        let mut a = consistent();
+        a.shipments.push(ship("a", "created"));
+        assert_eq!(kinds(&a), ["at_most_once", "completed"]);
+
+        let mut a = consistent();
+        a.sagas[0].status = "failed".into();
+        assert!(kinds(&a).contains(&"settled"));
+
+        let mut a = consistent();
+        a.shipments.push(ship("ghost", "created"));
+        assert_eq!(kinds(&a), ["at_most_once"]);
+    }
+}

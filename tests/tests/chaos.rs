@@ -187,7 +187,6 @@ async fn chaos_kills_lose_nothing_and_double_nothing() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
     let mean_gap_ms = 600u64;
-    let started = Instant::now();
 
     let defs = std::env::temp_dir().join(format!(
         "tandem-chaos-defs-{}",
@@ -207,6 +206,7 @@ async fn chaos_kills_lose_nothing_and_double_nothing() {
     cluster.start_all();
     cluster.wait_all_healthy(Duration::from_secs(120)).await;
     let clients: Vec<Client> = (0..2).map(|i| cluster.client(i)).collect();
+    let started = Instant::now(); // the stack is up (binaries built, databases migrated)
 
     let mut initial: BTreeMap<String, i64> =
         SKUS.iter().map(|s| (s.to_string(), 1_000_000)).collect();
