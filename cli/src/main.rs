@@ -1,7 +1,10 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tandem", about = "Tandem: transactions that span microservices")]
+#[command(
+    name = "tandem",
+    about = "Tandem: transactions that span microservices"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -13,6 +16,8 @@ enum Commands {
     Up(tandem_cli::commands::UpArgs),
     /// Run the checkout demo scenarios and print each saga's timeline.
     Demo(tandem_cli::commands::DemoArgs),
+    /// Benchmark sagas/s and latency against the Postgres commit ceiling and direct calls.
+    Bench(tandem_cli::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -23,5 +28,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Up(a) => tandem_cli::commands::up(a).await,
         Commands::Demo(a) => tandem_cli::commands::demo(a).await,
+        Commands::Bench(a) => tandem_cli::bench::bench(a).await,
     }
 }

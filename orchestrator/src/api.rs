@@ -1,7 +1,9 @@
 //! The REST API. Every rejection is problem+json (see `tandem_kit::problem`); nothing is stored
 //! for a rejected request.
 //!
-//! - `POST /sagas` — start a saga (optional `Idempotency-Key`).
+//! - `POST /sagas` — start a saga (optional `Idempotency-Key`); `?wait=SECONDS` answers once the
+//!   new saga is completed, compensated or failed (at most 60 s; then as it is), so a client
+//!   needs one request per saga.
 //! - `GET /sagas/{id}` — the saga with its steps and event log; `?wait=SECONDS` long-polls until
 //!   it is completed, compensated or failed (at most 60 s).
 //! - `GET /sagas?status=&definition=&limit=&cursor=` — newest first, cursor pagination.
@@ -63,9 +65,11 @@ struct CreateSaga {
 
 async fn create_saga(
     State(d): State<Arc<Driver>>,
+    Query(p): Query<WaitParams>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
+    let wait = wait_secs(p.wait)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -154,8 +158,17 @@ async fn create_saga(
     match created {
         Created::New(row) => {
             let row = *row;
-            let view = saga_view(&d, &row).await?;
-            d.spawn_created(row, def, t.command);
+            let view = if wait > 0.0 {
+                // POST-and-wait: subscribe before the saga can finish, then answer its final view.
+                let finished = d.subscribe_finished();
+                d.spawn_created(row, def, t.command);
+                let row = wait_settled(&d, id, wait, finished).await?;
+                saga_view(&d, &row).await?
+            } else {
+                let view = saga_view(&d, &row).await?;
+                d.spawn_created(row, def, t.command);
+                view
+            };
             Ok((StatusCode::CREATED, [(header::LOCATION, format!("/sagas/{id}"))], Json(view)).into_response())
         }
         Created::Replay(existing) | Created::SameBusinessKey(existing) => {
@@ -230,24 +243,40 @@ async fn get_saga(
     Path(id): Path<Uuid>,
     Query(p): Query<WaitParams>,
 ) -> Result<Json<Value>, Problem> {
-    let wait = match p.wait {
-        None => 0.0,
-        Some(w) if (0.0..=MAX_WAIT_SECS).contains(&w) => w,
-        Some(_) => {
-            return Err(Problem::invalid(
-                "/query/wait",
-                format!("must be between 0 and {MAX_WAIT_SECS} seconds"),
-            ));
-        }
-    };
-    let mut finished = d.subscribe_finished();
+    let wait = wait_secs(p.wait)?;
+    let finished = d.subscribe_finished();
+    let row = wait_settled(&d, id, wait, finished).await?;
+    Ok(Json(saga_view(&d, &row).await?))
+}
+
+/// `?wait=SECONDS`: 0 to [`MAX_WAIT_SECS`].
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+fn wait_secs(wait: Option<f64>) -> Result<f64, Problem> {
+    match wait {
+        None => Ok(0.0),
+        Some(w) if (0.0..=MAX_WAIT_SECS).contains(&w) => Ok(w),
+        Some(_) => Err(Problem::invalid(
+            "/query/wait",
+            format!("must be between 0 and {MAX_WAIT_SECS} seconds"),
+        )),
+    }
+}
+
+/// The saga once it is completed, compensated or failed, or as it is when `wait` runs out.
+/// `finished` must have been subscribed before the saga could settle.
+async fn wait_settled(
+    d: &Driver,
+    id: Uuid,
+    wait: f64,
+    mut finished: tokio::sync::broadcast::Receiver<Uuid>,
+) -> Result<SagaRow, Problem> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
     loop {
         let row = store::saga(&d.pool, id)
             .await?
             .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
         if settled(&row.status) || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(saga_view(&d, &row).await?));
+            return Ok(row);
         }
         // Woken by this instance finishing the saga, or re-check the database periodically
         // (another instance may be driving it).

@@ -96,7 +96,6 @@ async fn load_definitions(driver: &Driver, config: &Config) -> anyhow::Result<()
     Ok(())
 }
 
-
 impl App {
     pub fn router(&self) -> axum::Router {
         api::router(self.driver.clone())

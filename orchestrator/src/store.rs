@@ -103,6 +103,7 @@ pub async fn insert_definition(
     .bind(body)
     .execute(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(r.rows_affected() == 1)
 }
 
@@ -111,6 +112,7 @@ pub async fn all_definitions(pool: &PgPool) -> Result<Vec<(String, String, Value
     let rows = sqlx::query("SELECT name, version, body FROM definitions ORDER BY seq")
         .fetch_all(pool)
         .await?;
+    tandem_kit::stats::read_committed(pool);
     rows.iter()
         .map(|r| {
             Ok((
@@ -237,6 +239,7 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
                     .await?;
             }
             tx.commit().await?;
+            tandem_kit::stats::write_committed(pool);
             return Ok(Created::SameBusinessKey(saga_id));
         }
         tx.rollback().await?;
@@ -244,6 +247,7 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
     };
     insert_events(&mut tx, new.id, new.events).await?;
     tx.commit().await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(Created::New(Box::new(saga_from_row(&row)?)))
 }
 
@@ -346,6 +350,7 @@ pub async fn persist_transition(
     .bind(details)
     .fetch_one(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(updated == 1)
 }
 
@@ -360,6 +365,7 @@ pub async fn release_lease(pool: &PgPool, id: Uuid, epoch: i64) -> Result<(), sq
     .bind(epoch)
     .execute(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(())
 }
 
@@ -384,6 +390,7 @@ pub async fn lease_for_retry(
     .bind(secs(ttl))
     .fetch_optional(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     row.as_ref().map(saga_from_row).transpose()
 }
 
@@ -413,6 +420,7 @@ pub async fn claim_due(
     .bind(limit)
     .fetch_all(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     rows.iter().map(saga_from_row).collect()
 }
 
@@ -430,6 +438,7 @@ pub async fn reclaim_own(
     .bind(secs(ttl))
     .fetch_all(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     rows.iter().map(saga_from_row).collect()
 }
 
@@ -444,6 +453,7 @@ pub async fn saga(pool: &PgPool, id: Uuid) -> Result<Option<SagaRow>, sqlx::Erro
     .bind(id)
     .fetch_optional(pool)
     .await?;
+    tandem_kit::stats::read_committed(pool);
     row.as_ref().map(saga_from_row).transpose()
 }
 
@@ -454,6 +464,7 @@ pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<EventRow>, sqlx::Erro
     .bind(id)
     .fetch_all(pool)
     .await?;
+    tandem_kit::stats::read_committed(pool);
     rows.iter()
         .map(|r| {
             Ok(EventRow {
@@ -489,6 +500,7 @@ pub async fn list(
     .bind(limit)
     .fetch_all(pool)
     .await?;
+    tandem_kit::stats::read_committed(pool);
     rows.iter().map(saga_from_row).collect()
 }
 
@@ -503,5 +515,6 @@ pub async fn purge_idempotency_keys(
     .bind(secs(retention))
     .execute(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(r.rows_affected())
 }

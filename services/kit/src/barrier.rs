@@ -318,6 +318,7 @@ where
     };
     record(&mut tx, key, Op::Action, status, &body).await?;
     tx.commit().await?;
+    crate::stats::write_committed(pool);
     Ok(Outcome {
         status,
         body,
@@ -385,6 +386,7 @@ where
     }
     record(&mut tx, key, Op::Compensation, reply.status, &reply.body).await?;
     tx.commit().await?;
+    crate::stats::write_committed(pool);
     Ok(Outcome {
         status: reply.status,
         body: reply.body,

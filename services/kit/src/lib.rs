@@ -7,6 +7,7 @@
 //! - [`barrier`]: the idempotency barrier (duplicate / null compensation / hanging), in the same
 //!   local transaction as the business effect.
 //! - [`faults`]: scoped fault injection for demos and tests.
+//! - [`stats`]: per-database transaction counters and memory, served at `GET /stats`.
 //! - [`testing`]: a fresh database per test.
 
 pub mod barrier;
@@ -14,6 +15,7 @@ pub mod db;
 pub mod faults;
 pub mod http;
 pub mod problem;
+pub mod stats;
 pub mod testing;
 
 pub use problem::Problem;
