@@ -144,6 +144,10 @@ pub struct LoopResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct DbTransactions {
     pub database: String,
+    /// CPU ms per saga of the component's process (in-process stack: the whole process).
+    pub process_cpu_ms_per_saga: Option<f64>,
+    /// CPU ms per saga of the Postgres backends serving this database.
+    pub postgres_cpu_ms_per_saga: f64,
     /// Write transactions per saga, counted by the process (a batch counts 1/k per saga).
     pub writes_per_saga: f64,
     pub reads_per_saga: f64,
@@ -164,6 +168,8 @@ pub struct Level {
     pub clients: usize,
     pub orchestrated: LoopResult,
     pub transactions: BTreeMap<String, DbTransactions>,
+    /// CPU ms per saga of the benchmark's own clients.
+    pub client_cpu_ms_per_saga: Option<f64>,
     pub ceiling: Option<Ceiling>,
     /// sagas/s ÷ ceiling commits/s.
     pub ceiling_ratio: Option<f64>,
@@ -411,13 +417,54 @@ fn sku(i: usize) -> String {
 // ---------------------------------------------------------------- stats snapshots
 
 #[derive(Debug, Clone, Default)]
-struct Snapshot {
-    /// component → (database, writes, reads, peak RSS)
-    by_component: BTreeMap<String, (String, u64, u64, Option<u64>)>,
+struct Counted {
+    database: String,
+    writes: u64,
+    reads: u64,
+    peak_rss_kib: Option<u64>,
+    cpu_ms: Option<u64>,
 }
 
-async fn snapshot(t: &Target) -> anyhow::Result<Snapshot> {
-    let mut s = Snapshot::default();
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    by_component: BTreeMap<String, Counted>,
+    /// CPU ms of each Postgres backend (pid) serving each database.
+    backends: BTreeMap<String, BTreeMap<i32, u64>>,
+    /// This process (the clients).
+    bench_cpu_ms: Option<u64>,
+}
+
+impl Snapshot {
+    /// CPU ms the backends of `db` used between `self` and `later` (backends that appeared in
+    /// between count in full).
+    fn backend_cpu_ms(&self, later: &Snapshot, db: &str) -> u64 {
+        let before = self.backends.get(db);
+        later.backends.get(db).map_or(0, |now| {
+            now.iter()
+                .map(|(pid, ms)| {
+                    ms.saturating_sub(before.and_then(|b| b.get(pid)).copied().unwrap_or(0))
+                })
+                .sum()
+        })
+    }
+}
+
+async fn snapshot(t: &Target, server: &str) -> anyhow::Result<Snapshot> {
+    let mut s = Snapshot {
+        bench_cpu_ms: tandem_kit::stats::cpu_ms(std::process::id()),
+        ..Snapshot::default()
+    };
+    let mut conn = admin(server).await?;
+    let backends: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT pid, datname::text FROM pg_stat_activity WHERE datname IS NOT NULL AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    for (pid, db) in backends {
+        if let Some(ms) = tandem_kit::stats::cpu_ms(pid as u32) {
+            s.backends.entry(db).or_default().insert(pid, ms);
+        }
+    }
     for c in COMPONENTS {
         let v: Value = t
             .http
@@ -444,8 +491,19 @@ async fn snapshot(t: &Target) -> anyhow::Result<Snapshot> {
             ),
             None => (String::new(), 0, 0),
         };
-        s.by_component
-            .insert(c.to_string(), (db, w, r, v["peak_rss_kib"].as_u64()));
+        s.by_component.insert(
+            c.to_string(),
+            Counted {
+                database: db,
+                writes: w,
+                reads: r,
+                peak_rss_kib: v["peak_rss_kib"].as_u64(),
+                // Read by pid: in-process components report the same process.
+                cpu_ms: v["pid"]
+                    .as_u64()
+                    .and_then(|pid| tandem_kit::stats::cpu_ms(pid as u32)),
+            },
+        );
     }
     Ok(s)
 }
@@ -827,7 +885,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     sleep_secs(args.quiet).await;
     for &workload in &args.workloads {
         for &c in &args.clients {
-            let s0 = snapshot(&t).await?;
+            let s0 = snapshot(&t, &args.database_url).await?;
             let x0 = xact_commits(&args.database_url).await?;
             let label = format!("{workload:?} C={c}").to_lowercase();
             let orchestrated = closed_loop(
@@ -838,7 +896,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 orchestrated_op(&t, workload, args.skus, args.request),
             )
             .await;
-            let s1 = snapshot(&t).await?;
+            let s1 = snapshot(&t, &args.database_url).await?;
             let x1 = if args.quiet > 0.0 {
                 sleep_secs(args.quiet).await;
                 Some(xact_commits(&args.database_url).await?)
@@ -848,21 +906,31 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let n = orchestrated.total_ops.max(1) as f64;
             let mut transactions = BTreeMap::new();
             for comp in COMPONENTS {
-                let (db, w0, r0, _) = s0.by_component[comp].clone();
-                let (_, w1, r1, _) = s1.by_component[comp].clone();
+                let (a, b) = (&s0.by_component[comp], &s1.by_component[comp]);
+                let db = b.database.clone();
                 let pg = x1
                     .as_ref()
                     .and_then(|x1| Some((x1.get(&db)? - x0.get(&db)?) as f64 / n));
+                let cpu = match (a.cpu_ms, b.cpu_ms) {
+                    (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64 / n),
+                    _ => None,
+                };
                 transactions.insert(
                     comp.to_string(),
                     DbTransactions {
+                        process_cpu_ms_per_saga: cpu,
+                        postgres_cpu_ms_per_saga: s0.backend_cpu_ms(&s1, &db) as f64 / n,
                         database: db,
-                        writes_per_saga: (w1 - w0) as f64 / n,
-                        reads_per_saga: (r1 - r0) as f64 / n,
+                        writes_per_saga: b.writes.saturating_sub(a.writes) as f64 / n,
+                        reads_per_saga: b.reads.saturating_sub(a.reads) as f64 / n,
                         pg_xact_commit_per_saga: pg,
                     },
                 );
             }
+            let client_cpu_ms_per_saga = match (s0.bench_cpu_ms, s1.bench_cpu_ms) {
+                (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64 / n),
+                _ => None,
+            };
             let ceiling = if args.no_ceiling {
                 None
             } else {
@@ -900,16 +968,17 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     .and_then(|d| ratio(orchestrated.latency.p50_ms, d.latency.p50_ms)),
                 orchestrated,
                 transactions,
+                client_cpu_ms_per_saga,
                 ceiling,
                 direct,
             });
         }
     }
-    let last = snapshot(&t).await?;
+    let last = snapshot(&t, &args.database_url).await?;
     let peak_rss_kib = last
         .by_component
         .iter()
-        .map(|(c, (_, _, _, rss))| (c.clone(), *rss))
+        .map(|(c, x)| (c.clone(), x.peak_rss_kib))
         .chain(std::iter::once((
             "tandem bench (clients)".to_string(),
             tandem_kit::stats::rss_kib().1,
@@ -1010,6 +1079,23 @@ fn print_report(r: &Report) {
             })
             .collect();
         println!("{:>14} transactions/saga: {}", "", tx.join(", "));
+        let cpu: Vec<String> = l
+            .transactions
+            .iter()
+            .map(|(c, t)| {
+                format!(
+                    "{c} {} + pg {:.2}",
+                    opt(t.process_cpu_ms_per_saga, 2),
+                    t.postgres_cpu_ms_per_saga
+                )
+            })
+            .collect();
+        println!(
+            "{:>14} CPU ms/saga: {}, clients {}",
+            "",
+            cpu.join(", "),
+            opt(l.client_cpu_ms_per_saga, 2)
+        );
     }
     println!();
     for (c, rss) in &r.peak_rss_kib {

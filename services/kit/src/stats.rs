@@ -71,6 +71,18 @@ pub fn rss_kib() -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time (user + system, all threads) of process `pid` in milliseconds, from
+/// `/proc/<pid>/stat` (clock ticks of 10 ms: Linux's USER_HZ is 100).
+pub fn cpu_ms(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: count fields after its closing ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) * 10)
+}
+
 /// `GET /stats`.
 pub async fn handler() -> Json<Value> {
     let (rss, peak) = rss_kib();
@@ -83,5 +95,6 @@ pub async fn handler() -> Json<Value> {
         "transactions": dbs,
         "rss_kib": rss,
         "peak_rss_kib": peak,
+        "cpu_ms": cpu_ms(std::process::id()),
     }))
 }
