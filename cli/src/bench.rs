@@ -116,6 +116,11 @@ pub struct BenchArgs {
     /// Print the results as JSON (the progress line still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Keep TLS on the database connections. By default the bench's own stack and the ceiling
+    /// connect with `sslmode=disable` (loopback: encryption would only add CPU on both ends);
+    /// an explicit `sslmode` in `--database-url` is kept either way.
+    #[arg(long)]
+    pub db_tls: bool,
 }
 
 // ---------------------------------------------------------------- results
@@ -873,7 +878,15 @@ async fn sleep_secs(s: f64) {
     }
 }
 
-pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
+    if !args.db_tls && !args.database_url.contains("sslmode=") {
+        let sep = if args.database_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        args.database_url = format!("{}{sep}sslmode=disable", args.database_url);
+    }
     let pg = postgres_settings(&args.database_url).await?;
     let machine = machine();
     eprintln!("starting the stack …");
