@@ -66,7 +66,7 @@ fn saga_from_row(row: &PgRow) -> Result<SagaRow, sqlx::Error> {
     })
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EventRow {
     pub seq: i64,
     pub at: DateTime<Utc>,
@@ -166,6 +166,69 @@ pub enum Created {
     SameBusinessKey(Uuid),
     /// A saga with this business key exists with a different input.
     BusinessKeyConflict { saga_id: Uuid },
+}
+
+/// The events of a saga as one JSON array (`jsonb_agg` over `saga_events` aliased `e`).
+macro_rules! events_json {
+    () => {
+        "coalesce(jsonb_agg(jsonb_build_object('seq', e.seq, 'at', e.at, 'kind', e.kind, \
+         'step', e.step, 'detail', e.detail) ORDER BY e.seq), '[]'::jsonb)"
+    };
+}
+
+fn events_from_json(row: &PgRow) -> Result<Vec<EventRow>, sqlx::Error> {
+    let v: Value = row.try_get("events")?;
+    serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Create a saga without a client Idempotency-Key in **one statement** (saga row, first
+/// transition's events), answering the stored row and events so the caller need not read them
+/// back. `None` if the business key is taken: use [`create_saga`], which sorts that case out.
+pub async fn create_saga_fast(
+    pool: &PgPool,
+    new: &NewSaga<'_>,
+) -> Result<Option<(SagaRow, Vec<EventRow>)>, sqlx::Error> {
+    debug_assert!(new.idempotency_key.is_none());
+    let state_json =
+        serde_json::to_value(new.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let (kinds, steps, details) = event_columns(new.events);
+    let row = sqlx::query(concat!(
+        "WITH s AS (INSERT INTO sagas (id, definition, version, business_key, input, input_hash, \
+                 status, state, next_run_at, lease_owner, lease_until, lease_epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9, now() + make_interval(secs => $10), 1) \
+             ON CONFLICT (definition, business_key) WHERE business_key IS NOT NULL DO NOTHING \
+             RETURNING ",
+        saga_columns!(),
+        "), \
+         e AS (INSERT INTO saga_events (saga_id, kind, step, detail) \
+             SELECT s.id, x.k, x.st, x.d FROM s, \
+                 unnest($11::text[], $12::text[], $13::jsonb[]) WITH ORDINALITY AS x(k, st, d, n) \
+             ORDER BY x.n \
+             RETURNING seq, at, kind, step, detail) \
+         SELECT s.*, (SELECT ",
+        events_json!(),
+        " FROM e) AS events FROM s"
+    ))
+    .bind(new.id)
+    .bind(new.definition)
+    .bind(new.version)
+    .bind(new.business_key)
+    .bind(new.input)
+    .bind(new.input_hash)
+    .bind(new.state.status.as_str())
+    .bind(&state_json)
+    .bind(new.owner)
+    .bind(secs(new.lease_ttl))
+    .bind(kinds)
+    .bind(steps)
+    .bind(details)
+    .fetch_optional(pool)
+    .await?;
+    tandem_kit::stats::write_committed(pool);
+    match row {
+        Some(row) => Ok(Some((saga_from_row(&row)?, events_from_json(&row)?))),
+        None => Ok(None),
+    }
 }
 
 /// Create a saga (one transaction). Concurrent requests with the same Idempotency-Key or
@@ -455,6 +518,28 @@ pub async fn saga(pool: &PgPool, id: Uuid) -> Result<Option<SagaRow>, sqlx::Erro
     .await?;
     tandem_kit::stats::read_committed(pool);
     row.as_ref().map(saga_from_row).transpose()
+}
+
+/// A saga and its event log in one query.
+pub async fn saga_with_events(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(SagaRow, Vec<EventRow>)>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        saga_columns!(),
+        ", (SELECT ",
+        events_json!(),
+        " FROM saga_events e WHERE e.saga_id = s.id) AS events FROM sagas s WHERE s.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    tandem_kit::stats::read_committed(pool);
+    match row {
+        Some(row) => Ok(Some((saga_from_row(&row)?, events_from_json(&row)?))),
+        None => Ok(None),
+    }
 }
 
 pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {
