@@ -336,7 +336,9 @@ async fn insert_events(
     Ok(())
 }
 
-fn event_columns(events: &[EventRecord]) -> (Vec<String>, Vec<Option<String>>, Vec<Value>) {
+pub(crate) fn event_columns(
+    events: &[EventRecord],
+) -> (Vec<String>, Vec<Option<String>>, Vec<Value>) {
     let kinds = events.iter().map(event_kind).collect();
     let steps = events.iter().map(|e| e.step.clone()).collect();
     let details = events.iter().map(|e| e.detail.clone()).collect();
@@ -602,4 +604,65 @@ pub async fn purge_idempotency_keys(
     .await?;
     tandem_kit::stats::write_committed(pool);
     Ok(r.rows_affected())
+}
+
+/// Transitions of several sagas (column arrays, one entry per saga; events flattened with the
+/// saga each belongs to, in order), persisted by [`persist_transitions`].
+pub struct TransitionBatch<'a> {
+    pub ids: &'a [Uuid],
+    pub epochs: &'a [i64],
+    pub statuses: &'a [&'static str],
+    pub states: &'a [Value],
+    pub next_kinds: &'a [&'static str],
+    pub next_ats: &'a [Option<DateTime<Utc>>],
+    pub keep_leases: &'a [bool],
+    pub event_sagas: &'a [Uuid],
+    pub event_kinds: &'a [String],
+    pub event_steps: &'a [Option<String>],
+    pub event_details: &'a [Value],
+}
+
+/// Persist one transition for each of several sagas in **one statement** (one commit), each row
+/// fenced by its own epoch; a saga's events are inserted only if its row was updated. Returns
+/// the ids whose write applied (the others were fenced). Used by the group-commit writer
+/// (`crate::writer`).
+pub async fn persist_transitions(
+    pool: &PgPool,
+    b: TransitionBatch<'_>,
+    lease_ttl: Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let applied: Vec<Uuid> = sqlx::query_scalar(
+        "WITH i AS ( \
+            SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], \
+                                 $6::timestamptz[], $7::bool[]) \
+                AS i(id, epoch, status, state, next_kind, next_at, keep)), \
+         upd AS ( \
+            UPDATE sagas s SET status = i.status, state = i.state, updated_at = now(), \
+                next_run_at = CASE i.next_kind WHEN 'now' THEN now() WHEN 'at' THEN i.next_at ELSE NULL END, \
+                lease_owner = CASE WHEN i.keep THEN s.lease_owner ELSE NULL END, \
+                lease_until = CASE WHEN i.keep THEN now() + make_interval(secs => $8) ELSE NULL END \
+            FROM i WHERE s.id = i.id AND s.lease_epoch = i.epoch RETURNING s.id), \
+         ins AS ( \
+            INSERT INTO saga_events (saga_id, kind, step, detail) \
+            SELECT e.saga_id, e.k, e.s, e.d \
+            FROM unnest($9::uuid[], $10::text[], $11::text[], $12::jsonb[]) WITH ORDINALITY AS e(saga_id, k, s, d, n) \
+            WHERE e.saga_id IN (SELECT id FROM upd) ORDER BY e.n) \
+         SELECT id FROM upd",
+    )
+    .bind(b.ids)
+    .bind(b.epochs)
+    .bind(b.statuses)
+    .bind(b.states)
+    .bind(b.next_kinds)
+    .bind(b.next_ats)
+    .bind(b.keep_leases)
+    .bind(secs(lease_ttl))
+    .bind(b.event_sagas)
+    .bind(b.event_kinds)
+    .bind(b.event_steps)
+    .bind(b.event_details)
+    .fetch_all(pool)
+    .await?;
+    tandem_kit::stats::write_committed(pool);
+    Ok(applied)
 }
