@@ -24,6 +24,8 @@ enum Commands {
     Demo(tandem_cli::commands::DemoArgs),
     /// Atomic commit protocols (2PC, 3PC, Paxos Commit).
     Commit(commit::CommitArgs),
+    /// Benchmark sagas/s and latency against the Postgres commit ceiling and direct calls.
+    Bench(tandem_cli::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Commands::Up(a) => runtime()?.block_on(tandem_cli::commands::up(a)),
         Commands::Demo(a) => runtime()?.block_on(tandem_cli::commands::demo(a)),
         Commands::Commit(args) => commit::run(args),
+        Commands::Bench(a) => runtime()?.block_on(tandem_cli::bench::bench(a)),
     }
 }

@@ -1,7 +1,9 @@
 //! The REST API. Every rejection is problem+json (see `tandem_kit::problem`); nothing is stored
 //! for a rejected request.
 //!
-//! - `POST /sagas` — start a saga (optional `Idempotency-Key`).
+//! - `POST /sagas` — start a saga (optional `Idempotency-Key`); `?wait=SECONDS` answers once the
+//!   new saga is completed, compensated or failed (at most 60 s; then as it is), so a client
+//!   needs one request per saga.
 //! - `GET /sagas/{id}` — the saga with its steps and event log; `?wait=SECONDS` long-polls until
 //!   it is completed, compensated or failed (at most 60 s).
 //! - `GET /sagas?status=&definition=&limit=&cursor=` — newest first, cursor pagination.
@@ -63,9 +65,11 @@ struct CreateSaga {
 
 async fn create_saga(
     State(d): State<Arc<Driver>>,
+    Query(p): Query<WaitParams>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
+    let wait = wait_secs(p.wait)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -133,44 +137,61 @@ async fn create_saga(
         chrono::Utc::now(),
         rand::random(),
     );
-    let created = store::create_saga(
-        &d.pool,
-        store::NewSaga {
-            id,
-            definition: &def.name,
-            version: &version,
-            business_key: business_key.as_deref(),
-            input: &req.input,
-            input_hash: &input_hash,
-            request_hash: &request_hash,
-            idempotency_key: key.as_deref(),
-            state: &t.state,
-            events: &t.events,
-            owner: &d.instance_id,
-            lease_ttl: d.lease_ttl,
-        },
-    )
-    .await?;
+    let new = store::NewSaga {
+        id,
+        definition: &def.name,
+        version: &version,
+        business_key: business_key.as_deref(),
+        input: &req.input,
+        input_hash: &input_hash,
+        request_hash: &request_hash,
+        idempotency_key: key.as_deref(),
+        state: &t.state,
+        events: &t.events,
+        owner: &d.instance_id,
+        lease_ttl: d.lease_ttl,
+    };
+    // Without a client key, one statement creates the saga and answers what the view needs.
+    let fast = match key {
+        None => store::create_saga_fast(&d.pool, &new).await?,
+        Some(_) => None,
+    };
+    let created = match fast {
+        Some((row, events)) => (Created::New(Box::new(row)), Some(events)),
+        None => (store::create_saga(&d.pool, new).await?, None),
+    };
     match created {
-        Created::New(row) => {
+        (Created::New(row), events) => {
             let row = *row;
-            let view = saga_view(&d, &row).await?;
-            d.spawn_created(row, def, t.command);
+            let view = if wait > 0.0 {
+                // POST-and-wait: subscribe before the saga can finish, then answer its final view.
+                let finished = d.subscribe_finished();
+                d.spawn_created(row, def, t.command);
+                let (row, events) = wait_settled(&d, id, wait, finished, true).await?;
+                view_of(&row, &events)
+            } else {
+                let view = match events {
+                    Some(events) => view_of(&row, &events),
+                    None => saga_view(&d, &row).await?,
+                };
+                d.spawn_created(row, def, t.command);
+                view
+            };
             Ok((StatusCode::CREATED, [(header::LOCATION, format!("/sagas/{id}"))], Json(view)).into_response())
         }
-        Created::Replay(existing) | Created::SameBusinessKey(existing) => {
+        (Created::Replay(existing) | Created::SameBusinessKey(existing), _) => {
             let row = store::saga(&d.pool, existing).await?.ok_or_else(|| Problem::internal("saga vanished"))?;
             Ok((StatusCode::OK, [(header::LOCATION, format!("/sagas/{existing}"))], Json(saga_view(&d, &row).await?))
                 .into_response())
         }
-        Created::KeyReused { saga_id } => Err(Problem::new(
+        (Created::KeyReused { saga_id }, _) => Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency-key-reused",
             "Idempotency-Key reused with a different request",
         )
         .detail(format!("this Idempotency-Key already started saga {saga_id} with a different body"))
         .with("saga_id", saga_id.to_string())),
-        Created::BusinessKeyConflict { saga_id } => Err(Problem::conflict("business-key-conflict", "Business key already used")
+        (Created::BusinessKeyConflict { saga_id }, _) => Err(Problem::conflict("business-key-conflict", "Business key already used")
             .detail(format!(
                 "saga {saga_id} already runs definition {:?} for business key {:?} with a different input",
                 def.name,
@@ -183,6 +204,11 @@ async fn create_saga(
 /// The JSON view of a saga: state, steps, lease and the event log.
 pub async fn saga_view(d: &Driver, row: &SagaRow) -> Result<Value, Problem> {
     let events = store::events(&d.pool, row.id).await?;
+    Ok(view_of(row, &events))
+}
+
+/// [`saga_view`] from a row and its events already at hand.
+pub fn view_of(row: &SagaRow, events: &[store::EventRow]) -> Value {
     let mut outputs = serde_json::Map::new();
     for s in &row.state.steps {
         if let Some(o) = &s.output {
@@ -195,7 +221,7 @@ pub async fn saga_view(d: &Driver, row: &SagaRow) -> Result<Value, Problem> {
         .iter()
         .rev()
         .find_map(|s| s.last_error.clone());
-    Ok(json!({
+    json!({
         "id": row.id,
         "definition": row.definition,
         "version": row.version,
@@ -211,7 +237,7 @@ pub async fn saga_view(d: &Driver, row: &SagaRow) -> Result<Value, Problem> {
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "events": events,
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,25 +256,48 @@ async fn get_saga(
     Path(id): Path<Uuid>,
     Query(p): Query<WaitParams>,
 ) -> Result<Json<Value>, Problem> {
-    let wait = match p.wait {
-        None => 0.0,
-        Some(w) if (0.0..=MAX_WAIT_SECS).contains(&w) => w,
-        Some(_) => {
-            return Err(Problem::invalid(
-                "/query/wait",
-                format!("must be between 0 and {MAX_WAIT_SECS} seconds"),
-            ));
-        }
-    };
-    let mut finished = d.subscribe_finished();
+    let wait = wait_secs(p.wait)?;
+    let finished = d.subscribe_finished();
+    let (row, events) = wait_settled(&d, id, wait, finished, false).await?;
+    Ok(Json(view_of(&row, &events)))
+}
+
+/// `?wait=SECONDS`: 0 to [`MAX_WAIT_SECS`].
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+fn wait_secs(wait: Option<f64>) -> Result<f64, Problem> {
+    match wait {
+        None => Ok(0.0),
+        Some(w) if (0.0..=MAX_WAIT_SECS).contains(&w) => Ok(w),
+        Some(_) => Err(Problem::invalid(
+            "/query/wait",
+            format!("must be between 0 and {MAX_WAIT_SECS} seconds"),
+        )),
+    }
+}
+
+/// The saga (and its events) once it is completed, compensated or failed, or as it is when
+/// `wait` runs out. `finished` must have been subscribed before the saga could settle.
+/// `just_started`: the saga was created by this request and is being driven here, so it cannot
+/// have settled yet — skip the first read.
+async fn wait_settled(
+    d: &Driver,
+    id: Uuid,
+    wait: f64,
+    mut finished: tokio::sync::broadcast::Receiver<Uuid>,
+    just_started: bool,
+) -> Result<(SagaRow, Vec<store::EventRow>), Problem> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let mut read = !just_started;
     loop {
-        let row = store::saga(&d.pool, id)
-            .await?
-            .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
-        if settled(&row.status) || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(saga_view(&d, &row).await?));
+        if read {
+            let (row, events) = store::saga_with_events(&d.pool, id)
+                .await?
+                .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
+            if settled(&row.status) || tokio::time::Instant::now() >= deadline {
+                return Ok((row, events));
+            }
         }
+        read = true;
         // Woken by this instance finishing the saga, or re-check the database periodically
         // (another instance may be driving it).
         let tick = tokio::time::sleep_until(

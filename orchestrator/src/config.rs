@@ -58,6 +58,16 @@ pub struct Config {
     #[arg(long, env = "MAX_ACTIVE_SAGAS", default_value_t = 1024)]
     pub max_active_sagas: usize,
 
+    /// Group commit: tasks persisting saga transitions, each writing every transition waiting
+    /// (up to TRANSITION_BATCH) in one statement. Each holds one pool connection while writing.
+    /// 0: one statement per transition, no batching.
+    #[arg(long, env = "TRANSITION_WRITERS", default_value_t = 4)]
+    pub transition_writers: usize,
+
+    /// Most transitions persisted in one statement.
+    #[arg(long, env = "TRANSITION_BATCH", default_value_t = 128)]
+    pub transition_batch: usize,
+
     /// Extra definition files (`*.json`) loaded at start, besides the built-in checkout.
     #[arg(long, env = "DEFINITIONS_DIR")]
     pub definitions_dir: Option<PathBuf>,

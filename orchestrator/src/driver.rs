@@ -84,6 +84,8 @@ pub struct Driver {
     finished: broadcast::Sender<Uuid>,
     /// Wakes the claim loop early (e.g. a saga was handed back).
     wake: tokio::sync::Notify,
+    /// Group commit of transitions (none: one statement per transition).
+    writer: std::sync::OnceLock<crate::writer::TransitionWriter>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -111,8 +113,14 @@ impl Driver {
             slots: Arc::new(Semaphore::new(max_active)),
             finished: broadcast::channel(4096).0,
             wake: tokio::sync::Notify::new(),
+            writer: std::sync::OnceLock::new(),
             shutdown,
         })
+    }
+
+    /// Persist transitions through this group-commit writer from now on.
+    pub fn set_writer(&self, w: crate::writer::TransitionWriter) {
+        let _ = self.writer.set(w);
     }
 
     pub fn subscribe_finished(&self) -> broadcast::Receiver<Uuid> {
@@ -341,20 +349,19 @@ impl Driver {
         if !(unchanged && keep) {
             let mut delay = Duration::from_millis(50);
             loop {
-                match store::persist_transition(
-                    &self.pool,
-                    a.id,
-                    a.epoch,
-                    store::TransitionWrite {
-                        state: &t.state,
-                        events: &t.events,
-                        next,
-                        keep_lease: keep,
-                    },
-                    self.lease_ttl,
-                )
-                .await
-                {
+                let w = store::TransitionWrite {
+                    state: &t.state,
+                    events: &t.events,
+                    next,
+                    keep_lease: keep,
+                };
+                let written = match self.writer.get() {
+                    Some(writer) => writer.persist(a.id, a.epoch, w).await,
+                    None => store::persist_transition(&self.pool, a.id, a.epoch, w, self.lease_ttl)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match written {
                     Ok(true) => {
                         tandem_kit::crash::point("orchestrator.after_persist");
                         break;

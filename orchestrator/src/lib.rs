@@ -3,6 +3,7 @@
 //! - [`saga`]: the pure engine — definitions as data, saga state, the transition function.
 //! - [`driver`]: leases, the write-ahead call loop, the claim loop (`FOR UPDATE SKIP LOCKED`).
 //! - [`store`]: Postgres access (migrations in `migrations/orchestrator/`).
+//! - [`writer`]: group commit of saga transitions (many sagas' writes in one statement).
 //! - [`api`]: the REST API.
 //! - [`config`]: environment / flags.
 //!
@@ -13,6 +14,7 @@ pub mod config;
 pub mod driver;
 pub mod saga;
 pub mod store;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,6 +52,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         config.max_active_sagas,
         shutdown_rx,
     )?);
+    if config.transition_writers > 0 {
+        driver.set_writer(writer::TransitionWriter::start(
+            driver.pool.clone(),
+            driver.lease_ttl,
+            config.transition_writers,
+            config.transition_batch,
+        ));
+    }
     load_definitions(&driver, &config).await?;
     Ok(App {
         config,

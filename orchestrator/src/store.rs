@@ -66,7 +66,7 @@ fn saga_from_row(row: &PgRow) -> Result<SagaRow, sqlx::Error> {
     })
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EventRow {
     pub seq: i64,
     pub at: DateTime<Utc>,
@@ -103,6 +103,7 @@ pub async fn insert_definition(
     .bind(body)
     .execute(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(r.rows_affected() == 1)
 }
 
@@ -111,6 +112,7 @@ pub async fn all_definitions(pool: &PgPool) -> Result<Vec<(String, String, Value
     let rows = sqlx::query("SELECT name, version, body FROM definitions ORDER BY seq")
         .fetch_all(pool)
         .await?;
+    tandem_kit::stats::read_committed(pool);
     rows.iter()
         .map(|r| {
             Ok((
@@ -164,6 +166,69 @@ pub enum Created {
     SameBusinessKey(Uuid),
     /// A saga with this business key exists with a different input.
     BusinessKeyConflict { saga_id: Uuid },
+}
+
+/// The events of a saga as one JSON array (`jsonb_agg` over `saga_events` aliased `e`).
+macro_rules! events_json {
+    () => {
+        "coalesce(jsonb_agg(jsonb_build_object('seq', e.seq, 'at', e.at, 'kind', e.kind, \
+         'step', e.step, 'detail', e.detail) ORDER BY e.seq), '[]'::jsonb)"
+    };
+}
+
+fn events_from_json(row: &PgRow) -> Result<Vec<EventRow>, sqlx::Error> {
+    let v: Value = row.try_get("events")?;
+    serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Create a saga without a client Idempotency-Key in **one statement** (saga row, first
+/// transition's events), answering the stored row and events so the caller need not read them
+/// back. `None` if the business key is taken: use [`create_saga`], which sorts that case out.
+pub async fn create_saga_fast(
+    pool: &PgPool,
+    new: &NewSaga<'_>,
+) -> Result<Option<(SagaRow, Vec<EventRow>)>, sqlx::Error> {
+    debug_assert!(new.idempotency_key.is_none());
+    let state_json =
+        serde_json::to_value(new.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let (kinds, steps, details) = event_columns(new.events);
+    let row = sqlx::query(concat!(
+        "WITH s AS (INSERT INTO sagas (id, definition, version, business_key, input, input_hash, \
+                 status, state, next_run_at, lease_owner, lease_until, lease_epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9, now() + make_interval(secs => $10), 1) \
+             ON CONFLICT (definition, business_key) WHERE business_key IS NOT NULL DO NOTHING \
+             RETURNING ",
+        saga_columns!(),
+        "), \
+         e AS (INSERT INTO saga_events (saga_id, kind, step, detail) \
+             SELECT s.id, x.k, x.st, x.d FROM s, \
+                 unnest($11::text[], $12::text[], $13::jsonb[]) WITH ORDINALITY AS x(k, st, d, n) \
+             ORDER BY x.n \
+             RETURNING seq, at, kind, step, detail) \
+         SELECT s.*, (SELECT ",
+        events_json!(),
+        " FROM e) AS events FROM s"
+    ))
+    .bind(new.id)
+    .bind(new.definition)
+    .bind(new.version)
+    .bind(new.business_key)
+    .bind(new.input)
+    .bind(new.input_hash)
+    .bind(new.state.status.as_str())
+    .bind(&state_json)
+    .bind(new.owner)
+    .bind(secs(new.lease_ttl))
+    .bind(kinds)
+    .bind(steps)
+    .bind(details)
+    .fetch_optional(pool)
+    .await?;
+    tandem_kit::stats::write_committed(pool);
+    match row {
+        Some(row) => Ok(Some((saga_from_row(&row)?, events_from_json(&row)?))),
+        None => Ok(None),
+    }
 }
 
 /// Create a saga (one transaction). Concurrent requests with the same Idempotency-Key or
@@ -237,6 +302,7 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
                     .await?;
             }
             tx.commit().await?;
+            tandem_kit::stats::write_committed(pool);
             return Ok(Created::SameBusinessKey(saga_id));
         }
         tx.rollback().await?;
@@ -244,6 +310,7 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
     };
     insert_events(&mut tx, new.id, new.events).await?;
     tx.commit().await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(Created::New(Box::new(saga_from_row(&row)?)))
 }
 
@@ -269,7 +336,9 @@ async fn insert_events(
     Ok(())
 }
 
-fn event_columns(events: &[EventRecord]) -> (Vec<String>, Vec<Option<String>>, Vec<Value>) {
+pub(crate) fn event_columns(
+    events: &[EventRecord],
+) -> (Vec<String>, Vec<Option<String>>, Vec<Value>) {
     let kinds = events.iter().map(event_kind).collect();
     let steps = events.iter().map(|e| e.step.clone()).collect();
     let details = events.iter().map(|e| e.detail.clone()).collect();
@@ -346,6 +415,7 @@ pub async fn persist_transition(
     .bind(details)
     .fetch_one(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(updated == 1)
 }
 
@@ -360,6 +430,7 @@ pub async fn release_lease(pool: &PgPool, id: Uuid, epoch: i64) -> Result<(), sq
     .bind(epoch)
     .execute(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(())
 }
 
@@ -384,6 +455,7 @@ pub async fn lease_for_retry(
     .bind(secs(ttl))
     .fetch_optional(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     row.as_ref().map(saga_from_row).transpose()
 }
 
@@ -413,6 +485,7 @@ pub async fn claim_due(
     .bind(limit)
     .fetch_all(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     rows.iter().map(saga_from_row).collect()
 }
 
@@ -430,6 +503,7 @@ pub async fn reclaim_own(
     .bind(secs(ttl))
     .fetch_all(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     rows.iter().map(saga_from_row).collect()
 }
 
@@ -444,7 +518,30 @@ pub async fn saga(pool: &PgPool, id: Uuid) -> Result<Option<SagaRow>, sqlx::Erro
     .bind(id)
     .fetch_optional(pool)
     .await?;
+    tandem_kit::stats::read_committed(pool);
     row.as_ref().map(saga_from_row).transpose()
+}
+
+/// A saga and its event log in one query.
+pub async fn saga_with_events(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(SagaRow, Vec<EventRow>)>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        saga_columns!(),
+        ", (SELECT ",
+        events_json!(),
+        " FROM saga_events e WHERE e.saga_id = s.id) AS events FROM sagas s WHERE s.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    tandem_kit::stats::read_committed(pool);
+    match row {
+        Some(row) => Ok(Some((saga_from_row(&row)?, events_from_json(&row)?))),
+        None => Ok(None),
+    }
 }
 
 pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {
@@ -454,6 +551,7 @@ pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<EventRow>, sqlx::Erro
     .bind(id)
     .fetch_all(pool)
     .await?;
+    tandem_kit::stats::read_committed(pool);
     rows.iter()
         .map(|r| {
             Ok(EventRow {
@@ -489,6 +587,7 @@ pub async fn list(
     .bind(limit)
     .fetch_all(pool)
     .await?;
+    tandem_kit::stats::read_committed(pool);
     rows.iter().map(saga_from_row).collect()
 }
 
@@ -503,6 +602,7 @@ pub async fn purge_idempotency_keys(
     .bind(secs(retention))
     .execute(pool)
     .await?;
+    tandem_kit::stats::write_committed(pool);
     Ok(r.rows_affected())
 }
 
@@ -524,4 +624,65 @@ pub async fn renew_leases(
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
+}
+
+/// Transitions of several sagas (column arrays, one entry per saga; events flattened with the
+/// saga each belongs to, in order), persisted by [`persist_transitions`].
+pub struct TransitionBatch<'a> {
+    pub ids: &'a [Uuid],
+    pub epochs: &'a [i64],
+    pub statuses: &'a [&'static str],
+    pub states: &'a [Value],
+    pub next_kinds: &'a [&'static str],
+    pub next_ats: &'a [Option<DateTime<Utc>>],
+    pub keep_leases: &'a [bool],
+    pub event_sagas: &'a [Uuid],
+    pub event_kinds: &'a [String],
+    pub event_steps: &'a [Option<String>],
+    pub event_details: &'a [Value],
+}
+
+/// Persist one transition for each of several sagas in **one statement** (one commit), each row
+/// fenced by its own epoch; a saga's events are inserted only if its row was updated. Returns
+/// the ids whose write applied (the others were fenced). Used by the group-commit writer
+/// (`crate::writer`).
+pub async fn persist_transitions(
+    pool: &PgPool,
+    b: TransitionBatch<'_>,
+    lease_ttl: Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let applied: Vec<Uuid> = sqlx::query_scalar(
+        "WITH i AS ( \
+            SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], \
+                                 $6::timestamptz[], $7::bool[]) \
+                AS i(id, epoch, status, state, next_kind, next_at, keep)), \
+         upd AS ( \
+            UPDATE sagas s SET status = i.status, state = i.state, updated_at = now(), \
+                next_run_at = CASE i.next_kind WHEN 'now' THEN now() WHEN 'at' THEN i.next_at ELSE NULL END, \
+                lease_owner = CASE WHEN i.keep THEN s.lease_owner ELSE NULL END, \
+                lease_until = CASE WHEN i.keep THEN now() + make_interval(secs => $8) ELSE NULL END \
+            FROM i WHERE s.id = i.id AND s.lease_epoch = i.epoch RETURNING s.id), \
+         ins AS ( \
+            INSERT INTO saga_events (saga_id, kind, step, detail) \
+            SELECT e.saga_id, e.k, e.s, e.d \
+            FROM unnest($9::uuid[], $10::text[], $11::text[], $12::jsonb[]) WITH ORDINALITY AS e(saga_id, k, s, d, n) \
+            WHERE e.saga_id IN (SELECT id FROM upd) ORDER BY e.n) \
+         SELECT id FROM upd",
+    )
+    .bind(b.ids)
+    .bind(b.epochs)
+    .bind(b.statuses)
+    .bind(b.states)
+    .bind(b.next_kinds)
+    .bind(b.next_ats)
+    .bind(b.keep_leases)
+    .bind(secs(lease_ttl))
+    .bind(b.event_sagas)
+    .bind(b.event_kinds)
+    .bind(b.event_steps)
+    .bind(b.event_details)
+    .fetch_all(pool)
+    .await?;
+    tandem_kit::stats::write_committed(pool);
+    Ok(applied)
 }

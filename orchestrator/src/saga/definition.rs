@@ -31,6 +31,31 @@ pub struct Definition {
     #[serde(default)]
     pub policy: Policy,
     pub steps: Vec<StepDef>,
+    /// `input_schema` compiled once by [`Definition::parse`] (compiling it per saga was the
+    /// hottest spot of `POST /sagas`). Not part of the document.
+    #[serde(skip)]
+    pub compiled_schema: CompiledSchema,
+}
+
+/// A compiled input schema, shared by every saga of the definition. Two definitions compare
+/// equal whatever their compiled schemas (it is derived from `input_schema`).
+#[derive(Clone, Default)]
+pub struct CompiledSchema(Option<std::sync::Arc<jsonschema::Validator>>);
+
+impl std::fmt::Debug for CompiledSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "CompiledSchema(compiled)"
+        } else {
+            "CompiledSchema(none)"
+        })
+    }
+}
+
+impl PartialEq for CompiledSchema {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -613,15 +638,19 @@ impl Definition {
             errs.push("/business_key", format!("business_key must be a JSON Pointer into the input such as `/order_id`, got `{bk}`"));
         }
 
+        let mut compiled_schema = CompiledSchema::default();
         let input_schema = match map.get("input_schema") {
             None | Some(Value::Null) => None,
             Some(schema) => {
-                if let Err(e) = jsonschema::validator_for(schema) {
-                    let at = e.instance_path().as_str();
-                    errs.push(
-                        format!("/input_schema{at}"),
-                        format!("input_schema does not compile: {e}"),
-                    );
+                match jsonschema::validator_for(schema) {
+                    Ok(v) => compiled_schema = CompiledSchema(Some(std::sync::Arc::new(v))),
+                    Err(e) => {
+                        let at = e.instance_path().as_str();
+                        errs.push(
+                            format!("/input_schema{at}"),
+                            format!("input_schema does not compile: {e}"),
+                        );
+                    }
                 }
                 Some(schema.clone())
             }
@@ -709,6 +738,7 @@ impl Definition {
             input_schema,
             policy,
             steps,
+            compiled_schema,
         })
     }
 
@@ -734,15 +764,22 @@ impl Definition {
         let Some(schema) = &self.input_schema else {
             return Ok(());
         };
-        let validator = match jsonschema::validator_for(schema) {
-            Ok(v) => v,
-            Err(e) => {
-                // `parse` compiled it already; only a hand-built Definition can get here.
-                return Err(vec![FieldError {
-                    pointer: String::new(),
-                    message: format!("the definition's input schema does not compile: {e}"),
-                }]);
-            }
+        let compiled;
+        let validator = match &self.compiled_schema.0 {
+            Some(v) => v.as_ref(),
+            None => match jsonschema::validator_for(schema) {
+                Ok(v) => {
+                    compiled = v;
+                    &compiled
+                }
+                Err(e) => {
+                    // `parse` compiled it already; only a hand-built Definition can get here.
+                    return Err(vec![FieldError {
+                        pointer: String::new(),
+                        message: format!("the definition's input schema does not compile: {e}"),
+                    }]);
+                }
+            },
         };
         let mut out: Vec<FieldError> = Vec::new();
         for error in validator.iter_errors(input) {

@@ -319,6 +319,7 @@ where
     record(&mut tx, key, Op::Action, status, &body).await?;
     crate::crash::point("service.action.before_commit");
     tx.commit().await?;
+    crate::stats::write_committed(pool);
     crate::crash::point("service.action.after_commit");
     Ok(Outcome {
         status,
@@ -388,6 +389,7 @@ where
     record(&mut tx, key, Op::Compensation, reply.status, &reply.body).await?;
     crate::crash::point("service.compensation.before_commit");
     tx.commit().await?;
+    crate::stats::write_committed(pool);
     crate::crash::point("service.compensation.after_commit");
     Ok(Outcome {
         status: reply.status,

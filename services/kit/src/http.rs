@@ -5,7 +5,8 @@
 //!   a body over the limit → 413, bad syntax → 400, a well-formed body of the wrong shape → 422
 //!   naming the field by JSON Pointer (`/items/0/quantity`).
 //! - [`Path`] and [`Query`] wrap axum's, turning their rejections into 400 / 422 problems.
-//! - [`finish`] adds the fallbacks, the body limit and request tracing to a router.
+//! - [`finish`] adds the fallbacks, the body limit and request tracing to a router, plus
+//!   `GET /stats` (see [`crate::stats`]) and `POST /noop` (a no-op saga step for benchmarks).
 
 use std::future::Future;
 
@@ -172,6 +173,12 @@ async fn not_found() -> Problem {
     Problem::not_found("no such route")
 }
 
+/// `POST /noop`: a saga step with no effect and no database access (DTM's "empty branch"), for
+/// benchmarking the orchestrator alone. It still requires a well-formed `Idempotency-Key`.
+async fn noop(key: crate::barrier::IdempotencyKey) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "ok": true, "op": key.op }))
+}
+
 async fn method_not_allowed() -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -184,6 +191,8 @@ async fn method_not_allowed() -> Problem {
 /// Add the problem+json 404/405 fallbacks, the body limit and request tracing.
 pub fn finish(router: Router) -> Router {
     router
+        .route("/stats", axum::routing::get(crate::stats::handler))
+        .route("/noop", axum::routing::post(noop))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))

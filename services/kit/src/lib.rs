@@ -8,6 +8,7 @@
 //!   local transaction as the business effect.
 //! - [`faults`]: scoped fault injection for demos and tests.
 //! - [`crash`]: named crash points (`TANDEM_CRASH`), off by default, for crash tests.
+//! - [`stats`]: per-database transaction counters and memory, served at `GET /stats`.
 //! - [`testing`]: a fresh database per test.
 
 pub mod barrier;
@@ -16,6 +17,7 @@ pub mod db;
 pub mod faults;
 pub mod http;
 pub mod problem;
+pub mod stats;
 pub mod testing;
 
 pub use problem::Problem;
