@@ -976,10 +976,12 @@ pub async fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
             let ceiling = if args.no_ceiling {
                 None
             } else {
-                if !ceilings.contains_key(&c) {
-                    ceilings.insert(c, ceiling(&args, c).await?);
-                }
-                ceilings.get(&c).cloned()
+                let x = match ceilings.get(&c) {
+                    Some(x) => x.clone(),
+                    None => ceiling(&args, c).await?,
+                };
+                ceilings.insert(c, x.clone());
+                Some(x)
             };
             let direct = if args.no_direct {
                 None
