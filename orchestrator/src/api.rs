@@ -165,7 +165,7 @@ async fn create_saga(
             let row = *row;
             let view = if wait > 0.0 {
                 // POST-and-wait: subscribe before the saga can finish, then answer its final view.
-                let finished = d.subscribe_finished();
+                let finished = d.watch(id);
                 d.spawn_created(row, def, t.command);
                 let (row, events) = wait_settled(&d, id, wait, finished, true).await?;
                 view_of(&row, &events)
@@ -257,7 +257,7 @@ async fn get_saga(
     Query(p): Query<WaitParams>,
 ) -> Result<Json<Value>, Problem> {
     let wait = wait_secs(p.wait)?;
-    let finished = d.subscribe_finished();
+    let finished = d.watch(id);
     let (row, events) = wait_settled(&d, id, wait, finished, false).await?;
     Ok(Json(view_of(&row, &events)))
 }
@@ -276,18 +276,32 @@ fn wait_secs(wait: Option<f64>) -> Result<f64, Problem> {
 }
 
 /// The saga (and its events) once it is completed, compensated or failed, or as it is when
-/// `wait` runs out. `finished` must have been subscribed before the saga could settle.
+/// `wait` runs out. `finished` ([`Driver::watch`]) must have been taken before the saga could
+/// settle.
 /// `just_started`: the saga was created by this request and is being driven here, so it cannot
 /// have settled yet — skip the first read.
 async fn wait_settled(
     d: &Driver,
     id: Uuid,
     wait: f64,
-    mut finished: tokio::sync::broadcast::Receiver<Uuid>,
+    finished: tokio::sync::oneshot::Receiver<()>,
+    just_started: bool,
+) -> Result<(SagaRow, Vec<store::EventRow>), Problem> {
+    let r = wait_settled_inner(d, id, wait, finished, just_started).await;
+    d.unwatch(id);
+    r
+}
+
+async fn wait_settled_inner(
+    d: &Driver,
+    id: Uuid,
+    wait: f64,
+    mut finished: tokio::sync::oneshot::Receiver<()>,
     just_started: bool,
 ) -> Result<(SagaRow, Vec<store::EventRow>), Problem> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
     let mut read = !just_started;
+    let mut woken = false;
     loop {
         if read {
             let (row, events) = store::saga_with_events(&d.pool, id)
@@ -303,16 +317,9 @@ async fn wait_settled(
         let tick = tokio::time::sleep_until(
             deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
         );
-        tokio::pin!(tick);
-        loop {
-            tokio::select! {
-                _ = &mut tick => break,
-                r = finished.recv() => match r {
-                    Ok(done) if done == id => break,
-                    Ok(_) => continue,
-                    Err(_) => break,
-                },
-            }
+        tokio::select! {
+            _ = tick => {}
+            _ = &mut finished, if !woken => woken = true,
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct Driver {
     slots: Arc<Semaphore>,
     /// Ids of sagas that reached a terminal or parked state here (wakes long polls).
     finished: broadcast::Sender<Uuid>,
+    /// Per-saga waiters (POST-and-wait, long polls), woken only by their own saga.
+    watchers: Mutex<HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<()>>>>,
     /// Wakes the claim loop early (e.g. a saga was handed back).
     wake: tokio::sync::Notify,
     /// Group commit of transitions (none: one statement per transition).
@@ -112,6 +114,7 @@ impl Driver {
             active: Mutex::new(HashSet::new()),
             slots: Arc::new(Semaphore::new(max_active)),
             finished: broadcast::channel(4096).0,
+            watchers: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             writer: std::sync::OnceLock::new(),
             shutdown,
@@ -125,6 +128,38 @@ impl Driver {
 
     pub fn subscribe_finished(&self) -> broadcast::Receiver<Uuid> {
         self.finished.subscribe()
+    }
+
+    /// Resolves when saga `id` reaches a terminal or parked state on this instance. Call before
+    /// the saga can get there; after a wait that gave up, call [`Driver::unwatch`].
+    pub fn watch(&self, id: Uuid) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.watchers
+            .lock()
+            .expect("watchers lock")
+            .entry(id)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Forget the waiters of `id` that stopped waiting.
+    pub fn unwatch(&self, id: Uuid) {
+        let mut w = self.watchers.lock().expect("watchers lock");
+        if let Some(list) = w.get_mut(&id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                w.remove(&id);
+            }
+        }
+    }
+
+    fn notify_finished(&self, id: Uuid) {
+        let _ = self.finished.send(id);
+        let waiters = self.watchers.lock().expect("watchers lock").remove(&id);
+        for tx in waiters.into_iter().flatten() {
+            let _ = tx.send(());
+        }
     }
 
     /// The definition a stored saga runs on (loaded from the database on a cache miss).
@@ -322,7 +357,7 @@ impl Driver {
                     self.transition(&a, Input::Wake)
                 }
                 Command::Stop => {
-                    let _ = self.finished.send(a.id);
+                    self.notify_finished(a.id);
                     return;
                 }
             };
@@ -386,7 +421,7 @@ impl Driver {
                 None
             }
             Command::Stop => {
-                let _ = self.finished.send(a.id);
+                self.notify_finished(a.id);
                 None
             }
             c => Some(c),

@@ -350,7 +350,9 @@ pub(crate) fn event_columns(
 /// When the saga needs a driver next.
 #[derive(Debug, Clone, Copy)]
 pub enum NextRun {
-    /// A call is in flight: due now (an orphan is resumed as soon as its lease expires).
+    /// A call is in flight: due now (an orphan is resumed as soon as its lease expires). An
+    /// already past `next_run_at` is kept, so the row's indexed columns do not change and the
+    /// update can be HOT.
     Now,
     At(DateTime<Utc>),
     /// Terminal or parked.
@@ -392,7 +394,7 @@ pub async fn persist_transition(
     let updated: i64 = sqlx::query_scalar(
         "WITH upd AS ( \
             UPDATE sagas SET status = $3, state = $4, updated_at = now(), \
-                next_run_at = CASE $5 WHEN 'now' THEN now() WHEN 'at' THEN $6 ELSE NULL END, \
+                next_run_at = CASE $5 WHEN 'now' THEN LEAST(next_run_at, now()) WHEN 'at' THEN $6 ELSE NULL END, \
                 lease_owner = CASE WHEN $7 THEN lease_owner ELSE NULL END, \
                 lease_until = CASE WHEN $7 THEN now() + make_interval(secs => $8) ELSE NULL END \
             WHERE id = $1 AND lease_epoch = $2 RETURNING id), \
@@ -658,7 +660,7 @@ pub async fn persist_transitions(
                 AS i(id, epoch, status, state, next_kind, next_at, keep)), \
          upd AS ( \
             UPDATE sagas s SET status = i.status, state = i.state, updated_at = now(), \
-                next_run_at = CASE i.next_kind WHEN 'now' THEN now() WHEN 'at' THEN i.next_at ELSE NULL END, \
+                next_run_at = CASE i.next_kind WHEN 'now' THEN LEAST(s.next_run_at, now()) WHEN 'at' THEN i.next_at ELSE NULL END, \
                 lease_owner = CASE WHEN i.keep THEN s.lease_owner ELSE NULL END, \
                 lease_until = CASE WHEN i.keep THEN now() + make_interval(secs => $8) ELSE NULL END \
             FROM i WHERE s.id = i.id AND s.lease_epoch = i.epoch RETURNING s.id), \

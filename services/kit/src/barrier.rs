@@ -301,12 +301,8 @@ where
         .execute(&mut *tx)
         .await?;
     let (status, body) = match effect(&mut tx).await {
-        Ok(reply) => {
-            sqlx::query("RELEASE SAVEPOINT tandem_effect")
-                .execute(&mut *tx)
-                .await?;
-            (reply.status, reply.body)
-        }
+        // No RELEASE: the commit below ends the savepoint (one round trip less per action).
+        Ok(reply) => (reply.status, reply.body),
         Err(problem) if problem.status == StatusCode::CONFLICT => {
             sqlx::query("ROLLBACK TO SAVEPOINT tandem_effect")
                 .execute(&mut *tx)
