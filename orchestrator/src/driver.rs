@@ -190,6 +190,10 @@ impl Driver {
     /// transition's call decided).
     pub fn spawn_created(self: &Arc<Self>, row: SagaRow, def: Arc<Definition>, command: Command) {
         let Some(permit) = self.try_activate(row.id) else {
+            // Every slot is busy (MAX_ACTIVE_SAGAS): hand the lease back at once so the saga is
+            // claimed as soon as an instance has room, instead of waiting for the lease to expire.
+            let pool = self.pool.clone();
+            tokio::spawn(async move { store::release_lease(&pool, row.id, row.lease_epoch).await });
             return;
         };
         let active = Active {

@@ -684,3 +684,30 @@ async fn list_filters_paginates_and_long_polls() {
     );
     stack.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_beyond_the_active_limit_wait_for_a_slot_not_for_their_lease() {
+    // One saga driven at a time and a 2-minute lease: a saga created while the slot is busy
+    // must be handed back and claimed when the slot frees, not left until its lease expires.
+    let (stack, c) = in_process("slots", |c| {
+        c.max_active_sagas = 1;
+        c.lease_ttl_ms = 120_000;
+    })
+    .await;
+    c.set_stock("slots", 100).await.unwrap();
+    let posts = (0..6).map(|i| {
+        let c = c.clone();
+        async move {
+            let input = checkout_input(&format!("slots-{i}"), "slots", 1, "tok_visa", "GB");
+            let r = c.start_saga("checkout", &input, None).await.unwrap();
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.body["id"].as_str().unwrap().to_string()
+        }
+    });
+    let ids = futures::future::join_all(posts).await;
+    for id in &ids {
+        let s = c.settle(id, 30).await.unwrap();
+        assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
+    }
+    stack.stop().await.unwrap();
+}
