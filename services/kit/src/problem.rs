@@ -160,6 +160,40 @@ impl Problem {
     }
 }
 
+/// Collects field problems while validating a request; a non-empty list becomes one 422.
+#[derive(Debug, Default)]
+pub struct Issues(pub Vec<FieldIssue>);
+
+impl Issues {
+    pub fn add(&mut self, pointer: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldIssue {
+            pointer: pointer.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A required text field: not empty, at most `max` characters, no control characters.
+    pub fn text(&mut self, pointer: &str, value: &str, max: usize) {
+        if value.is_empty() {
+            self.add(pointer, "must not be empty");
+        } else if value.chars().count() > max {
+            self.add(pointer, format!("must be at most {max} characters"));
+        } else if value.chars().any(char::is_control) {
+            self.add(pointer, "must not contain control characters");
+        }
+    }
+
+    pub fn finish(self) -> Result<(), Issues> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl From<Issues> for Problem {
+    fn from(issues: Issues) -> Self {
+        Problem::invalid_fields(issues.0)
+    }
+}
+
 fn display_pointer(pointer: &str) -> &str {
     if pointer.is_empty() {
         "(body)"

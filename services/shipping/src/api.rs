@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use tandem_kit::Problem;
 use tandem_kit::barrier::{self, IdempotencyKey, Op, Prior, Reply};
 use tandem_kit::http::{Json, Query};
-use tandem_kit::problem::FieldIssue;
+use tandem_kit::problem::Issues;
 use uuid::Uuid;
 
 use crate::App;
@@ -64,37 +64,6 @@ pub struct ShipmentRequest {
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     pub order_id: String,
-}
-
-/// Collects field problems; a non-empty list is one 422.
-#[derive(Default)]
-struct Issues(Vec<FieldIssue>);
-
-impl Issues {
-    fn add(&mut self, pointer: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldIssue {
-            pointer: pointer.into(),
-            message: message.into(),
-        });
-    }
-    fn text(&mut self, pointer: &str, value: &str, max: usize) {
-        if value.is_empty() {
-            self.add(pointer, "must not be empty");
-        } else if value.chars().count() > max {
-            self.add(pointer, format!("must be at most {max} characters"));
-        } else if value.chars().any(char::is_control) {
-            self.add(pointer, "must not contain control characters");
-        }
-    }
-    fn finish(self) -> Result<(), Issues> {
-        if self.0.is_empty() { Ok(()) } else { Err(self) }
-    }
-}
-
-impl From<Issues> for Problem {
-    fn from(issues: Issues) -> Self {
-        Problem::invalid_fields(issues.0)
-    }
 }
 
 fn validate_shipment(req: &ShipmentRequest) -> Result<(), Issues> {
