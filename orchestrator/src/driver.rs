@@ -70,6 +70,20 @@ struct Active {
     epoch: i64,
 }
 
+impl Active {
+    /// The saga as leased in `row` (its epoch fences every write), running on `def`.
+    fn new(row: SagaRow, def: Arc<Definition>) -> Self {
+        Active {
+            id: row.id,
+            id_str: row.id.to_string(),
+            def,
+            input: row.input,
+            state: row.state,
+            epoch: row.lease_epoch,
+        }
+    }
+}
+
 pub struct Driver {
     pub pool: PgPool,
     pub instance_id: String,
@@ -196,18 +210,12 @@ impl Driver {
             tokio::spawn(async move { store::release_lease(&pool, row.id, row.lease_epoch).await });
             return;
         };
-        let active = Active {
-            id: row.id,
-            id_str: row.id.to_string(),
-            def,
-            input: row.input,
-            state: row.state,
-            epoch: row.lease_epoch,
-        };
+        let id = row.id;
+        let active = Active::new(row, def);
         let me = self.clone();
         tokio::spawn(async move {
             me.run(active, command).await;
-            me.deactivate(row.id);
+            me.deactivate(id);
             drop(permit);
         });
     }
@@ -227,14 +235,7 @@ impl Driver {
             let id = row.id;
             match me.definition(&row.definition, &row.version).await {
                 Ok(def) => {
-                    let active = Active {
-                        id,
-                        id_str: id.to_string(),
-                        def,
-                        input: row.input,
-                        state: row.state,
-                        epoch: row.lease_epoch,
-                    };
+                    let active = Active::new(row, def);
                     me.step_and_run(active, input).await;
                 }
                 Err(e) => {
@@ -253,14 +254,7 @@ impl Driver {
         let permit = self
             .try_activate(row.id)
             .ok_or_else(|| anyhow::anyhow!("saga {} is busy on this instance", row.id))?;
-        let mut a = Active {
-            id: row.id,
-            id_str: row.id.to_string(),
-            def,
-            input: row.input,
-            state: row.state,
-            epoch: row.lease_epoch,
-        };
+        let mut a = Active::new(row, def);
         let t = self.transition(&a, Input::ManualRetry);
         match self.apply(&mut a, t).await {
             Some(command) => {
