@@ -2,35 +2,26 @@
 //! business rules, the barrier (duplicates, null compensation, hanging), fault injection and the
 //! no-oversell guarantee.
 
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use inventory::{App, Config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tandem_kit::faults::Switch;
+use tandem_kit::testing::{Served, assert_problem};
 
-struct Svc {
-    url: String,
-    http: reqwest::Client,
-    app: App,
+struct Svc(Served);
+
+impl Deref for Svc {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
 async fn spawn_with(faults: Switch) -> Svc {
-    let db = tandem_kit::testing::fresh_database_url("inventory").await;
-    let config = Config {
-        fault_injection: faults,
-        ..Config::with_database(db)
-    };
-    let app = inventory::build(config).await.expect("build");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app.clone().run(listener, std::future::pending()));
-    Svc {
-        url,
-        http: reqwest::Client::new(),
-        app,
-    }
+    Svc(Served::start(&inventory::SPEC, |c| c.fault_injection = faults).await)
 }
 
 async fn spawn() -> Svc {
@@ -38,27 +29,6 @@ async fn spawn() -> Svc {
 }
 
 impl Svc {
-    async fn post(&self, path: &str, key: Option<&str>, body: Value) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.url)).json(&body);
-        if let Some(k) = key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
     async fn set_stock(&self, sku: &str, available: i64) {
         let resp = self
             .http
@@ -96,30 +66,6 @@ impl Svc {
         )
         .await
     }
-
-    async fn count(&self, table: &'static str) -> i64 {
-        let sql = match table {
-            "reservations" => "SELECT count(*) FROM reservations",
-            "saga_barrier" => "SELECT count(*) FROM saga_barrier",
-            "stock" => "SELECT count(*) FROM stock",
-            _ => unreachable!(),
-        };
-        sqlx::query_scalar(sql)
-            .fetch_one(&self.app.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn fault(&self, spec: Value) {
-        let (s, b) = self.post("/faults", None, spec).await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-    }
-}
-
-fn assert_problem(status: StatusCode, body: &Value, want: StatusCode, slug: &str) {
-    assert_eq!(status, want, "{body}");
-    assert_eq!(body["type"], format!("urn:tandem:problem:{slug}"), "{body}");
-    assert_eq!(body["status"], want.as_u16(), "{body}");
 }
 
 #[tokio::test]
@@ -377,6 +323,32 @@ async fn duplicate_action_replays_the_first_outcome() {
     let second: Value = resp.json().await.unwrap();
     assert_eq!(first, second);
     assert_eq!(svc.stock("a").await, (8, 2));
+    assert_eq!(svc.count("reservations").await, 1);
+}
+
+/// The barrier runs the effect before it finds a key taken (and then rolls the effect back), so
+/// a duplicate's effect may see a world the first request changed. The answer must still be the
+/// first outcome: the success after the first took the last units, the shortage after the
+/// stock was refilled.
+#[tokio::test]
+async fn duplicate_replays_the_first_outcome_even_when_its_effect_would_differ() {
+    let svc = spawn().await;
+    svc.set_stock("a", 3).await;
+    let items = json!([{"sku": "a", "quantity": 3}]);
+    let (s, first) = svc.reserve("s1:reserve:action", "o-1", items.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    // Nothing left: run again, the effect alone would be a shortage.
+    let (s, again) = svc.reserve("s1:reserve:action", "o-1", items.clone()).await;
+    assert_eq!((s, &again), (StatusCode::CREATED, &first));
+    assert_eq!(svc.stock("a").await, (0, 3));
+
+    let (s, refused) = svc.reserve("s2:reserve:action", "o-2", items.clone()).await;
+    assert_problem(s, &refused, StatusCode::CONFLICT, "insufficient-stock");
+    // Refilled: run again, the effect alone would now succeed.
+    svc.set_stock("a", 10).await;
+    let (s, again) = svc.reserve("s2:reserve:action", "o-2", items).await;
+    assert_eq!((s, &again), (StatusCode::CONFLICT, &refused));
+    assert_eq!(svc.stock("a").await, (10, 3));
     assert_eq!(svc.count("reservations").await, 1);
 }
 

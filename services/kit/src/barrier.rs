@@ -8,19 +8,21 @@
 //!
 //! - **duplicate action** → the first outcome again (the same body on success, the same 409 on a
 //!   business failure), no second effect;
-//! - **business failure** (the effect returns a 409 [`Problem`]) → the effect is rolled back to a
-//!   savepoint (no partial effect) and the 409 is recorded;
+//! - **business failure** (the effect returns a 409 [`Problem`]) → the effect's transaction is
+//!   rolled back (no partial effect) and the 409 is recorded in a transaction of its own;
 //! - **null compensation** (compensation before its action) → recorded, succeeds, no effect; it
 //!   also records the action as refused, so a later action for that key is a **hanging** action:
 //!   409 `urn:tandem:problem:hanging`, no effect;
 //! - **compensation of a failed action** → success, no effect;
 //! - **duplicate compensation** → the first outcome again.
 //!
-//! Concurrent duplicates are safe: the barrier row is inserted first with
-//! `INSERT … ON CONFLICT DO NOTHING`, so a second request for the same key waits on the unique
-//! index until the first commits, then reads its outcome. Any other error (a non-409 problem, a
-//! database error) rolls the whole transaction back, barrier row included, so the request can be
-//! retried with the same key.
+//! The barrier row is inserted **with its outcome, after the effect, in the effect's
+//! transaction** (`INSERT … ON CONFLICT DO NOTHING`): the effect and its row commit together or
+//! not at all. If the key is already taken, the transaction (effect included) is rolled back and
+//! the stored outcome is answered. Concurrent duplicates are safe: the second waits on the unique
+//! index until the first commits, then rolls back and replays. Any other error (a non-409
+//! problem, a database error) rolls everything back, so the request can be retried with the same
+//! key (unless the key already has an outcome, which is then answered).
 //!
 //! The DDL lives here, once ([`DDL`]); each service includes it in its migrator with
 //! [`migrator`], as version [`MIGRATION_VERSION`] (services number their own migrations from 2).
@@ -50,9 +52,9 @@ pub const MAX_KEY_LEN: usize = 255;
 /// Migration version the barrier table takes in every service's migrator.
 pub const MIGRATION_VERSION: i64 = 1;
 
-/// The barrier table. `status`/`body` are NULL only inside the transaction that inserted the row
-/// (the row is taken first, as a lock, and filled in before commit), so a committed row always
-/// has its outcome.
+/// The barrier table. Rows are inserted with their outcome, so `status`/`body` are never NULL
+/// (the columns are nullable because an earlier version took the row first and filled it in
+/// before commit; a migration, once applied, is never edited).
 pub const DDL: &str = r#"
 CREATE TABLE saga_barrier (
     saga_id    text        NOT NULL,
@@ -279,57 +281,65 @@ pub enum Prior {
 
 /// Run a saga **action** through the barrier.
 ///
-/// `effect` runs inside the transaction that holds the barrier row (and a savepoint); it returns
-/// the success reply, a 409 [`Problem`] for a business failure (effect rolled back, failure
-/// recorded and replayed), or any other problem, which aborts everything (nothing recorded; the
-/// caller may retry with the same key). Returns the outcome to answer, or that aborting problem.
+/// `effect` runs in a fresh transaction; it returns the success reply, a 409 [`Problem`] for a
+/// business failure (its transaction is rolled back and the failure is recorded and replayed),
+/// or any other problem, which aborts everything (nothing recorded; the caller may retry with
+/// the same key). Returns the outcome to answer, or that aborting problem.
+///
+/// The effect runs **before** the barrier row is inserted, and the row goes in with its outcome
+/// in the effect's transaction: `BEGIN`, the effect's statements, one `INSERT … ON CONFLICT DO
+/// NOTHING`, `COMMIT`. When the insert finds the key taken (a duplicate, concurrent or late, or
+/// an action its compensation already refused), the transaction is rolled back, effect
+/// included, and the stored outcome is answered. A concurrent duplicate waits on the unique
+/// index until the first commits. An effect that trips over its own unique constraint because
+/// of a duplicate is caught the same way: on any failure the stored outcome, if there is one,
+/// is answered instead. This costs the rare duplicate a rolled-back effect and saves every
+/// first request two round trips (taking the row first, and a savepoint).
 pub async fn action<F>(pool: &PgPool, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
 where
     F: for<'c> FnOnce(&'c mut PgConnection) -> EffectFuture<'c>,
 {
     key.expect(Op::Action)?;
     let mut tx = pool.begin().await?;
-    let taken = take_row(&mut tx, key, Op::Action).await?;
-    if !taken {
-        // A duplicate (or the action a compensation already refused): the committed outcome.
-        let outcome = stored(&mut tx, key, Op::Action).await?;
+    let reply = match effect(&mut tx).await {
+        Ok(reply) => reply,
+        Err(problem) => {
+            // The effect's work is undone either way; a 409 is then recorded on its own.
+            drop(tx.rollback().await);
+            if problem.status == StatusCode::CONFLICT {
+                tracing::info!(%key, slug = %problem.slug, "barrier: action refused (business failure)");
+                crate::crash::point("service.action.before_commit");
+                return record_alone(pool, key, Op::Action, problem.status, &problem.to_json())
+                    .await;
+            }
+            return replay_instead(pool, key, Op::Action, problem).await;
+        }
+    };
+    if !insert_outcome(&mut tx, key, Op::Action, reply.status, &reply.body).await? {
         tx.rollback().await?;
+        let outcome = stored(pool, key, Op::Action).await?;
         tracing::info!(%key, status = outcome.status.as_u16(), "barrier: replaying action outcome");
         return Ok(outcome);
     }
-    sqlx::query("SAVEPOINT tandem_effect")
-        .execute(&mut *tx)
-        .await?;
-    let (status, body) = match effect(&mut tx).await {
-        // No RELEASE: the commit below ends the savepoint (one round trip less per action).
-        Ok(reply) => (reply.status, reply.body),
-        Err(problem) if problem.status == StatusCode::CONFLICT => {
-            sqlx::query("ROLLBACK TO SAVEPOINT tandem_effect")
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(%key, slug = %problem.slug, "barrier: action refused (business failure)");
-            (problem.status, problem.to_json())
-        }
-        Err(problem) => return Err(problem), // dropping `tx` rolls back, barrier row included
-    };
-    record(&mut tx, key, Op::Action, status, &body).await?;
     crate::crash::point("service.action.before_commit");
     tx.commit().await?;
     crate::stats::write_committed(pool);
     crate::crash::point("service.action.after_commit");
     Ok(Outcome {
-        status,
-        body,
+        status: reply.status,
+        body: reply.body,
         replayed: false,
     })
 }
 
 /// Run a saga **compensation** through the barrier.
 ///
-/// `effect` is called exactly once per key, with what became of the action ([`Prior`]); it must
-/// only undo something for [`Prior::Applied`], and answers a 2xx reply either way (a
-/// compensation never fails for business reasons: any problem aborts the transaction and is
-/// answered as is, so the orchestrator retries).
+/// `effect` is called with what became of the action ([`Prior`]); it must only undo something
+/// for [`Prior::Applied`], and answers a 2xx reply either way (a compensation never fails for
+/// business reasons: any problem aborts the transaction and is answered as is, so the
+/// orchestrator retries). As for actions, the compensation's own row is inserted with its
+/// outcome after the effect; a duplicate's effect is rolled back and the first outcome answered,
+/// so the effect is committed exactly once per key.
 pub async fn compensation<F>(
     pool: &PgPool,
     key: &IdempotencyKey,
@@ -341,7 +351,8 @@ where
     key.expect(Op::Compensation)?;
     let mut tx = pool.begin().await?;
     // Take the *action's* row first: if that succeeds, the action never ran (null compensation)
-    // and the row, recorded as a 409 `hanging`, refuses the action if it comes late.
+    // and the row, recorded as a 409 `hanging`, refuses the action if it comes late. If the
+    // action is in flight, this waits for it to commit or roll back.
     let null_compensation = sqlx::query(
         "INSERT INTO saga_barrier (saga_id, step, op, status, body, origin)
          VALUES ($1, $2, 'action', 409, $3, 'compensation')
@@ -354,12 +365,6 @@ where
     .await?
     .rows_affected()
         == 1;
-    if !take_row(&mut tx, key, Op::Compensation).await? {
-        let outcome = stored(&mut tx, key, Op::Compensation).await?;
-        tx.rollback().await?;
-        tracing::info!(%key, "barrier: replaying compensation outcome");
-        return Ok(outcome);
-    }
     let prior = if null_compensation {
         tracing::info!(%key, "barrier: null compensation (no action ran); the action is now refused");
         Prior::Absent
@@ -368,21 +373,31 @@ where
             op: Op::Action,
             ..key.clone()
         };
-        let action = stored(&mut tx, &action_key, Op::Action).await?;
+        let action = stored(&mut *tx, &action_key, Op::Action).await?;
         if action.status.is_success() {
             Prior::Applied(action.body)
         } else {
             Prior::Failed(action.body)
         }
     };
-    let reply = effect(&mut tx, prior).await?;
-    if !reply.status.is_success() {
-        return Err(Problem::internal(format!(
-            "compensation effect for {key} answered {}",
-            reply.status
-        )));
+    let reply = match effect(&mut tx, prior).await {
+        Ok(reply) if reply.status.is_success() => reply,
+        Ok(reply) => {
+            return Err(Problem::internal(format!(
+                "compensation effect for {key} answered {}",
+                reply.status
+            )));
+        }
+        Err(problem) => {
+            drop(tx.rollback().await);
+            return replay_instead(pool, key, Op::Compensation, problem).await;
+        }
+    };
+    if !insert_outcome(&mut tx, key, Op::Compensation, reply.status, &reply.body).await? {
+        tx.rollback().await?;
+        tracing::info!(%key, "barrier: replaying compensation outcome");
+        return stored(pool, key, Op::Compensation).await;
     }
-    record(&mut tx, key, Op::Compensation, reply.status, &reply.body).await?;
     crate::crash::point("service.compensation.before_commit");
     tx.commit().await?;
     crate::stats::write_committed(pool);
@@ -405,48 +420,18 @@ pub fn hanging_problem(key: &IdempotencyKey) -> Problem {
         .with("step", key.step.clone())
 }
 
-/// Insert the (still empty) barrier row for `op`; `false` if it already exists (after waiting for
-/// a concurrent inserter to commit or roll back).
-async fn take_row(conn: &mut PgConnection, key: &IdempotencyKey, op: Op) -> Result<bool, Problem> {
-    let done = sqlx::query(
-        "INSERT INTO saga_barrier (saga_id, step, op) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(&key.saga_id)
-    .bind(&key.step)
-    .bind(op.as_str())
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-async fn stored(conn: &mut PgConnection, key: &IdempotencyKey, op: Op) -> Result<Outcome, Problem> {
-    let row: Option<(Option<i16>, Option<Value>)> = sqlx::query_as(
-        "SELECT status, body FROM saga_barrier WHERE saga_id = $1 AND step = $2 AND op = $3",
-    )
-    .bind(&key.saga_id)
-    .bind(&key.step)
-    .bind(op.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    match row {
-        Some((Some(status), Some(body))) => Ok(Outcome::from_row(status, body, true)),
-        other => Err(Problem::internal(format!(
-            "barrier row {key} ({}) has no outcome: {other:?}",
-            op.as_str()
-        ))),
-    }
-}
-
-async fn record(
+/// Insert the barrier row for `op` with its outcome; `false` if the key was already taken
+/// (after waiting for a concurrent inserter to commit or roll back).
+async fn insert_outcome(
     conn: &mut PgConnection,
     key: &IdempotencyKey,
     op: Op,
     status: StatusCode,
     body: &Value,
-) -> Result<(), Problem> {
-    sqlx::query(
-        "UPDATE saga_barrier SET status = $4, body = $5
-         WHERE saga_id = $1 AND step = $2 AND op = $3",
+) -> Result<bool, Problem> {
+    let done = sqlx::query(
+        "INSERT INTO saga_barrier (saga_id, step, op, status, body) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING",
     )
     .bind(&key.saga_id)
     .bind(&key.step)
@@ -455,7 +440,68 @@ async fn record(
     .bind(body)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
+}
+
+/// Record a business failure in a transaction of its own (the effect's was rolled back), or
+/// answer the outcome already stored under the key.
+async fn record_alone(
+    pool: &PgPool,
+    key: &IdempotencyKey,
+    op: Op,
+    status: StatusCode,
+    body: &Value,
+) -> Result<Outcome, Problem> {
+    let mut conn = pool.acquire().await?;
+    if insert_outcome(&mut conn, key, op, status, body).await? {
+        crate::stats::write_committed(pool);
+        Ok(Outcome {
+            status,
+            body: body.clone(),
+            replayed: false,
+        })
+    } else {
+        stored(&mut *conn, key, op).await
+    }
+}
+
+/// After a failed effect: the outcome stored under the key if there is one (the request was a
+/// duplicate, and the effect failed because the first one's rows exist), else the problem.
+async fn replay_instead(
+    pool: &PgPool,
+    key: &IdempotencyKey,
+    op: Op,
+    problem: Problem,
+) -> Result<Outcome, Problem> {
+    match stored(pool, key, op).await {
+        Ok(outcome) => {
+            tracing::info!(%key, "barrier: the effect failed on a duplicate; replaying the stored outcome");
+            Ok(outcome)
+        }
+        Err(_) => Err(problem),
+    }
+}
+
+/// The committed outcome under `key`/`op`.
+async fn stored<'e, E>(conn: E, key: &IdempotencyKey, op: Op) -> Result<Outcome, Problem>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let row: Option<(Option<i16>, Option<Value>)> = sqlx::query_as(
+        "SELECT status, body FROM saga_barrier WHERE saga_id = $1 AND step = $2 AND op = $3",
+    )
+    .bind(&key.saga_id)
+    .bind(&key.step)
+    .bind(op.as_str())
+    .fetch_optional(conn)
+    .await?;
+    match row {
+        Some((Some(status), Some(body))) => Ok(Outcome::from_row(status, body, true)),
+        other => Err(Problem::internal(format!(
+            "barrier row {key} ({}) has no outcome: {other:?}",
+            op.as_str()
+        ))),
+    }
 }
 
 /// A reply body for a compensation that had nothing to undo, with the reason.

@@ -8,6 +8,8 @@
 //!   local transaction as the business effect.
 //! - [`faults`]: scoped fault injection for demos and tests.
 //! - [`crash`]: named crash points (`TANDEM_CRASH`), off by default, for crash tests.
+//! - [`service`]: one service process (config, database, router, `main`), parameterised by a
+//!   [`service::Spec`].
 //! - [`stats`]: per-database transaction counters and memory, served at `GET /stats`.
 //! - [`testing`]: a fresh database per test.
 
@@ -17,6 +19,7 @@ pub mod db;
 pub mod faults;
 pub mod http;
 pub mod problem;
+pub mod service;
 pub mod stats;
 pub mod testing;
 

@@ -1,43 +1,27 @@
 //! Payment against a real Postgres (a fresh database per test), served in-process on port 0:
 //! charges, declines, refunds exactly once, the barrier and fault injection.
 
+use std::ops::Deref;
+
 use futures::future::join_all;
-use payment::{App, Config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tandem_kit::testing::{Served, assert_problem};
 
-struct Svc {
-    url: String,
-    http: reqwest::Client,
-    app: App,
+struct Svc(Served);
+
+impl Deref for Svc {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
 async fn spawn() -> Svc {
-    let db = tandem_kit::testing::fresh_database_url("payment").await;
-    let app = payment::build(Config::with_database(db))
-        .await
-        .expect("build");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app.clone().run(listener, std::future::pending()));
-    Svc {
-        url,
-        http: reqwest::Client::new(),
-        app,
-    }
+    Svc(Served::start(&payment::SPEC, |_| {}).await)
 }
 
 impl Svc {
-    async fn post(&self, path: &str, key: Option<&str>, body: Value) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.url)).json(&body);
-        if let Some(k) = key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
     async fn payments(&self, order: &str) -> Vec<Value> {
         let resp = self
             .http
@@ -60,16 +44,10 @@ impl Svc {
     }
 
     async fn rows(&self) -> (i64, i64) {
-        let payments =
-            sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&self.app.pool);
-        let barrier =
-            sqlx::query_scalar("SELECT count(*) FROM saga_barrier").fetch_one(&self.app.pool);
-        (payments.await.unwrap(), barrier.await.unwrap())
-    }
-
-    async fn fault(&self, spec: Value) {
-        let (s, b) = self.post("/faults", None, spec).await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
+        (
+            self.count("payments").await,
+            self.count("saga_barrier").await,
+        )
     }
 }
 
@@ -78,11 +56,6 @@ fn charge_body(order: &str, card: &str) -> Value {
         "order_id": order, "customer_id": "c-1", "amount_cents": 4200,
         "currency": "EUR", "card_token": card,
     })
-}
-
-fn assert_problem(status: StatusCode, body: &Value, want: StatusCode, slug: &str) {
-    assert_eq!(status, want, "{body}");
-    assert_eq!(body["type"], format!("urn:tandem:problem:{slug}"), "{body}");
 }
 
 #[tokio::test]

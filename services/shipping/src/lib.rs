@@ -1,7 +1,8 @@
 //! The shipping service: shipments created by the checkout saga's last step and cancelled by
 //! its compensation. Destination country `ZZ` is undeliverable (409 `undeliverable`).
 //!
-//! - this file: [`Config`] (env), [`build`] (database + migrations), [`App`] (router, `run`);
+//! - this file: the [`SPEC`] that `tandem_kit::service` runs (config from env, database +
+//!   migrations, router, `main`);
 //! - [`api`]: the HTTP handlers, request validation and SQL;
 //! - `migrations/shipping/`: the schema (the barrier table comes from `tandem_kit::barrier`).
 //!
@@ -10,85 +11,24 @@
 
 pub mod api;
 
-use std::future::Future;
-use std::net::SocketAddr;
+pub use tandem_kit::service::{App, Config};
 
-use anyhow::Context;
-use axum::Router;
-use sqlx::PgPool;
-use tandem_kit::faults::{Faults, Switch};
-
-/// Configuration, from the environment (or flags).
-#[derive(Debug, Clone, clap::Parser)]
-#[command(name = "shipping", about = "Tandem shipping service: shipments")]
-pub struct Config {
-    /// This service's own database (created if missing; migrations applied at start).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/tandem_shipping"
-    )]
-    pub database_url: String,
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8083")]
-    pub listen_addr: SocketAddr,
-    /// Connections in the pool (the shared development server allows 100 in all).
-    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5)]
-    pub db_pool_size: u32,
-    /// `on` mounts the `/faults` endpoints (scoped fault injection); `off` removes them.
-    #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "on")]
-    pub fault_injection: Switch,
-}
-
-impl Config {
-    /// Defaults with another database (tests).
-    pub fn with_database(database_url: impl Into<String>) -> Self {
-        Config {
-            database_url: database_url.into(),
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            db_pool_size: 5,
-            fault_injection: Switch::On,
-        }
-    }
-}
+/// This service, for `tandem_kit::service`.
+pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
+    name: "shipping",
+    about: "Tandem shipping service: shipments",
+    default_database_url: "postgres://postgres@127.0.0.1:5432/tandem_shipping",
+    default_listen_addr: "127.0.0.1:8083",
+    migrator,
+    routes: api::routes,
+};
 
 /// The migrations of this database: the kit's barrier table plus `migrations/shipping/`.
 pub fn migrator() -> sqlx::migrate::Migrator {
     tandem_kit::barrier::migrator(sqlx::migrate!("../../migrations/shipping"))
 }
 
-/// A ready service: connected, migrated.
-#[derive(Debug, Clone)]
-pub struct App {
-    pub pool: PgPool,
-    pub faults: Faults,
-}
-
 /// Connect (creating the database if missing) and apply the migrations.
 pub async fn build(config: Config) -> anyhow::Result<App> {
-    let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size).await?;
-    migrator()
-        .run(&pool)
-        .await
-        .context("applying shipping migrations")?;
-    Ok(App {
-        pool,
-        faults: Faults::new(config.fault_injection),
-    })
-}
-
-impl App {
-    pub fn router(&self) -> Router {
-        tandem_kit::http::finish(api::routes(self.clone()).merge(self.faults.router()))
-    }
-
-    /// Serve on `listener` until `shutdown` resolves.
-    pub async fn run(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        tracing::info!(addr = %listener.local_addr()?, faults = self.faults.enabled(), "shipping listening");
-        tandem_kit::http::serve(listener, self.router(), shutdown).await?;
-        Ok(())
-    }
+    tandem_kit::service::build(&SPEC, config).await
 }

@@ -1,13 +1,4 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tandem_kit::http::init_tracing();
-    tandem_kit::crash::init().map_err(anyhow::Error::msg)?;
-    let config = shipping::Config::parse();
-    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
-    shipping::build(config)
-        .await?
-        .run(listener, tandem_kit::http::shutdown_signal())
-        .await
+    tandem_kit::service::main(&shipping::SPEC).await
 }

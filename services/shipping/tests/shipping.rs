@@ -1,43 +1,27 @@
 //! Shipping against a real Postgres (a fresh database per test), served in-process on port 0:
 //! shipments, the undeliverable destination, cancellation, the barrier and fault injection.
 
+use std::ops::Deref;
+
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shipping::{App, Config};
+use tandem_kit::testing::{Served, assert_problem};
 
-struct Svc {
-    url: String,
-    http: reqwest::Client,
-    app: App,
+struct Svc(Served);
+
+impl Deref for Svc {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
 async fn spawn() -> Svc {
-    let db = tandem_kit::testing::fresh_database_url("shipping").await;
-    let app = shipping::build(Config::with_database(db))
-        .await
-        .expect("build");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app.clone().run(listener, std::future::pending()));
-    Svc {
-        url,
-        http: reqwest::Client::new(),
-        app,
-    }
+    Svc(Served::start(&shipping::SPEC, |_| {}).await)
 }
 
 impl Svc {
-    async fn post(&self, path: &str, key: Option<&str>, body: Value) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.url)).json(&body);
-        if let Some(k) = key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
     async fn shipments(&self, order: &str) -> Vec<Value> {
         let resp = self
             .http
@@ -60,11 +44,10 @@ impl Svc {
     }
 
     async fn rows(&self) -> (i64, i64) {
-        let shipments =
-            sqlx::query_scalar("SELECT count(*) FROM shipments").fetch_one(&self.app.pool);
-        let barrier =
-            sqlx::query_scalar("SELECT count(*) FROM saga_barrier").fetch_one(&self.app.pool);
-        (shipments.await.unwrap(), barrier.await.unwrap())
+        (
+            self.count("shipments").await,
+            self.count("saga_barrier").await,
+        )
     }
 }
 
@@ -75,11 +58,6 @@ fn shipment_body(order: &str, country: &str) -> Value {
         "items": [{ "sku": "apple", "quantity": 2 }],
         "reservation_id": "0193a4c0-0000-7000-8000-000000000001",
     })
-}
-
-fn assert_problem(status: StatusCode, body: &Value, want: StatusCode, slug: &str) {
-    assert_eq!(status, want, "{body}");
-    assert_eq!(body["type"], format!("urn:tandem:problem:{slug}"), "{body}");
 }
 
 #[tokio::test]
