@@ -601,7 +601,7 @@ impl Driver {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = until_shutdown(&mut shutdown) => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
                         continue;
                     }
                 },

@@ -86,7 +86,7 @@ pub async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> 
         .min_connections(0)
         .max_lifetime(None)
         .idle_timeout(None)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(2))
         .connect_lazy_with((*pool.connect_options()).clone());
     let mut listener = PgListener::connect_with(&own).await?;
     listener.eager_reconnect(false);

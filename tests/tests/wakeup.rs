@@ -1,7 +1,8 @@
 //! Waking idle instances (LISTEN/NOTIFY), with the real binaries and a poll interval of two
 //! minutes, so only a wake-up can explain a saga taken over within the test's bound:
 //! - sagas an instance turns away because every slot is busy go to an idle instance at once;
-//! - leases handed back at a graceful shutdown go to an idle instance at once.
+//! - leases handed back at a graceful shutdown go to an idle instance at once;
+//! - the same after a Postgres restart (a throwaway cluster): the listeners reconnect.
 //!
 //! Leases last two minutes too, so expiry cannot explain it either. The bound (30 s) is far above
 //! what a wake-up takes (well under a second) and far below the poll interval.
@@ -13,16 +14,24 @@ use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
 use tandem_tests::cluster::{Cluster, ClusterConfig};
 use tandem_tests::eventually;
+use tandem_tests::pgcluster::PgCluster;
 
 const POLL_MS: &str = "120000";
 const BOUND: Duration = Duration::from_secs(30);
 
 fn cluster(name: &str, extra: &[(&str, String)]) -> Cluster {
+    cluster_on(name, extra, None)
+}
+
+fn cluster_on(name: &str, extra: &[(&str, String)], server_url: Option<String>) -> Cluster {
     let mut cfg = ClusterConfig::new(name, 2)
         .env("POLL_INTERVAL_MS", POLL_MS)
         .env("LEASE_TTL_MS", "120000");
     for (k, v) in extra {
         cfg = cfg.env(k, v.clone());
+    }
+    if let Some(url) = server_url {
+        cfg.server_url = url;
     }
     Cluster::new(cfg)
 }
@@ -136,6 +145,51 @@ async fn leases_handed_back_at_a_graceful_shutdown_go_to_an_idle_instance_at_onc
     let mut cluster = cluster("wakestop", &[]);
     cluster.start_all();
     cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    shutdown_hands_over(&mut cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_postgres_restart_the_listeners_come_back() {
+    let Some(pg) = PgCluster::create() else {
+        eprintln!(
+            "SKIPPED: no Postgres server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin"
+        );
+        return;
+    };
+    let mut cluster = cluster_on("wakepg", &[], Some(pg.url()));
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    pg.stop();
+    for i in 0..2 {
+        let node = cluster.orchestrator(i);
+        eventually(
+            Duration::from_secs(30),
+            "the LISTEN connection to drop",
+            || {
+                let lost = cluster.log(node).contains("the LISTEN connection");
+                async move { lost.then_some(()) }
+            },
+        )
+        .await;
+    }
+    pg.start();
+    cluster.wait_all_healthy(Duration::from_secs(60)).await;
+    for i in 0..2 {
+        let node = cluster.orchestrator(i);
+        eventually(Duration::from_secs(30), "the listener to reconnect", || {
+            let back = cluster.log(node).contains("listening for work again");
+            async move { back.then_some(()) }
+        })
+        .await;
+    }
+    shutdown_hands_over(&mut cluster).await;
+    drop(cluster);
+    drop(pg);
+}
+
+/// orch-0 drives five sagas, each with a call in flight, and stops gracefully (SIGTERM): orch-1,
+/// idle, finishes them within [`BOUND`].
+async fn shutdown_hands_over(cluster: &mut Cluster) {
     let (a, b) = (cluster.client(0), cluster.client(1));
     a.set_stock("stop-sku", 100).await.unwrap();
 
