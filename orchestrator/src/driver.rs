@@ -608,13 +608,15 @@ impl Driver {
                 _ = until_shutdown(&mut shutdown) => return,
             };
             backoff = Duration::from_millis(100);
+            // Work announced before this connection existed was not heard (after a reconnect,
+            // or a first connection that had to wait for the database): claim it now.
             if connected_before {
                 tracing::info!(
                     "listening for work again: claiming what may have been announced meanwhile"
                 );
-                self.wake.notify_one();
             }
             connected_before = true;
+            self.wake.notify_one();
             loop {
                 tokio::select! {
                     r = listener.try_recv() => match r {
