@@ -2,7 +2,9 @@
 //! minutes, so only a wake-up can explain a saga taken over within the test's bound:
 //! - sagas an instance turns away because every slot is busy go to an idle instance at once;
 //! - leases handed back at a graceful shutdown go to an idle instance at once;
-//! - the same after a Postgres restart (a throwaway cluster): the listeners reconnect.
+//! - the same after a Postgres restart (a throwaway cluster): the listeners reconnect;
+//! - one release statement sends one NOTIFY however many leases it hands back, and none when it
+//!   releases nothing.
 //!
 //! Leases last two minutes too, so expiry cannot explain it either. The bound (30 s) is far above
 //! what a wake-up takes (well under a second) and far below the poll interval.
@@ -253,4 +255,67 @@ async fn shutdown_hands_over(cluster: &mut Cluster) {
     .await;
     assert!(exit.success(), "orch-0 stopped gracefully: {exit:?}");
     eprintln!("5 sagas handed back at shutdown finished on an idle instance in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_release_statement_sends_one_notification() {
+    use orchestrator::store;
+    let url = tandem_kit::testing::fresh_database_url("wakenotify").await;
+    let pool = tandem_kit::db::connect(&url, 3).await.unwrap();
+    store::MIGRATOR.run(&pool).await.unwrap();
+    sqlx::query("INSERT INTO definitions (name, version, body) VALUES ('d', 'v', '{}')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO sagas (id, definition, version, input, input_hash, status, state, \
+             next_run_at, lease_owner, lease_until, lease_epoch) \
+         SELECT id, 'd', 'v', '{}', 'h', 'running', '{}', now(), 'me', now() + interval '1 hour', 3 \
+         FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(&ids)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut listener = orchestrator::wake::connect_listener(&pool).await.unwrap();
+    // A stale epoch releases nothing and announces nothing.
+    let n = store::release_leases(&pool, &ids, &[2; 5], "me")
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(
+        next_notification(&mut listener).await.is_none(),
+        "nothing released, nothing announced"
+    );
+
+    // Five leases in one statement: one notification, with the releaser's id.
+    let n = store::release_leases(&pool, &ids, &[3; 5], "me")
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    let first = next_notification(&mut listener)
+        .await
+        .expect("the release is announced");
+    assert_eq!(first.channel(), store::WORK_CHANNEL);
+    assert_eq!(first.payload(), "me");
+    assert!(
+        next_notification(&mut listener).await.is_none(),
+        "one NOTIFY per statement"
+    );
+    let leased: i64 = sqlx::query_scalar("SELECT count(lease_owner) FROM sagas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(leased, 0);
+}
+
+/// The next notification within 500 ms, if any.
+async fn next_notification(
+    l: &mut sqlx::postgres::PgListener,
+) -> Option<sqlx::postgres::PgNotification> {
+    match tokio::time::timeout(Duration::from_millis(500), l.try_recv()).await {
+        Ok(r) => Some(r.unwrap().expect("the listener stays connected")),
+        Err(_) => None,
+    }
 }
