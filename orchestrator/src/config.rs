@@ -32,8 +32,9 @@ pub struct Config {
     #[arg(long, env = "EXTRA_SERVICES", default_value = "")]
     pub extra_services: String,
 
-    /// Maximum database connections. The whole default stack (orchestrator 20 + three services
-    /// at 5) uses 35 of the development server's 100.
+    /// Maximum database connections. The orchestrator opens one more, outside the pool, to
+    /// LISTEN for work other instances hand back. The whole default stack (orchestrator 20 + 1 +
+    /// three services at 5) uses 36 of the development server's 100.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 20)]
     pub db_pool_size: u32,
 
@@ -46,7 +47,9 @@ pub struct Config {
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 15_000)]
     pub lease_ttl_ms: u64,
 
-    /// How often an idle instance looks for due work (retries, orphaned sagas).
+    /// Longest an idle instance sleeps between looks for due work. It looks earlier when the
+    /// next retry or lease expiry comes sooner, and at once when another instance hands work
+    /// back (LISTEN/NOTIFY); this interval is the fallback if notifications are lost.
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 500)]
     pub poll_interval_ms: u64,
 

@@ -9,12 +9,18 @@
 //! directly, no claim needed), the claim loop (`FOR UPDATE SKIP LOCKED` over due sagas whose
 //! lease is free or expired: retries whose time came, orphans of dead instances), and at
 //! start-up the leases this instance identity held before a restart.
+//!
+//! An idle instance's claim loop runs a pass at once when another instance announces work it
+//! gave up (LISTEN/NOTIFY, see [`crate::wake`]) or when a slot frees here after work was turned
+//! away; otherwise it sleeps until the next saga becomes claimable (a retry's time, an orphan's
+//! lease expiry, both learnt by the claim itself) or `POLL_INTERVAL_MS`, whichever is first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, broadcast, watch};
@@ -98,8 +104,18 @@ pub struct Driver {
     finished: broadcast::Sender<Uuid>,
     /// Per-saga waiters (POST-and-wait, long polls), woken only by their own saga.
     watchers: Mutex<HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<()>>>>,
-    /// Wakes the claim loop early (e.g. a saga was handed back).
+    /// Run a claim pass now: another instance announced work (NOTIFY), the listener
+    /// reconnected, or a slot freed while work was waiting for one.
     wake: tokio::sync::Notify,
+    /// Work was turned away (or left unclaimed) for lack of a free slot: the next slot that
+    /// frees wakes the claim loop.
+    starved: AtomicBool,
+    /// The earliest `next_run_at` of a saga handed back here to wait for a retry; the claim loop
+    /// sleeps no later than that (`rearm` tells it to look).
+    local_due: Mutex<Option<DateTime<Utc>>>,
+    rearm: tokio::sync::Notify,
+    /// Hands leases back in batches, one NOTIFY per batch.
+    releaser: crate::wake::Releaser,
     /// Group commit of transitions (none: one statement per transition).
     writer: std::sync::OnceLock<crate::writer::TransitionWriter>,
     shutdown: watch::Receiver<bool>,
@@ -119,6 +135,7 @@ impl Driver {
             .connect_timeout(Duration::from_secs(2))
             .build()?;
         Ok(Driver {
+            releaser: crate::wake::Releaser::start(pool.clone(), instance_id.clone()),
             pool,
             instance_id,
             lease_ttl,
@@ -130,6 +147,9 @@ impl Driver {
             finished: broadcast::channel(4096).0,
             watchers: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            starved: AtomicBool::new(false),
+            local_due: Mutex::new(None),
+            rearm: tokio::sync::Notify::new(),
             writer: std::sync::OnceLock::new(),
             shutdown,
         })
@@ -205,9 +225,9 @@ impl Driver {
     pub fn spawn_created(self: &Arc<Self>, row: SagaRow, def: Arc<Definition>, command: Command) {
         let Some(permit) = self.try_activate(row.id) else {
             // Every slot is busy (MAX_ACTIVE_SAGAS): hand the lease back at once so the saga is
-            // claimed as soon as an instance has room, instead of waiting for the lease to expire.
-            let pool = self.pool.clone();
-            tokio::spawn(async move { store::release_lease(&pool, row.id, row.lease_epoch).await });
+            // claimed as soon as an instance has room (the release NOTIFYs idle instances; a slot
+            // freeing here wakes this one), instead of waiting for the lease to expire.
+            self.hand_back_later(row.id, row.lease_epoch);
             return;
         };
         let id = row.id;
@@ -215,8 +235,7 @@ impl Driver {
         let me = self.clone();
         tokio::spawn(async move {
             me.run(active, command).await;
-            me.deactivate(id);
-            drop(permit);
+            me.finish(id, permit);
         });
     }
 
@@ -226,8 +245,7 @@ impl Driver {
             // Already driven here (its lease lapsed, e.g. this process was paused) or no free
             // slot: hand the new lease back so the saga is due again at once; the old task here
             // is fenced by the new epoch and drops it.
-            let pool = self.pool.clone();
-            tokio::spawn(async move { store::release_lease(&pool, row.id, row.lease_epoch).await });
+            self.hand_back_later(row.id, row.lease_epoch);
             return;
         };
         let me = self.clone();
@@ -242,8 +260,7 @@ impl Driver {
                     tracing::error!(saga = %id, error = %e, "cannot load the saga's definition")
                 }
             }
-            me.deactivate(id);
-            drop(permit);
+            me.finish(id, permit);
         });
     }
 
@@ -262,11 +279,10 @@ impl Driver {
                 tokio::spawn(async move {
                     let id = a.id;
                     me.run(a, command).await;
-                    me.deactivate(id);
-                    drop(permit);
+                    me.finish(id, permit);
                 });
             }
-            None => self.deactivate(a.id),
+            None => self.finish(a.id, permit),
         }
         Ok(())
     }
@@ -280,8 +296,30 @@ impl Driver {
         }
     }
 
-    fn deactivate(&self, id: Uuid) {
+    /// A saga stopped being driven here: free its slot, and if work was turned away for lack
+    /// of one, run a claim pass now (after the permit is back, so the pass sees the free slot).
+    fn finish(&self, id: Uuid, permit: tokio::sync::OwnedSemaphorePermit) {
         self.active.lock().expect("active lock").remove(&id);
+        drop(permit);
+        if self.starved.swap(false, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Hand a lease back in the background (no free slot, or already driven here).
+    fn hand_back_later(self: &Arc<Self>, id: Uuid, epoch: i64) {
+        self.starved.store(true, Ordering::Release);
+        let me = self.clone();
+        tokio::spawn(async move { me.releaser.release(id, epoch).await });
+    }
+
+    /// A saga handed back here waits for a retry at `at`: make sure the claim loop looks then.
+    fn note_due(&self, at: DateTime<Utc>) {
+        let mut due = self.local_due.lock().expect("local_due lock");
+        if due.is_none_or(|d| at < d) {
+            *due = Some(at);
+            self.rearm.notify_one();
+        }
     }
 
     /// Free capacity for claims.
@@ -322,7 +360,7 @@ impl Driver {
                     if *self.shutdown.borrow() {
                         // Graceful shutdown: hand the lease back; whoever claims it re-sends
                         // this call with the same idempotency key.
-                        let _ = store::release_lease(&self.pool, a.id, a.epoch).await;
+                        self.releaser.release(a.id, a.epoch).await;
                         return;
                     }
                     tandem_kit::crash::point(match phase {
@@ -348,7 +386,7 @@ impl Driver {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = until_shutdown(&mut shutdown) => {
-                            let _ = store::release_lease(&self.pool, a.id, a.epoch).await;
+                            self.releaser.release(a.id, a.epoch).await;
                             return;
                         }
                     }
@@ -414,8 +452,8 @@ impl Driver {
         }
         a.state = t.state;
         match t.command {
-            Command::WaitUntil(_) if !keep => {
-                self.wake.notify_one();
+            Command::WaitUntil(at) if !keep => {
+                self.note_due(at);
                 None
             }
             Command::Stop => {
@@ -480,31 +518,48 @@ impl Driver {
     }
 
     /// The claim loop: take due work until shutdown. Also purges old idempotency keys.
+    ///
+    /// After a pass it sleeps until the first of: `poll`, the moment the next saga becomes
+    /// claimable (answered by the claim itself), a retry time of a saga handed back here, a
+    /// wake-up (NOTIFY from another instance, listener reconnect, a slot freed while work waited).
     pub async fn claim_loop(self: Arc<Self>, poll: Duration, batch: i64, retention: Duration) {
         let mut shutdown = self.shutdown.clone();
         let mut last_purge = std::time::Instant::now() - Duration::from_secs(3600);
+        let mut woken = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            let mut sleep_for = poll;
             let limit = batch.min(self.free_slots() as i64);
             if limit > 0 {
                 match store::claim_due(&self.pool, &self.instance_id, self.lease_ttl, limit).await {
-                    Ok(rows) => {
-                        if !rows.is_empty() {
+                    Ok(claimed) => {
+                        if !claimed.rows.is_empty() {
                             tandem_kit::crash::point("orchestrator.after_claim");
                         }
-                        let full = rows.len() as i64 == limit;
-                        for row in rows {
+                        let full = claimed.rows.len() as i64 == limit;
+                        for row in claimed.rows {
                             tracing::info!(saga = %row.id, epoch = row.lease_epoch, "claimed");
                             self.spawn_leased(row, Input::Wake);
                         }
                         if full {
+                            if limit < batch {
+                                // More may be due than there are free slots: claim again as
+                                // soon as one frees.
+                                self.starved.store(true, Ordering::Release);
+                            }
                             continue; // more may be due
+                        }
+                        if let Some(next) = claimed.next_due_in {
+                            sleep_for = sleep_for.min(next + DUE_MARGIN);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "claiming due sagas failed"),
                 }
+            } else if woken {
+                // Work was announced while every slot is busy: claim when one frees.
+                self.starved.store(true, Ordering::Release);
             }
             if last_purge.elapsed() > Duration::from_secs(60) {
                 last_purge = std::time::Instant::now();
@@ -512,13 +567,78 @@ impl Driver {
                     tracing::warn!(error = %e, "purging idempotency keys failed");
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
-                _ = self.wake.notified() => {
-                    // A saga was handed back with a retry time: sleep until roughly then.
-                    tokio::time::sleep(poll).await;
+            let mut deadline = tokio::time::Instant::now() + sleep_for;
+            woken = loop {
+                if let Some(at) = self.local_due.lock().expect("local_due lock").take() {
+                    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                    deadline = deadline.min(tokio::time::Instant::now() + wait + DUE_MARGIN);
                 }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break false,
+                    _ = self.wake.notified() => break true,
+                    _ = self.rearm.notified() => {}
+                    _ = until_shutdown(&mut shutdown) => return,
+                }
+            };
+        }
+    }
+
+    /// LISTEN for work other instances hand back (see [`crate::wake`]) and wake the claim loop
+    /// for each announcement (a burst coalesces into one pass: `Notify` keeps one permit). After
+    /// a lost connection it reconnects with backoff and runs a pass, since notifications sent
+    /// meanwhile are lost. Polling goes on regardless, so a dead listener only costs latency.
+    pub async fn listen_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
+        loop {
+            let mut listener = tokio::select! {
+                r = crate::wake::connect_listener(&self.pool) => match r {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot LISTEN for work");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = until_shutdown(&mut shutdown) => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                },
                 _ = until_shutdown(&mut shutdown) => return,
+            };
+            backoff = Duration::from_millis(100);
+            // Work announced before this connection existed was not heard (after a reconnect,
+            // or a first connection that had to wait for the database): claim it now.
+            if connected_before {
+                tracing::info!(
+                    "listening for work again: claiming what may have been announced meanwhile"
+                );
+            }
+            connected_before = true;
+            self.wake.notify_one();
+            loop {
+                tokio::select! {
+                    r = listener.try_recv() => match r {
+                        Ok(Some(n)) => {
+                            // Our own announcements too: a saga handed back here for lack of a
+                            // slot is claimable only once its release has committed, which may
+                            // be after the slot freed. With no free slot the pass costs nothing
+                            // and leaves a note to claim when one frees.
+                            tracing::debug!(from = n.payload(), "work announced");
+                            self.wake.notify_one();
+                        }
+                        Ok(None) => {
+                            tracing::warn!("the LISTEN connection was lost; reconnecting");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
+                            break;
+                        }
+                    },
+                    _ = until_shutdown(&mut shutdown) => return,
+                }
             }
         }
     }
@@ -561,6 +681,9 @@ impl Driver {
         }
     }
 }
+
+/// Slack added to a due time learnt from the database, so the pass runs just after it.
+const DUE_MARGIN: Duration = Duration::from_millis(5);
 
 /// Resolves once shutdown is signalled (the guard `wait_for` returns is not `Send`).
 async fn until_shutdown(rx: &mut watch::Receiver<bool>) {

@@ -4,6 +4,7 @@
 //! - [`driver`]: leases, the write-ahead call loop, the claim loop (`FOR UPDATE SKIP LOCKED`).
 //! - [`store`]: Postgres access (migrations in `migrations/orchestrator/`).
 //! - [`writer`]: group commit of saga transitions (many sagas' writes in one statement).
+//! - [`wake`]: waking idle instances (leases handed back in batches with one NOTIFY; LISTEN).
 //! - [`api`]: the REST API.
 //! - [`config`]: environment / flags.
 //!
@@ -14,6 +15,7 @@ pub mod config;
 pub mod driver;
 pub mod saga;
 pub mod store;
+pub mod wake;
 pub mod writer;
 
 use std::future::Future;
@@ -134,6 +136,7 @@ impl App {
             Duration::from_secs(self.config.idempotency_retention_hours * 3600),
         ));
         let renew = tokio::spawn(d.clone().renew_loop());
+        let listen = tokio::spawn(d.clone().listen_loop());
         let tx = self.shutdown_tx.clone();
         let router = self.router();
         tandem_kit::http::serve(listener, router, async move {
@@ -144,6 +147,7 @@ impl App {
         let _ = self.shutdown_tx.send(true);
         let _ = claim.await;
         let _ = renew.await;
+        let _ = listen.await;
         d.drain(Duration::from_secs(10)).await;
         tracing::info!("orchestrator stopped");
         Ok(())

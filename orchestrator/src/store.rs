@@ -421,19 +421,40 @@ pub async fn persist_transition(
     Ok(updated == 1)
 }
 
-/// Hand a lease back without changing the state (graceful shutdown); due again at once.
-pub async fn release_lease(pool: &PgPool, id: Uuid, epoch: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, \
-             next_run_at = LEAST(next_run_at, now()) \
-         WHERE id = $1 AND lease_epoch = $2 AND next_run_at IS NOT NULL",
+/// The channel an instance NOTIFYs when it makes work claimable by others (see
+/// [`release_leases`]); the payload is the sender's instance id.
+pub const WORK_CHANNEL: &str = "tandem_work";
+
+/// Hand leases back without changing the state (graceful shutdown, no free slot), each fenced by
+/// its epoch, in **one statement**: the sagas are due again at once. If any row was released, the
+/// same statement NOTIFYs [`WORK_CHANNEL`] once (delivered at commit), so idle instances claim
+/// them now instead of at their next poll. One NOTIFY per batch, never per saga: NOTIFY takes a
+/// cluster-wide lock at commit, so one per transition would serialise every commit.
+pub async fn release_leases(
+    pool: &PgPool,
+    ids: &[Uuid],
+    epochs: &[i64],
+    notifier: &str,
+) -> Result<u64, sqlx::Error> {
+    let row = sqlx::query(
+        "WITH r AS ( \
+            UPDATE sagas s SET lease_owner = NULL, lease_until = NULL, \
+                next_run_at = LEAST(s.next_run_at, now()) \
+            FROM unnest($1::uuid[], $2::bigint[]) AS r(id, epoch) \
+            WHERE s.id = r.id AND s.lease_epoch = r.epoch AND s.next_run_at IS NOT NULL \
+            RETURNING s.id), \
+         n AS (SELECT pg_notify($3, $4) FROM (SELECT 1 FROM r LIMIT 1) AS any_released) \
+         SELECT (SELECT count(*) FROM r) AS released, (SELECT count(*) FROM n) AS notified",
     )
-    .bind(id)
-    .bind(epoch)
-    .execute(pool)
+    .bind(ids)
+    .bind(epochs)
+    .bind(WORK_CHANNEL)
+    .bind(notifier)
+    .fetch_one(pool)
     .await?;
     tandem_kit::stats::write_committed(pool);
-    Ok(())
+    let released: i64 = row.try_get("released")?;
+    Ok(released as u64)
 }
 
 /// Take a parked (`failed`) saga for a manual retry: a new lease and epoch, in a transaction the
@@ -463,24 +484,43 @@ pub async fn lease_for_retry(
 
 // ---------- leases ----------
 
+/// What a claim pass found.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The sagas now leased to the claimer (new epoch).
+    pub rows: Vec<SagaRow>,
+    /// How long until the next saga not claimed now becomes claimable (database clock): the
+    /// later of its `next_run_at` and its lease expiry. None: nothing is waiting.
+    pub next_due_in: Option<Duration>,
+}
+
 /// Claim up to `limit` due sagas whose lease is free or expired (database clock), one commit.
+/// The same statement tells when the next one becomes claimable, so an idle instance can sleep
+/// until then (an orphan is taken as its lease expires) instead of a whole poll interval.
 pub async fn claim_due(
     pool: &PgPool,
     owner: &str,
     ttl: Duration,
     limit: i64,
-) -> Result<Vec<SagaRow>, sqlx::Error> {
+) -> Result<Claimed, sqlx::Error> {
     // The claim locks due rows with SKIP LOCKED, so instances polling together never block on
-    // each other or claim the same saga.
+    // each other or claim the same saga. `nxt` reads the snapshot before the update: the rows
+    // claimed here had a free or expired lease, so they are not counted as waiting.
     let rows = sqlx::query(concat!(
         "WITH due AS (SELECT id FROM sagas \
                WHERE next_run_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
-               ORDER BY next_run_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-         UPDATE sagas SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), \
+               ORDER BY next_run_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+         upd AS (UPDATE sagas SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), \
              lease_epoch = lease_epoch + 1 \
          WHERE id IN (SELECT id FROM due) \
          RETURNING ",
-        saga_columns!()
+        saga_columns!(),
+        "), \
+         nxt AS (SELECT extract(epoch FROM min(greatest(next_run_at, lease_until)) - now())::float8 \
+                     AS next_due_in \
+                 FROM sagas WHERE next_run_at IS NOT NULL \
+                     AND greatest(next_run_at, lease_until) > now()) \
+         SELECT upd.*, nxt.next_due_in FROM nxt LEFT JOIN upd ON true"
     ))
     .bind(owner)
     .bind(secs(ttl))
@@ -488,7 +528,15 @@ pub async fn claim_due(
     .fetch_all(pool)
     .await?;
     tandem_kit::stats::write_committed(pool);
-    rows.iter().map(saga_from_row).collect()
+    let mut claimed = Claimed::default();
+    for row in &rows {
+        let next: Option<f64> = row.try_get("next_due_in")?;
+        claimed.next_due_in = next.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+            claimed.rows.push(saga_from_row(row)?);
+        }
+    }
+    Ok(claimed)
 }
 
 /// At start-up: take back the leases this instance identity held before a restart (new epoch,
