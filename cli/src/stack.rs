@@ -55,7 +55,7 @@ fn port(base: u16, offset: u16) -> u16 {
 
 async fn bind(port: u16) -> anyhow::Result<(TcpListener, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let l = TcpListener::bind(addr)
+    let l = tandem_kit::http::bind(addr)
         .await
         .with_context(|| format!("binding {addr} (is another stack running?)"))?;
     let url = format!("http://{}", l.local_addr()?);

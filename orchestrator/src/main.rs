@@ -5,7 +5,7 @@ async fn main() -> anyhow::Result<()> {
     tandem_kit::http::init_tracing();
     tandem_kit::crash::init().map_err(anyhow::Error::msg)?;
     let config = orchestrator::Config::parse();
-    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+    let listener = tandem_kit::http::bind(config.listen_addr).await?;
     let app = orchestrator::build(config).await?;
     app.run(listener, tandem_kit::http::shutdown_signal()).await
 }

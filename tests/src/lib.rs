@@ -87,7 +87,7 @@ pub mod procs {
     use std::process::{Child, Command, ExitStatus, Stdio};
     use std::sync::OnceLock;
 
-    /// Build the four binaries once per test process (a no-op when they are fresh), in the
+    /// Build the workspace's binaries once per test process (a no-op when they are fresh), in the
     /// profile this code was built with (`--release` benchmarks spawn release binaries), and
     /// return the directory holding them.
     pub fn bin_dir() -> PathBuf {
@@ -96,12 +96,13 @@ pub mod procs {
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = !cfg!(debug_assertions);
-            let mut args = vec!["build"];
+            // `--workspace --bins` rather than `--bin orchestrator …`: Cargo resolves dependency
+            // features per invocation, and only the whole workspace resolves them as `cargo test
+            // --workspace` does; naming four binaries rebuilt sqlx, reqwest and everything above
+            // them (about a minute of CI) with a slightly different feature set.
+            let mut args = vec!["build", "--workspace", "--bins"];
             if release {
                 args.push("--release");
-            }
-            for bin in ["orchestrator", "inventory", "payment", "shipping"] {
-                args.extend(["--bin", bin]);
             }
             let status = Command::new(cargo)
                 .current_dir(&root)

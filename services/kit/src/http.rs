@@ -199,6 +199,25 @@ pub fn finish(router: Router) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+/// Pending connections the kernel queues for a listener before it drops new SYNs.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind a listener with a deep accept queue ([`LISTEN_BACKLOG`], capped by the kernel's
+/// `net.core.somaxconn`). With the default of 128, a burst of new connections while the
+/// process was short of CPU overflowed the queue: the kernel dropped SYNs, and each dropped one
+/// cost its caller a 1 s retransmission (seen as 1–2 s saga steps in the benchmark at 64
+/// clients, `TcpExtListenOverflows` in `nstat`).
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serve `router` on `listener` until `shutdown` completes (then drain in-flight requests).
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -119,7 +119,7 @@ pub async fn main(spec: &'static Spec) -> anyhow::Result<()> {
     crate::http::init_tracing();
     crate::crash::init().map_err(anyhow::Error::msg)?;
     let config = Config::parse(spec);
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+    let listener = crate::http::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     build(spec, config)

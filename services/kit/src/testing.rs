@@ -64,14 +64,12 @@ pub fn with_database(url: &str, name: &str) -> String {
 
 /// A service served in-process on an ephemeral port, on a fresh database, with an HTTP client:
 /// what the services' own tests start from.
-#[cfg(feature = "test-client")]
 pub struct Served {
     pub url: String,
     pub http: reqwest::Client,
     pub app: crate::service::App,
 }
 
-#[cfg(feature = "test-client")]
 impl Served {
     /// Build `spec` on a fresh database (`adjust` may change the configuration) and serve it
     /// until the test ends.
@@ -82,7 +80,7 @@ impl Served {
         let mut config = crate::service::Config::with_database(fresh_database_url(spec.name).await);
         adjust(&mut config);
         let app = crate::service::build(spec, config).await.expect("build");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = crate::http::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(app.clone().run(listener, std::future::pending()));
         Served {
@@ -143,7 +141,6 @@ impl Served {
 }
 
 /// Assert that an answer is the problem `urn:tandem:problem:{slug}` with status `want`.
-#[cfg(feature = "test-client")]
 pub fn assert_problem(
     status: reqwest::StatusCode,
     body: &serde_json::Value,
