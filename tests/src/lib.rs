@@ -96,17 +96,21 @@ pub mod procs {
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = !cfg!(debug_assertions);
-            // `--workspace --bins` rather than `--bin orchestrator …`: Cargo resolves dependency
-            // features per invocation, and only the whole workspace resolves them as `cargo test
-            // --workspace` does; naming four binaries rebuilt sqlx, reqwest and everything above
-            // them (about a minute of CI) with a slightly different feature set.
-            let mut args = vec!["build", "--workspace", "--bins"];
-            if release {
-                args.push("--release");
-            }
+            // Debug: `cargo test --workspace --no-run`, the very build `cargo test --workspace`
+            // makes, so the binaries are already fresh and share its dependency features.
+            // Cargo resolves features per invocation: `cargo build --bin orchestrator …` (or
+            // even `--workspace --bins`) resolved them differently and rebuilt sqlx, reqwest and
+            // everything above them (about a minute of CI). Every binary needed here belongs to
+            // a package with integration tests, so `cargo test` builds it.
+            // Release (benchmarks): the release build of the binaries.
+            let args: &[&str] = if release {
+                &["build", "--release", "--workspace", "--bins"]
+            } else {
+                &["test", "--workspace", "--no-run"]
+            };
             let status = Command::new(cargo)
                 .current_dir(&root)
-                .args(&args)
+                .args(args)
                 .status()
                 .expect("running cargo build");
             assert!(status.success(), "building the binaries failed");
