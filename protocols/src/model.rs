@@ -12,6 +12,10 @@
 //! Network: a set of envelopes. With `duplicating`, delivering a message leaves it in the set
 //! (so it can be delivered again, in any order); with `lossy` a `Lose` step removes it.
 //! Without `duplicating` delivery consumes one copy (reliable FIFO-free links).
+//!
+//! Reductions (each argued in `docs/commit-protocols.md`): symmetry over interchangeable
+//! acceptors ([`AcceptorSymmetry`], [`run_dfs_symmetric`]) and deliveries made in the step that
+//! sends them when they commute with every other step ([`CommitModel::eager`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -426,3 +426,20 @@ fn acceptor_symmetry_representative_is_canonical() {
         }
     }
 }
+
+/// `TANDEM_MC_LARGE` only: C0 may also start ballot 1 at any moment, so two leaders run
+/// phase 1 and 2 against each other (ballots 1 and 2) while the fast path (ballot 0) runs.
+#[test]
+fn paxos_commit_is_safe_with_dueling_leaders_n2() {
+    if !large() {
+        return;
+    }
+    let model = paxos_two_leaders(2, votes(2), vec![], false, true);
+    let (checker, stats) = run_dfs_symmetric(
+        "Paxos Commit n=2 F=1, leaders C0 (fast path + ballot 1, any time) + C1 (ballot 2, \
+         any time), dup+reorder links, votes YY and YN, acceptor symmetry",
+        model,
+    );
+    assert!(stats.complete);
+    checker.assert_properties();
+}
