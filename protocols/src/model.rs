@@ -12,12 +12,16 @@
 //! Network: a set of envelopes. With `duplicating`, delivering a message leaves it in the set
 //! (so it can be delivered again, in any order); with `lossy` a `Lose` step removes it.
 //! Without `duplicating` delivery consumes one copy (reliable FIFO-free links).
+//!
+//! Reductions (each argued in `docs/commit-protocols.md`): symmetry over interchangeable
+//! acceptors ([`AcceptorSymmetry`], [`run_dfs_symmetric`]) and deliveries made in the step that
+//! sends them when they commute with every other step ([`CommitModel::eager`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use stateright::{Checker, Model, Path, Property};
+use stateright::{Checker, Model, Path, Property, Representative};
 
 use crate::core::{Action, Input, NodeId, Outcome, Role, System, Vote};
 
@@ -74,6 +78,9 @@ impl Faults {
 /// (`sometimes`).
 pub type Condition<S> = fn(&CommitModel<S>, &McState<<S as System>::Node>) -> bool;
 
+/// See [`CommitModel::eager`].
+pub type Eager<S> = fn(&<S as System>::Node, &Msg<S>) -> bool;
+
 #[derive(Clone)]
 pub struct CommitModel<S: System> {
     pub sys: S,
@@ -86,6 +93,11 @@ pub struct CommitModel<S: System> {
     pub standard: bool,
     /// Timers the checker never fires (a bound, stated with each check).
     pub muted: Option<fn(NodeId, &Tmr<S>) -> bool>,
+    /// Messages delivered in the same step that sends them (the copy stays in the network),
+    /// given the receiver's state. A state-space reduction: sound only for deliveries that
+    /// commute with every other step, argued with each use. Never applied to a receiver that
+    /// may crash.
+    pub eager: Option<Eager<S>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -138,6 +150,7 @@ impl<S: System> CommitModel<S> {
             extra: vec![],
             standard: true,
             muted: None,
+            eager: None,
         }
     }
 
@@ -207,6 +220,21 @@ impl<S: System> CommitModel<S> {
                     if dest_down && !self.faults.recovery {
                         continue; // crash-stop: can never be delivered
                     }
+                    if let Some(eager) = self.eager
+                        && self.faults.duplicating
+                        && !self.faults.crashable.contains(&to)
+                        && let Some(j) = s.slots.iter().position(|sl| sl.id == to)
+                        && s.slots[j].node.as_ref().is_some_and(|n| eager(n, &msg))
+                    {
+                        self.input(
+                            s,
+                            j,
+                            Input::Receive {
+                                from: me,
+                                msg: msg.clone(),
+                            },
+                        );
+                    }
                     let e = Envelope { from: me, to, msg };
                     let c = s.net.entry(e).or_insert(0);
                     if self.faults.duplicating {
@@ -248,6 +276,30 @@ impl<S: System> CommitModel<S> {
         }
         let down = s.slots.iter().any(|sl| sl.id == peer && sl.node.is_none());
         down && !s.net.keys().any(|e| e.from == peer)
+    }
+
+    /// In a duplicating network most deliveries are re-deliveries that change nothing. Find
+    /// those on a copy of the receiver alone rather than of the whole state (only a speed-up:
+    /// `next_state` would find the same state and return `None`).
+    fn redelivery_is_no_op(&self, s: &McState<S::Node>, e: &Envelope<Msg<S>>) -> bool {
+        let i = self.index(s, e.to);
+        let Some(before) = s.slots[i].node.as_ref() else {
+            return true;
+        };
+        let mut node = before.clone();
+        let out = node.handle(Input::Receive {
+            from: e.from,
+            msg: e.msg.clone(),
+        });
+        node == *before
+            && out.iter().all(|a| match a {
+                Action::Send { to, msg } => s.net.contains_key(&Envelope {
+                    from: e.to,
+                    to: *to,
+                    msg: msg.clone(),
+                }),
+                _ => false,
+            })
     }
 
     /// No step changes the state.
@@ -488,6 +540,12 @@ impl<S: System> Model for CommitModel<S> {
     }
 
     fn next_state(&self, last: &Self::State, action: Self::Action) -> Option<Self::State> {
+        if let McAction::Deliver(e) = &action
+            && self.faults.duplicating
+            && self.redelivery_is_no_op(last, e)
+        {
+            return None;
+        }
         let mut s = last.clone();
         match action {
             McAction::Begin => {
@@ -639,7 +697,159 @@ pub fn run_bfs_capped<S: System>(
         total_states: checker.state_count(),
         max_depth: checker.max_depth(),
         elapsed: start.elapsed(),
-        complete: checker.is_done(),
+        // `is_done` is also true when the cap stopped the search.
+        complete: checker.is_done() && cap.is_none_or(|c| checker.state_count() < c),
+    };
+    println!("{stats}");
+    (checker, stats)
+}
+
+/// A role whose acceptors are interchangeable: renaming acceptor `i` to `perm[i]` everywhere
+/// (node ids, envelopes, and any acceptor sets a node keeps) maps runs to runs. Lets the checker
+/// store one state per orbit of acceptor permutations (symmetry reduction, [`run_dfs_symmetric`]).
+///
+/// Implementors guarantee that messages, records and timers name no acceptor: only the node
+/// state and envelope endpoints do (the model renames those).
+pub trait AcceptorSymmetry: Role {
+    /// Rename acceptor `i` to `perm[i]` inside this node's state.
+    fn rename_acceptors(&mut self, perm: &[u8]);
+    /// Hash what this node knows about acceptor `a` without naming `a` (for an acceptor, its
+    /// state minus its id; for a leader, which of its tallies include `a`). Only steers which
+    /// renaming is chosen as representative, so it cannot make the reduction unsound.
+    fn hash_view_of_acceptor<H: std::hash::Hasher>(&self, a: u8, h: &mut H);
+}
+
+fn rename(id: NodeId, perm: &[u8]) -> NodeId {
+    match id {
+        NodeId::Acceptor(i) => NodeId::Acceptor(perm[i as usize]),
+        other => other,
+    }
+}
+
+impl<N: AcceptorSymmetry> McState<N> {
+    /// This state with acceptor `i` renamed to `perm[i]`; slots stay ordered as before
+    /// (the slot of `A{perm[i]}` takes the position `A{perm[i]}` had).
+    pub fn renamed(&self, perm: &[u8]) -> Self {
+        let mut slots = self.slots.clone();
+        let order: Vec<NodeId> = self.slots.iter().map(|sl| sl.id).collect();
+        for sl in &mut slots {
+            sl.id = rename(sl.id, perm);
+            if let Some(n) = sl.node.as_mut() {
+                n.rename_acceptors(perm);
+            }
+        }
+        slots.sort_by_key(|sl| order.iter().position(|id| *id == sl.id));
+        let net = self
+            .net
+            .iter()
+            .map(|(e, c)| {
+                (
+                    Envelope {
+                        from: rename(e.from, perm),
+                        to: rename(e.to, perm),
+                        msg: e.msg.clone(),
+                    },
+                    *c,
+                )
+            })
+            .collect();
+        McState {
+            slots,
+            net,
+            partition: self.partition,
+            crashes: self.crashes,
+            flip_flop: self.flip_flop,
+        }
+    }
+}
+
+/// The representative of a state's orbit under acceptor renaming: acceptors sorted by a
+/// signature that does not depend on their names (their own slot, the messages to and from
+/// them, what the other nodes know about them). Any renaming is a member of the orbit, so
+/// exploring representatives is sound whatever the signatures are (two states of different
+/// orbits never share a representative); the signatures only decide how much is saved. Two
+/// acceptors with equal true signatures can be swapped without changing the state, so the
+/// representative is canonical up to 64-bit hash collisions (which cost only reduction).
+impl<N: AcceptorSymmetry> Representative for McState<N> {
+    fn representative(&self) -> Self {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut sigs: Vec<(u64, u8)> = vec![];
+        for sl in &self.slots {
+            let NodeId::Acceptor(a) = sl.id else { continue };
+            let mut h = DefaultHasher::new();
+            (&sl.log, &sl.buffer, &sl.timers, sl.crashes, sl.decided).hash(&mut h);
+            match &sl.node {
+                None => 0u8.hash(&mut h),
+                Some(n) => n.hash_view_of_acceptor(a, &mut h),
+            }
+            for other in &self.slots {
+                if let (false, Some(n)) = (matches!(other.id, NodeId::Acceptor(_)), &other.node) {
+                    n.hash_view_of_acceptor(a, &mut h);
+                }
+            }
+            for (e, c) in &self.net {
+                if e.from == sl.id {
+                    (0u8, e.to, &e.msg, c).hash(&mut h);
+                } else if e.to == sl.id {
+                    (1u8, e.from, &e.msg, c).hash(&mut h);
+                }
+            }
+            sigs.push((h.finish(), a));
+        }
+        sigs.sort();
+        let mut perm = vec![0u8; sigs.len()];
+        for (new, (_, old)) in sigs.iter().enumerate() {
+            perm[*old as usize] = new as u8;
+        }
+        self.renamed(&perm)
+    }
+}
+
+/// An exhaustive depth-first check with symmetry reduction over acceptors. Sound only if the
+/// fault model treats every acceptor alike (asserted) and the properties do not name
+/// acceptors (the standard ones read only participants). Counterexamples are not shortest.
+pub fn run_dfs_symmetric<S: System>(
+    label: &str,
+    model: CommitModel<S>,
+) -> (impl Checker<CommitModel<S>> + use<S>, RunStats)
+where
+    S::Node: AcceptorSymmetry,
+{
+    let acceptors: Vec<NodeId> = model
+        .sys
+        .nodes()
+        .into_iter()
+        .filter(|n| matches!(n, NodeId::Acceptor(_)))
+        .collect();
+    let f = &model.faults;
+    for set in [&f.crashable, &f.initially_down] {
+        let some = acceptors.iter().any(|a| set.contains(a));
+        let all = acceptors.iter().all(|a| set.contains(a));
+        assert!(
+            !some || all,
+            "acceptor symmetry needs a fault model that treats acceptors alike"
+        );
+    }
+    assert!(f.partitions.is_empty(), "partitions may name acceptors");
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let start = Instant::now();
+    let mut builder = model.checker().threads(threads).symmetry();
+    let cap: Option<usize> = std::env::var("TANDEM_MC_MAX_STATES")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    if let Some(cap) = cap {
+        builder = builder.target_state_count(cap);
+    }
+    let checker = builder.spawn_dfs().join();
+    let stats = RunStats {
+        label: label.to_string(),
+        unique_states: checker.unique_state_count(),
+        total_states: checker.state_count(),
+        max_depth: checker.max_depth(),
+        elapsed: start.elapsed(),
+        complete: checker.is_done() && cap.is_none_or(|c| checker.state_count() < c),
     };
     println!("{stats}");
     (checker, stats)

@@ -423,8 +423,10 @@ impl Leader {
         } else {
             return vec![];
         };
+        // Once decided, a leader only answers queries: its tallies are dead weight.
         self.decided = Some(o);
         self.phase1 = None;
+        self.votes.clear();
         let mut out = vec![Action::CancelTimer(Timer::Progress), Action::Decide(o)];
         out.extend(
             self.shape
@@ -459,7 +461,7 @@ impl Leader {
             Input::Receive {
                 from: NodeId::Acceptor(a),
                 msg: Msg::Phase2b { accepted },
-            } => {
+            } if self.decided.is_none() => {
                 for (i, b, v) in accepted {
                     *self.votes.entry((i, b, v)).or_insert(0) |= 1 << a;
                 }
@@ -659,6 +661,50 @@ impl System for PaxosCommit {
                 log.extend(max.map(Record::Ballot));
             }
             NodeId::Participant(_) => log.dedup(),
+        }
+    }
+}
+
+/// Acceptors are interchangeable: they all get every 2a and 1a, and leaders count them only
+/// through quorum sizes. Renaming one renames its id and the bits leaders keep for it.
+impl crate::model::AcceptorSymmetry for Node {
+    fn rename_acceptors(&mut self, perm: &[u8]) {
+        let remask = |mask: u8| {
+            (0..perm.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .fold(0u8, |m, i| m | (1 << perm[i]))
+        };
+        match self {
+            Node::Participant(_) => {}
+            Node::Acceptor(a) => a.id = perm[a.id as usize],
+            Node::Leader(l) => {
+                for mask in l.votes.values_mut() {
+                    *mask = remask(*mask);
+                }
+                if let Some(p1) = l.phase1.as_mut() {
+                    for (mask, _) in p1.reports.values_mut() {
+                        *mask = remask(*mask);
+                    }
+                }
+            }
+        }
+    }
+
+    fn hash_view_of_acceptor<H: std::hash::Hasher>(&self, a: u8, h: &mut H) {
+        use std::hash::Hash;
+        match self {
+            Node::Participant(_) => {}
+            Node::Acceptor(acc) => (&acc.slots, acc.dirty).hash(h),
+            Node::Leader(l) => {
+                for (k, mask) in &l.votes {
+                    (k, mask >> a & 1).hash(h);
+                }
+                if let Some(p1) = &l.phase1 {
+                    for (k, (mask, _)) in &p1.reports {
+                        (k, mask >> a & 1).hash(h);
+                    }
+                }
+            }
         }
     }
 }
