@@ -677,31 +677,51 @@ pub fn run_bfs_capped<S: System>(
     model: CommitModel<S>,
     cap: Option<usize>,
 ) -> (impl Checker<CommitModel<S>> + use<S>, RunStats) {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let start = Instant::now();
-    let mut builder = model.checker().threads(threads);
-    // A safety valve for exploring bounds: stop after this many states.
-    let cap = std::env::var("TANDEM_MC_MAX_STATES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .or(cap);
+    let cap = state_cap().or(cap);
+    let mut builder = model.checker().threads(checker_threads());
     if let Some(cap) = cap {
         builder = builder.target_state_count(cap);
     }
     let checker = builder.spawn_bfs().join();
-    let stats = RunStats {
-        label: label.to_string(),
-        unique_states: checker.unique_state_count(),
-        total_states: checker.state_count(),
-        max_depth: checker.max_depth(),
-        elapsed: start.elapsed(),
-        // `is_done` is also true when the cap stopped the search.
-        complete: checker.is_done() && cap.is_none_or(|c| checker.state_count() < c),
-    };
-    println!("{stats}");
+    let stats = RunStats::of(label, &checker, start, cap);
     (checker, stats)
+}
+
+fn checker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A safety valve for exploring bounds: `TANDEM_MC_MAX_STATES` stops any run after about this
+/// many generated states.
+fn state_cap() -> Option<usize> {
+    std::env::var("TANDEM_MC_MAX_STATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+impl RunStats {
+    /// The figures of a finished run (printed too), which was capped at `cap` states if given.
+    fn of<M: Model>(
+        label: &str,
+        checker: &impl Checker<M>,
+        start: Instant,
+        cap: Option<usize>,
+    ) -> Self {
+        let stats = RunStats {
+            label: label.to_string(),
+            unique_states: checker.unique_state_count(),
+            total_states: checker.state_count(),
+            max_depth: checker.max_depth(),
+            elapsed: start.elapsed(),
+            // `is_done` is also true when the cap stopped the search.
+            complete: checker.is_done() && cap.is_none_or(|c| checker.state_count() < c),
+        };
+        println!("{stats}");
+        stats
+    }
 }
 
 /// A role whose acceptors are interchangeable: renaming acceptor `i` to `perm[i]` everywhere
@@ -831,26 +851,13 @@ where
         );
     }
     assert!(f.partitions.is_empty(), "partitions may name acceptors");
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let start = Instant::now();
-    let mut builder = model.checker().threads(threads).symmetry();
-    let cap: Option<usize> = std::env::var("TANDEM_MC_MAX_STATES")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    let cap = state_cap();
+    let mut builder = model.checker().threads(checker_threads()).symmetry();
     if let Some(cap) = cap {
         builder = builder.target_state_count(cap);
     }
     let checker = builder.spawn_dfs().join();
-    let stats = RunStats {
-        label: label.to_string(),
-        unique_states: checker.unique_state_count(),
-        total_states: checker.state_count(),
-        max_depth: checker.max_depth(),
-        elapsed: start.elapsed(),
-        complete: checker.is_done() && cap.is_none_or(|c| checker.state_count() < c),
-    };
-    println!("{stats}");
+    let stats = RunStats::of(label, &checker, start, cap);
     (checker, stats)
 }

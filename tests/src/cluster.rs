@@ -366,6 +366,16 @@ impl Cluster {
         let _ = c.close().await;
         (row.get("open"), row.get("failed"))
     }
+
+    /// Wait until every saga is completed or compensated (none parked as `failed`).
+    pub async fn wait_settled(&self, timeout: Duration) {
+        crate::eventually(timeout, "every saga to settle", || async move {
+            let (open, failed) = self.unsettled().await;
+            assert_eq!(failed, 0, "a saga was parked as failed");
+            (open == 0).then_some(())
+        })
+        .await
+    }
 }
 
 pub struct SagaRecord {

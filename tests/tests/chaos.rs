@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
 use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
-use tandem_tests::{eventually, write_chaos_definition};
+use tandem_tests::write_chaos_definition;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -321,15 +321,7 @@ async fn chaos_kills_lose_nothing_and_double_nothing() {
     }
     cluster.wait_all_healthy(Duration::from_secs(60)).await;
     let settle_start = Instant::now();
-    eventually(Duration::from_secs(300), "every saga to settle", || {
-        let cluster = &cluster;
-        async move {
-            let (open, failed) = cluster.unsettled().await;
-            assert_eq!(failed, 0, "a saga was parked as failed");
-            (open == 0).then_some(())
-        }
-    })
-    .await;
+    cluster.wait_settled(Duration::from_secs(300)).await;
     let settle_secs = settle_start.elapsed().as_secs_f64();
 
     // Audit: the services' own tables ...

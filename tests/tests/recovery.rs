@@ -201,15 +201,7 @@ async fn postgres_restart_every_process_reconnects_and_every_saga_finishes() {
         start(i).await;
     }
 
-    eventually(Duration::from_secs(120), "every saga to settle", || {
-        let cluster = &cluster;
-        async move {
-            let (open, failed) = cluster.unsettled().await;
-            assert_eq!(failed, 0, "a saga was parked as failed");
-            (open == 0).then_some(())
-        }
-    })
-    .await;
+    cluster.wait_settled(Duration::from_secs(120)).await;
     for node in 0..cluster.nodes.len() {
         assert!(
             cluster.proc(node).exited().is_none(),
