@@ -45,8 +45,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # An unprivileged user with a fixed uid, so volume and secret file permissions can name it.
-RUN groupadd --system --gid 10001 tandem \
-    && useradd --system --uid 10001 --gid tandem --no-create-home --home-dir /nonexistent \
+RUN groupadd --gid 10001 tandem \
+    && useradd --uid 10001 --gid tandem --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin tandem
 
 COPY --from=build /out/ /usr/local/bin/

@@ -22,10 +22,16 @@ use std::process::{Command, Stdio};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Variables the binaries read outside clap (so `--help` does not list them), and who reads them.
-const OUTSIDE_CLAP: &[(&str, &str)] = &[(
-    "RUST_LOG",
-    "the tracing filter (tandem_kit::http::init_tracing)",
-)];
+const OUTSIDE_CLAP: &[(&str, &str)] = &[
+    (
+        "RUST_LOG",
+        "the tracing filter (tandem_kit::http::init_tracing)",
+    ),
+    (
+        "NO_COLOR",
+        "tracing-subscriber: plain log lines without ANSI colour codes",
+    ),
+];
 
 /// Settings compose.yaml may leave at their defaults: (binary, variable, why).
 const LEFT_AT_DEFAULT: &[(&str, &str, &str)] = &[
