@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Action, Actions, Input, NodeId, Outcome, Role, System, Vote};
+use crate::core::{self, Action, Actions, NodeId, Outcome, Role, Start, System, Vote};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Msg {
@@ -115,7 +115,7 @@ impl Coordinator {
     }
 
     /// Rebuild from the coordinator's stable log.
-    pub fn recover(n: u8, log: &[Record]) -> (Self, Vec<Action<Msg, Record, Timer>>) {
+    pub fn recover(n: u8, log: &[Record]) -> (Self, Actions<Self>) {
         if log.contains(&Record::End) || !log.contains(&Record::Commit) {
             return (
                 Coordinator {
@@ -136,7 +136,7 @@ impl Coordinator {
         (c, out)
     }
 
-    fn resend_commit(&mut self) -> Vec<Action<Msg, Record, Timer>> {
+    fn resend_commit(&mut self) -> Actions<Self> {
         let CoordState::Committing { acked } = &self.state else {
             return vec![];
         };
@@ -148,7 +148,7 @@ impl Coordinator {
         out
     }
 
-    fn abort(&mut self) -> Vec<Action<Msg, Record, Timer>> {
+    fn abort(&mut self) -> Actions<Self> {
         self.state = CoordState::Aborted;
         let mut out = vec![
             Action::CancelTimer(Timer::Votes),
@@ -160,7 +160,7 @@ impl Coordinator {
         out
     }
 
-    fn check_votes(&mut self) -> Vec<Action<Msg, Record, Timer>> {
+    fn check_votes(&mut self) -> Actions<Self> {
         let CoordState::Collecting { yes } = &self.state else {
             return vec![];
         };
@@ -178,8 +178,14 @@ impl Coordinator {
         out.extend(self.resend_commit());
         out
     }
+}
 
-    fn on_msg(&mut self, from: NodeId, msg: Msg) -> Vec<Action<Msg, Record, Timer>> {
+impl Role for Coordinator {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         let NodeId::Participant(p) = from else {
             return vec![];
         };
@@ -230,7 +236,7 @@ impl Coordinator {
         }
     }
 
-    fn on_timer(&mut self, t: Timer) -> Vec<Action<Msg, Record, Timer>> {
+    fn on_timeout(&mut self, t: Timer) -> Actions<Self> {
         match (&self.state, t) {
             (CoordState::Collecting { .. }, Timer::Votes) => self.abort(),
             (CoordState::Committing { .. }, Timer::Resend) => self.resend_commit(),
@@ -241,7 +247,7 @@ impl Coordinator {
 
 impl Participant {
     /// A participant whose local work is done; `vote` says whether it can commit.
-    pub fn new(id: u8, vote: Vote) -> (Self, Vec<Action<Msg, Record, Timer>>) {
+    pub fn new(id: u8, vote: Vote) -> (Self, Actions<Self>) {
         (
             Participant {
                 id,
@@ -254,7 +260,7 @@ impl Participant {
 
     /// Rebuild from the participant's stable log. Prepared without an outcome: in doubt,
     /// ask the coordinator. Nothing durable: the unprepared work is lost, so abort.
-    pub fn recover(id: u8, log: &[Record]) -> (Self, Vec<Action<Msg, Record, Timer>>) {
+    pub fn recover(id: u8, log: &[Record]) -> (Self, Actions<Self>) {
         let mut p = Participant {
             id,
             vote: Vote::No,
@@ -280,7 +286,7 @@ impl Participant {
         }
     }
 
-    fn prepare(&mut self, first: Msg) -> Vec<Action<Msg, Record, Timer>> {
+    fn prepare(&mut self, first: Msg) -> Actions<Self> {
         match self.vote {
             Vote::Yes => {
                 self.state = PartState::Prepared;
@@ -302,7 +308,7 @@ impl Participant {
         }
     }
 
-    fn on_outcome(&mut self, o: Outcome) -> Vec<Action<Msg, Record, Timer>> {
+    fn on_outcome(&mut self, o: Outcome) -> Actions<Self> {
         match (self.state, o) {
             (PartState::Prepared, Outcome::Commit) => {
                 self.state = PartState::Committed;
@@ -330,53 +336,70 @@ impl Participant {
     }
 }
 
-/// A 2PC node.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Node {
-    Coordinator(Coordinator),
-    Participant(Participant),
-}
-
-impl Role for Node {
+impl Role for Participant {
     type Msg = Msg;
     type Record = Record;
     type Timer = Timer;
 
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Actions<Self> {
-        match (self, input) {
-            (Node::Participant(p), Input::Begin) if p.state == PartState::Working => {
-                p.prepare(Msg::BeginCommit)
+    fn on_begin(&mut self) -> Actions<Self> {
+        if self.state == PartState::Working {
+            self.prepare(Msg::BeginCommit)
+        } else {
+            vec![]
+        }
+    }
+
+    fn on_message(&mut self, _from: NodeId, msg: Msg) -> Actions<Self> {
+        match (self.state, msg) {
+            (PartState::Working, Msg::Prepare) => self.prepare(Msg::Vote(Vote::Yes)),
+            (PartState::Prepared, Msg::Prepare) => {
+                vec![Action::send(COORD, Msg::Vote(Vote::Yes))]
             }
-            (Node::Participant(p), Input::Receive { msg, .. }) => match (p.state, msg) {
-                (PartState::Working, Msg::Prepare) => p.prepare(Msg::Vote(Vote::Yes)),
-                (PartState::Prepared, Msg::Prepare) => {
-                    vec![Action::send(COORD, Msg::Vote(Vote::Yes))]
-                }
-                (PartState::Aborted, Msg::Prepare) => {
-                    vec![Action::send(COORD, Msg::Vote(Vote::No))]
-                }
-                (_, Msg::Outcome(o)) => p.on_outcome(o),
-                _ => vec![],
-            },
-            (Node::Participant(p), Input::Timeout(t)) => match (p.state, t) {
-                (PartState::Working, Timer::VoteDeadline) => {
-                    p.state = PartState::Aborted;
-                    vec![Action::Decide(Outcome::Abort)]
-                }
-                (PartState::Prepared, Timer::InDoubt) => {
-                    vec![
-                        Action::send(COORD, Msg::Query),
-                        Action::SetTimer(Timer::InDoubt),
-                    ]
-                }
-                _ => vec![],
-            },
-            (Node::Coordinator(c), Input::Receive { from, msg }) => c.on_msg(from, msg),
-            (Node::Coordinator(c), Input::Timeout(t)) => c.on_timer(t),
+            (PartState::Aborted, Msg::Prepare) => {
+                vec![Action::send(COORD, Msg::Vote(Vote::No))]
+            }
+            (_, Msg::Outcome(o)) => self.on_outcome(o),
+            _ => vec![],
+        }
+    }
+
+    fn on_timeout(&mut self, t: Timer) -> Actions<Self> {
+        match (self.state, t) {
+            (PartState::Working, Timer::VoteDeadline) => {
+                self.state = PartState::Aborted;
+                vec![Action::Decide(Outcome::Abort)]
+            }
+            (PartState::Prepared, Timer::InDoubt) => {
+                vec![
+                    Action::send(COORD, Msg::Query),
+                    Action::SetTimer(Timer::InDoubt),
+                ]
+            }
             _ => vec![],
         }
     }
 }
+
+impl Start<TwoPc> for Coordinator {
+    fn start(sys: &TwoPc, _: NodeId, _: Vote) -> (Self, Actions<Self>) {
+        (Coordinator::new(sys.n), vec![])
+    }
+    fn restart(sys: &TwoPc, _: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        Coordinator::recover(sys.n, log)
+    }
+}
+
+impl Start<TwoPc> for Participant {
+    fn start(_: &TwoPc, id: NodeId, vote: Vote) -> (Self, Actions<Self>) {
+        Participant::new(id.index(), vote)
+    }
+    fn restart(_: &TwoPc, id: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        Participant::recover(id.index(), log)
+    }
+}
+
+/// A 2PC node: the coordinator or a participant.
+pub type Node = core::Node<Coordinator, Participant>;
 
 /// A 2PC instance with `n` participants.
 #[derive(Clone, Debug)]
@@ -388,36 +411,7 @@ impl System for TwoPc {
     type Node = Node;
 
     fn nodes(&self) -> Vec<NodeId> {
-        let mut v = vec![COORD];
-        v.extend(self.participants());
-        v
-    }
-
-    fn participants(&self) -> Vec<NodeId> {
-        all(self.n).map(NodeId::Participant).collect()
-    }
-
-    fn boot(&self, id: NodeId, vote: Vote) -> (Node, Actions<Node>) {
-        match id {
-            NodeId::Participant(i) => {
-                let (p, out) = Participant::new(i, vote);
-                (Node::Participant(p), out)
-            }
-            _ => (Node::Coordinator(Coordinator::new(self.n)), vec![]),
-        }
-    }
-
-    fn recover(&self, id: NodeId, log: &[Record]) -> (Node, Actions<Node>) {
-        match id {
-            NodeId::Participant(i) => {
-                let (p, out) = Participant::recover(i, log);
-                (Node::Participant(p), out)
-            }
-            _ => {
-                let (c, out) = Coordinator::recover(self.n, log);
-                (Node::Coordinator(c), out)
-            }
-        }
+        core::coordinator_and_participants(self.n)
     }
 
     fn is_yes_record(&self, record: &Record) -> bool {

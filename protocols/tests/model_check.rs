@@ -122,7 +122,7 @@ fn paxos_eager(n: &paxos_commit::Node, m: &paxos_commit::Msg) -> bool {
     matches!(
         (n, m),
         (Node::Participant(r), Msg::Outcome(_)) if r.state == RmState::Prepared
-    ) || matches!((n, m), (Node::Leader(_), Msg::BeginCommit))
+    ) || matches!((n, m), (Node::Coordinator(_), Msg::BeginCommit))
 }
 
 /// The two-leader check: N participants, F = 1 (A0..A2), leader C0 runs the fast path (ballot
