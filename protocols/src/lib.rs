@@ -40,7 +40,7 @@
 //! use tandem_protocols::two_phase::{Record, TwoPc};
 //! use tandem_protocols::{Action, Input, NodeId, Outcome, Role, System, Vote};
 //!
-//! let sys = TwoPc { n: 3 };
+//! let sys = TwoPc::coordinator_begins(3); // the orchestrator starts it
 //! let mut nodes = BTreeMap::new();
 //! for id in sys.nodes() {
 //!     let (node, _timers) = sys.boot(id, Vote::Yes); // each participant's local work is done
@@ -69,7 +69,10 @@
 //!     }
 //! }
 //! assert!(sys.participants().iter().all(|p| decided[p] == Outcome::Commit));
-//! assert_eq!(stable_log[&NodeId::Coordinator(0)], [Record::Commit, Record::End]);
+//! assert_eq!(
+//!     stable_log[&NodeId::Coordinator(0)],
+//!     [Record::Begin, Record::Commit, Record::End]
+//! );
 //! ```
 
 pub mod core;

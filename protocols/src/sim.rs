@@ -2,8 +2,8 @@
 //! measures it, and [`compare`], which backs `tandem commit compare`.
 //!
 //! Topology (Gray & Lamport's counting): every node on its own host unless a host map says
-//! otherwise; the initiating participant `P0` receives [`Input::Begin`] at time 0 and its first
-//! message counts. A message between hosts takes one unit of time (one *message delay*); a
+//! otherwise; the initiator ([`System::initiator`]: participant `P0`, or the 2PC coordinator
+//! when it begins) receives [`Input::Begin`] at time 0 and its first message counts. A message between hosts takes one unit of time (one *message delay*); a
 //! message to a node on the same host arrives at once and is not counted. Messages one step
 //! sends to the same host travel as one network message (Paxos Commit's bundled phase 2b is
 //! already one message by construction).
@@ -191,9 +191,15 @@ pub fn compare(n: u8, f: u8) -> Vec<Row> {
         Row::new(
             "2PC (presumed abort)",
             OWN_HOSTS,
-            run(&TwoPc { n }, separate_hosts),
+            run(&TwoPc::new(n), separate_hosts),
         )
         .expect((3 * nn - 1, "3N-1"), 4, (2 * nn + 1, "2N+1")),
+        Row::new(
+            "2PC (presumed abort, coordinator begins)",
+            OWN_HOSTS,
+            run(&TwoPc::coordinator_begins(n), separate_hosts),
+        )
+        .expect((3 * nn, "3N"), 3, (2 * nn + 2, "2N+2")),
         Row::new("3PC", OWN_HOSTS, run(&ThreePc { n }, separate_hosts)).expect(
             (5 * nn - 1, "5N-1"),
             6,

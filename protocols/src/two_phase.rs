@@ -1,8 +1,17 @@
 //! Two-phase commit with presumed abort.
 //!
-//! Nodes: one coordinator `C0` and participants `P0..P{n-1}`; `P0` initiates: its
-//! [`Msg::BeginCommit`] is both its YES vote and the request to commit (Gray & Lamport's
-//! counting, 3N−1 messages).
+//! Nodes: one coordinator `C0` and participants `P0..P{n-1}`. Who starts is a choice
+//! ([`Begin`]):
+//! - [`Begin::Participant`]: `P0` initiates; its [`Msg::BeginCommit`] is both its YES vote and
+//!   the request to commit (Gray & Lamport's topology, 3N−1 messages, 4 delays).
+//! - [`Begin::Coordinator`]: the coordinator gets [`crate::Input::Begin`], forces
+//!   [`Record::Begin`] (the transaction is logged before any Prepare) and sends
+//!   [`Msg::Prepare`] to all N participants (the topology over HTTP: 3N messages, 3 delays).
+//!   A coordinator that restarts with `Begin` but no decision in its log aborts and forces
+//!   [`Record::Abort`] first, so the decision is durable before anyone hears it.
+//!
+//! A driver runs the [`Participant`] and the [`Coordinator`] directly (each is a
+//! [`crate::Role`]); [`TwoPc`] puts them together for the model checker and the simulator.
 //!
 //! Forced writes: a participant forces [`Record::Prepared`] before voting YES and
 //! [`Record::Committed`] before acknowledging COMMIT (the coordinator forgets after the acks,
@@ -46,6 +55,12 @@ pub enum Record {
     Aborted,
     /// Coordinator: the commit decision (forced; the commit point).
     Commit,
+    /// Coordinator (coordinator-initiated begin): the transaction exists (forced before any
+    /// Prepare). Recovered without a decision, it means "abort".
+    Begin,
+    /// Coordinator: the abort decision, forced only by a coordinator that restarts after
+    /// `Begin` and aborts (a live coordinator's abort is never logged: presumed abort).
+    Abort,
     /// Coordinator: every participant acknowledged (lazy); the transaction is forgotten.
     End,
 }
@@ -65,7 +80,8 @@ pub enum Timer {
 /// Coordinator state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CoordState {
-    /// Created for a transaction id it allocated; waiting for BeginCommit.
+    /// Created for a transaction id it allocated; waiting for `Begin` (coordinator-initiated)
+    /// or `BeginCommit` (participant-initiated).
     Fresh,
     Collecting {
         yes: BTreeSet<u8>,
@@ -114,26 +130,35 @@ impl Coordinator {
         }
     }
 
-    /// Rebuild from the coordinator's stable log.
+    /// Rebuild from the coordinator's stable log: `Commit` ⇒ commit again (re-send COMMIT
+    /// until every participant acknowledged); `Begin` without a decision ⇒ force `Abort`, then
+    /// tell every participant; an `Abort` record ⇒ tell them again; anything else (nothing,
+    /// or `End`) ⇒ know nothing and answer queries with "abort" (presumed abort).
     pub fn recover(n: u8, log: &[Record]) -> (Self, Actions<Self>) {
-        if log.contains(&Record::End) || !log.contains(&Record::Commit) {
-            return (
-                Coordinator {
-                    n,
-                    state: CoordState::Unknown,
-                },
-                vec![],
-            );
-        }
+        let has = |r: Record| log.contains(&r);
         let mut c = Coordinator {
             n,
-            state: CoordState::Committing {
-                acked: BTreeSet::new(),
-            },
+            state: CoordState::Unknown,
         };
-        let mut out = vec![Action::Decide(Outcome::Commit)];
-        out.extend(c.resend_commit());
-        (c, out)
+        if has(Record::End) {
+            (c, vec![])
+        } else if has(Record::Commit) {
+            c.state = CoordState::Committing {
+                acked: BTreeSet::new(),
+            };
+            let mut out = vec![Action::Decide(Outcome::Commit)];
+            out.extend(c.resend_commit());
+            (c, out)
+        } else if has(Record::Abort) || has(Record::Begin) {
+            let mut out = vec![];
+            if !has(Record::Abort) {
+                out.push(Action::ForceWrite(Record::Abort));
+            }
+            out.extend(c.abort());
+            (c, out)
+        } else {
+            (c, vec![])
+        }
     }
 
     fn resend_commit(&mut self) -> Actions<Self> {
@@ -184,6 +209,20 @@ impl Role for Coordinator {
     type Msg = Msg;
     type Record = Record;
     type Timer = Timer;
+
+    /// Coordinator-initiated begin: log the transaction, then ask all N participants.
+    fn on_begin(&mut self) -> Actions<Self> {
+        if self.state != CoordState::Fresh {
+            return vec![];
+        }
+        self.state = CoordState::Collecting {
+            yes: BTreeSet::new(),
+        };
+        let mut out = vec![Action::ForceWrite(Record::Begin)];
+        out.extend(all(self.n).map(|p| Action::send(NodeId::Participant(p), Msg::Prepare)));
+        out.push(Action::SetTimer(Timer::Votes));
+        out
+    }
 
     fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         let NodeId::Participant(p) = from else {
@@ -401,10 +440,38 @@ impl Start<TwoPc> for Participant {
 /// A 2PC node: the coordinator or a participant.
 pub type Node = core::Node<Coordinator, Participant>;
 
+/// Who starts a 2PC transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Begin {
+    /// Participant `P0` (its `BeginCommit` is its YES vote): Gray & Lamport's topology.
+    Participant,
+    /// The coordinator: it logs the transaction and sends `Prepare` to all N participants.
+    Coordinator,
+}
+
 /// A 2PC instance with `n` participants.
 #[derive(Clone, Debug)]
 pub struct TwoPc {
     pub n: u8,
+    pub begin: Begin,
+}
+
+impl TwoPc {
+    /// `P0` starts the protocol.
+    pub fn new(n: u8) -> Self {
+        TwoPc {
+            n,
+            begin: Begin::Participant,
+        }
+    }
+
+    /// The coordinator starts the protocol (as over HTTP).
+    pub fn coordinator_begins(n: u8) -> Self {
+        TwoPc {
+            n,
+            begin: Begin::Coordinator,
+        }
+    }
 }
 
 impl System for TwoPc {
@@ -412,6 +479,13 @@ impl System for TwoPc {
 
     fn nodes(&self) -> Vec<NodeId> {
         core::coordinator_and_participants(self.n)
+    }
+
+    fn initiator(&self) -> NodeId {
+        match self.begin {
+            Begin::Participant => NodeId::Participant(0),
+            Begin::Coordinator => COORD,
+        }
     }
 
     fn is_yes_record(&self, record: &Record) -> bool {
