@@ -450,6 +450,11 @@ impl PolicyFields<'_> {
                 );
             }
         }
+        self.check_backoff(p, errs);
+    }
+
+    /// Range checks of the merged backoff.
+    fn check_backoff(&self, p: &Policy, errs: &mut Errors) {
         let cross = if self.sets_backoff("max_ms") || !self.sets_backoff("initial_ms") {
             self.at_b("max_ms")
         } else {
