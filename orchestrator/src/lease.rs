@@ -125,10 +125,10 @@ fn secs(d: Duration) -> f64 {
 impl Leases {
     pub fn new(kind: LeaseKind, pool: PgPool, owner: &str, ttl: Duration) -> Self {
         let sql = Sql {
-            claim: claim_sql(&kind).into(),
-            renew: renew_sql(&kind).into(),
-            release: release_sql(&kind).into(),
-            reclaim: reclaim_sql(&kind).into(),
+            claim: fill(&kind, CLAIM).into(),
+            renew: fill(&kind, RENEW).into(),
+            release: fill(&kind, RELEASE).into(),
+            reclaim: fill(&kind, RECLAIM).into(),
         };
         Leases {
             kind,
@@ -229,21 +229,13 @@ impl Leases {
         mode: Take,
         also: &'static str,
     ) -> Result<Option<R>, sqlx::Error> {
-        let k = &self.kind;
-        let c = &k.lease;
         let free = match mode {
-            Take::IfFree => format!("({0} IS NULL OR {0} < now())", c.until),
-            Take::Steal => "true".to_string(),
+            Take::IfFree => "({u} IS NULL OR {u} < now())",
+            Take::Steal => "true",
         };
-        let sql = format!(
-            "UPDATE {t} SET {o} = $2, {u} = now() + make_interval(secs => $3), {e} = {e} + 1 \
-             WHERE {id} = $1 AND {free} AND ({also}) RETURNING {cols}",
-            t = k.table,
-            o = c.owner,
-            u = c.until,
-            e = c.epoch,
-            id = c.id,
-            cols = k.columns,
+        let sql = fill(
+            &self.kind,
+            &TAKE.replace("{free}", free).replace("{also}", also),
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id)
@@ -256,74 +248,47 @@ impl Leases {
     }
 }
 
+/// `template` with the kind's names filled in: `{t}` table, `{cols}` claim columns, `{id}`,
+/// `{o}` owner, `{u}` expiry, `{e}` epoch, `{due}` due time.
+fn fill(k: &LeaseKind, template: &str) -> String {
+    let c = &k.lease;
+    template
+        .replace("{t}", k.table)
+        .replace("{cols}", k.columns)
+        .replace("{id}", c.id)
+        .replace("{o}", c.owner)
+        .replace("{u}", c.until)
+        .replace("{e}", c.epoch)
+        .replace("{due}", c.due)
+}
+
 // The claim locks due rows with SKIP LOCKED, so instances polling together never block on each
 // other or claim the same row. `nxt` reads the snapshot before the update: the rows claimed here
 // had a free or expired lease, so they are not counted as waiting.
-fn claim_sql(k: &LeaseKind) -> String {
-    let c = &k.lease;
-    format!(
-        "WITH due AS (SELECT {id} FROM {t} \
-               WHERE {due} <= now() AND ({u} IS NULL OR {u} < now()) \
-               ORDER BY {due} LIMIT $3 FOR UPDATE SKIP LOCKED), \
-         upd AS (UPDATE {t} SET {o} = $1, {u} = now() + make_interval(secs => $2), \
-             {e} = {e} + 1 \
-         WHERE {id} IN (SELECT {id} FROM due) \
-         RETURNING {id} AS claimed_id, {cols}), \
-         nxt AS (SELECT extract(epoch FROM min(greatest({due}, {u})) - now())::float8 \
-                     AS next_due_in \
-                 FROM {t} WHERE {due} IS NOT NULL AND greatest({due}, {u}) > now()) \
-         SELECT upd.*, nxt.next_due_in FROM nxt LEFT JOIN upd ON true",
-        t = k.table,
-        id = c.id,
-        o = c.owner,
-        u = c.until,
-        e = c.epoch,
-        due = c.due,
-        cols = k.columns,
-    )
-}
+const CLAIM: &str = "WITH due AS (SELECT {id} FROM {t} \
+       WHERE {due} <= now() AND ({u} IS NULL OR {u} < now()) \
+       ORDER BY {due} LIMIT $3 FOR UPDATE SKIP LOCKED), \
+ upd AS (UPDATE {t} SET {o} = $1, {u} = now() + make_interval(secs => $2), {e} = {e} + 1 \
+     WHERE {id} IN (SELECT {id} FROM due) \
+     RETURNING {id} AS claimed_id, {cols}), \
+ nxt AS (SELECT extract(epoch FROM min(greatest({due}, {u})) - now())::float8 AS next_due_in \
+         FROM {t} WHERE {due} IS NOT NULL AND greatest({due}, {u}) > now()) \
+ SELECT upd.*, nxt.next_due_in FROM nxt LEFT JOIN upd ON true";
 
-fn renew_sql(k: &LeaseKind) -> String {
-    let c = &k.lease;
-    format!(
-        "UPDATE {t} SET {u} = now() + make_interval(secs => $3) \
-         WHERE {id} = ANY($2) AND {o} = $1 AND {u} > now()",
-        t = k.table,
-        id = c.id,
-        o = c.owner,
-        u = c.until,
-    )
-}
+const RENEW: &str = "UPDATE {t} SET {u} = now() + make_interval(secs => $3) \
+ WHERE {id} = ANY($2) AND {o} = $1 AND {u} > now()";
 
-fn release_sql(k: &LeaseKind) -> String {
-    let c = &k.lease;
-    format!(
-        "WITH r AS ( \
-            UPDATE {t} x SET {o} = NULL, {u} = NULL, {due} = LEAST(x.{due}, now()) \
-            FROM unnest($1::uuid[], $2::bigint[]) AS r(id, epoch) \
-            WHERE x.{id} = r.id AND x.{e} = r.epoch AND x.{due} IS NOT NULL \
-            RETURNING x.{id}), \
-         n AS (SELECT pg_notify($3, $4) FROM (SELECT 1 FROM r LIMIT 1) AS any_released) \
-         SELECT (SELECT count(*) FROM r) AS released, (SELECT count(*) FROM n) AS notified",
-        t = k.table,
-        id = c.id,
-        o = c.owner,
-        u = c.until,
-        e = c.epoch,
-        due = c.due,
-    )
-}
+const RELEASE: &str = "WITH r AS ( \
+    UPDATE {t} x SET {o} = NULL, {u} = NULL, {due} = LEAST(x.{due}, now()) \
+    FROM unnest($1::uuid[], $2::bigint[]) AS r(id, epoch) \
+    WHERE x.{id} = r.id AND x.{e} = r.epoch AND x.{due} IS NOT NULL \
+    RETURNING x.{id}), \
+ n AS (SELECT pg_notify($3, $4) FROM (SELECT 1 FROM r LIMIT 1) AS any_released) \
+ SELECT (SELECT count(*) FROM r) AS released, (SELECT count(*) FROM n) AS notified";
 
-fn reclaim_sql(k: &LeaseKind) -> String {
-    let c = &k.lease;
-    format!(
-        "UPDATE {t} SET {u} = now() + make_interval(secs => $2), {e} = {e} + 1 \
-         WHERE {o} = $1 AND {due} IS NOT NULL RETURNING {cols}",
-        t = k.table,
-        o = c.owner,
-        u = c.until,
-        e = c.epoch,
-        due = c.due,
-        cols = k.columns,
-    )
-}
+const RECLAIM: &str = "UPDATE {t} SET {u} = now() + make_interval(secs => $2), {e} = {e} + 1 \
+ WHERE {o} = $1 AND {due} IS NOT NULL RETURNING {cols}";
+
+/// `also` and `free` are filled in per call.
+const TAKE: &str = "UPDATE {t} SET {o} = $2, {u} = now() + make_interval(secs => $3), {e} = {e} + 1 \
+ WHERE {id} = $1 AND {free} AND ({also}) RETURNING {cols}";

@@ -46,6 +46,14 @@ impl SagaStatus {
     }
 }
 
+/// The status as stored (the `status` column).
+impl TryFrom<String> for SagaStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        SagaStatus::parse(&s).ok_or_else(|| format!("unknown saga status {s:?}"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {

@@ -51,7 +51,7 @@ pub const SAGAS: LeaseKind = LeaseKind {
 };
 
 /// A saga as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaRow {
     pub id: Uuid,
     pub definition: String,
@@ -59,7 +59,9 @@ pub struct SagaRow {
     pub business_key: Option<String>,
     pub input: Value,
     pub input_hash: String,
+    #[sqlx(try_from = "String")]
     pub status: SagaStatus,
+    #[sqlx(json)]
     pub state: SagaState,
     pub next_run_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
@@ -75,28 +77,7 @@ fn decode_error(what: &str, e: impl std::fmt::Display) -> sqlx::Error {
 
 impl Leased for SagaRow {
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        let state: Value = row.try_get("state")?;
-        let state: SagaState =
-            serde_json::from_value(state).map_err(|e| decode_error("saga state", e))?;
-        let status: String = row.try_get("status")?;
-        let status = SagaStatus::parse(&status)
-            .ok_or_else(|| decode_error("saga status", format!("unknown {status:?}")))?;
-        Ok(SagaRow {
-            id: row.try_get("id")?,
-            definition: row.try_get("definition")?,
-            version: row.try_get("version")?,
-            business_key: row.try_get("business_key")?,
-            input: row.try_get("input")?,
-            input_hash: row.try_get("input_hash")?,
-            status,
-            state,
-            next_run_at: row.try_get("next_run_at")?,
-            lease_owner: row.try_get("lease_owner")?,
-            lease_until: row.try_get("lease_until")?,
-            lease_epoch: row.try_get("lease_epoch")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        })
+        <SagaRow as sqlx::FromRow<PgRow>>::from_row(row)
     }
     fn id(&self) -> Uuid {
         self.id
