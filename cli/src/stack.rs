@@ -104,7 +104,7 @@ impl Stack {
         oc.listen_addr = l.local_addr()?;
         (cfg.orchestrator)(&mut oc);
         let app = orchestrator::build(oc).await?;
-        tasks.push(tokio::spawn(app.run(l, stop())));
+        tasks.push(tokio::spawn(async move { Ok(app.run(l, stop()).await?) }));
 
         Ok(Stack {
             orchestrator_url,

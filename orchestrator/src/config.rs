@@ -61,15 +61,24 @@ pub struct Config {
     #[arg(long, env = "MAX_ACTIVE_SAGAS", default_value_t = 1024)]
     pub max_active_sagas: usize,
 
-    /// Group commit: tasks persisting saga transitions, each writing every transition waiting
-    /// (up to TRANSITION_BATCH) in one statement. Each holds one pool connection while writing.
-    /// 0: one statement per transition, no batching.
-    #[arg(long, env = "TRANSITION_WRITERS", default_value_t = 4)]
-    pub transition_writers: usize,
+    /// Group commit: tasks persisting saga transitions (at least 1), each writing every
+    /// transition waiting (up to TRANSITION_BATCH) in one statement. Each holds one pool
+    /// connection while writing.
+    #[arg(long, env = "TRANSITION_WRITERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub transition_writers: u16,
 
-    /// Most transitions persisted in one statement.
-    #[arg(long, env = "TRANSITION_BATCH", default_value_t = 128)]
-    pub transition_batch: usize,
+    /// Most transitions persisted in one statement (at least 1).
+    #[arg(long, env = "TRANSITION_BATCH", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub transition_batch: u16,
+
+    /// The LISTEN connection runs `SELECT 1` this often and counts a missing answer (within
+    /// the same time) as a lost connection: a silent network break is noticed, the listener
+    /// reconnects and runs a claim pass (sqlx has no client-side TCP keepalive).
+    #[arg(long, env = "LISTEN_HEARTBEAT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub listen_heartbeat_ms: u64,
 
     /// Extra definition files (`*.json`) loaded at start, besides the built-in checkout.
     #[arg(long, env = "DEFINITIONS_DIR")]
@@ -104,8 +113,16 @@ impl Config {
         Duration::from_millis(self.poll_interval_ms)
     }
 
+    pub fn heartbeat(&self) -> crate::wake::Heartbeat {
+        let every = Duration::from_millis(self.listen_heartbeat_ms);
+        crate::wake::Heartbeat {
+            every: Some(every),
+            timeout: every,
+        }
+    }
+
     /// Service name → base URL (no trailing slash).
-    pub fn services(&self) -> anyhow::Result<BTreeMap<String, String>> {
+    pub fn services(&self) -> crate::Result<BTreeMap<String, String>> {
         let mut m = BTreeMap::new();
         m.insert(
             "inventory".to_string(),
@@ -125,9 +142,9 @@ impl Config {
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            let (name, url) = pair
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("EXTRA_SERVICES entry {pair:?} is not name=url"))?;
+            let (name, url) = pair.split_once('=').ok_or_else(|| {
+                crate::Error::Config(format!("EXTRA_SERVICES entry {pair:?} is not name=url"))
+            })?;
             m.insert(
                 name.trim().to_string(),
                 url.trim().trim_end_matches('/').to_string(),

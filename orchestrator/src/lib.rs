@@ -1,33 +1,50 @@
-//! Tandem's saga orchestrator.
+//! Tandem's saga orchestrator. From `POST /sagas` to the service call and back (see
+//! docs/architecture.md for the picture):
 //!
-//! - [`saga`]: the pure engine — definitions as data, saga state, the transition function.
-//! - [`driver`]: leases, the write-ahead call loop, the claim loop (`FOR UPDATE SKIP LOCKED`).
-//! - [`store`]: Postgres access (migrations in `migrations/orchestrator/`).
-//! - [`writer`]: group commit of saga transitions (many sagas' writes in one statement).
-//! - [`wake`]: waking idle instances (leases handed back in batches with one NOTIFY; LISTEN).
-//! - [`api`]: the REST API.
-//! - [`config`]: environment / flags.
+//! - [`api`]: the REST API (problem+json); handlers parse and answer, nothing more.
+//! - [`driver`]: sagas driven by this instance — [`driver::start`] (the one way a saga is
+//!   created), `driver::run` (the per-saga loop: transition, persist, call, feed back),
+//!   `driver::call` (one HTTP call).
+//! - [`saga`]: the pure engine — definitions as data, saga state, the transition function, and
+//!   the step result protocol ([`saga::classify`]). No IO.
+//! - [`registry`]: the definition registry (loaded versions, the current one, adding one).
+//! - [`lease`]: leases for any kind of leased row (claim with `FOR UPDATE SKIP LOCKED`, renew,
+//!   hand-back with NOTIFY, take, fencing epoch); [`worker`]: the claim and renew loops and
+//!   wake-up signals for any kind; [`wake`]: batched hand-backs and the LISTEN connection with
+//!   its heartbeat.
+//! - [`store`]: Postgres access for sagas and definitions (migrations in
+//!   `migrations/orchestrator/`); [`writer`]: group commit, the one way a transition is
+//!   persisted.
+//! - [`text`]: refusing U+0000, which Postgres cannot store; [`error`]: the crate's error type;
+//!   [`config`]: environment / flags.
 //!
 //! Binaries and tests use [`build`] then [`App::run`] with their own listener (tests bind port 0).
 
 pub mod api;
 pub mod config;
 pub mod driver;
+pub mod error;
+pub mod lease;
+pub mod registry;
 pub mod saga;
 pub mod store;
+pub mod text;
 pub mod wake;
+pub mod worker;
 pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::watch;
 
 pub use config::Config;
-use driver::Driver;
-use saga::{Definition, Input};
+use driver::{Driver, DriverConfig};
+pub use error::{Error, Result};
+use lease::Leases;
+use registry::Registry;
+use worker::Worker;
 
 /// The checkout definition shipped with Tandem (`definitions/checkout.json`).
 pub const CHECKOUT_DEFINITION: &str = include_str!("../../definitions/checkout.json");
@@ -35,82 +52,54 @@ pub const CHECKOUT_DEFINITION: &str = include_str!("../../definitions/checkout.j
 pub struct App {
     config: Config,
     driver: Arc<Driver>,
+    pool: sqlx::PgPool,
     shutdown_tx: watch::Sender<bool>,
 }
 
 /// Connect (creating the database if missing), migrate, load definitions.
-pub async fn build(config: Config) -> anyhow::Result<App> {
-    let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size).await?;
-    store::MIGRATOR
-        .run(&pool)
+pub async fn build(config: Config) -> Result<App> {
+    let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size)
         .await
-        .context("running orchestrator migrations")?;
+        .map_err(|e| Error::Connect(e.into()))?;
+    store::MIGRATOR.run(&pool).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let driver = Arc::new(Driver::new(
-        pool,
-        config.instance_id(),
+    let registry = Arc::new(Registry::new(pool.clone(), config.services()?));
+    registry
+        .load(
+            &[("built-in checkout", CHECKOUT_DEFINITION)],
+            config.definitions_dir.as_deref(),
+        )
+        .await?;
+    let leases = Leases::new(
+        store::SAGAS,
+        pool.clone(),
+        &config.instance_id(),
         config.lease_ttl(),
-        config.services()?,
-        config.max_active_sagas,
+    );
+    let driver = Arc::new(Driver::new(
+        leases,
+        registry,
+        DriverConfig {
+            max_active: config.max_active_sagas,
+            transition_writers: config.transition_writers.into(),
+            transition_batch: config.transition_batch.into(),
+        },
         shutdown_rx,
     )?);
-    if config.transition_writers > 0 {
-        driver.set_writer(writer::TransitionWriter::start(
-            driver.pool.clone(),
-            driver.lease_ttl,
-            config.transition_writers,
-            config.transition_batch,
-        ));
-    }
-    load_definitions(&driver, &config).await?;
     Ok(App {
         config,
         driver,
+        pool,
         shutdown_tx,
     })
 }
 
-/// Store the built-in and `DEFINITIONS_DIR` definitions, then load every stored version; the
-/// most recently stored version of each name is current.
-async fn load_definitions(driver: &Driver, config: &Config) -> anyhow::Result<()> {
-    let mut docs = vec![(
-        "built-in checkout".to_string(),
-        CHECKOUT_DEFINITION.to_string(),
-    )];
-    if let Some(dir) = &config.definitions_dir {
-        let mut paths: Vec<_> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading DEFINITIONS_DIR {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        for p in paths {
-            docs.push((p.display().to_string(), std::fs::read_to_string(&p)?));
-        }
-    }
-    for (origin, text) in docs {
-        let doc: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{origin} is not JSON"))?;
-        let def = Definition::parse(&doc).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
-        store::insert_definition(&driver.pool, &def.name, &Definition::version_of(&doc), &doc)
-            .await?;
-    }
-    let stored = store::all_definitions(&driver.pool).await?;
-    let mut defs = driver.definitions.write().expect("definitions lock");
-    for (name, version, body) in stored {
-        match Definition::parse(&body) {
-            Ok(def) => defs.insert(version, def),
-            Err(e) => {
-                tracing::error!(%name, %version, error = %e, "a stored definition no longer parses")
-            }
-        }
-    }
-    Ok(())
-}
-
 impl App {
     pub fn router(&self) -> axum::Router {
-        api::router(self.driver.clone())
+        api::router(api::Ctx {
+            driver: self.driver.clone(),
+            pool: self.pool.clone(),
+        })
     }
 
     pub fn driver(&self) -> Arc<Driver> {
@@ -123,20 +112,33 @@ impl App {
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let d = self.driver.clone();
-        tracing::info!(instance = %d.instance_id, addr = ?listener.local_addr().ok(), "orchestrator starting");
-        for row in store::reclaim_own(&d.pool, &d.instance_id, d.lease_ttl).await? {
-            tracing::info!(saga = %row.id, "resuming a saga this instance held before restarting");
-            d.spawn_leased(row, Input::Wake);
-        }
-        let claim = tokio::spawn(d.clone().claim_loop(
-            self.config.poll_interval(),
-            self.config.claim_batch,
-            Duration::from_secs(self.config.idempotency_retention_hours * 3600),
-        ));
-        let renew = tokio::spawn(d.clone().renew_loop());
-        let listen = tokio::spawn(d.clone().listen_loop());
+        tracing::info!(instance = %d.instance_id(), addr = ?listener.local_addr().ok(), "orchestrator starting");
+        d.resume_own().await?;
+        let rx = self.shutdown_tx.subscribe();
+        let loops = [
+            tokio::spawn(worker::claim_loop(
+                d.clone(),
+                self.config.poll_interval(),
+                self.config.claim_batch,
+                rx.clone(),
+            )),
+            tokio::spawn(worker::renew_loop(d.clone(), rx.clone())),
+            tokio::spawn(d.clone().purge_loop(Duration::from_secs(
+                self.config.idempotency_retention_hours * 3600,
+            ))),
+            tokio::spawn({
+                let d = d.clone();
+                wake::listen(
+                    (*self.pool.connect_options()).clone(),
+                    vec![store::WORK_CHANNEL],
+                    self.config.heartbeat(),
+                    move || d.signals().wake(),
+                    rx.clone(),
+                )
+            }),
+        ];
         let tx = self.shutdown_tx.clone();
         let router = self.router();
         tandem_kit::http::serve(listener, router, async move {
@@ -145,11 +147,16 @@ impl App {
         })
         .await?;
         let _ = self.shutdown_tx.send(true);
-        let _ = claim.await;
-        let _ = renew.await;
-        let _ = listen.await;
+        for l in loops {
+            let _ = l.await;
+        }
         d.drain(Duration::from_secs(10)).await;
         tracing::info!("orchestrator stopped");
         Ok(())
     }
+}
+
+/// Resolves once shutdown is signalled (the guard `wait_for` returns is not `Send`).
+pub(crate) async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }

@@ -7,5 +7,7 @@ async fn main() -> anyhow::Result<()> {
     let config = orchestrator::Config::parse();
     let listener = tandem_kit::http::bind(config.listen_addr).await?;
     let app = orchestrator::build(config).await?;
-    app.run(listener, tandem_kit::http::shutdown_signal()).await
+    app.run(listener, tandem_kit::http::shutdown_signal())
+        .await?;
+    Ok(())
 }

@@ -1,38 +1,50 @@
-//! Group commit of saga transitions.
+//! Group commit of saga transitions: the one way a transition is persisted.
 //!
 //! Every driven saga persists each transition before the call it allows, and waits for that
 //! write. Instead of one statement (and one commit) per transition, the driver hands its write
-//! to a [`TransitionWriter`]: a few writer tasks each take every write that is waiting (up to
-//! `max_batch`), persist them in **one statement** — one transaction, one WAL flush — with the
-//! lease-epoch fence checked **per row**, and only then answer each waiting saga (applied, or
-//! fenced). Nothing is acted on before its write has committed, exactly as with single writes;
-//! under load, k sagas share one commit.
+//! to a [`TransitionWriter`]: `TRANSITION_WRITERS` (≥ 1) writer tasks each take every write that
+//! is waiting (up to `TRANSITION_BATCH`), persist them in **one statement**
+//! ([`store::persist_transitions`]) — one transaction, one WAL flush — with the lease-epoch
+//! fence checked **per row**, and only then answer each waiting saga (applied, or fenced).
+//! Nothing is acted on before its write has committed; under load, k sagas share one commit.
 //!
 //! With one saga in flight a batch is one write, so latency at low load is unchanged.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::store::{self, NextRun, TransitionWrite};
+use crate::saga::{EventRecord, SagaState};
+use crate::store::{self, NextRun, TransitionBatch};
+
+/// One transition to persist.
+#[derive(Clone, Copy)]
+pub struct TransitionWrite<'a> {
+    pub state: &'a SagaState,
+    pub events: &'a [EventRecord],
+    pub next: NextRun,
+    /// Renew the lease (the driver keeps working on the saga) or hand it back.
+    pub keep_lease: bool,
+}
+
+/// Why a write did not land.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// Nothing of the batch was committed, or the outcome is unknown: retry.
+    #[error("persisting the batch failed: {0}")]
+    Failed(String),
+    #[error("the transition writer has stopped")]
+    Stopped,
+}
 
 /// One transition waiting for its batch.
 struct Pending {
     id: Uuid,
-    epoch: i64,
-    status: &'static str,
-    state: Value,
-    next_kind: &'static str,
-    next_at: Option<chrono::DateTime<chrono::Utc>>,
-    keep_lease: bool,
-    kinds: Vec<String>,
-    steps: Vec<Option<String>>,
-    details: Vec<Value>,
-    done: oneshot::Sender<Result<bool, String>>,
+    batch: TransitionBatch,
+    done: oneshot::Sender<Result<bool, WriteError>>,
 }
 
 /// Batches transition writes of many sagas into single statements (see the module docs).
@@ -49,21 +61,7 @@ impl TransitionWriter {
         for _ in 0..writers.max(1) {
             let (rx, pool) = (rx.clone(), pool.clone());
             tokio::spawn(async move {
-                loop {
-                    let mut batch = Vec::new();
-                    {
-                        let mut rx = rx.lock().await;
-                        match rx.recv().await {
-                            Some(p) => batch.push(p),
-                            None => return, // the driver is gone
-                        }
-                        while batch.len() < max_batch.max(1) {
-                            match rx.try_recv() {
-                                Ok(p) => batch.push(p),
-                                Err(_) => break,
-                            }
-                        }
-                    }
+                while let Some(batch) = next_batch(&rx, max_batch.max(1)).await {
                     write_batch(&pool, lease_ttl, batch).await;
                 }
             });
@@ -72,98 +70,81 @@ impl TransitionWriter {
     }
 
     /// Persist one transition of saga `id`, fenced by `epoch`: `Ok(true)` once committed,
-    /// `Ok(false)` if the epoch no longer matches (the caller must drop the saga), `Err` if the
-    /// batch failed (nothing of it was committed, or the outcome is unknown: retry).
+    /// `Ok(false)` if the epoch no longer matches (the caller must drop the saga).
     pub async fn persist(
         &self,
         id: Uuid,
         epoch: i64,
         w: TransitionWrite<'_>,
-    ) -> Result<bool, String> {
-        let state = serde_json::to_value(w.state).map_err(|e| e.to_string())?;
-        let (next_kind, next_at) = match w.next {
-            NextRun::Now => ("now", None),
-            NextRun::At(t) => ("at", Some(t)),
-            NextRun::Never => ("never", None),
+    ) -> Result<bool, WriteError> {
+        let state = serde_json::to_value(w.state).map_err(|e| WriteError::Failed(e.to_string()))?;
+        let (next_kind, next_at) = w.next.columns();
+        let (kinds, steps, details) = store::transition::event_columns(w.events);
+        let batch = TransitionBatch {
+            ids: vec![id],
+            epochs: vec![epoch],
+            statuses: vec![w.state.status.as_str()],
+            states: vec![state],
+            next_kinds: vec![next_kind],
+            next_ats: vec![next_at],
+            keep_leases: vec![w.keep_lease],
+            event_sagas: vec![id; kinds.len()],
+            event_kinds: kinds,
+            event_steps: steps,
+            event_details: details,
         };
-        let (kinds, steps, details) = store::event_columns(w.events);
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Pending {
-                id,
-                epoch,
-                status: w.state.status.as_str(),
-                state,
-                next_kind,
-                next_at,
-                keep_lease: w.keep_lease,
-                kinds,
-                steps,
-                details,
-                done,
-            })
-            .map_err(|_| "the transition writer has stopped".to_string())?;
-        wait.await
-            .map_err(|_| "the transition writer has stopped".to_string())?
+            .send(Pending { id, batch, done })
+            .map_err(|_| WriteError::Stopped)?;
+        wait.await.map_err(|_| WriteError::Stopped)?
     }
 }
 
-async fn write_batch(pool: &PgPool, lease_ttl: Duration, batch: Vec<Pending>) {
-    let n = batch.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut epochs = Vec::with_capacity(n);
-    let mut statuses = Vec::with_capacity(n);
-    let mut states = Vec::with_capacity(n);
-    let mut next_kinds = Vec::with_capacity(n);
-    let mut next_ats = Vec::with_capacity(n);
-    let mut keeps = Vec::with_capacity(n);
-    let (mut ev_saga, mut ev_kind, mut ev_step, mut ev_detail) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut waiters = Vec::with_capacity(n);
-    for p in batch {
-        ids.push(p.id);
-        epochs.push(p.epoch);
-        statuses.push(p.status);
-        states.push(p.state);
-        next_kinds.push(p.next_kind);
-        next_ats.push(p.next_at);
-        keeps.push(p.keep_lease);
-        for ((k, s), d) in p.kinds.into_iter().zip(p.steps).zip(p.details) {
-            ev_saga.push(p.id);
-            ev_kind.push(k);
-            ev_step.push(s);
-            ev_detail.push(d);
+/// Every write waiting (at least one, at most `max`); None once the driver is gone.
+async fn next_batch(
+    rx: &Mutex<mpsc::UnboundedReceiver<Pending>>,
+    max: usize,
+) -> Option<Vec<Pending>> {
+    let mut rx = rx.lock().await;
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
         }
+    }
+    Some(batch)
+}
+
+async fn write_batch(pool: &PgPool, lease_ttl: Duration, pending: Vec<Pending>) {
+    let mut all = TransitionBatch::default();
+    let mut waiters = Vec::with_capacity(pending.len());
+    for p in pending {
+        let b = p.batch;
+        all.ids.extend(b.ids);
+        all.epochs.extend(b.epochs);
+        all.statuses.extend(b.statuses);
+        all.states.extend(b.states);
+        all.next_kinds.extend(b.next_kinds);
+        all.next_ats.extend(b.next_ats);
+        all.keep_leases.extend(b.keep_leases);
+        all.event_sagas.extend(b.event_sagas);
+        all.event_kinds.extend(b.event_kinds);
+        all.event_steps.extend(b.event_steps);
+        all.event_details.extend(b.event_details);
         waiters.push((p.id, p.done));
     }
-    let r = store::persist_transitions(
-        pool,
-        store::TransitionBatch {
-            ids: &ids,
-            epochs: &epochs,
-            statuses: &statuses,
-            states: &states,
-            next_kinds: &next_kinds,
-            next_ats: &next_ats,
-            keep_leases: &keeps,
-            event_sagas: &ev_saga,
-            event_kinds: &ev_kind,
-            event_steps: &ev_step,
-            event_details: &ev_detail,
-        },
-        lease_ttl,
-    )
-    .await;
-    match r {
+    match store::persist_transitions(pool, &all, lease_ttl).await {
         Ok(applied) => {
             for (id, done) in waiters {
                 let _ = done.send(Ok(applied.contains(&id)));
             }
         }
         Err(e) => {
-            let msg = e.to_string();
+            let e = WriteError::Failed(e.to_string());
             for (_, done) in waiters {
-                let _ = done.send(Err(msg.clone()));
+                let _ = done.send(Err(e.clone()));
             }
         }
     }

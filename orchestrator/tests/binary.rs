@@ -47,6 +47,9 @@ fn bad_settings_are_refused_naming_the_setting() {
         ("LEASE_TTL_MS", "fifteen", "--lease-ttl-ms"),
         ("DB_POOL_SIZE", "-1", "--db-pool-size"),
         ("POLL_INTERVAL_MS", "0.5", "--poll-interval-ms"),
+        // One way to persist a transition: group commit, with at least one writer.
+        ("TRANSITION_WRITERS", "0", "--transition-writers"),
+        ("LISTEN_HEARTBEAT_MS", "0", "--listen-heartbeat-ms"),
     ] {
         let (code, stderr) = run_with(&[(var, value)]);
         assert_eq!(code, Some(2), "{var}={value:?}: {stderr}");
@@ -73,6 +76,7 @@ fn help_lists_every_setting_with_its_variable() {
         "POLL_INTERVAL_MS",
         "MAX_ACTIVE_SAGAS",
         "TRANSITION_WRITERS",
+        "LISTEN_HEARTBEAT_MS",
     ] {
         assert!(
             help.contains(&format!("env: {var}")),

@@ -360,107 +360,144 @@ fn merge_policy(
         set_b!(jitter);
     }
 
-    // Range checks on the merged result. A problem is reported at the field when this policy
-    // object sets it; an inherited one only for the definition's own policy (`inherited` false
-    // for a step override: the definition's policy reports it).
-    let set_b = |key: &str| {
-        map.get("backoff")
+    PolicyFields {
+        map,
+        pointer,
+        backoff_ptr,
+        report_inherited,
+    }
+    .check(&p, errs);
+    p
+}
+
+/// Where the fields of one policy object are, for reporting range problems.
+struct PolicyFields<'a> {
+    map: &'a serde_json::Map<String, Value>,
+    pointer: &'a str,
+    backoff_ptr: String,
+    /// Report a problem of an inherited value at the policy itself (the definition's own
+    /// policy); a step override leaves that to the definition's policy.
+    report_inherited: bool,
+}
+
+impl PolicyFields<'_> {
+    fn sets_backoff(&self, key: &str) -> bool {
+        self.map
+            .get("backoff")
             .and_then(Value::as_object)
             .is_some_and(|b| b.contains_key(key))
-    };
-    let at = |key: &str| -> Option<String> {
-        if map.contains_key(key) {
-            Some(join(pointer, key))
+    }
+
+    /// Where to report a problem of `key`: at the field when this object sets it.
+    fn at(&self, key: &str) -> Option<String> {
+        if self.map.contains_key(key) {
+            Some(join(self.pointer, key))
         } else {
-            report_inherited.then(|| pointer.to_string())
-        }
-    };
-    let at_b = |key: &str| -> Option<String> {
-        if set_b(key) {
-            Some(join(&backoff_ptr, key))
-        } else {
-            report_inherited.then(|| pointer.to_string())
-        }
-    };
-    let duration = |errs: &mut Errors, ptr: Option<String>, name: &str, v: u64| {
-        if let Some(ptr) = ptr
-            && (v == 0 || v > MAX_DURATION_MS)
-        {
-            errs.push(
-                ptr,
-                format!("{name} must be between 1 and {MAX_DURATION_MS} ms, got {v}"),
-            );
-        }
-    };
-    duration(errs, at("timeout_ms"), "timeout_ms", p.timeout_ms);
-    duration(
-        errs,
-        at("poll_interval_ms"),
-        "poll_interval_ms",
-        p.poll_interval_ms,
-    );
-    duration(errs, at("deadline_ms"), "deadline_ms", p.deadline_ms);
-    duration(
-        errs,
-        at("max_retry_after_ms"),
-        "max_retry_after_ms",
-        p.max_retry_after_ms,
-    );
-    duration(
-        errs,
-        at_b("initial_ms"),
-        "backoff.initial_ms",
-        p.backoff.initial_ms,
-    );
-    duration(errs, at_b("max_ms"), "backoff.max_ms", p.backoff.max_ms);
-    for (key, v) in [
-        ("max_attempts", p.max_attempts),
-        ("compensation_max_attempts", p.compensation_max_attempts),
-    ] {
-        if let Some(ptr) = at(key)
-            && (v == 0 || v > MAX_ATTEMPTS)
-        {
-            errs.push(
-                ptr,
-                format!("{key} must be between 1 and {MAX_ATTEMPTS}, got {v}"),
-            );
+            self.report_inherited.then(|| self.pointer.to_string())
         }
     }
-    let cross = if set_b("max_ms") || !set_b("initial_ms") {
-        at_b("max_ms")
-    } else {
-        at_b("initial_ms")
-    };
-    if let Some(ptr) = cross
-        && p.backoff.max_ms < p.backoff.initial_ms
-    {
-        errs.push(
-            ptr,
-            format!(
-                "backoff.max_ms ({}) must be at least backoff.initial_ms ({})",
-                p.backoff.max_ms, p.backoff.initial_ms
+
+    fn at_b(&self, key: &str) -> Option<String> {
+        if self.sets_backoff(key) {
+            Some(join(&self.backoff_ptr, key))
+        } else {
+            self.report_inherited.then(|| self.pointer.to_string())
+        }
+    }
+
+    /// Range checks on the merged policy `p`.
+    fn check(&self, p: &Policy, errs: &mut Errors) {
+        let durations = [
+            (self.at("timeout_ms"), "timeout_ms", p.timeout_ms),
+            (
+                self.at("poll_interval_ms"),
+                "poll_interval_ms",
+                p.poll_interval_ms,
             ),
-        );
+            (self.at("deadline_ms"), "deadline_ms", p.deadline_ms),
+            (
+                self.at("max_retry_after_ms"),
+                "max_retry_after_ms",
+                p.max_retry_after_ms,
+            ),
+            (
+                self.at_b("initial_ms"),
+                "backoff.initial_ms",
+                p.backoff.initial_ms,
+            ),
+            (self.at_b("max_ms"), "backoff.max_ms", p.backoff.max_ms),
+        ];
+        for (ptr, name, v) in durations {
+            if let Some(ptr) = ptr
+                && (v == 0 || v > MAX_DURATION_MS)
+            {
+                errs.push(
+                    ptr,
+                    format!("{name} must be between 1 and {MAX_DURATION_MS} ms, got {v}"),
+                );
+            }
+        }
+        for (key, v) in [
+            ("max_attempts", p.max_attempts),
+            ("compensation_max_attempts", p.compensation_max_attempts),
+        ] {
+            if let Some(ptr) = self.at(key)
+                && (v == 0 || v > MAX_ATTEMPTS)
+            {
+                errs.push(
+                    ptr,
+                    format!("{key} must be between 1 and {MAX_ATTEMPTS}, got {v}"),
+                );
+            }
+        }
+        self.check_backoff(p, errs);
     }
-    let m = p.backoff.multiplier;
-    if let Some(ptr) = at_b("multiplier")
-        && !(m.is_finite() && (1.0..=100.0).contains(&m))
-    {
-        errs.push(
-            ptr,
-            format!("backoff.multiplier must be between 1 and 100, got {m}"),
-        );
+
+    /// Range checks of the merged backoff.
+    fn check_backoff(&self, p: &Policy, errs: &mut Errors) {
+        let cross = if self.sets_backoff("max_ms") || !self.sets_backoff("initial_ms") {
+            self.at_b("max_ms")
+        } else {
+            self.at_b("initial_ms")
+        };
+        if let Some(ptr) = cross
+            && p.backoff.max_ms < p.backoff.initial_ms
+        {
+            errs.push(
+                ptr,
+                format!(
+                    "backoff.max_ms ({}) must be at least backoff.initial_ms ({})",
+                    p.backoff.max_ms, p.backoff.initial_ms
+                ),
+            );
+        }
+        let factors = [
+            (
+                self.at_b("multiplier"),
+                "backoff.multiplier",
+                p.backoff.multiplier,
+                1.0,
+                100.0,
+            ),
+            (
+                self.at_b("jitter"),
+                "backoff.jitter",
+                p.backoff.jitter,
+                0.0,
+                1.0,
+            ),
+        ];
+        for (ptr, name, v, lo, hi) in factors {
+            if let Some(ptr) = ptr
+                && !(v.is_finite() && (lo..=hi).contains(&v))
+            {
+                errs.push(
+                    ptr,
+                    format!("{name} must be between {lo} and {hi}, got {v}"),
+                );
+            }
+        }
     }
-    let j = p.backoff.jitter;
-    if let Some(ptr) = at_b("jitter")
-        && !(j.is_finite() && (0.0..=1.0).contains(&j))
-    {
-        errs.push(
-            ptr,
-            format!("backoff.jitter must be between 0 and 1, got {j}"),
-        );
-    }
-    p
 }
 
 /// Check every `{"$from": ...}` in a body template; `visible`: the steps whose output it may read.
@@ -597,6 +634,108 @@ pub fn canonical_json(value: &Value) -> String {
     out
 }
 
+/// The input schema (if any), compiled once.
+fn parse_schema(
+    map: &serde_json::Map<String, Value>,
+    errs: &mut Errors,
+) -> (Option<Value>, CompiledSchema) {
+    match map.get("input_schema") {
+        None | Some(Value::Null) => (None, CompiledSchema::default()),
+        Some(schema) => {
+            let compiled = match jsonschema::validator_for(schema) {
+                Ok(v) => CompiledSchema(Some(std::sync::Arc::new(v))),
+                Err(e) => {
+                    let at = e.instance_path().as_str();
+                    errs.push(
+                        format!("/input_schema{at}"),
+                        format!("input_schema does not compile: {e}"),
+                    );
+                    CompiledSchema::default()
+                }
+            };
+            (Some(schema.clone()), compiled)
+        }
+    }
+}
+
+/// The `steps` array, each step's policy merged over the definition's `policy`.
+fn parse_steps(
+    map: &serde_json::Map<String, Value>,
+    policy: &Policy,
+    errs: &mut Errors,
+) -> Vec<StepDef> {
+    let mut steps = Vec::new();
+    match map.get("steps") {
+        None => errs.push("/steps", "missing required field `steps`"),
+        Some(Value::Array(items)) if items.is_empty() => {
+            errs.push("/steps", "a saga needs at least one step")
+        }
+        Some(Value::Array(items)) => {
+            let mut names: Vec<String> = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                steps.extend(parse_step(item, i, policy, &mut names, errs));
+            }
+        }
+        Some(other) => errs.push(
+            "/steps",
+            format!("must be an array, found {}", kind_of(other)),
+        ),
+    }
+    steps
+}
+
+/// Step `i`; `names`: the names of the steps before it (its name is added).
+fn parse_step(
+    item: &Value,
+    i: usize,
+    policy: &Policy,
+    names: &mut Vec<String>,
+    errs: &mut Errors,
+) -> Option<StepDef> {
+    let ptr = format!("/steps/{i}");
+    let smap = errs.object(item, &ptr, &["name", "action", "compensation", "policy"])?;
+    let sname: Option<String> = errs.required(smap, &ptr, "name");
+    if let Some(n) = &sname {
+        if !is_step_name(n) {
+            errs.push(
+                format!("{ptr}/name"),
+                format!(
+                    "step name must be 1 to {MAX_STEP_NAME} characters of [a-z0-9_], got `{n}`"
+                ),
+            );
+        } else if names.contains(n) {
+            errs.push(format!("{ptr}/name"), format!("duplicate step name `{n}`"));
+        }
+    }
+    let action = match smap.get("action") {
+        Some(v) => parse_call(v, &format!("{ptr}/action"), names, errs),
+        None => {
+            errs.push(format!("{ptr}/action"), "missing required field `action`");
+            None
+        }
+    };
+    // A compensation may also read its own step's output.
+    let mut with_self = names.clone();
+    with_self.extend(sname.clone());
+    let compensation = match smap.get("compensation") {
+        None | Some(Value::Null) => None,
+        Some(v) => parse_call(v, &format!("{ptr}/compensation"), &with_self, errs),
+    };
+    let step_policy = match smap.get("policy") {
+        None | Some(Value::Null) => policy.clone(),
+        Some(v) => merge_policy(policy, v, &format!("{ptr}/policy"), false, errs),
+    };
+    if let Some(n) = &sname {
+        names.push(n.clone());
+    }
+    Some(StepDef {
+        name: sname?,
+        action: action?,
+        compensation,
+        policy: Some(step_policy),
+    })
+}
+
 impl Definition {
     /// Parse and validate a definition document (unknown fields rejected, step names unique and
     /// well-formed, methods/paths sane, the input schema compiles, policy values in range), and
@@ -638,95 +777,14 @@ impl Definition {
             errs.push("/business_key", format!("business_key must be a JSON Pointer into the input such as `/order_id`, got `{bk}`"));
         }
 
-        let mut compiled_schema = CompiledSchema::default();
-        let input_schema = match map.get("input_schema") {
-            None | Some(Value::Null) => None,
-            Some(schema) => {
-                match jsonschema::validator_for(schema) {
-                    Ok(v) => compiled_schema = CompiledSchema(Some(std::sync::Arc::new(v))),
-                    Err(e) => {
-                        let at = e.instance_path().as_str();
-                        errs.push(
-                            format!("/input_schema{at}"),
-                            format!("input_schema does not compile: {e}"),
-                        );
-                    }
-                }
-                Some(schema.clone())
-            }
-        };
+        let (input_schema, compiled_schema) = parse_schema(map, &mut errs);
 
         let policy = match map.get("policy") {
             Some(v) => merge_policy(&Policy::default(), v, "/policy", true, &mut errs),
             None => Policy::default(),
         };
 
-        let mut steps = Vec::new();
-        match map.get("steps") {
-            None => errs.push("/steps", "missing required field `steps`"),
-            Some(Value::Array(items)) if items.is_empty() => {
-                errs.push("/steps", "a saga needs at least one step")
-            }
-            Some(Value::Array(items)) => {
-                let mut names: Vec<String> = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    let ptr = format!("/steps/{i}");
-                    let Some(smap) =
-                        errs.object(item, &ptr, &["name", "action", "compensation", "policy"])
-                    else {
-                        continue;
-                    };
-                    let sname: Option<String> = errs.required(smap, &ptr, "name");
-                    if let Some(n) = &sname {
-                        if !is_step_name(n) {
-                            errs.push(
-                                format!("{ptr}/name"),
-                                format!("step name must be 1 to {MAX_STEP_NAME} characters of [a-z0-9_], got `{n}`"),
-                            );
-                        } else if names.contains(n) {
-                            errs.push(format!("{ptr}/name"), format!("duplicate step name `{n}`"));
-                        }
-                    }
-                    let action = match smap.get("action") {
-                        Some(v) => parse_call(v, &format!("{ptr}/action"), &names, &mut errs),
-                        None => {
-                            errs.push(format!("{ptr}/action"), "missing required field `action`");
-                            None
-                        }
-                    };
-                    // A compensation may also read its own step's output.
-                    let mut with_self = names.clone();
-                    with_self.extend(sname.clone());
-                    let compensation = match smap.get("compensation") {
-                        None | Some(Value::Null) => None,
-                        Some(v) => {
-                            parse_call(v, &format!("{ptr}/compensation"), &with_self, &mut errs)
-                        }
-                    };
-                    let step_policy = match smap.get("policy") {
-                        None | Some(Value::Null) => policy.clone(),
-                        Some(v) => {
-                            merge_policy(&policy, v, &format!("{ptr}/policy"), false, &mut errs)
-                        }
-                    };
-                    if let Some(n) = &sname {
-                        names.push(n.clone());
-                    }
-                    if let (Some(name), Some(action)) = (sname, action) {
-                        steps.push(StepDef {
-                            name,
-                            action,
-                            compensation,
-                            policy: Some(step_policy),
-                        });
-                    }
-                }
-            }
-            Some(other) => errs.push(
-                "/steps",
-                format!("must be an array, found {}", kind_of(other)),
-            ),
-        }
+        let steps = parse_steps(map, &policy, &mut errs);
 
         if !errs.0.is_empty() {
             return Err(DefinitionError::Invalid(errs.0));

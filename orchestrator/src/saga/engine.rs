@@ -580,37 +580,37 @@ impl Run<'_> {
         Command::WaitUntil(at)
     }
 
+    /// A 2xx: the action's output is kept; the step is succeeded (or compensated).
+    fn succeeded(&mut self, step: usize, phase: Phase, status: u16, body: Value) -> Command {
+        let s = &mut self.state.steps[step];
+        s.last_error = None;
+        s.polling = false;
+        let (kind, attempt) = match phase {
+            Phase::Action => {
+                s.status = StepStatus::Succeeded;
+                s.output = Some(body);
+                (EventKind::StepSucceeded, s.attempts)
+            }
+            Phase::Compensation => {
+                s.status = StepStatus::Compensated;
+                (EventKind::CompensationSucceeded, s.compensation_attempts)
+            }
+        };
+        self.event(
+            kind,
+            Some(step),
+            json!({ "attempt": attempt, "status": status }),
+        );
+        self.advance()
+    }
+
     fn on_result(&mut self, step: usize, phase: Phase, outcome: CallOutcome) -> Command {
         self.state.in_flight = None;
         let status = status_of(&outcome);
         let error = describe(&outcome);
         match (phase, outcome) {
-            (Phase::Action, CallOutcome::Success { status, body }) => {
-                let s = &mut self.state.steps[step];
-                s.status = StepStatus::Succeeded;
-                s.output = Some(body);
-                s.last_error = None;
-                s.polling = false;
-                let attempt = s.attempts;
-                self.event(
-                    EventKind::StepSucceeded,
-                    Some(step),
-                    json!({ "attempt": attempt, "status": status }),
-                );
-                self.advance()
-            }
-            (Phase::Compensation, CallOutcome::Success { status, .. }) => {
-                let s = &mut self.state.steps[step];
-                s.status = StepStatus::Compensated;
-                s.last_error = None;
-                s.polling = false;
-                let attempt = s.compensation_attempts;
-                self.event(
-                    EventKind::CompensationSucceeded,
-                    Some(step),
-                    json!({ "attempt": attempt, "status": status }),
-                );
-                self.advance()
+            (phase, CallOutcome::Success { status, body }) => {
+                self.succeeded(step, phase, status, body)
             }
             (Phase::Action, CallOutcome::BusinessFailure { status, body }) => {
                 self.fail_action(step, error, json!({ "status": status, "body": body }))

@@ -6,16 +6,20 @@
 //! - [`state`]: the persisted state of one saga (serialised as JSON into the store).
 //! - [`engine`]: the transition function
 //!   `transition(def, saga_id, input, state, event, now, rand) -> Transition`.
+//! - [`classify`]: the step result protocol — a call's status, `Retry-After` and body to a
+//!   [`engine::CallOutcome`] (an answer Postgres cannot store is a failed call).
 //! - `tests`: unit tests per rule and property tests (a simulator answering every call at random).
 //!
 //! The driver (`crate::driver`) persists every [`engine::Transition`] **before** it performs the
 //! [`engine::Command`] the transition allows, and feeds the call's outcome back as
 //! [`engine::Input::Result`].
 
+pub mod classify;
 pub mod definition;
 pub mod engine;
 pub mod state;
 
+pub use classify::classify;
 pub use definition::{
     Backoff, CallSpec, Definition, DefinitionError, FieldError, Policy, StepDef, render,
 };

@@ -20,6 +20,21 @@ impl SagaStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, SagaStatus::Completed | SagaStatus::Compensated)
     }
+    /// Completed, compensated or failed: nothing happens until a manual retry.
+    pub fn is_settled(self) -> bool {
+        self.is_terminal() || self == SagaStatus::Failed
+    }
+    pub const ALL: [SagaStatus; 5] = [
+        SagaStatus::Running,
+        SagaStatus::Compensating,
+        SagaStatus::Completed,
+        SagaStatus::Compensated,
+        SagaStatus::Failed,
+    ];
+    /// The status named `s` (as stored), if any.
+    pub fn parse(s: &str) -> Option<SagaStatus> {
+        SagaStatus::ALL.into_iter().find(|x| x.as_str() == s)
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             SagaStatus::Running => "running",
@@ -28,6 +43,14 @@ impl SagaStatus {
             SagaStatus::Compensated => "compensated",
             SagaStatus::Failed => "failed",
         }
+    }
+}
+
+/// The status as stored (the `status` column).
+impl TryFrom<String> for SagaStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        SagaStatus::parse(&s).ok_or_else(|| format!("unknown saga status {s:?}"))
     }
 }
 

@@ -186,6 +186,14 @@ impl<'a> Sim<'a> {
     }
 }
 
+/// The checkout's log up to the charge being sent.
+const CHARGE_SENT: [(EventKind, Option<&str>); 4] = [
+    (EventKind::SagaStarted, None),
+    (EventKind::StepStarted, Some("reserve_inventory")),
+    (EventKind::StepSucceeded, Some("reserve_inventory")),
+    (EventKind::StepStarted, Some("charge_payment")),
+];
+
 /// State/command consistency after every transition.
 fn check_invariants(state: &SagaState, command: &Command) {
     match command {
@@ -654,15 +662,15 @@ fn checkout_success_completes() {
     assert_eq!(
         sim.kinds(),
         [
-            (SagaStarted, None),
-            (StepStarted, Some("reserve_inventory")),
-            (StepSucceeded, Some("reserve_inventory")),
-            (StepStarted, Some("charge_payment")),
-            (StepSucceeded, Some("charge_payment")),
-            (StepStarted, Some("create_shipment")),
-            (StepSucceeded, Some("create_shipment")),
-            (SagaCompleted, None),
+            CHARGE_SENT.as_slice(),
+            &[
+                (StepSucceeded, Some("charge_payment")),
+                (StepStarted, Some("create_shipment")),
+                (StepSucceeded, Some("create_shipment")),
+                (SagaCompleted, None),
+            ],
         ]
+        .concat()
     );
     assert!(sim.call_steps(Phase::Compensation).is_empty());
 }
@@ -718,18 +726,18 @@ fn declined_payment_compensates_payment_then_inventory() {
     assert_eq!(
         sim.kinds(),
         [
-            (SagaStarted, None),
-            (StepStarted, Some("reserve_inventory")),
-            (StepSucceeded, Some("reserve_inventory")),
-            (StepStarted, Some("charge_payment")),
-            (StepFailed, Some("charge_payment")),
-            (SagaCompensating, Some("charge_payment")),
-            (CompensationStarted, Some("charge_payment")),
-            (CompensationSucceeded, Some("charge_payment")),
-            (CompensationStarted, Some("reserve_inventory")),
-            (CompensationSucceeded, Some("reserve_inventory")),
-            (SagaCompensated, None),
+            CHARGE_SENT.as_slice(),
+            &[
+                (StepFailed, Some("charge_payment")),
+                (SagaCompensating, Some("charge_payment")),
+                (CompensationStarted, Some("charge_payment")),
+                (CompensationSucceeded, Some("charge_payment")),
+                (CompensationStarted, Some("reserve_inventory")),
+                (CompensationSucceeded, Some("reserve_inventory")),
+                (SagaCompensated, None),
+            ],
         ]
+        .concat()
     );
     let failed = &sim.events[4];
     assert_eq!(failed.detail["status"], json!(409));
@@ -1442,33 +1450,8 @@ fn simulate(def: &Definition, choices: &[u8], rands: &[u64], manual_retries: usi
                 ..
             } => {
                 let c = next(&mut sim);
-                // Now and then a stale duplicate of an earlier answer arrives first.
-                if c % 7 == 3 && attempt > 1 {
-                    let before = sim.state.clone();
-                    sim.apply(Input::Result {
-                        step,
-                        phase,
-                        attempt: attempt - 1,
-                        outcome: ok(json!({"id": 1})),
-                    });
-                    assert_eq!(sim.state, before, "stale results change nothing");
-                }
-                match outcome_for(c, sim.rand) {
-                    Some(outcome) => {
-                        let success = matches!(outcome, CallOutcome::Success { .. });
-                        sim.apply(Input::Result {
-                            step,
-                            phase,
-                            attempt,
-                            outcome,
-                        });
-                        if success && phase == Phase::Compensation {
-                            compensated.push(step);
-                        }
-                    }
-                    None => {
-                        sim.apply(Input::Wake);
-                    }
+                if answer_call(&mut sim, step, phase, attempt, c) {
+                    compensated.push(step);
                 }
             }
             Command::WaitUntil(at) => {
@@ -1490,29 +1473,66 @@ fn simulate(def: &Definition, choices: &[u8], rands: &[u64], manual_retries: usi
             Command::Stop => break,
         }
     }
-    let delays = sim
-        .events
-        .iter()
-        .filter_map(|e| {
-            e.detail
-                .get("delay_ms")
-                .and_then(Value::as_u64)
-                .map(|d| (e.kind, d))
-        })
-        .collect();
-    Run {
-        status: sim.state.status,
-        transitions: sim.transitions,
-        action_sent: sim
-            .calls
+    Run::of(sim, compensated)
+}
+
+/// Answer the call `(step, phase, attempt)` as choice `c` says (now and then after a stale
+/// duplicate of an earlier answer); true if a compensation succeeded.
+fn answer_call(sim: &mut Sim, step: usize, phase: Phase, attempt: u32, c: u8) -> bool {
+    if c % 7 == 3 && attempt > 1 {
+        let before = sim.state.clone();
+        sim.apply(Input::Result {
+            step,
+            phase,
+            attempt: attempt - 1,
+            outcome: ok(json!({"id": 1})),
+        });
+        assert_eq!(sim.state, before, "stale results change nothing");
+    }
+    match outcome_for(c, sim.rand) {
+        Some(outcome) => {
+            let success = matches!(outcome, CallOutcome::Success { .. });
+            sim.apply(Input::Result {
+                step,
+                phase,
+                attempt,
+                outcome,
+            });
+            success && phase == Phase::Compensation
+        }
+        None => {
+            sim.apply(Input::Wake);
+            false
+        }
+    }
+}
+
+impl Run {
+    fn of(sim: Sim, compensated: Vec<usize>) -> Run {
+        let delays = sim
+            .events
             .iter()
-            .filter(|c| c.1 == Phase::Action)
-            .map(|c| c.0)
-            .collect(),
-        compensated,
-        comp_calls: sim.call_steps(Phase::Compensation),
-        delays,
-        final_state: sim.state,
+            .filter_map(|e| {
+                e.detail
+                    .get("delay_ms")
+                    .and_then(Value::as_u64)
+                    .map(|d| (e.kind, d))
+            })
+            .collect();
+        Run {
+            status: sim.state.status,
+            transitions: sim.transitions,
+            action_sent: sim
+                .calls
+                .iter()
+                .filter(|c| c.1 == Phase::Action)
+                .map(|c| c.0)
+                .collect(),
+            compensated,
+            comp_calls: sim.call_steps(Phase::Compensation),
+            delays,
+            final_state: sim.state,
+        }
     }
 }
 

@@ -1,0 +1,59 @@
+//! The REST API. Every rejection is problem+json (see `tandem_kit::problem`); nothing is stored
+//! for a rejected request. Handlers parse and answer; the work is the driver's
+//! ([`crate::driver::Driver::start`], [`crate::driver::Driver::retry`]) and the registry's.
+//!
+//! - [`sagas`]: `POST /sagas` (optional `Idempotency-Key`; `?wait=SECONDS` answers once the new
+//!   saga is completed, compensated or failed), `GET /sagas/{id}` (`?wait=` long-polls),
+//!   `GET /sagas?status=&definition=&limit=&cursor=`, `POST /sagas/{id}/retry`;
+//! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`;
+//! - here: the router, `GET /healthz`.
+
+pub mod definitions;
+pub mod sagas;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tandem_kit::http::Json;
+use tandem_kit::problem::Problem;
+
+use crate::driver::Driver;
+
+pub use sagas::{saga_view, view_of};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Ctx {
+    pub driver: Arc<Driver>,
+    /// For reads.
+    pub pool: PgPool,
+}
+
+pub fn router(ctx: Ctx) -> Router {
+    let r = Router::new()
+        .route("/sagas", post(sagas::create).get(sagas::list))
+        .route("/sagas/{id}", get(sagas::get_one))
+        .route("/sagas/{id}/retry", post(sagas::retry))
+        .route(
+            "/definitions",
+            post(definitions::create).get(definitions::list),
+        )
+        .route("/definitions/{name}", get(definitions::get_one))
+        .route("/healthz", get(healthz))
+        .with_state(ctx);
+    tandem_kit::http::finish(r)
+}
+
+async fn healthz(State(c): State<Ctx>) -> Result<Json<Value>, Problem> {
+    sqlx::query("SELECT 1")
+        .execute(&c.pool)
+        .await
+        .map_err(Problem::unavailable)?;
+    Ok(Json(
+        json!({ "status": "ok", "instance": c.driver.instance_id() }),
+    ))
+}

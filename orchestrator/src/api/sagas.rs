@@ -1,0 +1,304 @@
+//! `POST /sagas`, `GET /sagas/{id}`, `GET /sagas`, `POST /sagas/{id}/retry`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tandem_kit::http::{Json, Path, Query, from_value};
+use tandem_kit::problem::Problem;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::Ctx;
+use crate::driver::start::{Retried, StartSaga, Started, hash_json};
+use crate::saga::SagaStatus;
+use crate::store::{self, EventRow, SagaRow};
+use crate::text::check_str;
+
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub const MAX_WAIT_SECS: f64 = 60.0;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSaga {
+    definition: String,
+    /// Pin a definition version (default: the current one).
+    #[serde(default)]
+    version: Option<String>,
+    input: Value,
+}
+
+/// The client's `Idempotency-Key`, if any: 1 to 255 visible ASCII characters.
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v
+        .to_str()
+        .map_err(|_| Problem::bad_request("the Idempotency-Key header must be visible ASCII"))?;
+    if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(Problem::bad_request(format!(
+            "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+        ))
+        .field("/header/Idempotency-Key", "length out of range"));
+    }
+    Ok(Some(k.to_string()))
+}
+
+pub(super) async fn create(
+    State(c): State<Ctx>,
+    Query(p): Query<WaitParams>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Response, Problem> {
+    let wait = wait_secs(p.wait)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let request_hash = hash_json(&body);
+    let req: CreateSaga = from_value(body)?;
+    let started = c
+        .driver
+        .start(StartSaga {
+            definition: req.definition,
+            version: req.version,
+            input: req.input,
+            idempotency_key,
+            request_hash,
+            watch: wait > 0.0,
+        })
+        .await?;
+    match started {
+        Started::New {
+            row,
+            events,
+            finished,
+        } => {
+            let id = row.id;
+            let view = match finished {
+                // POST-and-wait: the waiter was registered before the saga could finish.
+                Some(finished) => {
+                    let (row, events) = wait_settled(&c, id, wait, finished, true).await?;
+                    view_of(&row, &events)
+                }
+                None => view_of(&row, &events),
+            };
+            Ok((StatusCode::CREATED, [(header::LOCATION, format!("/sagas/{id}"))], Json(view)).into_response())
+        }
+        Started::Existing(existing) => {
+            let (row, events) = store::saga_with_events(&c.pool, existing)
+                .await?
+                .ok_or_else(|| Problem::internal("saga vanished"))?;
+            Ok((StatusCode::OK, [(header::LOCATION, format!("/sagas/{existing}"))], Json(view_of(&row, &events)))
+                .into_response())
+        }
+        Started::KeyReused { saga_id } => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused with a different request",
+        )
+        .detail(format!("this Idempotency-Key already started saga {saga_id} with a different body"))
+        .with("saga_id", saga_id.to_string())),
+        Started::BusinessKeyConflict { saga_id, definition, business_key } => Err(Problem::conflict("business-key-conflict", "Business key already used")
+            .detail(format!(
+                "saga {saga_id} already runs definition {definition:?} for business key {business_key:?} with a different input",
+            ))
+            .with("saga_id", saga_id.to_string())),
+    }
+}
+
+/// The JSON view of a saga: state, steps, lease and the event log.
+pub async fn saga_view(pool: &sqlx::PgPool, row: &SagaRow) -> Result<Value, Problem> {
+    let (_, events) = store::saga_with_events(pool, row.id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no saga {}", row.id)))?;
+    Ok(view_of(row, &events))
+}
+
+/// [`saga_view`] from a row and its events already at hand.
+pub fn view_of(row: &SagaRow, events: &[EventRow]) -> Value {
+    let mut outputs = serde_json::Map::new();
+    for s in &row.state.steps {
+        if let Some(o) = &s.output {
+            outputs.insert(s.name.clone(), o.clone());
+        }
+    }
+    let last_error = row
+        .state
+        .steps
+        .iter()
+        .rev()
+        .find_map(|s| s.last_error.clone());
+    json!({
+        "id": row.id,
+        "definition": row.definition,
+        "version": row.version,
+        "status": row.status,
+        "business_key": row.business_key,
+        "input": row.input,
+        "outputs": outputs,
+        "steps": row.state.steps,
+        "reason": row.state.reason,
+        "last_error": last_error,
+        "next_attempt_at": row.state.next_attempt_at,
+        "lease": {"owner": row.lease_owner, "until": row.lease_until, "epoch": row.lease_epoch},
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "events": events,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WaitParams {
+    /// Long poll: wait up to this many seconds for a terminal (or parked) state.
+    wait: Option<f64>,
+}
+
+pub(super) async fn get_one(
+    State(c): State<Ctx>,
+    Path(id): Path<Uuid>,
+    Query(p): Query<WaitParams>,
+) -> Result<Json<Value>, Problem> {
+    let wait = wait_secs(p.wait)?;
+    let finished = c.driver.watch(id);
+    let (row, events) = wait_settled(&c, id, wait, finished, false).await?;
+    Ok(Json(view_of(&row, &events)))
+}
+
+/// `?wait=SECONDS`: 0 to [`MAX_WAIT_SECS`].
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+pub fn wait_secs(wait: Option<f64>) -> Result<f64, Problem> {
+    match wait {
+        None => Ok(0.0),
+        Some(w) if (0.0..=MAX_WAIT_SECS).contains(&w) => Ok(w),
+        Some(_) => Err(Problem::invalid(
+            "/query/wait",
+            format!("must be between 0 and {MAX_WAIT_SECS} seconds"),
+        )),
+    }
+}
+
+/// The saga (and its events) once it is completed, compensated or failed, or as it is when
+/// `wait` runs out. `finished` ([`crate::driver::Driver::watch`]) must have been taken before
+/// the saga could settle. `just_started`: the saga was created by this request and is being
+/// driven here, so it cannot have settled yet — skip the first read.
+async fn wait_settled(
+    c: &Ctx,
+    id: Uuid,
+    wait: f64,
+    finished: oneshot::Receiver<()>,
+    just_started: bool,
+) -> Result<(SagaRow, Vec<EventRow>), Problem> {
+    let r = wait_settled_inner(c, id, wait, finished, just_started).await;
+    c.driver.unwatch(id);
+    r
+}
+
+async fn wait_settled_inner(
+    c: &Ctx,
+    id: Uuid,
+    wait: f64,
+    mut finished: oneshot::Receiver<()>,
+    just_started: bool,
+) -> Result<(SagaRow, Vec<EventRow>), Problem> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let mut read = !just_started;
+    let mut woken = false;
+    loop {
+        if read {
+            let (row, events) = store::saga_with_events(&c.pool, id)
+                .await?
+                .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
+            if row.status.is_settled() || tokio::time::Instant::now() >= deadline {
+                return Ok((row, events));
+            }
+        }
+        read = true;
+        // Woken by this instance finishing the saga, or re-check the database periodically
+        // (another instance may be driving it).
+        let tick = tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
+        );
+        tokio::select! {
+            _ = tick => {}
+            _ = &mut finished, if !woken => woken = true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    status: Option<SagaStatus>,
+    definition: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+}
+
+pub(super) async fn list(
+    State(c): State<Ctx>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<Value>, Problem> {
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::invalid(
+            "/query/limit",
+            "must be between 1 and 500",
+        ));
+    }
+    if let Some(d) = &p.definition {
+        check_str(d, "/query/definition").map_err(|i| Problem::invalid_fields(vec![i]))?;
+    }
+    let rows = store::list(
+        &c.pool,
+        p.status,
+        p.definition.as_deref(),
+        p.cursor,
+        limit + 1,
+    )
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            json!({
+                "id": r.id, "definition": r.definition, "version": r.version, "status": r.status,
+                "business_key": r.business_key, "created_at": r.created_at, "updated_at": r.updated_at,
+            })
+        })
+        .collect();
+    let next_cursor = if more {
+        rows.get(limit as usize - 1).map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+pub(super) async fn retry(State(c): State<Ctx>, Path(id): Path<Uuid>) -> Result<Response, Problem> {
+    match c.driver.retry(id).await? {
+        Retried::Resumed => {}
+        Retried::NotFailed(status) => {
+            return Err(Problem::conflict("not-failed", "Saga is not failed")
+                .detail(format!(
+                    "saga {id} is {}; only a failed saga can be retried",
+                    status.as_str()
+                ))
+                .with("status", status.as_str()));
+        }
+        Retried::InProgress => {
+            return Err(
+                Problem::conflict("retry-in-progress", "Saga is being retried")
+                    .detail(format!("saga {id} is already being retried")),
+            );
+        }
+    }
+    let (row, events) = store::saga_with_events(&c.pool, id)
+        .await?
+        .ok_or_else(|| Problem::internal("saga vanished"))?;
+    Ok((StatusCode::ACCEPTED, Json(view_of(&row, &events))).into_response())
+}

@@ -1,0 +1,216 @@
+//! The per-saga execution loop: perform the (already persisted) command, feed the outcome back
+//! to the engine, persist the next transition (write-ahead, fenced), repeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use uuid::Uuid;
+
+use super::Driver;
+use crate::saga::{Command, Definition, Input, Phase, SagaState, Transition, engine};
+use crate::store::{NextRun, SagaRow};
+use crate::writer::TransitionWrite;
+
+/// A saga this instance holds a lease on.
+pub(super) struct Active {
+    pub id: Uuid,
+    id_str: String,
+    def: Arc<Definition>,
+    input: Value,
+    state: SagaState,
+    pub epoch: i64,
+}
+
+impl Active {
+    /// The saga as leased in `row` (its epoch fences every write), running on `def`.
+    pub fn new(row: SagaRow, def: Arc<Definition>) -> Self {
+        Active {
+            id: row.id,
+            id_str: row.id.to_string(),
+            def,
+            input: row.input,
+            state: row.state,
+            epoch: row.lease_epoch,
+        }
+    }
+
+    fn transition(&self, input: Input) -> Transition {
+        engine::transition(
+            &self.def,
+            &self.id_str,
+            &self.input,
+            &self.state,
+            input,
+            Utc::now(),
+            rand::random(),
+        )
+    }
+}
+
+impl Driver {
+    /// Drive a saga in the background from `command` (already persisted), holding `permit`.
+    pub(super) fn spawn_run(
+        self: &Arc<Self>,
+        a: Active,
+        command: Command,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = a.id;
+            me.run(a, command).await;
+            me.finish(id, permit);
+        });
+    }
+
+    /// Drive a saga obtained by a claim or a reclaim, starting with `input`.
+    pub(super) fn spawn_leased(self: &Arc<Self>, row: SagaRow, input: Input) {
+        let Some(permit) = self.try_activate(row.id) else {
+            // Already driven here (its lease lapsed, e.g. this process was paused) or no free
+            // slot: hand the new lease back so the saga is due again at once; the old task here
+            // is fenced by the new epoch and drops it.
+            self.hand_back_later(row.id, row.lease_epoch);
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = row.id;
+            match me.registry.get(&row.definition, &row.version).await {
+                Ok(Some(def)) => {
+                    let mut a = Active::new(row, def);
+                    let t = a.transition(input);
+                    if let Some(command) = me.apply(&mut a, t).await {
+                        me.run(a, command).await;
+                    }
+                }
+                Ok(None) => tracing::error!(saga = %id, "the saga's definition is not stored"),
+                Err(e) => {
+                    tracing::error!(saga = %id, error = %e, "cannot load the saga's definition")
+                }
+            }
+            me.finish(id, permit);
+        });
+    }
+
+    /// Apply `input` to a saga leased here and persist the transition; the command to perform
+    /// next, if any.
+    pub(super) async fn step(&self, a: &mut Active, input: Input) -> Option<Command> {
+        let t = a.transition(input);
+        self.apply(a, t).await
+    }
+
+    /// The loop: perform the (already persisted) command, feed back, persist, repeat.
+    async fn run(&self, mut a: Active, mut command: Command) {
+        loop {
+            let input = match command {
+                Command::Call {
+                    step,
+                    phase,
+                    attempt,
+                    request,
+                } => {
+                    if *self.shutdown.borrow() {
+                        // Graceful shutdown: hand the lease back; whoever claims it re-sends
+                        // this call with the same idempotency key.
+                        self.releaser.release(a.id, a.epoch).await;
+                        return;
+                    }
+                    tandem_kit::crash::point(match phase {
+                        Phase::Action => "orchestrator.before_call",
+                        Phase::Compensation => "orchestrator.before_compensation_call",
+                    });
+                    let outcome = self.call(&request).await;
+                    tandem_kit::crash::point("orchestrator.after_call_before_persist");
+                    tracing::debug!(saga = %a.id, step, ?phase, attempt, ?outcome, "call finished");
+                    Input::Result {
+                        step,
+                        phase,
+                        attempt,
+                        outcome,
+                    }
+                }
+                Command::WaitUntil(at) => {
+                    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = crate::until_shutdown(&mut shutdown) => {
+                            self.releaser.release(a.id, a.epoch).await;
+                            return;
+                        }
+                    }
+                    Input::Wake
+                }
+                Command::Stop => {
+                    self.notify_finished(a.id);
+                    return;
+                }
+            };
+            match self.step(&mut a, input).await {
+                Some(c) => command = c,
+                None => return,
+            }
+        }
+    }
+
+    /// Persist a transition (write-ahead) and return the command to perform, or None if the
+    /// saga must be dropped (fenced, or handed back to be claimed later).
+    async fn apply(&self, a: &mut Active, t: Transition) -> Option<Command> {
+        let (next, keep) = match &t.command {
+            Command::Call { .. } => (NextRun::Now, true),
+            Command::WaitUntil(at) => {
+                let wait = (*at - Utc::now()).to_std().unwrap_or_default();
+                (NextRun::At(*at), wait < self.leases.ttl() / 2)
+            }
+            Command::Stop => (NextRun::Never, false),
+        };
+        let unchanged = t.events.is_empty() && t.state == a.state;
+        if !(unchanged && keep) {
+            let w = TransitionWrite {
+                state: &t.state,
+                events: &t.events,
+                next,
+                keep_lease: keep,
+            };
+            if !self.persist(a, w).await {
+                tracing::warn!(saga = %a.id, epoch = a.epoch, "lease lost (fenced): dropping the saga");
+                return None;
+            }
+        }
+        a.state = t.state;
+        match t.command {
+            Command::WaitUntil(at) if !keep => {
+                self.signals.note_due(at);
+                None
+            }
+            Command::Stop => {
+                self.notify_finished(a.id);
+                None
+            }
+            c => Some(c),
+        }
+    }
+
+    /// Write until it lands (true) or is fenced (false): never act before the write.
+    async fn persist(&self, a: &Active, w: TransitionWrite<'_>) -> bool {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.writer.persist(a.id, a.epoch, w).await {
+                Ok(applied) => {
+                    if applied {
+                        tandem_kit::crash::point("orchestrator.after_persist");
+                    }
+                    return applied;
+                }
+                Err(e) => {
+                    tracing::warn!(saga = %a.id, error = %e, retry_in = ?delay, "persisting a transition failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The one entry point that creates a saga ([`Driver::start`]: checks, the engine's first
+//! transition, the store, then driving it), and the manual retry of a parked saga.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tandem_kit::problem::FieldIssue;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::Driver;
+use super::run::Active;
+use crate::error::{Error, Result};
+use crate::lease::Take;
+use crate::saga::definition::canonical_json;
+use crate::saga::{Input, SagaStatus, engine};
+use crate::store::{self, Created, EventRow, NewSaga, SagaRow};
+use crate::text::{check_json, check_str};
+
+/// A request to start a saga.
+pub struct StartSaga {
+    pub definition: String,
+    /// Pin a definition version (default: the current one).
+    pub version: Option<String>,
+    pub input: Value,
+    /// The client's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<String>,
+    /// SHA-256 (hex) of the canonical request body: the same key with another body is refused.
+    pub request_hash: String,
+    /// Register a waiter before the saga can settle (POST-and-wait).
+    pub watch: bool,
+}
+
+/// What starting a saga did.
+pub enum Started {
+    /// A new saga, now driven here. `finished` resolves when it settles (if asked to watch).
+    New {
+        row: Box<SagaRow>,
+        events: Vec<EventRow>,
+        finished: Option<oneshot::Receiver<()>>,
+    },
+    /// The same request again (same Idempotency-Key and body, or same business key and input).
+    Existing(Uuid),
+    /// The Idempotency-Key started another saga with a different body.
+    KeyReused { saga_id: Uuid },
+    /// The business key runs another saga with a different input.
+    BusinessKeyConflict {
+        saga_id: Uuid,
+        definition: String,
+        business_key: String,
+    },
+}
+
+/// What a manual retry found.
+pub enum Retried {
+    /// The retry is applied and the saga is driven here.
+    Resumed,
+    /// Only a failed saga can be retried.
+    NotFailed(SagaStatus),
+    /// Another retry holds the saga.
+    InProgress,
+}
+
+/// Hex SHA-256 of a JSON value's canonical form.
+pub fn hash_json(v: &Value) -> String {
+    hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
+}
+
+/// Every string of the request Postgres would be handed, checked for U+0000.
+fn check_storable(req: &StartSaga) -> Result<()> {
+    let mut issues: Vec<FieldIssue> = Vec::new();
+    issues.extend(check_str(&req.definition, "/definition").err());
+    if let Some(v) = &req.version {
+        issues.extend(check_str(v, "/version").err());
+    }
+    issues.extend(check_json(&req.input, "/input").err());
+    if let Some(k) = &req.idempotency_key {
+        issues.extend(check_str(k, "/header/Idempotency-Key").err());
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(issues))
+    }
+}
+
+impl Driver {
+    /// Start a saga: check the request (storable text, known definition, valid input), compute
+    /// the engine's first transition, store the saga with it (one statement; idempotency and
+    /// business keys sorted out there), then drive it here. Nothing is stored for a refused
+    /// request.
+    pub async fn start(self: &Arc<Self>, req: StartSaga) -> Result<Started> {
+        check_storable(&req)?;
+        let (version, def) = self
+            .registry
+            .resolve(&req.definition, req.version.as_deref())
+            .await?;
+        def.validate_input(&req.input).map_err(|errors| {
+            Error::Invalid(
+                errors
+                    .into_iter()
+                    .map(|e| FieldIssue {
+                        pointer: format!("/input{}", e.pointer),
+                        message: e.message,
+                    })
+                    .collect(),
+            )
+        })?;
+        let business_key = def.business_key(&req.input);
+        let id = Uuid::now_v7();
+        let t = engine::transition(
+            &def,
+            &id.to_string(),
+            &req.input,
+            &engine::initial_state(&def),
+            Input::Start,
+            chrono::Utc::now(),
+            rand::random(),
+        );
+        let created = store::create_saga(
+            self.leases.pool(),
+            NewSaga {
+                id,
+                definition: &def.name,
+                version: &version,
+                business_key: business_key.as_deref(),
+                input: &req.input,
+                input_hash: &hash_json(&req.input),
+                request_hash: &req.request_hash,
+                idempotency_key: req.idempotency_key.as_deref(),
+                state: &t.state,
+                events: &t.events,
+                owner: self.instance_id(),
+                lease_ttl: self.leases.ttl(),
+            },
+        )
+        .await?;
+        Ok(match created {
+            Created::New(saga) => {
+                let (row, events) = *saga;
+                let finished = req.watch.then(|| self.watch(id));
+                self.drive_created(row.clone(), def, t.command);
+                Started::New {
+                    row: Box::new(row),
+                    events,
+                    finished,
+                }
+            }
+            Created::Replay(existing) | Created::SameBusinessKey(existing) => {
+                Started::Existing(existing)
+            }
+            Created::KeyReused { saga_id } => Started::KeyReused { saga_id },
+            Created::BusinessKeyConflict { saga_id } => Started::BusinessKeyConflict {
+                saga_id,
+                definition: def.name.clone(),
+                business_key: business_key.unwrap_or_default(),
+            },
+        })
+    }
+
+    /// Drive a saga this instance has just created (its first call decided and persisted).
+    fn drive_created(
+        self: &Arc<Self>,
+        row: SagaRow,
+        def: Arc<crate::saga::Definition>,
+        command: crate::saga::Command,
+    ) {
+        let Some(permit) = self.try_activate(row.id) else {
+            // Every slot is busy (MAX_ACTIVE_SAGAS): hand the lease back at once so the saga is
+            // claimed as soon as an instance has room (the release NOTIFYs idle instances; a
+            // slot freeing here wakes this one), instead of waiting for the lease to expire.
+            self.hand_back_later(row.id, row.lease_epoch);
+            return;
+        };
+        self.spawn_run(Active::new(row, def), command, permit);
+    }
+
+    /// `POST /sagas/{id}/retry`: take the parked saga's lease, apply the manual retry now (so
+    /// the answer shows its effect), then drive it in the background.
+    pub async fn retry(self: &Arc<Self>, id: Uuid) -> Result<Retried> {
+        let row = store::saga(self.leases.pool(), id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no saga {id}")))?;
+        if row.status != SagaStatus::Failed {
+            return Ok(Retried::NotFailed(row.status));
+        }
+        let Some(row) = self
+            .leases
+            .take::<SagaRow>(id, Take::IfFree, "status = 'failed'")
+            .await?
+        else {
+            return Ok(Retried::InProgress);
+        };
+        let def = self
+            .registry
+            .get(&row.definition, &row.version)
+            .await?
+            .ok_or_else(|| Error::Corrupt {
+                what: "saga",
+                message: format!("saga {id} runs a definition that is not stored"),
+            })?;
+        let permit = self.try_activate(id).ok_or(Error::Busy(id))?;
+        let mut a = Active::new(row, def);
+        match self.step(&mut a, Input::ManualRetry).await {
+            Some(command) => self.spawn_run(a, command, permit),
+            None => self.finish(id, permit),
+        }
+        Ok(Retried::Resumed)
+    }
+}

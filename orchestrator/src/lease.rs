@@ -1,0 +1,294 @@
+//! Leases on any kind of leased work: sagas today, 2PC transactions next, any table tomorrow.
+//!
+//! A kind of work plugs in with a [`LeaseKind`]: its table, the columns a claim returns, the
+//! names of its five lease columns ([`LeaseColumns`]: id, owner, expiry, fencing epoch, due
+//! time) and the channel its hand-backs are announced on. [`Leases`] then builds, once, the SQL
+//! every kind shares:
+//!
+//! - [`Leases::claim`]: take up to n due rows whose lease is free or expired
+//!   (`FOR UPDATE SKIP LOCKED`, epoch + 1), and learn when the next one becomes claimable;
+//! - [`Leases::renew`]: extend the unexpired leases this instance holds (one statement);
+//! - [`Leases::release`]: hand leases back, each fenced by its epoch, with one `NOTIFY` per
+//!   statement (see [`crate::wake`]);
+//! - [`Leases::reclaim_own`]: at start-up, take back this instance identity's leases;
+//! - [`Leases::take`]: lease one given row now (free only, or stealing a live lease), epoch + 1.
+//!
+//! The fence itself is part of each kind's own writes: every write of a leased row checks
+//! `<epoch column> = <the epoch its lease was taken with>` ([`LeaseKind::fence`]), so a former
+//! owner's write affects no row. Rows decode through [`Leased`]. The background loops that
+//! drive claims, renewals and wake-ups for a kind are in [`crate::worker`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+use uuid::Uuid;
+
+/// The names of a leased table's lease columns.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseColumns {
+    /// `uuid` primary key.
+    pub id: &'static str,
+    /// `text`, NULL when free.
+    pub owner: &'static str,
+    /// `timestamptz` on the database clock, NULL when free.
+    pub until: &'static str,
+    /// `bigint` fencing epoch, bumped by every claim / take / reclaim.
+    pub epoch: &'static str,
+    /// `timestamptz`: when the row needs a worker next; NULL once there is nothing to do.
+    pub due: &'static str,
+}
+
+impl LeaseColumns {
+    /// `id`, `lease_owner`, `lease_until`, `lease_epoch`, `next_run_at`.
+    pub const STANDARD: LeaseColumns = LeaseColumns {
+        id: "id",
+        owner: "lease_owner",
+        until: "lease_until",
+        epoch: "lease_epoch",
+        due: "next_run_at",
+    };
+}
+
+/// One kind of leased row.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseKind {
+    /// For logs: `saga`, `transaction` …
+    pub name: &'static str,
+    pub table: &'static str,
+    /// The select list a claim, reclaim or take returns (decoded by [`Leased::from_row`]).
+    pub columns: &'static str,
+    pub lease: LeaseColumns,
+    /// `NOTIFY` channel announcing hand-backs of this kind.
+    pub channel: &'static str,
+}
+
+impl LeaseKind {
+    /// The fencing predicate of a write by the holder of epoch `$n`:
+    /// `"<epoch> = $n"`.
+    pub fn fence(&self, param: usize) -> String {
+        format!("{} = ${param}", self.lease.epoch)
+    }
+}
+
+/// A leased row as a claim returns it.
+pub trait Leased: Sized + Send + 'static {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error>;
+    fn id(&self) -> Uuid;
+    /// The epoch this instance's lease was taken with (fences its writes).
+    fn epoch(&self) -> i64;
+}
+
+/// What a claim pass found.
+#[derive(Debug)]
+pub struct Claimed<R> {
+    /// The rows now leased to the claimer (new epoch).
+    pub rows: Vec<R>,
+    /// How long until the next row not claimed now becomes claimable (database clock): the later
+    /// of its due time and its lease expiry. None: nothing is waiting.
+    pub next_due_in: Option<Duration>,
+}
+
+/// Whether [`Leases::take`] may take a row whose lease is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Only a free or expired lease.
+    IfFree,
+    /// Any lease: the holder is fenced by the new epoch.
+    Steal,
+}
+
+/// The SQL texts of one kind, built once.
+#[derive(Debug)]
+struct Sql {
+    claim: Arc<str>,
+    renew: Arc<str>,
+    release: Arc<str>,
+    reclaim: Arc<str>,
+}
+
+/// The lease operations of one kind for one instance (see the module docs). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    pub kind: LeaseKind,
+    pool: PgPool,
+    owner: Arc<str>,
+    ttl: Duration,
+    sql: Arc<Sql>,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Leases {
+    pub fn new(kind: LeaseKind, pool: PgPool, owner: &str, ttl: Duration) -> Self {
+        let sql = Sql {
+            claim: fill(&kind, CLAIM).into(),
+            renew: fill(&kind, RENEW).into(),
+            release: fill(&kind, RELEASE).into(),
+            reclaim: fill(&kind, RECLAIM).into(),
+        };
+        Leases {
+            kind,
+            pool,
+            owner: owner.into(),
+            ttl,
+            sql: Arc::new(sql),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Claim up to `limit` due rows whose lease is free or expired (database clock), one commit.
+    /// The same statement tells when the next one becomes claimable, so an idle instance can
+    /// sleep until then (an orphan is taken as its lease expires) instead of a poll interval.
+    pub async fn claim<R: Leased>(&self, limit: i64) -> Result<Claimed<R>, sqlx::Error> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
+            .bind(&*self.owner)
+            .bind(secs(self.ttl))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        tandem_kit::stats::write_committed(&self.pool);
+        let mut claimed = Claimed {
+            rows: Vec::new(),
+            next_due_in: None,
+        };
+        for row in &rows {
+            let next: Option<f64> = row.try_get("next_due_in")?;
+            claimed.next_due_in = next.map(|s| Duration::from_secs_f64(s.max(0.0)));
+            if row.try_get::<Option<Uuid>, _>("claimed_id")?.is_some() {
+                claimed.rows.push(R::from_row(row)?);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Extend the leases this instance holds on `ids` (one statement): only unexpired leases it
+    /// still owns, so a lease that lapsed (a paused process) stays free for another instance.
+    pub async fn renew(&self, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(AssertSqlSafe(self.sql.renew.clone()))
+            .bind(&*self.owner)
+            .bind(ids)
+            .bind(secs(self.ttl))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Hand leases back without changing anything else, each fenced by its epoch, in **one
+    /// statement**: the rows are due again at once. If any row was released, the same statement
+    /// NOTIFYs the kind's channel once (delivered at commit) with `notifier` as payload. One
+    /// NOTIFY per batch, never per row: NOTIFY takes a cluster-wide lock at commit.
+    pub async fn release(
+        &self,
+        ids: &[Uuid],
+        epochs: &[i64],
+        notifier: &str,
+    ) -> Result<u64, sqlx::Error> {
+        let row = sqlx::query(AssertSqlSafe(self.sql.release.clone()))
+            .bind(ids)
+            .bind(epochs)
+            .bind(self.kind.channel)
+            .bind(notifier)
+            .fetch_one(&self.pool)
+            .await?;
+        tandem_kit::stats::write_committed(&self.pool);
+        let released: i64 = row.try_get("released")?;
+        Ok(released as u64)
+    }
+
+    /// At start-up: take back the leases this instance identity held before a restart (new
+    /// epoch, so anything the previous incarnation still had in flight is fenced).
+    pub async fn reclaim_own<R: Leased>(&self) -> Result<Vec<R>, sqlx::Error> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.reclaim.clone()))
+            .bind(&*self.owner)
+            .bind(secs(self.ttl))
+            .fetch_all(&self.pool)
+            .await?;
+        tandem_kit::stats::write_committed(&self.pool);
+        rows.iter().map(R::from_row).collect()
+    }
+
+    /// Lease row `id` now (epoch + 1) if `also` (an SQL predicate over the row, e.g.
+    /// `"status = 'failed'"`; `"true"` for none) holds and, with [`Take::IfFree`], its lease is
+    /// free or expired. None: no such row, or the condition does not hold.
+    pub async fn take<R: Leased>(
+        &self,
+        id: Uuid,
+        mode: Take,
+        also: &'static str,
+    ) -> Result<Option<R>, sqlx::Error> {
+        let free = match mode {
+            Take::IfFree => "({u} IS NULL OR {u} < now())",
+            Take::Steal => "true",
+        };
+        let sql = fill(
+            &self.kind,
+            &TAKE.replace("{free}", free).replace("{also}", also),
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(&*self.owner)
+            .bind(secs(self.ttl))
+            .fetch_optional(&self.pool)
+            .await?;
+        tandem_kit::stats::write_committed(&self.pool);
+        row.as_ref().map(R::from_row).transpose()
+    }
+}
+
+/// `template` with the kind's names filled in: `{t}` table, `{cols}` claim columns, `{id}`,
+/// `{o}` owner, `{u}` expiry, `{e}` epoch, `{due}` due time.
+fn fill(k: &LeaseKind, template: &str) -> String {
+    let c = &k.lease;
+    template
+        .replace("{t}", k.table)
+        .replace("{cols}", k.columns)
+        .replace("{id}", c.id)
+        .replace("{o}", c.owner)
+        .replace("{u}", c.until)
+        .replace("{e}", c.epoch)
+        .replace("{due}", c.due)
+}
+
+// The claim locks due rows with SKIP LOCKED, so instances polling together never block on each
+// other or claim the same row. `nxt` reads the snapshot before the update: the rows claimed here
+// had a free or expired lease, so they are not counted as waiting.
+const CLAIM: &str = "WITH due AS (SELECT {id} FROM {t} \
+       WHERE {due} <= now() AND ({u} IS NULL OR {u} < now()) \
+       ORDER BY {due} LIMIT $3 FOR UPDATE SKIP LOCKED), \
+ upd AS (UPDATE {t} SET {o} = $1, {u} = now() + make_interval(secs => $2), {e} = {e} + 1 \
+     WHERE {id} IN (SELECT {id} FROM due) \
+     RETURNING {id} AS claimed_id, {cols}), \
+ nxt AS (SELECT extract(epoch FROM min(greatest({due}, {u})) - now())::float8 AS next_due_in \
+         FROM {t} WHERE {due} IS NOT NULL AND greatest({due}, {u}) > now()) \
+ SELECT upd.*, nxt.next_due_in FROM nxt LEFT JOIN upd ON true";
+
+const RENEW: &str = "UPDATE {t} SET {u} = now() + make_interval(secs => $3) \
+ WHERE {id} = ANY($2) AND {o} = $1 AND {u} > now()";
+
+const RELEASE: &str = "WITH r AS ( \
+    UPDATE {t} x SET {o} = NULL, {u} = NULL, {due} = LEAST(x.{due}, now()) \
+    FROM unnest($1::uuid[], $2::bigint[]) AS r(id, epoch) \
+    WHERE x.{id} = r.id AND x.{e} = r.epoch AND x.{due} IS NOT NULL \
+    RETURNING x.{id}), \
+ n AS (SELECT pg_notify($3, $4) FROM (SELECT 1 FROM r LIMIT 1) AS any_released) \
+ SELECT (SELECT count(*) FROM r) AS released, (SELECT count(*) FROM n) AS notified";
+
+const RECLAIM: &str = "UPDATE {t} SET {u} = now() + make_interval(secs => $2), {e} = {e} + 1 \
+ WHERE {o} = $1 AND {due} IS NOT NULL RETURNING {cols}";
+
+/// `also` and `free` are filled in per call.
+const TAKE: &str = "UPDATE {t} SET {o} = $2, {u} = now() + make_interval(secs => $3), {e} = {e} + 1 \
+ WHERE {id} = $1 AND {free} AND ({also}) RETURNING {cols}";

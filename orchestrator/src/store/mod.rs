@@ -1,0 +1,250 @@
+//! The orchestrator's Postgres store (migrations in `migrations/orchestrator/`).
+//!
+//! - here: the saga row ([`SagaRow`], the lease kind [`SAGAS`]), reads, definitions;
+//! - [`create`]: creating a saga (client idempotency key, business key, first transition);
+//! - [`transition`]: persisting transitions, fenced by the lease epoch — one statement for any
+//!   number of sagas, written through the group-commit writer ([`crate::writer`]).
+//!
+//! Leases of sagas (claim, renew, hand-back, take) are [`crate::lease`]'s, on [`SAGAS`].
+//!
+//! Commit budget on the hot path: creating a saga is one statement (or one transaction with a
+//! client key); each later transition is one statement shared with the other sagas waiting.
+
+pub mod create;
+pub mod transition;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgRow};
+use uuid::Uuid;
+
+use crate::lease::{LeaseColumns, LeaseKind, Leased};
+use crate::saga::{SagaState, SagaStatus};
+
+pub use create::{Created, NewSaga, create_saga};
+pub use transition::{NextRun, TransitionBatch, persist_transitions};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
+
+/// The channel an instance NOTIFYs when it hands sagas back (the payload is its instance id).
+pub const WORK_CHANNEL: &str = "tandem_work";
+
+/// The saga columns, as a literal so queries stay `&'static str`.
+macro_rules! saga_columns {
+    () => {
+        "id, definition, version, business_key, input, input_hash, status, state, \
+         next_run_at, lease_owner, lease_until, lease_epoch, created_at, updated_at"
+    };
+}
+pub(crate) use saga_columns;
+
+/// Sagas as a kind of leased work.
+pub const SAGAS: LeaseKind = LeaseKind {
+    name: "saga",
+    table: "sagas",
+    columns: saga_columns!(),
+    lease: LeaseColumns::STANDARD,
+    channel: WORK_CHANNEL,
+};
+
+/// A saga as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SagaRow {
+    pub id: Uuid,
+    pub definition: String,
+    pub version: String,
+    pub business_key: Option<String>,
+    pub input: Value,
+    pub input_hash: String,
+    #[sqlx(try_from = "String")]
+    pub status: SagaStatus,
+    #[sqlx(json)]
+    pub state: SagaState,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub lease_epoch: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn decode_error(what: &str, e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(format!("{what}: {e}").into())
+}
+
+impl Leased for SagaRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        <SagaRow as sqlx::FromRow<PgRow>>::from_row(row)
+    }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+    fn epoch(&self) -> i64 {
+        self.lease_epoch
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EventRow {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub step: Option<String>,
+    pub detail: Value,
+}
+
+/// The events of a saga as one JSON array (`jsonb_agg` over `saga_events` aliased `e`).
+macro_rules! events_json {
+    () => {
+        "coalesce(jsonb_agg(jsonb_build_object('seq', e.seq, 'at', e.at, 'kind', e.kind, \
+         'step', e.step, 'detail', e.detail) ORDER BY e.seq), '[]'::jsonb)"
+    };
+}
+pub(crate) use events_json;
+
+/// The `events` column of a row that selected [`events_json`] as `events`.
+fn events_from_json(row: &PgRow) -> Result<Vec<EventRow>, sqlx::Error> {
+    let v: Value = row.try_get("events")?;
+    serde_json::from_value(v).map_err(|e| decode_error("saga events", e))
+}
+
+/// A row with the saga columns and its `events`.
+fn saga_and_events(row: &PgRow) -> Result<(SagaRow, Vec<EventRow>), sqlx::Error> {
+    Ok((SagaRow::from_row(row)?, events_from_json(row)?))
+}
+
+pub(crate) fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+// ---------- definitions ----------
+
+/// Store a definition version; returns true if it was new.
+pub async fn insert_definition(
+    pool: &PgPool,
+    name: &str,
+    version: &str,
+    body: &Value,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "INSERT INTO definitions (name, version, body) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .bind(version)
+    .bind(body)
+    .execute(pool)
+    .await?;
+    tandem_kit::stats::write_committed(pool);
+    Ok(r.rows_affected() == 1)
+}
+
+/// Every stored definition version: (name, version, body), oldest first.
+pub async fn all_definitions(pool: &PgPool) -> Result<Vec<(String, String, Value)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT name, version, body FROM definitions ORDER BY seq")
+        .fetch_all(pool)
+        .await?;
+    tandem_kit::stats::read_committed(pool);
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("name")?,
+                r.try_get("version")?,
+                r.try_get("body")?,
+            ))
+        })
+        .collect()
+}
+
+pub async fn definition(
+    pool: &PgPool,
+    name: &str,
+    version: &str,
+) -> Result<Option<Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT body FROM definitions WHERE name = $1 AND version = $2")
+        .bind(name)
+        .bind(version)
+        .fetch_optional(pool)
+        .await
+}
+
+// ---------- reads ----------
+
+pub async fn saga(pool: &PgPool, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
+    Ok(saga_with_events(pool, id).await?.map(|(row, _)| row))
+}
+
+/// A saga and its event log in one query.
+pub async fn saga_with_events(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(SagaRow, Vec<EventRow>)>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        saga_columns!(),
+        ", (SELECT ",
+        events_json!(),
+        " FROM saga_events e WHERE e.saga_id = s.id) AS events FROM sagas s WHERE s.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    tandem_kit::stats::read_committed(pool);
+    row.as_ref().map(saga_and_events).transpose()
+}
+
+/// Newest first; `before` is the cursor (an id from the previous page).
+pub async fn list(
+    pool: &PgPool,
+    status: Option<SagaStatus>,
+    definition: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<SagaRow>, sqlx::Error> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        saga_columns!(),
+        " FROM sagas \
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR definition = $2) \
+           AND ($3::uuid IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(status.map(|s| s.as_str()))
+    .bind(definition)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    tandem_kit::stats::read_committed(pool);
+    rows.iter().map(SagaRow::from_row).collect()
+}
+
+/// Drop client idempotency keys older than the retention.
+pub async fn purge_idempotency_keys(
+    pool: &PgPool,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(secs(retention))
+    .execute(pool)
+    .await?;
+    tandem_kit::stats::write_committed(pool);
+    Ok(r.rows_affected())
+}
+
+/// Hand saga leases back (see [`crate::lease::Leases::release`]); kept for callers that knew it
+/// by this name.
+pub async fn release_leases(
+    pool: &PgPool,
+    ids: &[Uuid],
+    epochs: &[i64],
+    notifier: &str,
+) -> Result<u64, sqlx::Error> {
+    crate::lease::Leases::new(SAGAS, pool.clone(), notifier, Duration::ZERO)
+        .release(ids, epochs, notifier)
+        .await
+}

@@ -1,0 +1,173 @@
+//! The background loops of any kind of leased work: claim, renew — and the wake-up signals the
+//! listener ([`crate::wake::listen`]) and the workers share.
+//!
+//! A kind of work implements [`Worker`] (its [`Leases`], how many more rows it can take, the
+//! rows it holds, how to start driving a claimed row) and gets:
+//!
+//! - [`claim_loop`]: claim due rows until shutdown. After a pass it sleeps until the first of:
+//!   the poll interval, the moment the next row becomes claimable (answered by the claim
+//!   itself), a retry time of a row handed back here ([`Signals::note_due`]), a wake-up
+//!   ([`Signals::wake`]: a NOTIFY, a listener reconnect, a slot freed while work waited).
+//! - [`renew_loop`]: renew, in one statement every `ttl / 3`, the leases of the rows held here,
+//!   so a call slower than the TTL does not lose its lease.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::lease::{Leased, Leases};
+
+/// Slack added to a due time learnt from the database, so the pass runs just after it.
+const DUE_MARGIN: Duration = Duration::from_millis(5);
+
+/// When a kind's claim loop should look again, besides its poll interval.
+#[derive(Default)]
+pub struct Signals {
+    /// Run a claim pass now: another instance announced work (NOTIFY), the listener
+    /// reconnected, or a slot freed while work was waiting for one.
+    wake: Notify,
+    /// Work was turned away (or left unclaimed) for lack of a free slot: the next slot that
+    /// frees wakes the claim loop.
+    starved: AtomicBool,
+    /// The earliest due time of a row handed back here to wait; the claim loop sleeps no later
+    /// than that (`rearm` tells it to look).
+    local_due: Mutex<Option<DateTime<Utc>>>,
+    rearm: Notify,
+}
+
+impl Signals {
+    /// Run a claim pass now (bursts coalesce into one: `Notify` keeps one permit).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Work could not be taken for lack of a slot: claim when one frees.
+    pub fn starve(&self) {
+        self.starved.store(true, Ordering::Release);
+    }
+
+    /// A slot freed: if work was turned away for lack of one, run a claim pass now.
+    pub fn slot_freed(&self) {
+        if self.starved.swap(false, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A row handed back here waits until `at`: make sure the claim loop looks then.
+    pub fn note_due(&self, at: DateTime<Utc>) {
+        let mut due = self.local_due.lock().expect("local_due lock");
+        if due.is_none_or(|d| at < d) {
+            *due = Some(at);
+            self.rearm.notify_one();
+        }
+    }
+
+    /// Sleep until `deadline`, a due time noted here, a wake-up (true) or shutdown (None).
+    async fn sleep(
+        &self,
+        mut deadline: tokio::time::Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<bool> {
+        loop {
+            if let Some(at) = self.local_due.lock().expect("local_due lock").take() {
+                let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                deadline = deadline.min(tokio::time::Instant::now() + wait + DUE_MARGIN);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Some(false),
+                _ = self.wake.notified() => return Some(true),
+                _ = self.rearm.notified() => {}
+                _ = crate::until_shutdown(shutdown) => return None,
+            }
+        }
+    }
+}
+
+/// One kind of leased work, as the background loops see it.
+pub trait Worker: Send + Sync + 'static {
+    type Row: Leased;
+    fn leases(&self) -> &Leases;
+    fn signals(&self) -> &Signals;
+    /// How many more rows this instance can drive now.
+    fn free_slots(&self) -> usize;
+    /// The rows driven here (their leases are renewed).
+    fn held(&self) -> Vec<Uuid>;
+    /// Drive a row just claimed (or hand it back if it cannot be taken now).
+    fn start(self: &Arc<Self>, row: Self::Row);
+}
+
+/// Claim due rows of `w`'s kind until shutdown (see the module docs).
+pub async fn claim_loop<W: Worker>(
+    w: Arc<W>,
+    poll: Duration,
+    batch: i64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut woken = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut sleep_for = poll;
+        let limit = batch.min(w.free_slots() as i64);
+        if limit > 0 {
+            match w.leases().claim::<W::Row>(limit).await {
+                Ok(claimed) => {
+                    if !claimed.rows.is_empty() {
+                        tandem_kit::crash::point("orchestrator.after_claim");
+                    }
+                    let full = claimed.rows.len() as i64 == limit;
+                    for row in claimed.rows {
+                        tracing::info!(kind = w.leases().kind.name, id = %row.id(), epoch = row.epoch(), "claimed");
+                        w.start(row);
+                    }
+                    if full {
+                        if limit < batch {
+                            // More may be due than there are free slots: claim again as soon as
+                            // one frees.
+                            w.signals().starve();
+                        }
+                        continue; // more may be due
+                    }
+                    if let Some(next) = claimed.next_due_in {
+                        sleep_for = sleep_for.min(next + DUE_MARGIN);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(kind = w.leases().kind.name, error = %e, "claiming due work failed")
+                }
+            }
+        } else if woken {
+            // Work was announced while every slot is busy: claim when one frees.
+            w.signals().starve();
+        }
+        let deadline = tokio::time::Instant::now() + sleep_for;
+        match w.signals().sleep(deadline, &mut shutdown).await {
+            Some(wake) => woken = wake,
+            None => return,
+        }
+    }
+}
+
+/// Renew the leases of the rows `w` drives, every `ttl / 3`, until shutdown. Only unexpired
+/// leases this instance still owns are extended: a lapsed one stays claimable.
+pub async fn renew_loop<W: Worker>(w: Arc<W>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(w.leases().ttl() / 3) => {}
+            _ = crate::until_shutdown(&mut shutdown) => return,
+        }
+        let ids = w.held();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = w.leases().renew(&ids).await {
+            tracing::warn!(kind = w.leases().kind.name, error = %e, "renewing leases failed");
+        }
+    }
+}

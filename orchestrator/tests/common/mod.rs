@@ -1,0 +1,100 @@
+//! What the orchestrator's integration tests share: an orchestrator on a fresh database, served
+//! on an ephemeral port, with a client.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Orch {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub pool: sqlx::PgPool,
+    pub database_url: String,
+}
+
+/// An orchestrator whose services all point at `service_url`, on a fresh database.
+pub async fn start(
+    name: &str,
+    service_url: &str,
+    tweak: impl FnOnce(&mut orchestrator::Config),
+) -> Orch {
+    let database_url = tandem_kit::testing::fresh_database_url(name).await;
+    let mut c = orchestrator::Config::new(&database_url, service_url, service_url, service_url);
+    c.listen_addr = ([127, 0, 0, 1], 0).into();
+    c.db_pool_size = 4;
+    tweak(&mut c);
+    let app = orchestrator::build(c)
+        .await
+        .expect("the orchestrator builds");
+    let listener = tandem_kit::http::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(app.run(listener, std::future::pending()));
+    let pool = tandem_kit::db::connect(&database_url, 2).await.unwrap();
+    Orch {
+        url,
+        http: reqwest::Client::new(),
+        pool,
+        database_url,
+    }
+}
+
+impl Orch {
+    pub async fn post(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        answer(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        answer(
+            self.http
+                .get(format!("{}{path}", self.url))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Rows in an orchestrator table.
+    pub async fn count(&self, table: &str) -> i64 {
+        assert!(table.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The saga once it settles (long poll), failing the test after `within`.
+    pub async fn settled(&self, id: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (s, v) = self.get(&format!("/sagas/{id}?wait=5")).await;
+            assert_eq!(s, 200, "{v}");
+            if matches!(
+                v["status"].as_str(),
+                Some("completed" | "compensated" | "failed")
+            ) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saga did not settle: {v}"
+            );
+        }
+    }
+}
+
+async fn answer(r: reqwest::Response) -> (reqwest::StatusCode, Value) {
+    let s = r.status();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
