@@ -18,7 +18,10 @@ impl Deref for Svc {
 }
 
 async fn spawn() -> Svc {
-    Svc(Served::start(&payment::SPEC, |_| {}).await)
+    Svc(Served::start(&payment::SPEC, |c| {
+        c.fault_injection = tandem_kit::faults::Switch::On
+    })
+    .await)
 }
 
 impl Svc {

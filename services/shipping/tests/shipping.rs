@@ -18,7 +18,10 @@ impl Deref for Svc {
 }
 
 async fn spawn() -> Svc {
-    Svc(Served::start(&shipping::SPEC, |_| {}).await)
+    Svc(Served::start(&shipping::SPEC, |c| {
+        c.fault_injection = tandem_kit::faults::Switch::On
+    })
+    .await)
 }
 
 impl Svc {
