@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::checkout::validate_items;
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::http::{Json, Path};
 use tandem_kit::problem::Issues;
@@ -18,17 +19,14 @@ use uuid::Uuid;
 
 use crate::App;
 
-pub const MAX_SKU_LEN: usize = 64;
-pub const MAX_ORDER_ID_LEN: usize = tandem_kit::effect::MAX_ORDER_ID_LEN;
-pub const MAX_QUANTITY: i64 = 1_000_000;
-pub const MAX_ITEMS: usize = 100;
+pub use tandem_kit::checkout::{Item, MAX_SKU_LEN};
+pub use tandem_kit::effect::MAX_ORDER_ID_LEN;
 pub const MAX_AVAILABLE: i64 = 1_000_000_000_000;
 
 /// `POST /reservations`: the saga action (and the 2PC prepare of the same step).
 pub static RESERVE: Action<ReserveRequest> = Action {
     path: "/reservations",
     validate: validate_reserve,
-    order_id: |r| &r.order_id,
     effect: |conn, origin, req| Box::pin(reserve(conn, origin, req)),
 };
 
@@ -51,13 +49,6 @@ pub fn routes() -> Router<App> {
                  FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
             ),
         )
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Item {
-    pub sku: String,
-    pub quantity: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,20 +79,7 @@ fn validate_sku(sku: &str) -> Result<(), Issues> {
 
 fn validate_reserve(req: &ReserveRequest, issues: &mut Issues) {
     issues.text("/order_id", &req.order_id, MAX_ORDER_ID_LEN);
-    if req.items.is_empty() {
-        issues.add("/items", "must contain at least one item");
-    } else if req.items.len() > MAX_ITEMS {
-        issues.add("/items", format!("must contain at most {MAX_ITEMS} items"));
-    }
-    for (i, item) in req.items.iter().enumerate() {
-        issues.text(&format!("/items/{i}/sku"), &item.sku, MAX_SKU_LEN);
-        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-            issues.add(
-                format!("/items/{i}/quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            );
-        }
-    }
+    validate_items(&req.items, issues);
 }
 
 async fn get_stock(

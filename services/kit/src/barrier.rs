@@ -286,23 +286,7 @@ impl Barrier<'_> {
         F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin) -> EffectFuture<'c>,
     {
         key.expect(Op::Action)?;
-        let origin = Origin::saga(key);
-        let mut tx = self.pool.begin().await?;
-        match effect(&mut tx, &origin).await {
-            Ok(body) => self.commit(tx, key, StatusCode::CREATED, body).await,
-            Err(problem) => {
-                // The effect's work is undone either way; a 409 is then recorded on its own.
-                drop(tx.rollback().await);
-                if problem.status == StatusCode::CONFLICT {
-                    tracing::info!(%key, slug = %problem.slug, "barrier: action refused (business failure)");
-                    crate::crash::point("service.action.before_commit");
-                    return self
-                        .record_alone(key, problem.status, &problem.to_json())
-                        .await;
-                }
-                replay_instead(self.pool, key, problem).await
-            }
-        }
+        self.run(key, effect).await
     }
 
     /// Run a saga **compensation** through the barrier.
@@ -315,19 +299,43 @@ impl Barrier<'_> {
     /// and the first outcome answered, so the effect is committed exactly once per key.
     pub async fn compensation<F>(self, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
     where
-        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin, Prior) -> EffectFuture<'c>,
+        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin, Prior) -> EffectFuture<'c>
+            + Send
+            + 'static,
     {
         key.expect(Op::Compensation)?;
+        let key_in_tx = key.clone();
+        self.run(key, move |conn, origin| {
+            Box::pin(async move {
+                let prior = prior(conn, &key_in_tx).await?;
+                effect(conn, origin, prior).await
+            })
+        })
+        .await
+    }
+
+    /// The effect in a fresh transaction, then its outcome recorded and committed (or the
+    /// stored one replayed); an action's 409 is recorded on its own.
+    async fn run<F>(self, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin) -> EffectFuture<'c>,
+    {
         let origin = Origin::saga(key);
         let mut tx = self.pool.begin().await?;
-        let prior = prior(&mut tx, key).await?;
-        match effect(&mut tx, &origin, prior).await {
-            Ok(body) => self.commit(tx, key, StatusCode::OK, body).await,
-            Err(problem) => {
-                drop(tx.rollback().await);
-                replay_instead(self.pool, key, problem).await
-            }
+        let problem = match effect(&mut tx, &origin).await {
+            Ok(body) => return self.commit(tx, key, body).await,
+            Err(problem) => problem,
+        };
+        // The effect's work is undone either way; an action's 409 is then recorded on its own.
+        drop(tx.rollback().await);
+        if key.op == Op::Action && problem.status == StatusCode::CONFLICT {
+            tracing::info!(%key, slug = %problem.slug, "barrier: action refused (business failure)");
+            crate::crash::point("service.action.before_commit");
+            return self
+                .record_alone(key, problem.status, &problem.to_json())
+                .await;
         }
+        replay_instead(self.pool, key, problem).await
     }
 
     /// After a successful effect: insert the outcome and commit, or (the key is taken) roll
@@ -336,9 +344,12 @@ impl Barrier<'_> {
         self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
         key: &IdempotencyKey,
-        status: StatusCode,
         body: Value,
     ) -> Result<Outcome, Problem> {
+        let status = match key.op {
+            Op::Action => StatusCode::CREATED,
+            Op::Compensation => StatusCode::OK,
+        };
         if !insert_outcome(&mut tx, key, status, &body).await? {
             tx.rollback().await?;
             let outcome = stored(self.pool, key).await?;

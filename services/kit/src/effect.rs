@@ -79,8 +79,6 @@ pub struct Action<Req: 'static> {
     pub path: &'static str,
     /// Checks beyond the type (lengths, ranges), naming each field by JSON Pointer.
     pub validate: fn(&Req, &mut Issues),
-    /// The order the request is for: the scope of injected faults.
-    pub order_id: fn(&Req) -> &str,
     pub effect: ActionEffect<Req>,
 }
 
@@ -110,8 +108,8 @@ impl CompensationRequest {
 
 /// A parsed, validated action request, ready to run in a transaction.
 pub struct Accepted {
-    /// The order the request is for (fault scope).
-    pub order_id: String,
+    /// The body's top-level `order_id`, if any: the scope of injected faults.
+    pub order_id: Option<String>,
     run: Box<dyn Run>,
 }
 
@@ -165,12 +163,16 @@ impl<Req: DeserializeOwned + Send + 'static> ActionEndpoint for Action<Req> {
     }
 
     fn accept(&self, body: Value) -> Result<Accepted, Problem> {
+        let order_id = body
+            .get("order_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let req: Req = crate::http::from_value(body)?;
         let mut issues = Issues::default();
         (self.validate)(&req, &mut issues);
         issues.finish()?;
         Ok(Accepted {
-            order_id: (self.order_id)(&req).to_owned(),
+            order_id,
             run: Box::new(Bound {
                 effect: self.effect,
                 req,

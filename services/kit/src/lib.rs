@@ -9,6 +9,7 @@
 //!   request type, validation, one effect function on an open transaction.
 //! - [`saga`]: serves those declarations as saga endpoints (one handler skeleton: parse,
 //!   validate, `Idempotency-Key`, faults, barrier, reply), `/healthz`, audit lists by order.
+//! - [`checkout`]: request vocabulary several services share (line items and their bounds).
 //! - [`barrier`]: the idempotency barrier (duplicate / null compensation / hanging), in the same
 //!   local transaction as the business effect.
 //! - [`faults`]: scoped fault injection for demos and tests (off unless switched on).
@@ -17,10 +18,12 @@
 //! - [`service`]: one service process (config, database, router, `main`), parameterised by a
 //!   [`service::Spec`].
 //! - [`stats`]: per-database transaction counters and memory, served at `GET /stats`.
-//! - [`testing`]: a fresh database per test.
+//! - [`testing`]: a fresh database per test; [`service_tests`]: more of it for the services'
+//!   own tests.
 //! - [`error`]: the kit's error type ([`Error`]), for start-up and serving.
 
 pub mod barrier;
+pub mod checkout;
 pub mod crash;
 pub mod db;
 pub mod effect;
@@ -31,6 +34,7 @@ pub mod http;
 pub mod problem;
 pub mod saga;
 pub mod service;
+pub mod service_tests;
 pub mod stats;
 pub mod testing;
 

@@ -44,20 +44,18 @@ async fn action(
     key: IdempotencyKey,
     body: Value,
     endpoint: &'static dyn ActionEndpoint,
-) -> Response {
-    let accepted = match key.expect(Op::Action).and_then(|_| endpoint.accept(body)) {
-        Ok(accepted) => accepted,
-        Err(problem) => return problem.into_response(),
-    };
-    let injection = match app.faults.intercept(&key, Some(&accepted.order_id)).await {
-        Ok(injection) => injection,
-        Err(response) => return response,
-    };
-    let outcome = app
-        .barrier()
-        .action(&key, move |conn, origin| accepted.run(conn, origin))
-        .await;
-    injection.finish(outcome.into_response())
+) -> Result<Response, Response> {
+    let accepted = key
+        .expect(Op::Action)
+        .and_then(|_| endpoint.accept(body))
+        .map_err(IntoResponse::into_response)?;
+    let injection = app
+        .faults
+        .intercept(&key, accepted.order_id.as_deref())
+        .await?;
+    let barrier = app.barrier();
+    let outcome = barrier.action(&key, move |conn, origin| accepted.run(conn, origin));
+    Ok(injection.finish(outcome.await.into_response()))
 }
 
 async fn compensate(
@@ -65,22 +63,14 @@ async fn compensate(
     key: IdempotencyKey,
     body: Value,
     compensation: &'static Compensation,
-) -> Response {
-    let req = match parse_compensation(&key, body) {
-        Ok(req) => req,
-        Err(problem) => return problem.into_response(),
-    };
-    let injection = match app.faults.intercept(&key, Some(&req.order_id)).await {
-        Ok(injection) => injection,
-        Err(response) => return response,
-    };
-    let outcome = app
-        .barrier()
-        .compensation(&key, move |conn, origin, prior| {
-            undo(conn, origin, prior, compensation)
-        })
-        .await;
-    injection.finish(outcome.into_response())
+) -> Result<Response, Response> {
+    let req = parse_compensation(&key, body).map_err(IntoResponse::into_response)?;
+    let injection = app.faults.intercept(&key, Some(&req.order_id)).await?;
+    let barrier = app.barrier();
+    let outcome = barrier.compensation(&key, move |conn, origin, prior| {
+        undo(conn, origin, prior, compensation)
+    });
+    Ok(injection.finish(outcome.await.into_response()))
 }
 
 #[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers

@@ -81,7 +81,13 @@ impl Config {
     /// From the process's flags and environment, with `spec`'s defaults; exits with clap's
     /// message on bad input.
     pub fn parse(spec: &Spec) -> Self {
-        let command = Config::augment_args(clap::Command::new(spec.name))
+        let matches = Config::command(spec).get_matches();
+        Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// The clap command (flags, env, defaults, `--help`) of `spec`'s binary.
+    pub fn command(spec: &Spec) -> clap::Command {
+        Config::augment_args(clap::Command::new(spec.name))
             .about(spec.about)
             .long_about(None)
             .mut_arg("database_url", |a| {
@@ -94,9 +100,7 @@ impl Config {
             .mut_arg("listen_addr", |a| {
                 a.default_value(leak(format!("127.0.0.1:{}", spec.port)))
                     .required(false)
-            });
-        let matches = command.get_matches();
-        Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+            })
     }
 
     /// Defaults with another database and an ephemeral port (tests, the in-process stack);
@@ -191,4 +195,42 @@ pub async fn main(spec: &'static Spec) -> Result<(), Error> {
         .await?
         .run(listener, crate::http::shutdown_signal())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static SPEC: Spec = Spec {
+        name: "example",
+        about: "an example service",
+        port: 8089,
+        migrations: &Migrator::DEFAULT,
+        actions: &[],
+        compensations: &[],
+        routes: Router::new,
+    };
+
+    /// Defect: fault injection was on by default, so any client of a production service could
+    /// make it fail or stall.
+    #[test]
+    fn fault_injection_is_off_unless_asked_for() {
+        assert_eq!(Config::with_database("x").fault_injection, Switch::Off);
+        let on = Config::with_database("x").with_fault_injection(Switch::On);
+        assert_eq!(on.fault_injection, Switch::On);
+        let matches = Config::command(&SPEC)
+            .try_get_matches_from(["example"])
+            .unwrap();
+        let parsed = Config::from_arg_matches(&matches).unwrap();
+        if std::env::var_os("FAULT_INJECTION").is_none() {
+            assert_eq!(parsed.fault_injection, Switch::Off);
+        }
+        assert_eq!(parsed.listen_addr.port(), 8089);
+        assert!(parsed.database_url.ends_with("/tandem_example"));
+        let help = Config::command(&SPEC).render_long_help().to_string();
+        assert!(
+            help.contains("FAULT_INJECTION") && help.contains("Off by default"),
+            "{help}"
+        );
+    }
 }

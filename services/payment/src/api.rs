@@ -22,7 +22,6 @@ pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 pub static CHARGE: Action<ChargeRequest> = Action {
     path: "/charges",
     validate: validate_charge,
-    order_id: |r| &r.order_id,
     effect: |conn, origin, req| Box::pin(charge(conn, origin, req)),
 };
 

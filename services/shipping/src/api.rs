@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::checkout::{Item, validate_items};
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
@@ -16,15 +17,11 @@ use crate::App;
 /// The documented destination country that is undeliverable (409 `undeliverable`).
 pub const UNDELIVERABLE_COUNTRY: &str = "ZZ";
 pub const MAX_ID_LEN: usize = 128;
-pub const MAX_SKU_LEN: usize = 64;
-pub const MAX_QUANTITY: i64 = 1_000_000;
-pub const MAX_ITEMS: usize = 100;
 
 /// `POST /shipments`: the saga action (and the 2PC prepare of the same step).
 pub static CREATE: Action<ShipmentRequest> = Action {
     path: "/shipments",
     validate: validate_shipment,
-    order_id: |r| &r.order_id,
     effect: |conn, origin, req| Box::pin(create(conn, origin, req)),
 };
 
@@ -58,13 +55,6 @@ pub struct Address {
     pub country: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Item {
-    pub sku: String,
-    pub quantity: i64,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentRequest {
@@ -90,20 +80,7 @@ fn validate_shipment(req: &ShipmentRequest, issues: &mut Issues) {
             "must be two upper-case letters (ISO 3166-1 alpha-2)",
         );
     }
-    if req.items.is_empty() {
-        issues.add("/items", "must contain at least one item");
-    } else if req.items.len() > MAX_ITEMS {
-        issues.add("/items", format!("must contain at most {MAX_ITEMS} items"));
-    }
-    for (i, item) in req.items.iter().enumerate() {
-        issues.text(&format!("/items/{i}/sku"), &item.sku, MAX_SKU_LEN);
-        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-            issues.add(
-                format!("/items/{i}/quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            );
-        }
-    }
+    validate_items(&req.items, issues);
     if let Some(r) = &req.reservation_id {
         issues.text("/reservation_id", r, MAX_ID_LEN);
     }
