@@ -24,19 +24,17 @@ pub use tandem_kit::effect::MAX_ORDER_ID_LEN;
 pub const MAX_AVAILABLE: i64 = 1_000_000_000_000;
 
 /// `POST /reservations`: the saga action (and the 2PC prepare of the same step).
-pub static RESERVE: Action<ReserveRequest> = Action {
-    path: "/reservations",
-    validate: validate_reserve,
-    effect: |conn, origin, req| Box::pin(reserve(conn, origin, req)),
-};
+pub static RESERVE: Action<ReserveRequest> =
+    Action::new("/reservations", validate_reserve, |conn, origin, req| {
+        Box::pin(reserve(conn, origin, req))
+    });
 
 /// `POST /reservations/release`: the compensation. Releases the reservation made under the
 /// action key of the same saga step (the body's `order_id` is informational).
-pub static RELEASE: Compensation = Compensation {
-    path: "/reservations/release",
-    undone: "released",
-    effect: |conn, origin| Box::pin(release(conn, origin)),
-};
+pub static RELEASE: Compensation =
+    Compensation::new("/reservations/release", "released", |conn, origin| {
+        Box::pin(release(conn, origin))
+    });
 
 /// The read and setup routes (the saga endpoints come from [`RESERVE`] and [`RELEASE`]).
 pub fn routes() -> Router<App> {

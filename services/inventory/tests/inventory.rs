@@ -481,22 +481,12 @@ async fn fault_endpoints_validate_list_and_delete() {
     let (_, list) = svc.get("/faults").await;
     assert_eq!(list.as_array().unwrap().len(), 2);
 
-    let resp = svc
-        .http
-        .delete(format!("{}/faults?order_id=o-1", svc.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.json::<Value>().await.unwrap()["deleted"], 1);
+    let (_, deleted) = svc.delete("/faults?order_id=o-1").await;
+    assert_eq!(deleted["deleted"], 1);
     let (_, list) = svc.get("/faults").await;
     assert_eq!(list[0]["order_id"], "o-2");
-    let resp = svc
-        .http
-        .delete(format!("{}/faults", svc.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.json::<Value>().await.unwrap()["deleted"], 1);
+    let (_, deleted) = svc.delete("/faults").await;
+    assert_eq!(deleted["deleted"], 1);
     let (_, list) = svc.get("/faults").await;
     assert_eq!(list, json!([]));
 

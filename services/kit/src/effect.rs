@@ -82,6 +82,20 @@ pub struct Action<Req: 'static> {
     pub effect: ActionEffect<Req>,
 }
 
+impl<Req> Action<Req> {
+    pub const fn new(
+        path: &'static str,
+        validate: fn(&Req, &mut Issues),
+        effect: ActionEffect<Req>,
+    ) -> Self {
+        Action {
+            path,
+            validate,
+            effect,
+        }
+    }
+}
+
 /// A saga compensation, declared as data. Its body is `{"order_id"}` (informational, and the
 /// fault scope): the effect finds what to undo from its [`Origin`] alone.
 #[derive(Debug)]
@@ -91,6 +105,16 @@ pub struct Compensation {
     /// The reply member that says whether something was undone (`"released": true`).
     pub undone: &'static str,
     pub effect: UndoEffect,
+}
+
+impl Compensation {
+    pub const fn new(path: &'static str, undone: &'static str, effect: UndoEffect) -> Self {
+        Compensation {
+            path,
+            undone,
+            effect,
+        }
+    }
 }
 
 /// A compensation's body.

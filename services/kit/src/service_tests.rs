@@ -21,6 +21,18 @@ impl Served {
         }
     }
 
+    /// `DELETE path`: status and JSON body (`null` if the body is not JSON).
+    pub async fn delete(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
     /// Rows in each of `tables` (plain identifiers), in order.
     pub async fn counts(&self, tables: &[&str]) -> Vec<i64> {
         let mut out = Vec::with_capacity(tables.len());

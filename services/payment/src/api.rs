@@ -19,19 +19,16 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 
 /// `POST /charges`: the saga action (and the 2PC prepare of the same step).
-pub static CHARGE: Action<ChargeRequest> = Action {
-    path: "/charges",
-    validate: validate_charge,
-    effect: |conn, origin, req| Box::pin(charge(conn, origin, req)),
-};
+pub static CHARGE: Action<ChargeRequest> =
+    Action::new("/charges", validate_charge, |conn, origin, req| {
+        Box::pin(charge(conn, origin, req))
+    });
 
 /// `POST /refunds`: the compensation. Refunds the charge made under the action key of the same
 /// saga step (the body's `order_id` is informational).
-pub static REFUND: Compensation = Compensation {
-    path: "/refunds",
-    undone: "refunded",
-    effect: |conn, origin| Box::pin(refund(conn, origin)),
-};
+pub static REFUND: Compensation = Compensation::new("/refunds", "refunded", |conn, origin| {
+    Box::pin(refund(conn, origin))
+});
 
 /// The read routes (the saga endpoints come from [`CHARGE`] and [`REFUND`]).
 pub fn routes() -> Router<App> {

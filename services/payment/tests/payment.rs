@@ -197,20 +197,10 @@ async fn bad_input_is_rejected_and_stores_nothing() {
         )
         .await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
-    let resp = svc
-        .http
-        .get(format!("{}/payments", svc.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let resp = svc
-        .http
-        .delete(format!("{}/charges", svc.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let (s, b) = svc.get("/payments").await;
+    assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
+    let (s, b) = svc.delete("/charges").await;
+    assert_problem(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
     assert_eq!(rows(&svc).await, (0, 0));
 }
 

@@ -19,19 +19,17 @@ pub const UNDELIVERABLE_COUNTRY: &str = "ZZ";
 pub const MAX_ID_LEN: usize = 128;
 
 /// `POST /shipments`: the saga action (and the 2PC prepare of the same step).
-pub static CREATE: Action<ShipmentRequest> = Action {
-    path: "/shipments",
-    validate: validate_shipment,
-    effect: |conn, origin, req| Box::pin(create(conn, origin, req)),
-};
+pub static CREATE: Action<ShipmentRequest> =
+    Action::new("/shipments", validate_shipment, |conn, origin, req| {
+        Box::pin(create(conn, origin, req))
+    });
 
 /// `POST /shipments/cancel`: the compensation. Cancels the shipment created under the action
 /// key of the same saga step (the body's `order_id` is informational).
-pub static CANCEL: Compensation = Compensation {
-    path: "/shipments/cancel",
-    undone: "cancelled",
-    effect: |conn, origin| Box::pin(cancel(conn, origin)),
-};
+pub static CANCEL: Compensation =
+    Compensation::new("/shipments/cancel", "cancelled", |conn, origin| {
+        Box::pin(cancel(conn, origin))
+    });
 
 /// The read routes (the saga endpoints come from [`CREATE`] and [`CANCEL`]).
 pub fn routes() -> Router<App> {
