@@ -23,14 +23,9 @@ impl Served {
 
     /// `DELETE path`: status and JSON body (`null` if the body is not JSON).
     pub async fn delete(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
-        let resp = self
-            .http
-            .delete(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or_default())
+        let url = format!("{}{path}", self.url);
+        let resp = self.http.delete(url).send().await.unwrap();
+        (resp.status(), resp.json().await.unwrap_or_default())
     }
 
     /// Rows in each of `tables` (plain identifiers), in order.
