@@ -4,40 +4,49 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
-use tandem_kit::barrier::{self, IdempotencyKey, Op, Prior, Reply};
-use tandem_kit::http::{Json, Path, Query};
+use tandem_kit::checkout::validate_items;
+use tandem_kit::effect::{Action, Compensation, Origin};
+use tandem_kit::http::{Json, Path};
 use tandem_kit::problem::Issues;
+use tandem_kit::saga::by_order;
 use uuid::Uuid;
 
 use crate::App;
 
-pub const MAX_SKU_LEN: usize = 64;
-pub const MAX_ORDER_ID_LEN: usize = 128;
-pub const MAX_QUANTITY: i64 = 1_000_000;
-pub const MAX_ITEMS: usize = 100;
+pub use tandem_kit::checkout::{Item, MAX_SKU_LEN};
+pub use tandem_kit::effect::MAX_ORDER_ID_LEN;
 pub const MAX_AVAILABLE: i64 = 1_000_000_000_000;
 
-pub fn routes(app: App) -> Router {
-    Router::new()
-        .route("/healthz", axum::routing::get(healthz))
-        .route("/stock/{sku}", get(get_stock).put(put_stock))
-        .route("/reservations", post(reserve).get(list_reservations))
-        .route("/reservations/release", post(release))
-        .with_state(app)
-}
+/// `POST /reservations`: the saga action (and the 2PC prepare of the same step).
+pub static RESERVE: Action<ReserveRequest> =
+    Action::new("/reservations", validate_reserve, |conn, origin, req| {
+        Box::pin(reserve(conn, origin, req))
+    });
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Item {
-    pub sku: String,
-    pub quantity: i64,
+/// `POST /reservations/release`: the compensation. Releases the reservation made under the
+/// action key of the same saga step (the body's `order_id` is informational).
+pub static RELEASE: Compensation =
+    Compensation::new("/reservations/release", "released", |conn, origin| {
+        Box::pin(release(conn, origin))
+    });
+
+/// The read and setup routes (the saga endpoints come from [`RESERVE`] and [`RELEASE`]).
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/stock/{sku}", get(get_stock).put(put_stock))
+        .route(
+            "/reservations",
+            by_order::<Reservation>(
+                "SELECT id AS reservation_id, order_id, saga_id, step, status, items, created_at, released_at
+                 FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
+            ),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,12 +54,6 @@ pub struct Item {
 pub struct ReserveRequest {
     pub order_id: String,
     pub items: Vec<Item>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReleaseRequest {
-    pub order_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,28 +75,9 @@ fn validate_sku(sku: &str) -> Result<(), Issues> {
     issues.finish()
 }
 
-fn validate_reserve(req: &ReserveRequest) -> Result<(), Issues> {
-    let mut issues = Issues::default();
+fn validate_reserve(req: &ReserveRequest, issues: &mut Issues) {
     issues.text("/order_id", &req.order_id, MAX_ORDER_ID_LEN);
-    if req.items.is_empty() {
-        issues.add("/items", "must contain at least one item");
-    } else if req.items.len() > MAX_ITEMS {
-        issues.add("/items", format!("must contain at most {MAX_ITEMS} items"));
-    }
-    for (i, item) in req.items.iter().enumerate() {
-        issues.text(&format!("/items/{i}/sku"), &item.sku, MAX_SKU_LEN);
-        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-            issues.add(
-                format!("/items/{i}/quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            );
-        }
-    }
-    issues.finish()
-}
-
-fn problem(p: impl Into<Problem>) -> Response {
-    p.into().into_response()
+    validate_items(&req.items, issues);
 }
 
 async fn get_stock(
@@ -136,28 +120,11 @@ async fn put_stock(
     Ok(Json(stock))
 }
 
-/// `POST /reservations`: the saga action.
 async fn reserve(
-    State(app): State<App>,
-    key: IdempotencyKey,
-    Json(req): Json<ReserveRequest>,
-) -> Result<Response, Response> {
-    key.expect(Op::Action).map_err(problem)?;
-    validate_reserve(&req).map_err(problem)?;
-    let injection = app.faults.intercept(&key, Some(&req.order_id)).await?;
-    let effect_key = key.clone();
-    let outcome = barrier::action(&app.pool, &key, move |conn| {
-        Box::pin(async move { reserve_effect(conn, &effect_key, req).await })
-    })
-    .await;
-    Ok(injection.finish(outcome.into_response()))
-}
-
-async fn reserve_effect(
     conn: &mut PgConnection,
-    key: &IdempotencyKey,
+    origin: &Origin,
     req: ReserveRequest,
-) -> Result<Reply, Problem> {
+) -> Result<Value, Problem> {
     // One line per SKU, in SKU order: rows are locked in that order by every reservation.
     let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
     for item in req.items {
@@ -204,64 +171,33 @@ async fn reserve_effect(
     )
     .bind(id)
     .bind(&req.order_id)
-    .bind(&key.saga_id)
-    .bind(&key.step)
+    .bind(&origin.run_id)
+    .bind(&origin.step)
     .bind(sqlx::types::Json(&items))
     .fetch_one(&mut *conn)
     .await?;
-    tracing::info!(%key, reservation_id = %id, order_id = %req.order_id, "reservation held");
-    Ok(Reply::created(json!({
+    tracing::info!(%origin, reservation_id = %id, order_id = %req.order_id, "reservation held");
+    Ok(json!({
         "reservation_id": id,
         "order_id": req.order_id,
         "items": items,
         "status": "held",
         "created_at": created_at,
-    })))
+    }))
 }
 
-/// `POST /reservations/release`: the compensation. Releases the reservation made under the
-/// action key of the same saga step (the body's `order_id` is informational).
-async fn release(
-    State(app): State<App>,
-    key: IdempotencyKey,
-    Json(req): Json<ReleaseRequest>,
-) -> Result<Response, Response> {
-    key.expect(Op::Compensation).map_err(problem)?;
-    let mut issues = Issues::default();
-    issues.text("/order_id", &req.order_id, MAX_ORDER_ID_LEN);
-    issues.finish().map_err(problem)?;
-    let injection = app.faults.intercept(&key, Some(&req.order_id)).await?;
-    let effect_key = key.clone();
-    let outcome = barrier::compensation(&app.pool, &key, move |conn, prior| {
-        Box::pin(async move { release_effect(conn, &effect_key, prior).await })
-    })
-    .await;
-    Ok(injection.finish(outcome.into_response()))
-}
-
-async fn release_effect(
-    conn: &mut PgConnection,
-    key: &IdempotencyKey,
-    prior: Prior,
-) -> Result<Reply, Problem> {
-    let released = if matches!(prior, Prior::Applied(_)) {
-        let row: Option<(Uuid, String, sqlx::types::Json<Vec<Item>>)> = sqlx::query_as(
-            "UPDATE reservations SET status = 'released', released_at = now()
-             WHERE saga_id = $1 AND step = $2 AND status = 'held'
-             RETURNING id, order_id, items",
-        )
-        .bind(&key.saga_id)
-        .bind(&key.step)
-        .fetch_optional(&mut *conn)
-        .await?;
-        row
-    } else {
-        None
-    };
-    let Some((id, order_id, sqlx::types::Json(items))) = released else {
-        let mut body = barrier::nothing_to_undo(&prior);
-        body["released"] = Value::Bool(false);
-        return Ok(Reply::ok(body));
+async fn release(conn: &mut PgConnection, origin: &Origin) -> Result<Option<Value>, Problem> {
+    let row: Option<(Uuid, String, sqlx::types::Json<Vec<Item>>)> = sqlx::query_as(
+        "UPDATE reservations SET status = 'released', released_at = now()
+         WHERE saga_id = $1 AND step = $2 AND status = 'held'
+         RETURNING id, order_id, items",
+    )
+    .bind(&origin.run_id)
+    .bind(&origin.step)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((id, order_id, sqlx::types::Json(items))) = row else {
+        return Ok(None);
     };
     // Items are stored sorted by SKU: the same lock order as reservations.
     for item in &items {
@@ -274,9 +210,8 @@ async fn release_effect(
         .execute(&mut *conn)
         .await?;
     }
-    tracing::info!(%key, reservation_id = %id, %order_id, "reservation released");
-    Ok(Reply::ok(json!({
-        "released": true,
+    tracing::info!(%origin, reservation_id = %id, %order_id, "reservation released");
+    Ok(Some(json!({
         "reservation_id": id,
         "order_id": order_id,
         "items": items,
@@ -284,12 +219,7 @@ async fn release_effect(
     })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ByOrder {
-    order_id: Option<String>,
-}
-
+/// A row of `GET /reservations?order_id=` (every reservation of the order, oldest first).
 #[derive(Debug, Serialize, sqlx::FromRow)]
 struct Reservation {
     reservation_id: Uuid,
@@ -300,28 +230,4 @@ struct Reservation {
     items: sqlx::types::Json<Vec<Item>>,
     created_at: DateTime<Utc>,
     released_at: Option<DateTime<Utc>>,
-}
-
-/// `GET /reservations?order_id=`: every reservation of the order, oldest first.
-async fn list_reservations(
-    State(app): State<App>,
-    Query(q): Query<ByOrder>,
-) -> Result<Json<Vec<Reservation>>, Problem> {
-    let Some(order_id) = q.order_id else {
-        return Err(Problem::invalid("/query/order_id", "is required"));
-    };
-    let rows: Vec<Reservation> = sqlx::query_as(
-        "SELECT id AS reservation_id, order_id, saga_id, step, status, items, created_at, released_at
-         FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
-    )
-    .bind(&order_id)
-    .fetch_all(&app.pool)
-    .await?;
-    Ok(Json(rows))
-}
-
-/// `GET /healthz`: 200 when the database answers.
-async fn healthz(State(app): State<App>) -> Result<Json<Value>, Problem> {
-    sqlx::query("SELECT 1").execute(&app.pool).await?;
-    Ok(Json(json!({ "status": "ok", "service": "inventory" })))
 }

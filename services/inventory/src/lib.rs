@@ -4,34 +4,31 @@
 //! the barrier's transaction (a shortage rolls the whole reservation back).
 //!
 //! - this file: the [`SPEC`] that `tandem_kit::service` runs (config from env, database +
-//!   migrations, router, `main`);
-//! - [`api`]: the HTTP handlers, request validation and SQL;
+//!   migrations, the saga action and compensation as data, routes, `main`);
+//! - [`api`]: the effects (reserve, release), validation, the read / setup handlers and SQL;
 //! - `migrations/inventory/`: the schema (the barrier table comes from `tandem_kit::barrier`).
 //!
 //! Endpoints: `PUT /stock/{sku}`, `GET /stock/{sku}`, `POST /reservations` (saga action),
-//! `POST /reservations/release` (its compensation), `GET /reservations?order_id=`, `/faults`,
-//! `GET /healthz`.
+//! `POST /reservations/release` (its compensation), `GET /reservations?order_id=`, `GET
+//! /healthz`, and `/faults` when fault injection is on.
 
 pub mod api;
 
+pub use tandem_kit::Error;
 pub use tandem_kit::service::{App, Config};
 
 /// This service, for `tandem_kit::service`.
 pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
     name: "inventory",
     about: "Tandem inventory service: stock per SKU, reservations",
-    default_database_url: "postgres://postgres@127.0.0.1:5432/tandem_inventory",
-    default_listen_addr: "127.0.0.1:8081",
-    migrator,
+    port: 8081,
+    migrations: &sqlx::migrate!("../../migrations/inventory"),
+    actions: &[&api::RESERVE],
+    compensations: &[&api::RELEASE],
     routes: api::routes,
 };
 
-/// The migrations of this database: the kit's barrier table plus `migrations/inventory/`.
-pub fn migrator() -> sqlx::migrate::Migrator {
-    tandem_kit::barrier::migrator(sqlx::migrate!("../../migrations/inventory"))
-}
-
 /// Connect (creating the database if missing) and apply the migrations.
-pub async fn build(config: Config) -> anyhow::Result<App> {
-    tandem_kit::service::build(&SPEC, config).await
+pub async fn build(config: Config) -> Result<App, Error> {
+    SPEC.build(config).await
 }

@@ -2,79 +2,55 @@
 //! business rules, the barrier (duplicates, null compensation, hanging), fault injection and the
 //! no-oversell guarantee.
 
-use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tandem_kit::faults::Switch;
 use tandem_kit::testing::{Served, assert_problem};
 
-struct Svc(Served);
-
-impl Deref for Svc {
-    type Target = Served;
-    fn deref(&self) -> &Served {
-        &self.0
-    }
+async fn spawn() -> Served {
+    Served::with_faults(&inventory::SPEC).await
 }
 
-async fn spawn_with(faults: Switch) -> Svc {
-    Svc(Served::start(&inventory::SPEC, |c| c.fault_injection = faults).await)
-}
-
-async fn spawn() -> Svc {
-    spawn_with(Switch::On).await
-}
-
-impl Svc {
-    async fn set_stock(&self, sku: &str, available: i64) {
-        let resp = self
-            .http
-            .put(format!("{}/stock/{sku}", self.url))
-            .json(&json!({ "available": available }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-    }
-
-    async fn stock(&self, sku: &str) -> (i64, i64) {
-        let (s, b) = self.get(&format!("/stock/{sku}")).await;
-        assert_eq!(s, StatusCode::OK, "{b}");
-        (
-            b["available"].as_i64().unwrap(),
-            b["reserved"].as_i64().unwrap(),
-        )
-    }
-
-    async fn reserve(&self, key: &str, order: &str, items: Value) -> (StatusCode, Value) {
-        self.post(
-            "/reservations",
-            Some(key),
-            json!({ "order_id": order, "items": items }),
-        )
+async fn set_stock(svc: &Served, sku: &str, available: i64) {
+    let resp = svc
+        .http
+        .put(format!("{}/stock/{sku}", svc.url))
+        .json(&json!({ "available": available }))
+        .send()
         .await
-    }
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
 
-    async fn release(&self, key: &str, order: &str) -> (StatusCode, Value) {
-        self.post(
-            "/reservations/release",
-            Some(key),
-            json!({ "order_id": order }),
-        )
-        .await
-    }
+/// `(available, reserved)` of `sku`.
+async fn stock(svc: &Served, sku: &str) -> (i64, i64) {
+    let (s, b) = svc.get(&format!("/stock/{sku}")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    (
+        b["available"].as_i64().unwrap(),
+        b["reserved"].as_i64().unwrap(),
+    )
+}
+
+async fn reserve(svc: &Served, key: &str, order: &str, items: Value) -> (StatusCode, Value) {
+    let body = json!({ "order_id": order, "items": items });
+    svc.post("/reservations", Some(key), body).await
+}
+
+async fn release(svc: &Served, key: &str, order: &str) -> (StatusCode, Value) {
+    let body = json!({ "order_id": order });
+    svc.post("/reservations/release", Some(key), body).await
 }
 
 #[tokio::test]
 async fn stock_is_set_and_read() {
     let svc = spawn().await;
-    svc.set_stock("apple", 7).await;
-    assert_eq!(svc.stock("apple").await, (7, 0));
-    svc.set_stock("apple", 3).await;
-    assert_eq!(svc.stock("apple").await, (3, 0));
+    set_stock(&svc, "apple", 7).await;
+    assert_eq!(stock(&svc, "apple").await, (7, 0));
+    set_stock(&svc, "apple", 3).await;
+    assert_eq!(stock(&svc, "apple").await, (3, 0));
     let (s, b) = svc.get("/stock/pear").await;
     assert_problem(s, &b, StatusCode::NOT_FOUND, "not-found");
 
@@ -89,18 +65,16 @@ async fn stock_is_set_and_read() {
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let b: Value = resp.json().await.unwrap();
     assert_eq!(b["errors"][0]["pointer"], "/available");
-    assert_eq!(svc.stock("apple").await, (3, 0));
+    assert_eq!(stock(&svc, "apple").await, (3, 0));
 }
 
 #[tokio::test]
 async fn reservation_holds_stock_and_is_listed() {
     let svc = spawn().await;
-    svc.set_stock("a", 10).await;
-    svc.set_stock("b", 5).await;
+    set_stock(&svc, "a", 10).await;
+    set_stock(&svc, "b", 5).await;
     let items = json!([{"sku": "b", "quantity": 2}, {"sku": "a", "quantity": 3}, {"sku": "b", "quantity": 1}]);
-    let (s, b) = svc
-        .reserve("s1:reserve_inventory:action", "o-1", items)
-        .await;
+    let (s, b) = reserve(&svc, "s1:reserve_inventory:action", "o-1", items).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["status"], "held");
     assert_eq!(b["order_id"], "o-1");
@@ -109,8 +83,8 @@ async fn reservation_holds_stock_and_is_listed() {
         json!([{"sku": "a", "quantity": 3}, {"sku": "b", "quantity": 3}])
     );
     let rid = b["reservation_id"].as_str().unwrap().to_string();
-    assert_eq!(svc.stock("a").await, (7, 3));
-    assert_eq!(svc.stock("b").await, (2, 3));
+    assert_eq!(stock(&svc, "a").await, (7, 3));
+    assert_eq!(stock(&svc, "b").await, (2, 3));
 
     let (s, list) = svc.get("/reservations?order_id=o-1").await;
     assert_eq!(s, StatusCode::OK);
@@ -120,24 +94,20 @@ async fn reservation_holds_stock_and_is_listed() {
     assert_eq!(list[0]["saga_id"], "s1");
     assert!(list[0]["created_at"].is_string());
 
-    let (s, b) = svc
-        .release("s1:reserve_inventory:compensation", "o-1")
-        .await;
+    let (s, b) = release(&svc, "s1:reserve_inventory:compensation", "o-1").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["released"], true);
     assert_eq!(b["reservation_id"], rid);
-    assert_eq!(svc.stock("a").await, (10, 0));
-    assert_eq!(svc.stock("b").await, (5, 0));
+    assert_eq!(stock(&svc, "a").await, (10, 0));
+    assert_eq!(stock(&svc, "b").await, (5, 0));
     let (_, list) = svc.get("/reservations?order_id=o-1").await;
     assert_eq!(list[0]["status"], "released");
 
     // Duplicate compensation: the same answer, stock returned once.
-    let (s, again) = svc
-        .release("s1:reserve_inventory:compensation", "o-1")
-        .await;
+    let (s, again) = release(&svc, "s1:reserve_inventory:compensation", "o-1").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(again, b);
-    assert_eq!(svc.stock("a").await, (10, 0));
+    assert_eq!(stock(&svc, "a").await, (10, 0));
 
     let (s, empty) = svc.get("/reservations?order_id=other").await;
     assert_eq!((s, empty), (StatusCode::OK, json!([])));
@@ -148,72 +118,52 @@ async fn reservation_holds_stock_and_is_listed() {
 #[tokio::test]
 async fn shortage_is_409_naming_the_sku_with_no_partial_effect() {
     let svc = spawn().await;
-    svc.set_stock("a", 10).await;
-    svc.set_stock("b", 1).await;
+    set_stock(&svc, "a", 10).await;
+    set_stock(&svc, "b", 1).await;
     let items = json!([{"sku": "a", "quantity": 3}, {"sku": "b", "quantity": 2}]);
-    let (s, b) = svc.reserve("s1:reserve:action", "o-1", items.clone()).await;
+    let (s, b) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
     assert_problem(s, &b, StatusCode::CONFLICT, "insufficient-stock");
     assert_eq!(b["sku"], "b");
     assert_eq!(
-        svc.stock("a").await,
+        stock(&svc, "a").await,
         (10, 0),
         "a was decremented then rolled back"
     );
-    assert_eq!(svc.stock("b").await, (1, 0));
+    assert_eq!(stock(&svc, "b").await, (1, 0));
     assert_eq!(svc.count("reservations").await, 0);
 
     // The same key again: the same failure, even though stock is now sufficient.
-    svc.set_stock("b", 100).await;
-    let (s2, b2) = svc.reserve("s1:reserve:action", "o-1", items).await;
+    set_stock(&svc, "b", 100).await;
+    let (s2, b2) = reserve(&svc, "s1:reserve:action", "o-1", items).await;
     assert_eq!((s2, &b2), (s, &b));
 
     // An unknown SKU is a shortage too.
-    let (s, b) = svc
-        .reserve(
-            "s2:reserve:action",
-            "o-2",
-            json!([{"sku": "zzz", "quantity": 1}]),
-        )
-        .await;
+    let (s, b) = reserve(
+        &svc,
+        "s2:reserve:action",
+        "o-2",
+        json!([{"sku": "zzz", "quantity": 1}]),
+    )
+    .await;
     assert_problem(s, &b, StatusCode::CONFLICT, "insufficient-stock");
     assert_eq!(b["sku"], "zzz");
 
     // Compensation of the failed action: success, no effect.
-    let (s, b) = svc.release("s1:reserve:compensation", "o-1").await;
+    let (s, b) = release(&svc, "s1:reserve:compensation", "o-1").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["released"], false);
-    assert_eq!(svc.stock("a").await, (10, 0));
-    assert_eq!(svc.stock("b").await, (100, 0));
+    assert_eq!(stock(&svc, "a").await, (10, 0));
+    assert_eq!(stock(&svc, "b").await, (100, 0));
 }
 
 #[tokio::test]
 async fn bad_requests_are_4xx_problems_and_store_nothing() {
     let svc = spawn().await;
-    svc.set_stock("a", 10).await;
+    set_stock(&svc, "a", 10).await;
     let good = json!({ "order_id": "o-1", "items": [{"sku": "a", "quantity": 1}] });
 
-    let (s, b) = svc.post("/reservations", None, good.clone()).await;
-    assert_problem(s, &b, StatusCode::BAD_REQUEST, "bad-request");
-    for key in ["nope", "s1:Bad:action", "s1:step:undo", "a:b:c:action"] {
-        let (s, b) = svc.post("/reservations", Some(key), good.clone()).await;
-        assert_problem(s, &b, StatusCode::BAD_REQUEST, "bad-request");
-    }
-    let (s, b) = svc
-        .post(
-            "/reservations",
-            Some("s1:reserve:compensation"),
-            good.clone(),
-        )
+    svc.assert_keys_checked("/reservations", &good, "/reservations/release")
         .await;
-    assert_problem(s, &b, StatusCode::BAD_REQUEST, "bad-request");
-    let (s, b) = svc
-        .post(
-            "/reservations/release",
-            Some("s1:reserve:action"),
-            json!({"order_id": "o-1"}),
-        )
-        .await;
-    assert_problem(s, &b, StatusCode::BAD_REQUEST, "bad-request");
 
     let cases = [
         (
@@ -246,13 +196,8 @@ async fn bad_requests_are_4xx_problems_and_store_nothing() {
             "/items/0/sku",
         ),
     ];
-    for (body, pointer) in cases {
-        let (s, b) = svc
-            .post("/reservations", Some("s1:reserve:action"), body.clone())
-            .await;
-        assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
-        assert_eq!(b["errors"][0]["pointer"], pointer, "{body} → {b}");
-    }
+    svc.assert_invalid("/reservations", "s1:reserve:action", &cases)
+        .await;
     let (s, b) = svc
         .post(
             "/reservations/release",
@@ -285,7 +230,7 @@ async fn bad_requests_are_4xx_problems_and_store_nothing() {
 
     assert_eq!(svc.count("saga_barrier").await, 0);
     assert_eq!(svc.count("reservations").await, 0);
-    assert_eq!(svc.stock("a").await, (10, 0));
+    assert_eq!(stock(&svc, "a").await, (10, 0));
 
     // The key is still free: a valid request afterwards is served normally.
     let (s, _) = svc
@@ -297,7 +242,7 @@ async fn bad_requests_are_4xx_problems_and_store_nothing() {
 #[tokio::test]
 async fn duplicate_action_replays_the_first_outcome() {
     let svc = spawn().await;
-    svc.set_stock("a", 10).await;
+    set_stock(&svc, "a", 10).await;
     let items = json!([{"sku": "a", "quantity": 2}]);
     let resp = svc
         .http
@@ -322,7 +267,7 @@ async fn duplicate_action_replays_the_first_outcome() {
     assert_eq!(resp.headers()["idempotency-replayed"], "true");
     let second: Value = resp.json().await.unwrap();
     assert_eq!(first, second);
-    assert_eq!(svc.stock("a").await, (8, 2));
+    assert_eq!(stock(&svc, "a").await, (8, 2));
     assert_eq!(svc.count("reservations").await, 1);
 }
 
@@ -333,31 +278,32 @@ async fn duplicate_action_replays_the_first_outcome() {
 #[tokio::test]
 async fn duplicate_replays_the_first_outcome_even_when_its_effect_would_differ() {
     let svc = spawn().await;
-    svc.set_stock("a", 3).await;
+    set_stock(&svc, "a", 3).await;
     let items = json!([{"sku": "a", "quantity": 3}]);
-    let (s, first) = svc.reserve("s1:reserve:action", "o-1", items.clone()).await;
+    let (s, first) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
     assert_eq!(s, StatusCode::CREATED, "{first}");
     // Nothing left: run again, the effect alone would be a shortage.
-    let (s, again) = svc.reserve("s1:reserve:action", "o-1", items.clone()).await;
+    let (s, again) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
     assert_eq!((s, &again), (StatusCode::CREATED, &first));
-    assert_eq!(svc.stock("a").await, (0, 3));
+    assert_eq!(stock(&svc, "a").await, (0, 3));
 
-    let (s, refused) = svc.reserve("s2:reserve:action", "o-2", items.clone()).await;
+    let (s, refused) = reserve(&svc, "s2:reserve:action", "o-2", items.clone()).await;
     assert_problem(s, &refused, StatusCode::CONFLICT, "insufficient-stock");
     // Refilled: run again, the effect alone would now succeed.
-    svc.set_stock("a", 10).await;
-    let (s, again) = svc.reserve("s2:reserve:action", "o-2", items).await;
+    set_stock(&svc, "a", 10).await;
+    let (s, again) = reserve(&svc, "s2:reserve:action", "o-2", items).await;
     assert_eq!((s, &again), (StatusCode::CONFLICT, &refused));
-    assert_eq!(svc.stock("a").await, (10, 3));
+    assert_eq!(stock(&svc, "a").await, (10, 3));
     assert_eq!(svc.count("reservations").await, 1);
 }
 
 #[tokio::test]
 async fn concurrent_duplicates_make_one_effect() {
     let svc = spawn().await;
-    svc.set_stock("a", 100).await;
+    set_stock(&svc, "a", 100).await;
     let calls = (0..12).map(|_| {
-        svc.reserve(
+        reserve(
+            &svc,
             "s1:reserve:action",
             "o-1",
             json!([{"sku": "a", "quantity": 5}]),
@@ -369,75 +315,75 @@ async fn concurrent_duplicates_make_one_effect() {
         assert_eq!(*s, StatusCode::CREATED, "{b}");
         assert_eq!(b, first);
     }
-    assert_eq!(svc.stock("a").await, (95, 5));
+    assert_eq!(stock(&svc, "a").await, (95, 5));
     assert_eq!(svc.count("reservations").await, 1);
 }
 
 #[tokio::test]
 async fn null_compensation_then_hanging_action_is_refused() {
     let svc = spawn().await;
-    svc.set_stock("a", 10).await;
-    let (s, b) = svc.release("s1:reserve:compensation", "o-1").await;
+    set_stock(&svc, "a", 10).await;
+    let (s, b) = release(&svc, "s1:reserve:compensation", "o-1").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["released"], false);
 
-    let (s, b) = svc
-        .reserve(
-            "s1:reserve:action",
-            "o-1",
-            json!([{"sku": "a", "quantity": 1}]),
-        )
-        .await;
+    let (s, b) = reserve(
+        &svc,
+        "s1:reserve:action",
+        "o-1",
+        json!([{"sku": "a", "quantity": 1}]),
+    )
+    .await;
     assert_problem(s, &b, StatusCode::CONFLICT, "hanging");
-    assert_eq!(svc.stock("a").await, (10, 0));
+    assert_eq!(stock(&svc, "a").await, (10, 0));
     assert_eq!(svc.count("reservations").await, 0);
 
     // Again, and the compensation again: the same answers.
-    let (s2, b2) = svc
-        .reserve(
-            "s1:reserve:action",
-            "o-1",
-            json!([{"sku": "a", "quantity": 1}]),
-        )
-        .await;
+    let (s2, b2) = reserve(
+        &svc,
+        "s1:reserve:action",
+        "o-1",
+        json!([{"sku": "a", "quantity": 1}]),
+    )
+    .await;
     assert_eq!((s2, b2), (s, b));
-    let (s, b) = svc.release("s1:reserve:compensation", "o-1").await;
+    let (s, b) = release(&svc, "s1:reserve:compensation", "o-1").await;
     assert_eq!((s, &b["released"]), (StatusCode::OK, &json!(false)));
-    assert_eq!(svc.stock("a").await, (10, 0));
+    assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 
 #[tokio::test]
 async fn effect_then_503_retried_makes_one_effect() {
     let svc = spawn().await;
-    svc.set_stock("a", 10).await;
+    set_stock(&svc, "a", 10).await;
     svc.fault(json!({ "order_id": "o-1", "kind": "effect_then_503" }))
         .await;
     let items = json!([{"sku": "a", "quantity": 4}]);
-    let (s, b) = svc.reserve("s1:reserve:action", "o-1", items.clone()).await;
+    let (s, b) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
     assert_problem(s, &b, StatusCode::SERVICE_UNAVAILABLE, "injected-fault");
-    assert_eq!(svc.stock("a").await, (6, 4), "the effect was committed");
+    assert_eq!(stock(&svc, "a").await, (6, 4), "the effect was committed");
 
-    let (s, b) = svc.reserve("s1:reserve:action", "o-1", items).await;
+    let (s, b) = reserve(&svc, "s1:reserve:action", "o-1", items).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["status"], "held");
-    assert_eq!(svc.stock("a").await, (6, 4), "one effect");
+    assert_eq!(stock(&svc, "a").await, (6, 4), "one effect");
     assert_eq!(svc.count("reservations").await, 1);
 
     // The compensation can be hit too.
     svc.fault(json!({ "order_id": "o-1", "op": "compensation", "kind": "effect_then_503" }))
         .await;
-    let (s, _) = svc.release("s1:reserve:compensation", "o-1").await;
+    let (s, _) = release(&svc, "s1:reserve:compensation", "o-1").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(svc.stock("a").await, (10, 0));
-    let (s, b) = svc.release("s1:reserve:compensation", "o-1").await;
+    assert_eq!(stock(&svc, "a").await, (10, 0));
+    let (s, b) = release(&svc, "s1:reserve:compensation", "o-1").await;
     assert_eq!((s, &b["released"]), (StatusCode::OK, &json!(true)));
-    assert_eq!(svc.stock("a").await, (10, 0));
+    assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 
 #[tokio::test]
 async fn transient_and_in_progress_faults_are_scoped_and_counted() {
     let svc = spawn().await;
-    svc.set_stock("a", 10).await;
+    set_stock(&svc, "a", 10).await;
     svc.fault(json!({ "order_id": "o-1", "kind": "transient", "times": 2 }))
         .await;
     svc.fault(json!({ "key": "s3:reserve:action", "kind": "in_progress", "times": 2 }))
@@ -445,11 +391,11 @@ async fn transient_and_in_progress_faults_are_scoped_and_counted() {
     let items = json!([{"sku": "a", "quantity": 1}]);
 
     // Another order is not disturbed.
-    let (s, _) = svc.reserve("s2:reserve:action", "o-2", items.clone()).await;
+    let (s, _) = reserve(&svc, "s2:reserve:action", "o-2", items.clone()).await;
     assert_eq!(s, StatusCode::CREATED);
 
     for _ in 0..2 {
-        let (s, b) = svc.reserve("s1:reserve:action", "o-1", items.clone()).await;
+        let (s, b) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
         assert_problem(s, &b, StatusCode::INTERNAL_SERVER_ERROR, "injected-fault");
     }
     assert_eq!(
@@ -457,18 +403,18 @@ async fn transient_and_in_progress_faults_are_scoped_and_counted() {
         1,
         "no barrier row for the transient failures"
     );
-    assert_eq!(svc.stock("a").await, (9, 1));
-    let (s, _) = svc.reserve("s1:reserve:action", "o-1", items.clone()).await;
+    assert_eq!(stock(&svc, "a").await, (9, 1));
+    let (s, _) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
     assert_eq!(s, StatusCode::CREATED);
 
     for _ in 0..2 {
-        let (s, b) = svc.reserve("s3:reserve:action", "o-3", items.clone()).await;
+        let (s, b) = reserve(&svc, "s3:reserve:action", "o-3", items.clone()).await;
         assert_problem(s, &b, StatusCode::TOO_EARLY, "in-progress");
     }
-    assert_eq!(svc.stock("a").await, (8, 2));
-    let (s, _) = svc.reserve("s3:reserve:action", "o-3", items).await;
+    assert_eq!(stock(&svc, "a").await, (8, 2));
+    let (s, _) = reserve(&svc, "s3:reserve:action", "o-3", items).await;
     assert_eq!(s, StatusCode::CREATED);
-    assert_eq!(svc.stock("a").await, (7, 3));
+    assert_eq!(stock(&svc, "a").await, (7, 3));
 
     let (_, faults) = svc.get("/faults").await;
     let faults = faults.as_array().unwrap();
@@ -479,27 +425,23 @@ async fn transient_and_in_progress_faults_are_scoped_and_counted() {
 #[tokio::test]
 async fn latency_fault_delays_only_its_scope() {
     let svc = spawn().await;
-    svc.set_stock("a", 10).await;
+    set_stock(&svc, "a", 10).await;
     svc.fault(json!({ "order_id": "o-slow", "kind": "latency", "latency_ms": 400 }))
         .await;
     let items = json!([{"sku": "a", "quantity": 1}]);
     let started = Instant::now();
-    let (s, _) = svc
-        .reserve("s1:reserve:action", "o-fast", items.clone())
-        .await;
+    let (s, _) = reserve(&svc, "s1:reserve:action", "o-fast", items.clone()).await;
     assert_eq!(s, StatusCode::CREATED);
     let fast = started.elapsed();
     let started = Instant::now();
-    let (s, _) = svc
-        .reserve("s2:reserve:action", "o-slow", items.clone())
-        .await;
+    let (s, _) = reserve(&svc, "s2:reserve:action", "o-slow", items.clone()).await;
     assert_eq!(s, StatusCode::CREATED);
     let slow = started.elapsed();
     assert!(slow >= Duration::from_millis(400), "{slow:?}");
     assert!(fast < Duration::from_millis(400), "{fast:?}");
     // Used up: the next call is not delayed.
     let started = Instant::now();
-    svc.reserve("s3:reserve:action", "o-slow", items).await;
+    reserve(&svc, "s3:reserve:action", "o-slow", items).await;
     assert!(started.elapsed() < Duration::from_millis(400));
 }
 
@@ -539,26 +481,16 @@ async fn fault_endpoints_validate_list_and_delete() {
     let (_, list) = svc.get("/faults").await;
     assert_eq!(list.as_array().unwrap().len(), 2);
 
-    let resp = svc
-        .http
-        .delete(format!("{}/faults?order_id=o-1", svc.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.json::<Value>().await.unwrap()["deleted"], 1);
+    let (_, deleted) = svc.delete("/faults?order_id=o-1").await;
+    assert_eq!(deleted["deleted"], 1);
     let (_, list) = svc.get("/faults").await;
     assert_eq!(list[0]["order_id"], "o-2");
-    let resp = svc
-        .http
-        .delete(format!("{}/faults", svc.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.json::<Value>().await.unwrap()["deleted"], 1);
+    let (_, deleted) = svc.delete("/faults").await;
+    assert_eq!(deleted["deleted"], 1);
     let (_, list) = svc.get("/faults").await;
     assert_eq!(list, json!([]));
 
-    let off = spawn_with(Switch::Off).await;
+    let off = Served::start(&inventory::SPEC, |_| {}).await;
     let (s, _) = off
         .post(
             "/faults",
@@ -572,7 +504,7 @@ async fn fault_endpoints_validate_list_and_delete() {
 #[tokio::test]
 async fn fifty_concurrent_reservations_never_oversell() {
     let svc = spawn().await;
-    svc.set_stock("scarce", 10).await;
+    set_stock(&svc, "scarce", 10).await;
     let watcher = {
         let http = svc.http.clone();
         let url = format!("{}/stock/scarce", svc.url);
@@ -595,8 +527,7 @@ async fn fifty_concurrent_reservations_never_oversell() {
     let svc = &svc;
     let calls = (0..50).map(|i| async move {
         let (key, order) = (format!("s{i}:reserve:action"), format!("o-{i}"));
-        svc.reserve(&key, &order, json!([{"sku": "scarce", "quantity": 1}]))
-            .await
+        reserve(svc, &key, &order, json!([{"sku": "scarce", "quantity": 1}])).await
     });
     let results = join_all(calls).await;
     let ok = results
@@ -610,7 +541,7 @@ async fn fifty_concurrent_reservations_never_oversell() {
         })
         .count();
     assert_eq!((ok, short), (10, 40));
-    assert_eq!(svc.stock("scarce").await, (0, 10));
+    assert_eq!(stock(svc, "scarce").await, (0, 10));
     assert_eq!(svc.count("reservations").await, 10);
     assert!(watcher.await.unwrap() >= 1);
 }
@@ -622,4 +553,129 @@ async fn healthz_answers() {
     assert_eq!((s, &b["status"]), (StatusCode::OK, &json!("ok")));
     let (s, b) = svc.get("/no/such/route").await;
     assert_problem(s, &b, StatusCode::NOT_FOUND, "not-found");
+}
+
+/// Defect: a NUL character (which Postgres cannot store) answered 500 where it reached the
+/// database unchecked. Every string — query and path parameters, body values — is a 422 naming
+/// it, and nothing is stored.
+#[tokio::test]
+async fn a_nul_anywhere_is_422_naming_it_and_stores_nothing() {
+    let svc = spawn().await;
+    set_stock(&svc, "a", 10).await;
+    for (path, pointer) in [
+        ("/reservations?order_id=%00", "/query/order_id"),
+        ("/reservations?order_id=o%00-1", "/query/order_id"),
+        ("/stock/a%00", "/path/sku"),
+    ] {
+        let (s, b) = svc.get(path).await;
+        assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
+        assert_eq!(b["errors"][0]["pointer"], pointer, "{path}: {b}");
+    }
+    let good = json!([{"sku": "a", "quantity": 1}]);
+    for (order, items, pointer) in [
+        ("o\u{0}", good.clone(), "/order_id"),
+        (
+            "o-1",
+            json!([{"sku": "a\u{0}", "quantity": 1}]),
+            "/items/0/sku",
+        ),
+    ] {
+        let (s, b) = reserve(&svc, "s1:reserve:action", order, items).await;
+        assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
+        assert_eq!(b["errors"][0]["pointer"], pointer, "{b}");
+    }
+    let (s, b) = release(&svc, "s1:reserve:compensation", "\u{0}").await;
+    assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
+    assert_eq!(svc.counts(&["saga_barrier", "reservations"]).await, [0, 0]);
+    assert_eq!(stock(&svc, "a").await, (10, 0));
+}
+
+/// Defect: a duplicate that the barrier replays was logged at ERROR (the internal-error problem
+/// logged itself when built, before the barrier found the stored outcome). The first request
+/// is held between its effect and its commit, so the second's effect runs into the first's rows
+/// (a unique violation) and is replayed: the same status and body, and no ERROR line.
+#[tokio::test]
+async fn a_replayed_duplicate_is_not_logged_as_an_error() {
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    // This test's runtime has one thread: the server's tasks log through this subscriber too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // A callsite first hit by a parallel test before this subscriber existed may have cached
+    // "nobody listens"; recompute.
+    tracing::callsite::rebuild_interest_cache();
+    let svc = &spawn().await;
+    set_stock(svc, "a", 10).await;
+    let (key, items) = ("s1:reserve:action", json!([{"sku": "a", "quantity": 2}]));
+    let mut pause = svc.app.hooks.pause_before_commit(key);
+    let second = async {
+        pause.reached().await;
+        let release = async {
+            wait_for_a_lock_wait(svc).await;
+            pause.release();
+        };
+        tokio::join!(reserve(svc, key, "o-1", items.clone()), release).0
+    };
+    let (first, second) = tokio::join!(reserve(svc, key, "o-1", items.clone()), second);
+    assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
+    assert_eq!(second, first);
+    assert_eq!(stock(svc, "a").await, (8, 2));
+    assert_eq!(svc.count("reservations").await, 1);
+    let text = log.text();
+    assert!(
+        text.contains("the effect failed on a duplicate; replaying the stored outcome"),
+        "the duplicate did not take the replay path:\n{text}"
+    );
+    assert!(!text.contains("ERROR"), "an ERROR was logged:\n{text}");
+}
+
+/// Until some backend of the service's database waits on a lock.
+async fn wait_for_a_lock_wait(svc: &Served) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&svc.app.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request ever waited on a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A log captured in memory.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
 }

@@ -29,8 +29,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -40,6 +38,8 @@ use serde_json::{Value, json};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{PgConnection, PgPool, SqlSafeStr};
 
+use crate::effect::{EffectFuture, Origin};
+use crate::hooks::TestHooks;
 use crate::problem::Problem;
 
 /// The header every mutating saga endpoint requires.
@@ -196,28 +196,6 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
-/// A successful answer of an effect: status (2xx) and JSON body.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
-}
-
-impl Reply {
-    pub fn ok(body: Value) -> Self {
-        Reply {
-            status: StatusCode::OK,
-            body,
-        }
-    }
-    pub fn created(body: Value) -> Self {
-        Reply {
-            status: StatusCode::CREATED,
-            body,
-        }
-    }
-}
-
 /// What a barrier call answered: a stored outcome (status + body), fresh or replayed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -263,9 +241,6 @@ impl IntoResponse for Outcome {
     }
 }
 
-/// The boxed future an effect returns (borrowing the transaction's connection).
-pub type EffectFuture<'c> = Pin<Box<dyn Future<Output = Result<Reply, Problem>> + Send + 'c>>;
-
 /// What the compensation finds about its step's action.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prior {
@@ -279,80 +254,153 @@ pub enum Prior {
     Absent,
 }
 
-/// Run a saga **action** through the barrier.
-///
-/// `effect` runs in a fresh transaction; it returns the success reply, a 409 [`Problem`] for a
-/// business failure (its transaction is rolled back and the failure is recorded and replayed),
-/// or any other problem, which aborts everything (nothing recorded; the caller may retry with
-/// the same key). Returns the outcome to answer, or that aborting problem.
-///
-/// The effect runs **before** the barrier row is inserted, and the row goes in with its outcome
-/// in the effect's transaction: `BEGIN`, the effect's statements, one `INSERT … ON CONFLICT DO
-/// NOTHING`, `COMMIT`. When the insert finds the key taken (a duplicate, concurrent or late, or
-/// an action its compensation already refused), the transaction is rolled back, effect
-/// included, and the stored outcome is answered. A concurrent duplicate waits on the unique
-/// index until the first commits. An effect that trips over its own unique constraint because
-/// of a duplicate is caught the same way: on any failure the stored outcome, if there is one,
-/// is answered instead. This costs the rare duplicate a rolled-back effect and saves every
-/// first request two round trips (taking the row first, and a savepoint).
-pub async fn action<F>(pool: &PgPool, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
-where
-    F: for<'c> FnOnce(&'c mut PgConnection) -> EffectFuture<'c>,
-{
-    key.expect(Op::Action)?;
-    let mut tx = pool.begin().await?;
-    let reply = match effect(&mut tx).await {
-        Ok(reply) => reply,
-        Err(problem) => {
-            // The effect's work is undone either way; a 409 is then recorded on its own.
-            drop(tx.rollback().await);
-            if problem.status == StatusCode::CONFLICT {
-                tracing::info!(%key, slug = %problem.slug, "barrier: action refused (business failure)");
-                crate::crash::point("service.action.before_commit");
-                return record_alone(pool, key, Op::Action, problem.status, &problem.to_json())
-                    .await;
-            }
-            return replay_instead(pool, key, Op::Action, problem).await;
-        }
-    };
-    if !insert_outcome(&mut tx, key, Op::Action, reply.status, &reply.body).await? {
-        tx.rollback().await?;
-        let outcome = stored(pool, key, Op::Action).await?;
-        tracing::info!(%key, status = outcome.status.as_u16(), "barrier: replaying action outcome");
-        return Ok(outcome);
-    }
-    crate::crash::point("service.action.before_commit");
-    tx.commit().await?;
-    crate::stats::write_committed(pool);
-    crate::crash::point("service.action.after_commit");
-    Ok(Outcome {
-        status: reply.status,
-        body: reply.body,
-        replayed: false,
-    })
+/// Where the barrier runs: the service's pool and its test hooks.
+#[derive(Debug, Clone, Copy)]
+pub struct Barrier<'a> {
+    pub pool: &'a PgPool,
+    pub hooks: &'a TestHooks,
 }
 
-/// Run a saga **compensation** through the barrier.
-///
-/// `effect` is called with what became of the action ([`Prior`]); it must only undo something
-/// for [`Prior::Applied`], and answers a 2xx reply either way (a compensation never fails for
-/// business reasons: any problem aborts the transaction and is answered as is, so the
-/// orchestrator retries). As for actions, the compensation's own row is inserted with its
-/// outcome after the effect; a duplicate's effect is rolled back and the first outcome answered,
-/// so the effect is committed exactly once per key.
-pub async fn compensation<F>(
-    pool: &PgPool,
-    key: &IdempotencyKey,
-    effect: F,
-) -> Result<Outcome, Problem>
-where
-    F: for<'c> FnOnce(&'c mut PgConnection, Prior) -> EffectFuture<'c>,
-{
-    key.expect(Op::Compensation)?;
-    let mut tx = pool.begin().await?;
-    // Take the *action's* row first: if that succeeds, the action never ran (null compensation)
-    // and the row, recorded as a 409 `hanging`, refuses the action if it comes late. If the
-    // action is in flight, this waits for it to commit or roll back.
+impl Barrier<'_> {
+    /// Run a saga **action** through the barrier.
+    ///
+    /// `effect` runs in a fresh transaction; it returns the output (answered as 201), a 409
+    /// [`Problem`] for a business failure (its transaction is rolled back and the failure is
+    /// recorded and replayed), or any other problem, which aborts everything (nothing recorded;
+    /// the caller may retry with the same key). Returns the outcome to answer, or that aborting
+    /// problem.
+    ///
+    /// The effect runs **before** the barrier row is inserted, and the row goes in with its
+    /// outcome in the effect's transaction: `BEGIN`, the effect's statements, one `INSERT … ON
+    /// CONFLICT DO NOTHING`, `COMMIT`. When the insert finds the key taken (a duplicate,
+    /// concurrent or late, or an action its compensation already refused), the transaction is
+    /// rolled back, effect included, and the stored outcome is answered. A concurrent duplicate
+    /// waits on the unique index until the first commits. An effect that trips over its own
+    /// unique constraint because of a duplicate is caught the same way: on any failure the
+    /// stored outcome, if there is one, is answered instead (and only a failure with no stored
+    /// outcome is answered — and logged — as an error). This costs the rare duplicate a
+    /// rolled-back effect and saves every first request two round trips (taking the row
+    /// first, and a savepoint).
+    pub async fn action<F>(self, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin) -> EffectFuture<'c>,
+    {
+        key.expect(Op::Action)?;
+        self.run(key, effect).await
+    }
+
+    /// Run a saga **compensation** through the barrier.
+    ///
+    /// `effect` is called with what became of the action ([`Prior`]); it must only undo
+    /// something for [`Prior::Applied`], and answers its output either way (answered as 200: a
+    /// compensation never fails for business reasons; any problem aborts the transaction and
+    /// is answered as is, so the orchestrator retries). As for actions, the compensation's own
+    /// row is inserted with its outcome after the effect; a duplicate's effect is rolled back
+    /// and the first outcome answered, so the effect is committed exactly once per key.
+    pub async fn compensation<F>(self, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin, Prior) -> EffectFuture<'c>
+            + Send
+            + 'static,
+    {
+        key.expect(Op::Compensation)?;
+        let key_in_tx = key.clone();
+        self.run(key, move |conn, origin| {
+            Box::pin(async move {
+                let prior = prior(conn, &key_in_tx).await?;
+                effect(conn, origin, prior).await
+            })
+        })
+        .await
+    }
+
+    /// The effect in a fresh transaction, then its outcome recorded and committed (or the
+    /// stored one replayed); an action's 409 is recorded on its own.
+    async fn run<F>(self, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin) -> EffectFuture<'c>,
+    {
+        let origin = Origin::saga(key);
+        let mut tx = self.pool.begin().await?;
+        let problem = match effect(&mut tx, &origin).await {
+            Ok(body) => return self.commit(tx, key, body).await,
+            Err(problem) => problem,
+        };
+        // The effect's work is undone either way; an action's 409 is then recorded on its own.
+        drop(tx.rollback().await);
+        if key.op == Op::Action && problem.status == StatusCode::CONFLICT {
+            tracing::info!(%key, slug = %problem.slug, "barrier: action refused (business failure)");
+            crate::crash::point("service.action.before_commit");
+            return self
+                .record_alone(key, problem.status, &problem.to_json())
+                .await;
+        }
+        replay_instead(self.pool, key, problem).await
+    }
+
+    /// After a successful effect: insert the outcome and commit, or (the key is taken) roll
+    /// the effect back and answer the stored outcome.
+    async fn commit(
+        self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        key: &IdempotencyKey,
+        body: Value,
+    ) -> Result<Outcome, Problem> {
+        let status = match key.op {
+            Op::Action => StatusCode::CREATED,
+            Op::Compensation => StatusCode::OK,
+        };
+        if !insert_outcome(&mut tx, key, status, &body).await? {
+            tx.rollback().await?;
+            let outcome = stored(self.pool, key).await?;
+            tracing::info!(%key, status = outcome.status.as_u16(), "barrier: replaying the stored outcome");
+            return Ok(outcome);
+        }
+        self.hooks.before_commit(key).await;
+        crate::crash::point(match key.op {
+            Op::Action => "service.action.before_commit",
+            Op::Compensation => "service.compensation.before_commit",
+        });
+        tx.commit().await?;
+        crate::stats::write_committed(self.pool);
+        crate::crash::point(match key.op {
+            Op::Action => "service.action.after_commit",
+            Op::Compensation => "service.compensation.after_commit",
+        });
+        Ok(Outcome {
+            status,
+            body,
+            replayed: false,
+        })
+    }
+
+    /// Record a business failure in a transaction of its own (the effect's was rolled back), or
+    /// answer the outcome already stored under the key.
+    async fn record_alone(
+        self,
+        key: &IdempotencyKey,
+        status: StatusCode,
+        body: &Value,
+    ) -> Result<Outcome, Problem> {
+        let mut conn = self.pool.acquire().await?;
+        if insert_outcome(&mut conn, key, status, body).await? {
+            crate::stats::write_committed(self.pool);
+            Ok(Outcome {
+                status,
+                body: body.clone(),
+                replayed: false,
+            })
+        } else {
+            stored(&mut *conn, key).await
+        }
+    }
+}
+
+/// What became of the action of a compensation's step. Takes the *action's* row first: if
+/// that succeeds, the action never ran (null compensation) and the row, recorded as a 409
+/// `hanging`, refuses the action if it comes late. If the action is in flight, this waits for
+/// it to commit or roll back.
+async fn prior(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<Prior, Problem> {
     let null_compensation = sqlx::query(
         "INSERT INTO saga_barrier (saga_id, step, op, status, body, origin)
          VALUES ($1, $2, 'action', 409, $3, 'compensation')
@@ -361,51 +409,23 @@ where
     .bind(&key.saga_id)
     .bind(&key.step)
     .bind(hanging_problem(key).to_json())
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected()
         == 1;
-    let prior = if null_compensation {
+    if null_compensation {
         tracing::info!(%key, "barrier: null compensation (no action ran); the action is now refused");
-        Prior::Absent
-    } else {
-        let action_key = IdempotencyKey {
-            op: Op::Action,
-            ..key.clone()
-        };
-        let action = stored(&mut *tx, &action_key, Op::Action).await?;
-        if action.status.is_success() {
-            Prior::Applied(action.body)
-        } else {
-            Prior::Failed(action.body)
-        }
-    };
-    let reply = match effect(&mut tx, prior).await {
-        Ok(reply) if reply.status.is_success() => reply,
-        Ok(reply) => {
-            return Err(Problem::internal(format!(
-                "compensation effect for {key} answered {}",
-                reply.status
-            )));
-        }
-        Err(problem) => {
-            drop(tx.rollback().await);
-            return replay_instead(pool, key, Op::Compensation, problem).await;
-        }
-    };
-    if !insert_outcome(&mut tx, key, Op::Compensation, reply.status, &reply.body).await? {
-        tx.rollback().await?;
-        tracing::info!(%key, "barrier: replaying compensation outcome");
-        return stored(pool, key, Op::Compensation).await;
+        return Ok(Prior::Absent);
     }
-    crate::crash::point("service.compensation.before_commit");
-    tx.commit().await?;
-    crate::stats::write_committed(pool);
-    crate::crash::point("service.compensation.after_commit");
-    Ok(Outcome {
-        status: reply.status,
-        body: reply.body,
-        replayed: false,
+    let action_key = IdempotencyKey {
+        op: Op::Action,
+        ..key.clone()
+    };
+    let action = stored(&mut *conn, &action_key).await?;
+    Ok(if action.status.is_success() {
+        Prior::Applied(action.body)
+    } else {
+        Prior::Failed(action.body)
     })
 }
 
@@ -420,12 +440,11 @@ pub fn hanging_problem(key: &IdempotencyKey) -> Problem {
         .with("step", key.step.clone())
 }
 
-/// Insert the barrier row for `op` with its outcome; `false` if the key was already taken
+/// Insert the barrier row for `key` with its outcome; `false` if the key was already taken
 /// (after waiting for a concurrent inserter to commit or roll back).
 async fn insert_outcome(
     conn: &mut PgConnection,
     key: &IdempotencyKey,
-    op: Op,
     status: StatusCode,
     body: &Value,
 ) -> Result<bool, Problem> {
@@ -435,7 +454,7 @@ async fn insert_outcome(
     )
     .bind(&key.saga_id)
     .bind(&key.step)
-    .bind(op.as_str())
+    .bind(key.op.as_str())
     .bind(status.as_u16() as i16)
     .bind(body)
     .execute(&mut *conn)
@@ -443,37 +462,14 @@ async fn insert_outcome(
     Ok(done.rows_affected() == 1)
 }
 
-/// Record a business failure in a transaction of its own (the effect's was rolled back), or
-/// answer the outcome already stored under the key.
-async fn record_alone(
-    pool: &PgPool,
-    key: &IdempotencyKey,
-    op: Op,
-    status: StatusCode,
-    body: &Value,
-) -> Result<Outcome, Problem> {
-    let mut conn = pool.acquire().await?;
-    if insert_outcome(&mut conn, key, op, status, body).await? {
-        crate::stats::write_committed(pool);
-        Ok(Outcome {
-            status,
-            body: body.clone(),
-            replayed: false,
-        })
-    } else {
-        stored(&mut *conn, key, op).await
-    }
-}
-
 /// After a failed effect: the outcome stored under the key if there is one (the request was a
 /// duplicate, and the effect failed because the first one's rows exist), else the problem.
 async fn replay_instead(
     pool: &PgPool,
     key: &IdempotencyKey,
-    op: Op,
     problem: Problem,
 ) -> Result<Outcome, Problem> {
-    match stored(pool, key, op).await {
+    match stored(pool, key).await {
         Ok(outcome) => {
             tracing::info!(%key, "barrier: the effect failed on a duplicate; replaying the stored outcome");
             Ok(outcome)
@@ -482,8 +478,8 @@ async fn replay_instead(
     }
 }
 
-/// The committed outcome under `key`/`op`.
-async fn stored<'e, E>(conn: E, key: &IdempotencyKey, op: Op) -> Result<Outcome, Problem>
+/// The committed outcome under `key`.
+async fn stored<'e, E>(conn: E, key: &IdempotencyKey) -> Result<Outcome, Problem>
 where
     E: sqlx::PgExecutor<'e>,
 {
@@ -492,14 +488,13 @@ where
     )
     .bind(&key.saga_id)
     .bind(&key.step)
-    .bind(op.as_str())
+    .bind(key.op.as_str())
     .fetch_optional(conn)
     .await?;
     match row {
         Some((Some(status), Some(body))) => Ok(Outcome::from_row(status, body, true)),
         other => Err(Problem::internal(format!(
-            "barrier row {key} ({}) has no outcome: {other:?}",
-            op.as_str()
+            "barrier row {key} has no outcome: {other:?}"
         ))),
     }
 }
@@ -545,6 +540,9 @@ mod tests {
             "s:step-1:action",
             "s:step:undo",
             "s x:step:action",
+            // Postgres cannot store a NUL (and HTTP cannot carry one in a header anyway)
+            "s\0:step:action",
+            "s:st\0ep:action",
         ] {
             assert!(
                 IdempotencyKey::parse(bad).is_err(),

@@ -13,8 +13,12 @@
 //!
 //! Each firing decrements `times`; an exhausted fault stays listed (with `remaining: 0`) until
 //! deleted. Endpoints: `POST /faults` → 201 with the fault, `GET /faults`, `DELETE /faults`
-//! (all, or `?order_id=` / `?key=`). With `FAULT_INJECTION=off` they are not mounted (404) and
-//! nothing is ever injected.
+//! (all, or `?order_id=` / `?key=`).
+//!
+//! **Off by default**: unless `FAULT_INJECTION=on` (or [`crate::service::Config::with_fault_injection`])
+//! the endpoints are not mounted (404) and nothing is ever injected — any client of a service
+//! with faults on can make it fail or stall. The demo, the tests, the bench and `tandem up`
+//! switch it on.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,11 +37,11 @@ use crate::barrier::{IdempotencyKey, Op};
 use crate::http::{Json, Query};
 use crate::problem::Problem;
 
-/// `FAULT_INJECTION`: whether the `/faults` endpoints exist.
+/// `FAULT_INJECTION`: whether the `/faults` endpoints exist (off unless asked for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Switch {
-    #[default]
     On,
+    #[default]
     Off,
 }
 

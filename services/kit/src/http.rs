@@ -5,6 +5,10 @@
 //!   a body over the limit → 413, bad syntax → 400, a well-formed body of the wrong shape → 422
 //!   naming the field by JSON Pointer (`/items/0/quantity`).
 //! - [`Path`] and [`Query`] wrap axum's, turning their rejections into 400 / 422 problems.
+//! - Postgres stores no NUL character (`\u0000`) in `text` or `jsonb`: every string these
+//!   extractors hand out — body values and object keys, query and path parameters — is
+//!   checked once here, and one with a NUL is a 422 naming it (`/items/0/sku`,
+//!   `/query/order_id`, `/path/sku`), so it never reaches the database as a 500.
 //! - [`finish`] adds the fallbacks, the body limit and request tracing to a router, plus
 //!   `GET /stats` (see [`crate::stats`]) and `POST /noop` (a no-op saga step for benchmarks).
 
@@ -13,7 +17,8 @@ use std::future::Future;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -65,7 +70,53 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     // First, syntax: anything that is not JSON at all is a malformed request.
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Problem::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if let Some(pointer) = nul_in(&value, String::new()) {
+        return Err(Problem::invalid(pointer, NUL_MESSAGE));
+    }
     from_value(value)
+}
+
+/// What a field with a NUL character is told.
+pub const NUL_MESSAGE: &str = "must not contain the NUL character (\\u0000)";
+
+/// The JSON Pointer of the first string or object key in `value` that contains a NUL
+/// character (a key names its member), if any.
+pub fn nul_in(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in(v, format!("{at}/{i}"))),
+        Value::Object(members) => members.iter().find_map(|(k, v)| {
+            let here = format!("{at}/{}", escape_pointer_token(k));
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_in(v, here)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// 422 for the first `(name, value)` pair with a NUL character, named `/{part}/{name}`.
+#[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
+fn refuse_nul<'a>(
+    part: &str,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), Problem> {
+    match pairs
+        .into_iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        Some((name, _)) => Err(Problem::invalid(
+            format!("/{part}/{}", escape_pointer_token(name)),
+            NUL_MESSAGE,
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Deserialize a parsed JSON value into `T`; errors are 422 naming the field.
@@ -137,15 +188,50 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
-/// Path extractor with problem+json rejections.
-#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(Problem))]
+/// Path extractor with problem+json rejections; a parameter with a NUL is a 422 naming
+/// `/path/<name>`.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Path<T>(pub T);
 
-/// Query-string extractor with problem+json rejections.
-#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(Problem))]
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        if let Ok(raw) = RawPathParams::from_request_parts(parts, state).await {
+            refuse_nul("path", &raw)?;
+        }
+        let axum::extract::Path(value) =
+            axum::extract::Path::from_request_parts(parts, state).await?;
+        Ok(Path(value))
+    }
+}
+
+/// Query-string extractor with problem+json rejections; a parameter with a NUL (name or
+/// value) is a 422 naming `/query/<name>`.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+        if let Ok(axum::extract::Query(pairs)) =
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+        {
+            refuse_nul("query", pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        }
+        let axum::extract::Query(value) = axum::extract::Query::try_from_uri(&parts.uri)?;
+        Ok(Query(value))
+    }
+}
 
 impl From<PathRejection> for Problem {
     fn from(r: PathRejection) -> Self {
@@ -282,6 +368,64 @@ mod tests {
         assert_eq!(p.errors[0].pointer, "/order_id");
         let p = parse_json::<Body>(br#"{"order_id":"o","items":[{"sku":"a"}]}"#).unwrap_err();
         assert_eq!(p.errors[0].pointer, "/items/0/quantity");
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_422_naming_it() {
+        for (body, pointer) in [
+            (&br#"{"order_id":"a\u0000b","items":[]}"#[..], "/order_id"),
+            (
+                br#"{"order_id":"o","items":[{"sku":"\u0000","quantity":1}]}"#,
+                "/items/0/sku",
+            ),
+            (
+                br#"{"order_id":"o","items":[],"x":{"k\u0000/":1}}"#,
+                "/x/k\u{0}~1",
+            ),
+            (br#"["\u0000"]"#, "/0"),
+        ] {
+            let p = parse_json::<serde_json::Value>(body).unwrap_err();
+            assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+            assert_eq!(p.errors[0].pointer, pointer);
+            assert_eq!(p.errors[0].message, NUL_MESSAGE);
+        }
+        assert!(parse_json::<serde_json::Value>(br#"{"a":"\u0001 is fine here"}"#).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_nul_in_a_query_or_path_parameter_is_422_naming_it() {
+        use axum::routing::get;
+        use tower::ServiceExt;
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Q {
+            order_id: Option<String>,
+        }
+        let app = Router::new()
+            .route("/q", get(|Query(_): Query<Q>| async { "ok" }))
+            .route("/p/{sku}", get(|Path(_): Path<String>| async { "ok" }));
+        for (uri, want) in [
+            ("/q?order_id=%00", Some("/query/order_id")),
+            ("/q?order_id=a%00b", Some("/query/order_id")),
+            ("/q?x%00=1", Some("/query/x\u{0}")),
+            ("/p/a%00", Some("/path/sku")),
+            ("/q?order_id=fine", None),
+            ("/p/fine", None),
+        ] {
+            let req = Request::get(uri).body(axum::body::Body::empty()).unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            match want {
+                None => assert_eq!(resp.status(), StatusCode::OK, "{uri}"),
+                Some(pointer) => {
+                    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{uri}");
+                    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                        .await
+                        .unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(v["errors"][0]["pointer"], pointer, "{uri}: {v}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,26 +1,42 @@
 //! What every Tandem server shares.
 //!
 //! - [`problem`]: RFC 9457 problem+json errors (`Problem`), used for every rejection.
-//! - [`http`]: extractors with problem+json rejections (`Json`, `Path`, `Query`), 404/405
-//!   fallbacks, body limit, `serve`, shutdown signal, tracing setup.
+//! - [`http`]: extractors with problem+json rejections (`Json`, `Path`, `Query`; any string
+//!   with a NUL — which Postgres cannot store — is a 422 naming it), 404/405 fallbacks, body
+//!   limit, `serve`, shutdown signal, tracing setup.
 //! - [`db`]: connect to Postgres, creating the service's own database if it is missing.
+//! - [`effect`]: a service's business effects declared as data (`Action`, `Compensation`): path,
+//!   request type, validation, one effect function on an open transaction.
+//! - [`saga`]: serves those declarations as saga endpoints (one handler skeleton: parse,
+//!   validate, `Idempotency-Key`, faults, barrier, reply), `/healthz`, audit lists by order.
+//! - [`checkout`]: request vocabulary several services share (line items and their bounds).
 //! - [`barrier`]: the idempotency barrier (duplicate / null compensation / hanging), in the same
 //!   local transaction as the business effect.
-//! - [`faults`]: scoped fault injection for demos and tests.
+//! - [`faults`]: scoped fault injection for demos and tests (off unless switched on).
 //! - [`crash`]: named crash points (`TANDEM_CRASH`), off by default, for crash tests.
+//! - [`hooks`]: in-process test pauses (no env var, no endpoint).
 //! - [`service`]: one service process (config, database, router, `main`), parameterised by a
 //!   [`service::Spec`].
 //! - [`stats`]: per-database transaction counters and memory, served at `GET /stats`.
-//! - [`testing`]: a fresh database per test.
+//! - [`testing`]: a fresh database per test; [`service_tests`]: more of it for the services'
+//!   own tests.
+//! - [`error`]: the kit's error type ([`Error`]), for start-up and serving.
 
 pub mod barrier;
+pub mod checkout;
 pub mod crash;
 pub mod db;
+pub mod effect;
+pub mod error;
 pub mod faults;
+pub mod hooks;
 pub mod http;
 pub mod problem;
+pub mod saga;
 pub mod service;
+pub mod service_tests;
 pub mod stats;
 pub mod testing;
 
+pub use error::Error;
 pub use problem::Problem;

@@ -33,6 +33,9 @@ pub struct Problem {
     pub extensions: Map<String, Value>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// What went wrong inside (never sent): logged when a 5xx is answered — not when it is
+    /// built, because the barrier may replace it with a stored outcome.
+    pub cause: Option<String>,
 }
 
 impl Problem {
@@ -45,6 +48,7 @@ impl Problem {
             errors: Vec::new(),
             extensions: Map::new(),
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -115,23 +119,36 @@ impl Problem {
         Problem::new(StatusCode::CONFLICT, slug, title)
     }
 
-    /// 500 without leaking internals; the cause is logged.
+    /// 500 without leaking internals; the cause is logged (at ERROR) if this is answered.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(%cause, "internal error");
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
-            .detail("the server failed to handle the request; it is safe to retry with the same Idempotency-Key")
+        let mut p = Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+            .detail("the server failed to handle the request; it is safe to retry with the same Idempotency-Key");
+        p.cause = Some(cause.to_string());
+        p
     }
 
-    /// 503: a dependency (the database) is unavailable; retry later.
+    /// 503: a dependency (the database) is unavailable; retry later. The cause is logged (at
+    /// WARN) if this is answered.
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
-        tracing::warn!(%cause, "service unavailable");
-        Problem::new(
+        let mut p = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Service unavailable",
         )
         .detail("a dependency is unavailable; retry later with the same Idempotency-Key")
-        .retry_after(1)
+        .retry_after(1);
+        p.cause = Some(cause.to_string());
+        p
+    }
+
+    /// Log the cause of a 5xx that is being answered.
+    fn log_cause(&self) {
+        let Some(cause) = &self.cause else { return };
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(%cause, slug = %self.slug, "internal error");
+        } else {
+            tracing::warn!(%cause, slug = %self.slug, "{}", self.title);
+        }
     }
 
     /// The `type` URI.
@@ -216,6 +233,7 @@ impl std::error::Error for Problem {}
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
+        self.log_cause();
         let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
         resp.headers_mut()

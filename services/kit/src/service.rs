@@ -1,32 +1,63 @@
 //! One service process: configuration (env or flags), database + migrations, router, serving.
-//! Inventory, payment and shipping differ only in their [`Spec`] (name, defaults, migrations,
-//! routes); everything else about running them is here, once.
+//! Inventory, payment and shipping differ only in their [`Spec`] (name, port, migrations, their
+//! actions and compensations as data, their read routes); everything else about running them
+//! is here, once.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use axum::Router;
 use clap::{Args, FromArgMatches};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
+use crate::Error;
+use crate::effect::{ActionEndpoint, Compensation};
 use crate::faults::{Faults, Switch};
+use crate::hooks::TestHooks;
 
 /// What makes a service this service.
-#[derive(Debug)]
 pub struct Spec {
-    /// Binary name, also used in logs (`inventory`).
+    /// Binary name, also used in logs, `GET /healthz` and the default database
+    /// (`tandem_<name>`).
     pub name: &'static str,
     /// One line for `--help`.
     pub about: &'static str,
-    pub default_database_url: &'static str,
-    pub default_listen_addr: &'static str,
-    /// The service's migrations, with the barrier table (see [`crate::barrier::migrator`]).
-    pub migrator: fn() -> Migrator,
-    /// The service's own routes (the fault endpoints and the shared ones are added by
-    /// [`App::router`]).
-    pub routes: fn(App) -> Router,
+    /// Default port on 127.0.0.1.
+    pub port: u16,
+    /// The service's own migrations (`sqlx::migrate!`); the kit adds the barrier table (see
+    /// [`crate::barrier::migrator`]).
+    pub migrations: &'static Migrator,
+    /// The saga actions (each also a 2PC prepare), served by [`crate::saga`].
+    pub actions: &'static [&'static dyn ActionEndpoint],
+    /// The saga compensations, served by [`crate::saga`].
+    pub compensations: &'static [&'static Compensation],
+    /// The service's own read / setup routes (the saga endpoints, `/healthz`, the fault
+    /// endpoints and the shared ones are added by [`App::router`]).
+    pub routes: fn() -> Router<App>,
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spec")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spec {
+    /// The migrations of this service's database: the barrier table plus its own.
+    pub fn migrator(&self) -> Migrator {
+        crate::barrier::migrator(Migrator::with_migrations(
+            self.migrations.migrations.to_vec(),
+        ))
+    }
+
+    /// Connect (creating the database if missing) and apply the migrations.
+    pub async fn build(&'static self, config: Config) -> Result<App, Error> {
+        build(self, config).await
+    }
 }
 
 /// Configuration, from the environment (or flags); defaults come from the [`Spec`].
@@ -40,8 +71,9 @@ pub struct Config {
     /// Connections in the pool (the shared development server allows 100 in all).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5)]
     pub db_pool_size: u32,
-    /// `on` mounts the `/faults` endpoints (scoped fault injection); `off` removes them.
-    #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "on")]
+    /// `on` mounts the `/faults` endpoints (scoped fault injection: any client can then make
+    /// this service fail, stall or lose responses — for demos and tests only). Off by default.
+    #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "off")]
     pub fault_injection: Switch,
 }
 
@@ -49,28 +81,50 @@ impl Config {
     /// From the process's flags and environment, with `spec`'s defaults; exits with clap's
     /// message on bad input.
     pub fn parse(spec: &Spec) -> Self {
-        let command = Config::augment_args(clap::Command::new(spec.name))
-            .about(spec.about)
-            .long_about(None)
-            .mut_arg("database_url", |a| {
-                a.default_value(spec.default_database_url).required(false)
-            })
-            .mut_arg("listen_addr", |a| {
-                a.default_value(spec.default_listen_addr).required(false)
-            });
-        let matches = command.get_matches();
+        let matches = Config::command(spec).get_matches();
         Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 
-    /// Defaults with another database and an ephemeral port (tests, the in-process stack).
+    /// The clap command (flags, env, defaults, `--help`) of `spec`'s binary.
+    pub fn command(spec: &Spec) -> clap::Command {
+        Config::augment_args(clap::Command::new(spec.name))
+            .about(spec.about)
+            .long_about(None)
+            .mut_arg("database_url", |a| {
+                a.default_value(leak(format!(
+                    "postgres://postgres@127.0.0.1:5432/tandem_{}",
+                    spec.name
+                )))
+                .required(false)
+            })
+            .mut_arg("listen_addr", |a| {
+                a.default_value(leak(format!("127.0.0.1:{}", spec.port)))
+                    .required(false)
+            })
+    }
+
+    /// Defaults with another database and an ephemeral port (tests, the in-process stack);
+    /// fault injection off, as in production.
     pub fn with_database(database_url: impl Into<String>) -> Self {
         Config {
             database_url: database_url.into(),
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             db_pool_size: 5,
-            fault_injection: Switch::On,
+            fault_injection: Switch::Off,
         }
     }
+
+    /// The same with fault injection switched on or off (demos and tests turn it on).
+    pub fn with_fault_injection(mut self, switch: Switch) -> Self {
+        self.fault_injection = switch;
+        self
+    }
+}
+
+/// clap (without its `string` feature) takes `&'static str` defaults; parsing runs once per
+/// process, so these two small strings live as long as it does.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 /// A ready service: connected, migrated.
@@ -78,27 +132,37 @@ impl Config {
 pub struct App {
     pub pool: PgPool,
     pub faults: Faults,
+    /// Test-only pauses (see [`crate::hooks`]); none in production.
+    pub hooks: TestHooks,
     pub spec: &'static Spec,
 }
 
 /// Connect (creating the database if missing) and apply the service's migrations.
-pub async fn build(spec: &'static Spec, config: Config) -> anyhow::Result<App> {
-    let pool = crate::db::connect(&config.database_url, config.db_pool_size).await?;
-    (spec.migrator)()
+pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
+    let pool = crate::db::connect(&config.database_url, config.db_pool_size)
+        .await
+        .map_err(|e| Error::Connect(e.into()))?;
+    spec.migrator()
         .run(&pool)
         .await
-        .with_context(|| format!("applying {} migrations", spec.name))?;
+        .map_err(|source| Error::Migrate {
+            service: spec.name,
+            source,
+        })?;
     Ok(App {
         pool,
         faults: Faults::new(config.fault_injection),
+        hooks: TestHooks::default(),
         spec,
     })
 }
 
 impl App {
-    /// The service's routes, the fault endpoints and the shared ones (`/noop`, `/stats`, 404).
+    /// The service's routes, its saga endpoints, `/healthz`, the fault endpoints and the shared
+    /// ones (`/noop`, `/stats`, 404).
     pub fn router(&self) -> Router {
-        crate::http::finish((self.spec.routes)(self.clone()).merge(self.faults.router()))
+        let own = (self.spec.routes)().merge(crate::saga::routes(self));
+        crate::http::finish(own.with_state(self.clone()).merge(self.faults.router()))
     }
 
     /// Serve on `listener` until `shutdown` resolves.
@@ -106,24 +170,67 @@ impl App {
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        tracing::info!(addr = %listener.local_addr()?, faults = self.faults.enabled(), "{} listening", self.spec.name);
-        crate::http::serve(listener, self.router(), shutdown).await?;
-        Ok(())
+    ) -> Result<(), Error> {
+        let addr = listener.local_addr().map_err(Error::Serve)?;
+        tracing::info!(%addr, faults = self.faults.enabled(), "{} listening", self.spec.name);
+        crate::http::serve(listener, self.router(), shutdown)
+            .await
+            .map_err(Error::Serve)
     }
 }
 
 /// The whole `main` of a service binary: tracing, crash points, configuration, serve until
 /// SIGINT/SIGTERM.
-pub async fn main(spec: &'static Spec) -> anyhow::Result<()> {
+pub async fn main(spec: &'static Spec) -> Result<(), Error> {
     crate::http::init_tracing();
-    crate::crash::init().map_err(anyhow::Error::msg)?;
+    crate::crash::init().map_err(Error::CrashPoints)?;
     let config = Config::parse(spec);
     let listener = crate::http::bind(config.listen_addr)
         .await
-        .with_context(|| format!("binding {}", config.listen_addr))?;
+        .map_err(|source| Error::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
     build(spec, config)
         .await?
         .run(listener, crate::http::shutdown_signal())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static SPEC: Spec = Spec {
+        name: "example",
+        about: "an example service",
+        port: 8089,
+        migrations: &Migrator::DEFAULT,
+        actions: &[],
+        compensations: &[],
+        routes: Router::new,
+    };
+
+    /// Defect: fault injection was on by default, so any client of a production service could
+    /// make it fail or stall.
+    #[test]
+    fn fault_injection_is_off_unless_asked_for() {
+        assert_eq!(Config::with_database("x").fault_injection, Switch::Off);
+        let on = Config::with_database("x").with_fault_injection(Switch::On);
+        assert_eq!(on.fault_injection, Switch::On);
+        let matches = Config::command(&SPEC)
+            .try_get_matches_from(["example"])
+            .unwrap();
+        let parsed = Config::from_arg_matches(&matches).unwrap();
+        if std::env::var_os("FAULT_INJECTION").is_none() {
+            assert_eq!(parsed.fault_injection, Switch::Off);
+        }
+        assert_eq!(parsed.listen_addr.port(), 8089);
+        assert!(parsed.database_url.ends_with("/tandem_example"));
+        let help = Config::command(&SPEC).render_long_help().to_string();
+        assert!(
+            help.contains("FAULT_INJECTION") && help.contains("Off by default"),
+            "{help}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tandem_kit::service::main(&payment::SPEC).await
+    Ok(tandem_kit::service::main(&payment::SPEC).await?)
 }

@@ -2,33 +2,30 @@
 //! its compensation. Destination country `ZZ` is undeliverable (409 `undeliverable`).
 //!
 //! - this file: the [`SPEC`] that `tandem_kit::service` runs (config from env, database +
-//!   migrations, router, `main`);
-//! - [`api`]: the HTTP handlers, request validation and SQL;
+//!   migrations, the saga action and compensation as data, routes, `main`);
+//! - [`api`]: the effects (create, cancel), validation, the audit list and SQL;
 //! - `migrations/shipping/`: the schema (the barrier table comes from `tandem_kit::barrier`).
 //!
 //! Endpoints: `POST /shipments` (saga action), `POST /shipments/cancel` (its compensation),
-//! `GET /shipments?order_id=`, `/faults`, `GET /healthz`.
+//! `GET /shipments?order_id=`, `GET /healthz`, and `/faults` when fault injection is on.
 
 pub mod api;
 
+pub use tandem_kit::Error;
 pub use tandem_kit::service::{App, Config};
 
 /// This service, for `tandem_kit::service`.
 pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
     name: "shipping",
     about: "Tandem shipping service: shipments",
-    default_database_url: "postgres://postgres@127.0.0.1:5432/tandem_shipping",
-    default_listen_addr: "127.0.0.1:8083",
-    migrator,
+    port: 8083,
+    migrations: &sqlx::migrate!("../../migrations/shipping"),
+    actions: &[&api::CREATE],
+    compensations: &[&api::CANCEL],
     routes: api::routes,
 };
 
-/// The migrations of this database: the kit's barrier table plus `migrations/shipping/`.
-pub fn migrator() -> sqlx::migrate::Migrator {
-    tandem_kit::barrier::migrator(sqlx::migrate!("../../migrations/shipping"))
-}
-
 /// Connect (creating the database if missing) and apply the migrations.
-pub async fn build(config: Config) -> anyhow::Result<App> {
-    tandem_kit::service::build(&SPEC, config).await
+pub async fn build(config: Config) -> Result<App, Error> {
+    SPEC.build(config).await
 }

@@ -1,0 +1,28 @@
+//! The kit's one error type, for what can fail outside a request: starting a service
+//! (connecting, migrating, binding) and serving. Requests answer [`crate::Problem`]s instead.
+
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to the database")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("applying the {service} migrations")]
+    Migrate {
+        service: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP")]
+    Serve(#[source] std::io::Error),
+    #[error("{0}")]
+    CrashPoints(String),
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+}

@@ -1,0 +1,82 @@
+//! Helpers for the services' own tests: more methods on [`crate::testing::Served`] (start with
+//! fault injection on, list an audit endpoint, count rows).
+
+use crate::testing::Served;
+impl Served {
+    /// `spec` on a fresh database with fault injection on (off is the default everywhere else).
+    pub async fn with_faults(spec: &'static crate::service::Spec) -> Served {
+        Served::start(spec, |c| {
+            c.fault_injection = crate::faults::Switch::On;
+        })
+        .await
+    }
+
+    /// `GET {path}?order_id={order}`, which must answer 200 with a JSON array: its items.
+    pub async fn list(&self, path: &str, order: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self.get(&format!("{path}?order_id={order}")).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        match body {
+            serde_json::Value::Array(items) => items,
+            other => panic!("GET {path}: not an array: {other}"),
+        }
+    }
+
+    /// `DELETE path`: status and JSON body (`null` if the body is not JSON).
+    pub async fn delete(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        let url = format!("{}{path}", self.url);
+        let resp = self.http.delete(url).send().await.unwrap();
+        (resp.status(), resp.json().await.unwrap_or_default())
+    }
+
+    /// Rows in each of `tables` (plain identifiers), in order.
+    pub async fn counts(&self, tables: &[&str]) -> Vec<i64> {
+        let mut out = Vec::with_capacity(tables.len());
+        for table in tables {
+            out.push(self.count(table).await);
+        }
+        out
+    }
+}
+
+impl Served {
+    /// A saga step's endpoints check the `Idempotency-Key` before anything else: missing,
+    /// malformed, or naming the other side of the step → 400 `bad-request`. `action_body` is a
+    /// valid action body; the compensation gets `{"order_id": "o-1"}`.
+    pub async fn assert_keys_checked(
+        &self,
+        action: &str,
+        action_body: &serde_json::Value,
+        compensation: &str,
+    ) {
+        let comp_body = serde_json::json!({ "order_id": "o-1" });
+        let malformed = ["nope", "s1:Bad:action", "s1:step:undo", "a:b:c:action"];
+        let mut calls = vec![
+            (action, None, action_body),
+            (action, Some("s1:step:compensation"), action_body),
+            (compensation, None, &comp_body),
+            (compensation, Some("s1:step:action"), &comp_body),
+        ];
+        calls.extend(malformed.iter().map(|k| (action, Some(*k), action_body)));
+        for (path, key, body) in calls {
+            let (s, b) = self.post(path, key, body.clone()).await;
+            crate::testing::assert_problem(s, &b, reqwest::StatusCode::BAD_REQUEST, "bad-request");
+        }
+    }
+
+    /// Each `(body, pointer)` posted to `path` under `key` is a 422 `invalid-input` whose first
+    /// error names `pointer` (an empty pointer: any).
+    pub async fn assert_invalid(&self, path: &str, key: &str, cases: &[(serde_json::Value, &str)]) {
+        for (body, pointer) in cases {
+            let (s, b) = self.post(path, Some(key), body.clone()).await;
+            crate::testing::assert_problem(
+                s,
+                &b,
+                reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-input",
+            );
+            if !pointer.is_empty() {
+                assert_eq!(b["errors"][0]["pointer"], *pointer, "{body} → {b}");
+            }
+        }
+    }
+}
