@@ -14,10 +14,12 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, Row};
 use tandem_cli::client::Client;
+use tandem_cli::launch::{self, Layout};
+use tandem_kit::testing::TestDatabases;
 
 use crate::procs::{Proc, free_port};
 
-pub const SERVICES: [&str; 3] = ["inventory", "payment", "shipping"];
+pub use tandem_cli::launch::SERVICES;
 
 pub struct ClusterConfig {
     /// Any URL of the Postgres server to use.
@@ -62,72 +64,63 @@ pub struct Node {
     pub starts: u32,
 }
 
+impl Node {
+    fn new(name: String, bin: &'static str, port: u16, env: Vec<(String, String)>) -> Node {
+        Node {
+            name,
+            bin,
+            port,
+            env,
+            proc: None,
+            crash: None,
+            starts: 0,
+        }
+    }
+}
+
 pub struct Cluster {
-    pub prefix: String,
-    pub server_url: String,
+    pub layout: Layout,
     /// Services first (in [`SERVICES`] order), then the orchestrators.
     pub nodes: Vec<Node>,
     pub log_dir: PathBuf,
+    /// Dropped when the test passes, kept (and named) when it fails.
+    pub databases: TestDatabases,
 }
 
 impl Cluster {
     /// Allocate ports and databases names; nothing runs yet (see [`Cluster::start_all`]).
     pub fn new(cfg: ClusterConfig) -> Cluster {
-        let suffix = uuid::Uuid::now_v7().simple().to_string();
-        let prefix = format!("tandem_t_{}_{}", cfg.name, &suffix[suffix.len() - 10..]);
-        let log_dir = std::env::temp_dir().join("tandem-tests").join(&prefix);
+        let layout = Layout::new(
+            &cfg.server_url,
+            tandem_kit::testing::unique_prefix(&cfg.name),
+        );
+        let log_dir = std::env::temp_dir()
+            .join("tandem-tests")
+            .join(&layout.db_prefix);
         std::fs::create_dir_all(&log_dir).expect("creating the log directory");
-        let db = |component: &str| {
-            tandem_kit::testing::with_database(&cfg.server_url, &format!("{prefix}_{component}"))
-        };
         let mut nodes: Vec<Node> = SERVICES
             .iter()
             .map(|s| {
                 let port = free_port();
-                Node {
-                    name: s.to_string(),
-                    bin: s,
-                    port,
-                    env: vec![
-                        ("DATABASE_URL".into(), db(s)),
-                        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-                        ("DB_POOL_SIZE".into(), cfg.service_pool.to_string()),
-                    ],
-                    proc: None,
-                    crash: None,
-                    starts: 0,
-                }
+                let env = launch::service_env(&layout, s, port, cfg.service_pool);
+                Node::new(s.to_string(), s, port, env)
             })
             .collect();
-        let svc_url = |i: usize| format!("http://127.0.0.1:{}", nodes[i].port);
-        let (inv, pay, ship) = (svc_url(0), svc_url(1), svc_url(2));
+        let services = [0, 1, 2].map(|i| launch::loopback_url(nodes[i].port));
         for i in 0..cfg.orchestrators {
             let port = free_port();
-            let mut env = vec![
-                ("DATABASE_URL".to_string(), db("orchestrator")),
-                ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-                ("INVENTORY_URL".into(), inv.clone()),
-                ("PAYMENT_URL".into(), pay.clone()),
-                ("SHIPPING_URL".into(), ship.clone()),
-                ("INSTANCE_ID".into(), format!("orch-{i}")),
-                ("DB_POOL_SIZE".into(), cfg.orchestrator_pool.to_string()),
-            ];
+            let name = format!("orch-{i}");
+            let mut env =
+                launch::orchestrator_env(&layout, port, &services, &name, cfg.orchestrator_pool);
             env.extend(cfg.orchestrator_env.iter().cloned());
-            nodes.push(Node {
-                name: format!("orch-{i}"),
-                bin: "orchestrator",
-                port,
-                env,
-                proc: None,
-                crash: None,
-                starts: 0,
-            });
+            nodes.push(Node::new(name, "orchestrator", port, env));
         }
+        let databases = TestDatabases::new(&cfg.server_url, layout.databases());
         Cluster {
-            prefix,
-            server_url: cfg.server_url,
+            layout,
             nodes,
             log_dir,
+            databases,
         }
     }
 
@@ -149,14 +142,11 @@ impl Cluster {
     }
 
     pub fn url(&self, node: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[node].port)
+        launch::loopback_url(self.nodes[node].port)
     }
 
     pub fn db_url(&self, component: &str) -> String {
-        tandem_kit::testing::with_database(
-            &self.server_url,
-            &format!("{}_{component}", self.prefix),
-        )
+        self.layout.database_url(component)
     }
 
     /// A client talking to orchestrator `i`.
@@ -199,12 +189,11 @@ impl Cluster {
                 crash.as_deref().unwrap_or("")
             );
         }
-        let mut env: Vec<(&str, String)> =
-            n.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let mut env = n.env.clone();
         if let Some(c) = &crash {
-            env.push(("TANDEM_CRASH", c.clone()));
+            env.push(("TANDEM_CRASH".into(), c.clone()));
         }
-        n.proc = Some(Proc::spawn_logged(n.bin, &env, Some(&path)));
+        n.proc = Some(crate::procs::spawn(n.bin, &env, Some(&path)));
         n.crash = crash;
     }
 
@@ -375,6 +364,23 @@ impl Cluster {
             (open == 0).then_some(())
         })
         .await
+    }
+}
+
+impl Drop for Cluster {
+    /// Every process is killed before the databases are dropped (passing test) or kept
+    /// (failing test, then the logs are named too).
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(p) = n.proc.as_mut() {
+                p.kill9();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("test failed: process logs in {}", self.log_dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
     }
 }
 

@@ -6,72 +6,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
+use tandem_tests::cluster::{Cluster, ClusterConfig};
 use tandem_tests::eventually;
-use tandem_tests::procs::{Proc, free_port};
 
-struct Binaries {
-    prefix: String,
-    ports: [u16; 4],
-}
-
-impl Binaries {
-    fn db(&self, component: &str) -> String {
-        tandem_kit::testing::with_database(
-            &tandem_kit::testing::server_url(),
-            &format!("{}_{component}", self.prefix),
-        )
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
-    }
-
-    fn service(&self, name: &str, i: usize) -> Proc {
-        Proc::spawn(
-            name,
-            &[
-                ("DATABASE_URL", self.db(name)),
-                ("LISTEN_ADDR", format!("127.0.0.1:{}", self.ports[i])),
-                ("DB_POOL_SIZE", "3".into()),
-            ],
-        )
-    }
-
-    fn orchestrator(&self, instance: &str) -> Proc {
-        Proc::spawn(
-            "orchestrator",
-            &[
-                ("DATABASE_URL", self.db("orchestrator")),
-                ("LISTEN_ADDR", format!("127.0.0.1:{}", self.ports[0])),
-                ("INVENTORY_URL", self.url(1)),
-                ("PAYMENT_URL", self.url(2)),
-                ("SHIPPING_URL", self.url(3)),
-                ("INSTANCE_ID", instance.into()),
-                ("LEASE_TTL_MS", "1500".into()),
-                ("POLL_INTERVAL_MS", "100".into()),
-                ("DB_POOL_SIZE", "4".into()),
-            ],
-        )
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.url(0), &self.url(1), &self.url(2), &self.url(3))
-    }
-}
-
-async fn up(c: &Client, url: String) {
-    eventually(Duration::from_secs(60), &format!("{url} to answer"), || {
-        let url = url.clone();
-        async move {
-            c.get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-                .map(|_| ())
-        }
-    })
-    .await
-}
+const HEALTHY: Duration = Duration::from_secs(60);
 
 async fn saga_reaches(c: &Client, id: &str, kind: &str, step: &str) {
     eventually(
@@ -91,20 +29,20 @@ fn count(list: &[Value], key: &str, value: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
-    let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let b = Binaries {
-        prefix: format!("tandem_t_crash_{}", &suffix[suffix.len() - 10..]),
-        ports: [0; 4].map(|_| free_port()),
-    };
-    let _inventory = b.service("inventory", 1);
-    let _payment = b.service("payment", 2);
-    let _shipping = b.service("shipping", 3);
-    let mut orch = b.orchestrator("orch-a");
-    let c = b.client();
-    up(&c, format!("{}/healthz", c.orchestrator)).await;
-    for url in [&c.inventory, &c.payment, &c.shipping] {
-        up(&c, format!("{url}/faults")).await;
+    // Two orchestrator identities on one database: orch-0 first, orch-1 after the first kill.
+    let mut cluster = Cluster::new(
+        ClusterConfig::new("crash", 2)
+            .env("LEASE_TTL_MS", "1500")
+            .env("POLL_INTERVAL_MS", "100"),
+    );
+    let (o0, o1) = (cluster.orchestrator(0), cluster.orchestrator(1));
+    for node in [0, 1, 2, o0] {
+        cluster.start(node, None);
     }
+    for node in [0, 1, 2, o0] {
+        cluster.wait_healthy(node, HEALTHY).await;
+    }
+    let c = cluster.client(0);
     c.set_stock("crash-sku", 10).await.unwrap();
 
     // 1. Killed while the shipment call is in flight (the service is slow): another instance
@@ -126,9 +64,10 @@ async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
     assert_eq!(r.status, 201, "{}", r.body);
     let id1 = r.body["id"].as_str().unwrap().to_string();
     saga_reaches(&c, &id1, "step_started", "create_shipment").await;
-    orch.kill9();
-    let mut orch = b.orchestrator("orch-b");
-    up(&c, format!("{}/healthz", c.orchestrator)).await;
+    cluster.kill9(o0);
+    cluster.start(o1, None);
+    cluster.wait_healthy(o1, HEALTHY).await;
+    let c = cluster.client(1);
     let s1 = c.settle(&id1, 60).await.unwrap();
     assert_eq!(s1["status"], "completed", "{}", demo::timeline(&s1));
     assert!(
@@ -154,9 +93,8 @@ async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
         .unwrap();
     let id2 = r.body["id"].as_str().unwrap().to_string();
     saga_reaches(&c, &id2, "compensation_started", "charge_payment").await;
-    orch.kill9();
-    let _orch = b.orchestrator("orch-b");
-    up(&c, format!("{}/healthz", c.orchestrator)).await;
+    cluster.start(o1, None); // kill -9, then the same identity again
+    cluster.wait_healthy(o1, HEALTHY).await;
     let s2 = c.settle(&id2, 60).await.unwrap();
     assert_eq!(s2["status"], "compensated", "{}", demo::timeline(&s2));
 

@@ -32,8 +32,7 @@ pub struct LoopResult {
     pub total_ops: u64,
 }
 
-pub type OpFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+pub type OpFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 /// One operation of client `.0`, its `.1`-th: Ok, or the kind of error (counted by kind).
 pub type Op = Arc<dyn Fn(usize, u64) -> OpFuture + Send + Sync>;
 

@@ -132,7 +132,11 @@ async fn sleep_secs(s: f64) {
 /// database the first prepared statements are planned for empty tables (sequential scans) and
 /// keep those plans until autovacuum analyzes the tables, up to a minute later: measured runs
 /// would then pay scans that grow with the tables. ANALYZE invalidates those plans.
-async fn prime(t: &Target, args: &BenchArgs, loads: &[(Workload, Box<dyn Load>)]) -> anyhow::Result<()> {
+async fn prime(
+    t: &Target,
+    args: &BenchArgs,
+    loads: &[(Workload, Box<dyn Load>)],
+) -> anyhow::Result<()> {
     let window = Window {
         warmup: 0.0,
         duration: 2.0,
@@ -215,7 +219,10 @@ async fn level(
 fn compare(mut l: Level) -> Level {
     let ratio = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
     let o: &LoopResult = &l.orchestrated;
-    l.ceiling_ratio = l.ceiling.as_ref().and_then(|x| ratio(o.per_sec, x.commits_per_sec));
+    l.ceiling_ratio = l
+        .ceiling
+        .as_ref()
+        .and_then(|x| ratio(o.per_sec, x.commits_per_sec));
     l.throughput_vs_direct = l.direct.as_ref().and_then(|d| ratio(o.per_sec, d.per_sec));
     l.latency_vs_direct_p50 = l
         .direct
@@ -234,7 +241,11 @@ fn stack_text(args: &BenchArgs) -> String {
 
 pub async fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
     if !args.db_tls && !args.database_url.contains("sslmode=") {
-        let sep = if args.database_url.contains('?') { '&' } else { '?' };
+        let sep = if args.database_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         args.database_url = format!("{}{sep}sslmode=disable", args.database_url);
     }
     let postgres = stats::postgres_settings(&args.database_url).await?;
@@ -257,7 +268,10 @@ pub async fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let last = stats::snapshot(&t, &args.database_url).await?;
-    let own = ("tandem bench (clients)".to_string(), tandem_kit::stats::rss_kib().1);
+    let own = (
+        "tandem bench (clients)".to_string(),
+        tandem_kit::stats::rss_kib().1,
+    );
     let peak_rss_kib = last
         .by_component
         .iter()

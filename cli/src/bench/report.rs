@@ -87,7 +87,12 @@ fn print_level(l: &Level) {
         );
     };
     let o = &l.orchestrated;
-    row("orchestrated", o.per_sec, &o.latency, errors_text(&o.errors));
+    row(
+        "orchestrated",
+        o.per_sec,
+        &o.latency,
+        errors_text(&o.errors),
+    );
     if let Some(d) = &l.direct {
         row("direct", d.per_sec, &d.latency, errors_text(&d.errors));
     }

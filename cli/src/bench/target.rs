@@ -96,7 +96,12 @@ fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow
         args.orchestrator_pool,
     )];
     for (i, s) in (1..).zip(SERVICES) {
-        envs.push(crate::launch::service_env(layout, s, ports[i], args.service_pool));
+        envs.push(crate::launch::service_env(
+            layout,
+            s,
+            ports[i],
+            args.service_pool,
+        ));
     }
     let mut t = Target::new(http, urls);
     for (c, env) in COMPONENTS.into_iter().zip(envs) {

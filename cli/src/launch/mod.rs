@@ -131,7 +131,8 @@ impl RunningStack {
             return Ok(None);
         };
         let o = o.trim_end_matches('/').to_string();
-        let or_next = |v: &Option<String>, offset| v.clone().map_or_else(|| next_port(&o, offset), Ok);
+        let or_next =
+            |v: &Option<String>, offset| v.clone().map_or_else(|| next_port(&o, offset), Ok);
         Ok(Some([
             o.clone(),
             or_next(&self.inventory_url, 1)?,
@@ -158,11 +159,20 @@ mod tests {
     #[test]
     fn names_urls_and_ports() {
         let l = Layout::new("postgres://u@h:5/postgres?sslmode=disable", "p");
-        assert_eq!(l.database_url("payment"), "postgres://u@h:5/p_payment?sslmode=disable");
+        assert_eq!(
+            l.database_url("payment"),
+            "postgres://u@h:5/p_payment?sslmode=disable"
+        );
         assert_eq!(l.databases()[0], "p_orchestrator");
-        assert_eq!(next_port("http://127.0.0.1:8080/", 3).unwrap(), "http://127.0.0.1:8083");
+        assert_eq!(
+            next_port("http://127.0.0.1:8080/", 3).unwrap(),
+            "http://127.0.0.1:8083"
+        );
         assert!(next_port("nothing", 1).is_err());
         let env = service_env(&l, "payment", 7, 3);
-        assert!(env.contains(&("FAULT_INJECTION".into(), "on".into())), "{env:?}");
+        assert!(
+            env.contains(&("FAULT_INJECTION".into(), "on".into())),
+            "{env:?}"
+        );
     }
 }

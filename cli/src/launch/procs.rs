@@ -31,7 +31,11 @@ pub struct Proc {
 impl Proc {
     /// Start `program` with `env` added to this process's environment (minus `RUST_LOG`
     /// unless given: a child logs at its own default level).
-    pub fn spawn(program: &Path, env: &[(String, String)], output: &Output) -> anyhow::Result<Proc> {
+    pub fn spawn(
+        program: &Path,
+        env: &[(String, String)],
+        output: &Output,
+    ) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(program);
         cmd.stdin(Stdio::null()).env_remove("RUST_LOG");
         match output {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use sqlx::{ConnectOptions, Connection};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 /// Open a pool of at most `max_connections` on `url`, creating the database first if missing.
 /// Retries with backoff for about 30 s while the server is not reachable (so a stack that starts
@@ -78,10 +78,15 @@ pub async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
             .await?;
     if !gids.is_empty() {
         let opts = PgConnectOptions::from_str(&database_url(server_url, name))?;
-        let mut own = opts.connect().await.with_context(|| format!("connecting to {name}"))?;
+        let mut own = opts
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {name}"))?;
         for gid in gids {
             let sql = format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"));
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut own).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut own)
+                .await?;
         }
         own.close().await?;
     }
@@ -142,7 +147,13 @@ mod tests {
             ),
             "postgres://postgres@127.0.0.1:5432/x?sslmode=disable"
         );
-        assert_eq!(super::database_url("postgres://h:1", "y"), "postgres://h:1/y");
-        assert_eq!(super::database_url("postgres://h:1?a=b", "y"), "postgres://h:1/y?a=b");
+        assert_eq!(
+            super::database_url("postgres://h:1", "y"),
+            "postgres://h:1/y"
+        );
+        assert_eq!(
+            super::database_url("postgres://h:1?a=b", "y"),
+            "postgres://h:1/y?a=b"
+        );
     }
 }

@@ -7,8 +7,8 @@
 //! - [`missing_prerequisite`]: how a test reacts to a missing tool or server (skip outside CI,
 //!   fail with `CI=true`).
 
-use sqlx::{ConnectOptions, Connection};
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 
 pub fn server_url() -> String {
@@ -61,6 +61,15 @@ impl TestDatabases {
         crate::db::database_url(&self.server_url, name)
     }
 
+    /// Keep the databases (a test that fails without panicking), saying where they are.
+    pub fn keep(mut self, why: &str) {
+        eprintln!(
+            "{why}: databases kept for inspection: {}",
+            self.urls().join(" ")
+        );
+        self.names.clear();
+    }
+
     fn urls(&self) -> Vec<String> {
         self.names.iter().map(|n| self.url(n)).collect()
     }
@@ -81,23 +90,34 @@ impl Drop for TestDatabases {
         let (server, names) = (self.server_url.clone(), std::mem::take(&mut self.names));
         // Drop may run inside a runtime (the end of a `#[tokio::test]`): a thread of its own
         // with its own runtime can block on the SQL without stalling that runtime.
-        let outcome = std::thread::spawn(move || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()?;
-            rt.block_on(async {
-                for name in &names {
-                    drop_with_retry(&server, name).await?;
-                }
-                Ok(())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) = outcome {
-            eprintln!("warning: test databases not dropped: {e:#}");
-        }
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        for name in &names {
+                            drop_with_retry(&server, name).await?;
+                        }
+                        Ok(())
+                    })
+                });
+            if let Err(e) = &outcome {
+                eprintln!("warning: test databases not dropped: {e:#}");
+            }
+            let _ = done.send(());
+        });
+        // `DROP DATABASE` waits for a checkpoint, which takes seconds on a busy server. Wait
+        // for it a while; after that the drop goes on in the background (once sent, the server
+        // completes it even if this process ends first).
+        let _ = finished.recv_timeout(DROP_WAIT);
     }
 }
+
+/// How long a passing test waits for its databases to be dropped.
+const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A database in use may get a new prepared transaction between the roll-back and the drop
 /// (a server of the test still running): try a few times.
@@ -291,7 +311,16 @@ mod tests {
             );
         }
         drop(db);
-        assert!(!exists(&name).await, "{name} was dropped");
+        // Dropped in the background after DROP_WAIT at the latest (checkpoints are slow on a
+        // busy server): wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while exists(&name).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} was not dropped"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     #[tokio::test]
@@ -304,7 +333,9 @@ mod tests {
         }));
         assert!(panicked.is_err());
         assert!(exists(&name).await, "{name} is kept after a failure");
-        crate::db::drop_database(&server_url(), &name).await.unwrap();
+        crate::db::drop_database(&server_url(), &name)
+            .await
+            .unwrap();
         assert!(!exists(&name).await);
     }
 

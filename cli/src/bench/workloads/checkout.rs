@@ -49,24 +49,47 @@ async fn seed(t: &Target, skus: usize) -> anyhow::Result<()> {
 
 /// DTM's baseline: the client calls each step's action itself, in sequence, with the keys the
 /// orchestrator would use.
-async fn direct_checkout(http: reqwest::Client, urls: [String; 3], input: Value) -> Result<(), String> {
+async fn direct_checkout(
+    http: reqwest::Client,
+    urls: [String; 3],
+    input: Value,
+) -> Result<(), String> {
     let id = uuid::Uuid::now_v7().to_string();
     let [inv, pay, ship] = urls;
     let reserve = json!({ "order_id": input["order_id"], "items": input["items"] });
-    let reservation =
-        direct_step(&http, &format!("{inv}/reservations"), &id, "reserve_inventory", &reserve)
-            .await?;
+    let reservation = direct_step(
+        &http,
+        &format!("{inv}/reservations"),
+        &id,
+        "reserve_inventory",
+        &reserve,
+    )
+    .await?;
     let charge = json!({
         "order_id": input["order_id"], "customer_id": input["customer_id"],
         "amount_cents": input["amount_cents"], "currency": input["currency"],
         "card_token": input["payment"]["card_token"],
     });
-    direct_step(&http, &format!("{pay}/charges"), &id, "charge_payment", &charge).await?;
+    direct_step(
+        &http,
+        &format!("{pay}/charges"),
+        &id,
+        "charge_payment",
+        &charge,
+    )
+    .await?;
     let shipment = json!({
         "order_id": input["order_id"], "address": input["shipping"]["address"],
         "items": input["items"], "reservation_id": reservation["reservation_id"],
     });
-    direct_step(&http, &format!("{ship}/shipments"), &id, "create_shipment", &shipment).await?;
+    direct_step(
+        &http,
+        &format!("{ship}/shipments"),
+        &id,
+        "create_shipment",
+        &shipment,
+    )
+    .await?;
     Ok(())
 }
 
@@ -77,14 +100,20 @@ impl Load for Checkout {
 
     fn orchestrated(&self, t: &Target, mode: RequestMode) -> Op {
         let skus = self.skus;
-        saga_op(t, mode, "checkout", move |client, seq| input(skus, client, seq))
+        saga_op(t, mode, "checkout", move |client, seq| {
+            input(skus, client, seq)
+        })
     }
 
     fn direct(&self, t: &Target) -> Option<Op> {
         let (http, skus) = (t.http.clone(), self.skus);
         let urls = ["inventory", "payment", "shipping"].map(|s| t.url(s).to_string());
         Some(Arc::new(move |client, seq| {
-            Box::pin(direct_checkout(http.clone(), urls.clone(), input(skus, client, seq)))
+            Box::pin(direct_checkout(
+                http.clone(),
+                urls.clone(),
+                input(skus, client, seq),
+            ))
         }))
     }
 }

@@ -83,7 +83,8 @@ pub fn saga_op(
         let body = json!({ "definition": definition, "input": input(client, seq) });
         Box::pin(async move {
             if mode == RequestMode::PostWait {
-                let (status, v) = post(&http, &format!("{base}/sagas?wait=30"), None, &body).await?;
+                let (status, v) =
+                    post(&http, &format!("{base}/sagas?wait=30"), None, &body).await?;
                 return settle_result(status, &v);
             }
             let (status, v) = post(&http, &format!("{base}/sagas"), None, &body).await?;

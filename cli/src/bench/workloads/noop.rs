@@ -50,7 +50,12 @@ impl Load for Noop {
     }
 
     fn orchestrated(&self, t: &Target, mode: RequestMode) -> Op {
-        saga_op(t, mode, "bench_noop", |_, _| json!({ "order_id": order_id() }))
+        saga_op(
+            t,
+            mode,
+            "bench_noop",
+            |_, _| json!({ "order_id": order_id() }),
+        )
     }
 
     fn direct(&self, t: &Target) -> Option<Op> {
