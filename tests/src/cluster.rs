@@ -237,6 +237,33 @@ impl Cluster {
         .await
     }
 
+    /// Wait until every node's `GET /healthz` fails (its database is gone).
+    pub async fn wait_all_unhealthy(&self, timeout: Duration) {
+        for node in 0..self.nodes.len() {
+            let url = format!("{}/healthz", self.url(node));
+            crate::eventually(timeout, &format!("{url} to fail"), || {
+                let url = url.clone();
+                async move {
+                    let r = reqwest::get(&url).await.ok()?;
+                    (r.status() != 200).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Panic naming the first node that exited.
+    pub fn assert_all_running(&mut self) {
+        for node in 0..self.nodes.len() {
+            assert!(
+                self.proc(node).exited().is_none(),
+                "{} exited; log in {}",
+                self.nodes[node].name,
+                self.log_dir.display()
+            );
+        }
+    }
+
     pub async fn wait_all_healthy(&self, timeout: Duration) {
         for i in 0..self.nodes.len() {
             self.wait_healthy(i, timeout).await;
@@ -252,84 +279,66 @@ impl Cluster {
     /// Read the orchestrator's sagas and the services' own records.
     pub async fn audit(&self) -> Audit {
         let mut orch = self.connect("orchestrator").await;
-        let sagas = sqlx::query(
+        let sagas = rows(
+            &mut orch,
             "SELECT id::text AS id, input->>'order_id' AS order_id, status, lease_epoch FROM sagas",
+            |r| SagaRecord {
+                id: r.get("id"),
+                order_id: r.get("order_id"),
+                status: r.get("status"),
+                epoch: r.get("lease_epoch"),
+            },
         )
-        .fetch_all(&mut orch)
-        .await
-        .expect("reading sagas")
-        .iter()
-        .map(|r| SagaRecord {
-            id: r.get("id"),
-            order_id: r.get("order_id"),
-            status: r.get("status"),
-            epoch: r.get("lease_epoch"),
-        })
-        .collect();
+        .await;
         let mut inv = self.connect("inventory").await;
-        let reservations = sqlx::query("SELECT saga_id, step, status, items FROM reservations")
-            .fetch_all(&mut inv)
-            .await
-            .expect("reading reservations")
-            .iter()
-            .map(|r| Reservation {
+        let reservations = rows(
+            &mut inv,
+            "SELECT saga_id, step, status, items FROM reservations",
+            |r| Reservation {
                 saga_id: r.get("saga_id"),
                 step: r.get("step"),
                 status: r.get("status"),
-                items: r
-                    .get::<Value, _>("items")
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|i| {
-                        (
-                            i["sku"].as_str().unwrap_or_default().to_string(),
-                            i["quantity"].as_i64().unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-            })
-            .collect();
-        let stock = sqlx::query("SELECT sku, available, reserved FROM stock")
-            .fetch_all(&mut inv)
-            .await
-            .expect("reading stock")
-            .iter()
-            .map(|r| {
+                items: items(&r.get::<Value, _>("items")),
+            },
+        )
+        .await;
+        let stock = rows(
+            &mut inv,
+            "SELECT sku, available, reserved FROM stock",
+            |r| {
                 (
                     r.get::<String, _>("sku"),
-                    (r.get::<i64, _>("available"), r.get::<i64, _>("reserved")),
+                    (r.get("available"), r.get("reserved")),
                 )
-            })
-            .collect();
-        let mut pay = self.connect("payment").await;
-        let payments = sqlx::query(
-            "SELECT id::text AS id, kind, saga_id, step, charge_id::text AS charge_id FROM payments",
+            },
         )
-        .fetch_all(&mut pay)
         .await
-        .expect("reading payments")
-        .iter()
-        .map(|r| Payment {
-            id: r.get("id"),
-            kind: r.get("kind"),
-            saga_id: r.get("saga_id"),
-            step: r.get("step"),
-            charge_id: r.get("charge_id"),
-        })
+        .into_iter()
         .collect();
+        let mut pay = self.connect("payment").await;
+        let payments = rows(
+            &mut pay,
+            "SELECT id::text AS id, kind, saga_id, step, charge_id::text AS charge_id FROM payments",
+            |r| Payment {
+                id: r.get("id"),
+                kind: r.get("kind"),
+                saga_id: r.get("saga_id"),
+                step: r.get("step"),
+                charge_id: r.get("charge_id"),
+            },
+        )
+        .await;
         let mut ship = self.connect("shipping").await;
-        let shipments = sqlx::query("SELECT saga_id, step, status FROM shipments")
-            .fetch_all(&mut ship)
-            .await
-            .expect("reading shipments")
-            .iter()
-            .map(|r| Shipment {
+        let shipments = rows(
+            &mut ship,
+            "SELECT saga_id, step, status FROM shipments",
+            |r| Shipment {
                 saga_id: r.get("saga_id"),
                 step: r.get("step"),
                 status: r.get("status"),
-            })
-            .collect();
+            },
+        )
+        .await;
         for c in [orch, inv, pay, ship] {
             let _ = c.close().await;
         }
@@ -382,6 +391,35 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.log_dir);
         }
     }
+}
+
+/// Every row of `sql`, mapped.
+async fn rows<T>(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    map: impl Fn(&sqlx::postgres::PgRow) -> T,
+) -> Vec<T> {
+    sqlx::query(sql)
+        .fetch_all(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(map)
+        .collect()
+}
+
+/// A reservation's `items` column: (sku, quantity) pairs.
+fn items(v: &Value) -> Vec<(String, i64)> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            (
+                i["sku"].as_str().unwrap_or_default().to_string(),
+                i["quantity"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 pub struct SagaRecord {
@@ -447,9 +485,16 @@ impl Audit {
     ///   `reserved` column agrees, nothing negative.
     pub fn violations(&self, initial_stock: &BTreeMap<String, i64>) -> Vec<(&'static str, String)> {
         let mut v: Vec<(&'static str, String)> = Vec::new();
+        let refunds_per_charge = self.at_most_once(&mut v);
+        self.outcomes(&refunds_per_charge, &mut v);
+        self.stock_conserved(initial_stock, &mut v);
+        v
+    }
+
+    /// `at_most_once` violations; the refunds per charge id.
+    fn at_most_once(&self, v: &mut Vec<(&'static str, String)>) -> HashMap<&str, usize> {
         let known: HashMap<&str, &SagaRecord> =
             self.sagas.iter().map(|s| (s.id.as_str(), s)).collect();
-
         // at most once, counting the effects themselves
         let mut per_key: HashMap<(&str, &str, &str), usize> = HashMap::new();
         for r in &self.reservations {
@@ -494,6 +539,15 @@ impl Audit {
             }
         }
 
+        refunds_per_charge
+    }
+
+    /// `settled`, `completed` and `compensated` violations, per saga.
+    fn outcomes(
+        &self,
+        refunds_per_charge: &HashMap<&str, usize>,
+        v: &mut Vec<(&'static str, String)>,
+    ) {
         // per saga outcome
         let mut res: HashMap<&str, Vec<&Reservation>> = HashMap::new();
         for r in &self.reservations {
@@ -557,7 +611,14 @@ impl Audit {
                 other => v.push(("settled", format!("{who} is {other}"))),
             }
         }
+    }
 
+    /// `stock` violations.
+    fn stock_conserved(
+        &self,
+        initial_stock: &BTreeMap<String, i64>,
+        v: &mut Vec<(&'static str, String)>,
+    ) {
         // stock conservation
         let mut held_qty: BTreeMap<&str, i64> = BTreeMap::new();
         for r in self.reservations.iter().filter(|r| r.status == "held") {
@@ -577,7 +638,6 @@ impl Audit {
                 ));
             }
         }
-        v
     }
 }
 

@@ -173,3 +173,19 @@ pub mod procs {
         tandem_cli::launch::free_port().expect("a free loopback port")
     }
 }
+
+/// Start a checkout with `input` whose call to `service` is slow once for its order
+/// (`latency_ms`; `op`: `action`, `compensation` or `any`); the saga id.
+pub async fn slow_checkout(
+    c: &Client,
+    (service, op, latency_ms): (&str, &str, u64),
+    input: &serde_json::Value,
+) -> String {
+    let fault = serde_json::json!({
+        "order_id": input["order_id"], "op": op, "kind": "latency", "latency_ms": latency_ms
+    });
+    c.add_fault(service, &fault).await.unwrap();
+    let r = c.start_saga("checkout", input, None).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["id"].as_str().unwrap().to_string()
+}
