@@ -35,7 +35,7 @@ impl Client {
         }
     }
 
-    pub fn for_stack(s: &crate::stack::Stack) -> Self {
+    pub fn for_stack(s: &crate::launch::stack::Stack) -> Self {
         Client::new(
             &s.orchestrator_url,
             &s.inventory_url,

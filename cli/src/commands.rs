@@ -6,9 +6,8 @@ use clap::Args;
 
 use crate::client::Client;
 use crate::demo;
-use crate::stack::{Stack, StackConfig};
-
-const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use crate::launch::stack::{Stack, StackConfig};
+use crate::launch::{DEFAULT_SERVER, Layout, RunningStack};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -23,28 +22,20 @@ pub struct UpArgs {
     pub port: u16,
 }
 
-/// Start the whole stack in this process and serve until Ctrl-C.
+/// Start the whole stack in this process (fault injection on) and serve until Ctrl-C.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let mut stack = Stack::start(StackConfig::new(
-        args.database_url,
-        &args.db_prefix,
-        args.port,
-    ))
-    .await?;
-    println!("Tandem is up:");
+    let layout = Layout::new(args.database_url, &args.db_prefix);
+    let mut stack = Stack::start(StackConfig::new(layout.clone(), args.port)).await?;
+    println!("Tandem is up (fault injection on: POST /faults on each service):");
     println!("  orchestrator  {}", stack.orchestrator_url);
     println!("  inventory     {}", stack.inventory_url);
     println!("  payment       {}", stack.payment_url);
     println!("  shipping      {}", stack.shipping_url);
-    println!(
-        "databases: {}",
-        stack
-            .database_urls
-            .iter()
-            .map(|(_, u)| u.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let dbs: Vec<String> = crate::launch::COMPONENTS
+        .iter()
+        .map(|c| layout.database_url(c))
+        .collect();
+    println!("databases: {}", dbs.join(", "));
     println!("Ctrl-C stops it (gracefully: leases are handed back).");
     tokio::select! {
         e = stack.wait_for_failure() => return Err(e),
@@ -55,16 +46,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Run against a stack that is already up (e.g. `tandem up`) at this orchestrator URL; the
-    /// services are then expected on the next three ports unless given.
-    #[arg(long)]
-    pub orchestrator_url: Option<String>,
-    #[arg(long)]
-    pub inventory_url: Option<String>,
-    #[arg(long)]
-    pub payment_url: Option<String>,
-    #[arg(long)]
-    pub shipping_url: Option<String>,
+    /// Run against a stack that is already up (e.g. `tandem up`, with fault injection on).
+    #[command(flatten)]
+    pub running: RunningStack,
     /// Without --orchestrator-url: the Postgres server the demo's own stack uses.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SERVER)]
     pub database_url: String,
@@ -73,40 +57,17 @@ pub struct DemoArgs {
     pub db_prefix: String,
 }
 
-fn next_port(url: &str, offset: u16) -> anyhow::Result<String> {
-    let (head, port) = url
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow::anyhow!("{url} has no port"))?;
-    let port: u16 = port.parse()?;
-    Ok(format!("{head}:{}", port + offset))
-}
-
 /// Run the checkout scenarios, print their timelines; Err if any outcome is unexpected.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let (client, stack) = match &args.orchestrator_url {
-        Some(o) => {
-            let inv = args
-                .inventory_url
-                .clone()
-                .map_or_else(|| next_port(o, 1), Ok)?;
-            let pay = args
-                .payment_url
-                .clone()
-                .map_or_else(|| next_port(o, 2), Ok)?;
-            let ship = args
-                .shipping_url
-                .clone()
-                .map_or_else(|| next_port(o, 3), Ok)?;
-            (Client::new(o, &inv, &pay, &ship), None)
-        }
+    let (client, stack) = match args.running.urls()? {
+        Some([o, inv, pay, ship]) => (Client::new(&o, &inv, &pay, &ship), None),
         None => {
             println!(
                 "Starting the stack in this process (databases {}_*) …",
                 args.db_prefix
             );
-            let stack =
-                Stack::start(StackConfig::new(&args.database_url, &args.db_prefix, 0)).await?;
+            let layout = Layout::new(&args.database_url, &args.db_prefix);
+            let stack = Stack::start(StackConfig::new(layout, 0)).await?;
             (Client::for_stack(&stack), Some(stack))
         }
     };

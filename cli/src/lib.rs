@@ -1,10 +1,12 @@
 //! The `tandem` command line, as a library so the end-to-end tests reuse it.
 //!
-//! - [`stack`]: start the whole checkout stack (orchestrator + inventory + payment + shipping)
-//!   in one process, each on its own port and its own database (`tandem up`, `tandem demo`, tests).
+//! - [`launch`]: the one launcher of the checkout stack — database names, ports, the
+//!   environment of the real binaries (`launch::procs`), the whole stack in this process
+//!   (`launch::stack`); used by `tandem up`, `tandem demo`, `tandem bench` and the tests.
 //! - [`bench`]: `tandem bench`, throughput and latency against the commit ceiling and the
-//!   direct baseline (docs/benchmarks.md).
+//!   direct baseline (docs/benchmarks.md); one module per workload under `bench::workloads`.
 //! - [`client`]: a small HTTP client for the orchestrator and the services' audit endpoints.
+//! - [`commands`]: `tandem up` and `tandem demo`.
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
 //! - `commit` (in the binary): `tandem commit compare`, the atomic-commit protocol comparison.
 
@@ -12,4 +14,4 @@ pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod demo;
-pub mod stack;
+pub mod launch;

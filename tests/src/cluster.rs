@@ -14,10 +14,12 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, Row};
 use tandem_cli::client::Client;
+use tandem_cli::launch::{self, Layout};
+use tandem_kit::testing::TestDatabases;
 
 use crate::procs::{Proc, free_port};
 
-pub const SERVICES: [&str; 3] = ["inventory", "payment", "shipping"];
+pub use tandem_cli::launch::SERVICES;
 
 pub struct ClusterConfig {
     /// Any URL of the Postgres server to use.
@@ -62,72 +64,63 @@ pub struct Node {
     pub starts: u32,
 }
 
+impl Node {
+    fn new(name: String, bin: &'static str, port: u16, env: Vec<(String, String)>) -> Node {
+        Node {
+            name,
+            bin,
+            port,
+            env,
+            proc: None,
+            crash: None,
+            starts: 0,
+        }
+    }
+}
+
 pub struct Cluster {
-    pub prefix: String,
-    pub server_url: String,
+    pub layout: Layout,
     /// Services first (in [`SERVICES`] order), then the orchestrators.
     pub nodes: Vec<Node>,
     pub log_dir: PathBuf,
+    /// Dropped when the test passes, kept (and named) when it fails.
+    pub databases: TestDatabases,
 }
 
 impl Cluster {
     /// Allocate ports and databases names; nothing runs yet (see [`Cluster::start_all`]).
     pub fn new(cfg: ClusterConfig) -> Cluster {
-        let suffix = uuid::Uuid::now_v7().simple().to_string();
-        let prefix = format!("tandem_t_{}_{}", cfg.name, &suffix[suffix.len() - 10..]);
-        let log_dir = std::env::temp_dir().join("tandem-tests").join(&prefix);
+        let layout = Layout::new(
+            &cfg.server_url,
+            tandem_kit::testing::unique_prefix(&cfg.name),
+        );
+        let log_dir = std::env::temp_dir()
+            .join("tandem-tests")
+            .join(&layout.db_prefix);
         std::fs::create_dir_all(&log_dir).expect("creating the log directory");
-        let db = |component: &str| {
-            tandem_kit::testing::with_database(&cfg.server_url, &format!("{prefix}_{component}"))
-        };
         let mut nodes: Vec<Node> = SERVICES
             .iter()
             .map(|s| {
                 let port = free_port();
-                Node {
-                    name: s.to_string(),
-                    bin: s,
-                    port,
-                    env: vec![
-                        ("DATABASE_URL".into(), db(s)),
-                        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-                        ("DB_POOL_SIZE".into(), cfg.service_pool.to_string()),
-                    ],
-                    proc: None,
-                    crash: None,
-                    starts: 0,
-                }
+                let env = launch::service_env(&layout, s, port, cfg.service_pool);
+                Node::new(s.to_string(), s, port, env)
             })
             .collect();
-        let svc_url = |i: usize| format!("http://127.0.0.1:{}", nodes[i].port);
-        let (inv, pay, ship) = (svc_url(0), svc_url(1), svc_url(2));
+        let services = [0, 1, 2].map(|i| launch::loopback_url(nodes[i].port));
         for i in 0..cfg.orchestrators {
             let port = free_port();
-            let mut env = vec![
-                ("DATABASE_URL".to_string(), db("orchestrator")),
-                ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-                ("INVENTORY_URL".into(), inv.clone()),
-                ("PAYMENT_URL".into(), pay.clone()),
-                ("SHIPPING_URL".into(), ship.clone()),
-                ("INSTANCE_ID".into(), format!("orch-{i}")),
-                ("DB_POOL_SIZE".into(), cfg.orchestrator_pool.to_string()),
-            ];
+            let name = format!("orch-{i}");
+            let mut env =
+                launch::orchestrator_env(&layout, port, &services, &name, cfg.orchestrator_pool);
             env.extend(cfg.orchestrator_env.iter().cloned());
-            nodes.push(Node {
-                name: format!("orch-{i}"),
-                bin: "orchestrator",
-                port,
-                env,
-                proc: None,
-                crash: None,
-                starts: 0,
-            });
+            nodes.push(Node::new(name, "orchestrator", port, env));
         }
+        let databases = TestDatabases::new(&cfg.server_url, layout.databases());
         Cluster {
-            prefix,
-            server_url: cfg.server_url,
+            layout,
             nodes,
             log_dir,
+            databases,
         }
     }
 
@@ -149,14 +142,11 @@ impl Cluster {
     }
 
     pub fn url(&self, node: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[node].port)
+        launch::loopback_url(self.nodes[node].port)
     }
 
     pub fn db_url(&self, component: &str) -> String {
-        tandem_kit::testing::with_database(
-            &self.server_url,
-            &format!("{}_{component}", self.prefix),
-        )
+        self.layout.database_url(component)
     }
 
     /// A client talking to orchestrator `i`.
@@ -199,12 +189,11 @@ impl Cluster {
                 crash.as_deref().unwrap_or("")
             );
         }
-        let mut env: Vec<(&str, String)> =
-            n.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let mut env = n.env.clone();
         if let Some(c) = &crash {
-            env.push(("TANDEM_CRASH", c.clone()));
+            env.push(("TANDEM_CRASH".into(), c.clone()));
         }
-        n.proc = Some(Proc::spawn_logged(n.bin, &env, Some(&path)));
+        n.proc = Some(crate::procs::spawn(n.bin, &env, Some(&path)));
         n.crash = crash;
     }
 
@@ -248,6 +237,33 @@ impl Cluster {
         .await
     }
 
+    /// Wait until every node's `GET /healthz` fails (its database is gone).
+    pub async fn wait_all_unhealthy(&self, timeout: Duration) {
+        for node in 0..self.nodes.len() {
+            let url = format!("{}/healthz", self.url(node));
+            crate::eventually(timeout, &format!("{url} to fail"), || {
+                let url = url.clone();
+                async move {
+                    let r = reqwest::get(&url).await.ok()?;
+                    (r.status() != 200).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Panic naming the first node that exited.
+    pub fn assert_all_running(&mut self) {
+        for node in 0..self.nodes.len() {
+            assert!(
+                self.proc(node).exited().is_none(),
+                "{} exited; log in {}",
+                self.nodes[node].name,
+                self.log_dir.display()
+            );
+        }
+    }
+
     pub async fn wait_all_healthy(&self, timeout: Duration) {
         for i in 0..self.nodes.len() {
             self.wait_healthy(i, timeout).await;
@@ -263,84 +279,66 @@ impl Cluster {
     /// Read the orchestrator's sagas and the services' own records.
     pub async fn audit(&self) -> Audit {
         let mut orch = self.connect("orchestrator").await;
-        let sagas = sqlx::query(
+        let sagas = rows(
+            &mut orch,
             "SELECT id::text AS id, input->>'order_id' AS order_id, status, lease_epoch FROM sagas",
+            |r| SagaRecord {
+                id: r.get("id"),
+                order_id: r.get("order_id"),
+                status: r.get("status"),
+                epoch: r.get("lease_epoch"),
+            },
         )
-        .fetch_all(&mut orch)
-        .await
-        .expect("reading sagas")
-        .iter()
-        .map(|r| SagaRecord {
-            id: r.get("id"),
-            order_id: r.get("order_id"),
-            status: r.get("status"),
-            epoch: r.get("lease_epoch"),
-        })
-        .collect();
+        .await;
         let mut inv = self.connect("inventory").await;
-        let reservations = sqlx::query("SELECT saga_id, step, status, items FROM reservations")
-            .fetch_all(&mut inv)
-            .await
-            .expect("reading reservations")
-            .iter()
-            .map(|r| Reservation {
+        let reservations = rows(
+            &mut inv,
+            "SELECT saga_id, step, status, items FROM reservations",
+            |r| Reservation {
                 saga_id: r.get("saga_id"),
                 step: r.get("step"),
                 status: r.get("status"),
-                items: r
-                    .get::<Value, _>("items")
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|i| {
-                        (
-                            i["sku"].as_str().unwrap_or_default().to_string(),
-                            i["quantity"].as_i64().unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-            })
-            .collect();
-        let stock = sqlx::query("SELECT sku, available, reserved FROM stock")
-            .fetch_all(&mut inv)
-            .await
-            .expect("reading stock")
-            .iter()
-            .map(|r| {
+                items: items(&r.get::<Value, _>("items")),
+            },
+        )
+        .await;
+        let stock = rows(
+            &mut inv,
+            "SELECT sku, available, reserved FROM stock",
+            |r| {
                 (
                     r.get::<String, _>("sku"),
-                    (r.get::<i64, _>("available"), r.get::<i64, _>("reserved")),
+                    (r.get("available"), r.get("reserved")),
                 )
-            })
-            .collect();
-        let mut pay = self.connect("payment").await;
-        let payments = sqlx::query(
-            "SELECT id::text AS id, kind, saga_id, step, charge_id::text AS charge_id FROM payments",
+            },
         )
-        .fetch_all(&mut pay)
         .await
-        .expect("reading payments")
-        .iter()
-        .map(|r| Payment {
-            id: r.get("id"),
-            kind: r.get("kind"),
-            saga_id: r.get("saga_id"),
-            step: r.get("step"),
-            charge_id: r.get("charge_id"),
-        })
+        .into_iter()
         .collect();
+        let mut pay = self.connect("payment").await;
+        let payments = rows(
+            &mut pay,
+            "SELECT id::text AS id, kind, saga_id, step, charge_id::text AS charge_id FROM payments",
+            |r| Payment {
+                id: r.get("id"),
+                kind: r.get("kind"),
+                saga_id: r.get("saga_id"),
+                step: r.get("step"),
+                charge_id: r.get("charge_id"),
+            },
+        )
+        .await;
         let mut ship = self.connect("shipping").await;
-        let shipments = sqlx::query("SELECT saga_id, step, status FROM shipments")
-            .fetch_all(&mut ship)
-            .await
-            .expect("reading shipments")
-            .iter()
-            .map(|r| Shipment {
+        let shipments = rows(
+            &mut ship,
+            "SELECT saga_id, step, status FROM shipments",
+            |r| Shipment {
                 saga_id: r.get("saga_id"),
                 step: r.get("step"),
                 status: r.get("status"),
-            })
-            .collect();
+            },
+        )
+        .await;
         for c in [orch, inv, pay, ship] {
             let _ = c.close().await;
         }
@@ -376,6 +374,52 @@ impl Cluster {
         })
         .await
     }
+}
+
+impl Drop for Cluster {
+    /// Every process is killed before the databases are dropped (passing test) or kept
+    /// (failing test, then the logs are named too).
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(p) = n.proc.as_mut() {
+                p.kill9();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("test failed: process logs in {}", self.log_dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
+    }
+}
+
+/// Every row of `sql`, mapped.
+async fn rows<T>(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    map: impl Fn(&sqlx::postgres::PgRow) -> T,
+) -> Vec<T> {
+    sqlx::query(sql)
+        .fetch_all(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(map)
+        .collect()
+}
+
+/// A reservation's `items` column: (sku, quantity) pairs.
+fn items(v: &Value) -> Vec<(String, i64)> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            (
+                i["sku"].as_str().unwrap_or_default().to_string(),
+                i["quantity"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 pub struct SagaRecord {
@@ -441,9 +485,16 @@ impl Audit {
     ///   `reserved` column agrees, nothing negative.
     pub fn violations(&self, initial_stock: &BTreeMap<String, i64>) -> Vec<(&'static str, String)> {
         let mut v: Vec<(&'static str, String)> = Vec::new();
+        let refunds_per_charge = self.at_most_once(&mut v);
+        self.outcomes(&refunds_per_charge, &mut v);
+        self.stock_conserved(initial_stock, &mut v);
+        v
+    }
+
+    /// `at_most_once` violations; the refunds per charge id.
+    fn at_most_once(&self, v: &mut Vec<(&'static str, String)>) -> HashMap<&str, usize> {
         let known: HashMap<&str, &SagaRecord> =
             self.sagas.iter().map(|s| (s.id.as_str(), s)).collect();
-
         // at most once, counting the effects themselves
         let mut per_key: HashMap<(&str, &str, &str), usize> = HashMap::new();
         for r in &self.reservations {
@@ -488,6 +539,15 @@ impl Audit {
             }
         }
 
+        refunds_per_charge
+    }
+
+    /// `settled`, `completed` and `compensated` violations, per saga.
+    fn outcomes(
+        &self,
+        refunds_per_charge: &HashMap<&str, usize>,
+        v: &mut Vec<(&'static str, String)>,
+    ) {
         // per saga outcome
         let mut res: HashMap<&str, Vec<&Reservation>> = HashMap::new();
         for r in &self.reservations {
@@ -551,7 +611,14 @@ impl Audit {
                 other => v.push(("settled", format!("{who} is {other}"))),
             }
         }
+    }
 
+    /// `stock` violations.
+    fn stock_conserved(
+        &self,
+        initial_stock: &BTreeMap<String, i64>,
+        v: &mut Vec<(&'static str, String)>,
+    ) {
         // stock conservation
         let mut held_qty: BTreeMap<&str, i64> = BTreeMap::new();
         for r in self.reservations.iter().filter(|r| r.status == "held") {
@@ -571,7 +638,6 @@ impl Audit {
                 ));
             }
         }
-        v
     }
 }
 

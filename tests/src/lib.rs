@@ -1,10 +1,14 @@
-//! Harness for Tandem's cross-component tests (`tests/tests/*.rs`).
+//! Harness for Tandem's cross-component tests (`tests/tests/*.rs`), on the CLI's launcher
+//! (`tandem_cli::launch`):
 //!
 //! - [`in_process`]: the whole stack in this process on ephemeral ports, with fresh databases.
-//! - [`procs`]: the real binaries as child processes (for `kill -9`), built on demand.
+//! - [`procs`]: the real binaries, built on demand, as child processes (for `kill -9`).
 //! - [`cluster`]: the real binaries as a stack (n orchestrators + 3 services) that tests can kill,
 //!   pause and restart, with fresh databases and the services' tables at hand for audits.
 //! - [`pgcluster`]: a throwaway Postgres cluster of the test's own (for restarting Postgres).
+//!
+//! Every database a test makes is dropped when the test passes and kept, named in the failure
+//! output, when it fails (`tandem_kit::testing::TestDatabases`).
 
 use std::time::Duration;
 
@@ -12,16 +16,46 @@ pub mod cluster;
 pub mod pgcluster;
 
 use tandem_cli::client::Client;
-use tandem_cli::stack::{Stack, StackConfig};
+use tandem_cli::launch::Layout;
+use tandem_cli::launch::stack::{Stack, StackConfig};
+use tandem_kit::testing::TestDatabases;
+
+/// An in-process stack and the databases it owns for the test.
+pub struct TestStack {
+    pub stack: Stack,
+    pub databases: TestDatabases,
+}
+
+impl TestStack {
+    /// Stop the stack gracefully; its databases are then dropped (kept if the stop fails).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let TestStack { stack, databases } = self;
+        let r = stack.stop().await;
+        if r.is_err() {
+            databases.keep("the stack did not stop cleanly");
+        }
+        r
+    }
+}
+
+impl std::ops::Deref for TestStack {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
 
 /// A fresh stack: new databases `tandem_t_<name>_<random>_*`, ephemeral ports, small pools.
 pub async fn in_process(
     name: &str,
     tweak: impl FnOnce(&mut orchestrator::Config) + Send + 'static,
-) -> (Stack, Client) {
-    let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let prefix = format!("tandem_t_{name}_{}", &suffix[suffix.len() - 10..]);
-    let mut cfg = StackConfig::new(tandem_kit::testing::server_url(), prefix, 0);
+) -> (TestStack, Client) {
+    let layout = Layout::new(
+        tandem_kit::testing::server_url(),
+        tandem_kit::testing::unique_prefix(name),
+    );
+    let databases = TestDatabases::new(&layout.server_url, layout.databases());
+    let mut cfg = StackConfig::new(layout, 0);
     cfg.service_pool_size = 3;
     cfg.orchestrator = Box::new(move |c| {
         c.db_pool_size = 6;
@@ -32,7 +66,7 @@ pub async fn in_process(
         .await
         .expect("the stack starts (is Postgres up? see README)");
     let client = Client::for_stack(&stack);
-    (stack, client)
+    (TestStack { stack, databases }, client)
 }
 
 /// Poll `f` until it returns Some, or panic after `timeout`.
@@ -79,13 +113,13 @@ pub fn write_chaos_definition(dir: &std::path::Path, name: &str, deadline_ms: u6
 }
 
 pub mod procs {
-    //! Real binaries as child processes.
+    //! The workspace's binaries, built on demand, spawned through the launcher.
 
-    use std::fs::File;
-    use std::os::unix::process::ExitStatusExt;
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::process::Command;
     use std::sync::OnceLock;
+
+    pub use tandem_cli::launch::procs::{Output, Proc};
 
     /// Build the workspace's binaries once per test process (a no-op when they are fresh), in the
     /// profile this code was built with (`--release` benchmarks spawn release binaries), and
@@ -122,98 +156,36 @@ pub mod procs {
         .clone()
     }
 
-    /// A child process killed on drop.
-    pub struct Proc {
-        pub name: String,
-        child: Child,
-        exit: Option<ExitStatus>,
+    /// Spawn binary `bin` of the workspace with `env`, its output appended to `log` (when given;
+    /// with `TANDEM_TEST_LOGS` set it goes to this process's instead).
+    pub fn spawn(bin: &str, env: &[(String, String)], log: Option<&Path>) -> Proc {
+        let output = match log {
+            _ if std::env::var("TANDEM_TEST_LOGS").is_ok() => Output::Inherit,
+            Some(path) => Output::Append(path.to_path_buf()),
+            None => Output::Discard,
+        };
+        Proc::spawn(&bin_dir().join(bin), env, &output)
+            .unwrap_or_else(|e| panic!("spawning {bin}: {e:#}"))
     }
 
-    impl Proc {
-        pub fn spawn(bin: &str, env: &[(&str, String)]) -> Proc {
-            Self::spawn_logged(bin, env, None)
-        }
-
-        /// Spawn with stdout and stderr appended to `log` (when given; `TANDEM_TEST_LOGS`
-        /// inherits them instead).
-        pub fn spawn_logged(bin: &str, env: &[(&str, String)], log: Option<&Path>) -> Proc {
-            let mut cmd = Command::new(bin_dir().join(bin));
-            cmd.stdin(Stdio::null());
-            if std::env::var("TANDEM_TEST_LOGS").is_err() {
-                match log {
-                    Some(path) => {
-                        let f = File::options()
-                            .create(true)
-                            .append(true)
-                            .open(path)
-                            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-                        cmd.stdout(f.try_clone().expect("log file")).stderr(f);
-                    }
-                    None => {
-                        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-                    }
-                }
-            }
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
-            Proc {
-                name: bin.to_string(),
-                child,
-                exit: None,
-            }
-        }
-
-        /// SIGKILL, and reap.
-        pub fn kill9(&mut self) {
-            let _ = self.child.kill();
-            if let Ok(s) = self.child.wait() {
-                self.exit.get_or_insert(s);
-            }
-        }
-
-        /// Send a signal by name (`STOP`, `CONT`, …) with kill(1).
-        pub fn signal(&self, sig: &str) {
-            let status = Command::new("kill")
-                .args([format!("-{sig}"), self.pid().to_string()])
-                .status()
-                .expect("running kill");
-            assert!(status.success(), "kill -{sig} {} failed", self.pid());
-        }
-
-        /// The exit status if the process has exited (reaped here).
-        pub fn exited(&mut self) -> Option<ExitStatus> {
-            if self.exit.is_none() {
-                self.exit = self.child.try_wait().ok().flatten();
-            }
-            self.exit
-        }
-
-        /// Exited by `SIGABRT`: a crash point fired (see `tandem_kit::crash`).
-        pub fn aborted(&mut self) -> bool {
-            self.exited().and_then(|s| s.signal()) == Some(6)
-        }
-
-        pub fn pid(&self) -> u32 {
-            self.child.id()
-        }
-    }
-
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            self.kill9(); // SIGKILL ends a stopped (SIGSTOP) process too
-        }
-    }
-
-    /// A free loopback port (bound then released).
+    /// A free loopback port.
     pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        tandem_cli::launch::free_port().expect("a free loopback port")
     }
+}
+
+/// Start a checkout with `input` whose call to `service` is slow once for its order
+/// (`latency_ms`; `op`: `action`, `compensation` or `any`); the saga id.
+pub async fn slow_checkout(
+    c: &Client,
+    (service, op, latency_ms): (&str, &str, u64),
+    input: &serde_json::Value,
+) -> String {
+    let fault = serde_json::json!({
+        "order_id": input["order_id"], "op": op, "kind": "latency", "latency_ms": latency_ms
+    });
+    c.add_fault(service, &fault).await.unwrap();
+    let r = c.start_saga("checkout", input, None).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["id"].as_str().unwrap().to_string()
 }

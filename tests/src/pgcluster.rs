@@ -31,6 +31,15 @@ impl PgCluster {
         dirs.pop().map(|(_, b)| b)
     }
 
+    /// Report the missing server binaries ([`tandem_kit::testing::missing_prerequisite`]: the
+    /// test skips outside CI, fails in CI).
+    pub fn missing() {
+        tandem_kit::testing::missing_prerequisite(
+            "the PostgreSQL server binaries initdb and pg_ctl under /usr/lib/postgresql/*/bin",
+            "install the server package, e.g. apt-get install postgresql",
+        );
+    }
+
     /// `initdb` a new cluster and start it. Returns None when the server binaries are missing.
     pub fn create() -> Option<PgCluster> {
         let bin = Self::server_binaries()?;
@@ -77,19 +86,26 @@ impl PgCluster {
         self.dir.join("data").display().to_string()
     }
 
-    fn run(&self, program: &str, args: &[&str], server_tool: bool) {
+    /// A command for a server tool (`initdb`, `pg_ctl`: run as `postgres` when this is root) or
+    /// another program.
+    fn command(&self, program: &str, server_tool: bool) -> (Command, String) {
         let program = if server_tool {
             self.bin.join(program).display().to_string()
         } else {
             program.to_string()
         };
-        let mut cmd = if self.as_root && server_tool {
+        let cmd = if self.as_root && server_tool {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--", &program]);
             c
         } else {
             Command::new(&program)
         };
+        (cmd, program)
+    }
+
+    fn run(&self, program: &str, args: &[&str], server_tool: bool) {
+        let (mut cmd, program) = self.command(program, server_tool);
         let out = cmd
             .args(args)
             .stdin(Stdio::null())
@@ -135,16 +151,9 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let program = self.bin.join("pg_ctl").display().to_string();
         let data = self.data();
         let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let mut cmd = if self.as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", &program]);
-            c
-        } else {
-            Command::new(&program)
-        };
+        let (mut cmd, _) = self.command("pg_ctl", true);
         let _ = cmd
             .args(args)
             .stdout(Stdio::null())

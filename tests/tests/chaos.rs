@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
-use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
+use tandem_tests::cluster::{Audit, Cluster, ClusterConfig, api_problems};
 use tandem_tests::write_chaos_definition;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -178,92 +178,89 @@ fn arm(rng: &mut StdRng, orchestrator: bool) -> Option<String> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_kills_lose_nothing_and_double_nothing() {
-    let sagas = env_usize("TANDEM_CHAOS_SAGAS", 200);
-    let target_kills = env_usize("TANDEM_CHAOS_KILLS", 20);
-    let seed = std::env::var("TANDEM_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    let mean_gap_ms = 600u64;
+/// What the workload submitted: (order id, scenario, saga id answered).
+type Submitted = Vec<(String, Scenario, String)>;
 
-    let defs = std::env::temp_dir().join(format!(
-        "tandem-chaos-defs-{}",
-        uuid::Uuid::now_v7().simple()
-    ));
-    write_chaos_definition(&defs, "checkout_chaos", 5000);
-    let mut cluster = Cluster::new(
-        ClusterConfig::new("chaos", 2)
-            .env("LEASE_TTL_MS", "1000")
-            .env("POLL_INTERVAL_MS", "100")
-            .env("DEFINITIONS_DIR", defs.display().to_string()),
-    );
-    eprintln!(
-        "chaos: seed {seed}, {sagas} sagas, ≥ {target_kills} kills, logs in {}",
-        cluster.log_dir.display()
-    );
-    cluster.start_all();
-    cluster.wait_all_healthy(Duration::from_secs(120)).await;
-    let clients: Vec<Client> = (0..2).map(|i| cluster.client(i)).collect();
-    let started = Instant::now(); // the stack is up (binaries built, databases migrated)
+/// The workload, paced by `pace`: `sagas` checkouts from `seed`, each with its faults installed
+/// first (a fault a service could not take is counted in `faults_lost`).
+fn spawn_workload(
+    clients: Vec<Client>,
+    sagas: usize,
+    seed: u64,
+    pace: Duration,
+    faults_lost: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<Submitted> {
+    tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut tasks = Vec::new();
+        for i in 0..sagas {
+            let (id, sc, input, faults) = order(i, &mut rng);
+            let clients = clients.clone();
+            let faults_lost = faults_lost.clone();
+            tasks.push(tokio::spawn(async move {
+                for (service, f) in &faults {
+                    // A service that is down (or restarts later) just forgets the fault.
+                    if clients[0].add_fault(service, f).await.is_err() {
+                        faults_lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let saga = submit(&clients, i, "checkout_chaos", &input).await;
+                (id, sc, saga)
+            }));
+            tokio::time::sleep(pace).await;
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+}
 
-    let mut initial: BTreeMap<String, i64> =
-        SKUS.iter().map(|s| (s.to_string(), 1_000_000)).collect();
-    initial.insert(SCARCE.to_string(), (sagas / 10).max(10) as i64);
-    for (sku, n) in &initial {
-        let r = clients[0].set_stock(sku, *n).await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
+/// The nemesis: kills a random process every `mean_gap_ms` or so, restarts what died (killed,
+/// aborted at a crash point, or exited unexpectedly) with a crash point armed or not.
+struct Nemesis {
+    rng: StdRng,
+    mean_gap_ms: u64,
+    kills: BTreeMap<String, usize>,
+    unexpected_exits: Vec<String>,
+    /// (when, node) restarts scheduled.
+    restarts: Vec<(Instant, usize)>,
+    next_kill: Instant,
+}
+
+impl Nemesis {
+    fn new(seed: u64, mean_gap_ms: u64) -> Self {
+        let mut n = Nemesis {
+            rng: StdRng::seed_from_u64(seed ^ 0x5eed),
+            mean_gap_ms,
+            kills: BTreeMap::new(),
+            unexpected_exits: Vec::new(),
+            restarts: Vec::new(),
+            next_kill: Instant::now(),
+        };
+        let gap = n.gap();
+        n.next_kill += gap;
+        n
     }
 
-    // The workload, paced to span the kill schedule.
-    let pace = Duration::from_millis(target_kills as u64 * mean_gap_ms / sagas.max(1) as u64);
-    let faults_lost = Arc::new(AtomicUsize::new(0));
-    let workload = {
-        let clients = clients.clone();
-        let faults_lost = faults_lost.clone();
-        tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut tasks = Vec::new();
-            for i in 0..sagas {
-                let (id, sc, input, faults) = order(i, &mut rng);
-                let clients = clients.clone();
-                let faults_lost = faults_lost.clone();
-                tasks.push(tokio::spawn(async move {
-                    for (service, f) in &faults {
-                        // A service that is down (or restarts later) just forgets the fault.
-                        if clients[0].add_fault(service, f).await.is_err() {
-                            faults_lost.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    let saga = submit(&clients, i, "checkout_chaos", &input).await;
-                    (id, sc, saga)
-                }));
-                tokio::time::sleep(pace).await;
-            }
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap());
-            }
-            out
-        })
-    };
+    fn gap(&mut self) -> Duration {
+        let m = self.mean_gap_ms;
+        Duration::from_millis(self.rng.random_range(m / 2..=m * 3 / 2))
+    }
 
-    // The nemesis.
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let mut kills: BTreeMap<String, usize> = BTreeMap::new();
-    let mut unexpected_exits = Vec::new();
-    let mut restarts: Vec<(Instant, usize)> = Vec::new();
-    let gap = |rng: &mut StdRng| {
-        Duration::from_millis(rng.random_range(mean_gap_ms / 2..=mean_gap_ms * 3 / 2))
-    };
-    let mut next_kill = Instant::now() + gap(&mut rng);
-    let n_nodes = cluster.nodes.len();
-    let total = |k: &BTreeMap<String, usize>| k.values().sum::<usize>();
-    while !(workload.is_finished() && total(&kills) >= target_kills) {
-        let now = Instant::now();
-        for node in 0..n_nodes {
-            let pending = restarts.iter().any(|(_, n)| *n == node);
+    fn total(&self) -> usize {
+        self.kills.values().sum()
+    }
+
+    fn pending(&self, node: usize) -> bool {
+        self.restarts.iter().any(|(_, n)| *n == node)
+    }
+
+    /// Processes that ended on their own: count crash points, note other exits, restart soon.
+    fn reap(&mut self, cluster: &mut Cluster, now: Instant) {
+        for node in 0..cluster.nodes.len() {
+            let pending = self.pending(node);
             let Some(p) = cluster.nodes[node].proc.as_mut() else {
                 continue;
             };
@@ -272,45 +269,55 @@ async fn chaos_kills_lose_nothing_and_double_nothing() {
             }
             if p.aborted() {
                 let point = cluster.nodes[node].crash.clone().unwrap_or_default();
-                let point = point
-                    .split(['=', '@'])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                *kills.entry(format!("crash point {point}")).or_default() += 1;
+                let point = point.split(['=', '@']).next().unwrap_or_default();
+                *self
+                    .kills
+                    .entry(format!("crash point {point}"))
+                    .or_default() += 1;
             } else {
                 let status = p.exited();
-                unexpected_exits.push(format!("{} exited: {status:?}", cluster.nodes[node].name));
+                let name = &cluster.nodes[node].name;
+                self.unexpected_exits
+                    .push(format!("{name} exited: {status:?}"));
             }
-            restarts.push((now + Duration::from_millis(rng.random_range(0..300)), node));
+            let at = now + Duration::from_millis(self.rng.random_range(0..300));
+            self.restarts.push((at, node));
         }
-        if now >= next_kill {
-            let node = rng.random_range(0..n_nodes);
-            if !restarts.iter().any(|(_, n)| *n == node) {
+    }
+
+    /// One step: reap, kill when due, restart what is due.
+    fn step(&mut self, cluster: &mut Cluster) {
+        let now = Instant::now();
+        self.reap(cluster, now);
+        if now >= self.next_kill {
+            let node = self.rng.random_range(0..cluster.nodes.len());
+            if !self.pending(node) {
                 cluster.kill9(node);
                 let kind = if node >= 3 {
                     "orchestrator"
                 } else {
                     cluster.nodes[node].bin
                 };
-                *kills.entry(format!("SIGKILL {kind}")).or_default() += 1;
-                restarts.push((now + Duration::from_millis(rng.random_range(0..400)), node));
+                *self.kills.entry(format!("SIGKILL {kind}")).or_default() += 1;
+                let at = now + Duration::from_millis(self.rng.random_range(0..400));
+                self.restarts.push((at, node));
             }
-            next_kill = now + gap(&mut rng);
+            self.next_kill = now + self.gap();
         }
-        let (due, later): (Vec<_>, Vec<_>) = restarts.into_iter().partition(|(at, _)| *at <= now);
-        restarts = later;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.restarts = later;
         for (_, node) in due {
-            let crash = arm(&mut rng, node >= 3);
+            let crash = arm(&mut self.rng, node >= 3);
             cluster.start(node, crash);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let submitted = workload.await.unwrap();
-    let chaos_secs = started.elapsed().as_secs_f64();
+}
 
-    // Calm: every process up without crash points; wait for every saga to settle.
-    for node in 0..n_nodes {
+/// Calm: every process up without crash points.
+async fn calm(cluster: &mut Cluster) {
+    for node in 0..cluster.nodes.len() {
         let running = cluster.nodes[node]
             .proc
             .as_mut()
@@ -320,33 +327,30 @@ async fn chaos_kills_lose_nothing_and_double_nothing() {
         }
     }
     cluster.wait_all_healthy(Duration::from_secs(60)).await;
-    let settle_start = Instant::now();
-    cluster.wait_settled(Duration::from_secs(300)).await;
-    let settle_secs = settle_start.elapsed().as_secs_f64();
+}
 
-    // Audit: the services' own tables ...
-    let audit = cluster.audit().await;
-    let mut violations = audit.violations(&initial);
-    if audit.sagas.len() != sagas {
-        violations.push((
-            "settled",
-            format!("{} sagas stored, {sagas} submitted", audit.sagas.len()),
-        ));
-    }
+type Violations = Vec<(&'static str, String)>;
+
+/// Every submitted order: stored once under the saga id answered, business failures
+/// compensated, the read APIs agree. Also the outcomes per scenario.
+async fn check_orders(
+    audit: &Audit,
+    submitted: &Submitted,
+    client: &Client,
+    v: &mut Violations,
+) -> BTreeMap<String, BTreeMap<String, usize>> {
     let mut by_scenario: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    for (order_id, sc, saga_id) in &submitted {
+    for (order_id, sc, saga_id) in submitted {
         let Some(s) = audit.saga_by_order(order_id) else {
-            violations.push((
+            v.push((
                 "settled",
                 format!("order {order_id} (saga {saga_id}) is lost"),
             ));
             continue;
         };
         if &s.id != saga_id {
-            violations.push((
-                "settled",
-                format!("order {order_id}: saga {saga_id} answered, {} stored", s.id),
-            ));
+            let m = format!("order {order_id}: saga {saga_id} answered, {} stored", s.id);
+            v.push(("settled", m));
         }
         *by_scenario
             .entry(format!("{sc:?}"))
@@ -355,25 +359,21 @@ async fn chaos_kills_lose_nothing_and_double_nothing() {
             .or_default() += 1;
         // Business failures are deterministic whatever the chaos.
         if matches!(sc, Scenario::Decline | Scenario::Undeliverable) && s.status != "compensated" {
-            violations.push((
+            v.push((
                 "outcome",
                 format!("order {order_id} ({sc:?}) is {}", s.status),
             ));
         }
-    }
-    // ... and their read APIs.
-    for (order_id, _, _) in &submitted {
-        if let Some(s) = audit.saga_by_order(order_id) {
-            for p in api_problems(&clients[0], order_id, &s.status).await {
-                violations.push(("api", p));
-            }
+        for p in api_problems(client, order_id, &s.status).await {
+            v.push(("api", p));
         }
     }
-    for e in &unexpected_exits {
-        violations.push(("process", e.clone()));
-    }
+    by_scenario
+}
 
-    let mut invariants: BTreeMap<&str, usize> = [
+/// Violations per invariant, every invariant listed.
+fn per_invariant(v: &Violations) -> BTreeMap<&'static str, usize> {
+    let mut m: BTreeMap<&str, usize> = [
         "settled",
         "completed",
         "compensated",
@@ -386,50 +386,152 @@ async fn chaos_kills_lose_nothing_and_double_nothing() {
     .into_iter()
     .map(|k| (k, 0))
     .collect();
-    for (k, _) in &violations {
-        *invariants.entry(k).or_default() += 1;
+    for (k, _) in v {
+        *m.entry(k).or_default() += 1;
+    }
+    m
+}
+
+fn effects(audit: &Audit) -> Value {
+    json!({
+        "reservations": audit.reservations.len(),
+        "charges": audit.payments.iter().filter(|p| p.kind == "charge").count(),
+        "refunds": audit.payments.iter().filter(|p| p.kind == "refund").count(),
+        "shipments": audit.shipments.len(),
+    })
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+async fn chaos_cluster(sagas: usize, defs: &std::path::Path) -> (Cluster, BTreeMap<String, i64>) {
+    write_chaos_definition(defs, "checkout_chaos", 5000);
+    let mut cluster = Cluster::new(
+        ClusterConfig::new("chaos", 2)
+            .env("LEASE_TTL_MS", "1000")
+            .env("POLL_INTERVAL_MS", "100")
+            .env("DEFINITIONS_DIR", defs.display().to_string()),
+    );
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    let mut initial: BTreeMap<String, i64> =
+        SKUS.iter().map(|s| (s.to_string(), 1_000_000)).collect();
+    initial.insert(SCARCE.to_string(), (sagas / 10).max(10) as i64);
+    for (sku, n) in &initial {
+        let r = cluster.client(0).set_stock(sku, *n).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    (cluster, initial)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kills_lose_nothing_and_double_nothing() {
+    let sagas = env_usize("TANDEM_CHAOS_SAGAS", 200);
+    let target_kills = env_usize("TANDEM_CHAOS_KILLS", 20);
+    let seed = std::env::var("TANDEM_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    let mean_gap_ms = 600u64;
+    let defs = std::env::temp_dir().join(format!(
+        "tandem-chaos-defs-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let (mut cluster, initial) = chaos_cluster(sagas, &defs).await;
+    eprintln!(
+        "chaos: seed {seed}, {sagas} sagas, ≥ {target_kills} kills, logs in {}",
+        cluster.log_dir.display()
+    );
+    let clients: Vec<Client> = (0..2).map(|i| cluster.client(i)).collect();
+    let started = Instant::now(); // the stack is up (binaries built, databases migrated)
+
+    // The workload, paced to span the kill schedule, and the nemesis.
+    let pace = Duration::from_millis(target_kills as u64 * mean_gap_ms / sagas.max(1) as u64);
+    let faults_lost = Arc::new(AtomicUsize::new(0));
+    let workload = spawn_workload(clients.clone(), sagas, seed, pace, faults_lost.clone());
+    let mut nemesis = Nemesis::new(seed, mean_gap_ms);
+    while !(workload.is_finished() && nemesis.total() >= target_kills) {
+        nemesis.step(&mut cluster);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let submitted = workload.await.unwrap();
+    let chaos_time = started.elapsed();
+
+    calm(&mut cluster).await;
+    let settle_start = Instant::now();
+    cluster.wait_settled(Duration::from_secs(300)).await;
+    let settle_time = settle_start.elapsed();
+
+    // Audit: the services' own tables and their read APIs.
+    let audit = cluster.audit().await;
+    let mut violations = audit.violations(&initial);
+    if audit.sagas.len() != sagas {
+        let m = format!("{} sagas stored, {sagas} submitted", audit.sagas.len());
+        violations.push(("settled", m));
+    }
+    let by_scenario = check_orders(&audit, &submitted, &clients[0], &mut violations).await;
+    for e in &nemesis.unexpected_exits {
+        violations.push(("process", e.clone()));
     }
     let summary = json!({
         "seed": seed,
         "sagas": sagas,
         "by_status": audit.by_status(),
         "by_scenario": by_scenario,
-        "kills_total": total(&kills),
-        "kills": kills,
+        "kills_total": nemesis.total(),
+        "kills": nemesis.kills,
         "faults_not_installed": faults_lost.load(Ordering::Relaxed),
-        "effects": {
-            "reservations": audit.reservations.len(),
-            "charges": audit.payments.iter().filter(|p| p.kind == "charge").count(),
-            "refunds": audit.payments.iter().filter(|p| p.kind == "refund").count(),
-            "shipments": audit.shipments.len(),
-        },
-        "invariant_violations": invariants,
-        "chaos_secs": (chaos_secs * 10.0).round() / 10.0,
-        "settle_after_chaos_secs": (settle_secs * 10.0).round() / 10.0,
-        "total_secs": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "effects": effects(&audit),
+        "invariant_violations": per_invariant(&violations),
+        "chaos_secs": secs(chaos_time),
+        "settle_after_chaos_secs": secs(settle_time),
+        "total_secs": secs(started.elapsed()),
     });
     println!(
         "chaos summary:\n{}",
         serde_json::to_string_pretty(&summary).unwrap()
     );
+    let listed: Vec<String> = violations
+        .iter()
+        .take(50)
+        .map(|(k, m)| format!("{k}: {m}"))
+        .collect();
     assert!(
         violations.is_empty(),
         "{} invariant violations (logs in {}):\n{}",
         violations.len(),
         cluster.log_dir.display(),
-        violations
-            .iter()
-            .take(50)
-            .map(|(k, m)| format!("{k}: {m}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        listed.join("\n")
     );
     assert!(
-        total(&kills) >= target_kills,
+        nemesis.total() >= target_kills,
         "only {} kills",
-        total(&kills)
+        nemesis.total()
     );
     let _ = std::fs::remove_dir_all(&defs);
+}
+
+/// Step `name` of saga `s`.
+fn step(s: &Value, name: &str) -> Value {
+    s["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap()
+        .clone()
+}
+
+/// The events of kind `kind` of step `step` of saga `s`.
+fn events(s: &Value, kind: &str, step: &str) -> Vec<Value> {
+    s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind && e["step"] == step)
+        .cloned()
+        .collect()
 }
 
 /// Per-step timeout and 425 polling through the real binaries' fault injection: a call slower
@@ -449,57 +551,22 @@ async fn timeouts_and_in_progress_polling_end_to_end() {
     cluster.wait_all_healthy(Duration::from_secs(120)).await;
     let c = cluster.client(0);
     c.set_stock("e2e-sku", 100).await.unwrap();
-    let fault = |order: &str, kind: &str, op: &str, times: u32| {
-        let mut f = json!({"order_id": order, "kind": kind, "op": op, "times": times});
+    let mut ids = Vec::new();
+    for (service, order, kind, times) in [
+        ("shipping", "e2e-slow", "latency", 1),
+        ("payment", "e2e-425", "in_progress", 3),
+        ("inventory", "e2e-deadline", "in_progress", 1000),
+    ] {
+        let mut f = json!({"order_id": order, "kind": kind, "op": "action", "times": times});
         if kind == "latency" {
             f["latency_ms"] = json!(1500);
         }
-        f
-    };
-    c.add_fault("shipping", &fault("e2e-slow", "latency", "action", 1))
-        .await
-        .unwrap();
-    c.add_fault("payment", &fault("e2e-425", "in_progress", "action", 3))
-        .await
-        .unwrap();
-    c.add_fault(
-        "inventory",
-        &fault("e2e-deadline", "in_progress", "action", 1000),
-    )
-    .await
-    .unwrap();
-    let mut ids = Vec::new();
-    for order in ["e2e-slow", "e2e-425", "e2e-deadline"] {
-        let r = c
-            .start_saga(
-                "checkout_e2e",
-                &checkout_input(order, "e2e-sku", 1, "tok_visa", "GB"),
-                None,
-            )
-            .await
-            .unwrap();
+        c.add_fault(service, &f).await.unwrap();
+        let input = checkout_input(order, "e2e-sku", 1, "tok_visa", "GB");
+        let r = c.start_saga("checkout_e2e", &input, None).await.unwrap();
         assert_eq!(r.status, 201, "{}", r.body);
         ids.push(r.body["id"].as_str().unwrap().to_string());
     }
-    let step = |s: &Value, name: &str| {
-        s["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == name)
-            .unwrap()
-            .clone()
-    };
-    let events = |s: &Value, kind: &str, step: &str| {
-        s["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == kind && e["step"] == step)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-
     // Slower than the 1 s timeout once: a transient failure, re-sent, one shipment.
     let s = c.settle(&ids[0], 60).await.unwrap();
     assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));

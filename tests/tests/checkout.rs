@@ -192,26 +192,26 @@ async fn raw(
     (status, ct, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
-    let (stack, c) = in_process("badinput", |_| {}).await;
+/// (what, path, content type, body, expected status, pointer the problem must name)
+type Case = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    Option<&'static str>,
+);
+
+/// Bad requests derived from the `good` checkout input, and the answer each must get.
+#[allow(clippy::too_many_lines)] // a table of data: one bad request per entry
+fn bad_requests(good: &Value) -> Vec<Case> {
     let json = Some("application/json");
-    let good = checkout_input("bad-1", "sku", 1, "tok_visa", "GB");
     let with = |f: &dyn Fn(&mut Value)| {
         let mut i = good.clone();
         f(&mut i);
         serde_json::to_vec(&json!({"definition": "checkout", "input": i})).unwrap()
     };
-    /// (what, path, content type, body, expected status, pointer the problem must name)
-    type Case<'a> = (
-        &'a str,
-        &'a str,
-        Option<&'a str>,
-        Vec<u8>,
-        u16,
-        Option<&'a str>,
-    );
-    let cases: Vec<Case> = vec![
+    vec![
         (
             "malformed JSON",
             "/sagas",
@@ -311,7 +311,15 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
             413,
             None,
         ),
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
+    let (stack, c) = in_process("badinput", |_| {}).await;
+    let json = Some("application/json");
+    let good = checkout_input("bad-1", "sku", 1, "tok_visa", "GB");
+    let cases = bad_requests(&good);
     for (what, path, ct, body, status, pointer) in cases {
         let (got, ctype, problem) = raw(&c, "POST", path, ct, body).await;
         assert_eq!(got, status, "{what}: {problem}");

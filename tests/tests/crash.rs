@@ -1,77 +1,15 @@
 //! End to end with the real binaries: `kill -9` the orchestrator in the middle of a saga,
 //! restart it, and check through the services' own records that every step took effect once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
-use tandem_tests::eventually;
-use tandem_tests::procs::{Proc, free_port};
+use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
+use tandem_tests::{eventually, slow_checkout};
 
-struct Binaries {
-    prefix: String,
-    ports: [u16; 4],
-}
-
-impl Binaries {
-    fn db(&self, component: &str) -> String {
-        tandem_kit::testing::with_database(
-            &tandem_kit::testing::server_url(),
-            &format!("{}_{component}", self.prefix),
-        )
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
-    }
-
-    fn service(&self, name: &str, i: usize) -> Proc {
-        Proc::spawn(
-            name,
-            &[
-                ("DATABASE_URL", self.db(name)),
-                ("LISTEN_ADDR", format!("127.0.0.1:{}", self.ports[i])),
-                ("DB_POOL_SIZE", "3".into()),
-            ],
-        )
-    }
-
-    fn orchestrator(&self, instance: &str) -> Proc {
-        Proc::spawn(
-            "orchestrator",
-            &[
-                ("DATABASE_URL", self.db("orchestrator")),
-                ("LISTEN_ADDR", format!("127.0.0.1:{}", self.ports[0])),
-                ("INVENTORY_URL", self.url(1)),
-                ("PAYMENT_URL", self.url(2)),
-                ("SHIPPING_URL", self.url(3)),
-                ("INSTANCE_ID", instance.into()),
-                ("LEASE_TTL_MS", "1500".into()),
-                ("POLL_INTERVAL_MS", "100".into()),
-                ("DB_POOL_SIZE", "4".into()),
-            ],
-        )
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.url(0), &self.url(1), &self.url(2), &self.url(3))
-    }
-}
-
-async fn up(c: &Client, url: String) {
-    eventually(Duration::from_secs(60), &format!("{url} to answer"), || {
-        let url = url.clone();
-        async move {
-            c.get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-                .map(|_| ())
-        }
-    })
-    .await
-}
+const HEALTHY: Duration = Duration::from_secs(60);
 
 async fn saga_reaches(c: &Client, id: &str, kind: &str, step: &str) {
     eventually(
@@ -85,50 +23,33 @@ async fn saga_reaches(c: &Client, id: &str, kind: &str, step: &str) {
     .await
 }
 
-fn count(list: &[Value], key: &str, value: &str) -> usize {
-    list.iter().filter(|p| p[key] == value).count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
-    let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let b = Binaries {
-        prefix: format!("tandem_t_crash_{}", &suffix[suffix.len() - 10..]),
-        ports: [0; 4].map(|_| free_port()),
-    };
-    let _inventory = b.service("inventory", 1);
-    let _payment = b.service("payment", 2);
-    let _shipping = b.service("shipping", 3);
-    let mut orch = b.orchestrator("orch-a");
-    let c = b.client();
-    up(&c, format!("{}/healthz", c.orchestrator)).await;
-    for url in [&c.inventory, &c.payment, &c.shipping] {
-        up(&c, format!("{url}/faults")).await;
+    // Two orchestrator identities on one database: orch-0 first, orch-1 after the first kill.
+    let mut cluster = Cluster::new(
+        ClusterConfig::new("crash", 2)
+            .env("LEASE_TTL_MS", "1500")
+            .env("POLL_INTERVAL_MS", "100"),
+    );
+    let (o0, o1) = (cluster.orchestrator(0), cluster.orchestrator(1));
+    for node in [0, 1, 2, o0] {
+        cluster.start(node, None);
     }
+    for node in [0, 1, 2, o0] {
+        cluster.wait_healthy(node, HEALTHY).await;
+    }
+    let c = cluster.client(0);
     c.set_stock("crash-sku", 10).await.unwrap();
 
     // 1. Killed while the shipment call is in flight (the service is slow): another instance
     //    identity takes over once the lease expires, re-sends with the same key.
-    c.add_fault(
-        "shipping",
-        &json!({"order_id": "crash-1", "kind": "latency", "latency_ms": 1500}),
-    )
-    .await
-    .unwrap();
-    let r = c
-        .start_saga(
-            "checkout",
-            &checkout_input("crash-1", "crash-sku", 2, "tok_visa", "GB"),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id1 = r.body["id"].as_str().unwrap().to_string();
+    let input = checkout_input("crash-1", "crash-sku", 2, "tok_visa", "GB");
+    let id1 = slow_checkout(&c, ("shipping", "any", 1500), &input).await;
     saga_reaches(&c, &id1, "step_started", "create_shipment").await;
-    orch.kill9();
-    let mut orch = b.orchestrator("orch-b");
-    up(&c, format!("{}/healthz", c.orchestrator)).await;
+    cluster.kill9(o0);
+    cluster.start(o1, None);
+    cluster.wait_healthy(o1, HEALTHY).await;
+    let c = cluster.client(1);
     let s1 = c.settle(&id1, 60).await.unwrap();
     assert_eq!(s1["status"], "completed", "{}", demo::timeline(&s1));
     assert!(
@@ -143,63 +64,21 @@ async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
 
     // 2. Killed during compensation (the refund is slow): the same identity restarts and
     //    takes its leases back at once.
-    c.add_fault("payment", &json!({"order_id": "crash-2", "op": "compensation", "kind": "latency", "latency_ms": 1500})).await.unwrap();
-    let r = c
-        .start_saga(
-            "checkout",
-            &checkout_input("crash-2", "crash-sku", 3, "tok_visa", "ZZ"),
-            None,
-        )
-        .await
-        .unwrap();
-    let id2 = r.body["id"].as_str().unwrap().to_string();
+    let input = checkout_input("crash-2", "crash-sku", 3, "tok_visa", "ZZ");
+    let id2 = slow_checkout(&c, ("payment", "compensation", 1500), &input).await;
     saga_reaches(&c, &id2, "compensation_started", "charge_payment").await;
-    orch.kill9();
-    let _orch = b.orchestrator("orch-b");
-    up(&c, format!("{}/healthz", c.orchestrator)).await;
+    cluster.start(o1, None); // kill -9, then the same identity again
+    cluster.wait_healthy(o1, HEALTHY).await;
     let s2 = c.settle(&id2, 60).await.unwrap();
     assert_eq!(s2["status"], "compensated", "{}", demo::timeline(&s2));
 
-    // The services' own records: one effect per step.
-    let res = c.reservations("crash-1").await.unwrap();
-    assert_eq!(
-        (res.len(), count(&res, "status", "held")),
-        (1, 1),
-        "{res:?}"
-    );
-    let pay = c.payments("crash-1").await.unwrap();
-    assert_eq!(
-        (count(&pay, "kind", "charge"), count(&pay, "kind", "refund")),
-        (1, 0),
-        "{pay:?}"
-    );
-    let ship = c.shipments("crash-1").await.unwrap();
-    assert_eq!(
-        (ship.len(), count(&ship, "status", "created")),
-        (1, 1),
-        "{ship:?}"
-    );
-
-    let res = c.reservations("crash-2").await.unwrap();
-    assert_eq!(
-        (res.len(), count(&res, "status", "released")),
-        (1, 1),
-        "{res:?}"
-    );
-    let pay = c.payments("crash-2").await.unwrap();
-    assert_eq!(
-        (count(&pay, "kind", "charge"), count(&pay, "kind", "refund")),
-        (1, 1),
-        "{pay:?}"
-    );
-    assert_eq!(
-        count(&c.shipments("crash-2").await.unwrap(), "status", "created"),
-        0
-    );
-    let stock = c.stock("crash-sku").await.unwrap();
-    assert_eq!(
-        (stock["available"].as_i64(), stock["reserved"].as_i64()),
-        (Some(8), Some(2)),
-        "{stock}"
-    );
+    // The services' own records: one effect per step, stock conserved (8 left, 2 held).
+    let audit = cluster.audit().await;
+    let v = audit.violations(&BTreeMap::from([("crash-sku".to_string(), 10)]));
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(audit.stock["crash-sku"], (8, 2));
+    for (order, status) in [("crash-1", "completed"), ("crash-2", "compensated")] {
+        let p = api_problems(&c, order, status).await;
+        assert!(p.is_empty(), "{p:?}");
+    }
 }

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
 use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
-use tandem_tests::eventually;
 use tandem_tests::pgcluster::PgCluster;
+use tandem_tests::{eventually, slow_checkout};
 
 async fn saga(c: &Client, id: &str) -> Value {
     c.wait_saga(id, 0).await.unwrap()
@@ -20,6 +20,27 @@ async fn saga(c: &Client, id: &str) -> Value {
 
 fn has_event(s: &Value, kind: &str, step: &str) -> bool {
     demo::event_index(s, kind, Some(step)).is_some()
+}
+
+/// Wait until `node` logged that it lost the lease (fenced) of every saga in `ids`; how many
+/// such lines it logged.
+async fn fenced_lines(cluster: &Cluster, node: usize, ids: &[String]) -> usize {
+    eventually(
+        Duration::from_secs(30),
+        "orch-0 to drop every saga (fenced)",
+        || {
+            let log = cluster.log(node);
+            async move {
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("lease lost (fenced)"))
+                    .collect();
+                let all = ids.iter().all(|id| lines.iter().any(|l| l.contains(id)));
+                all.then_some(lines.len())
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,23 +59,8 @@ async fn a_paused_lease_holder_is_fenced_and_nothing_is_doubled() {
     // once: 3 s, longer than the lease).
     let mut ids = Vec::new();
     for i in 0..10 {
-        let order = format!("stale-{i}");
-        a.add_fault(
-            "shipping",
-            &json!({"order_id": order, "kind": "latency", "latency_ms": 3000}),
-        )
-        .await
-        .unwrap();
-        let r = a
-            .start_saga(
-                "checkout",
-                &checkout_input(&order, "stale-sku", 1, "tok_visa", "GB"),
-                None,
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, 201, "{}", r.body);
-        ids.push(r.body["id"].as_str().unwrap().to_string());
+        let input = checkout_input(&format!("stale-{i}"), "stale-sku", 1, "tok_visa", "GB");
+        ids.push(slow_checkout(&a, ("shipping", "any", 3000), &input).await);
     }
     let mut epochs = Vec::new();
     for id in &ids {
@@ -69,7 +75,7 @@ async fn a_paused_lease_holder_is_fenced_and_nothing_is_doubled() {
 
     // Pause orch-0 past its lease: orch-1 takes every saga over and finishes it.
     let orch0 = cluster.orchestrator(0);
-    cluster.proc(orch0).signal("STOP");
+    cluster.proc(orch0).signal("STOP").unwrap();
     let mut finished = Vec::new();
     for (id, epoch) in ids.iter().zip(&epochs) {
         let s = b.settle(id, 60).await.unwrap();
@@ -88,24 +94,8 @@ async fn a_paused_lease_holder_is_fenced_and_nothing_is_doubled() {
     }
 
     // Resume orch-0: its in-flight calls return, and every write it tries is fenced.
-    cluster.proc(orch0).signal("CONT");
-    let fenced = eventually(
-        Duration::from_secs(30),
-        "orch-0 to drop every saga (fenced)",
-        || {
-            let log = cluster.log(orch0);
-            let ids = &ids;
-            async move {
-                let lines: Vec<&str> = log
-                    .lines()
-                    .filter(|l| l.contains("lease lost (fenced)"))
-                    .collect();
-                let all = ids.iter().all(|id| lines.iter().any(|l| l.contains(id)));
-                all.then_some(lines.len())
-            }
-        },
-    )
-    .await;
+    cluster.proc(orch0).signal("CONT").unwrap();
+    let fenced = fenced_lines(&cluster, orch0, &ids).await;
     assert!(fenced >= ids.len());
     cluster.wait_healthy(orch0, Duration::from_secs(10)).await;
     for (id, n) in ids.iter().zip(&finished) {
@@ -133,10 +123,7 @@ async fn a_paused_lease_holder_is_fenced_and_nothing_is_doubled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_every_process_reconnects_and_every_saga_finishes() {
     let Some(pg) = PgCluster::create() else {
-        eprintln!(
-            "SKIPPED: no Postgres server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin"
-        );
-        return;
+        return PgCluster::missing();
     };
     let defs = std::env::temp_dir().join(format!(
         "tandem-pgrestart-defs-{}",
@@ -184,17 +171,7 @@ async fn postgres_restart_every_process_reconnects_and_every_saga_finishes() {
 
     // Restart Postgres while sagas are in flight; every process notices the outage.
     pg.stop();
-    for node in 0..cluster.nodes.len() {
-        let url = format!("{}/healthz", cluster.url(node));
-        eventually(Duration::from_secs(30), "a /healthz failure", || {
-            let url = url.clone();
-            async move {
-                let r = reqwest::get(&url).await.ok()?;
-                (r.status() != 200).then_some(())
-            }
-        })
-        .await;
-    }
+    cluster.wait_all_unhealthy(Duration::from_secs(30)).await;
     pg.start();
     cluster.wait_all_healthy(Duration::from_secs(60)).await;
     for i in 15..30 {
@@ -202,14 +179,7 @@ async fn postgres_restart_every_process_reconnects_and_every_saga_finishes() {
     }
 
     cluster.wait_settled(Duration::from_secs(120)).await;
-    for node in 0..cluster.nodes.len() {
-        assert!(
-            cluster.proc(node).exited().is_none(),
-            "{} exited; log in {}",
-            cluster.nodes[node].name,
-            cluster.log_dir.display()
-        );
-    }
+    cluster.assert_all_running();
     let audit = cluster.audit().await;
     assert_eq!(audit.sagas.len(), 30);
     assert_eq!(

@@ -1,14 +1,16 @@
 //! Database connections: create the service's own database if it does not exist, then open a
 //! bounded pool. Every process sizes its pool explicitly; the shared development server allows
-//! 100 connections in all (see README, "Configuration").
+//! 100 connections in all (see README, "Configuration"). Also the database URL of a name on a
+//! server ([`database_url`]) and [`drop_database`] (its prepared transactions rolled back first),
+//! which the stack launcher, the bench and the tests' cleanup share.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 /// Open a pool of at most `max_connections` on `url`, creating the database first if missing.
 /// Retries with backoff for about 30 s while the server is not reachable (so a stack that starts
@@ -43,12 +45,69 @@ fn is_transient(e: &anyhow::Error) -> bool {
     }) || e.to_string().contains("the database system is starting up")
 }
 
+/// The same server URL with another database name (user, host, port and query kept).
+pub fn database_url(server_url: &str, name: &str) -> String {
+    let Some(scheme_end) = server_url.find("://") else {
+        return server_url.to_string();
+    };
+    let rest = &server_url[scheme_end + 3..];
+    let (before_query, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+    let host_part = before_query.split('/').next().unwrap_or(before_query);
+    format!("{}://{host_part}/{name}{query}", &server_url[..scheme_end])
+}
+
+/// Connect to the maintenance database `postgres` of the server of `url`.
+pub async fn admin_connection(url: &str) -> anyhow::Result<sqlx::PgConnection> {
+    PgConnectOptions::from_str(url)
+        .with_context(|| format!("invalid database URL {url:?}"))?
+        .database("postgres")
+        .connect()
+        .await
+        .context("connecting to the postgres maintenance database")
+}
+
+/// Drop database `name` on the server of `server_url`, if it exists. Its prepared transactions
+/// (two-phase commit) would make `DROP DATABASE` fail, and only a session in that database may
+/// finish them: they are rolled back from there first. Open sessions are ended (`FORCE`).
+pub async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = admin_connection(server_url).await?;
+    let gids: Vec<String> =
+        sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE database = $1")
+            .bind(name)
+            .fetch_all(&mut admin)
+            .await?;
+    if !gids.is_empty() {
+        let opts = PgConnectOptions::from_str(&database_url(server_url, name))?;
+        let mut own = opts
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {name}"))?;
+        for gid in gids {
+            let sql = format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut own)
+                .await?;
+        }
+        own.close().await?;
+    }
+    let sql = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .with_context(|| format!("dropping database {name}"))?;
+    Ok(())
+}
+
 /// `CREATE DATABASE` if it does not exist yet (tolerating a concurrent creator).
 pub async fn create_database_if_missing(opts: &PgConnectOptions) -> anyhow::Result<()> {
     let name = opts.get_database().unwrap_or("postgres").to_string();
     // Connect to the maintenance database of the same server to check / create.
-    let admin = opts.clone().database("postgres");
-    let mut conn = admin
+    let mut conn = opts
+        .clone()
+        .database("postgres")
         .connect()
         .await
         .context("connecting to the postgres maintenance database")?;
@@ -75,4 +134,26 @@ pub async fn create_database_if_missing(opts: &PgConnectOptions) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            super::database_url(
+                "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
+                "x"
+            ),
+            "postgres://postgres@127.0.0.1:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            super::database_url("postgres://h:1", "y"),
+            "postgres://h:1/y"
+        );
+        assert_eq!(
+            super::database_url("postgres://h:1?a=b", "y"),
+            "postgres://h:1/y?a=b"
+        );
+    }
 }

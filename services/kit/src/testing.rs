@@ -1,11 +1,14 @@
-//! Test support: a fresh, empty database per test on the real Postgres.
+//! Test support, for tests only (production code uses [`crate::db`]):
 //!
-//! The server is `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
-//! Databases are named `tandem_t_<prefix>_<random>` and left behind for inspection; `.ci/run`
-//! drops them before each run.
+//! - [`TestDatabases`]: databases a test made, `tandem_t_<name>_<random>` on the server
+//!   `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`). Dropped when
+//!   the test passes; kept when it fails, and the failure output names them.
+//! - [`fresh_database`]: one new empty database; [`Served`]: a service in-process on one.
+//! - [`missing_prerequisite`]: how a test reacts to a missing tool or server (skip outside CI,
+//!   fail with `CI=true`).
 
-use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 
 pub fn server_url() -> String {
@@ -13,12 +16,10 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
-/// Create a new empty database and return its URL.
-pub async fn fresh_database_url(prefix: &str) -> String {
-    let base = server_url();
-    let opts = PgConnectOptions::from_str(&base).expect("TEST_DATABASE_URL is a valid URL");
+/// A new name prefix `tandem_t_<name>_<random>` (`name` made a plain lowercase identifier).
+pub fn unique_prefix(name: &str) -> String {
     let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let prefix: String = prefix
+    let name: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -29,7 +30,116 @@ pub async fn fresh_database_url(prefix: &str) -> String {
         })
         .take(24)
         .collect();
-    let name = format!("tandem_t_{prefix}_{}", &suffix[suffix.len() - 12..]);
+    format!("tandem_t_{name}_{}", &suffix[suffix.len() - 12..])
+}
+
+/// Databases a test owns, on one server (created by the test or by the processes it starts).
+/// On drop: when the test passes (the thread is not panicking), each is dropped, its prepared
+/// transactions rolled back first ([`crate::db::drop_database`]); when it fails, they are kept
+/// and their URLs are printed with the failure.
+#[derive(Debug)]
+pub struct TestDatabases {
+    pub server_url: String,
+    names: Vec<String>,
+}
+
+impl TestDatabases {
+    /// Take charge of databases `names` on `server_url` (they need not exist yet).
+    pub fn new(server_url: impl Into<String>, names: impl IntoIterator<Item = String>) -> Self {
+        TestDatabases {
+            server_url: server_url.into(),
+            names: names.into_iter().collect(),
+        }
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The URL of database `name` (one of [`TestDatabases::names`], or any other) on the server.
+    pub fn url(&self, name: &str) -> String {
+        crate::db::database_url(&self.server_url, name)
+    }
+
+    /// Keep the databases (a test that fails without panicking), saying where they are.
+    pub fn keep(mut self, why: &str) {
+        eprintln!(
+            "{why}: databases kept for inspection: {}",
+            self.urls().join(" ")
+        );
+        self.names.clear();
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.names.iter().map(|n| self.url(n)).collect()
+    }
+}
+
+impl Drop for TestDatabases {
+    fn drop(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed: its databases are kept for inspection: {}",
+                self.urls().join(" ")
+            );
+            return;
+        }
+        let (server, names) = (self.server_url.clone(), std::mem::take(&mut self.names));
+        // Drop may run inside a runtime (the end of a `#[tokio::test]`): a thread of its own
+        // with its own runtime can block on the SQL without stalling that runtime.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        for name in &names {
+                            drop_with_retry(&server, name).await?;
+                        }
+                        Ok(())
+                    })
+                });
+            if let Err(e) = &outcome {
+                eprintln!("warning: test databases not dropped: {e:#}");
+            }
+            let _ = done.send(());
+        });
+        // `DROP DATABASE` waits for a checkpoint, which takes seconds on a busy server. Wait
+        // for it a while; after that the drop goes on in the background (once sent, the server
+        // completes it even if this process ends first).
+        let _ = finished.recv_timeout(DROP_WAIT);
+    }
+}
+
+/// How long a passing test waits for its databases to be dropped.
+const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A database in use may get a new prepared transaction between the roll-back and the drop
+/// (a server of the test still running): try a few times.
+async fn drop_with_retry(server: &str, name: &str) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match crate::db::drop_database(server, name).await {
+            Err(e) if attempt < 3 => {
+                tracing::debug!(error = %e, "dropping {name}, retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Create a new empty database `tandem_t_<prefix>_<random>`, owned by the returned guard.
+pub async fn fresh_database(prefix: &str) -> TestDatabases {
+    let base = server_url();
+    let opts = PgConnectOptions::from_str(&base).expect("TEST_DATABASE_URL is a valid URL");
+    let name = unique_prefix(prefix);
     let mut conn = opts
         .clone()
         .database("postgres")
@@ -40,26 +150,28 @@ pub async fn fresh_database_url(prefix: &str) -> String {
         .execute(&mut conn)
         .await
         .expect("CREATE DATABASE");
-    with_database(&base, &name)
+    let _ = conn.close().await;
+    TestDatabases::new(base, [name])
 }
 
-/// The same server URL with another database name.
-pub fn with_database(url: &str, name: &str) -> String {
-    match url.find("://") {
-        Some(scheme_end) => {
-            let rest = &url[scheme_end + 3..];
-            let (before_query, query) = match rest.find('?') {
-                Some(q) => (&rest[..q], &rest[q..]),
-                None => (rest, ""),
-            };
-            let host_part = match before_query.find('/') {
-                Some(slash) => &before_query[..slash],
-                None => before_query,
-            };
-            format!("{}://{}/{}{}", &url[..scheme_end], host_part, name, query)
-        }
-        None => url.to_string(),
+impl TestDatabases {
+    /// The URL of the first database (a [`fresh_database`]'s only one).
+    pub fn first_url(&self) -> String {
+        self.url(&self.names[0])
     }
+}
+
+/// A prerequisite of a test is missing (`what`: a tool, a server, a setting; `how`: how to get
+/// it). Outside CI the test says so and skips (the caller returns); with `CI=true` the test
+/// fails here, naming what is missing, so CI never passes by skipping.
+pub fn missing_prerequisite(what: &str, how: &str) {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    missing(in_ci, what, how);
+}
+
+fn missing(in_ci: bool, what: &str, how: &str) {
+    assert!(!in_ci, "missing prerequisite in CI: {what} — {how}");
+    eprintln!("SKIPPED: missing prerequisite: {what} — {how}");
 }
 
 /// A service served in-process on an ephemeral port, on a fresh database, with an HTTP client:
@@ -68,6 +180,8 @@ pub struct Served {
     pub url: String,
     pub http: reqwest::Client,
     pub app: crate::service::App,
+    /// The service's database: dropped when the test passes, kept when it fails.
+    pub database: TestDatabases,
 }
 
 impl Served {
@@ -77,7 +191,10 @@ impl Served {
         spec: &'static crate::service::Spec,
         adjust: impl FnOnce(&mut crate::service::Config),
     ) -> Served {
-        let mut config = crate::service::Config::with_database(fresh_database_url(spec.name).await);
+        let database = fresh_database(spec.name).await;
+        let mut config = crate::service::Config::with_database(database.first_url());
+        // Tests use the fault endpoints: on explicitly, whatever the default.
+        config.fault_injection = crate::faults::Switch::On;
         adjust(&mut config);
         let app = crate::service::build(spec, config).await.expect("build");
         let listener = crate::http::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
@@ -87,6 +204,7 @@ impl Served {
             url,
             http: reqwest::Client::new(),
             app,
+            database,
         }
     }
 
@@ -154,18 +272,81 @@ pub fn assert_problem(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    async fn exists(name: &str) -> bool {
+        let mut c = crate::db::admin_connection(&server_url()).await.unwrap();
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    }
+
+    async fn max_prepared_transactions(url: &str) -> i64 {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let v: String = sqlx::query_scalar("SHOW max_prepared_transactions")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        v.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_passing_test_drops_its_database_even_with_a_prepared_transaction() {
+        let db = fresh_database("dropcheck").await;
+        let (name, url) = (db.names()[0].clone(), db.first_url());
+        assert!(exists(&name).await);
+        if max_prepared_transactions(&url).await > 0 {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql("CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'tandem_dropcheck'")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            let _ = c.close().await;
+        } else {
+            missing_prerequisite(
+                "prepared transactions (max_prepared_transactions > 0)",
+                "ALTER SYSTEM SET max_prepared_transactions = 256 and restart Postgres (.ci/steps/10-postgres.sh does)",
+            );
+        }
+        drop(db);
+        // Dropped in the background after DROP_WAIT at the latest (checkpoints are slow on a
+        // busy server): wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while exists(&name).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} was not dropped"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_test_keeps_its_database() {
+        let db = fresh_database("keepcheck").await;
+        let name = db.names()[0].clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _db = db;
+            panic!("a failing test (on purpose)");
+        }));
+        assert!(panicked.is_err());
+        assert!(exists(&name).await, "{name} is kept after a failure");
+        crate::db::drop_database(&server_url(), &name)
+            .await
+            .unwrap();
+        assert!(!exists(&name).await);
+    }
+
     #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            super::with_database(
-                "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
-                "x"
-            ),
-            "postgres://postgres@127.0.0.1:5432/x?sslmode=disable"
-        );
-        assert_eq!(
-            super::with_database("postgres://h:1", "y"),
-            "postgres://h:1/y"
-        );
+    #[should_panic(expected = "missing prerequisite in CI: initdb")]
+    fn in_ci_a_missing_prerequisite_fails() {
+        missing(true, "initdb", "apt-get install postgresql");
+    }
+
+    #[test]
+    fn outside_ci_a_missing_prerequisite_skips() {
+        missing(false, "initdb", "apt-get install postgresql");
     }
 }

@@ -1,5 +1,6 @@
 //! The whole checkout stack in one process: the three services and the orchestrator, each with
-//! its own database `<prefix>_<component>` on one Postgres server (created if missing).
+//! its own database on one Postgres server (see [`Layout`]; created if missing) and its own
+//! port.
 
 use std::net::SocketAddr;
 
@@ -8,12 +9,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::{Layout, SERVICES};
+
 /// Where and how to start the stack.
 pub struct StackConfig {
-    /// Any database URL of the server to use (its database name is ignored).
-    pub server_url: String,
-    /// Databases are `<prefix>_orchestrator`, `<prefix>_inventory`, …
-    pub db_prefix: String,
+    pub layout: Layout,
     /// Orchestrator port; the services use the next three. 0: ephemeral ports.
     pub base_port: u16,
     /// Adjust the orchestrator's configuration (lease TTL, definitions …).
@@ -23,14 +23,9 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
-    pub fn new(
-        server_url: impl Into<String>,
-        db_prefix: impl Into<String>,
-        base_port: u16,
-    ) -> Self {
+    pub fn new(layout: Layout, base_port: u16) -> Self {
         StackConfig {
-            server_url: server_url.into(),
-            db_prefix: db_prefix.into(),
+            layout,
             base_port,
             orchestrator: Box::new(|_| {}),
             service_pool_size: 5,
@@ -43,8 +38,7 @@ pub struct Stack {
     pub inventory_url: String,
     pub payment_url: String,
     pub shipping_url: String,
-    /// Database URL per component, for inspection.
-    pub database_urls: [(String, String); 4],
+    pub layout: Layout,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -62,11 +56,17 @@ async fn bind(port: u16) -> anyhow::Result<(TcpListener, String)> {
     Ok((l, url))
 }
 
+fn spec(service: &str) -> &'static tandem_kit::service::Spec {
+    match service {
+        "inventory" => &inventory::SPEC,
+        "payment" => &payment::SPEC,
+        _ => &shipping::SPEC,
+    }
+}
+
 impl Stack {
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Stack> {
-        let db = |c: &str| {
-            tandem_kit::testing::with_database(&cfg.server_url, &format!("{}_{c}", cfg.db_prefix))
-        };
+        let layout = cfg.layout;
         let (shutdown, rx) = watch::channel(false);
         let stop = move || {
             let mut rx = rx.clone();
@@ -75,28 +75,23 @@ impl Stack {
             }
         };
         let mut tasks = Vec::new();
-
-        let (l, inventory_url) = bind(port(cfg.base_port, 1)).await?;
-        let mut c = inventory::Config::with_database(db("inventory"));
-        c.db_pool_size = cfg.service_pool_size;
-        let app = inventory::build(c).await?;
-        tasks.push(tokio::spawn(app.run(l, stop())));
-
-        let (l, payment_url) = bind(port(cfg.base_port, 2)).await?;
-        let mut c = payment::Config::with_database(db("payment"));
-        c.db_pool_size = cfg.service_pool_size;
-        let app = payment::build(c).await?;
-        tasks.push(tokio::spawn(app.run(l, stop())));
-
-        let (l, shipping_url) = bind(port(cfg.base_port, 3)).await?;
-        let mut c = shipping::Config::with_database(db("shipping"));
-        c.db_pool_size = cfg.service_pool_size;
-        let app = shipping::build(c).await?;
-        tasks.push(tokio::spawn(app.run(l, stop())));
+        let mut urls = Vec::new();
+        for (i, service) in (1..).zip(SERVICES) {
+            let (l, url) = bind(port(cfg.base_port, i)).await?;
+            let mut c = tandem_kit::service::Config::with_database(layout.database_url(service));
+            c.db_pool_size = cfg.service_pool_size;
+            // The demo, the tests and `tandem up` use the `/faults` endpoints.
+            c.fault_injection = tandem_kit::faults::Switch::On;
+            let app = tandem_kit::service::build(spec(service), c).await?;
+            tasks.push(tokio::spawn(app.run(l, stop())));
+            urls.push(url);
+        }
+        let [inventory_url, payment_url, shipping_url]: [String; 3] =
+            urls.try_into().expect("three services");
 
         let (l, orchestrator_url) = bind(cfg.base_port).await?;
         let mut oc = orchestrator::Config::new(
-            db("orchestrator"),
+            layout.database_url("orchestrator"),
             &inventory_url,
             &payment_url,
             &shipping_url,
@@ -111,12 +106,7 @@ impl Stack {
             inventory_url,
             payment_url,
             shipping_url,
-            database_urls: [
-                ("orchestrator".into(), db("orchestrator")),
-                ("inventory".into(), db("inventory")),
-                ("payment".into(), db("payment")),
-                ("shipping".into(), db("shipping")),
-            ],
+            layout,
             shutdown,
             tasks,
         })

@@ -1,0 +1,197 @@
+//! What a run cost, from outside the loop: the processes' own transaction counters and memory
+//! (`GET /stats`), CPU time of every process and Postgres backend (`/proc`),
+//! `pg_stat_database.xact_commit`, the machine and the server's settings.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::target::Target;
+use crate::launch::COMPONENTS;
+
+#[derive(Debug, Clone, Default)]
+pub struct Counted {
+    pub database: String,
+    pub writes: u64,
+    pub reads: u64,
+    pub peak_rss_kib: Option<u64>,
+    pub cpu_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub by_component: BTreeMap<String, Counted>,
+    /// CPU ms of each Postgres backend (pid) serving each database.
+    backends: BTreeMap<String, BTreeMap<i32, u64>>,
+    /// This process (the clients).
+    pub bench_cpu_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DbTransactions {
+    pub database: String,
+    /// CPU ms per operation of the component's process (in-process stack: the whole process).
+    pub process_cpu_ms_per_saga: Option<f64>,
+    /// CPU ms per operation of the Postgres backends serving this database.
+    pub postgres_cpu_ms_per_saga: f64,
+    /// Write transactions per operation, counted by the process (a batch counts 1/k each).
+    pub writes_per_saga: f64,
+    pub reads_per_saga: f64,
+    /// `pg_stat_database.xact_commit` delta per operation (all committed transactions).
+    pub pg_xact_commit_per_saga: Option<f64>,
+}
+
+/// `b - a` per operation, when both are known.
+fn per_op(a: Option<u64>, b: Option<u64>, n: f64) -> Option<f64> {
+    Some(b?.saturating_sub(a?) as f64 / n)
+}
+
+impl Snapshot {
+    /// CPU ms the backends of `db` used between `self` and `later` (backends that appeared in
+    /// between count in full).
+    fn backend_cpu_ms(&self, later: &Snapshot, db: &str) -> u64 {
+        let before = self.backends.get(db);
+        later.backends.get(db).map_or(0, |now| {
+            now.iter()
+                .map(|(pid, ms)| {
+                    ms.saturating_sub(before.and_then(|b| b.get(pid)).copied().unwrap_or(0))
+                })
+                .sum()
+        })
+    }
+
+    /// Per component, what `n` operations cost between `self` and `later` (`x0`, `x1`: the
+    /// commit counters before and after, if read).
+    pub fn transactions(
+        &self,
+        later: &Snapshot,
+        x0: &BTreeMap<String, i64>,
+        x1: Option<&BTreeMap<String, i64>>,
+        n: f64,
+    ) -> BTreeMap<String, DbTransactions> {
+        let mut out = BTreeMap::new();
+        for comp in COMPONENTS {
+            let (a, b) = (&self.by_component[comp], &later.by_component[comp]);
+            let db = b.database.clone();
+            let pg = x1.and_then(|x1| Some((x1.get(&db)? - x0.get(&db)?) as f64 / n));
+            out.insert(
+                comp.to_string(),
+                DbTransactions {
+                    process_cpu_ms_per_saga: per_op(a.cpu_ms, b.cpu_ms, n),
+                    postgres_cpu_ms_per_saga: self.backend_cpu_ms(later, &db) as f64 / n,
+                    database: db,
+                    writes_per_saga: b.writes.saturating_sub(a.writes) as f64 / n,
+                    reads_per_saga: b.reads.saturating_sub(a.reads) as f64 / n,
+                    pg_xact_commit_per_saga: pg,
+                },
+            );
+        }
+        out
+    }
+
+    /// CPU ms per operation of this process (the clients).
+    pub fn client_cpu_ms(&self, later: &Snapshot, n: f64) -> Option<f64> {
+        per_op(self.bench_cpu_ms, later.bench_cpu_ms, n)
+    }
+}
+
+/// The transaction counters one component reports at `GET /stats`: its own database (in one
+/// process, the in-process stack, picked by name).
+fn counted(c: &str, v: &Value) -> Counted {
+    let dbs = v["transactions"].as_object().cloned().unwrap_or_default();
+    let pick = dbs
+        .iter()
+        .find(|(name, _)| name.ends_with(c))
+        .or_else(|| (dbs.len() == 1).then(|| dbs.iter().next()).flatten());
+    let (database, writes, reads) = match pick {
+        Some((name, x)) => (
+            name.clone(),
+            x["writes"].as_u64().unwrap_or(0),
+            x["reads"].as_u64().unwrap_or(0),
+        ),
+        None => (String::new(), 0, 0),
+    };
+    Counted {
+        database,
+        writes,
+        reads,
+        peak_rss_kib: v["peak_rss_kib"].as_u64(),
+        // Read by pid: in-process components report the same process.
+        cpu_ms: v["pid"]
+            .as_u64()
+            .and_then(|pid| tandem_kit::stats::cpu_ms(pid as u32)),
+    }
+}
+
+pub async fn snapshot(t: &Target, server: &str) -> anyhow::Result<Snapshot> {
+    let mut s = Snapshot {
+        bench_cpu_ms: tandem_kit::stats::cpu_ms(std::process::id()),
+        ..Snapshot::default()
+    };
+    let mut conn = tandem_kit::db::admin_connection(server).await?;
+    let backends: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT pid, datname::text FROM pg_stat_activity WHERE datname IS NOT NULL AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    for (pid, db) in backends {
+        if let Some(ms) = tandem_kit::stats::cpu_ms(pid as u32) {
+            s.backends.entry(db).or_default().insert(pid, ms);
+        }
+    }
+    for c in COMPONENTS {
+        let v: Value = t
+            .http
+            .get(format!("{}/stats", t.url(c)))
+            .send()
+            .await?
+            .json()
+            .await
+            .with_context(|| format!("GET {c}/stats"))?;
+        s.by_component.insert(c.to_string(), counted(c, &v));
+    }
+    Ok(s)
+}
+
+pub async fn xact_commits(server: &str) -> anyhow::Result<BTreeMap<String, i64>> {
+    let mut conn = tandem_kit::db::admin_connection(server).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT datname::text, xact_commit FROM pg_stat_database WHERE datname IS NOT NULL",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+pub fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({ "cores": cores, "mem_gib": mem_kib.map(|k| k as f64 / 1048576.0), "loadavg_at_start": load.trim() })
+}
+
+pub async fn postgres_settings(server: &str) -> anyhow::Result<Value> {
+    let mut conn = tandem_kit::db::admin_connection(server).await?;
+    let mut m = serde_json::Map::new();
+    for s in [
+        "server_version",
+        "fsync",
+        "synchronous_commit",
+        "shared_buffers",
+        "max_connections",
+        "wal_sync_method",
+        "commit_delay",
+    ] {
+        let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {s}")))
+            .fetch_one(&mut conn)
+            .await?;
+        m.insert(s.to_string(), Value::String(v));
+    }
+    Ok(Value::Object(m))
+}

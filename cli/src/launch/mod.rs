@@ -1,0 +1,178 @@
+//! One launcher for the checkout stack, shared by `tandem up`, `tandem demo`, `tandem bench` and
+//! the end-to-end tests (`tandem-tests`):
+//!
+//! - [`Layout`]: where a stack lives — its Postgres server and its databases
+//!   `<prefix>_<component>`.
+//! - [`free_port`]: a free loopback port for a process that binds it itself.
+//! - [`service_env`], [`orchestrator_env`]: the environment of a spawned binary.
+//! - [`procs`]: the real binaries as child processes (killed on drop).
+//! - [`stack`]: the whole stack in this process.
+//!
+//! Fault injection is switched on explicitly here (`FAULT_INJECTION=on` for a spawned service,
+//! `Switch::On` in-process): the demo, the tests, the bench and `tandem up` use the `/faults`
+//! endpoints, whatever a production service's default is.
+
+pub mod procs;
+pub mod stack;
+
+/// The Postgres server used when none is given.
+pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The three services, in the order their ports follow the orchestrator's.
+pub const SERVICES: [&str; 3] = ["inventory", "payment", "shipping"];
+/// Every component of the stack: the orchestrator, then the services.
+pub const COMPONENTS: [&str; 4] = ["orchestrator", "inventory", "payment", "shipping"];
+
+/// Where a stack lives: one Postgres server, one database per component named
+/// `<db_prefix>_<component>` (each process creates its own if missing).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Any database URL of the server (its database name is ignored).
+    pub server_url: String,
+    pub db_prefix: String,
+}
+
+impl Layout {
+    pub fn new(server_url: impl Into<String>, db_prefix: impl Into<String>) -> Self {
+        Layout {
+            server_url: server_url.into(),
+            db_prefix: db_prefix.into(),
+        }
+    }
+
+    /// The database name of `component`.
+    pub fn database(&self, component: &str) -> String {
+        format!("{}_{component}", self.db_prefix)
+    }
+
+    /// The database URL of `component`.
+    pub fn database_url(&self, component: &str) -> String {
+        tandem_kit::db::database_url(&self.server_url, &self.database(component))
+    }
+
+    /// Every component's database name.
+    pub fn databases(&self) -> Vec<String> {
+        COMPONENTS.iter().map(|c| self.database(c)).collect()
+    }
+
+    /// Drop every component's database (their prepared transactions rolled back first).
+    pub async fn drop_databases(&self) -> anyhow::Result<()> {
+        for name in self.databases() {
+            tandem_kit::db::drop_database(&self.server_url, &name).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A free loopback port (bound, then released for the process that will bind it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `http://127.0.0.1:<port>`.
+pub fn loopback_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Environment of a spawned service binary (`inventory`, `payment`, `shipping`): its own
+/// database, its port, its pool, fault injection on.
+pub fn service_env(layout: &Layout, service: &str, port: u16, pool: u32) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), layout.database_url(service)),
+        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+        ("DB_POOL_SIZE".into(), pool.to_string()),
+        ("FAULT_INJECTION".into(), "on".into()),
+    ]
+}
+
+/// Environment of a spawned orchestrator: its database, its port, the services' URLs (in
+/// [`SERVICES`] order), its instance id and pool.
+pub fn orchestrator_env(
+    layout: &Layout,
+    port: u16,
+    services: &[String; 3],
+    instance: &str,
+    pool: u32,
+) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), layout.database_url("orchestrator")),
+        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+        ("INVENTORY_URL".into(), services[0].clone()),
+        ("PAYMENT_URL".into(), services[1].clone()),
+        ("SHIPPING_URL".into(), services[2].clone()),
+        ("INSTANCE_ID".into(), instance.into()),
+        ("DB_POOL_SIZE".into(), pool.to_string()),
+    ]
+}
+
+/// A stack that is already up (`tandem up`, a deployment), for the commands that can target one
+/// instead of starting their own.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunningStack {
+    /// Target a running stack at this orchestrator URL; the services are then expected on the
+    /// next three ports unless given.
+    #[arg(long)]
+    pub orchestrator_url: Option<String>,
+    #[arg(long)]
+    pub inventory_url: Option<String>,
+    #[arg(long)]
+    pub payment_url: Option<String>,
+    #[arg(long)]
+    pub shipping_url: Option<String>,
+}
+
+impl RunningStack {
+    /// The URLs of the orchestrator and the services (in [`COMPONENTS`] order), if a running
+    /// stack was named.
+    pub fn urls(&self) -> anyhow::Result<Option<[String; 4]>> {
+        let Some(o) = &self.orchestrator_url else {
+            return Ok(None);
+        };
+        let o = o.trim_end_matches('/').to_string();
+        let or_next =
+            |v: &Option<String>, offset| v.clone().map_or_else(|| next_port(&o, offset), Ok);
+        Ok(Some([
+            o.clone(),
+            or_next(&self.inventory_url, 1)?,
+            or_next(&self.payment_url, 2)?,
+            or_next(&self.shipping_url, 3)?,
+        ]))
+    }
+}
+
+/// The URL `offset` ports after `url`'s (services of a running stack follow its orchestrator).
+pub fn next_port(url: &str, offset: u16) -> anyhow::Result<String> {
+    let (head, port) = url
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{url} has no port"))?;
+    let port: u16 = port.parse()?;
+    Ok(format!("{head}:{}", port + offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_urls_and_ports() {
+        let l = Layout::new("postgres://u@h:5/postgres?sslmode=disable", "p");
+        assert_eq!(
+            l.database_url("payment"),
+            "postgres://u@h:5/p_payment?sslmode=disable"
+        );
+        assert_eq!(l.databases()[0], "p_orchestrator");
+        assert_eq!(
+            next_port("http://127.0.0.1:8080/", 3).unwrap(),
+            "http://127.0.0.1:8083"
+        );
+        assert!(next_port("nothing", 1).is_err());
+        let env = service_env(&l, "payment", 7, 3);
+        assert!(
+            env.contains(&("FAULT_INJECTION".into(), "on".into())),
+            "{env:?}"
+        );
+    }
+}
