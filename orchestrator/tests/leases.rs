@@ -48,8 +48,10 @@ impl Leased for Job {
     }
 }
 
-async fn jobs_db() -> PgPool {
-    let url = tandem_kit::testing::fresh_database_url("leases_jobs").await;
+/// A fresh database with a `jobs` table; the guard drops it when the test passes.
+async fn jobs_db() -> (PgPool, tandem_kit::testing::TestDatabases) {
+    let dbs = tandem_kit::testing::fresh_database("leases_jobs").await;
+    let url = dbs.first_url();
     let pool = tandem_kit::db::connect(&url, 4).await.unwrap();
     sqlx::raw_sql(
         "CREATE TABLE jobs (job_id uuid PRIMARY KEY, owner text, owner_until timestamptz, \
@@ -58,7 +60,7 @@ async fn jobs_db() -> PgPool {
     .execute(&pool)
     .await
     .unwrap();
-    pool
+    (pool, dbs)
 }
 
 async fn add_job(pool: &PgPool, payload: &str) -> Uuid {
@@ -99,7 +101,7 @@ async fn lease_until(pool: &PgPool, id: Uuid) -> chrono::DateTime<chrono::Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_kind_of_row_is_claimed_renewed_fenced_and_handed_back() {
-    let pool = jobs_db().await;
+    let (pool, _dbs) = jobs_db().await;
     let a = Leases::new(JOBS, pool.clone(), "a", Duration::from_secs(30));
     let b = Leases::new(JOBS, pool.clone(), "b", Duration::from_secs(30));
     let id = add_job(&pool, "p").await;
@@ -195,7 +197,7 @@ impl Worker for JobWorker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_of_another_kind_is_woken_by_a_hand_back() {
-    let pool = jobs_db().await;
+    let (pool, _dbs) = jobs_db().await;
     let w = Arc::new(JobWorker {
         leases: Leases::new(JOBS, pool.clone(), "idle", Duration::from_secs(30)),
         signals: Signals::default(),

@@ -74,7 +74,7 @@ impl Stack {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let mut tasks = Vec::new();
+        let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
         let mut urls = Vec::new();
         for (i, service) in (1..).zip(SERVICES) {
             let (l, url) = bind(port(cfg.base_port, i)).await?;
@@ -83,7 +83,8 @@ impl Stack {
             // The demo, the tests and `tandem up` use the `/faults` endpoints.
             c.fault_injection = tandem_kit::faults::Switch::On;
             let app = tandem_kit::service::build(spec(service), c).await?;
-            tasks.push(tokio::spawn(app.run(l, stop())));
+            let run = app.run(l, stop());
+            tasks.push(tokio::spawn(async move { Ok(run.await?) }));
             urls.push(url);
         }
         let [inventory_url, payment_url, shipping_url]: [String; 3] =

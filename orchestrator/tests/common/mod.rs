@@ -12,6 +12,8 @@ pub struct Orch {
     pub http: reqwest::Client,
     pub pool: sqlx::PgPool,
     pub database_url: String,
+    /// Dropped with the test's database when the test passes (kept when it fails).
+    pub databases: tandem_kit::testing::TestDatabases,
 }
 
 /// An orchestrator whose services all point at `service_url`, on a fresh database.
@@ -20,7 +22,8 @@ pub async fn start(
     service_url: &str,
     tweak: impl FnOnce(&mut orchestrator::Config),
 ) -> Orch {
-    let database_url = tandem_kit::testing::fresh_database_url(name).await;
+    let databases = tandem_kit::testing::fresh_database(name).await;
+    let database_url = databases.first_url();
     let mut c = orchestrator::Config::new(&database_url, service_url, service_url, service_url);
     c.listen_addr = ([127, 0, 0, 1], 0).into();
     c.db_pool_size = 4;
@@ -39,6 +42,7 @@ pub async fn start(
         http: reqwest::Client::new(),
         pool,
         database_url,
+        databases,
     }
 }
 
