@@ -192,9 +192,9 @@ impl Served {
         adjust: impl FnOnce(&mut crate::service::Config),
     ) -> Served {
         let database = fresh_database(spec.name).await;
+        // Fault injection keeps its production default (off); `Served::with_faults` (or
+        // `adjust`) turns it on for the tests that use the `/faults` endpoints.
         let mut config = crate::service::Config::with_database(database.first_url());
-        // Tests use the fault endpoints: on explicitly, whatever the default.
-        config.fault_injection = crate::faults::Switch::On;
         adjust(&mut config);
         let app = crate::service::build(spec, config).await.expect("build");
         let listener = crate::http::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
