@@ -4,31 +4,17 @@
 //! service's answer that contains one is a failed call ([`crate::saga::classify`]).
 
 use serde_json::Value;
-use tandem_kit::http::escape_pointer_token;
 use tandem_kit::problem::FieldIssue;
 
-/// What the 422 says about a string that contains U+0000.
-pub const NUL_MESSAGE: &str = "must not contain the character U+0000 (NUL)";
+/// What the 422 says about a string that contains U+0000 (the kit's wording, shared by every
+/// server).
+pub use tandem_kit::http::NUL_MESSAGE;
 
 /// The JSON Pointer (below `base`) of the first string or object key in `value` that contains
-/// U+0000. A key's pointer names the member it labels.
+/// U+0000 (the kit's walk, [`tandem_kit::http::nul_in`]). A key's pointer names the member it
+/// labels.
 pub fn find_nul(value: &Value, base: &str) -> Option<String> {
-    match value {
-        Value::String(s) => s.contains('\0').then(|| base.to_string()),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| find_nul(v, &format!("{base}/{i}"))),
-        Value::Object(m) => m.iter().find_map(|(k, v)| {
-            let at = format!("{base}/{}", escape_pointer_token(k));
-            if k.contains('\0') {
-                Some(at)
-            } else {
-                find_nul(v, &at)
-            }
-        }),
-        Value::Null | Value::Bool(_) | Value::Number(_) => None,
-    }
+    tandem_kit::http::nul_in(value, base.to_string())
 }
 
 /// The 422 issue for a JSON document with U+0000 somewhere below `base`, if any.

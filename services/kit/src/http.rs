@@ -77,7 +77,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
 }
 
 /// What a field with a NUL character is told.
-pub const NUL_MESSAGE: &str = "must not contain the NUL character (\\u0000)";
+pub const NUL_MESSAGE: &str = "must not contain the character U+0000 (NUL)";
 
 /// The JSON Pointer of the first string or object key in `value` that contains a NUL
 /// character (a key names its member), if any.
