@@ -11,7 +11,7 @@
 //! [`Error::Unknown`] because running the closure again might apply it twice.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::wire::{
-    BeginRequest, BeginResponse, CommitRequest, CommitResponse, KeyRequest, ReadResponse,
+    BeginRequest, BeginResponse, CommitRequest, CommitResponse, KeyRequest, ReadRequest, ReadResponse,
     TxnOutcome, WriteRequest, shard_for,
 };
 
@@ -135,9 +135,10 @@ impl Client {
     /// Run `f` in a transaction and commit; on a retryable error (conflict, abort, a shard
     /// unavailable before commit) abort, back off and run it again, keeping the first attempt's
     /// wait-die priority. Returns `f`'s value once a commit succeeded.
-    pub async fn transaction<T, F>(&self, mut f: F) -> Result<T, Error>
+    pub async fn transaction<T, F, Fut>(&self, mut f: F) -> Result<T, Error>
     where
-        F: AsyncFnMut(&mut Txn) -> Result<T, Error>,
+        F: FnMut(Txn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
     {
         let priority = now_micros();
         let mut backoff = ExponentialBuilder::default()
@@ -147,8 +148,8 @@ impl Client {
             .with_max_times(self.inner.max_attempts)
             .build();
         loop {
-            let mut txn = Txn::new(self.clone(), priority);
-            let result = match f(&mut txn).await {
+            let txn = Txn::new(self.clone(), priority);
+            let result = match f(txn.clone()).await {
                 Ok(value) => txn.commit().await.map(|()| value),
                 Err(e) => {
                     txn.abort().await;
@@ -167,12 +168,12 @@ impl Client {
 
     /// Read one key in its own transaction.
     pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
-        self.transaction(async |t: &mut Txn| t.read(key).await).await
+        self.transaction(|t| async move { t.read(key).await }).await
     }
 
     /// Write one key in its own transaction.
     pub async fn put(&self, key: &str, value: &str) -> Result<(), Error> {
-        self.transaction(async |t: &mut Txn| t.write(key, value).await)
+        self.transaction(|t| async move { t.write(key, value).await })
             .await
     }
 
@@ -234,12 +235,23 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// One transaction. Use it from one task; drop without commit = abort on the shards' idle
-/// timeout (call [`Txn::abort`] to release locks at once).
+/// One transaction: a cheap handle (clones share it), usable from any task. Dropped without
+/// commit, it is aborted by the shards' idle timeout (call [`Txn::abort`] to release its locks
+/// at once).
+#[derive(Clone)]
 pub struct Txn {
+    inner: Arc<TxnInner>,
+}
+
+struct TxnInner {
     client: Client,
     id: Uuid,
     priority: u64,
+    state: Mutex<TxnState>,
+}
+
+#[derive(Default)]
+struct TxnState {
     begun: BTreeSet<u16>,
     done: bool,
 }
@@ -247,68 +259,92 @@ pub struct Txn {
 impl Txn {
     fn new(client: Client, priority: u64) -> Self {
         Txn {
-            client,
-            id: Uuid::now_v7(),
-            priority,
-            begun: BTreeSet::new(),
-            done: false,
+            inner: Arc::new(TxnInner {
+                client,
+                id: Uuid::now_v7(),
+                priority,
+                state: Mutex::new(TxnState::default()),
+            }),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TxnState> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn id(&self) -> Uuid {
-        self.id
+        self.inner.id
     }
 
     /// Shards this transaction has begun on so far.
-    pub fn shards(&self) -> impl Iterator<Item = u16> + '_ {
-        self.begun.iter().copied()
+    pub fn shards(&self) -> Vec<u16> {
+        self.state().begun.iter().copied().collect()
     }
 
-    async fn shard(&mut self, key: &str) -> Result<u16, Error> {
-        if self.done {
-            return Err(Error::Rejected {
-                status: 409,
-                detail: "the transaction is finished".into(),
-            });
+    async fn shard(&self, key: &str) -> Result<u16, Error> {
+        let client = &self.inner.client;
+        let shard = client.shard_of(key);
+        {
+            let st = self.state();
+            if st.done {
+                return Err(Error::Rejected {
+                    status: 409,
+                    detail: "the transaction is finished".into(),
+                });
+            }
+            if st.begun.contains(&shard) {
+                return Ok(shard);
+            }
         }
-        let shard = self.client.shard_of(key);
-        if !self.begun.contains(&shard) {
-            let body = BeginRequest {
-                id: Some(self.id),
-                priority: Some(self.priority),
-            };
-            let _: BeginResponse = self.client.post(shard, "/txns", &body).await?;
-            self.begun.insert(shard);
-        }
+        let body = BeginRequest {
+            id: Some(self.inner.id),
+            priority: Some(self.inner.priority),
+        };
+        let _: BeginResponse = client.post(shard, "/txns", &body).await?;
+        self.state().begun.insert(shard);
         Ok(shard)
     }
 
     /// The committed value of `key` (or this transaction's own write), `None` if absent.
-    pub async fn read(&mut self, key: &str) -> Result<Option<String>, Error> {
+    pub async fn read(&self, key: &str) -> Result<Option<String>, Error> {
+        self.read_with(key, false).await
+    }
+
+    /// Read `key` taking its exclusive lock (for a read-modify-write).
+    pub async fn read_for_update(&self, key: &str) -> Result<Option<String>, Error> {
+        self.read_with(key, true).await
+    }
+
+    async fn read_with(&self, key: &str, for_update: bool) -> Result<Option<String>, Error> {
         let shard = self.shard(key).await?;
-        let path = format!("/txns/{}/read", self.id);
-        let r: ReadResponse = self
-            .client
-            .post(shard, &path, &KeyRequest { key: key.into() })
-            .await?;
+        let path = format!("/txns/{}/read", self.inner.id);
+        let body = ReadRequest {
+            key: key.into(),
+            for_update,
+        };
+        let r: ReadResponse = self.inner.client.post(shard, &path, &body).await?;
         Ok(r.value)
     }
 
-    pub async fn write(&mut self, key: &str, value: &str) -> Result<(), Error> {
+    pub async fn write(&self, key: &str, value: &str) -> Result<(), Error> {
         let shard = self.shard(key).await?;
-        let path = format!("/txns/{}/write", self.id);
+        let path = format!("/txns/{}/write", self.inner.id);
         let body = WriteRequest {
             key: key.into(),
             value: value.into(),
         };
-        let _: serde_json::Value = self.client.post(shard, &path, &body).await?;
+        let _: serde_json::Value = self.inner.client.post(shard, &path, &body).await?;
         Ok(())
     }
 
-    pub async fn delete(&mut self, key: &str) -> Result<(), Error> {
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
         let shard = self.shard(key).await?;
-        let path = format!("/txns/{}/delete", self.id);
+        let path = format!("/txns/{}/delete", self.inner.id);
         let _: serde_json::Value = self
+            .inner
             .client
             .post(shard, &path, &KeyRequest { key: key.into() })
             .await?;
@@ -317,16 +353,19 @@ impl Txn {
 
     /// Commit. `Ok` means committed; [`Error::Aborted`] / [`Error::Conflict`] mean it did not;
     /// [`Error::Unknown`] means the answer was lost (a shard or the coordinator is down).
-    pub async fn commit(&mut self) -> Result<(), Error> {
-        if self.done {
-            return Ok(());
-        }
-        self.done = true;
-        let participants: Vec<u16> = self.begun.iter().copied().collect();
+    pub async fn commit(&self) -> Result<(), Error> {
+        let participants: Vec<u16> = {
+            let mut st = self.state();
+            if st.done {
+                return Ok(());
+            }
+            st.done = true;
+            st.begun.iter().copied().collect()
+        };
         let Some(&first) = participants.first() else {
             return Ok(());
         };
-        let path = format!("/txns/{}/commit", self.id);
+        let path = format!("/txns/{}/commit", self.inner.id);
         let body = CommitRequest { participants };
         let mut last = String::new();
         for attempt in 0..COMMIT_TRIES {
@@ -334,6 +373,7 @@ impl Txn {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
             }
             match self
+                .inner
                 .client
                 .post::<_, CommitResponse>(first, &path, &body)
                 .await
@@ -356,23 +396,27 @@ impl Txn {
 
     /// Abort on every shard touched (best effort: a shard that is down forgets the
     /// transaction anyway, and an idle one times out).
-    pub async fn abort(&mut self) {
-        self.done = true;
-        let shards: Vec<u16> = self.begun.iter().copied().collect();
+    pub async fn abort(&self) {
+        let shards: Vec<u16> = {
+            let mut st = self.state();
+            st.done = true;
+            st.begun.iter().copied().collect()
+        };
         self.abort_on(&shards).await;
     }
 
     async fn release_others(&self, except: u16) {
-        let shards: Vec<u16> = self.begun.iter().copied().filter(|&s| s != except).collect();
+        let shards: Vec<u16> = self.shards().into_iter().filter(|&s| s != except).collect();
         self.abort_on(&shards).await;
     }
 
     async fn abort_on(&self, shards: &[u16]) {
-        let path = format!("/txns/{}/abort", self.id);
+        let path = format!("/txns/{}/abort", self.inner.id);
         let empty = serde_json::json!({});
+        let client = &self.inner.client;
         let calls = shards
             .iter()
-            .map(|&s| self.client.post::<_, serde_json::Value>(s, &path, &empty));
+            .map(|&s| client.post::<_, serde_json::Value>(s, &path, &empty));
         let _ = futures::future::join_all(calls).await;
     }
 }

@@ -45,11 +45,22 @@ pub struct BeginResponse {
     pub priority: u64,
 }
 
-/// `POST /txns/{id}/read` and `POST /txns/{id}/delete`.
+/// `POST /txns/{id}/delete`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
     pub key: String,
+}
+
+/// `POST /txns/{id}/read`. `for_update` takes the exclusive lock at once (as SQL's
+/// `SELECT … FOR UPDATE`): a read that will be followed by a write of the same key then never
+/// needs a lock upgrade, which under wait-die would abort one of two concurrent upgraders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    pub key: String,
+    #[serde(default)]
+    pub for_update: bool,
 }
 
 /// `POST /txns/{id}/write`.

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use kv_client::wire::{
-    BeginRequest, CommitRequest, CommitResponse, KeyRequest, ReadResponse, WriteRequest,
+    BeginRequest, CommitRequest, CommitResponse, KeyRequest, ReadRequest, ReadResponse, WriteRequest,
 };
 use tandem_kit::Problem;
 use tandem_kit::http::{Json, Path};
@@ -64,9 +64,9 @@ async fn begin(
 async fn read(
     axum::extract::State(shard): S,
     Path(id): Path<Uuid>,
-    Json(req): Json<KeyRequest>,
+    Json(req): Json<ReadRequest>,
 ) -> Result<Json<ReadResponse>, Problem> {
-    let value = shard.read(id, &req.key).await?;
+    let value = shard.read(id, &req.key, req.for_update).await?;
     Ok(Json(ReadResponse {
         key: req.key,
         value,

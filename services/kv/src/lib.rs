@@ -14,7 +14,8 @@
 //!   `tandem_protocols::two_phase::Participant`;
 //! - [`coordinator`]: the coordinator service, running `two_phase::Coordinator`;
 //! - [`net`]: the 2PC message envelope, fire-and-forget sends, timers;
-//! - [`api`]: the HTTP routes and their problem+json errors.
+//! - [`api`]: the HTTP routes and their problem+json errors;
+//! - [`local`]: a whole store (shards + coordinator) in one process, for `tandem kv up` and tests.
 //!
 //! The design, the serializability argument and the figures are in `docs/kv.md`; the client
 //! and the history checker in the `kv-client` crate.
@@ -27,6 +28,7 @@ use clap::{Parser, ValueEnum};
 
 pub mod api;
 pub mod coordinator;
+pub mod local;
 pub mod locks;
 pub mod net;
 pub mod participant;

@@ -366,10 +366,12 @@ impl Shard {
         }
     }
 
-    /// `POST /txns/{id}/read`.
-    pub async fn read(&self, id: Uuid, key: &str) -> Result<Option<String>, Problem> {
+    /// `POST /txns/{id}/read`: a shared lock, or an exclusive one `for_update`.
+    pub async fn read(&self, id: Uuid, key: &str, for_update: bool) -> Result<Option<String>, Problem> {
         self.check_key(key)?;
-        if self.inner.lock_reads {
+        if for_update {
+            self.lock(id, key, Mode::Exclusive).await?;
+        } else if self.inner.lock_reads {
             self.lock(id, key, Mode::Shared).await?;
         }
         {
