@@ -29,6 +29,8 @@ pub struct ListAppend {
     /// Micro-operations per transaction: 1..=max.
     pub max_mops: usize,
     pub prefix: String,
+    /// Keep going (past `txns`) until this much time has passed.
+    pub min_duration: Duration,
 }
 
 fn decode_list(value: Option<&str>) -> Result<Vec<u64>, Error> {
@@ -120,8 +122,11 @@ pub async fn list_append(client: &Client, cfg: &ListAppend, history: &Arc<Histor
     for process in 0..cfg.clients {
         let (client, cfg, history) = (client.clone(), cfg.clone(), history.clone());
         let (next_value, started) = (next_value.clone(), started.clone());
+        let begin = std::time::Instant::now();
         tasks.push(tokio::spawn(async move {
-            while started.fetch_add(1, Ordering::Relaxed) < cfg.txns {
+            while started.fetch_add(1, Ordering::Relaxed) < cfg.txns
+                || begin.elapsed() < cfg.min_duration
+            {
                 let mops = random_mops(&cfg, &next_value);
                 attempt(&client, &history, process, mops).await;
             }

@@ -30,6 +30,7 @@ async fn run(weakened: bool) -> kv_client::checker::Report {
         keys: 3,
         max_mops: 4,
         prefix: "nc-".into(),
+        min_duration: std::time::Duration::ZERO,
     };
     let history = Arc::new(History::default());
     list_append(&client, &cfg, &history).await;
