@@ -98,26 +98,51 @@ impl fmt::Display for Anomaly {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Anomaly::DuplicateAppend { value, ops } => {
-                write!(f, "duplicate append of {value} by T{} and T{}", ops.0, ops.1)
+                write!(
+                    f,
+                    "duplicate append of {value} by T{} and T{}",
+                    ops.0, ops.1
+                )
             }
             Anomaly::GarbageRead { op, key, value } => {
-                write!(f, "garbage read: T{op} read {value} in {key}, never appended")
+                write!(
+                    f,
+                    "garbage read: T{op} read {value} in {key}, never appended"
+                )
             }
             Anomaly::Internal { op, key, read } => {
-                write!(f, "internal: T{op} read {key} = {read:?}, missing its own appends")
+                write!(
+                    f,
+                    "internal: T{op} read {key} = {read:?}, missing its own appends"
+                )
             }
-            Anomaly::G1a { reader, writer, key, value } => write!(
+            Anomaly::G1a {
+                reader,
+                writer,
+                key,
+                value,
+            } => write!(
                 f,
                 "G1a aborted read: T{reader} read {value} in {key}, appended by failed T{writer}"
             ),
-            Anomaly::G1b { reader, writer, key, value } => write!(
+            Anomaly::G1b {
+                reader,
+                writer,
+                key,
+                value,
+            } => write!(
                 f,
                 "G1b intermediate read: T{reader} read {value} in {key}, not T{writer}'s final append"
             ),
             Anomaly::IncompatibleOrder { key, a, b } => {
                 write!(f, "incompatible order of {key}: {a:?} vs {b:?}")
             }
-            Anomaly::LostAppend { writer, reader, key, value } => write!(
+            Anomaly::LostAppend {
+                writer,
+                reader,
+                key,
+                value,
+            } => write!(
                 f,
                 "lost append: T{writer} committed {value} to {key}; T{reader}, begun after, did not see it"
             ),
@@ -219,26 +244,29 @@ impl<'a> Checker<'a> {
             .enumerate()
             .filter(|(_, op)| op.result == OpResult::Ok)
             .flat_map(|(i, op)| {
-                op.mops.iter().enumerate().filter_map(move |(m, mop)| match mop {
-                    Mop::Read {
-                        key,
-                        value: Some(list),
-                    } => Some((i, m, key.as_str(), list.as_slice())),
-                    _ => None,
-                })
+                op.mops
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(m, mop)| match mop {
+                        Mop::Read {
+                            key,
+                            value: Some(list),
+                        } => Some((i, m, key.as_str(), list.as_slice())),
+                        _ => None,
+                    })
             })
     }
 
     fn index_appends(&mut self) {
         for (i, op) in self.ops.iter().enumerate() {
             for mop in &op.mops {
-                if let Mop::Append { key, value } = mop {
-                    if let Some((other, _)) = self.writer.insert(*value, (i, key.as_str())) {
-                        self.report.anomalies.push(Anomaly::DuplicateAppend {
-                            value: *value,
-                            ops: (other, i),
-                        });
-                    }
+                if let Mop::Append { key, value } = mop
+                    && let Some((other, _)) = self.writer.insert(*value, (i, key.as_str()))
+                {
+                    self.report.anomalies.push(Anomaly::DuplicateAppend {
+                        value: *value,
+                        ops: (other, i),
+                    });
                 }
             }
         }
@@ -329,7 +357,13 @@ impl<'a> Checker<'a> {
     }
 
     /// Whether `writer` appended to `key` after `value` and that later value is not in `seen`.
-    fn hides_later_append(&self, writer: usize, key: &str, value: u64, seen: &HashSet<u64>) -> bool {
+    fn hides_later_append(
+        &self,
+        writer: usize,
+        key: &str,
+        value: u64,
+        seen: &HashSet<u64>,
+    ) -> bool {
         let mut after = false;
         for mop in &self.ops[writer].mops {
             if let Mop::Append { key: k, value: v } = mop {
@@ -416,10 +450,11 @@ impl<'a> Checker<'a> {
                 add(w.0, reader, Edge::Wr);
             }
             let order = &self.order[key];
-            if order.len() > ext.len() && order[..ext.len()] == *ext {
-                if let Some(w) = self.writer.get(&order[ext.len()]) {
-                    add(reader, w.0, Edge::Rw);
-                }
+            if order.len() > ext.len()
+                && order[..ext.len()] == *ext
+                && let Some(w) = self.writer.get(&order[ext.len()])
+            {
+                add(reader, w.0, Edge::Rw);
             }
         }
         edges

@@ -20,8 +20,8 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::wire::{
-    BeginRequest, BeginResponse, CommitRequest, CommitResponse, KeyRequest, ReadRequest, ReadResponse,
-    TxnOutcome, WriteRequest, shard_for,
+    BeginRequest, BeginResponse, CommitRequest, CommitResponse, KeyRequest, ReadRequest,
+    ReadResponse, TxnOutcome, WriteRequest, shard_for,
 };
 
 /// What can go wrong with a transaction.

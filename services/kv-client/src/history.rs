@@ -76,7 +76,10 @@ impl History {
 
     /// Append a completed operation; its `index` is set here.
     pub fn push(&self, mut op: Op) {
-        let mut ops = self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ops = self
+            .ops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         op.index = ops.len();
         ops.push(op);
     }

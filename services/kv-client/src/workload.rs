@@ -51,7 +51,8 @@ async fn run_mops(txn: &Txn, mops: &mut [Mop]) -> Result<(), Error> {
             Mop::Append { key, value } => {
                 let mut list = decode_list(txn.read_for_update(key).await?.as_deref())?;
                 list.push(*value);
-                let encoded = serde_json::to_string(&list).map_err(|e| Error::User(e.to_string()))?;
+                let encoded =
+                    serde_json::to_string(&list).map_err(|e| Error::User(e.to_string()))?;
                 txn.write(key, &encoded).await?;
             }
         }
@@ -60,7 +61,12 @@ async fn run_mops(txn: &Txn, mops: &mut [Mop]) -> Result<(), Error> {
 }
 
 /// Run one recorded attempt of `mops`.
-pub async fn attempt(client: &Client, history: &History, process: usize, mut mops: Vec<Mop>) -> OpResult {
+pub async fn attempt(
+    client: &Client,
+    history: &History,
+    process: usize,
+    mut mops: Vec<Mop>,
+) -> OpResult {
     let invoke_us = history.now_us();
     let txn = client.begin();
     let outcome = run_mops(&txn, &mut mops).await;
@@ -138,7 +144,13 @@ pub async fn list_append(client: &Client, cfg: &ListAppend, history: &Arc<Histor
 }
 
 /// Read every key in one transaction until it commits (the store may still be recovering).
-pub async fn final_read(client: &Client, history: &History, process: usize, prefix: &str, keys: usize) {
+pub async fn final_read(
+    client: &Client,
+    history: &History,
+    process: usize,
+    prefix: &str,
+    keys: usize,
+) {
     for _ in 0..600 {
         let mops = (0..keys)
             .map(|k| Mop::Read {
@@ -210,7 +222,13 @@ impl Bank {
             .await
     }
 
-    async fn transfer(&self, client: &Client, from: usize, to: usize, amount: i64) -> Result<(), Error> {
+    async fn transfer(
+        &self,
+        client: &Client,
+        from: usize,
+        to: usize,
+        amount: i64,
+    ) -> Result<(), Error> {
         client
             .transaction(|t| async move {
                 let (a, b) = (self.account(from), self.account(to));
@@ -231,8 +249,12 @@ impl Bank {
         let started = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..self.clients {
-            let (bank, client, report, started) =
-                (self.clone(), client.clone(), report.clone(), started.clone());
+            let (bank, client, report, started) = (
+                self.clone(),
+                client.clone(),
+                report.clone(),
+                started.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 while started.fetch_add(1, Ordering::Relaxed) < bank.txns {
                     bank.one(&client, &report).await;
@@ -242,7 +264,10 @@ impl Bank {
         for t in tasks {
             let _ = t.await;
         }
-        let mut out = report.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut out = report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         for _ in 0..600 {
             if let Ok(total) = self.read_total(client).await {
                 out.final_total = Some(total);
@@ -262,7 +287,9 @@ impl Bank {
         };
         if check {
             let total = self.read_total(client).await;
-            let mut r = report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut r = report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Ok(total) = total {
                 r.reads_ok += 1;
                 if total != self.total() {
@@ -272,7 +299,9 @@ impl Bank {
             return;
         }
         let result = self.transfer(client, from, to, amount).await;
-        let mut r = report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut r = report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match result {
             Ok(()) => r.transfers_ok += 1,
             Err(Error::Unknown(_)) => r.transfers_unknown += 1,

@@ -13,7 +13,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use kv_client::wire::{
-    BeginRequest, CommitRequest, CommitResponse, KeyRequest, ReadRequest, ReadResponse, WriteRequest,
+    BeginRequest, CommitRequest, CommitResponse, KeyRequest, ReadRequest, ReadResponse,
+    WriteRequest,
 };
 use tandem_kit::Problem;
 use tandem_kit::http::{Json, Path};

@@ -100,7 +100,10 @@ impl Coordinator {
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<tokio::sync::Mutex<Slot>>>> {
-        self.inner.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Resend recovered commits; forget old aborted instances.
@@ -142,7 +145,10 @@ impl Coordinator {
     pub(crate) async fn on_envelope(&self, env: Envelope) -> Result<(), String> {
         let n = env.participants.len();
         if !(2..=usize::from(u8::MAX)).contains(&n)
-            || env.participants.iter().any(|&p| usize::from(p) >= self.inner.shards.len())
+            || env
+                .participants
+                .iter()
+                .any(|&p| usize::from(p) >= self.inner.shards.len())
         {
             return Err(format!("bad participants {:?}", env.participants));
         }
@@ -193,7 +199,8 @@ impl Coordinator {
             Action::ForceWrite(Record::Commit) => {
                 let store = self.inner.store.clone();
                 let participants = s.participants.clone();
-                match tokio::task::spawn_blocking(move || store.put_commit(id, &participants)).await {
+                match tokio::task::spawn_blocking(move || store.put_commit(id, &participants)).await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => fatal("forcing Commit", &e),
                     Err(e) => fatal("forcing Commit", &e),
@@ -207,7 +214,11 @@ impl Coordinator {
             }
             Action::ForceWrite(_) | Action::Write(_) => {}
             Action::Decide(o) => {
-                let mut c = self.inner.counters.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut c = self
+                    .inner
+                    .counters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 match o {
                     Outcome::Commit => c.commits += 1,
                     Outcome::Abort => c.aborts += 1,
@@ -227,7 +238,9 @@ impl Coordinator {
                     msg,
                     participants: s.participants.clone(),
                 };
-                self.inner.net.send(&self.inner.shards[usize::from(shard)], env);
+                self.inner
+                    .net
+                    .send(&self.inner.shards[usize::from(shard)], env);
             }
             Action::SetTimer(t) => {
                 let generation = s.timers.set(t.clone());
@@ -270,7 +283,11 @@ impl Coordinator {
 
     /// `GET /status`.
     pub fn status(&self) -> serde_json::Value {
-        let c = self.inner.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = self
+            .inner
+            .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         serde_json::json!({
             "role": "coordinator",
             "shards": self.inner.shards,

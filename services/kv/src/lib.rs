@@ -39,7 +39,8 @@ pub mod store;
 mod negative_control;
 
 /// The default shard URLs (three shards on 8091–8093).
-pub const DEFAULT_SHARDS: &str = "http://127.0.0.1:8091,http://127.0.0.1:8092,http://127.0.0.1:8093";
+pub const DEFAULT_SHARDS: &str =
+    "http://127.0.0.1:8091,http://127.0.0.1:8092,http://127.0.0.1:8093";
 /// The coordinator's default port; shard `i` listens on `8091 + i`.
 pub const COORDINATOR_PORT: u16 = 8090;
 pub const FIRST_SHARD_PORT: u16 = 8091;
@@ -71,7 +72,10 @@ pub enum Role {
 
 /// Configuration, from flags or the environment.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kv", about = "Tandem's transactional key-value store: a shard or the 2PC coordinator")]
+#[command(
+    name = "kv",
+    about = "Tandem's transactional key-value store: a shard or the 2PC coordinator"
+)]
 pub struct Config {
     #[arg(long, env = "KV_ROLE", value_enum, default_value = "shard")]
     pub role: Role,
@@ -81,7 +85,11 @@ pub struct Config {
     /// Every shard's base URL, in index order (comma-separated). Keys hash onto them.
     #[arg(long, env = "KV_SHARDS", value_delimiter = ',', default_value = DEFAULT_SHARDS)]
     pub shards: Vec<String>,
-    #[arg(long, env = "KV_COORDINATOR_URL", default_value = "http://127.0.0.1:8090")]
+    #[arg(
+        long,
+        env = "KV_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
     pub coordinator_url: String,
     /// Default: 127.0.0.1:8090 (coordinator) or 127.0.0.1:(8091 + index) (shard).
     #[arg(long, env = "LISTEN_ADDR")]
@@ -116,7 +124,12 @@ pub struct Config {
 
 impl Config {
     /// A shard on an ephemeral port (tests, `tandem kv up`).
-    pub fn shard(index: u16, shards: Vec<String>, coordinator_url: String, data_dir: PathBuf) -> Self {
+    pub fn shard(
+        index: u16,
+        shards: Vec<String>,
+        coordinator_url: String,
+        data_dir: PathBuf,
+    ) -> Self {
         let mut c = Config::parse_from(["kv"]);
         c.role = Role::Shard;
         c.shard_index = index;

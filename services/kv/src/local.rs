@@ -62,7 +62,11 @@ impl Local {
         Ok(local)
     }
 
-    async fn spawn(&mut self, config: Config, listener: tokio::net::TcpListener) -> Result<(), Error> {
+    async fn spawn(
+        &mut self,
+        config: Config,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), Error> {
         let app = crate::build(config).await?;
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {

@@ -124,9 +124,17 @@ mod tests {
         // a reader that is one of two holders cannot upgrade past an older one
         assert_eq!(t.acquire("k", tx(3), Mode::Exclusive), Acquire::Die);
         t.release("k", tx(3));
-        assert_eq!(t.acquire("k", tx(2), Mode::Exclusive), Acquire::Granted, "sole holder upgrades");
+        assert_eq!(
+            t.acquire("k", tx(2), Mode::Exclusive),
+            Acquire::Granted,
+            "sole holder upgrades"
+        );
         assert_eq!(t.exclusive_holder("k"), Some(tx(2)));
-        assert_eq!(t.acquire("k", tx(2), Mode::Shared), Acquire::Granted, "re-entrant");
+        assert_eq!(
+            t.acquire("k", tx(2), Mode::Shared),
+            Acquire::Granted,
+            "re-entrant"
+        );
         assert_eq!(t.acquire("k", tx(5), Mode::Shared), Acquire::Die);
         assert_eq!(t.acquire("k", tx(1), Mode::Shared), Acquire::Wait);
         t.release("k", tx(2));

@@ -12,6 +12,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let app = kv::build(config).await?;
-    app.run(listener, tandem_kit::http::shutdown_signal()).await?;
+    app.run(listener, tandem_kit::http::shutdown_signal())
+        .await?;
     Ok(())
 }

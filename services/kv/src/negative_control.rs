@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use kv_client::Client;
 use kv_client::checker::{Anomaly, check};
 use kv_client::history::History;
 use kv_client::workload::{ListAppend, final_read, list_append};
-use kv_client::Client;
 
 use crate::local::Local;
 

@@ -200,7 +200,9 @@ impl Shard {
             }
             Action::Write(Record::Aborted) => {
                 let store = self.inner.store.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.abort_prepared(id)).await {
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || store.abort_prepared(id)).await
+                {
                     tracing::warn!(txn = %id, error = %e, "lazy Aborted record not written");
                 }
             }
@@ -276,7 +278,10 @@ impl Shard {
             })
         };
         let Some(record) = record else {
-            fatal("preparing", &format!("transaction {id} vanished while preparing"));
+            fatal(
+                "preparing",
+                &format!("transaction {id} vanished while preparing"),
+            );
         };
         let store = self.inner.store.clone();
         match tokio::task::spawn_blocking(move || store.put_prepared(&record)).await {

@@ -151,8 +151,11 @@ impl State {
         }
         let t = self.txns.get_mut(&id).ok_or_else(|| unknown(id))?;
         if t.status != Status::Active {
-            return Err(Problem::conflict("transaction-not-active", "Transaction is committing")
-                .detail(format!("transaction {id} is committing; no more reads or writes")));
+            return Err(
+                Problem::conflict("transaction-not-active", "Transaction is committing").detail(
+                    format!("transaction {id} is committing; no more reads or writes"),
+                ),
+            );
         }
         t.last_active = Instant::now();
         Ok(t)
@@ -245,7 +248,8 @@ impl Shard {
         let shard = self.clone();
         shard.resume_recovered();
         tokio::spawn(async move {
-            let every = (shard.inner.timing.txn_timeout / 4).max(std::time::Duration::from_millis(10));
+            let every =
+                (shard.inner.timing.txn_timeout / 4).max(std::time::Duration::from_millis(10));
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
@@ -273,14 +277,20 @@ impl Shard {
     pub fn begin(&self, req: &BeginRequest) -> Result<(StatusCode, BeginResponse), Problem> {
         let id = req.id.unwrap_or_else(Uuid::now_v7);
         let priority = req.priority.unwrap_or_else(now_micros);
-        if let Some(d) = self.inner.store.decided(id)? {
-            if d.committed {
-                return Err(finished_problem(id, TxnOutcome::Committed));
-            }
+        if let Some(d) = self.inner.store.decided(id)?
+            && d.committed
+        {
+            return Err(finished_problem(id, TxnOutcome::Committed));
         }
         let mut st = self.state();
         if let Some(t) = st.txns.get(&id) {
-            return Ok((StatusCode::OK, BeginResponse { id, priority: t.key.0 }));
+            return Ok((
+                StatusCode::OK,
+                BeginResponse {
+                    id,
+                    priority: t.key.0,
+                },
+            ));
         }
         if let Some(&o) = st.finished.get(&id) {
             return Err(finished_problem(id, o));
@@ -367,7 +377,12 @@ impl Shard {
     }
 
     /// `POST /txns/{id}/read`: a shared lock, or an exclusive one `for_update`.
-    pub async fn read(&self, id: Uuid, key: &str, for_update: bool) -> Result<Option<String>, Problem> {
+    pub async fn read(
+        &self,
+        id: Uuid,
+        key: &str,
+        for_update: bool,
+    ) -> Result<Option<String>, Problem> {
         self.check_key(key)?;
         if for_update {
             self.lock(id, key, Mode::Exclusive).await?;
@@ -387,13 +402,13 @@ impl Shard {
     /// `POST /txns/{id}/write` (`Some`) and `/delete` (`None`).
     pub async fn write(&self, id: Uuid, key: &str, value: Option<String>) -> Result<(), Problem> {
         self.check_key(key)?;
-        if let Some(v) = &value {
-            if v.len() > MAX_VALUE_BYTES {
-                return Err(Problem::invalid(
-                    "/value",
-                    format!("must be at most {MAX_VALUE_BYTES} bytes"),
-                ));
-            }
+        if let Some(v) = &value
+            && v.len() > MAX_VALUE_BYTES
+        {
+            return Err(Problem::invalid(
+                "/value",
+                format!("must be at most {MAX_VALUE_BYTES} bytes"),
+            ));
         }
         {
             let mut st = self.state();
@@ -459,7 +474,10 @@ impl Shard {
         parts.sort_unstable();
         parts.dedup();
         if parts.iter().any(|&p| p >= self.inner.shard_count) {
-            return Err(Problem::invalid("/participants", "names a shard that does not exist"));
+            return Err(Problem::invalid(
+                "/participants",
+                "names a shard that does not exist",
+            ));
         }
         if parts.first() != Some(&self.inner.index) {
             return Err(Problem::invalid(
@@ -519,11 +537,8 @@ impl Shard {
         id: Uuid,
         mut rx: watch::Receiver<Option<TxnOutcome>>,
     ) -> Result<TxnOutcome, Problem> {
-        let waited = tokio::time::timeout(
-            self.inner.timing.commit_wait,
-            rx.wait_for(Option::is_some),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(self.inner.timing.commit_wait, rx.wait_for(Option::is_some)).await;
         match waited {
             Ok(Ok(o)) => Ok(o.unwrap_or(TxnOutcome::Aborted)),
             // The sender is gone only after `finish`, which remembered the outcome.

@@ -299,8 +299,11 @@ mod tests {
         };
         {
             let s = Store::open(&dir).unwrap();
-            s.commit_one_phase(Uuid::now_v7(), &Writes::from([("b".into(), Some("old".into()))]))
-                .unwrap();
+            s.commit_one_phase(
+                Uuid::now_v7(),
+                &Writes::from([("b".into(), Some("old".into()))]),
+            )
+            .unwrap();
             s.put_prepared(&record).unwrap();
             assert_eq!(s.get("a").unwrap(), None, "prepared writes are not visible");
         }

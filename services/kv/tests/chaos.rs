@@ -22,7 +22,11 @@ use rand::Rng;
 use tokio::sync::Mutex;
 
 /// Kill -9 a random process every 150–450 ms and restart it 50–250 ms later, until `stop`.
-fn killer(cluster: Arc<Mutex<Cluster>>, stop: Arc<AtomicBool>, kills: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()> {
+fn killer(
+    cluster: Arc<Mutex<Cluster>>,
+    stop: Arc<AtomicBool>,
+    kills: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             let (pause, down, victim) = {
@@ -66,7 +70,10 @@ async fn list_append_under_kill_9_is_serializable() {
         prefix: "la-".into(),
         min_duration: Duration::from_secs(env_size("KV_CHAOS_SECS", 6) as u64),
     };
-    let (stop, kills) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let (stop, kills) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let k = killer(cluster.clone(), stop.clone(), kills.clone());
     let history = Arc::new(History::default());
     list_append(&client, &cfg, &history).await;
@@ -78,12 +85,17 @@ async fn list_append_under_kill_9_is_serializable() {
     let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
     for op in &ops {
         if let Some(e) = &op.error {
-            *errors.entry(e.split(':').next().unwrap_or("").to_string()).or_default() += 1;
+            *errors
+                .entry(e.split(':').next().unwrap_or("").to_string())
+                .or_default() += 1;
         }
     }
     println!("errors: {errors:?}");
     let report = check(&ops);
-    println!("list-append under {} kills: {report}", kills.load(Ordering::Relaxed));
+    println!(
+        "list-append under {} kills: {report}",
+        kills.load(Ordering::Relaxed)
+    );
     assert!(kills.load(Ordering::Relaxed) > 0, "nothing was killed");
     assert!(report.ok > 0, "nothing committed: {report}");
     assert!(report.is_valid(), "{report}");
@@ -101,14 +113,20 @@ async fn bank_total_never_changes_under_kill_9() {
         prefix: "acct-".into(),
     };
     bank.setup(&client).await.expect("open the accounts");
-    let (stop, kills) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let (stop, kills) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let k = killer(cluster.clone(), stop.clone(), kills.clone());
     let mut report = bank.run(&client).await;
     stop.store(true, Ordering::Relaxed);
     k.await.expect("killer");
     all_up(&cluster).await;
     report.final_total = Some(bank.read_total(&client).await.expect("final total"));
-    println!("bank under {} kills: {report:?}", kills.load(Ordering::Relaxed));
+    println!(
+        "bank under {} kills: {report:?}",
+        kills.load(Ordering::Relaxed)
+    );
     assert!(kills.load(Ordering::Relaxed) > 0, "nothing was killed");
     assert!(report.transfers_ok > 0, "no transfer committed: {report:?}");
     assert!(report.wrong_totals.is_empty(), "{report:?}");

@@ -22,12 +22,28 @@ async fn a_restarted_shard_rebuilds_prepared_locks_before_serving_then_resolves_
     for (p, k) in [(1, &k0), (2, &k1)] {
         let (s, b) = c.post(p, "/txns", json!({"id": t, "priority": 1})).await;
         assert_eq!(s, 201, "{b}");
-        let (s, b) = c.post(p, &format!("/txns/{t}/write"), json!({"key": k, "value": "new"})).await;
+        let (s, b) = c
+            .post(
+                p,
+                &format!("/txns/{t}/write"),
+                json!({"key": k, "value": "new"}),
+            )
+            .await;
         assert_eq!(s, 200, "{b}");
     }
     // The coordinator is down: shard 0 prepares, and the outcome stays pending.
-    let (s, b) = c.post(1, &format!("/txns/{t}/commit"), json!({"participants": [0, 1]})).await;
-    assert_eq!((s, b["type"].as_str()), (503, Some("urn:tandem:problem:outcome-pending")), "{b}");
+    let (s, b) = c
+        .post(
+            1,
+            &format!("/txns/{t}/commit"),
+            json!({"participants": [0, 1]}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["type"].as_str()),
+        (503, Some("urn:tandem:problem:outcome-pending")),
+        "{b}"
+    );
     assert_eq!(c.status(1).await["prepared"], 1);
 
     c.kill(1);
@@ -35,22 +51,45 @@ async fn a_restarted_shard_rebuilds_prepared_locks_before_serving_then_resolves_
     c.wait_up(1).await;
     // The very first requests served already see the prepared transaction and its lock.
     let s = c.status(1).await;
-    assert_eq!((s["prepared"].as_u64(), s["locked_keys"].as_u64()), (Some(1), Some(1)), "{s}");
+    assert_eq!(
+        (s["prepared"].as_u64(), s["locked_keys"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
     let u = Uuid::now_v7();
     let (st, _) = c.post(1, "/txns", json!({"id": u})).await;
     assert_eq!(st, 201);
-    let (st, b) = c.post(1, &format!("/txns/{u}/read"), json!({"key": k0})).await;
-    assert_eq!(st, 409, "a younger reader must die on the prepared lock: {b}");
+    let (st, b) = c
+        .post(1, &format!("/txns/{u}/read"), json!({"key": k0}))
+        .await;
+    assert_eq!(
+        st, 409,
+        "a younger reader must die on the prepared lock: {b}"
+    );
     assert_eq!(b["type"], "urn:tandem:problem:conflict");
 
     // The coordinator comes up knowing nothing of T: presumed abort resolves the shard.
     c.spawn(COORDINATOR);
     c.wait_up(COORDINATOR).await;
-    c.wait_status(1, "the in-doubt transaction resolved", |s| s["prepared"] == 0)
+    c.wait_status(1, "the in-doubt transaction resolved", |s| {
+        s["prepared"] == 0
+    })
+    .await;
+    assert_eq!(
+        client.get(&k0).await.expect("read k0").as_deref(),
+        Some("old0")
+    );
+    assert_eq!(
+        client.get(&k1).await.expect("read k1").as_deref(),
+        Some("old1")
+    );
+    let (s, b) = c
+        .post(
+            1,
+            &format!("/txns/{t}/commit"),
+            json!({"participants": [0, 1]}),
+        )
         .await;
-    assert_eq!(client.get(&k0).await.expect("read k0").as_deref(), Some("old0"));
-    assert_eq!(client.get(&k1).await.expect("read k1").as_deref(), Some("old1"));
-    let (s, b) = c.post(1, &format!("/txns/{t}/commit"), json!({"participants": [0, 1]})).await;
     assert_eq!((s, b["outcome"].as_str()), (200, Some("aborted")), "{b}");
 }
 
@@ -82,7 +121,10 @@ async fn cross_shard_commits_survive_kill_9_of_every_process() {
         assert_eq!(c.status(p).await["durability"], "immediate");
     }
     for k in &keys {
-        assert_eq!(client.get(k).await.expect("read").as_deref(), Some(format!("v-{k}").as_str()));
+        assert_eq!(
+            client.get(k).await.expect("read").as_deref(),
+            Some(format!("v-{k}").as_str())
+        );
     }
 }
 

@@ -63,7 +63,14 @@ fn aborted_read_is_g1a() {
     );
     let report = check(&h);
     assert!(
-        report.anomalies.iter().any(|x| matches!(x, Anomaly::G1a { reader: 1, writer: 0, .. })),
+        report.anomalies.iter().any(|x| matches!(
+            x,
+            Anomaly::G1a {
+                reader: 1,
+                writer: 0,
+                ..
+            }
+        )),
         "{report}"
     );
 }
@@ -79,7 +86,14 @@ fn intermediate_read_is_g1b() {
     );
     let report = check(&h);
     assert!(
-        report.anomalies.iter().any(|x| matches!(x, Anomaly::G1b { reader: 1, writer: 0, .. })),
+        report.anomalies.iter().any(|x| matches!(
+            x,
+            Anomaly::G1b {
+                reader: 1,
+                writer: 0,
+                ..
+            }
+        )),
         "{report}"
     );
 }
@@ -139,10 +153,18 @@ fn write_skew_is_g2() {
     );
     let report = check(&h);
     assert!(report.has_cycle(CycleKind::G2), "{report}");
-    match report.anomalies.iter().find(|x| matches!(x, Anomaly::Cycle { .. })) {
+    match report
+        .anomalies
+        .iter()
+        .find(|x| matches!(x, Anomaly::Cycle { .. }))
+    {
         Some(Anomaly::Cycle { steps, .. }) => {
             let txns: BTreeSet<usize> = steps.iter().map(|s| s.0).collect();
-            assert_eq!(txns, BTreeSet::from([0, 1]), "names the transactions: {steps:?}");
+            assert_eq!(
+                txns,
+                BTreeSet::from([0, 1]),
+                "names the transactions: {steps:?}"
+            );
         }
         other => panic!("no cycle: {other:?}"),
     }
@@ -160,7 +182,10 @@ fn unknown_outcomes_are_resolved_by_reads() {
     );
     let report = check(&h);
     assert!(report.is_valid(), "{report}");
-    assert_eq!((report.unknown_committed, report.unknown_unresolved), (1, 1));
+    assert_eq!(
+        (report.unknown_committed, report.unknown_unresolved),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -171,7 +196,14 @@ fn a_committed_append_missing_from_a_later_read_is_lost() {
     );
     let report = check(&h);
     assert!(
-        report.anomalies.iter().any(|x| matches!(x, Anomaly::LostAppend { writer: 0, reader: 1, .. })),
+        report.anomalies.iter().any(|x| matches!(
+            x,
+            Anomaly::LostAppend {
+                writer: 0,
+                reader: 1,
+                ..
+            }
+        )),
         "{report}"
     );
 }
@@ -190,7 +222,10 @@ fn diverging_reads_are_an_incompatible_order() {
     );
     let report = check(&h);
     assert!(
-        report.anomalies.iter().any(|x| matches!(x, Anomaly::IncompatibleOrder { .. })),
+        report
+            .anomalies
+            .iter()
+            .any(|x| matches!(x, Anomaly::IncompatibleOrder { .. })),
         "{report}"
     );
 }
@@ -208,7 +243,16 @@ fn garbage_duplicates_and_missing_own_writes_are_reported() {
     );
     let report = check(&h);
     let has = |f: fn(&Anomaly) -> bool| report.anomalies.iter().any(f);
-    assert!(has(|x| matches!(x, Anomaly::DuplicateAppend { value: 1, .. })), "{report}");
-    assert!(has(|x| matches!(x, Anomaly::GarbageRead { value: 9, .. })), "{report}");
-    assert!(has(|x| matches!(x, Anomaly::Internal { op: 3, .. })), "{report}");
+    assert!(
+        has(|x| matches!(x, Anomaly::DuplicateAppend { value: 1, .. })),
+        "{report}"
+    );
+    assert!(
+        has(|x| matches!(x, Anomaly::GarbageRead { value: 9, .. })),
+        "{report}"
+    );
+    assert!(
+        has(|x| matches!(x, Anomaly::Internal { op: 3, .. })),
+        "{report}"
+    );
 }

@@ -41,12 +41,20 @@ pub fn env_size(name: &str, default: usize) -> usize {
 
 impl Cluster {
     /// Start `shards` shards and (if `with_coordinator`) the coordinator; wait until they answer.
-    pub async fn start(name: &str, shards: usize, with_coordinator: bool, env: &[(&str, &str)]) -> Cluster {
+    pub async fn start(
+        name: &str,
+        shards: usize,
+        with_coordinator: bool,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let mut c = Cluster {
             dir: tempdir(name),
             ports: (0..=shards).map(|_| free_port()).collect(),
             procs: (0..=shards).map(|_| None).collect(),
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             http: reqwest::Client::new(),
         };
         for p in 1..=shards {
@@ -126,10 +134,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("{}/healthz", self.url(p));
         while Instant::now() < deadline {
-            if let Ok(r) = self.http.get(&url).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = self.http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -147,7 +155,12 @@ impl Cluster {
             .expect("status json")
     }
 
-    pub async fn post(&self, p: usize, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    pub async fn post(
+        &self,
+        p: usize,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url(p)))
@@ -167,7 +180,10 @@ impl Cluster {
             if f(&s) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
