@@ -3,10 +3,11 @@
 //!
 //! redb is used as a durable map only: isolation is Tandem's (the lock table in
 //! [`crate::locks`]); each redb write transaction here applies an already-decided change.
-//! **Durability: every write transaction commits with [`Durability::Immediate`]** — redb fsyncs
-//! before `commit` returns — through [`Store::write`], the only place a write transaction is
-//! begun ([`DURABILITY`] names the mode; `tests/durability.rs` checks with strace that a
-//! commit answer follows an fsync).
+//! **Durability: every data change and every forced protocol record commits with
+//! [`Durability::Immediate`]** — redb fsyncs before `commit` returns — through `Store::write`
+//! ([`DURABILITY`] names the mode; `tests/durability.rs` checks with strace that each
+//! acknowledged commit was fsynced). The protocols' lazy records (a participant's `Aborted`, the
+//! coordinator's `End`) are removals committed with `Durability::None`.
 //!
 //! Tables:
 //! - `data`: key → value, the committed state of a shard;
@@ -112,6 +113,21 @@ impl Store {
         Ok(out)
     }
 
+    /// A protocol's lazy write (`Action::Write`): committed without fsync
+    /// (`Durability::None`), made durable by the next forced write — or lost in a crash, which
+    /// the protocols tolerate (a lost `Aborted` or `End` record only causes a query or a resend).
+    fn write_lazy(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), Error> {
+        let mut w = self.db.begin_write().map_err(redb::Error::from)?;
+        w.set_durability(Durability::None)
+            .map_err(redb::Error::from)?;
+        f(&w)?;
+        w.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
     /// The committed value of `key`.
     pub fn get(&self, key: &str) -> Result<Option<String>, Error> {
         let r = self.db.begin_read().map_err(redb::Error::from)?;
@@ -172,9 +188,9 @@ impl Store {
         })
     }
 
-    /// The participant's `Aborted` record: forget the prepared write set.
+    /// The participant's `Aborted` record (lazy): forget the prepared write set.
     pub fn abort_prepared(&self, id: Uuid) -> Result<(), Error> {
-        self.write(|w| {
+        self.write_lazy(|w| {
             w.open_table(PREPARED)?.remove(id.as_u128())?;
             Ok(())
         })
@@ -217,9 +233,10 @@ impl Store {
         })
     }
 
-    /// Coordinator: the `End` record — every participant acknowledged, forget the transaction.
+    /// Coordinator: the `End` record (lazy) — every participant acknowledged, forget the
+    /// transaction.
     pub fn end(&self, id: Uuid) -> Result<(), Error> {
-        self.write(|w| {
+        self.write_lazy(|w| {
             w.open_table(COORDINATOR)?.remove(id.as_u128())?;
             Ok(())
         })
@@ -333,7 +350,7 @@ mod tests {
         s.put_commit(b, &[1, 2]).unwrap();
         s.end(a).unwrap();
         assert_eq!(s.commits().unwrap(), vec![(b, vec![1, 2])]);
-        assert_eq!(s.durable_commits(), 4, "open + 2 commits + end");
+        assert_eq!(s.durable_commits(), 3, "open + 2 commits; the end is lazy");
         std::fs::remove_dir_all(dir).ok();
     }
 }
