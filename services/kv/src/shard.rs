@@ -82,6 +82,8 @@ pub(crate) struct Counters {
     pub two_phase: u64,
     pub aborts: u64,
     pub conflicts: u64,
+    /// Requests waiting for a lock right now.
+    pub waiting: u64,
 }
 
 pub(crate) struct Inner {
@@ -97,6 +99,23 @@ pub(crate) struct Inner {
     pub coordinator_url: String,
     pub parts: Parts,
     pub counters: Mutex<Counters>,
+}
+
+/// Counts a request as waiting for a lock while alive (also when the request is dropped
+/// mid-wait because its client went away).
+struct Waiting<'a>(&'a Shard);
+
+impl<'a> Waiting<'a> {
+    fn new(shard: &'a Shard) -> Self {
+        shard.count(|c| c.waiting += 1);
+        Waiting(shard)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.count(|c| c.waiting = c.waiting.saturating_sub(1));
+    }
 }
 
 /// One shard. Cheap to clone.
@@ -372,6 +391,7 @@ impl Shard {
                     )));
                 }
             }
+            let _waiting = Waiting::new(self);
             let _ = tokio::time::timeout_at(deadline.into(), notified).await;
         }
     }
@@ -585,6 +605,7 @@ impl Shard {
             "commits_two_phase": c.two_phase,
             "aborts": c.aborts,
             "conflicts": c.conflicts,
+            "waiting": c.waiting,
         })
     }
 }

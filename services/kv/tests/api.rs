@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{key_on, tempdir};
 use kv::local::Local;
 use kv_client::{Client, Error};
@@ -197,13 +195,28 @@ async fn reads_see_only_committed_data_and_wait_die_orders_conflicts() {
             (r.status().as_u16(), r.json::<Value>().await.expect("json"))
         })
     };
-    // The reader is parked on the lock until the writer commits (a negative check: nothing
-    // to await but time).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !reader.is_finished(),
-        "the older reader must wait for the lock"
-    );
+    // The reader is parked on the lock (the shard counts it as waiting) until the writer
+    // commits.
+    let status = format!("{}/status", s.local.shard_urls[0]);
+    loop {
+        let st: Value = s
+            .http
+            .get(&status)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        if st["waiting"] == 1 {
+            break;
+        }
+        assert!(
+            !reader.is_finished(),
+            "the older reader must wait, not answer"
+        );
+        tokio::task::yield_now().await;
+    }
     let (st, b) = s
         .post(
             0,
