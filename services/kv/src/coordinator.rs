@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tandem_protocols::two_phase::{CoordState, Coordinator as Core, Msg, Node, Record, Timer};
+use tandem_protocols::two_phase::{CoordState, Coordinator as Core, Msg, Record, Timer};
 use tandem_protocols::{Action, Input, NodeId, Outcome, Role};
 use uuid::Uuid;
 
@@ -35,7 +35,7 @@ type Act = Action<Msg, Record, Timer>;
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 struct Slot {
-    node: Node,
+    core: Core,
     participants: Vec<u16>,
     timers: Timers,
     pending: Vec<Act>,
@@ -88,7 +88,7 @@ impl Coordinator {
             c.slots().insert(
                 id,
                 Arc::new(tokio::sync::Mutex::new(Slot {
-                    node: Node::Coordinator(core),
+                    core,
                     participants,
                     timers: Timers::default(),
                     pending,
@@ -129,11 +129,8 @@ impl Coordinator {
         for (id, slot) in slots {
             let s = slot.lock().await;
             let idle = matches!(
-                &s.node,
-                Node::Coordinator(Core {
-                    state: CoordState::Aborted | CoordState::Unknown | CoordState::Fresh,
-                    ..
-                })
+                s.core.state,
+                CoordState::Aborted | CoordState::Unknown | CoordState::Fresh
             );
             if idle && s.touched.elapsed() > FORGET_AFTER {
                 self.slots().remove(&id);
@@ -163,7 +160,7 @@ impl Coordinator {
             slots.entry(env.txn).or_insert_with(|| {
                 let core = Core::new(u8::try_from(n).unwrap_or(u8::MAX));
                 Arc::new(tokio::sync::Mutex::new(Slot {
-                    node: Node::Coordinator(core),
+                    core,
                     participants: env.participants.clone(),
                     timers: Timers::default(),
                     pending: Vec::new(),
@@ -187,7 +184,7 @@ impl Coordinator {
         s.touched = Instant::now();
         let mut actions = std::mem::take(&mut s.pending);
         if let Some(input) = input {
-            actions.extend(s.node.handle(input));
+            actions.extend(s.core.handle(input));
         }
         for action in actions {
             self.execute(id, &mut s, action).await;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kv_client::wire::TxnOutcome;
-use tandem_protocols::two_phase::{Msg, Node, Participant, Record, Timer};
+use tandem_protocols::two_phase::{Msg, Participant, Record, Timer};
 use tandem_protocols::{Action, Input, NodeId, Role, Vote};
 use uuid::Uuid;
 
@@ -39,7 +39,7 @@ type Act = Action<Msg, Record, Timer>;
 
 /// One participant instance.
 pub(crate) struct Slot {
-    node: Node,
+    core: Participant,
     index: u8,
     participants: Vec<u16>,
     timers: Timers,
@@ -73,7 +73,7 @@ impl Shard {
     pub(crate) fn recover_participant(&self, record: &PreparedRecord) {
         let (p, actions) = Participant::recover(record.index, &[Record::Prepared]);
         let slot = Slot {
-            node: Node::Participant(p),
+            core: p,
             index: record.index,
             participants: record.participants.clone(),
             timers: Timers::default(),
@@ -137,9 +137,8 @@ impl Shard {
                 _ => false,
             }
         };
-        let (node, pending) = if open {
-            let (p, out) = Participant::new(index, Vote::Yes);
-            (Node::Participant(p), out)
+        let (core, pending) = if open {
+            Participant::new(index, Vote::Yes)
         } else {
             let log = match self.inner.store.decided(id) {
                 Ok(Some(d)) if d.committed => vec![Record::Prepared, Record::Committed],
@@ -147,15 +146,13 @@ impl Shard {
                 Err(e) => fatal("reading the decided record", &e),
             };
             if log.is_empty() {
-                let (p, out) = Participant::new(index, Vote::No);
-                (Node::Participant(p), out)
+                Participant::new(index, Vote::No)
             } else {
-                let (p, out) = Participant::recover(index, &log);
-                (Node::Participant(p), out)
+                Participant::recover(index, &log)
             }
         };
         let slot = Slot {
-            node,
+            core,
             index,
             participants,
             timers: Timers::default(),
@@ -172,7 +169,7 @@ impl Shard {
         let mut s = slot.lock().await;
         let mut actions = std::mem::take(&mut s.pending);
         if let Some(input) = input {
-            actions.extend(s.node.handle(input));
+            actions.extend(s.core.handle(input));
         }
         let mut decided = false;
         for action in actions {
