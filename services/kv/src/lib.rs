@@ -15,7 +15,8 @@
 //! - [`coordinator`]: the coordinator service, running `two_phase::Coordinator`;
 //! - [`net`]: the 2PC message envelope, fire-and-forget sends, timers;
 //! - [`api`]: the HTTP routes and their problem+json errors;
-//! - [`local`]: a whole store (shards + coordinator) in one process, for `tandem kv up` and tests.
+//! - [`local`]: a whole store (shards + coordinator) in one process, for `tandem kv up` and tests;
+//! - `negative_control` (tests only): the checker against a store whose reads take no locks.
 //!
 //! The design, the serializability argument and the figures are in `docs/kv.md`; the client
 //! and the history checker in the `kv-client` crate.
