@@ -198,7 +198,7 @@ impl Coordinator {
                 let participants = s.participants.clone();
                 match tokio::task::spawn_blocking(move || store.put_commit(id, &participants)).await
                 {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => tandem_kit::crash::point("kv.coordinator.after_commit_record"),
                     Ok(Err(e)) => fatal("forcing Commit", &e),
                     Err(e) => fatal("forcing Commit", &e),
                 }

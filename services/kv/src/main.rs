@@ -6,6 +6,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tandem_kit::http::init_tracing();
+    tandem_kit::crash::init().map_err(anyhow::Error::msg)?;
     let config = kv::Config::parse();
     let addr = config.listen_addr();
     let listener = tandem_kit::http::bind(addr)

@@ -1,7 +1,9 @@
 //! Crash recovery with the real `kv` binaries and SIGKILL: prepared transactions keep their
 //! locks across a restart (rebuilt before the first request is served) until the coordinator
 //! answers; committed data survives every process being killed; a participant that lost its
-//! unprepared work votes NO, so nothing is ever half-committed.
+//! unprepared work votes NO, so nothing is ever half-committed; a coordinator that dies right
+//! after its commit record finishes the transaction when it restarts, and the participants hold
+//! their locks until then.
 
 mod common;
 
@@ -147,4 +149,81 @@ async fn a_participant_that_lost_its_work_votes_no_and_nothing_is_half_committed
     assert_eq!(client.get(&k1).await.expect("read k1"), None);
     c.wait_status(1, "no transaction left prepared", |s| s["prepared"] == 0)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_participants_keep_their_locks_until_a_restarted_coordinator_commits() {
+    let mut c = Cluster::start("coord-crash", 2, false, &[("KV_COMMIT_WAIT_MS", "300")]).await;
+    c.spawn_with(
+        COORDINATOR,
+        &[("TANDEM_CRASH", "kv.coordinator.after_commit_record")],
+    );
+    c.wait_up(COORDINATOR).await;
+    let (k0, k1) = (key_on(0, 2, "c-"), key_on(1, 2, "c-"));
+    let t = Uuid::now_v7();
+    for (p, k) in [(1, &k0), (2, &k1)] {
+        let (s, b) = c.post(p, "/txns", json!({"id": t, "priority": 1})).await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = c
+            .post(
+                p,
+                &format!("/txns/{t}/write"),
+                json!({"key": k, "value": "new"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let (s, b) = c
+        .post(
+            1,
+            &format!("/txns/{t}/commit"),
+            json!({"participants": [0, 1]}),
+        )
+        .await;
+    assert_eq!(s, 503, "the coordinator dies after its commit record: {b}");
+    assert!(
+        c.wait_exit(COORDINATOR),
+        "the coordinator aborted at its crash point"
+    );
+
+    // Both participants voted YES and wait, holding their exclusive locks.
+    for p in [1, 2] {
+        let s = c.status(p).await;
+        assert_eq!(
+            (s["prepared"].as_u64(), s["locked_keys"].as_u64()),
+            (Some(1), Some(1)),
+            "{s}"
+        );
+    }
+    let client = c.client();
+    let reader = client.begin();
+    let read = reader.read(&k1).await;
+    assert!(
+        matches!(read, Err(kv_client::Error::Conflict(_))),
+        "{read:?}"
+    );
+
+    // The restarted coordinator finds its Commit record and finishes the transaction.
+    c.spawn(COORDINATOR);
+    c.wait_up(COORDINATOR).await;
+    for p in [1, 2] {
+        c.wait_status(p, "the commit delivered", |s| s["prepared"] == 0)
+            .await;
+    }
+    assert_eq!(
+        client.get(&k0).await.expect("read k0").as_deref(),
+        Some("new")
+    );
+    assert_eq!(
+        client.get(&k1).await.expect("read k1").as_deref(),
+        Some("new")
+    );
+    let (s, b) = c
+        .post(
+            1,
+            &format!("/txns/{t}/commit"),
+            json!({"participants": [0, 1]}),
+        )
+        .await;
+    assert_eq!((s, b["outcome"].as_str()), (200, Some("committed")), "{b}");
 }

@@ -84,6 +84,11 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, p: usize) {
+        self.spawn_with(p, &[]);
+    }
+
+    /// Start process `p` with extra environment (a crash point, say).
+    pub fn spawn_with(&mut self, p: usize, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,6 +117,9 @@ impl Cluster {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         self.procs[p] = Some(cmd.spawn().expect("spawn kv"));
     }
 
@@ -121,6 +129,13 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Wait until process `p` exits by itself (a crash point); true if it died of a signal.
+    pub fn wait_exit(&mut self, p: usize) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.procs[p].take().expect("process running");
+        child.wait().expect("wait").signal().is_some()
     }
 
     pub async fn restart(&mut self, p: usize) {
