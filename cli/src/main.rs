@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod commit;
+mod kv;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,8 @@ enum Commands {
     Commit(commit::CommitArgs),
     /// Benchmark sagas/s and latency against the Postgres commit ceiling and direct calls.
     Bench(tandem_cli::bench::BenchArgs),
+    /// The transactional key-value store: up, get, put, del, tx, bench.
+    Kv(kv::KvArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Commands::Demo(a) => runtime()?.block_on(tandem_cli::commands::demo(a)),
         Commands::Commit(args) => commit::run(args),
         Commands::Bench(a) => runtime()?.block_on(tandem_cli::bench::bench(a)),
+        Commands::Kv(a) => runtime()?.block_on(kv::run(a)),
     }
 }

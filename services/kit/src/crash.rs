@@ -35,6 +35,8 @@ pub const POINTS: &[&str] = &[
     "service.action.after_commit",
     "service.compensation.before_commit",
     "service.compensation.after_commit",
+    // the key-value store's 2PC coordinator
+    "kv.coordinator.after_commit_record",
 ];
 
 const UNINIT: u8 = 0;

@@ -1,0 +1,141 @@
+//! HTTP routes. Every rejection is problem+json (`tandem_kit::Problem`, via the kit's
+//! extractors): 400 malformed JSON or path, 404 `unknown-transaction`, 409 `conflict` (wait-die
+//! or lock timeout: retry), `transaction-aborted`, `transaction-committed` (writes after
+//! commit), `transaction-not-active`, 413 body over 256 KiB, 415 not JSON, 421 `wrong-shard`,
+//! 422 invalid input (key / value limits, participants), 429 `too-many-transactions`, 503
+//! `outcome-pending`.
+//!
+//! Shard: `POST /txns` · `POST /txns/{id}/read|write|delete|commit|abort` · `POST /2pc` ·
+//! `GET /status` · `GET /healthz`. Coordinator: `POST /2pc` · `GET /status` · `GET /healthz`.
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use kv_client::wire::{
+    BeginRequest, CommitRequest, CommitResponse, KeyRequest, ReadRequest, ReadResponse,
+    WriteRequest,
+};
+use tandem_kit::Problem;
+use tandem_kit::http::{Json, Path};
+use uuid::Uuid;
+
+use crate::coordinator::Coordinator;
+use crate::net::Envelope;
+use crate::shard::Shard;
+
+pub fn shard_routes(shard: Shard) -> Router {
+    let r = Router::new()
+        .route("/txns", post(begin))
+        .route("/txns/{id}/read", post(read))
+        .route("/txns/{id}/write", post(write))
+        .route("/txns/{id}/delete", post(delete))
+        .route("/txns/{id}/commit", post(commit))
+        .route("/txns/{id}/abort", post(abort))
+        .route("/2pc", post(shard_2pc))
+        .route("/status", get(shard_status))
+        .route("/healthz", get(healthz))
+        .with_state(shard);
+    tandem_kit::http::finish(r)
+}
+
+pub fn coordinator_routes(c: Coordinator) -> Router {
+    let r = Router::new()
+        .route("/2pc", post(coordinator_2pc))
+        .route("/status", get(coordinator_status))
+        .route("/healthz", get(healthz))
+        .with_state(c);
+    tandem_kit::http::finish(r)
+}
+
+type S = axum::extract::State<Shard>;
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"ok": true}))
+}
+
+async fn begin(
+    axum::extract::State(shard): S,
+    Json(req): Json<BeginRequest>,
+) -> Result<impl IntoResponse, Problem> {
+    let (status, resp) = shard.begin(&req)?;
+    Ok((status, Json(resp)))
+}
+
+async fn read(
+    axum::extract::State(shard): S,
+    Path(id): Path<Uuid>,
+    Json(req): Json<ReadRequest>,
+) -> Result<Json<ReadResponse>, Problem> {
+    let value = shard.read(id, &req.key, req.for_update).await?;
+    Ok(Json(ReadResponse {
+        key: req.key,
+        value,
+    }))
+}
+
+async fn write(
+    axum::extract::State(shard): S,
+    Path(id): Path<Uuid>,
+    Json(req): Json<WriteRequest>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    shard.write(id, &req.key, Some(req.value)).await?;
+    Ok(Json(serde_json::json!({"key": req.key, "written": true})))
+}
+
+async fn delete(
+    axum::extract::State(shard): S,
+    Path(id): Path<Uuid>,
+    Json(req): Json<KeyRequest>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    shard.write(id, &req.key, None).await?;
+    Ok(Json(serde_json::json!({"key": req.key, "deleted": true})))
+}
+
+async fn commit(
+    axum::extract::State(shard): S,
+    Path(id): Path<Uuid>,
+    Json(req): Json<CommitRequest>,
+) -> Result<Json<CommitResponse>, Problem> {
+    let outcome = shard.commit(id, &req.participants).await?;
+    Ok(Json(CommitResponse { id, outcome }))
+}
+
+async fn abort(
+    axum::extract::State(shard): S,
+    Path(id): Path<Uuid>,
+) -> Result<Json<CommitResponse>, Problem> {
+    let outcome = shard.abort(id)?;
+    Ok(Json(CommitResponse { id, outcome }))
+}
+
+async fn shard_2pc(
+    axum::extract::State(shard): S,
+    Json(env): Json<Envelope>,
+) -> Result<StatusCode, Problem> {
+    shard
+        .on_envelope(env)
+        .await
+        .map_err(|e| Problem::invalid("", e))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn shard_status(axum::extract::State(shard): S) -> Json<serde_json::Value> {
+    Json(shard.status())
+}
+
+async fn coordinator_2pc(
+    axum::extract::State(c): axum::extract::State<Coordinator>,
+    Json(env): Json<Envelope>,
+) -> Result<StatusCode, Problem> {
+    c.on_envelope(env)
+        .await
+        .map_err(|e| Problem::invalid("", e))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn coordinator_status(
+    axum::extract::State(c): axum::extract::State<Coordinator>,
+) -> Json<serde_json::Value> {
+    Json(c.status())
+}
