@@ -202,16 +202,7 @@ async fn shutdown_hands_over(cluster: &mut Cluster) {
         .await
         .unwrap();
     }
-    let posts = (0..5).map(|i| {
-        let a = a.clone();
-        async move {
-            let input = checkout_input(&format!("stop-{i}"), "stop-sku", 1, "tok_visa", "GB");
-            let r = a.start_saga("checkout", &input, None).await.unwrap();
-            assert_eq!(r.status, 201, "{}", r.body);
-            r.body["id"].as_str().unwrap().to_string()
-        }
-    });
-    let ids = futures::future::join_all(posts).await;
+    let ids = tandem_tests::start_checkouts(&a, "stop", "stop-sku", 5).await;
     for id in &ids {
         let s = eventually(Duration::from_secs(30), "the payment call", || async {
             let s = b.wait_saga(id, 0).await.ok()?;
