@@ -204,3 +204,16 @@ pub async fn start_checkouts(c: &Client, prefix: &str, sku: &str, n: usize) -> V
     });
     futures::future::join_all(posts).await
 }
+
+/// Wait (at most 30 s) until saga `id` has an event `kind` of `step`; the saga then.
+pub async fn saga_reaches(c: &Client, id: &str, kind: &str, step: &str) -> serde_json::Value {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{kind} {step} of saga {id}"),
+        || async move {
+            let s = c.wait_saga(id, 0).await.ok()?;
+            tandem_cli::demo::event_index(&s, kind, Some(step)).map(|_| s)
+        },
+    )
+    .await
+}

@@ -103,11 +103,7 @@ async fn sagas_a_busy_instance_turns_away_go_to_an_idle_one_at_once() {
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     let hold = r.body["id"].as_str().unwrap().to_string();
-    let s = eventually(Duration::from_secs(30), "the held call", || async {
-        let s = a.wait_saga(&hold, 0).await.ok()?;
-        has_event(&s, "step_started", "reserve_inventory").then_some(s)
-    })
-    .await;
+    let s = tandem_tests::saga_reaches(&a, &hold, "step_started", "reserve_inventory").await;
     assert_eq!(s["lease"]["owner"], "orch-0", "{s}");
 
     let start = Instant::now();
@@ -204,11 +200,7 @@ async fn shutdown_hands_over(cluster: &mut Cluster) {
     }
     let ids = tandem_tests::start_checkouts(&a, "stop", "stop-sku", 5).await;
     for id in &ids {
-        let s = eventually(Duration::from_secs(30), "the payment call", || async {
-            let s = b.wait_saga(id, 0).await.ok()?;
-            has_event(&s, "step_started", "charge_payment").then_some(s)
-        })
-        .await;
+        let s = tandem_tests::saga_reaches(&b, id, "step_started", "charge_payment").await;
         assert_eq!(s["lease"]["owner"], "orch-0", "{s}");
         assert_eq!(s["status"], "running", "{s}");
     }
