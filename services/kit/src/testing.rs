@@ -117,7 +117,7 @@ impl Drop for TestDatabases {
 }
 
 /// How long a passing test waits for its databases to be dropped.
-const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A database in use may get a new prepared transaction between the roll-back and the drop
 /// (a server of the test still running): try a few times.
