@@ -146,6 +146,33 @@ async fn leases_handed_back_at_a_graceful_shutdown_go_to_an_idle_instance_at_onc
     shutdown_hands_over(&mut cluster).await;
 }
 
+/// Wait until `n` sessions on the cluster's orchestrator database are listening.
+async fn listeners(cluster: &Cluster, n: i64) {
+    let url = cluster.db_url("orchestrator");
+    eventually(
+        Duration::from_secs(30),
+        "the orchestrators to LISTEN",
+        || {
+            let url = url.clone();
+            async move {
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .ok()?;
+                let listening: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+                )
+                .fetch_one(&mut c)
+                .await
+                .ok()?;
+                let _ = sqlx::Connection::close(c).await;
+                (listening >= n).then_some(())
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_postgres_restart_the_listeners_come_back() {
     let Some(pg) = PgCluster::create() else {
@@ -154,6 +181,9 @@ async fn after_a_postgres_restart_the_listeners_come_back() {
     let mut cluster = cluster_on("wakepg", &[], Some(pg.url()));
     cluster.start_all();
     cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    // Healthy is not listening yet: the LISTEN connection opens after the start. Wait for both
+    // (their sessions on the orchestrator database), or a late one only fails to connect.
+    listeners(&cluster, 2).await;
     pg.stop();
     for i in 0..2 {
         let node = cluster.orchestrator(i);
