@@ -55,15 +55,16 @@ impl Client {
         Ok(Reply { status, body })
     }
 
+    /// Send `req` (described as `what` in errors): status and JSON body.
+    async fn send(
+        req: reqwest::RequestBuilder,
+        what: impl FnOnce() -> String,
+    ) -> anyhow::Result<Reply> {
+        Self::reply(req.send().await.with_context(what)?).await
+    }
+
     pub async fn get(&self, url: &str) -> anyhow::Result<Reply> {
-        Self::reply(
-            self.http
-                .get(url)
-                .send()
-                .await
-                .with_context(|| format!("GET {url}"))?,
-        )
-        .await
+        Self::send(self.http.get(url), || format!("GET {url}")).await
     }
 
     pub async fn send_json(
@@ -72,15 +73,8 @@ impl Client {
         url: &str,
         body: &Value,
     ) -> anyhow::Result<Reply> {
-        Self::reply(
-            self.http
-                .request(method.clone(), url)
-                .json(body)
-                .send()
-                .await
-                .with_context(|| format!("{method} {url}"))?,
-        )
-        .await
+        let req = self.http.request(method.clone(), url).json(body);
+        Self::send(req, || format!("{method} {url}")).await
     }
 
     /// `POST /sagas`.

@@ -56,6 +56,7 @@ pub async fn run_all(c: &Client, run_id: &str) -> anyhow::Result<Vec<Outcome>> {
     Ok(vec![a?, b?, d?, e?, f?])
 }
 
+/// The expectations of one scenario that did not hold.
 struct Checks(Vec<String>);
 
 impl Checks {
@@ -64,6 +65,71 @@ impl Checks {
             self.0.push(what.into());
         }
     }
+
+    fn status(&mut self, saga: &Value, want: &str) {
+        let ok = saga["status"] == want;
+        self.check(ok, format!("status is {}, expected {want}", saga["status"]));
+    }
+
+    async fn available(&mut self, c: &Client, sku: &str, want: i64) -> anyhow::Result<()> {
+        let stock = c.stock(sku).await?;
+        let got = &stock["available"];
+        self.check(
+            *got == want,
+            format!("available stock is {got}, expected {want}"),
+        );
+        Ok(())
+    }
+
+    /// The order's payments: `charges` charges and `refunds` refunds; the list.
+    async fn payments(
+        &mut self,
+        c: &Client,
+        order: &str,
+        (charges, refunds): (usize, usize),
+    ) -> anyhow::Result<Vec<Value>> {
+        let pay = c.payments(order).await?;
+        let ok = kinds(&pay, "charge") == charges && kinds(&pay, "refund") == refunds;
+        let want = format!("{charges} charge(s) and {refunds} refund(s)");
+        self.check(ok, format!("payments {pay:?}, expected {want}"));
+        Ok(pay)
+    }
+
+    fn outcome(self, scenario: usize, saga: Value) -> Outcome {
+        Outcome {
+            name: SCENARIOS[scenario].0,
+            what: SCENARIOS[scenario].1,
+            saga,
+            failures: self.0,
+        }
+    }
+}
+
+/// How a scenario's checkout starts: its tag (part of the order id and SKU), quantity, card,
+/// country, and a fault for payment (scoped to the order), if any.
+struct Start<'a> {
+    tag: &'a str,
+    quantity: i64,
+    card: &'a str,
+    country: &'a str,
+    fault: Option<(&'a str, usize)>,
+}
+
+/// Seed a SKU of the scenario's own with 10, install the fault, run the checkout to its end:
+/// the order id, the SKU and the settled saga.
+async fn begin(c: &Client, run: &str, s: Start<'_>) -> anyhow::Result<(String, String, Value)> {
+    let (order, sku) = (
+        format!("{run}-{}", s.tag),
+        format!("{run}-widget-{}", s.tag),
+    );
+    seed(c, &sku, 10).await?;
+    if let Some((kind, times)) = s.fault {
+        let fault = json!({ "order_id": order, "kind": kind, "times": times });
+        c.add_fault("payment", &fault).await?;
+    }
+    let input = checkout_input(&order, &sku, s.quantity, s.card, s.country);
+    let saga = start(c, &input).await?;
+    Ok((order, sku, saga))
 }
 
 /// Index of the first event of `kind` for `step` (None if absent).
@@ -117,106 +183,89 @@ async fn seed(c: &Client, sku: &str, n: i64) -> anyhow::Result<()> {
 }
 
 async fn success(c: &Client, run: &str) -> anyhow::Result<Outcome> {
-    let (order, sku) = (format!("{run}-ok"), format!("{run}-widget-ok"));
-    seed(c, &sku, 10).await?;
-    let saga = start(c, &checkout_input(&order, &sku, 2, "tok_visa", "GB")).await?;
+    let how = Start {
+        tag: "ok",
+        quantity: 2,
+        card: "tok_visa",
+        country: "GB",
+        fault: None,
+    };
+    let (order, sku, saga) = begin(c, run, how).await?;
     let mut k = Checks(vec![]);
-    k.check(
-        saga["status"] == "completed",
-        format!("status is {}, expected completed", saga["status"]),
-    );
-    let stock = c.stock(&sku).await?;
-    k.check(
-        stock["available"] == 8,
-        format!("available stock is {}, expected 8", stock["available"]),
-    );
+    k.status(&saga, "completed");
+    k.available(c, &sku, 8).await?;
     let res = c.reservations(&order).await?;
     k.check(
         statuses(&res, "held") == 1,
         format!("{} held reservations, expected 1", statuses(&res, "held")),
     );
-    let pay = c.payments(&order).await?;
-    k.check(
-        kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 0,
-        format!("payments {pay:?}, expected exactly one charge"),
-    );
+    k.payments(c, &order, (1, 0)).await?;
     let ship = c.shipments(&order).await?;
     k.check(
         statuses(&ship, "created") == 1,
         format!("shipments {ship:?}, expected one created"),
     );
-    Ok(Outcome {
-        name: SCENARIOS[0].0,
-        what: SCENARIOS[0].1,
-        saga,
-        failures: k.0,
-    })
+    Ok(k.outcome(0, saga))
+}
+
+/// `first` happened before `then` in the saga's event log (each: kind, step).
+fn ordered(saga: &Value, first: (&str, &str), then: (&str, &str)) -> bool {
+    let a = event_index(saga, first.0, Some(first.1));
+    let b = event_index(saga, then.0, Some(then.1));
+    matches!((a, b), (Some(a), Some(b)) if a < b)
 }
 
 async fn declined(c: &Client, run: &str) -> anyhow::Result<Outcome> {
-    let (order, sku) = (format!("{run}-declined"), format!("{run}-widget-declined"));
-    seed(c, &sku, 10).await?;
-    let saga = start(c, &checkout_input(&order, &sku, 3, "tok_decline", "GB")).await?;
+    let how = Start {
+        tag: "declined",
+        quantity: 3,
+        card: "tok_decline",
+        country: "GB",
+        fault: None,
+    };
+    let (order, sku, saga) = begin(c, run, how).await?;
     let mut k = Checks(vec![]);
-    k.check(
-        saga["status"] == "compensated",
-        format!("status is {}, expected compensated", saga["status"]),
-    );
-    let stock = c.stock(&sku).await?;
-    k.check(
-        stock["available"] == 10,
-        format!("available stock is {}, expected 10", stock["available"]),
-    );
+    k.status(&saga, "compensated");
+    k.available(c, &sku, 10).await?;
     let pay = c.payments(&order).await?;
     k.check(
         kinds(&pay, "charge") == kinds(&pay, "refund"),
         format!("payments {pay:?}: a net charge remains"),
     );
-    let failed = event_index(&saga, "step_failed", Some("charge_payment"));
-    let released = event_index(&saga, "compensation_succeeded", Some("reserve_inventory"));
     k.check(
-        matches!((failed, released), (Some(f), Some(r)) if f < r),
+        ordered(
+            &saga,
+            ("step_failed", "charge_payment"),
+            ("compensation_succeeded", "reserve_inventory"),
+        ),
         "the event log does not show the release after the payment failed",
     );
-    Ok(Outcome {
-        name: SCENARIOS[1].0,
-        what: SCENARIOS[1].1,
-        saga,
-        failures: k.0,
-    })
+    Ok(k.outcome(1, saga))
+}
+
+/// When the order's first payment of `kind` was recorded.
+fn paid_at(pay: &[Value], kind: &str) -> Option<DateTime<Utc>> {
+    pay.iter()
+        .find(|p| p["kind"] == kind)
+        .and_then(|p| p["created_at"].as_str())
+        .and_then(parse_time)
 }
 
 async fn undeliverable(c: &Client, run: &str) -> anyhow::Result<Outcome> {
-    let (order, sku) = (format!("{run}-zz"), format!("{run}-widget-zz"));
-    seed(c, &sku, 10).await?;
-    let saga = start(c, &checkout_input(&order, &sku, 1, "tok_visa", "ZZ")).await?;
+    let how = Start {
+        tag: "zz",
+        quantity: 1,
+        card: "tok_visa",
+        country: "ZZ",
+        fault: None,
+    };
+    let (order, sku, saga) = begin(c, run, how).await?;
     let mut k = Checks(vec![]);
+    k.status(&saga, "compensated");
+    k.available(c, &sku, 10).await?;
+    let pay = k.payments(c, &order, (1, 1)).await?;
     k.check(
-        saga["status"] == "compensated",
-        format!("status is {}, expected compensated", saga["status"]),
-    );
-    let stock = c.stock(&sku).await?;
-    k.check(
-        stock["available"] == 10,
-        format!("available stock is {}, expected 10", stock["available"]),
-    );
-    let pay = c.payments(&order).await?;
-    k.check(
-        kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 1,
-        format!("payments {pay:?}: expected one charge and one refund"),
-    );
-    let charge_at = pay
-        .iter()
-        .find(|p| p["kind"] == "charge")
-        .and_then(|p| p["created_at"].as_str())
-        .and_then(parse_time);
-    let refund_at = pay
-        .iter()
-        .find(|p| p["kind"] == "refund")
-        .and_then(|p| p["created_at"].as_str())
-        .and_then(parse_time);
-    k.check(
-        matches!((charge_at, refund_at), (Some(c), Some(r)) if c <= r),
+        matches!((paid_at(&pay, "charge"), paid_at(&pay, "refund")), (Some(c), Some(r)) if c <= r),
         "the refund is not after the charge",
     );
     let ship = c.shipments(&order).await?;
@@ -224,18 +273,15 @@ async fn undeliverable(c: &Client, run: &str) -> anyhow::Result<Outcome> {
         statuses(&ship, "created") == 0,
         format!("shipments {ship:?}: a live shipment remains"),
     );
-    let refunded = event_index(&saga, "compensation_succeeded", Some("charge_payment"));
-    let released = event_index(&saga, "compensation_succeeded", Some("reserve_inventory"));
     k.check(
-        matches!((refunded, released), (Some(f), Some(r)) if f < r),
+        ordered(
+            &saga,
+            ("compensation_succeeded", "charge_payment"),
+            ("compensation_succeeded", "reserve_inventory"),
+        ),
         "the event log does not show the release after the refund",
     );
-    Ok(Outcome {
-        name: SCENARIOS[2].0,
-        what: SCENARIOS[2].1,
-        saga,
-        failures: k.0,
-    })
+    Ok(k.outcome(2, saga))
 }
 
 /// A checkout whose charge fails `retries` times with `fault` (scoped to this order) before it
@@ -244,39 +290,27 @@ async fn charge_retried(
     c: &Client,
     run: &str,
     scenario: usize,
-    suffix: &str,
+    tag: &str,
     fault: &str,
     retries: usize,
 ) -> anyhow::Result<Outcome> {
-    let (order, sku) = (format!("{run}-{suffix}"), format!("{run}-widget-{suffix}"));
-    seed(c, &sku, 10).await?;
-    c.add_fault(
-        "payment",
-        &json!({ "order_id": order, "kind": fault, "times": retries }),
-    )
-    .await?;
-    let saga = start(c, &checkout_input(&order, &sku, 1, "tok_visa", "GB")).await?;
+    let how = Start {
+        tag,
+        quantity: 1,
+        card: "tok_visa",
+        country: "GB",
+        fault: Some((fault, retries)),
+    };
+    let (order, _, saga) = begin(c, run, how).await?;
     let mut k = Checks(vec![]);
-    k.check(
-        saga["status"] == "completed",
-        format!("status is {}, expected completed", saga["status"]),
-    );
+    k.status(&saga, "completed");
     let seen = count_events(&saga, "step_retry_scheduled", "charge_payment");
     k.check(
         seen == retries,
         format!("{seen} retries of charge_payment, expected {retries}"),
     );
-    let pay = c.payments(&order).await?;
-    k.check(
-        kinds(&pay, "charge") == 1 && kinds(&pay, "refund") == 0,
-        format!("payments {pay:?}, expected exactly one charge"),
-    );
-    Ok(Outcome {
-        name: SCENARIOS[scenario].0,
-        what: SCENARIOS[scenario].1,
-        saga,
-        failures: k.0,
-    })
+    k.payments(c, &order, (1, 0)).await?;
+    Ok(k.outcome(scenario, saga))
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {

@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Start the whole checkout stack (orchestrator, inventory, payment, shipping) in one process.
+    /// Start the whole checkout stack (orchestrator, inventory, payment, shipping) in one process,
+    /// with fault injection on (`/faults` on each service).
     Up(tandem_cli::commands::UpArgs),
     /// Run the checkout demo scenarios and print each saga's timeline.
     Demo(tandem_cli::commands::DemoArgs),

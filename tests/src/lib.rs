@@ -185,7 +185,35 @@ pub async fn slow_checkout(
         "order_id": input["order_id"], "op": op, "kind": "latency", "latency_ms": latency_ms
     });
     c.add_fault(service, &fault).await.unwrap();
-    let r = c.start_saga("checkout", input, None).await.unwrap();
+    start(c, "checkout", input).await
+}
+
+/// `POST /sagas` for `definition` with `input`, which must be accepted (201); the saga id.
+pub async fn start(c: &Client, definition: &str, input: &serde_json::Value) -> String {
+    let r = c.start_saga(definition, input, None).await.unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     r.body["id"].as_str().unwrap().to_string()
+}
+
+/// `n` checkouts `{prefix}-{i}` of one `sku` each, posted concurrently; their saga ids.
+pub async fn start_checkouts(c: &Client, prefix: &str, sku: &str, n: usize) -> Vec<String> {
+    let posts = (0..n).map(|i| {
+        let input =
+            tandem_cli::client::checkout_input(&format!("{prefix}-{i}"), sku, 1, "tok_visa", "GB");
+        async move { start(c, "checkout", &input).await }
+    });
+    futures::future::join_all(posts).await
+}
+
+/// Wait (at most 30 s) until saga `id` has an event `kind` of `step`; the saga then.
+pub async fn saga_reaches(c: &Client, id: &str, kind: &str, step: &str) -> serde_json::Value {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{kind} {step} of saga {id}"),
+        || async move {
+            let s = c.wait_saga(id, 0).await.ok()?;
+            tandem_cli::demo::event_index(&s, kind, Some(step)).map(|_| s)
+        },
+    )
+    .await
 }

@@ -515,15 +515,8 @@ async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
     )
     .await
     .unwrap();
-    let r = c
-        .start_saga(
-            "gift-card-parking",
-            &json!({"card_id": "p1", "sku": "gift-p", "value_cents": 100, "token": "tok_visa"}),
-            None,
-        )
-        .await
-        .unwrap();
-    let id = r.body["id"].as_str().unwrap().to_string();
+    let input = json!({"card_id": "p1", "sku": "gift-p", "value_cents": 100, "token": "tok_visa"});
+    let id = tandem_tests::start(&c, "gift-card-parking", &input).await;
     let s = c.settle(&id, 60).await.unwrap();
     assert_eq!(s["status"], "failed", "{}", demo::timeline(&s));
     assert!(s["reason"].is_string());
@@ -589,15 +582,9 @@ async fn in_progress_answers_are_polled_and_slow_calls_time_out() {
     )
     .await
     .unwrap();
-    let r = c
-        .start_saga(
-            "gift-card-timeouts",
-            &json!({"card_id": "t1", "sku": "gift-t", "value_cents": 100, "token": "tok_visa"}),
-            None,
-        )
-        .await
-        .unwrap();
-    let s = c.settle(r.body["id"].as_str().unwrap(), 60).await.unwrap();
+    let input = json!({"card_id": "t1", "sku": "gift-t", "value_cents": 100, "token": "tok_visa"});
+    let id = tandem_tests::start(&c, "gift-card-timeouts", &input).await;
+    let s = c.settle(&id, 60).await.unwrap();
     assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
     assert_eq!(
         demo::count_events(&s, "step_in_progress", "charge"),
@@ -703,16 +690,7 @@ async fn sagas_beyond_the_active_limit_wait_for_a_slot_not_for_their_lease() {
     })
     .await;
     c.set_stock("slots", 100).await.unwrap();
-    let posts = (0..6).map(|i| {
-        let c = c.clone();
-        async move {
-            let input = checkout_input(&format!("slots-{i}"), "slots", 1, "tok_visa", "GB");
-            let r = c.start_saga("checkout", &input, None).await.unwrap();
-            assert_eq!(r.status, 201, "{}", r.body);
-            r.body["id"].as_str().unwrap().to_string()
-        }
-    });
-    let ids = futures::future::join_all(posts).await;
+    let ids = tandem_tests::start_checkouts(&c, "slots", "slots", 6).await;
     for id in &ids {
         let s = c.settle(id, 30).await.unwrap();
         assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));

@@ -55,15 +55,17 @@ async fn a_passing_cluster_test_drops_its_databases() {
 #[tokio::test]
 async fn a_failing_cluster_test_keeps_its_databases() {
     let (cluster, prefix) = cluster_with_databases("cleanfail").await;
-    let layout = cluster.layout.clone();
+    let (layout, logs) = (cluster.layout.clone(), cluster.log_dir.clone());
     let r = catch_unwind(AssertUnwindSafe(move || {
         let _cluster = cluster;
         panic!("a failing test (on purpose)");
     }));
     assert!(r.is_err());
     assert_eq!(count(&prefix).await, 4, "kept for inspection");
+    assert!(logs.exists(), "the logs are kept too");
     layout.drop_databases().await.unwrap();
     assert_eq!(count(&prefix).await, 0);
+    std::fs::remove_dir_all(&logs).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,24 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tandem_cli::client::{Client, checkout_input};
+use tandem_cli::client::checkout_input;
 use tandem_cli::demo;
 use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
-use tandem_tests::{eventually, slow_checkout};
+use tandem_tests::{saga_reaches, slow_checkout};
 
 const HEALTHY: Duration = Duration::from_secs(60);
-
-async fn saga_reaches(c: &Client, id: &str, kind: &str, step: &str) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("{kind} {step}"),
-        || async move {
-            let s = c.wait_saga(id, 0).await.ok()?;
-            demo::event_index(&s, kind, Some(step)).map(|_| ())
-        },
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {

@@ -12,14 +12,10 @@ use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
 use tandem_tests::cluster::{Cluster, ClusterConfig, api_problems};
 use tandem_tests::pgcluster::PgCluster;
-use tandem_tests::{eventually, slow_checkout};
+use tandem_tests::{eventually, saga_reaches, slow_checkout};
 
 async fn saga(c: &Client, id: &str) -> Value {
     c.wait_saga(id, 0).await.unwrap()
-}
-
-fn has_event(s: &Value, kind: &str, step: &str) -> bool {
-    demo::event_index(s, kind, Some(step)).is_some()
 }
 
 /// Wait until `node` logged that it lost the lease (fenced) of every saga in `ids`; how many
@@ -64,11 +60,7 @@ async fn a_paused_lease_holder_is_fenced_and_nothing_is_doubled() {
     }
     let mut epochs = Vec::new();
     for id in &ids {
-        let s = eventually(Duration::from_secs(30), "the shipment call", || async {
-            let s = saga(&b, id).await;
-            has_event(&s, "step_started", "create_shipment").then_some(s)
-        })
-        .await;
+        let s = saga_reaches(&b, id, "step_started", "create_shipment").await;
         assert_eq!(s["lease"]["owner"], "orch-0", "{s}");
         epochs.push(s["lease"]["epoch"].as_i64().unwrap());
     }

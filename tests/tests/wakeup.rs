@@ -103,11 +103,7 @@ async fn sagas_a_busy_instance_turns_away_go_to_an_idle_one_at_once() {
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     let hold = r.body["id"].as_str().unwrap().to_string();
-    let s = eventually(Duration::from_secs(30), "the held call", || async {
-        let s = a.wait_saga(&hold, 0).await.ok()?;
-        has_event(&s, "step_started", "reserve_inventory").then_some(s)
-    })
-    .await;
+    let s = tandem_tests::saga_reaches(&a, &hold, "step_started", "reserve_inventory").await;
     assert_eq!(s["lease"]["owner"], "orch-0", "{s}");
 
     let start = Instant::now();
@@ -150,6 +146,33 @@ async fn leases_handed_back_at_a_graceful_shutdown_go_to_an_idle_instance_at_onc
     shutdown_hands_over(&mut cluster).await;
 }
 
+/// Wait until `n` sessions on the cluster's orchestrator database are listening.
+async fn listeners(cluster: &Cluster, n: i64) {
+    let url = cluster.db_url("orchestrator");
+    eventually(
+        Duration::from_secs(30),
+        "the orchestrators to LISTEN",
+        || {
+            let url = url.clone();
+            async move {
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .ok()?;
+                let listening: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+                )
+                .fetch_one(&mut c)
+                .await
+                .ok()?;
+                let _ = sqlx::Connection::close(c).await;
+                (listening >= n).then_some(())
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_postgres_restart_the_listeners_come_back() {
     let Some(pg) = PgCluster::create() else {
@@ -158,6 +181,9 @@ async fn after_a_postgres_restart_the_listeners_come_back() {
     let mut cluster = cluster_on("wakepg", &[], Some(pg.url()));
     cluster.start_all();
     cluster.wait_all_healthy(Duration::from_secs(120)).await;
+    // Healthy is not listening yet: the LISTEN connection opens after the start. Wait for both
+    // (their sessions on the orchestrator database), or a late one only fails to connect.
+    listeners(&cluster, 2).await;
     pg.stop();
     for i in 0..2 {
         let node = cluster.orchestrator(i);
@@ -202,22 +228,9 @@ async fn shutdown_hands_over(cluster: &mut Cluster) {
         .await
         .unwrap();
     }
-    let posts = (0..5).map(|i| {
-        let a = a.clone();
-        async move {
-            let input = checkout_input(&format!("stop-{i}"), "stop-sku", 1, "tok_visa", "GB");
-            let r = a.start_saga("checkout", &input, None).await.unwrap();
-            assert_eq!(r.status, 201, "{}", r.body);
-            r.body["id"].as_str().unwrap().to_string()
-        }
-    });
-    let ids = futures::future::join_all(posts).await;
+    let ids = tandem_tests::start_checkouts(&a, "stop", "stop-sku", 5).await;
     for id in &ids {
-        let s = eventually(Duration::from_secs(30), "the payment call", || async {
-            let s = b.wait_saga(id, 0).await.ok()?;
-            has_event(&s, "step_started", "charge_payment").then_some(s)
-        })
-        .await;
+        let s = tandem_tests::saga_reaches(&b, id, "step_started", "charge_payment").await;
         assert_eq!(s["lease"]["owner"], "orch-0", "{s}");
         assert_eq!(s["status"], "running", "{s}");
     }

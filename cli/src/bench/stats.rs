@@ -195,3 +195,70 @@ pub async fn postgres_settings(server: &str) -> anyhow::Result<Value> {
     }
     Ok(Value::Object(m))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_components_own_database_from_its_stats() {
+        let v = json!({
+            "transactions": {
+                "b_inventory": {"writes": 3, "reads": 4},
+                "b_payment": {"writes": 5, "reads": 6}
+            },
+            "peak_rss_kib": 7
+        });
+        let c = counted("payment", &v);
+        assert_eq!(
+            (c.database.as_str(), c.writes, c.reads),
+            ("b_payment", 5, 6)
+        );
+        assert_eq!(c.peak_rss_kib, Some(7));
+        // One database only (a separate process): that one, whatever its name.
+        let one = json!({"transactions": {"elsewhere": {"writes": 1, "reads": 2}}});
+        assert_eq!(counted("shipping", &one).database, "elsewhere");
+        assert_eq!(counted("shipping", &json!({})).database, "");
+    }
+
+    #[test]
+    fn costs_are_per_operation() {
+        let mut a = Snapshot::default();
+        let mut b = Snapshot::default();
+        for c in COMPONENTS {
+            a.by_component.insert(
+                c.into(),
+                Counted {
+                    database: format!("d_{c}"),
+                    writes: 10,
+                    reads: 0,
+                    peak_rss_kib: None,
+                    cpu_ms: Some(100),
+                },
+            );
+            b.by_component.insert(
+                c.into(),
+                Counted {
+                    database: format!("d_{c}"),
+                    writes: 30,
+                    reads: 10,
+                    peak_rss_kib: None,
+                    cpu_ms: Some(140),
+                },
+            );
+        }
+        a.backends
+            .insert("d_payment".into(), BTreeMap::from([(1, 50)]));
+        b.backends
+            .insert("d_payment".into(), BTreeMap::from([(1, 70), (2, 10)]));
+        let x0 = BTreeMap::from([("d_payment".to_string(), 100)]);
+        let x1 = BTreeMap::from([("d_payment".to_string(), 160)]);
+        let t = a.transactions(&b, &x0, Some(&x1), 20.0);
+        let p = &t["payment"];
+        assert_eq!((p.writes_per_saga, p.reads_per_saga), (1.0, 0.5));
+        assert_eq!(p.process_cpu_ms_per_saga, Some(2.0));
+        assert_eq!(p.postgres_cpu_ms_per_saga, 1.5);
+        assert_eq!(p.pg_xact_commit_per_saga, Some(3.0));
+        assert_eq!(t["inventory"].pg_xact_commit_per_saga, None);
+    }
+}

@@ -117,7 +117,7 @@ impl Drop for TestDatabases {
 }
 
 /// How long a passing test waits for its databases to be dropped.
-const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A database in use may get a new prepared transaction between the roll-back and the drop
 /// (a server of the test still running): try a few times.
@@ -299,7 +299,11 @@ mod tests {
         assert!(exists(&name).await);
         if max_prepared_transactions(&url).await > 0 {
             let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::raw_sql("CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'tandem_dropcheck'")
+            // Prepared transaction ids are server-wide: this database's name makes it unique.
+            let sql = format!(
+                "CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION '{name}'"
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                 .execute(&mut c)
                 .await
                 .unwrap();
