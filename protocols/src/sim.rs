@@ -208,7 +208,7 @@ pub fn compare(n: u8, f: u8) -> Vec<Row> {
         Row::new(
             format!("Paxos Commit (F={f})"),
             "leader, each participant, each of the 2F+1 acceptors on its own host",
-            run(&PaxosCommit::new(n, f, 1, u8::MAX), separate_hosts),
+            run(&PaxosCommit::new(n, f, 1, u32::MAX), separate_hosts),
         )
         .expect(
             ((nn + 1) * (2 * ff + 3) - 2, "(N+1)(2F+3)-2"),
@@ -221,7 +221,7 @@ pub fn compare(n: u8, f: u8) -> Vec<Row> {
             Row::new(
                 "Paxos Commit (F=0, acceptor beside leader)",
                 "the single acceptor on the leader's host",
-                run(&PaxosCommit::new(n, 0, 1, u8::MAX), acceptor_beside_leader),
+                run(&PaxosCommit::new(n, 0, 1, u32::MAX), acceptor_beside_leader),
             )
             .expect((3 * nn - 1, "3N-1 (= 2PC)"), 4, (nn + 1, "N+1")),
         );

@@ -176,7 +176,7 @@ fn paxos_two_leaders(
     recovery: bool,
     dueling: bool,
 ) -> CommitModel<PaxosCommit> {
-    let sys = PaxosCommit::new(n, 1, 2, 2);
+    let sys = PaxosCommit::new(n, 1, 2, 1);
     let faults = Faults {
         lossy: false,
         duplicating: true,
