@@ -14,6 +14,8 @@
 //! - [`two_phase`]: 2PC with presumed abort (coordinator, participant).
 //! - [`three_phase`]: Skeen's 3PC with timeouts and the termination protocol run by a
 //!   recovery coordinator elected among the live participants.
+//! - [`quorum_three_phase`]: Skeen's quorum-based 3PC (commit and abort quorums, the
+//!   PreAborted state): safe under partitions that change, blocking instead of splitting.
 //! - [`paxos_commit`]: Gray & Lamport's Paxos Commit (resource managers, 2F+1 acceptors,
 //!   leaders with higher ballots).
 //! - [`model`]: the stateright model that drives any [`System`] under a fault model
@@ -78,6 +80,7 @@
 pub mod core;
 pub mod model;
 pub mod paxos_commit;
+pub mod quorum_three_phase;
 pub mod sim;
 pub mod three_phase;
 pub mod two_phase;
