@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::core::{Action, Input, NodeId, Outcome, Role, System, Vote};
 use crate::paxos_commit::PaxosCommit;
+use crate::quorum_three_phase::QuorumThreePc;
 use crate::three_phase::ThreePc;
 use crate::two_phase::TwoPc;
 
@@ -205,6 +206,12 @@ pub fn compare(n: u8, f: u8) -> Vec<Row> {
             6,
             (2 * nn + 1, "2N+1"),
         ),
+        Row::new(
+            "3PC, quorum-based (majority quorums)",
+            OWN_HOSTS,
+            run(&QuorumThreePc::new(n, n / 2 + 1, n - n / 2), separate_hosts),
+        )
+        .expect((5 * nn - 1, "5N-1"), 6, (2 * nn + 1, "2N+1")),
         Row::new(
             format!("Paxos Commit (F={f})"),
             "leader, each participant, each of the 2F+1 acceptors on its own host",
