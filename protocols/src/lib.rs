@@ -7,7 +7,8 @@
 //! Where things live:
 //! - [`core`]: the shared vocabulary — [`NodeId`], [`Input`], [`Action`] (`ForceWrite`,
 //!   `Write`, `Send`, `SetTimer`, `CancelTimer`, `Decide`, `Forget`), the action batch
-//!   [`Actions`], the [`Role`] trait every role implements (it routes each input to
+//!   [`Actions`], the [`Protocol`] trait that names a protocol's messages, records and timers
+//!   once, the [`Role`] trait every role implements (it routes each input to
 //!   `on_begin` / `on_message` / `on_timeout`), the [`Start`] trait (fresh start and restart
 //!   from the stable log), the generic [`core::Node`] that makes one node type of a protocol's
 //!   roles, and the [`System`] trait describing one protocol instance.
@@ -85,4 +86,6 @@ pub mod sim;
 pub mod three_phase;
 pub mod two_phase;
 
-pub use crate::core::{Action, Actions, Input, NodeId, Outcome, Role, Start, System, Vote};
+pub use crate::core::{
+    Action, Actions, Input, NodeId, Outcome, Protocol, Role, Start, System, Vote,
+};

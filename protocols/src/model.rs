@@ -23,12 +23,14 @@ use std::time::{Duration, Instant};
 
 use stateright::{Checker, Model, Path, Property, Representative};
 
-use crate::core::{Action, Input, Node as CoreNode, NodeId, Outcome, Role, System, Vote};
+use crate::core::{
+    Action, Input, MsgOf, Node as CoreNode, NodeId, Outcome, RecordOf, Role, System, TimerOf, Vote,
+};
 use crate::paxos_commit;
 
-type Msg<S> = <<S as System>::Node as Role>::Msg;
-type Rec<S> = <<S as System>::Node as Role>::Record;
-type Tmr<S> = <<S as System>::Node as Role>::Timer;
+type Msg<S> = MsgOf<<S as System>::Node>;
+type Rec<S> = RecordOf<<S as System>::Node>;
+type Tmr<S> = TimerOf<<S as System>::Node>;
 /// A path through a [`CommitModel`].
 pub type McPath<S> = Path<McState<<S as System>::Node>, McAction<Msg<S>, Tmr<S>>>;
 
@@ -117,9 +119,9 @@ pub struct Slot<N: Role> {
     pub id: NodeId,
     /// `None` while crashed.
     pub node: Option<N>,
-    pub log: Vec<N::Record>,
-    pub buffer: Vec<N::Record>,
-    pub timers: BTreeSet<N::Timer>,
+    pub log: Vec<RecordOf<N>>,
+    pub buffer: Vec<RecordOf<N>>,
+    pub timers: BTreeSet<TimerOf<N>>,
     pub crashes: u8,
     /// Ghost: the outcome this node decided (kept across crashes).
     pub decided: Option<Outcome>,
@@ -128,7 +130,7 @@ pub struct Slot<N: Role> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct McState<N: Role> {
     pub slots: Vec<Slot<N>>,
-    pub net: BTreeMap<Envelope<N::Msg>, u8>,
+    pub net: BTreeMap<Envelope<MsgOf<N>>, u8>,
     pub partition: Option<u8>,
     /// How many times the network has changed (see [`Faults::partition_changes`]).
     pub partition_changes: u8,

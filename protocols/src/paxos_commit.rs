@@ -219,9 +219,7 @@ impl Rm {
 }
 
 impl Role for Rm {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = PaxosCommit;
 
     fn on_begin(&mut self) -> Actions<Self> {
         match self.state {
@@ -375,9 +373,7 @@ impl Acceptor {
 }
 
 impl Role for Acceptor {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = PaxosCommit;
 
     fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         match msg {
@@ -559,9 +555,7 @@ impl Leader {
 }
 
 impl Role for Leader {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = PaxosCommit;
 
     fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         match (from, msg) {
@@ -655,6 +649,8 @@ impl PaxosCommit {
         }
     }
 }
+
+core::vocabulary!(PaxosCommit);
 
 impl System for PaxosCommit {
     type Node = Node;

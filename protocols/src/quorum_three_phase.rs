@@ -65,20 +65,11 @@ pub enum Msg {
     StateRep(Attempt, QState),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Record {
-    Prepared,
-    Committed,
-    Aborted,
-    Commit,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Timer {
-    /// Waiting for something from this peer (a vote, an ack, a state, a decision). Unlike
-    /// plain 3PC nothing here relies on the timeout being right.
-    Peer(NodeId),
-}
+/// The same records as plain 3PC: `Prepared` before the YES vote, `Committed` (forced) and
+/// `Aborted` (lazy) on the decision, the coordinator's `Commit` (forced) before `DoCommit`.
+/// And the same timers: [`Timer::Peer`]`(x)`, waiting for `x` (here nothing relies on the
+/// timeout being right).
+pub use crate::three_phase::{Record, Timer};
 
 const COORD: NodeId = NodeId::Coordinator(0);
 
@@ -295,12 +286,9 @@ impl Participant {
             return vec![];
         }
         let counted = match (&mut self.lead, state) {
+            // Counted once: a state is recorded only for a participant still awaited.
             (Some(Lead::Collecting { waiting, states }), Some(s)) => {
-                let counted = waiting.remove(&q);
-                if counted {
-                    states.insert(q, s);
-                }
-                counted
+                waiting.remove(&q) && states.insert(q, s).is_none()
             }
             (Some(Lead::Moving { waiting, there, .. }), None) => {
                 there.insert(q);
@@ -318,9 +306,7 @@ impl Participant {
 }
 
 impl Role for Participant {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = QuorumThreePc;
 
     fn on_begin(&mut self) -> Actions<Self> {
         match (self.state, self.vote) {
@@ -416,6 +402,11 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    pub fn new(q: Quorums) -> Self {
+        let state = CState::Fresh;
+        Coordinator { q, state }
+    }
+
     fn all(&self) -> impl Iterator<Item = NodeId> + use<> {
         core::participants(self.q.n)
     }
@@ -468,9 +459,7 @@ impl Coordinator {
 }
 
 impl Role for Coordinator {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = QuorumThreePc;
 
     fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         let NodeId::Participant(p) = from else {
@@ -517,11 +506,7 @@ impl Role for Coordinator {
 
 impl Start<QuorumThreePc> for Coordinator {
     fn start(sys: &QuorumThreePc, _: NodeId, _: Vote) -> (Self, Actions<Self>) {
-        let c = Coordinator {
-            q: sys.q,
-            state: CState::Fresh,
-        };
-        (c, vec![])
+        (Coordinator::new(sys.q), vec![])
     }
     /// Crash-stop: never restarted by the checks; a restarted coordinator stays passive.
     fn restart(sys: &QuorumThreePc, _: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
@@ -596,6 +581,8 @@ impl QuorumThreePc {
         self
     }
 }
+
+core::vocabulary!(QuorumThreePc);
 
 impl System for QuorumThreePc {
     type Node = Node;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::core::{Action, Input, NodeId, Outcome, Role, System, Vote};
+use crate::core::{Action, Input, MsgOf, NodeId, Outcome, Role, System, Vote};
 use crate::paxos_commit::PaxosCommit;
 use crate::quorum_three_phase::QuorumThreePc;
 use crate::three_phase::ThreePc;
@@ -45,7 +45,7 @@ pub fn run<S: System>(sys: &S, host: impl Fn(NodeId) -> u32) -> Measurement {
         let (node, _boot) = sys.boot(id, Vote::Yes); // boot actions only arm timers
         nodes.insert(id, node);
     }
-    let mut queue: Queue<<S::Node as Role>::Msg> = BTreeMap::new();
+    let mut queue: Queue<MsgOf<S::Node>> = BTreeMap::new();
     let mut seq = 0u64;
     queue.insert((0, seq), (sys.initiator(), None));
     let mut arrivals: Vec<u32> = vec![];

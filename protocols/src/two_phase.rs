@@ -206,9 +206,7 @@ impl Coordinator {
 }
 
 impl Role for Coordinator {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = TwoPc;
 
     /// Coordinator-initiated begin: log the transaction, then ask all N participants.
     fn on_begin(&mut self) -> Actions<Self> {
@@ -376,9 +374,7 @@ impl Participant {
 }
 
 impl Role for Participant {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = TwoPc;
 
     fn on_begin(&mut self) -> Actions<Self> {
         if self.state == PartState::Working {
@@ -473,6 +469,8 @@ impl TwoPc {
         }
     }
 }
+
+core::vocabulary!(TwoPc);
 
 impl System for TwoPc {
     type Node = Node;

@@ -20,19 +20,23 @@ fn votes(n: u8) -> Vec<Vec<Vote>> {
 
 // ---------------------------------------------------------------- 2PC
 
+/// Crash-recovery (every node crashes and restarts at most once), duplicating and reordering
+/// links; loss is subsumed (no timer is muted). Votes all YES, and the last one NO.
+fn two_pc_safety(sys: TwoPc) -> CommitModel<TwoPc> {
+    let n = sys.n;
+    let mut faults = Faults::crash_recovery(&sys);
+    faults.lossy = false;
+    CommitModel::new(sys, faults, votes(n))
+}
+
 #[test]
 fn two_phase_commit_is_safe_under_crash_recovery_loss_duplication_reordering() {
     let n = if large() { 4 } else { 3 };
-    let sys = TwoPc::new(n);
-    let mut faults = Faults::crash_recovery(&sys);
-    faults.lossy = false;
-    let model = CommitModel::new(sys, faults, votes(n));
-    let (checker, stats) = run_bfs(
-        &format!(
-            "2PC n={n}, crash-recovery (each node crashes <= 1), dup+reorder links (loss subsumed)"
-        ),
-        model,
+    let model = two_pc_safety(TwoPc::new(n));
+    let label = format!(
+        "2PC n={n}, crash-recovery (each node crashes <= 1), dup+reorder links (loss subsumed)"
     );
+    let (checker, stats) = run_bfs(&label, model);
     assert!(stats.complete);
     checker.assert_properties();
 }
@@ -43,10 +47,7 @@ fn two_phase_commit_is_safe_under_crash_recovery_loss_duplication_reordering() {
 #[test]
 fn two_phase_commit_coordinator_begins_is_safe_under_crash_recovery_loss_duplication_reordering() {
     let n = if large() { 4 } else { 3 };
-    let sys = TwoPc::coordinator_begins(n);
-    let mut faults = Faults::crash_recovery(&sys);
-    faults.lossy = false;
-    let model = CommitModel::new(sys, faults, votes(n)).sometimes(
+    let model = two_pc_safety(TwoPc::coordinator_begins(n)).sometimes(
         "a restarted coordinator aborts from its Begin record",
         |_, s| {
             s.slots
@@ -54,13 +55,11 @@ fn two_phase_commit_coordinator_begins_is_safe_under_crash_recovery_loss_duplica
                 .any(|sl| sl.log.contains(&two_phase::Record::Abort))
         },
     );
-    let (checker, stats) = run_bfs(
-        &format!(
-            "2PC n={n}, coordinator begins, crash-recovery (each node crashes <= 1), \
-             dup+reorder links (loss subsumed)"
-        ),
-        model,
+    let label = format!(
+        "2PC n={n}, coordinator begins, crash-recovery (each node crashes <= 1), \
+         dup+reorder links (loss subsumed)"
     );
+    let (checker, stats) = run_bfs(&label, model);
     assert!(stats.complete);
     checker.assert_properties();
 }
@@ -399,18 +398,7 @@ fn three_phase_commit_splits_under_a_partition() {
     let n = 3;
     let sys = ThreePc { n };
     let mut faults = three_pc_faults(&sys, 0);
-    // Every cut of {C0, P0, P1, P2} (the side holding C0 is listed).
-    let c = NodeId::Coordinator(0);
-    let p = NodeId::Participant;
-    faults.partitions = vec![
-        vec![c],
-        vec![c, p(0)],
-        vec![c, p(1)],
-        vec![c, p(2)],
-        vec![c, p(0), p(1)],
-        vec![c, p(0), p(2)],
-        vec![c, p(1), p(2)],
-    ];
+    faults.partitions = every_cut_of_c0_and_3_participants();
     let model = CommitModel::new(sys, faults, vec![vec![Vote::Yes; n as usize]])
         .without_standard()
         .sometimes("split: one participant committed, another aborted", split);
