@@ -15,9 +15,10 @@
 //!
 //! Forced writes: a participant forces [`Record::Prepared`] before voting YES and
 //! [`Record::Committed`] before acknowledging COMMIT (the coordinator forgets after the acks,
-//! so the participant must not need to ask again). The coordinator forces only
-//! [`Record::Commit`]; aborts are never forced (a coordinator that knows nothing answers
-//! "abort"), and [`Record::End`] is written lazily once every participant acknowledged.
+//! so the participant must not need to ask again). The coordinator forces [`Record::Commit`]
+//! (the commit point) and, when it begins, [`Record::Begin`]; a live coordinator's abort is
+//! never forced (a coordinator that knows nothing answers "abort"), only a restarted one's
+//! after `Begin`; [`Record::End`] is written lazily once every participant acknowledged.
 //!
 //! A prepared participant never decides alone: it asks the coordinator on a timer
 //! ([`Msg::Query`]) until an answer arrives — which is exactly why 2PC blocks while the
