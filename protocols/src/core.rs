@@ -94,8 +94,36 @@ impl<M, R, T> Action<M, R, T> {
     }
 }
 
-/// Convenience alias for a role's action batch.
-pub type Actions<N> = Vec<Action<<N as Role>::Msg, <N as Role>::Record, <N as Role>::Timer>>;
+/// A role's action batch: the one spelling every core uses.
+pub type Actions<N> = Vec<Action<MsgOf<N>, RecordOf<N>, TimerOf<N>>>;
+
+/// A protocol's vocabulary: its messages, stable-log records and timers. Each role of the
+/// protocol names it once (`type Protocol = TwoPc;`).
+pub trait Protocol: 'static {
+    type Msg: Wire;
+    type Record: Wire;
+    type Timer: Wire;
+}
+
+/// `impl Protocol for $p` with the `Msg`, `Record` and `Timer` types in scope where it is
+/// invoked: the one line a protocol module writes to name its vocabulary.
+macro_rules! vocabulary {
+    ($p:ty) => {
+        impl $crate::core::Protocol for $p {
+            type Msg = Msg;
+            type Record = Record;
+            type Timer = Timer;
+        }
+    };
+}
+pub(crate) use vocabulary;
+
+/// The messages of role `N`'s protocol.
+pub type MsgOf<N> = <<N as Role>::Protocol as Protocol>::Msg;
+/// The stable-log records of role `N`'s protocol.
+pub type RecordOf<N> = <<N as Role>::Protocol as Protocol>::Record;
+/// The timers of role `N`'s protocol.
+pub type TimerOf<N> = <<N as Role>::Protocol as Protocol>::Timer;
 
 /// Bounds shared by every wire / log type: hashable and ordered for the model checker,
 /// serialisable for a real driver.
@@ -113,9 +141,8 @@ impl<T> Wire for T where
 /// A role says what it does with each kind of [`Input`]; [`Role::handle`] routes an input to
 /// the right one, so the receive / timer plumbing is written once, here.
 pub trait Role: Clone + Debug + Hash + Eq + Send + Sync + 'static {
-    type Msg: Wire;
-    type Record: Wire;
-    type Timer: Wire;
+    /// The protocol this role belongs to (its messages, records and timers).
+    type Protocol: Protocol;
 
     /// The application asks to commit ([`Input::Begin`]). Ignored unless the role initiates.
     fn on_begin(&mut self) -> Actions<Self> {
@@ -123,15 +150,15 @@ pub trait Role: Clone + Debug + Hash + Eq + Send + Sync + 'static {
     }
 
     /// A message arrived ([`Input::Receive`]); possibly a duplicate, possibly late.
-    fn on_message(&mut self, from: NodeId, msg: Self::Msg) -> Actions<Self>;
+    fn on_message(&mut self, from: NodeId, msg: MsgOf<Self>) -> Actions<Self>;
 
     /// A timer armed with [`Action::SetTimer`] fired ([`Input::Timeout`]).
-    fn on_timeout(&mut self, _timer: Self::Timer) -> Actions<Self> {
+    fn on_timeout(&mut self, _timer: TimerOf<Self>) -> Actions<Self> {
         Vec::new()
     }
 
     /// Feed one input; returns the actions to perform, in order.
-    fn handle(&mut self, input: Input<Self::Msg, Self::Timer>) -> Actions<Self> {
+    fn handle(&mut self, input: Input<MsgOf<Self>, TimerOf<Self>>) -> Actions<Self> {
         match input {
             Input::Begin => self.on_begin(),
             Input::Receive { from, msg } => self.on_message(from, msg),
@@ -146,7 +173,7 @@ pub trait Start<S>: Role {
     /// A fresh node with an empty log. `vote` is used only by participants.
     fn start(sys: &S, id: NodeId, vote: Vote) -> (Self, Actions<Self>);
     /// A node rebuilt from its stable log after a crash.
-    fn restart(sys: &S, id: NodeId, log: &[Self::Record]) -> (Self, Actions<Self>);
+    fn restart(sys: &S, id: NodeId, log: &[RecordOf<Self>]) -> (Self, Actions<Self>);
 }
 
 impl NodeId {
@@ -176,11 +203,9 @@ pub enum Absent<C> {
 }
 
 impl<C: Role> Role for Absent<C> {
-    type Msg = C::Msg;
-    type Record = C::Record;
-    type Timer = C::Timer;
+    type Protocol = C::Protocol;
 
-    fn on_message(&mut self, _: NodeId, _: C::Msg) -> Actions<Self> {
+    fn on_message(&mut self, _: NodeId, _: MsgOf<C>) -> Actions<Self> {
         match self {
             Absent::Never(never, _) => match *never {},
         }
@@ -191,7 +216,7 @@ impl<S, C: Role> Start<S> for Absent<C> {
     fn start(_: &S, id: NodeId, _: Vote) -> (Self, Actions<Self>) {
         panic!("{id}: this protocol has no acceptors")
     }
-    fn restart(_: &S, id: NodeId, _: &[C::Record]) -> (Self, Actions<Self>) {
+    fn restart(_: &S, id: NodeId, _: &[RecordOf<C>]) -> (Self, Actions<Self>) {
         panic!("{id}: this protocol has no acceptors")
     }
 }
@@ -199,18 +224,16 @@ impl<S, C: Role> Start<S> for Absent<C> {
 impl<C, P, A> Role for Node<C, P, A>
 where
     C: Role,
-    P: Role<Msg = C::Msg, Record = C::Record, Timer = C::Timer>,
-    A: Role<Msg = C::Msg, Record = C::Record, Timer = C::Timer>,
+    P: Role<Protocol = C::Protocol>,
+    A: Role<Protocol = C::Protocol>,
 {
-    type Msg = C::Msg;
-    type Record = C::Record;
-    type Timer = C::Timer;
+    type Protocol = C::Protocol;
 
-    fn on_message(&mut self, from: NodeId, msg: C::Msg) -> Actions<Self> {
+    fn on_message(&mut self, from: NodeId, msg: MsgOf<C>) -> Actions<Self> {
         self.handle(Input::Receive { from, msg })
     }
 
-    fn handle(&mut self, input: Input<C::Msg, C::Timer>) -> Actions<Self> {
+    fn handle(&mut self, input: Input<MsgOf<C>, TimerOf<C>>) -> Actions<Self> {
         match self {
             Node::Coordinator(c) => c.handle(input),
             Node::Participant(p) => p.handle(input),
@@ -222,8 +245,8 @@ where
 impl<S, C, P, A> Start<S> for Node<C, P, A>
 where
     C: Start<S>,
-    P: Start<S> + Role<Msg = C::Msg, Record = C::Record, Timer = C::Timer>,
-    A: Start<S> + Role<Msg = C::Msg, Record = C::Record, Timer = C::Timer>,
+    P: Start<S> + Role<Protocol = C::Protocol>,
+    A: Start<S> + Role<Protocol = C::Protocol>,
 {
     fn start(sys: &S, id: NodeId, vote: Vote) -> (Self, Actions<Self>) {
         match id {
@@ -233,7 +256,7 @@ where
         }
     }
 
-    fn restart(sys: &S, id: NodeId, log: &[C::Record]) -> (Self, Actions<Self>) {
+    fn restart(sys: &S, id: NodeId, log: &[RecordOf<C>]) -> (Self, Actions<Self>) {
         match id {
             NodeId::Coordinator(_) => wrap(C::restart(sys, id, log), Node::Coordinator),
             NodeId::Participant(_) => wrap(P::restart(sys, id, log), Node::Participant),
@@ -276,16 +299,16 @@ pub trait System: Clone + Debug + Send + Sync + 'static {
     fn recover(
         &self,
         id: NodeId,
-        log: &[<Self::Node as Role>::Record],
+        log: &[RecordOf<Self::Node>],
     ) -> (Self::Node, Actions<Self::Node>) {
         Self::Node::restart(self, id, log)
     }
     /// Whether this record is a participant's durable YES vote.
-    fn is_yes_record(&self, record: &<Self::Node as Role>::Record) -> bool;
+    fn is_yes_record(&self, record: &RecordOf<Self::Node>) -> bool;
     /// Drop records that recovery no longer needs (a driver may truncate its log the same
     /// way). The default keeps one copy of each record: every protocol here recovers from the
     /// set of records it has, not from their multiplicity.
-    fn compact_log(&self, _id: NodeId, log: &mut Vec<<Self::Node as Role>::Record>) {
+    fn compact_log(&self, _id: NodeId, log: &mut Vec<RecordOf<Self::Node>>) {
         let mut seen = Vec::with_capacity(log.len());
         log.retain(|r| {
             if seen.contains(r) {
@@ -298,7 +321,7 @@ pub trait System: Clone + Debug + Send + Sync + 'static {
     }
     /// The peer a timer waits for, if the protocol's fault model only lets timers fire when
     /// that peer has failed (3PC's synchronous assumption). `None`: may fire at any time.
-    fn timer_awaits(&self, _timer: &<Self::Node as Role>::Timer) -> Option<NodeId> {
+    fn timer_awaits(&self, _timer: &TimerOf<Self::Node>) -> Option<NodeId> {
         None
     }
 }

@@ -7,13 +7,16 @@
 //! Where things live:
 //! - [`core`]: the shared vocabulary — [`NodeId`], [`Input`], [`Action`] (`ForceWrite`,
 //!   `Write`, `Send`, `SetTimer`, `CancelTimer`, `Decide`, `Forget`), the action batch
-//!   [`Actions`], the [`Role`] trait every role implements (it routes each input to
+//!   [`Actions`], the [`Protocol`] trait that names a protocol's messages, records and timers
+//!   once, the [`Role`] trait every role implements (it routes each input to
 //!   `on_begin` / `on_message` / `on_timeout`), the [`Start`] trait (fresh start and restart
 //!   from the stable log), the generic [`core::Node`] that makes one node type of a protocol's
 //!   roles, and the [`System`] trait describing one protocol instance.
 //! - [`two_phase`]: 2PC with presumed abort (coordinator, participant).
 //! - [`three_phase`]: Skeen's 3PC with timeouts and the termination protocol run by a
 //!   recovery coordinator elected among the live participants.
+//! - [`quorum_three_phase`]: Skeen's quorum-based 3PC (commit and abort quorums, the
+//!   PreAborted state): safe under partitions that change, blocking instead of splitting.
 //! - [`paxos_commit`]: Gray & Lamport's Paxos Commit (resource managers, 2F+1 acceptors,
 //!   leaders with higher ballots).
 //! - [`model`]: the stateright model that drives any [`System`] under a fault model
@@ -78,8 +81,11 @@
 pub mod core;
 pub mod model;
 pub mod paxos_commit;
+pub mod quorum_three_phase;
 pub mod sim;
 pub mod three_phase;
 pub mod two_phase;
 
-pub use crate::core::{Action, Actions, Input, NodeId, Outcome, Role, Start, System, Vote};
+pub use crate::core::{
+    Action, Actions, Input, NodeId, Outcome, Protocol, Role, Start, System, Vote,
+};

@@ -23,12 +23,14 @@ use std::time::{Duration, Instant};
 
 use stateright::{Checker, Model, Path, Property, Representative};
 
-use crate::core::{Action, Input, Node as CoreNode, NodeId, Outcome, Role, System, Vote};
+use crate::core::{
+    Action, Input, MsgOf, Node as CoreNode, NodeId, Outcome, RecordOf, Role, System, TimerOf, Vote,
+};
 use crate::paxos_commit;
 
-type Msg<S> = <<S as System>::Node as Role>::Msg;
-type Rec<S> = <<S as System>::Node as Role>::Record;
-type Tmr<S> = <<S as System>::Node as Role>::Timer;
+type Msg<S> = MsgOf<<S as System>::Node>;
+type Rec<S> = RecordOf<<S as System>::Node>;
+type Tmr<S> = TimerOf<<S as System>::Node>;
 /// A path through a [`CommitModel`].
 pub type McPath<S> = Path<McState<<S as System>::Node>, McAction<Msg<S>, Tmr<S>>>;
 
@@ -47,8 +49,11 @@ pub struct Faults {
     pub max_crashes_total: u8,
     /// Crashed nodes may restart from their stable log (crash-recovery) — otherwise crash-stop.
     pub recovery: bool,
-    /// Possible partitions (one side of the cut each); at most one happens, and it is permanent.
+    /// Possible partitions (one side of the cut each).
     pub partitions: Vec<Vec<NodeId>>,
+    /// How many times the network may change: a cut (any of `partitions`), a change to another
+    /// cut, or a heal. 1 means at most one partition, and it is permanent.
+    pub partition_changes: u8,
     /// Timers for which [`System::timer_awaits`] names a peer fire only when that peer has
     /// crashed and none of its messages are still in flight, or is cut off by the partition
     /// (a perfect failure detector in a synchronous system). Otherwise timers fire any time.
@@ -69,6 +74,7 @@ impl Faults {
             max_crashes_per_node: 1,
             recovery: true,
             partitions: vec![],
+            partition_changes: 1,
             synchronous_timers: false,
             initially_down: vec![],
         }
@@ -113,9 +119,9 @@ pub struct Slot<N: Role> {
     pub id: NodeId,
     /// `None` while crashed.
     pub node: Option<N>,
-    pub log: Vec<N::Record>,
-    pub buffer: Vec<N::Record>,
-    pub timers: BTreeSet<N::Timer>,
+    pub log: Vec<RecordOf<N>>,
+    pub buffer: Vec<RecordOf<N>>,
+    pub timers: BTreeSet<TimerOf<N>>,
     pub crashes: u8,
     /// Ghost: the outcome this node decided (kept across crashes).
     pub decided: Option<Outcome>,
@@ -124,8 +130,10 @@ pub struct Slot<N: Role> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct McState<N: Role> {
     pub slots: Vec<Slot<N>>,
-    pub net: BTreeMap<Envelope<N::Msg>, u8>,
+    pub net: BTreeMap<Envelope<MsgOf<N>>, u8>,
     pub partition: Option<u8>,
+    /// How many times the network has changed (see [`Faults::partition_changes`]).
+    pub partition_changes: u8,
     pub crashes: u8,
     /// Ghost: some node decided both outcomes at different times.
     pub flip_flop: bool,
@@ -140,6 +148,7 @@ pub enum McAction<M, T> {
     Crash(NodeId),
     Recover(NodeId),
     Partition(u8),
+    Heal,
 }
 
 impl<S: System> CommitModel<S> {
@@ -379,6 +388,7 @@ impl<S: System> CommitModel<S> {
                     self.sys.nodes().into_iter().partition(|n| side.contains(n));
                 format!("NETWORK PARTITION {} | {}", names(&a), names(&b))
             }
+            McAction::Heal => "NETWORK HEALS".to_string(),
         }
     }
 
@@ -453,6 +463,7 @@ impl<S: System> Model for CommitModel<S> {
                     slots: vec![],
                     net: BTreeMap::new(),
                     partition: None,
+                    partition_changes: 0,
                     crashes: 0,
                     flip_flop: false,
                 };
@@ -533,9 +544,14 @@ impl<S: System> Model for CommitModel<S> {
                 }
             }
         }
-        if s.partition.is_none() {
-            for i in 0..self.faults.partitions.len() {
-                actions.push(McAction::Partition(i as u8));
+        if s.partition_changes < self.faults.partition_changes {
+            for i in 0..self.faults.partitions.len() as u8 {
+                if s.partition != Some(i) {
+                    actions.push(McAction::Partition(i));
+                }
+            }
+            if s.partition.is_some() {
+                actions.push(McAction::Heal);
             }
         }
     }
@@ -597,8 +613,13 @@ impl<S: System> Model for CommitModel<S> {
                 s.slots[i].node = Some(node);
                 self.apply(&mut s, i, out);
             }
+            McAction::Heal => {
+                s.partition = None;
+                s.partition_changes += 1;
+            }
             McAction::Partition(p) => {
                 s.partition = Some(p);
+                s.partition_changes += 1;
                 let side = &self.faults.partitions[p as usize];
                 s.net
                     .retain(|e, _| side.contains(&e.from) == side.contains(&e.to));
@@ -822,6 +843,7 @@ impl<N: AcceptorSymmetry> McState<N> {
             slots,
             net,
             partition: self.partition,
+            partition_changes: self.partition_changes,
             crashes: self.crashes,
             flip_flop: self.flip_flop,
         }

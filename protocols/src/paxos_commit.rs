@@ -15,7 +15,9 @@
 //!   so one forced write covers the whole bundle.
 //! - A value is chosen in an instance when F+1 acceptors accepted it in the same ballot; a
 //!   leader that learns every instance's value decides and tells the participants.
-//! - A leader that times out picks its next ballot (leader `k` of `L` owns `k+1, k+1+L, ...`),
+//! - A leader runs under the lease epoch it holds on the transaction (the orchestrator's
+//!   lease: unique per holder, increasing with every takeover). Its ballots are
+//!   [`Ballot`]`{ epoch, round }`; one that times out starts its next round,
 //!   forces it ([`Record::Ballot`], so a restart never reuses a ballot), runs phase 1 for the
 //!   undecided instances, and proposes for each the value of the highest ballot reported, or
 //!   `Aborted` if none was reported. Leaders keep nothing else durable.
@@ -36,6 +38,20 @@ pub enum Value {
     Aborted,
 }
 
+/// A ballot: the lease epoch of the leader that runs it, then a round within that epoch,
+/// ordered in that order. `Ballot::ZERO` belongs to the participants (each proposes its own
+/// vote in its own instance). Leaders derive theirs from the transaction's lease, so ballots
+/// are unique and increasing by construction, whichever orchestrator instances come and go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ballot {
+    pub epoch: u64,
+    pub round: u32,
+}
+
+impl Ballot {
+    pub const ZERO: Ballot = Ballot { epoch: 0, round: 0 };
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Msg {
     /// Initiating participant → default leader.
@@ -44,17 +60,17 @@ pub enum Msg {
     Prepare,
     /// Participant (ballot 0, its own instance) or leader (higher ballot) → acceptors.
     Phase2a {
-        ballot: u8,
+        ballot: Ballot,
         values: Vec<(u8, Value)>,
     },
     /// Acceptor → leader: accepted `(instance, ballot, value)` triples.
-    Phase2b { accepted: Vec<(u8, u8, Value)> },
+    Phase2b { accepted: Vec<(u8, Ballot, Value)> },
     /// Leader → acceptors.
-    Phase1a { ballot: u8, instances: Vec<u8> },
+    Phase1a { ballot: Ballot, instances: Vec<u8> },
     /// Acceptor → leader: per promised instance, the highest-ballot value it accepted.
     Phase1b {
-        ballot: u8,
-        reports: Vec<(u8, Option<(u8, Value)>)>,
+        ballot: Ballot,
+        reports: Vec<(u8, Option<(Ballot, Value)>)>,
     },
     /// Leader → participant: the decision.
     Outcome(Outcome),
@@ -65,8 +81,8 @@ pub enum Msg {
 /// An acceptor's state for one instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Slot {
-    pub promised: u8,
-    pub accepted: Option<(u8, Value)>,
+    pub promised: Ballot,
+    pub accepted: Option<(Ballot, Value)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,7 +94,7 @@ pub enum Record {
     /// Acceptor: snapshot of every instance (forced before any reply).
     Acceptor(Vec<Slot>),
     /// Leader: a ballot it started (forced before its 1a).
-    Ballot(u8),
+    Ballot(Ballot),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -97,8 +113,9 @@ pub struct Shape {
     pub n: u8,
     pub f: u8,
     pub leaders: u8,
-    /// Leaders never use a ballot above this (a model-checking bound; `u8::MAX` in practice).
-    pub max_ballot: u8,
+    /// Rounds a leader may start within its lease epoch (a model-checking bound; `u32::MAX`
+    /// in practice).
+    pub max_rounds: u32,
 }
 
 impl Shape {
@@ -138,7 +155,7 @@ impl Rm {
                 Action::send(
                     a,
                     Msg::Phase2a {
-                        ballot: 0,
+                        ballot: Ballot::ZERO,
                         values: vec![(self.id, v)],
                     },
                 )
@@ -202,9 +219,7 @@ impl Rm {
 }
 
 impl Role for Rm {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = PaxosCommit;
 
     fn on_begin(&mut self) -> Actions<Self> {
         match self.state {
@@ -267,7 +282,7 @@ impl Acceptor {
             id,
             slots: vec![
                 Slot {
-                    promised: 0,
+                    promised: Ballot::ZERO,
                     accepted: None
                 };
                 shape.n as usize
@@ -301,7 +316,12 @@ impl Acceptor {
 impl Acceptor {
     /// Accept what the ballot allows. Ballot 0 (the fast path) answers with one bundle for
     /// every instance, to the default leader, once it has a value for each.
-    fn on_phase2a(&mut self, from: NodeId, ballot: u8, values: Vec<(u8, Value)>) -> Actions<Self> {
+    fn on_phase2a(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        values: Vec<(u8, Value)>,
+    ) -> Actions<Self> {
         let mut mine = vec![];
         for (i, v) in values {
             let s = &mut self.slots[i as usize];
@@ -314,7 +334,7 @@ impl Acceptor {
                 mine.push((i, ballot, v));
             }
         }
-        if ballot == 0 {
+        if ballot == Ballot::ZERO {
             let all: Option<Vec<_>> = self
                 .slots
                 .iter()
@@ -332,7 +352,7 @@ impl Acceptor {
         }
     }
 
-    fn on_phase1a(&mut self, from: NodeId, ballot: u8, instances: Vec<u8>) -> Actions<Self> {
+    fn on_phase1a(&mut self, from: NodeId, ballot: Ballot, instances: Vec<u8>) -> Actions<Self> {
         let mut reports = vec![];
         for i in instances {
             let s = &mut self.slots[i as usize];
@@ -353,9 +373,7 @@ impl Acceptor {
 }
 
 impl Role for Acceptor {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = PaxosCommit;
 
     fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         match msg {
@@ -370,29 +388,34 @@ impl Role for Acceptor {
 /// and the highest-ballot accepted value they reported.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Phase1 {
-    pub reports: BTreeMap<u8, (u8, Option<(u8, Value)>)>,
+    pub reports: BTreeMap<u8, (u8, Option<(Ballot, Value)>)>,
 }
 
 /// A leader (coordinator). Keeps nothing durable but the ballots it started.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Leader {
     pub shape: Shape,
-    pub idx: u8,
+    /// The lease epoch under which this leader runs: its ballots are `(epoch, 1)`,
+    /// `(epoch, 2)`, ...
+    pub epoch: u64,
     pub started: bool,
-    pub ballot: u8,
+    pub ballot: Ballot,
     pub phase1: Option<Phase1>,
     /// (instance, ballot, value) → bitmask of acceptors that accepted it.
-    pub votes: BTreeMap<(u8, u8, Value), u8>,
+    pub votes: BTreeMap<(u8, Ballot, Value), u8>,
     pub decided: Option<Outcome>,
 }
 
 impl Leader {
-    pub fn new(shape: Shape, idx: u8) -> (Self, Actions<Self>) {
+    /// A leader holding the transaction's lease with `epoch` (at least 1; epoch 0 is the
+    /// participants' ballot).
+    pub fn new(shape: Shape, epoch: u64) -> (Self, Actions<Self>) {
+        assert!(epoch > 0, "lease epochs start at 1");
         let l = Leader {
             shape,
-            idx,
+            epoch,
             started: false,
-            ballot: 0,
+            ballot: Ballot::ZERO,
             phase1: None,
             votes: BTreeMap::new(),
             decided: None,
@@ -400,8 +423,11 @@ impl Leader {
         (l, vec![Action::SetTimer(Timer::Progress)])
     }
 
-    pub fn recover(shape: Shape, idx: u8, log: &[Record]) -> (Self, Actions<Self>) {
-        let (mut l, out) = Leader::new(shape, idx);
+    /// Rebuild from the leader's log (the ballots it started), under the lease epoch the
+    /// driver now holds: a new epoch after a takeover, or the same one if the process kept
+    /// its lease.
+    pub fn recover(shape: Shape, epoch: u64, log: &[Record]) -> (Self, Actions<Self>) {
+        let (mut l, out) = Leader::new(shape, epoch);
         for r in log {
             if let Record::Ballot(b) = r {
                 l.ballot = l.ballot.max(*b);
@@ -443,20 +469,27 @@ impl Leader {
         out
     }
 
-    fn next_ballot(&self) -> Option<u8> {
-        let first = self.idx + 1;
-        let mut b = first;
-        while b <= self.ballot {
-            b = b.checked_add(self.shape.leaders)?;
-        }
-        (b <= self.shape.max_ballot).then_some(b)
+    /// The next round of this leader's epoch. Unique across leaders because lease epochs
+    /// are (a leader runs only under the epoch it holds), and higher than every ballot of an
+    /// earlier lease holder because epochs increase.
+    fn next_ballot(&self) -> Option<Ballot> {
+        let round = match self.ballot.epoch.cmp(&self.epoch) {
+            std::cmp::Ordering::Less => 1,
+            std::cmp::Ordering::Equal => self.ballot.round.checked_add(1)?,
+            // Its log has a later epoch than the lease it holds: a stale holder; stay out.
+            std::cmp::Ordering::Greater => return None,
+        };
+        (round <= self.shape.max_rounds).then_some(Ballot {
+            epoch: self.epoch,
+            round,
+        })
     }
 
     fn on_phase1b(
         &mut self,
         a: u8,
-        ballot: u8,
-        reports: Vec<(u8, Option<(u8, Value)>)>,
+        ballot: Ballot,
+        reports: Vec<(u8, Option<(Ballot, Value)>)>,
     ) -> Actions<Self> {
         if ballot != self.ballot || self.decided.is_some() {
             return vec![];
@@ -522,9 +555,7 @@ impl Leader {
 }
 
 impl Role for Leader {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = PaxosCommit;
 
     fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         match (from, msg) {
@@ -563,10 +594,10 @@ impl Role for Leader {
 
 impl Start<PaxosCommit> for Leader {
     fn start(sys: &PaxosCommit, id: NodeId, _: Vote) -> (Self, Actions<Self>) {
-        Leader::new(sys.shape, id.index())
+        Leader::new(sys.shape, u64::from(id.index()) + 1)
     }
     fn restart(sys: &PaxosCommit, id: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
-        Leader::recover(sys.shape, id.index(), log)
+        Leader::recover(sys.shape, u64::from(id.index()) + 1, log)
     }
 }
 
@@ -604,17 +635,22 @@ pub struct PaxosCommit {
 }
 
 impl PaxosCommit {
-    pub fn new(n: u8, f: u8, leaders: u8, max_ballot: u8) -> Self {
+    /// `n` participants, 2`f`+1 acceptors, `leaders` leader nodes (leader `Ck` runs under
+    /// lease epoch k+1: the model's stand-in for k+1 successive lease claims), each starting
+    /// at most `max_rounds` ballots.
+    pub fn new(n: u8, f: u8, leaders: u8, max_rounds: u32) -> Self {
         PaxosCommit {
             shape: Shape {
                 n,
                 f,
                 leaders,
-                max_ballot,
+                max_rounds,
             },
         }
     }
 }
+
+core::vocabulary!(PaxosCommit);
 
 impl System for PaxosCommit {
     type Node = Node;

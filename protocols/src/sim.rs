@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::core::{Action, Input, NodeId, Outcome, Role, System, Vote};
+use crate::core::{Action, Input, MsgOf, NodeId, Outcome, Role, System, Vote};
 use crate::paxos_commit::PaxosCommit;
+use crate::quorum_three_phase::QuorumThreePc;
 use crate::three_phase::ThreePc;
 use crate::two_phase::TwoPc;
 
@@ -44,7 +45,7 @@ pub fn run<S: System>(sys: &S, host: impl Fn(NodeId) -> u32) -> Measurement {
         let (node, _boot) = sys.boot(id, Vote::Yes); // boot actions only arm timers
         nodes.insert(id, node);
     }
-    let mut queue: Queue<<S::Node as Role>::Msg> = BTreeMap::new();
+    let mut queue: Queue<MsgOf<S::Node>> = BTreeMap::new();
     let mut seq = 0u64;
     queue.insert((0, seq), (sys.initiator(), None));
     let mut arrivals: Vec<u32> = vec![];
@@ -206,9 +207,15 @@ pub fn compare(n: u8, f: u8) -> Vec<Row> {
             (2 * nn + 1, "2N+1"),
         ),
         Row::new(
+            "3PC, quorum-based (majority quorums)",
+            OWN_HOSTS,
+            run(&QuorumThreePc::new(n, n / 2 + 1, n - n / 2), separate_hosts),
+        )
+        .expect((5 * nn - 1, "5N-1"), 6, (2 * nn + 1, "2N+1")),
+        Row::new(
             format!("Paxos Commit (F={f})"),
             "leader, each participant, each of the 2F+1 acceptors on its own host",
-            run(&PaxosCommit::new(n, f, 1, u8::MAX), separate_hosts),
+            run(&PaxosCommit::new(n, f, 1, u32::MAX), separate_hosts),
         )
         .expect(
             ((nn + 1) * (2 * ff + 3) - 2, "(N+1)(2F+3)-2"),
@@ -221,7 +228,7 @@ pub fn compare(n: u8, f: u8) -> Vec<Row> {
             Row::new(
                 "Paxos Commit (F=0, acceptor beside leader)",
                 "the single acceptor on the leader's host",
-                run(&PaxosCommit::new(n, 0, 1, u8::MAX), acceptor_beside_leader),
+                run(&PaxosCommit::new(n, 0, 1, u32::MAX), acceptor_beside_leader),
             )
             .expect((3 * nn - 1, "3N-1 (= 2PC)"), 4, (nn + 1, "N+1")),
         );

@@ -297,12 +297,9 @@ impl Participant {
             return vec![];
         };
         let counted = match (&mut self.lead, state) {
+            // Counted once: a state is recorded only for a participant still awaited.
             (Some(Lead::Collecting { waiting, states }), Some(state)) => {
-                let counted = waiting.remove(&q);
-                if counted {
-                    states.insert(q, state);
-                }
-                counted
+                waiting.remove(&q) && states.insert(q, state).is_none()
             }
             (Some(Lead::PreCommitting { waiting }), None) => waiting.remove(&q),
             _ => false,
@@ -317,9 +314,7 @@ impl Participant {
 }
 
 impl Role for Participant {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = ThreePc;
 
     fn on_begin(&mut self) -> Actions<Self> {
         match (self.state, self.vote) {
@@ -514,9 +509,7 @@ impl Coordinator {
 }
 
 impl Role for Coordinator {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = ThreePc;
 
     fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         let NodeId::Participant(p) = from else {
@@ -599,6 +592,8 @@ pub type Node = core::Node<Coordinator, Participant>;
 pub struct ThreePc {
     pub n: u8,
 }
+
+core::vocabulary!(ThreePc);
 
 impl System for ThreePc {
     type Node = Node;

@@ -15,9 +15,10 @@
 //!
 //! Forced writes: a participant forces [`Record::Prepared`] before voting YES and
 //! [`Record::Committed`] before acknowledging COMMIT (the coordinator forgets after the acks,
-//! so the participant must not need to ask again). The coordinator forces only
-//! [`Record::Commit`]; aborts are never forced (a coordinator that knows nothing answers
-//! "abort"), and [`Record::End`] is written lazily once every participant acknowledged.
+//! so the participant must not need to ask again). The coordinator forces [`Record::Commit`]
+//! (the commit point) and, when it begins, [`Record::Begin`]; a live coordinator's abort is
+//! never forced (a coordinator that knows nothing answers "abort"), only a restarted one's
+//! after `Begin`; [`Record::End`] is written lazily once every participant acknowledged.
 //!
 //! A prepared participant never decides alone: it asks the coordinator on a timer
 //! ([`Msg::Query`]) until an answer arrives — which is exactly why 2PC blocks while the
@@ -206,9 +207,7 @@ impl Coordinator {
 }
 
 impl Role for Coordinator {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = TwoPc;
 
     /// Coordinator-initiated begin: log the transaction, then ask all N participants.
     fn on_begin(&mut self) -> Actions<Self> {
@@ -376,9 +375,7 @@ impl Participant {
 }
 
 impl Role for Participant {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
+    type Protocol = TwoPc;
 
     fn on_begin(&mut self) -> Actions<Self> {
         if self.state == PartState::Working {
@@ -473,6 +470,8 @@ impl TwoPc {
         }
     }
 }
+
+core::vocabulary!(TwoPc);
 
 impl System for TwoPc {
     type Node = Node;

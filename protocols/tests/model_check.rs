@@ -20,19 +20,23 @@ fn votes(n: u8) -> Vec<Vec<Vote>> {
 
 // ---------------------------------------------------------------- 2PC
 
+/// Crash-recovery (every node crashes and restarts at most once), duplicating and reordering
+/// links; loss is subsumed (no timer is muted). Votes all YES, and the last one NO.
+fn two_pc_safety(sys: TwoPc) -> CommitModel<TwoPc> {
+    let n = sys.n;
+    let mut faults = Faults::crash_recovery(&sys);
+    faults.lossy = false;
+    CommitModel::new(sys, faults, votes(n))
+}
+
 #[test]
 fn two_phase_commit_is_safe_under_crash_recovery_loss_duplication_reordering() {
     let n = if large() { 4 } else { 3 };
-    let sys = TwoPc::new(n);
-    let mut faults = Faults::crash_recovery(&sys);
-    faults.lossy = false;
-    let model = CommitModel::new(sys, faults, votes(n));
-    let (checker, stats) = run_bfs(
-        &format!(
-            "2PC n={n}, crash-recovery (each node crashes <= 1), dup+reorder links (loss subsumed)"
-        ),
-        model,
+    let model = two_pc_safety(TwoPc::new(n));
+    let label = format!(
+        "2PC n={n}, crash-recovery (each node crashes <= 1), dup+reorder links (loss subsumed)"
     );
+    let (checker, stats) = run_bfs(&label, model);
     assert!(stats.complete);
     checker.assert_properties();
 }
@@ -43,10 +47,7 @@ fn two_phase_commit_is_safe_under_crash_recovery_loss_duplication_reordering() {
 #[test]
 fn two_phase_commit_coordinator_begins_is_safe_under_crash_recovery_loss_duplication_reordering() {
     let n = if large() { 4 } else { 3 };
-    let sys = TwoPc::coordinator_begins(n);
-    let mut faults = Faults::crash_recovery(&sys);
-    faults.lossy = false;
-    let model = CommitModel::new(sys, faults, votes(n)).sometimes(
+    let model = two_pc_safety(TwoPc::coordinator_begins(n)).sometimes(
         "a restarted coordinator aborts from its Begin record",
         |_, s| {
             s.slots
@@ -54,13 +55,11 @@ fn two_phase_commit_coordinator_begins_is_safe_under_crash_recovery_loss_duplica
                 .any(|sl| sl.log.contains(&two_phase::Record::Abort))
         },
     );
-    let (checker, stats) = run_bfs(
-        &format!(
-            "2PC n={n}, coordinator begins, crash-recovery (each node crashes <= 1), \
-             dup+reorder links (loss subsumed)"
-        ),
-        model,
+    let label = format!(
+        "2PC n={n}, coordinator begins, crash-recovery (each node crashes <= 1), \
+         dup+reorder links (loss subsumed)"
     );
+    let (checker, stats) = run_bfs(&label, model);
     assert!(stats.complete);
     checker.assert_properties();
 }
@@ -94,6 +93,7 @@ fn two_pc_blocks(sys: TwoPc) {
         max_crashes_total: 1,
         recovery: false,
         partitions: vec![],
+        partition_changes: 1,
         synchronous_timers: false,
         initially_down: vec![],
     };
@@ -176,7 +176,7 @@ fn paxos_two_leaders(
     recovery: bool,
     dueling: bool,
 ) -> CommitModel<PaxosCommit> {
-    let sys = PaxosCommit::new(n, 1, 2, 2);
+    let sys = PaxosCommit::new(n, 1, 2, 1);
     let faults = Faults {
         lossy: false,
         duplicating: true,
@@ -185,6 +185,7 @@ fn paxos_two_leaders(
         max_crashes_per_node: 1,
         recovery,
         partitions: vec![],
+        partition_changes: 1,
         synchronous_timers: false,
         initially_down: vec![],
     };
@@ -273,6 +274,7 @@ fn paxos_acceptors_down(k: u8, loss: bool) -> CommitModel<PaxosCommit> {
         max_crashes_total: 0,
         recovery: false,
         partitions: vec![],
+        partition_changes: 1,
         synchronous_timers: false,
         initially_down: (0..k).map(|i| NodeId::Acceptor(2 - i)).collect(),
     };
@@ -356,6 +358,7 @@ fn three_pc_faults(sys: &ThreePc, crashes: u8) -> Faults {
         max_crashes_total: crashes,
         recovery: false,
         partitions: vec![],
+        partition_changes: 1,
         synchronous_timers: true,
         initially_down: vec![],
     }
@@ -395,18 +398,7 @@ fn three_phase_commit_splits_under_a_partition() {
     let n = 3;
     let sys = ThreePc { n };
     let mut faults = three_pc_faults(&sys, 0);
-    // Every cut of {C0, P0, P1, P2} (the side holding C0 is listed).
-    let c = NodeId::Coordinator(0);
-    let p = NodeId::Participant;
-    faults.partitions = vec![
-        vec![c],
-        vec![c, p(0)],
-        vec![c, p(1)],
-        vec![c, p(2)],
-        vec![c, p(0), p(1)],
-        vec![c, p(0), p(2)],
-        vec![c, p(1), p(2)],
-    ];
+    faults.partitions = every_cut_of_c0_and_3_participants();
     let model = CommitModel::new(sys, faults, vec![vec![Vote::Yes; n as usize]])
         .without_standard()
         .sometimes("split: one participant committed, another aborted", split);
@@ -482,4 +474,116 @@ fn paxos_commit_is_safe_with_dueling_leaders_n2() {
     );
     assert!(stats.complete);
     checker.assert_properties();
+}
+
+// ---------------------------------------------------------------- quorum-based 3PC
+
+use tandem_protocols::quorum_three_phase::{self, QuorumThreePc};
+
+/// Every cut of {C0, P0, P1, P2} (the side holding C0 is listed).
+fn every_cut_of_c0_and_3_participants() -> Vec<Vec<NodeId>> {
+    let c = NodeId::Coordinator(0);
+    let p = NodeId::Participant;
+    vec![
+        vec![c],
+        vec![c, p(0)],
+        vec![c, p(1)],
+        vec![c, p(2)],
+        vec![c, p(0), p(1)],
+        vec![c, p(0), p(2)],
+        vec![c, p(1), p(2)],
+    ]
+}
+
+/// CI: the coordinator alone; the coordinator with P0 against P1 and P2; the coordinator with
+/// P1 against P0 and P2 (so the two participants that may lead can end up on either side of a
+/// cut, or on the same side). `TANDEM_MC_LARGE`: every cut.
+fn quorum_cuts() -> Vec<Vec<NodeId>> {
+    let c = NodeId::Coordinator(0);
+    let p = NodeId::Participant;
+    if large() {
+        every_cut_of_c0_and_3_participants()
+    } else {
+        vec![vec![c], vec![c, p(0)], vec![c, p(1)]]
+    }
+}
+
+fn quorum_blocked(m: &CommitModel<QuorumThreePc>, s: &McState<quorum_three_phase::Node>) -> bool {
+    !m.live_participants_decided(s) && m.is_terminal(s)
+}
+
+/// A participant stays pre-committed, undecided, with nothing left to do, while the others
+/// decided abort: the minority side of a partition that blocks instead of splitting.
+fn quorum_precommitted_minority_blocks(
+    m: &CommitModel<QuorumThreePc>,
+    s: &McState<quorum_three_phase::Node>,
+) -> bool {
+    let pre_committed_undecided = m.participant_slots(s).any(|p| {
+        p.decided.is_none()
+            && matches!(&p.node, Some(quorum_three_phase::Node::Participant(q))
+                if q.state == quorum_three_phase::QState::PreCommitted)
+    });
+    pre_committed_undecided
+        && m.participant_slots(s)
+            .any(|p| p.decided == Some(Outcome::Abort))
+        && m.is_terminal(s)
+}
+
+/// Quorum 3PC, N = 3, Vc = Va = 2, votes YYY and YYN: reliable links cut by partitions that
+/// change (`changes` times: any cut, another cut, or a heal, at any moment). Every timer waits
+/// for one peer and fires only while that peer is cut off — but the cut may move or heal
+/// afterwards, so a suspicion can turn out wrong (the coordinator was alive after all), which
+/// plain 3PC cannot survive. Bounds: P0 and P1 may lead a termination (`TANDEM_MC_LARGE`: all
+/// three), once each. Safe, both outcomes reachable, and blocking reachable (the price of
+/// never splitting).
+fn quorum_three_pc(changes: u8) -> CommitModel<QuorumThreePc> {
+    let n = 3;
+    let leaders = if large() { 3 } else { 2 };
+    let sys = QuorumThreePc::new(n, 2, 2).bounded(leaders, 1);
+    let faults = Faults {
+        lossy: false,
+        duplicating: false,
+        crashable: vec![],
+        max_crashes_per_node: 0,
+        max_crashes_total: 0,
+        recovery: false,
+        partitions: quorum_cuts(),
+        partition_changes: changes,
+        synchronous_timers: true,
+        initially_down: vec![],
+    };
+    CommitModel::new(sys, faults, votes(n))
+        .sometimes(
+            "blocked: a live participant undecided, nothing left to do",
+            quorum_blocked,
+        )
+        .sometimes(
+            "a pre-committed participant blocks while another aborted",
+            quorum_precommitted_minority_blocks,
+        )
+}
+
+#[test]
+fn quorum_three_phase_commit_is_safe_and_blocks_under_changing_partitions() {
+    let changes = if large() { 3 } else { 2 };
+    let (checker, stats) = run_bfs(
+        &format!(
+            "quorum 3PC n=3 Vc=Va=2, partitions change <= {changes} times (any cut, re-cut, \
+             heal, any time), a timer fires while its peer is cut off, {} may lead once",
+            if large() { "P0, P1, P2" } else { "P0, P1" }
+        ),
+        quorum_three_pc(changes),
+    );
+    // Safety first, so that a run capped with TANDEM_MC_MAX_STATES still says whether the part
+    // it explored (every execution shorter than its depth) is safe.
+    checker.assert_no_discovery("agreement");
+    checker.assert_no_discovery("commit only if all voted yes");
+    assert!(stats.complete);
+    checker.assert_properties();
+    let path =
+        checker.assert_any_discovery("a pre-committed participant blocks while another aborted");
+    println!(
+        "quorum 3PC blocks instead of splitting:\n{}",
+        checker.model().trace(&path)
+    );
 }
