@@ -33,6 +33,11 @@ use crate::Error;
 /// The durability of every write transaction.
 pub const DURABILITY: Durability = Durability::Immediate;
 
+/// [`DURABILITY`] as `GET /status` reports it (`"immediate"`).
+pub fn durability() -> String {
+    format!("{DURABILITY:?}").to_lowercase()
+}
+
 const DATA: TableDefinition<&str, &str> = TableDefinition::new("data");
 const PREPARED: TableDefinition<u128, &[u8]> = TableDefinition::new("prepared");
 const DECIDED: TableDefinition<u128, &[u8]> = TableDefinition::new("decided");
