@@ -17,19 +17,20 @@
 //! (sends time out after 5 s), and a participant only re-sends queries, which a fresh instance
 //! also answers with ABORT.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_protocols::two_phase::{CoordState, Coordinator as Core, Msg, Record, Timer};
 use tandem_protocols::{Action, Input, NodeId, Outcome, Role};
 use uuid::Uuid;
 
+use crate::driver::{Slots, Task, force, lazy, lock};
 use crate::net::{Envelope, Net, Timers};
 use crate::store::Store;
 use crate::{Config, Error, Timing};
 
 type Act = Action<Msg, Record, Timer>;
+type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
 
 /// How long an aborted or unknown coordinator instance stays in memory.
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -40,6 +41,12 @@ struct Slot {
     timers: Timers,
     pending: Vec<Act>,
     touched: Instant,
+}
+
+impl AsRef<Timers> for Slot {
+    fn as_ref(&self) -> &Timers {
+        &self.timers
+    }
 }
 
 #[derive(Default, Debug)]
@@ -53,7 +60,7 @@ struct Inner {
     shards: Vec<String>,
     timing: Timing,
     net: Net,
-    slots: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Slots<Slot>,
     counters: Mutex<Counters>,
 }
 
@@ -61,11 +68,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Coordinator {
     inner: Arc<Inner>,
-}
-
-fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
-    tracing::error!(error = %e, "{what} failed; exiting so that recovery starts from disk");
-    std::process::exit(70)
 }
 
 impl Coordinator {
@@ -78,7 +80,7 @@ impl Coordinator {
                 shards: config.shards.clone(),
                 timing: config.timing(),
                 net: Net::default(),
-                slots: Mutex::new(HashMap::new()),
+                slots: Slots::default(),
                 counters: Mutex::new(Counters::default()),
             }),
         };
@@ -99,17 +101,13 @@ impl Coordinator {
         Ok(c)
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<tokio::sync::Mutex<Slot>>>> {
-        self.inner
-            .slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn slots(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, SlotRef>> {
+        self.inner.slots.map()
     }
 
     /// Resend recovered commits; forget old aborted instances.
     pub(crate) fn start(&self) -> tokio::task::JoinHandle<()> {
-        let ids: Vec<Uuid> = self.slots().keys().copied().collect();
-        for id in ids {
+        for id in self.inner.slots.ids() {
             let c = self.clone();
             tokio::spawn(async move { c.deliver(id, None).await });
         }
@@ -124,7 +122,7 @@ impl Coordinator {
     }
 
     async fn forget_finished(&self) {
-        let slots: Vec<(Uuid, Arc<tokio::sync::Mutex<Slot>>)> =
+        let slots: Vec<(Uuid, SlotRef)> =
             self.slots().iter().map(|(k, v)| (*k, v.clone())).collect();
         for (id, slot) in slots {
             let s = slot.lock().await;
@@ -177,7 +175,7 @@ impl Coordinator {
     }
 
     async fn deliver(&self, id: Uuid, input: Option<Input<Msg, Timer>>) {
-        let Some(slot) = self.slots().get(&id).cloned() else {
+        let Some(slot) = self.inner.slots.get(id) else {
             return;
         };
         let mut s = slot.lock().await;
@@ -196,26 +194,19 @@ impl Coordinator {
             Action::ForceWrite(Record::Commit) => {
                 let store = self.inner.store.clone();
                 let participants = s.participants.clone();
-                match tokio::task::spawn_blocking(move || store.put_commit(id, &participants)).await
-                {
-                    Ok(Ok(())) => tandem_kit::crash::point("kv.coordinator.after_commit_record"),
-                    Ok(Err(e)) => fatal("forcing Commit", &e),
-                    Err(e) => fatal("forcing Commit", &e),
-                }
+                force("forcing Commit", move || {
+                    store.put_commit(id, &participants)
+                })
+                .await;
+                tandem_kit::crash::point("kv.coordinator.after_commit_record");
             }
             Action::Write(Record::End) => {
                 let store = self.inner.store.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.end(id)).await {
-                    tracing::warn!(txn = %id, error = %e, "lazy End record not written");
-                }
+                lazy(id, "End", move || store.end(id)).await;
             }
             Action::ForceWrite(_) | Action::Write(_) => {}
             Action::Decide(o) => {
-                let mut c = self
-                    .inner
-                    .counters
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut c = lock(&self.inner.counters);
                 match o {
                     Outcome::Commit => c.commits += 1,
                     Outcome::Abort => c.aborts += 1,
@@ -240,16 +231,8 @@ impl Coordinator {
                     .send(&self.inner.shards[usize::from(shard)], env);
             }
             Action::SetTimer(t) => {
-                let generation = s.timers.set(t.clone());
-                let delay = match t {
-                    Timer::Votes => self.inner.timing.vote_timeout,
-                    _ => self.inner.timing.retry,
-                };
-                let c = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    c.fire(id, t, generation).await;
-                });
+                let (c, delay) = (self.clone(), self.inner.timing.of(&t));
+                s.timers.arm(t, delay, |t, g| c.fire(id, t, g));
             }
             Action::CancelTimer(t) => s.timers.cancel(&t),
             Action::Forget => {
@@ -258,37 +241,22 @@ impl Coordinator {
         }
     }
 
-    /// A timer fired. Boxed with an explicit `Send` bound: the timer task calls back into
-    /// `deliver`, whose future holds this one, and the compiler cannot infer `Send` through
-    /// that cycle.
-    fn fire(
-        self,
-        id: Uuid,
-        t: Timer,
-        generation: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    /// A timer fired: feed `Timeout` unless it was re-armed or cancelled meanwhile.
+    fn fire(self, id: Uuid, t: Timer, generation: u64) -> Task {
         Box::pin(async move {
-            let Some(slot) = self.slots().get(&id).cloned() else {
-                return;
-            };
-            if !slot.lock().await.timers.is_live(&t, generation) {
-                return;
+            if self.inner.slots.timer_live(id, &t, generation).await {
+                self.deliver(id, Some(Input::Timeout(t))).await;
             }
-            self.deliver(id, Some(Input::Timeout(t))).await;
         })
     }
 
     /// `GET /status`.
     pub fn status(&self) -> serde_json::Value {
-        let c = self
-            .inner
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let c = lock(&self.inner.counters);
         serde_json::json!({
             "role": "coordinator",
             "shards": self.inner.shards,
-            "durability": format!("{:?}", crate::store::DURABILITY).to_lowercase(),
+            "durability": crate::store::durability(),
             "in_memory": self.slots().len(),
             "commits": c.commits,
             "aborts": c.aborts,

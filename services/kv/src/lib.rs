@@ -13,6 +13,8 @@
 //! - [`participant`]: the shard's 2PC participant driver, running
 //!   `tandem_protocols::two_phase::Participant`;
 //! - [`coordinator`]: the coordinator service, running `two_phase::Coordinator`;
+//! - `driver`: what those two drivers share (live instances, forced and lazy writes, the exit
+//!   on a failed forced write);
 //! - [`net`]: the 2PC message envelope, fire-and-forget sends, timers;
 //! - [`api`]: the HTTP routes and their problem+json errors;
 //! - [`local`]: a whole store (shards + coordinator) in one process, for `tandem kv up` and tests;
@@ -29,6 +31,7 @@ use clap::{Parser, ValueEnum};
 
 pub mod api;
 pub mod coordinator;
+mod driver;
 pub mod local;
 pub mod locks;
 pub mod net;
@@ -190,6 +193,19 @@ pub(crate) struct Timing {
     pub commit_wait: Duration,
     pub vote_timeout: Duration,
     pub retry: Duration,
+}
+
+impl Timing {
+    /// How long each 2PC timer runs: the coordinator's vote collection, an unprepared
+    /// participant's deadline (its idle timeout), and the resend / query interval.
+    pub(crate) fn of(&self, t: &tandem_protocols::two_phase::Timer) -> Duration {
+        use tandem_protocols::two_phase::Timer;
+        match t {
+            Timer::Votes => self.vote_timeout,
+            Timer::VoteDeadline => self.txn_timeout,
+            Timer::Resend | Timer::InDoubt => self.retry,
+        }
+    }
 }
 
 /// A built process, ready to serve.

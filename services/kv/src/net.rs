@@ -70,6 +70,20 @@ impl Timers {
         self.next
     }
 
+    /// `SetTimer`: arm `t` and, after `delay`, run `fire(t, generation)` — which ignores the
+    /// firing unless [`Timers::is_live`] still holds.
+    pub fn arm<F>(&mut self, t: Timer, delay: Duration, fire: impl FnOnce(Timer, u64) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let generation = self.set(t.clone());
+        let fired = fire(t, generation);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            fired.await;
+        });
+    }
+
     pub fn cancel(&mut self, t: &Timer) {
         self.generation.remove(t);
     }

@@ -23,14 +23,14 @@
 //! A failed forced write ends the process (exit code 70): continuing would let the core act on
 //! a record that is not on disk; the restarted shard recovers from what is.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use kv_client::wire::TxnOutcome;
 use tandem_protocols::two_phase::{Msg, Participant, Record, Timer};
 use tandem_protocols::{Action, Input, NodeId, Role, Vote};
 use uuid::Uuid;
 
+use crate::driver::{Slots, Task, fatal, force, lazy};
 use crate::net::{Envelope, Timers};
 use crate::shard::{Shard, Status};
 use crate::store::PreparedRecord;
@@ -47,26 +47,14 @@ pub(crate) struct Slot {
     pending: Vec<Act>,
 }
 
+impl AsRef<Timers> for Slot {
+    fn as_ref(&self) -> &Timers {
+        &self.timers
+    }
+}
+
 /// The live participant instances of a shard.
-#[derive(Default)]
-pub(crate) struct Parts {
-    slots: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Slot>>>>,
-}
-
-impl Parts {
-    fn get(&self, id: Uuid) -> Option<Arc<tokio::sync::Mutex<Slot>>> {
-        self.map().get(&id).cloned()
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<tokio::sync::Mutex<Slot>>>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
-    tracing::error!(error = %e, "{what} failed; exiting so that recovery starts from disk");
-    std::process::exit(70)
-}
+pub(crate) type Parts = Slots<Slot>;
 
 impl Shard {
     /// Rebuild the participant of a prepared record (called before serving).
@@ -87,8 +75,7 @@ impl Shard {
 
     /// Execute the recovery actions (the in-doubt queries) once the runtime serves.
     pub(crate) fn resume_recovered(&self) {
-        let ids: Vec<Uuid> = self.inner.parts.map().keys().copied().collect();
-        for id in ids {
+        for id in self.inner.parts.ids() {
             let shard = self.clone();
             tokio::spawn(async move { shard.deliver(id, None).await });
         }
@@ -189,19 +176,11 @@ impl Shard {
             Action::ForceWrite(Record::Prepared) => self.force_prepared(id, s).await,
             Action::ForceWrite(Record::Committed) => {
                 let store = self.inner.store.clone();
-                match tokio::task::spawn_blocking(move || store.commit_prepared(id)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => fatal("forcing Committed", &e),
-                    Err(e) => fatal("forcing Committed", &e),
-                }
+                force("forcing Committed", move || store.commit_prepared(id)).await;
             }
             Action::Write(Record::Aborted) => {
                 let store = self.inner.store.clone();
-                if let Ok(Err(e)) =
-                    tokio::task::spawn_blocking(move || store.abort_prepared(id)).await
-                {
-                    tracing::warn!(txn = %id, error = %e, "lazy Aborted record not written");
-                }
+                lazy(id, "Aborted", move || store.abort_prepared(id)).await;
             }
             Action::ForceWrite(_) | Action::Write(_) => {}
             Action::Decide(outcome) => {
@@ -225,39 +204,20 @@ impl Shard {
                 self.inner.net.send(&self.inner.coordinator_url, env);
             }
             Action::SetTimer(t) => {
-                let generation = s.timers.set(t.clone());
-                let delay = match t {
-                    Timer::VoteDeadline => self.inner.timing.txn_timeout,
-                    _ => self.inner.timing.retry,
-                };
-                let shard = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    shard.fire(id, t, generation).await;
-                });
+                let (shard, delay) = (self.clone(), self.inner.timing.of(&t));
+                s.timers.arm(t, delay, |t, g| shard.fire(id, t, g));
             }
             Action::CancelTimer(t) => s.timers.cancel(&t),
             Action::Forget => {}
         }
     }
 
-    /// A timer fired. Boxed with an explicit `Send` bound: the timer task calls back into
-    /// `deliver`, whose future holds this one, and the compiler cannot infer `Send` through
-    /// that cycle.
-    fn fire(
-        self,
-        id: Uuid,
-        t: Timer,
-        generation: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    /// A timer fired: feed `Timeout` unless it was re-armed or cancelled meanwhile.
+    fn fire(self, id: Uuid, t: Timer, generation: u64) -> Task {
         Box::pin(async move {
-            let Some(slot) = self.inner.parts.get(id) else {
-                return;
-            };
-            if !slot.lock().await.timers.is_live(&t, generation) {
-                return;
+            if self.inner.parts.timer_live(id, &t, generation).await {
+                self.deliver(id, Some(Input::Timeout(t))).await;
             }
-            self.deliver(id, Some(Input::Timeout(t))).await;
         })
     }
 
@@ -281,11 +241,7 @@ impl Shard {
             );
         };
         let store = self.inner.store.clone();
-        match tokio::task::spawn_blocking(move || store.put_prepared(&record)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => fatal("forcing Prepared", &e),
-            Err(e) => fatal("forcing Prepared", &e),
-        }
+        force("forcing Prepared", move || store.put_prepared(&record)).await;
         {
             let mut st = self.state();
             let crate::shard::State { txns, locks, .. } = &mut *st;

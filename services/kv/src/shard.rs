@@ -13,7 +13,7 @@
 //! prepared transaction from its records in [`Shard::recover`], before serving.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
@@ -25,6 +25,7 @@ use tandem_kit::Problem;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use crate::driver::lock;
 use crate::locks::{Acquire, LockTable, Mode, TxKey};
 use crate::net::Net;
 use crate::participant::Parts;
@@ -237,18 +238,11 @@ impl Shard {
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner.state)
     }
 
     pub(crate) fn count(&self, f: impl FnOnce(&mut Counters)) {
-        f(&mut self
-            .inner
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner));
+        f(&mut lock(&self.inner.counters));
     }
 
     /// End a transaction and wake lock waiters.
@@ -586,16 +580,12 @@ impl Shard {
                 .count();
             (st.txns.len(), prepared, st.locks.len())
         };
-        let c = self
-            .inner
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let c = lock(&self.inner.counters);
         serde_json::json!({
             "role": "shard",
             "index": self.inner.index,
             "shards": self.inner.shard_count,
-            "durability": format!("{:?}", crate::store::DURABILITY).to_lowercase(),
+            "durability": crate::store::durability(),
             "reads_lock": self.inner.lock_reads,
             "open_transactions": open,
             "prepared": prepared,

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -33,10 +34,18 @@ use crate::Error;
 /// The durability of every write transaction.
 pub const DURABILITY: Durability = Durability::Immediate;
 
+/// [`DURABILITY`] as `GET /status` reports it (`"immediate"`).
+pub fn durability() -> String {
+    format!("{DURABILITY:?}").to_lowercase()
+}
+
 const DATA: TableDefinition<&str, &str> = TableDefinition::new("data");
-const PREPARED: TableDefinition<u128, &[u8]> = TableDefinition::new("prepared");
-const DECIDED: TableDefinition<u128, &[u8]> = TableDefinition::new("decided");
-const COORDINATOR: TableDefinition<u128, &[u8]> = TableDefinition::new("coordinator");
+/// A table of protocol records: transaction id → JSON.
+type Records = TableDefinition<'static, u128, &'static [u8]>;
+
+const PREPARED: Records = TableDefinition::new("prepared");
+const DECIDED: Records = TableDefinition::new("decided");
+const COORDINATOR: Records = TableDefinition::new("coordinator");
 
 /// A buffered write: `None` deletes the key.
 pub type Writes = BTreeMap<String, Option<String>>;
@@ -152,12 +161,7 @@ impl Store {
 
     /// Force the participant's `Prepared` record.
     pub fn put_prepared(&self, record: &PreparedRecord) -> Result<(), Error> {
-        let bytes = encode(record)?;
-        self.write(|w| {
-            w.open_table(PREPARED)?
-                .insert(record.id.as_u128(), bytes.as_slice())?;
-            Ok(())
-        })
+        self.put_record(PREPARED, record.id, record)
     }
 
     /// Force the participant's `Committed` record: apply the prepared writes, drop the
@@ -190,62 +194,73 @@ impl Store {
 
     /// The participant's `Aborted` record (lazy): forget the prepared write set.
     pub fn abort_prepared(&self, id: Uuid) -> Result<(), Error> {
-        self.write_lazy(|w| {
-            w.open_table(PREPARED)?.remove(id.as_u128())?;
-            Ok(())
-        })
+        self.remove_lazy(PREPARED, id)
     }
 
     /// Every prepared record (recovery).
     pub fn prepared(&self) -> Result<Vec<PreparedRecord>, Error> {
-        let r = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = r.open_table(PREPARED).map_err(redb::Error::from)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(redb::Error::from)? {
-            let (_, v) = item.map_err(redb::Error::from)?;
-            out.push(decode(v.value())?);
-        }
-        Ok(out)
+        Ok(self
+            .records(PREPARED)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
     }
 
     pub fn prepared_one(&self, id: Uuid) -> Result<Option<PreparedRecord>, Error> {
-        let r = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = r.open_table(PREPARED).map_err(redb::Error::from)?;
-        let v = t.get(id.as_u128()).map_err(redb::Error::from)?;
-        v.map(|g| decode(g.value())).transpose()
+        self.record(PREPARED, id)
     }
 
     /// The durable outcome of a transaction this shard committed.
     pub fn decided(&self, id: Uuid) -> Result<Option<Decided>, Error> {
-        let r = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = r.open_table(DECIDED).map_err(redb::Error::from)?;
-        let v = t.get(id.as_u128()).map_err(redb::Error::from)?;
-        v.map(|g| decode(g.value())).transpose()
+        self.record(DECIDED, id)
     }
 
     /// Coordinator: force the `Commit` record (with the participants, to resend the outcome).
     pub fn put_commit(&self, id: Uuid, participants: &[u16]) -> Result<(), Error> {
-        let bytes = encode(&participants)?;
-        self.write(|w| {
-            w.open_table(COORDINATOR)?
-                .insert(id.as_u128(), bytes.as_slice())?;
-            Ok(())
-        })
+        self.put_record(COORDINATOR, id, &participants)
     }
 
     /// Coordinator: the `End` record (lazy) — every participant acknowledged, forget the
     /// transaction.
     pub fn end(&self, id: Uuid) -> Result<(), Error> {
-        self.write_lazy(|w| {
-            w.open_table(COORDINATOR)?.remove(id.as_u128())?;
-            Ok(())
-        })
+        self.remove_lazy(COORDINATOR, id)
     }
 
     /// Coordinator: committed transactions not yet acknowledged by every participant.
     pub fn commits(&self) -> Result<Vec<(Uuid, Vec<u16>)>, Error> {
+        self.records(COORDINATOR)
+    }
+
+    /// Force `value` as the record of transaction `id` in `table`.
+    fn put_record<T: Serialize>(&self, table: Records, id: Uuid, value: &T) -> Result<(), Error> {
+        let bytes = encode(value)?;
+        self.write(|w| {
+            w.open_table(table)?
+                .insert(id.as_u128(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Remove the record of `id` from `table`, lazily (see [`Store::write_lazy`]).
+    fn remove_lazy(&self, table: Records, id: Uuid) -> Result<(), Error> {
+        self.write_lazy(|w| {
+            w.open_table(table)?.remove(id.as_u128())?;
+            Ok(())
+        })
+    }
+
+    /// The record of `id` in `table`.
+    fn record<T: DeserializeOwned>(&self, table: Records, id: Uuid) -> Result<Option<T>, Error> {
         let r = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = r.open_table(COORDINATOR).map_err(redb::Error::from)?;
+        let t = r.open_table(table).map_err(redb::Error::from)?;
+        let v = t.get(id.as_u128()).map_err(redb::Error::from)?;
+        v.map(|g| decode(g.value())).transpose()
+    }
+
+    /// Every record in `table`, in transaction id order.
+    fn records<T: DeserializeOwned>(&self, table: Records) -> Result<Vec<(Uuid, T)>, Error> {
+        let r = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = r.open_table(table).map_err(redb::Error::from)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(redb::Error::from)? {
             let (k, v) = item.map_err(redb::Error::from)?;
@@ -289,7 +304,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     Ok(serde_json::to_vec(value)?)
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     Ok(serde_json::from_slice(bytes)?)
 }
 

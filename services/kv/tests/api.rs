@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{key_on, tempdir};
+use common::{Api, assert_problem, assert_value, key_on, slug, tempdir};
 use kv::local::Local;
 use kv_client::{Client, Error};
 use serde_json::{Value, json};
@@ -16,7 +16,12 @@ struct Store {
 }
 
 impl Store {
-    async fn start(tweak: impl Fn(kv::Config) -> kv::Config) -> Store {
+    /// Two shards and the coordinator in this process, each configured by `tweak`.
+    async fn start(tweak: impl Fn(&mut kv::Config)) -> Store {
+        let tweak = |mut c| {
+            tweak(&mut c);
+            c
+        };
         let local = Local::start(2, &tempdir("api"), None, tweak)
             .await
             .expect("start");
@@ -30,17 +35,6 @@ impl Store {
         Client::new(self.local.shard_urls.clone())
     }
 
-    async fn post(&self, shard: usize, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.local.shard_urls[shard]))
-            .json(&body)
-            .send()
-            .await
-            .expect("post");
-        (r.status().as_u16(), r.json().await.unwrap_or_default())
-    }
-
     async fn raw(
         &self,
         shard: usize,
@@ -48,9 +42,7 @@ impl Store {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.local.shard_urls[shard]));
+        let mut req = self.http.post(format!("{}{path}", self.url(shard)));
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
@@ -73,16 +65,20 @@ impl Store {
     }
 }
 
-fn slug(b: &Value) -> &str {
-    b["type"]
-        .as_str()
-        .unwrap_or("")
-        .trim_start_matches("urn:tandem:problem:")
+/// Processes are the shards, by index.
+impl Api for Store {
+    fn url(&self, shard: usize) -> String {
+        self.local.shard_urls[shard].clone()
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
-    let s = Store::start(|c| c).await;
+    let s = Store::start(|_| {}).await;
     let k = key_on(0, 2, "bad-");
     let t = s.begin(0, None).await;
     let w = format!("/txns/{t}/write");
@@ -133,54 +129,34 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
             assert_eq!(b["errors"][0]["pointer"], pointer, "{b}");
         }
     }
-    let (st, b) = s
-        .raw(0, &w, Some("application/json"), b"{not json".to_vec())
-        .await;
-    assert_eq!((st, slug(&b)), (400, "bad-request"), "{b}");
-    let (st, b) = s.raw(0, &w, None, b"{}".to_vec()).await;
-    assert_eq!((st, slug(&b)), (415, "unsupported-media-type"), "{b}");
+    let json = Some("application/json");
+    let answer = s.raw(0, &w, json, b"{not json".to_vec()).await;
+    assert_problem(&answer, 400, "bad-request");
+    let answer = s.raw(0, &w, None, b"{}".to_vec()).await;
+    assert_problem(&answer, 415, "unsupported-media-type");
     let big =
         serde_json::to_vec(&json!({"key": k, "value": "v".repeat(300 * 1024)})).expect("json");
-    let (st, b) = s.raw(0, &w, Some("application/json"), big).await;
-    assert_eq!((st, slug(&b)), (413, "payload-too-large"), "{b}");
+    assert_problem(&s.raw(0, &w, json, big).await, 413, "payload-too-large");
     // Every rejected write left nothing behind: commit, then the key is still absent.
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [0]}),
-        )
-        .await;
-    assert_eq!((st, b["outcome"].as_str()), (200, Some("committed")), "{b}");
-    assert_eq!(s.client().get(&k).await.expect("read"), None);
+    s.commit_is(0, t, &[0], "committed").await;
+    assert_value(&s.client(), &k, None).await;
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_only_committed_data_and_wait_die_orders_conflicts() {
-    let s = Store::start(|c| c).await;
+    let s = Store::start(|_| {}).await;
     let k = key_on(0, 2, "wd-");
     let writer = s.begin(0, Some(100)).await;
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{writer}/write"),
-            json!({"key": k, "value": "mine"}),
-        )
-        .await;
+    let (st, b) = s.write(0, writer, &k, "mine").await;
     assert_eq!(st, 200, "{b}");
     // Its own write is visible to itself.
-    let (_, b) = s
-        .post(0, &format!("/txns/{writer}/read"), json!({"key": k}))
-        .await;
+    let (_, b) = s.read(0, writer, &k).await;
     assert_eq!(b["value"], "mine");
 
     // A younger reader dies at once: it never sees the uncommitted value.
     let young = s.begin(0, Some(200)).await;
-    let (st, b) = s
-        .post(0, &format!("/txns/{young}/read"), json!({"key": k}))
-        .await;
-    assert_eq!((st, slug(&b)), (409, "conflict"), "{b}");
+    assert_problem(&s.read(0, young, &k).await, 409, "conflict");
 
     // An older reader waits, and sees the value once it is committed.
     let old = s.begin(0, Some(50)).await;
@@ -197,18 +173,8 @@ async fn reads_see_only_committed_data_and_wait_die_orders_conflicts() {
     };
     // The reader is parked on the lock (the shard counts it as waiting) until the writer
     // commits.
-    let status = format!("{}/status", s.local.shard_urls[0]);
     loop {
-        let st: Value = s
-            .http
-            .get(&status)
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json");
-        if st["waiting"] == 1 {
+        if s.status(0).await["waiting"] == 1 {
             break;
         }
         assert!(
@@ -217,14 +183,7 @@ async fn reads_see_only_committed_data_and_wait_die_orders_conflicts() {
         );
         tokio::task::yield_now().await;
     }
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{writer}/commit"),
-            json!({"participants": [0]}),
-        )
-        .await;
-    assert_eq!((st, b["outcome"].as_str()), (200, Some("committed")), "{b}");
+    s.commit_is(0, writer, &[0], "committed").await;
     let (st, b) = reader.await.expect("reader");
     assert_eq!((st, b["value"].as_str()), (200, Some("mine")), "{b}");
     s.stop().await;
@@ -232,53 +191,27 @@ async fn reads_see_only_committed_data_and_wait_die_orders_conflicts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_transactions_time_out_and_release_their_locks() {
-    let s = Store::start(|mut c| {
-        c.txn_timeout_ms = 200;
-        c
-    })
-    .await;
+    let s = Store::start(|c| c.txn_timeout_ms = 200).await;
     let k = key_on(0, 2, "idle-");
     let t = s.begin(0, Some(1)).await;
-    let (st, _) = s
-        .post(
-            0,
-            &format!("/txns/{t}/write"),
-            json!({"key": k, "value": "v"}),
-        )
-        .await;
-    assert_eq!(st, 200);
+    let (st, b) = s.write(0, t, &k, "v").await;
+    assert_eq!(st, 200, "{b}");
     // A younger writer can get the key once the idle one is aborted.
     s.client()
         .put(&k, "other")
         .await
         .expect("the lock is released after the idle timeout");
     // Asking to commit it reports its outcome.
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [0]}),
-        )
-        .await;
-    assert_eq!((st, b["outcome"].as_str()), (200, Some("aborted")), "{b}");
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{t}/write"),
-            json!({"key": k, "value": "late"}),
-        )
-        .await;
-    assert_eq!((st, slug(&b)), (409, "transaction-aborted"), "{b}");
-    assert_eq!(
-        s.client().get(&k).await.expect("read").as_deref(),
-        Some("other")
-    );
+    s.commit_is(0, t, &[0], "aborted").await;
+    let late = s.write(0, t, &k, "late").await;
+    assert_problem(&late, 409, "transaction-aborted");
+    assert_value(&s.client(), &k, Some("other")).await;
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_aborts_and_deletes_across_shards() {
-    let s = Store::start(|c| c).await;
+    let s = Store::start(|_| {}).await;
     let client = s.client();
     let (a, b) = (key_on(0, 2, "x-"), key_on(1, 2, "x-"));
     client
@@ -297,19 +230,16 @@ async fn commits_aborts_and_deletes_across_shards() {
         })
         .await
         .expect("cross-shard commit");
-    assert_eq!(client.get(&a).await.expect("a").as_deref(), Some("1"));
-    assert_eq!(client.get(&b).await.expect("b").as_deref(), Some("2"));
+    assert_value(&client, &a, Some("1")).await;
+    assert_value(&client, &b, Some("2")).await;
 
     let t = client.begin();
     t.write(&a, "lost").await.expect("write");
     t.delete(&b).await.expect("delete");
     t.abort().await;
-    assert_eq!(
-        client.get(&a).await.expect("a").as_deref(),
-        Some("1"),
-        "abort discards"
-    );
-    assert_eq!(client.get(&b).await.expect("b").as_deref(), Some("2"));
+    // The abort discards both.
+    assert_value(&client, &a, Some("1")).await;
+    assert_value(&client, &b, Some("2")).await;
 
     let user = client
         .transaction(|t| {
@@ -321,7 +251,7 @@ async fn commits_aborts_and_deletes_across_shards() {
         })
         .await;
     assert!(matches!(user, Err(Error::User(_))), "{user:?}");
-    assert_eq!(client.get(&b).await.expect("b").as_deref(), Some("2"));
+    assert_value(&client, &b, Some("2")).await;
 
     client
         .transaction(|t| {
@@ -330,66 +260,36 @@ async fn commits_aborts_and_deletes_across_shards() {
         })
         .await
         .expect("delete");
-    assert_eq!(client.get(&b).await.expect("b"), None);
+    assert_value(&client, &b, None).await;
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_finished_and_excess_transactions_are_rejected() {
-    let s = Store::start(|mut c| {
-        c.max_open_txns = 4;
-        c
-    })
-    .await;
+    let s = Store::start(|c| c.max_open_txns = 4).await;
     let k = key_on(0, 2, "rej-");
     let t = s.begin(0, None).await;
-    let w = format!("/txns/{t}/write");
-    let (st, b) = s.post(0, "/txns/not-a-uuid/read", json!({"key": k})).await;
-    assert_eq!((st, slug(&b)), (400, "bad-path"), "{b}");
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{}/read", Uuid::now_v7()),
-            json!({"key": k}),
-        )
-        .await;
-    assert_eq!((st, slug(&b)), (404, "unknown-transaction"), "{b}");
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [1]}),
-        )
-        .await;
-    assert_eq!((st, slug(&b)), (422, "invalid-input"), "{b}");
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [0, 7]}),
-        )
-        .await;
-    assert_eq!((st, slug(&b)), (422, "invalid-input"), "{b}");
+    let bad_path = s.post(0, "/txns/not-a-uuid/read", json!({"key": k})).await;
+    assert_problem(&bad_path, 400, "bad-path");
+    let unknown = s.read(0, Uuid::now_v7(), &k).await;
+    assert_problem(&unknown, 404, "unknown-transaction");
+    // Not led by this shard; a shard that does not exist.
+    for participants in [&[1][..], &[0, 7]] {
+        assert_problem(&s.commit(0, t, participants).await, 422, "invalid-input");
+    }
 
-    let (st, b) = s
-        .post(
-            0,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [0]}),
-        )
-        .await;
-    assert_eq!((st, b["outcome"].as_str()), (200, Some("committed")), "{b}");
+    s.commit_is(0, t, &[0], "committed").await;
     // Writes after commit.
-    let (st, b) = s.post(0, &w, json!({"key": k, "value": "late"})).await;
-    assert_eq!((st, slug(&b)), (409, "transaction-committed"), "{b}");
-    let (st, b) = s.post(0, "/txns", json!({"id": t})).await;
-    assert_eq!((st, slug(&b)), (409, "transaction-committed"), "{b}");
+    let late = s.write(0, t, &k, "late").await;
+    assert_problem(&late, 409, "transaction-committed");
+    let again = s.post(0, "/txns", json!({"id": t})).await;
+    assert_problem(&again, 409, "transaction-committed");
 
     // Too many open transactions.
     for _ in 0..4 {
         s.begin(0, None).await;
     }
-    let (st, b) = s.post(0, "/txns", json!({})).await;
-    assert_eq!((st, slug(&b)), (429, "too-many-transactions"), "{b}");
+    let excess = s.post(0, "/txns", json!({})).await;
+    assert_problem(&excess, 429, "too-many-transactions");
     s.stop().await;
 }

@@ -7,9 +7,31 @@
 
 mod common;
 
-use common::{COORDINATOR, Cluster, key_on};
-use serde_json::json;
+use common::{Api, COORDINATOR, Cluster, assert_problem, assert_value, key_on};
 use uuid::Uuid;
+
+/// Begin `t` as the oldest transaction there is (priority 1, so any later one is younger) on
+/// shards 0 and 1 (processes 1 and 2), write `new` to `k0` and `k1`, and ask for the commit:
+/// the coordinator is down or dies, so the answer is 503 and both shards stay prepared.
+async fn prepare_both(c: &Cluster, t: Uuid, k0: &str, k1: &str) {
+    for (p, k) in [(1, k0), (2, k1)] {
+        c.begin_as(p, t, 1).await;
+        let (s, b) = c.write(p, t, k, "new").await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let answer = c.commit(1, t, &[0, 1]).await;
+    assert_problem(&answer, 503, "outcome-pending");
+}
+
+/// Process `p` holds one prepared transaction and its one exclusive lock.
+async fn assert_one_prepared_lock(c: &Cluster, p: usize) {
+    let s = c.status(p).await;
+    assert_eq!(
+        (s["prepared"].as_u64(), s["locked_keys"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_shard_rebuilds_prepared_locks_before_serving_then_resolves_them() {
@@ -19,56 +41,20 @@ async fn a_restarted_shard_rebuilds_prepared_locks_before_serving_then_resolves_
     client.put(&k0, "old0").await.expect("seed k0");
     client.put(&k1, "old1").await.expect("seed k1");
 
-    // T is the oldest transaction there is (priority 1), so any later one is younger.
-    let t = Uuid::now_v7();
-    for (p, k) in [(1, &k0), (2, &k1)] {
-        let (s, b) = c.post(p, "/txns", json!({"id": t, "priority": 1})).await;
-        assert_eq!(s, 201, "{b}");
-        let (s, b) = c
-            .post(
-                p,
-                &format!("/txns/{t}/write"),
-                json!({"key": k, "value": "new"}),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
-    }
     // The coordinator is down: shard 0 prepares, and the outcome stays pending.
-    let (s, b) = c
-        .post(
-            1,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [0, 1]}),
-        )
-        .await;
-    assert_eq!(
-        (s, b["type"].as_str()),
-        (503, Some("urn:tandem:problem:outcome-pending")),
-        "{b}"
-    );
+    let t = Uuid::now_v7();
+    prepare_both(&c, t, &k0, &k1).await;
     assert_eq!(c.status(1).await["prepared"], 1);
 
     c.kill(1);
     c.spawn(1);
     c.wait_up(1).await;
     // The very first requests served already see the prepared transaction and its lock.
-    let s = c.status(1).await;
-    assert_eq!(
-        (s["prepared"].as_u64(), s["locked_keys"].as_u64()),
-        (Some(1), Some(1)),
-        "{s}"
-    );
+    assert_one_prepared_lock(&c, 1).await;
     let u = Uuid::now_v7();
-    let (st, _) = c.post(1, "/txns", json!({"id": u})).await;
-    assert_eq!(st, 201);
-    let (st, b) = c
-        .post(1, &format!("/txns/{u}/read"), json!({"key": k0}))
-        .await;
-    assert_eq!(
-        st, 409,
-        "a younger reader must die on the prepared lock: {b}"
-    );
-    assert_eq!(b["type"], "urn:tandem:problem:conflict");
+    c.begin_as(1, u, 2).await;
+    // A younger reader must die on the prepared lock.
+    assert_problem(&c.read(1, u, &k0).await, 409, "conflict");
 
     // The coordinator comes up knowing nothing of T: presumed abort resolves the shard.
     c.spawn(COORDINATOR);
@@ -77,22 +63,9 @@ async fn a_restarted_shard_rebuilds_prepared_locks_before_serving_then_resolves_
         s["prepared"] == 0
     })
     .await;
-    assert_eq!(
-        client.get(&k0).await.expect("read k0").as_deref(),
-        Some("old0")
-    );
-    assert_eq!(
-        client.get(&k1).await.expect("read k1").as_deref(),
-        Some("old1")
-    );
-    let (s, b) = c
-        .post(
-            1,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [0, 1]}),
-        )
-        .await;
-    assert_eq!((s, b["outcome"].as_str()), (200, Some("aborted")), "{b}");
+    assert_value(&client, &k0, Some("old0")).await;
+    assert_value(&client, &k1, Some("old1")).await;
+    c.commit_is(1, t, &[0, 1], "aborted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,10 +96,7 @@ async fn cross_shard_commits_survive_kill_9_of_every_process() {
         assert_eq!(c.status(p).await["durability"], "immediate");
     }
     for k in &keys {
-        assert_eq!(
-            client.get(k).await.expect("read").as_deref(),
-            Some(format!("v-{k}").as_str())
-        );
+        assert_value(&client, k, Some(&format!("v-{k}"))).await;
     }
 }
 
@@ -145,8 +115,8 @@ async fn a_participant_that_lost_its_work_votes_no_and_nothing_is_half_committed
         matches!(result, Err(kv_client::Error::Aborted(_))),
         "commit must abort, got {result:?}"
     );
-    assert_eq!(client.get(&k0).await.expect("read k0"), None);
-    assert_eq!(client.get(&k1).await.expect("read k1"), None);
+    assert_value(&client, &k0, None).await;
+    assert_value(&client, &k1, None).await;
     c.wait_status(1, "no transaction left prepared", |s| s["prepared"] == 0)
         .await;
 }
@@ -160,27 +130,9 @@ async fn prepared_participants_keep_their_locks_until_a_restarted_coordinator_co
     );
     c.wait_up(COORDINATOR).await;
     let (k0, k1) = (key_on(0, 2, "c-"), key_on(1, 2, "c-"));
+    // The coordinator dies after its commit record.
     let t = Uuid::now_v7();
-    for (p, k) in [(1, &k0), (2, &k1)] {
-        let (s, b) = c.post(p, "/txns", json!({"id": t, "priority": 1})).await;
-        assert_eq!(s, 201, "{b}");
-        let (s, b) = c
-            .post(
-                p,
-                &format!("/txns/{t}/write"),
-                json!({"key": k, "value": "new"}),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
-    }
-    let (s, b) = c
-        .post(
-            1,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [0, 1]}),
-        )
-        .await;
-    assert_eq!(s, 503, "the coordinator dies after its commit record: {b}");
+    prepare_both(&c, t, &k0, &k1).await;
     assert!(
         c.wait_exit(COORDINATOR),
         "the coordinator aborted at its crash point"
@@ -188,12 +140,7 @@ async fn prepared_participants_keep_their_locks_until_a_restarted_coordinator_co
 
     // Both participants voted YES and wait, holding their exclusive locks.
     for p in [1, 2] {
-        let s = c.status(p).await;
-        assert_eq!(
-            (s["prepared"].as_u64(), s["locked_keys"].as_u64()),
-            (Some(1), Some(1)),
-            "{s}"
-        );
+        assert_one_prepared_lock(&c, p).await;
     }
     let client = c.client();
     let reader = client.begin();
@@ -210,20 +157,7 @@ async fn prepared_participants_keep_their_locks_until_a_restarted_coordinator_co
         c.wait_status(p, "the commit delivered", |s| s["prepared"] == 0)
             .await;
     }
-    assert_eq!(
-        client.get(&k0).await.expect("read k0").as_deref(),
-        Some("new")
-    );
-    assert_eq!(
-        client.get(&k1).await.expect("read k1").as_deref(),
-        Some("new")
-    );
-    let (s, b) = c
-        .post(
-            1,
-            &format!("/txns/{t}/commit"),
-            json!({"participants": [0, 1]}),
-        )
-        .await;
-    assert_eq!((s, b["outcome"].as_str()), (200, Some("committed")), "{b}");
+    assert_value(&client, &k0, Some("new")).await;
+    assert_value(&client, &k1, Some("new")).await;
+    c.commit_is(1, t, &[0, 1], "committed").await;
 }

@@ -55,90 +55,148 @@ fn a_serial_history_is_valid() {
     assert!(report.edges >= 3, "{report:?}");
 }
 
-#[test]
-fn aborted_read_is_g1a() {
-    let h = history(
-        vec![(Fail, vec![a("x", 1)]), (Committed, vec![r("x", &[1])])],
-        false,
-    );
-    let report = check(&h);
-    assert!(
-        report.anomalies.iter().any(|x| matches!(
-            x,
-            Anomaly::G1a {
-                reader: 1,
-                writer: 0,
-                ..
-            }
-        )),
-        "{report}"
-    );
+/// One anomaly the checker must find in a hand-made history.
+struct Case {
+    name: &'static str,
+    ops: Vec<(OpResult, Vec<Mop>)>,
+    overlap: bool,
+    found: fn(&Report) -> bool,
 }
 
-#[test]
-fn intermediate_read_is_g1b() {
-    let h = history(
-        vec![
-            (Committed, vec![a("x", 1), a("x", 2)]),
-            (Committed, vec![r("x", &[1])]),
-        ],
-        true,
-    );
-    let report = check(&h);
-    assert!(
-        report.anomalies.iter().any(|x| matches!(
-            x,
-            Anomaly::G1b {
-                reader: 1,
-                writer: 0,
-                ..
-            }
-        )),
-        "{report}"
-    );
+fn any(report: &Report, f: fn(&Anomaly) -> bool) -> bool {
+    report.anomalies.iter().any(f)
 }
 
-#[test]
-fn write_cycle_is_g0() {
-    let h = history(
-        vec![
-            (Committed, vec![a("x", 1), a("y", 2)]),
-            (Committed, vec![a("x", 3), a("y", 4)]),
-            (Committed, vec![r("x", &[1, 3]), r("y", &[4, 2])]),
-        ],
-        true,
-    );
-    let report = check(&h);
-    assert!(report.has_cycle(CycleKind::G0), "{report}");
+// A pure table of data: one entry per anomaly, long because the histories are written out.
+#[allow(clippy::too_many_lines)]
+fn anomaly_cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "an aborted read is G1a",
+            ops: vec![(Fail, vec![a("x", 1)]), (Committed, vec![r("x", &[1])])],
+            overlap: false,
+            found: |rep| {
+                any(rep, |x| {
+                    matches!(
+                        x,
+                        Anomaly::G1a {
+                            reader: 1,
+                            writer: 0,
+                            ..
+                        }
+                    )
+                })
+            },
+        },
+        Case {
+            name: "an intermediate read is G1b",
+            ops: vec![
+                (Committed, vec![a("x", 1), a("x", 2)]),
+                (Committed, vec![r("x", &[1])]),
+            ],
+            overlap: true,
+            found: |rep| {
+                any(rep, |x| {
+                    matches!(
+                        x,
+                        Anomaly::G1b {
+                            reader: 1,
+                            writer: 0,
+                            ..
+                        }
+                    )
+                })
+            },
+        },
+        Case {
+            name: "a write cycle is G0",
+            ops: vec![
+                (Committed, vec![a("x", 1), a("y", 2)]),
+                (Committed, vec![a("x", 3), a("y", 4)]),
+                (Committed, vec![r("x", &[1, 3]), r("y", &[4, 2])]),
+            ],
+            overlap: true,
+            found: |rep| rep.has_cycle(CycleKind::G0),
+        },
+        Case {
+            name: "circular information flow is G1c, not G0",
+            ops: vec![
+                (Committed, vec![a("x", 1), r("y", &[2])]),
+                (Committed, vec![a("y", 2), r("x", &[1])]),
+            ],
+            overlap: true,
+            found: |rep| rep.has_cycle(CycleKind::G1c) && !rep.has_cycle(CycleKind::G0),
+        },
+        Case {
+            // T0 reads x before T1's append, then y after it.
+            name: "read skew is G-single",
+            ops: vec![
+                (Committed, vec![r("x", &[]), r("y", &[3])]),
+                (Committed, vec![a("x", 2), a("y", 3)]),
+                (Committed, vec![r("x", &[2])]),
+            ],
+            overlap: true,
+            found: |rep| rep.has_cycle(CycleKind::GSingle),
+        },
+        Case {
+            name: "a committed append missing from a later read is lost",
+            ops: vec![(Committed, vec![a("x", 1)]), (Committed, vec![r("x", &[])])],
+            overlap: false,
+            found: |rep| {
+                any(rep, |x| {
+                    matches!(
+                        x,
+                        Anomaly::LostAppend {
+                            writer: 0,
+                            reader: 1,
+                            ..
+                        }
+                    )
+                })
+            },
+        },
+        Case {
+            name: "diverging reads are an incompatible order",
+            ops: vec![
+                (Committed, vec![a("x", 1)]),
+                (Committed, vec![a("x", 2)]),
+                (Committed, vec![a("x", 3)]),
+                (Committed, vec![r("x", &[1, 2])]),
+                (Committed, vec![r("x", &[1, 3])]),
+            ],
+            overlap: true,
+            found: |rep| any(rep, |x| matches!(x, Anomaly::IncompatibleOrder { .. })),
+        },
+        Case {
+            name: "garbage, duplicate appends and missing own writes are reported",
+            ops: vec![
+                (Committed, vec![a("x", 1)]),
+                (Committed, vec![a("y", 1)]),
+                (Committed, vec![r("z", &[9])]),
+                (Committed, vec![a("w", 5), r("w", &[])]),
+            ],
+            overlap: true,
+            found: |rep| {
+                any(rep, |x| {
+                    matches!(x, Anomaly::DuplicateAppend { value: 1, .. })
+                }) && any(rep, |x| matches!(x, Anomaly::GarbageRead { value: 9, .. }))
+                    && any(rep, |x| matches!(x, Anomaly::Internal { op: 3, .. }))
+            },
+        },
+    ]
 }
 
+/// Every case is checked, and every one that is missed is named.
 #[test]
-fn circular_information_flow_is_g1c() {
-    let h = history(
-        vec![
-            (Committed, vec![a("x", 1), r("y", &[2])]),
-            (Committed, vec![a("y", 2), r("x", &[1])]),
-        ],
-        true,
-    );
-    let report = check(&h);
-    assert!(report.has_cycle(CycleKind::G1c), "{report}");
-    assert!(!report.has_cycle(CycleKind::G0));
-}
-
-#[test]
-fn read_skew_is_g_single() {
-    // T0 reads x before T1's append, then y after it.
-    let h = history(
-        vec![
-            (Committed, vec![r("x", &[]), r("y", &[3])]),
-            (Committed, vec![a("x", 2), a("y", 3)]),
-            (Committed, vec![r("x", &[2])]),
-        ],
-        true,
-    );
-    let report = check(&h);
-    assert!(report.has_cycle(CycleKind::GSingle), "{report}");
+fn each_anomaly_is_found() {
+    let missed: Vec<String> = anomaly_cases()
+        .into_iter()
+        .filter_map(|case| {
+            let report = check(&history(case.ops, case.overlap));
+            (!(case.found)(&report)).then(|| format!("{}: {report}", case.name))
+        })
+        .collect();
+    assert!(missed.is_empty(), "missed:\n{}", missed.join("\n"));
 }
 
 #[test]
@@ -185,74 +243,5 @@ fn unknown_outcomes_are_resolved_by_reads() {
     assert_eq!(
         (report.unknown_committed, report.unknown_unresolved),
         (1, 1)
-    );
-}
-
-#[test]
-fn a_committed_append_missing_from_a_later_read_is_lost() {
-    let h = history(
-        vec![(Committed, vec![a("x", 1)]), (Committed, vec![r("x", &[])])],
-        false,
-    );
-    let report = check(&h);
-    assert!(
-        report.anomalies.iter().any(|x| matches!(
-            x,
-            Anomaly::LostAppend {
-                writer: 0,
-                reader: 1,
-                ..
-            }
-        )),
-        "{report}"
-    );
-}
-
-#[test]
-fn diverging_reads_are_an_incompatible_order() {
-    let h = history(
-        vec![
-            (Committed, vec![a("x", 1)]),
-            (Committed, vec![a("x", 2)]),
-            (Committed, vec![a("x", 3)]),
-            (Committed, vec![r("x", &[1, 2])]),
-            (Committed, vec![r("x", &[1, 3])]),
-        ],
-        true,
-    );
-    let report = check(&h);
-    assert!(
-        report
-            .anomalies
-            .iter()
-            .any(|x| matches!(x, Anomaly::IncompatibleOrder { .. })),
-        "{report}"
-    );
-}
-
-#[test]
-fn garbage_duplicates_and_missing_own_writes_are_reported() {
-    let h = history(
-        vec![
-            (Committed, vec![a("x", 1)]),
-            (Committed, vec![a("y", 1)]),
-            (Committed, vec![r("z", &[9])]),
-            (Committed, vec![a("w", 5), r("w", &[])]),
-        ],
-        true,
-    );
-    let report = check(&h);
-    let has = |f: fn(&Anomaly) -> bool| report.anomalies.iter().any(f);
-    assert!(
-        has(|x| matches!(x, Anomaly::DuplicateAppend { value: 1, .. })),
-        "{report}"
-    );
-    assert!(
-        has(|x| matches!(x, Anomaly::GarbageRead { value: 9, .. })),
-        "{report}"
-    );
-    assert!(
-        has(|x| matches!(x, Anomaly::Internal { op: 3, .. })),
-        "{report}"
     );
 }

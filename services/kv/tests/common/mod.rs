@@ -1,5 +1,7 @@
-//! A store of real `kv` processes (three shards and the coordinator) for crash tests: each
-//! process can be killed with SIGKILL and restarted on the same port and data directory.
+//! What the kv tests share: [`Api`], the shard API as the tests speak it (raw requests and
+//! the transaction steps built on them, for in-process stores and real processes alike), and
+//! [`Cluster`], a store of real `kv` processes (shards and the coordinator) for crash tests:
+//! each process can be killed with SIGKILL and restarted on the same port and data directory.
 
 #![allow(dead_code)]
 
@@ -8,6 +10,92 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kv_client::Client;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The shard API over processes numbered by the implementor: [`Api::post`] is the one request,
+/// the rest are the steps of a transaction built on it.
+pub trait Api {
+    /// The base URL of process `p`.
+    fn url(&self, p: usize) -> String;
+    fn http(&self) -> &reqwest::Client;
+
+    /// `POST {path}` to process `p`: the status and the JSON body (null if none).
+    async fn post(&self, p: usize, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http()
+            .post(format!("{}{path}", self.url(p)))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+
+    async fn status(&self, p: usize) -> Value {
+        self.http()
+            .get(format!("{}/status", self.url(p)))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
+    }
+
+    /// Begin transaction `id` with wait-die `priority` on process `p`.
+    async fn begin_as(&self, p: usize, id: Uuid, priority: u64) {
+        let (s, b) = self
+            .post(p, "/txns", json!({"id": id, "priority": priority}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+
+    async fn read(&self, p: usize, t: Uuid, key: &str) -> (u16, Value) {
+        self.post(p, &format!("/txns/{t}/read"), json!({"key": key}))
+            .await
+    }
+
+    async fn write(&self, p: usize, t: Uuid, key: &str, value: &str) -> (u16, Value) {
+        let body = json!({"key": key, "value": value});
+        self.post(p, &format!("/txns/{t}/write"), body).await
+    }
+
+    /// Ask process `p` to commit `t` over the shards `participants`.
+    async fn commit(&self, p: usize, t: Uuid, participants: &[u16]) -> (u16, Value) {
+        let body = json!({ "participants": participants });
+        self.post(p, &format!("/txns/{t}/commit"), body).await
+    }
+
+    /// Commit `t` and require `outcome` (`committed` or `aborted`).
+    async fn commit_is(&self, p: usize, t: Uuid, participants: &[u16], outcome: &str) {
+        let (s, b) = self.commit(p, t, participants).await;
+        assert_eq!((s, b["outcome"].as_str()), (200, Some(outcome)), "{b}");
+    }
+}
+
+/// The problem type of an RFC 9457 body without its `urn:tandem:problem:` prefix.
+pub fn slug(b: &Value) -> &str {
+    b["type"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("urn:tandem:problem:")
+}
+
+/// Require an answer to be the problem `want_slug` with status `want`.
+pub fn assert_problem((status, body): &(u16, Value), want: u16, want_slug: &str) {
+    assert_eq!((*status, slug(body)), (want, want_slug), "{body}");
+}
+
+/// Require the committed value of `key` (read in a transaction of its own).
+pub async fn assert_value(client: &Client, key: &str, want: Option<&str>) {
+    assert_eq!(
+        client.get(key).await.expect("read").as_deref(),
+        want,
+        "{key}"
+    );
+}
 
 /// Process 0 is the coordinator, process `1 + i` shard `i`.
 pub struct Cluster {
@@ -26,7 +114,7 @@ fn free_port() -> u16 {
 }
 
 pub fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tandem-kv-{name}-{}", uuid::Uuid::now_v7()));
+    let dir = std::env::temp_dir().join(format!("tandem-kv-{name}-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
@@ -69,10 +157,6 @@ impl Cluster {
             }
         }
         c
-    }
-
-    pub fn url(&self, p: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[p])
     }
 
     pub fn shard_urls(&self) -> Vec<String> {
@@ -159,36 +243,8 @@ impl Cluster {
         panic!("kv process {p} did not come up; see {}", self.dir.display());
     }
 
-    pub async fn status(&self, p: usize) -> serde_json::Value {
-        self.http
-            .get(format!("{}/status", self.url(p)))
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("status json")
-    }
-
-    pub async fn post(
-        &self,
-        p: usize,
-        path: &str,
-        body: serde_json::Value,
-    ) -> (u16, serde_json::Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url(p)))
-            .json(&body)
-            .send()
-            .await
-            .expect("post");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or_default())
-    }
-
     /// Wait until `f(status of p)` holds (at most 20 s).
-    pub async fn wait_status(&self, p: usize, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    pub async fn wait_status(&self, p: usize, what: &str, f: impl Fn(&Value) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let s = self.status(p).await;
@@ -201,6 +257,16 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Api for Cluster {
+    fn url(&self, p: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[p])
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 }
 
