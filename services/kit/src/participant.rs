@@ -149,7 +149,10 @@ fn accept(app: &App, req: &PrepareRequest) -> Result<Accepted, Problem> {
         let known: Vec<&str> = app.spec.actions.iter().map(|a| a.path()).collect();
         return Err(Problem::invalid(
             "/action",
-            format!("is not an action of this service (known: {})", known.join(", ")),
+            format!(
+                "is not an action of this service (known: {})",
+                known.join(", ")
+            ),
         ));
     };
     endpoint.accept(req.body.clone()).map_err(|mut p| {
@@ -191,17 +194,24 @@ async fn commit(
     match seen {
         Seen::Unknown => return Err(unknown(id)),
         Seen::Preparing => {
-            return Err(Problem::conflict("not-prepared", "Not prepared").detail(format!(
-                "branch {id} has no prepared transaction: its prepare did not complete"
-            )));
+            return Err(
+                Problem::conflict("not-prepared", "Not prepared").detail(format!(
+                    "branch {id} has no prepared transaction: its prepare did not complete"
+                )),
+            );
         }
         _ => {}
     }
     driver.receive(Msg::Outcome(Outcome::Commit)).await?;
     match driver.core.state {
-        PartState::Committed => Ok(Json(json!({ "txn_id": id.txn_id, "step": id.step, "state": "committed" }))),
-        _ => Err(Problem::conflict("already-aborted", "Already aborted")
-            .detail(format!("branch {id} was aborted; it cannot commit (a coordinator bug)"))),
+        PartState::Committed => Ok(Json(
+            json!({ "txn_id": id.txn_id, "step": id.step, "state": "committed" }),
+        )),
+        _ => Err(
+            Problem::conflict("already-aborted", "Already aborted").detail(format!(
+                "branch {id} was aborted; it cannot commit (a coordinator bug)"
+            )),
+        ),
     }
 }
 
@@ -215,8 +225,12 @@ async fn abort(
     driver.receive(Msg::Outcome(Outcome::Abort)).await?;
     match driver.core.state {
         PartState::Committed => Err(Problem::conflict("already-committed", "Already committed")
-            .detail(format!("branch {id} was committed; it cannot abort (a coordinator bug)"))),
-        _ => Ok(Json(json!({ "txn_id": id.txn_id, "step": id.step, "state": "aborted" }))),
+            .detail(format!(
+                "branch {id} was committed; it cannot abort (a coordinator bug)"
+            ))),
+        _ => Ok(Json(
+            json!({ "txn_id": id.txn_id, "step": id.step, "state": "aborted" }),
+        )),
     }
 }
 
@@ -412,7 +426,10 @@ impl<'a> Driver<'a> {
 
     async fn prepare_transaction(&mut self) -> Result<(), Problem> {
         let Some(work) = self.work.take() else {
-            return Err(Problem::internal(format!("branch {}: nothing to prepare", self.id)));
+            return Err(Problem::internal(format!(
+                "branch {}: nothing to prepare",
+                self.id
+            )));
         };
         work.prepare(self.id).await.map_err(|e| {
             let full = e
@@ -420,8 +437,9 @@ impl<'a> Driver<'a> {
                 .and_then(|d| d.code())
                 .is_some_and(|c| c == "53200" || c == "55000");
             if full {
-                Problem::new(StatusCode::CONFLICT, TABLE_FULL, "Cannot prepare")
-                    .detail(format!("PREPARE TRANSACTION failed: {e} (max_prepared_transactions)"))
+                Problem::new(StatusCode::CONFLICT, TABLE_FULL, "Cannot prepare").detail(format!(
+                    "PREPARE TRANSACTION failed: {e} (max_prepared_transactions)"
+                ))
             } else {
                 Problem::from(e)
             }

@@ -252,7 +252,11 @@ impl From<sqlx::Error> for Problem {
     fn from(e: sqlx::Error) -> Self {
         let code = e.as_database_error().and_then(|d| d.code());
         if let Some(code @ ("55P03" | "40P01" | "40001")) = code.as_deref() {
-            let slug = if code == "55P03" { "lock-timeout" } else { "conflict-retry" };
+            let slug = if code == "55P03" {
+                "lock-timeout"
+            } else {
+                "conflict-retry"
+            };
             let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, slug, "Busy: retry")
                 .detail("the data is locked by another transaction (possibly a prepared one); retry later")
                 .retry_after(1);

@@ -163,7 +163,10 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
     let pool = crate::db::connect(&business_url, config.db_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
-    let control = crate::db::connect(&config.database_url, config.control_pool_size)
+    // Control statements never wait on business locks by design; the timeout is a safety net
+    // that turns a mistake into a 503 instead of a hung request.
+    let control_url = with_lock_timeout(&config.database_url, CONTROL_LOCK_TIMEOUT_MS);
+    let control = crate::db::connect(&control_url, config.control_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
     spec.migrator()
@@ -186,6 +189,9 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
         .map_err(|p| Error::Recovery(p.to_string()))?;
     Ok(app)
 }
+
+/// `lock_timeout` of the control pool.
+const CONTROL_LOCK_TIMEOUT_MS: u64 = 10_000;
 
 /// `url` with `-c lock_timeout=<ms>` among its connection `options` (Postgres merges several).
 fn with_lock_timeout(url: &str, ms: u64) -> String {

@@ -80,3 +80,56 @@ impl Served {
         }
     }
 }
+
+/// Rolls back every prepared transaction of a test's database when dropped — pass or fail —
+/// because an orphaned one holds its locks and makes `DROP DATABASE` fail even `WITH (FORCE)`.
+pub struct PreparedCleanup {
+    options: sqlx::postgres::PgConnectOptions,
+}
+
+impl Served {
+    /// A guard that rolls back this service's prepared transactions at the end of the test.
+    pub fn prepared_cleanup(&self) -> PreparedCleanup {
+        PreparedCleanup {
+            options: (*self.app.control.connect_options()).clone(),
+        }
+    }
+}
+
+impl Drop for PreparedCleanup {
+    fn drop(&mut self) {
+        let options = self.options.clone();
+        // A thread with its own runtime: this may run while the test's runtime unwinds.
+        let done = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(roll_back_prepared(options))
+        })
+        .join();
+        match done {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => eprintln!("test cleanup: rolled back {n} prepared transaction(s)"),
+            Ok(Err(e)) => eprintln!("test cleanup: prepared transactions NOT rolled back: {e}"),
+            Err(_) => eprintln!("test cleanup: the cleanup thread panicked"),
+        }
+    }
+}
+
+async fn roll_back_prepared(
+    options: sqlx::postgres::PgConnectOptions,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    use sqlx::ConnectOptions;
+    let mut conn = options.connect().await?;
+    let gids: Vec<String> =
+        sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+            .fetch_all(&mut conn)
+            .await?;
+    for gid in &gids {
+        let sql = format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(gids.len())
+}

@@ -4,10 +4,12 @@
 //! A branch is `(txn_id, step)`. Its row is committed **before** the effect runs (state
 //! `preparing`, with the coordinator's URL: rows written inside a prepared transaction are
 //! invisible until it commits, and recovery needs that URL). The prepared transaction itself
-//! sets the row to `committed`, so that state becomes visible exactly when `COMMIT PREPARED`
-//! does — a branch whose gid has left `pg_prepared_xacts` is committed if its row says so and
-//! rolled back otherwise. `aborted` is written after a NO vote, a `ROLLBACK PREPARED`, or for
-//! an abort that came before its prepare (a tombstone, so the late prepare votes NO).
+//! inserts the branch's `tpc_committed` row, which becomes visible exactly when `COMMIT
+//! PREPARED` does — a branch whose gid has left `pg_prepared_xacts` is committed if that row
+//! exists and rolled back otherwise. (It is a row of its own, not an update of the branch row:
+//! a row version written by a prepared transaction makes every later insert of the same key
+//! wait for it.) `aborted` is written after a NO vote, a `ROLLBACK PREPARED`, or for an abort
+//! that came before its prepare (a tombstone, so the late prepare votes NO).
 
 use std::borrow::Cow;
 
@@ -31,13 +33,22 @@ CREATE TABLE tpc_branch (
     -- the action path and the coordinator to ask on recovery (NULL for an abort tombstone)
     action          text,
     coordinator_url text,
-    -- 'preparing': logged before the effect; 'committed': set inside the prepared transaction,
-    -- visible once COMMIT PREPARED is; 'aborted': voted NO, rolled back, or aborted unseen
-    state           text        NOT NULL CHECK (state IN ('preparing', 'committed', 'aborted')),
+    -- 'preparing': logged before the effect (committed: see tpc_committed);
+    -- 'aborted': voted NO, rolled back, or aborted before its prepare arrived
+    state           text        NOT NULL CHECK (state IN ('preparing', 'aborted')),
     -- the NO vote's problem, answered again to a duplicate prepare
     reason          jsonb,
     created_at      timestamptz NOT NULL DEFAULT now(),
     decided_at      timestamptz,
+    PRIMARY KEY (txn_id, step)
+);
+
+-- One row per committed branch, inserted by the prepared transaction: visible exactly when
+-- COMMIT PREPARED is.
+CREATE TABLE tpc_committed (
+    txn_id       uuid        NOT NULL,
+    step         integer     NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (txn_id, step)
 );
 "#;
@@ -104,29 +115,33 @@ pub enum Seen {
     /// A prepared transaction holds the branch's effect.
     Prepared,
     Committed,
-    Aborted { reason: Option<Value> },
+    Aborted {
+        reason: Option<Value>,
+    },
 }
 
 /// The branch's row and its prepared transaction, as of now.
 pub async fn seen(conn: &mut PgConnection, id: BranchId) -> Result<Seen, Problem> {
-    let (state, reason, prepared): (Option<String>, Option<Value>, bool) = sqlx::query_as(
-        "SELECT b.state, b.reason,
+    let (state, reason, prepared, committed): (Option<String>, Option<Value>, bool, bool) =
+        sqlx::query_as(
+            "SELECT b.state, b.reason,
                 EXISTS (SELECT 1 FROM pg_prepared_xacts
-                        WHERE gid = $3 AND database = current_database())
+                        WHERE gid = $3 AND database = current_database()),
+                EXISTS (SELECT 1 FROM tpc_committed c WHERE c.txn_id = $1 AND c.step = $2)
          FROM (SELECT 1) one
          LEFT JOIN tpc_branch b ON b.txn_id = $1 AND b.step = $2",
-    )
-    .bind(id.txn_id)
-    .bind(i32::from(id.step))
-    .bind(id.gid())
-    .fetch_one(conn)
-    .await?;
-    Ok(match (state.as_deref(), prepared) {
-        (_, true) => Seen::Prepared,
-        (None, false) => Seen::Unknown,
-        (Some("committed"), false) => Seen::Committed,
-        (Some("aborted"), false) => Seen::Aborted { reason },
-        (Some(_), false) => Seen::Preparing,
+        )
+        .bind(id.txn_id)
+        .bind(i32::from(id.step))
+        .bind(id.gid())
+        .fetch_one(conn)
+        .await?;
+    Ok(match (state.as_deref(), prepared, committed) {
+        (_, true, _) => Seen::Prepared,
+        (_, false, true) => Seen::Committed,
+        (None, false, false) => Seen::Unknown,
+        (Some("aborted"), false, false) => Seen::Aborted { reason },
+        (Some(_), false, false) => Seen::Preparing,
     })
 }
 
@@ -153,7 +168,11 @@ pub async fn log_preparing(
 /// The branch is aborted (a NO vote with its `reason`, a rollback, or an abort tombstone). A
 /// committed branch is left alone. The row is locked `NOWAIT` first: if a prepare holds it (in
 /// flight, or prepared), this is a 503 to retry rather than a wait behind business work.
-pub async fn mark_aborted(pool: &PgPool, id: BranchId, reason: Option<&Value>) -> Result<(), Problem> {
+pub async fn mark_aborted(
+    pool: &PgPool,
+    id: BranchId,
+    reason: Option<&Value>,
+) -> Result<(), Problem> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT 1 FROM tpc_branch WHERE txn_id = $1 AND step = $2 FOR UPDATE NOWAIT")
         .bind(id.txn_id)
@@ -166,7 +185,8 @@ pub async fn mark_aborted(pool: &PgPool, id: BranchId, reason: Option<&Value>) -
          ON CONFLICT (txn_id, step) DO UPDATE
            SET state = 'aborted', reason = coalesce(EXCLUDED.reason, tpc_branch.reason),
                decided_at = coalesce(tpc_branch.decided_at, now())
-         WHERE tpc_branch.state <> 'committed'",
+         WHERE NOT EXISTS (SELECT 1 FROM tpc_committed c
+                           WHERE c.txn_id = tpc_branch.txn_id AND c.step = tpc_branch.step)",
     )
     .bind(id.txn_id)
     .bind(i32::from(id.step))
@@ -177,12 +197,13 @@ pub async fn mark_aborted(pool: &PgPool, id: BranchId, reason: Option<&Value>) -
     Ok(())
 }
 
-/// Inside the branch's transaction, before `PREPARE TRANSACTION`: lock the row (`NOWAIT`: a
-/// prepare in flight or prepared holds it) and set it `committed` (visible at `COMMIT PREPARED`).
-/// `false` if the row is not `preparing` any more.
+/// Inside the branch's transaction, before the effect: lock the row (`NOWAIT`: a prepare in
+/// flight or prepared holds it) and insert its `tpc_committed` row (visible at `COMMIT
+/// PREPARED`). `false` if the branch is not `preparing` any more.
 pub async fn claim_for_prepare(conn: &mut PgConnection, id: BranchId) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query_scalar::<_, i32>(
-        "SELECT 1 FROM tpc_branch WHERE txn_id = $1 AND step = $2 AND state = 'preparing'
+        "SELECT 1 FROM tpc_branch b WHERE txn_id = $1 AND step = $2 AND state = 'preparing'
+           AND NOT EXISTS (SELECT 1 FROM tpc_committed c WHERE c.txn_id = $1 AND c.step = $2)
          FOR UPDATE NOWAIT",
     )
     .bind(id.txn_id)
@@ -191,14 +212,11 @@ pub async fn claim_for_prepare(conn: &mut PgConnection, id: BranchId) -> Result<
     .await?
     .is_some();
     if claimed {
-        sqlx::query(
-            "UPDATE tpc_branch SET state = 'committed', decided_at = now()
-             WHERE txn_id = $1 AND step = $2",
-        )
-        .bind(id.txn_id)
-        .bind(i32::from(id.step))
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query("INSERT INTO tpc_committed (txn_id, step) VALUES ($1, $2)")
+            .bind(id.txn_id)
+            .bind(i32::from(id.step))
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(claimed)
 }
@@ -248,7 +266,10 @@ pub async fn prepared(pool: &PgPool, min_age_ms: i64) -> Result<Vec<PreparedBran
 pub async fn lost_at_start(pool: &PgPool) -> Result<Vec<BranchId>, Problem> {
     let rows: Vec<(Uuid, i32)> = sqlx::query_as(
         "SELECT b.txn_id, b.step FROM tpc_branch b
-         WHERE b.state = 'preparing' AND NOT EXISTS (
+         WHERE b.state = 'preparing'
+           AND NOT EXISTS (SELECT 1 FROM tpc_committed c
+                           WHERE c.txn_id = b.txn_id AND c.step = b.step)
+           AND NOT EXISTS (
              SELECT 1 FROM pg_prepared_xacts p
              WHERE p.database = current_database()
                AND p.gid = 'tandem:' || b.txn_id::text || ':' || b.step::text)",
@@ -278,7 +299,10 @@ mod tests {
         };
         let gid = id.gid();
         assert!(gid.len() <= 200, "{gid}");
-        assert!(gid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'-'));
+        assert!(
+            gid.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'-')
+        );
         assert_eq!(BranchId::parse_gid(&gid), Some(id));
         assert_eq!(BranchId::parse_gid("tandem:nope:1"), None);
         assert_eq!(BranchId::parse_gid("other:x"), None);

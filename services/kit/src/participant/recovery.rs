@@ -85,7 +85,10 @@ async fn ask_and_finish(
         .await
         .map_err(|e| Problem::unavailable(format!("GET {url}: {e}")))?;
     if !resp.status().is_success() {
-        return Err(Problem::unavailable(format!("GET {url}: {}", resp.status())));
+        return Err(Problem::unavailable(format!(
+            "GET {url}: {}",
+            resp.status()
+        )));
     }
     let decision: Decision = resp
         .json()
@@ -94,7 +97,11 @@ async fn ask_and_finish(
     let outcome = match decision.decision.as_str() {
         "commit" => Outcome::Commit,
         "abort" => Outcome::Abort,
-        other => return Err(Problem::unavailable(format!("GET {url}: decision {other:?}"))),
+        other => {
+            return Err(Problem::unavailable(format!(
+                "GET {url}: decision {other:?}"
+            )));
+        }
     };
     tracing::info!(branch = %id, ?outcome, "2pc: the coordinator answered");
     driver.receive(Msg::Outcome(outcome)).await
