@@ -19,7 +19,12 @@ async fn spawn() -> (Served, PreparedCleanup) {
 }
 
 async fn spawn_with_lock_timeout(ms: u64) -> (Served, PreparedCleanup) {
-    let svc = Served::start(&inventory::SPEC, |c| c.lock_timeout_ms = ms).await;
+    let svc = Served::start(&inventory::SPEC, |c| {
+        c.lock_timeout_ms = ms;
+        // These tests answer for the coordinator; the resolver stays out of their way.
+        c.in_doubt_after_ms = 60_000;
+    })
+    .await;
     let cleanup = svc.prepared_cleanup();
     (svc, cleanup)
 }
@@ -45,8 +50,19 @@ async fn stock(svc: &Served, sku: &str) -> (i64, i64) {
 }
 
 async fn prepare(svc: &Served, txn: Uuid, order: &str, sku: &str, qty: i64) -> (StatusCode, Value) {
+    prepare_at(svc, NO_COORDINATOR, txn, order, sku, qty).await
+}
+
+async fn prepare_at(
+    svc: &Served,
+    coordinator: &str,
+    txn: Uuid,
+    order: &str,
+    sku: &str,
+    qty: i64,
+) -> (StatusCode, Value) {
     let body = json!({
-        "txn_id": txn, "step": 0, "action": "/reservations", "coordinator_url": NO_COORDINATOR,
+        "txn_id": txn, "step": 0, "action": "/reservations", "coordinator_url": coordinator,
         "body": { "order_id": order, "items": [{ "sku": sku, "quantity": qty }] },
     });
     svc.post("/2pc/prepare", None, body).await
@@ -249,4 +265,80 @@ async fn bad_input_is_a_problem_and_stores_nothing() {
         .await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
     assert_eq!(svc.counts(&["tpc_branch", "reservations"]).await, [0, 0]);
+}
+
+/// A restarted service finishes its prepared branches with the coordinator's answers (a stub
+/// here: commit for one transaction, abort for the other), and aborts a branch a crash left
+/// `preparing` (no prepared transaction: its work was lost).
+#[tokio::test]
+async fn a_restarted_service_recovers_its_branches() {
+    let (svc, _cleanup) = spawn().await;
+    set_stock(&svc, "a", 10).await;
+    set_stock(&svc, "b", 10).await;
+    let (commit_txn, abort_txn, lost_txn) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let coordinator = stub_coordinator(commit_txn).await;
+    // Two SKUs: two prepared reservations of one SKU would wait on each other's row lock.
+    for (txn, order, sku) in [(commit_txn, "o-c", "a"), (abort_txn, "o-a", "b")] {
+        let (_, vote) = prepare_at(&svc, &coordinator, txn, order, sku, 2).await;
+        assert_eq!(vote["vote"], "yes", "{vote}");
+    }
+    sqlx::query(
+        "INSERT INTO tpc_branch (txn_id, step, action, coordinator_url, state)
+         VALUES ($1, 0, '/reservations', $2, 'preparing')",
+    )
+    .bind(lost_txn)
+    .bind(&coordinator)
+    .execute(&svc.app.control)
+    .await
+    .unwrap();
+
+    // "Restart": a second process of the service on the same database.
+    let db = svc
+        .app
+        .control
+        .connect_options()
+        .get_database()
+        .unwrap()
+        .to_string();
+    let url = tandem_kit::testing::with_database(&tandem_kit::testing::server_url(), &db);
+    let app = inventory::build(inventory::Config::with_database(url))
+        .await
+        .unwrap();
+    let listener = tandem_kit::http::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    tokio::spawn(app.run(listener, std::future::pending()));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !prepared_gids(&svc).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still prepared: {:?}",
+            prepared_gids(&svc).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stock(&svc, "a").await, (8, 2));
+    assert_eq!(stock(&svc, "b").await, (10, 0));
+    assert_eq!(svc.list("/reservations", "o-c").await.len(), 1);
+    assert!(svc.list("/reservations", "o-a").await.is_empty());
+    let (s, b) = decide(&svc, "commit", lost_txn).await;
+    assert_problem(s, &b, StatusCode::CONFLICT, "already-aborted");
+}
+
+/// A coordinator that answers `commit` for `commit_txn` and `abort` for anything else.
+async fn stub_coordinator(commit_txn: Uuid) -> String {
+    use axum::extract::Path;
+    let decide = move |Path(txn): Path<Uuid>| async move {
+        let decision = if txn == commit_txn { "commit" } else { "abort" };
+        axum::Json(json!({ "decision": decision }))
+    };
+    let router =
+        axum::Router::new().route("/transactions/{txn}/decision", axum::routing::get(decide));
+    let listener = tandem_kit::http::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
 }
