@@ -133,3 +133,50 @@ async fn roll_back_prepared(
     }
     Ok(gids.len())
 }
+
+impl Served {
+    /// Whether this server can prepare transactions (`max_prepared_transactions > 0`). Outside
+    /// CI a test may skip when it cannot; with `CI=true` this panics naming the setting.
+    pub async fn can_prepare(&self) -> bool {
+        let max: String = sqlx::query_scalar("SELECT current_setting('max_prepared_transactions')")
+            .fetch_one(&self.app.control)
+            .await
+            .unwrap();
+        let can = max.parse::<i64>().unwrap_or(0) > 0;
+        if !can {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "missing prerequisite: Postgres max_prepared_transactions is 0 (2PC tests need it above 0, e.g. 256)"
+            );
+            eprintln!("skipped: Postgres max_prepared_transactions is 0");
+        }
+        can
+    }
+}
+
+impl Served {
+    /// `POST /2pc/prepare` of branch `(txn, 0)`: `action` with `body`, naming `coordinator`.
+    pub async fn tpc_prepare(
+        &self,
+        coordinator: &str,
+        txn: uuid::Uuid,
+        action: &str,
+        body: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let request = serde_json::json!({
+            "txn_id": txn, "step": 0, "action": action, "body": body,
+            "coordinator_url": coordinator,
+        });
+        self.post("/2pc/prepare", None, request).await
+    }
+
+    /// `POST /2pc/{verb}` (`commit` or `abort`) of branch `(txn, 0)`.
+    pub async fn tpc_decide(
+        &self,
+        verb: &str,
+        txn: uuid::Uuid,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let body = serde_json::json!({ "txn_id": txn, "step": 0 });
+        self.post(&format!("/2pc/{verb}"), None, body).await
+    }
+}
