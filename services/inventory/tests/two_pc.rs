@@ -354,3 +354,40 @@ async fn stub_coordinator(commit_txn: Uuid) -> String {
     tokio::spawn(async move { axum::serve(listener, router).await });
     url
 }
+
+/// Concurrent duplicates: of five identical prepares one runs the effect and each answers YES
+/// or, while that one is still running, 503 (resend); of five concurrent commits each answers
+/// committed or, while another session is committing it, 503 (resend); the effect happens once.
+#[tokio::test]
+async fn concurrent_duplicate_prepares_and_commits_make_one_effect() {
+    let Some((svc, _cleanup)) = spawn().await else {
+        return;
+    };
+    set_stock(&svc, "a", 10).await;
+    let txn = Uuid::now_v7();
+    let busy =
+        |s: StatusCode, b: &Value| s == StatusCode::SERVICE_UNAVAILABLE && b["status"] == 503;
+    let votes = futures::future::join_all((0..5).map(|_| prepare(&svc, txn, "o-1", "a", 2))).await;
+    for (s, b) in &votes {
+        assert!(
+            busy(*s, b) || (*s == StatusCode::OK && b["vote"] == "yes"),
+            "{s} {b}"
+        );
+    }
+    assert!(votes.iter().any(|(s, _)| *s == StatusCode::OK), "{votes:?}");
+    let commits = futures::future::join_all((0..5).map(|_| decide(&svc, "commit", txn))).await;
+    for (s, b) in &commits {
+        assert!(
+            busy(*s, b) || (*s == StatusCode::OK && b["state"] == "committed"),
+            "{s} {b}"
+        );
+    }
+    let (s, b) = decide(&svc, "commit", txn).await;
+    assert_eq!(
+        (s, &b["state"]),
+        (StatusCode::OK, &json!("committed")),
+        "{b}"
+    );
+    assert_eq!(stock(&svc, "a").await, (8, 2));
+    assert_eq!(svc.list("/reservations", "o-1").await.len(), 1);
+}

@@ -189,9 +189,9 @@ async fn commit(
     Json(req): Json<BranchRequest>,
 ) -> Result<Json<Value>, Problem> {
     let id = req.id();
-    let mut driver = Driver::new(&app, id);
-    let seen = driver.restart().await?;
-    match seen {
+    // Looked at before the core is rebuilt: rebuilding an unknown or unprepared branch decides
+    // abort, which a commit must not write.
+    match branch::seen(&mut *app.control.acquire().await?, id).await? {
         Seen::Unknown => return Err(unknown(id)),
         Seen::Preparing => {
             return Err(
@@ -202,6 +202,8 @@ async fn commit(
         }
         _ => {}
     }
+    let mut driver = Driver::new(&app, id);
+    driver.restart().await?;
     driver.receive(Msg::Outcome(Outcome::Commit)).await?;
     match driver.core.state {
         PartState::Committed => Ok(Json(
@@ -451,9 +453,11 @@ impl<'a> Driver<'a> {
     async fn commit_prepared(&mut self) -> Result<(), Problem> {
         let mut conn = self.app.control.acquire().await?;
         if let Err(e) = self.id.run(&mut conn, "COMMIT PREPARED").await {
-            // A concurrent duplicate may have committed it first.
-            if branch::seen(&mut conn, self.id).await? != Seen::Committed {
-                return Err(e.into());
+            // A concurrent duplicate may have committed it first, or be committing it now.
+            match branch::seen(&mut conn, self.id).await? {
+                Seen::Committed => {}
+                Seen::Prepared => return Err(busy(self.id, &e)),
+                _ => return Err(e.into()),
             }
         }
         crate::stats::write_committed(&self.app.control);
@@ -465,7 +469,8 @@ impl<'a> Driver<'a> {
         let mut conn = self.app.control.acquire().await?;
         if let Err(e) = self.id.run(&mut conn, "ROLLBACK PREPARED").await {
             match branch::seen(&mut conn, self.id).await? {
-                Seen::Committed | Seen::Prepared => return Err(e.into()),
+                Seen::Prepared => return Err(busy(self.id, &e)),
+                Seen::Committed => return Err(e.into()),
                 _ => {}
             }
         }
@@ -481,6 +486,18 @@ impl<'a> Driver<'a> {
         }
         branch::mark_aborted(&self.app.control, self.id, self.reason.as_ref()).await
     }
+}
+
+/// 503: another session is finishing this prepared transaction right now (Postgres: "is
+/// busy"); the resend finds it done.
+fn busy(id: BranchId, e: &sqlx::Error) -> Problem {
+    let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy: retry")
+        .detail(format!(
+            "branch {id} is being finished by another request; resend"
+        ))
+        .retry_after(1);
+    p.cause = Some(e.to_string());
+    p
 }
 
 /// The problem slug of a NO vote for a full (or disabled) prepared-transaction table.
