@@ -451,33 +451,46 @@ impl<'a> Driver<'a> {
     }
 
     async fn commit_prepared(&mut self) -> Result<(), Problem> {
-        let mut conn = self.app.control.acquire().await?;
-        if let Err(e) = self.id.run(&mut conn, "COMMIT PREPARED").await {
-            // A concurrent duplicate may have committed it first, or be committing it now.
-            match branch::seen(&mut conn, self.id).await? {
-                Seen::Committed => {}
-                Seen::Prepared => return Err(busy(self.id, &e)),
-                _ => return Err(e.into()),
-            }
-        }
+        self.finish_prepared("COMMIT PREPARED", true).await?;
         crate::stats::write_committed(&self.app.control);
         tracing::info!(branch = %self.id, "2pc: committed");
         Ok(())
     }
 
     async fn rollback_prepared(&mut self) -> Result<(), Problem> {
-        let mut conn = self.app.control.acquire().await?;
-        if let Err(e) = self.id.run(&mut conn, "ROLLBACK PREPARED").await {
-            match branch::seen(&mut conn, self.id).await? {
-                Seen::Prepared => return Err(busy(self.id, &e)),
-                Seen::Committed => return Err(e.into()),
-                _ => {}
-            }
-        }
-        drop(conn);
+        self.finish_prepared("ROLLBACK PREPARED", false).await?;
         branch::mark_aborted(&self.app.control, self.id, self.reason.as_ref()).await?;
         tracing::info!(branch = %self.id, "2pc: rolled back");
         Ok(())
+    }
+
+    /// `COMMIT PREPARED` or `ROLLBACK PREPARED` (on the control pool). When it fails, a
+    /// concurrent duplicate may have finished the branch first (done), or be finishing it now
+    /// (503 busy: resend).
+    async fn finish_prepared(&self, verb: &str, commit: bool) -> Result<(), Problem> {
+        let mut conn = self.app.control.acquire().await?;
+        let Err(e) = self.id.run(&mut conn, verb).await else {
+            return Ok(());
+        };
+        let (id, seen) = (self.id, branch::seen(&mut conn, self.id).await?);
+        match (seen, commit) {
+            (Seen::Prepared, _) => Err(busy(id, &e)),
+            (Seen::Committed, true) => Ok(()),
+            // A commit and an abort of one branch raced (a coordinator bug): loud, not a 500.
+            (Seen::Committed, false) => {
+                Err(
+                    Problem::conflict("already-committed", "Already committed").detail(format!(
+                        "branch {id} was committed meanwhile; it cannot abort"
+                    )),
+                )
+            }
+            (_, true) => Err(
+                Problem::conflict("already-aborted", "Already aborted").detail(format!(
+                    "branch {id} was rolled back meanwhile; it cannot commit"
+                )),
+            ),
+            (_, false) => Ok(()),
+        }
     }
 
     async fn drop_work(&mut self) -> Result<(), Problem> {

@@ -180,3 +180,38 @@ impl Served {
         self.post(&format!("/2pc/{verb}"), None, body).await
     }
 }
+
+impl Served {
+    /// The 2PC participant on one of this service's actions: `good` prepared is invisible until
+    /// committed, then listed at `list` (`?order_id=o-1`) with its transaction id; `refused`
+    /// (for order `o-2`) votes NO with reason `slug` and prepares nothing.
+    pub async fn assert_two_pc_commit_and_refusal(
+        &self,
+        action: &str,
+        list: &str,
+        good: serde_json::Value,
+        refused: serde_json::Value,
+        slug: &str,
+    ) {
+        use serde_json::json;
+        let (txn, nobody) = (uuid::Uuid::now_v7(), "http://127.0.0.1:9");
+        let (s, vote) = self.tpc_prepare(nobody, txn, action, good).await;
+        assert_eq!((s.as_u16(), &vote["vote"]), (200, &json!("yes")), "{vote}");
+        assert!(
+            self.list(list, "o-1").await.is_empty(),
+            "invisible while prepared"
+        );
+        let (s, b) = self.tpc_decide("commit", txn).await;
+        assert_eq!((s.as_u16(), &b["state"]), (200, &json!("committed")), "{b}");
+        let rows = self.list(list, "o-1").await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["txn_id"], json!(txn));
+
+        let (s, vote) = self
+            .tpc_prepare(nobody, uuid::Uuid::now_v7(), action, refused)
+            .await;
+        assert_eq!((s.as_u16(), &vote["vote"]), (200, &json!("no")), "{vote}");
+        assert_eq!(vote["reason"]["type"], format!("urn:tandem:problem:{slug}"));
+        assert!(self.list(list, "o-2").await.is_empty());
+    }
+}

@@ -229,42 +229,18 @@ async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
 async fn two_pc_prepare_commit_and_a_no_vote() {
     let svc = spawn().await;
     let _cleanup = svc.prepared_cleanup();
-    if !svc.can_prepare().await {
-        return;
-    }
-    let (txn, nobody) = (uuid::Uuid::now_v7(), "http://127.0.0.1:9");
-    let (s, vote) = svc
-        .tpc_prepare(nobody, txn, "/charges", charge_body("o-1", "tok_visa"))
-        .await;
-    assert_eq!(
-        (s, &vote["vote"]),
-        (StatusCode::OK, &json!("yes")),
-        "{vote}"
-    );
-    assert!(
-        svc.list("/payments", "o-1").await.is_empty(),
-        "invisible while prepared"
-    );
-    let (s, b) = svc.tpc_decide("commit", txn).await;
-    assert_eq!(
-        (s, &b["state"]),
-        (StatusCode::OK, &json!("committed")),
-        "{b}"
-    );
-    let list = svc.list("/payments", "o-1").await;
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0]["txn_id"], json!(txn));
-
-    let refused = uuid::Uuid::now_v7();
-    let (s, vote) = svc
-        .tpc_prepare(
-            nobody,
-            refused,
-            "/charges",
+    if svc.can_prepare().await {
+        let (good, refused) = (
+            charge_body("o-1", "tok_visa"),
             charge_body("o-2", "tok_decline"),
+        );
+        svc.assert_two_pc_commit_and_refusal(
+            "/charges",
+            "/payments",
+            good,
+            refused,
+            "card-declined",
         )
         .await;
-    assert_eq!((s, &vote["vote"]), (StatusCode::OK, &json!("no")), "{vote}");
-    assert_eq!(vote["reason"]["type"], "urn:tandem:problem:card-declined");
-    assert!(svc.list("/payments", "o-2").await.is_empty());
+    }
 }

@@ -11,11 +11,9 @@
 //! wait for it.) `aborted` is written after a NO vote, a `ROLLBACK PREPARED`, or for an abort
 //! that came before its prepare (a tombstone, so the late prepare votes NO).
 
-use std::borrow::Cow;
-
 use serde_json::Value;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{PgConnection, PgPool, SqlSafeStr};
+use sqlx::migrate::Migrator;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::problem::Problem;
@@ -55,15 +53,7 @@ CREATE TABLE tpc_committed (
 
 /// `migrator` plus the branch table as version [`MIGRATION_VERSION`].
 pub fn with_branch_table(migrator: Migrator) -> Migrator {
-    let mut migrations: Vec<Migration> = migrator.migrations.into_owned();
-    migrations.push(Migration::new(
-        MIGRATION_VERSION,
-        Cow::Borrowed("tandem kit 2pc branches"),
-        MigrationType::Simple,
-        DDL.into_sql_str(),
-        false,
-    ));
-    Migrator::with_migrations(migrations)
+    crate::barrier::with_migration(migrator, MIGRATION_VERSION, "tandem kit 2pc branches", DDL)
 }
 
 /// One participant branch of a transaction.
