@@ -35,6 +35,9 @@ pub const POINTS: &[&str] = &[
     "service.action.after_commit",
     "service.compensation.before_commit",
     "service.compensation.after_commit",
+    // the 2PC participant (the kit's, so every service has them)
+    "service.2pc.after_prepare",
+    "service.2pc.after_commit_prepared",
 ];
 
 const UNINIT: u8 = 0;

@@ -447,6 +447,7 @@ impl<'a> Driver<'a> {
             }
         })?;
         tracing::info!(branch = %self.id, "2pc: prepared");
+        crate::crash::point("service.2pc.after_prepare");
         Ok(())
     }
 
@@ -454,6 +455,7 @@ impl<'a> Driver<'a> {
         self.finish_prepared("COMMIT PREPARED", true).await?;
         crate::stats::write_committed(&self.app.control);
         tracing::info!(branch = %self.id, "2pc: committed");
+        crate::crash::point("service.2pc.after_commit_prepared");
         Ok(())
     }
 
