@@ -197,7 +197,7 @@ async fn an_abort_before_its_prepare_makes_the_late_prepare_vote_no() {
 /// `Retry-After`; once the transaction commits, the retry goes through.
 #[tokio::test]
 async fn the_row_lock_is_held_while_prepared() {
-    let Some((svc, _cleanup)) = spawn_with_lock_timeout(1500).await else {
+    let Some((svc, _cleanup)) = spawn_with_lock_timeout(3000).await else {
         return;
     };
     set_stock(&svc, "a", 10).await;
