@@ -391,3 +391,29 @@ async fn concurrent_duplicate_prepares_and_commits_make_one_effect() {
     assert_eq!(stock(&svc, "a").await, (8, 2));
     assert_eq!(svc.list("/reservations", "o-1").await.len(), 1);
 }
+
+/// When `PREPARE TRANSACTION` itself fails (a full prepared-transaction table, or — the case
+/// this test can make — a gid already in use on another database of the server), the forced
+/// write did not happen: the branch votes NO with a `cannot-prepare` reason, its work is rolled
+/// back, and nothing stays prepared.
+#[tokio::test]
+async fn a_failed_prepare_transaction_votes_no() {
+    let Some((first, _cleanup_first)) = spawn().await else {
+        return;
+    };
+    let (second, _cleanup_second) = spawn().await.unwrap();
+    set_stock(&first, "a", 10).await;
+    set_stock(&second, "a", 10).await;
+    let txn = Uuid::now_v7();
+    let (_, vote) = prepare(&first, txn, "o-1", "a", 2).await;
+    assert_eq!(vote["vote"], "yes", "{vote}");
+    let (s, vote) = prepare(&second, txn, "o-1", "a", 2).await;
+    assert_eq!((s, &vote["vote"]), (StatusCode::OK, &json!("no")), "{vote}");
+    assert_eq!(vote["reason"]["type"], "urn:tandem:problem:cannot-prepare");
+    assert!(prepared_gids(&second).await.is_empty());
+    assert_eq!(stock(&second, "a").await, (10, 0));
+    let (_, again) = prepare(&second, txn, "o-1", "a", 2).await;
+    assert_eq!(again, vote, "a duplicate gets the same vote");
+    let (s, _) = decide(&first, "abort", txn).await;
+    assert_eq!(s, StatusCode::OK);
+}

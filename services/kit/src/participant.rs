@@ -434,13 +434,13 @@ impl<'a> Driver<'a> {
             )));
         };
         work.prepare(self.id).await.map_err(|e| {
-            let full = e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "53200" || c == "55000");
-            if full {
+            // 53200: the table of prepared transactions is full; 55000: prepared transactions
+            // are disabled; 42710: the gid is in use (on another database of the server: a
+            // coordinator that gave two branches one step index). This branch cannot prepare.
+            let code = e.as_database_error().and_then(|d| d.code());
+            if code.is_some_and(|c| matches!(c.as_ref(), "53200" | "55000" | "42710")) {
                 Problem::new(StatusCode::CONFLICT, TABLE_FULL, "Cannot prepare").detail(format!(
-                    "PREPARE TRANSACTION failed: {e} (max_prepared_transactions)"
+                    "PREPARE TRANSACTION failed: {e} (see max_prepared_transactions)"
                 ))
             } else {
                 Problem::from(e)
@@ -516,7 +516,7 @@ fn busy(id: BranchId, e: &sqlx::Error) -> Problem {
 }
 
 /// The problem slug of a NO vote for a full (or disabled) prepared-transaction table.
-const TABLE_FULL: &str = "prepared-transactions-full";
+const TABLE_FULL: &str = "cannot-prepare";
 
 /// The core's participant id: informational only (the driver runs one branch at a time).
 fn core_id(id: BranchId) -> u8 {

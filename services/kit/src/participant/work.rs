@@ -26,9 +26,14 @@ impl Work {
         &mut self.conn
     }
 
-    /// `PREPARE TRANSACTION '<gid>'` (on failure Postgres rolls the transaction back).
+    /// `PREPARE TRANSACTION '<gid>'`. On failure Postgres rolls the transaction back — but it
+    /// reports the error before it releases the locks, so one more round trip on this session
+    /// makes sure they are gone before anyone acts on the failure.
     pub(super) async fn prepare(mut self, id: BranchId) -> Result<(), sqlx::Error> {
         let done = id.run(&mut self.conn, "PREPARE TRANSACTION").await;
+        if done.is_err() {
+            sqlx::raw_sql("SELECT 1").execute(&mut *self.conn).await?;
+        }
         self.open = false;
         done
     }
