@@ -101,10 +101,10 @@ fn parse(spec: &str) -> Result<Vec<(&'static str, Trigger)>, String> {
 }
 
 /// Read and parse `TANDEM_CRASH` (once). Binaries call this at start-up so that a malformed
-/// value stops them at once; returns the points switched on.
-pub fn init() -> Result<Vec<String>, String> {
+/// value stops them at once ([`crate::Error::CrashPoints`]); returns the points switched on.
+pub fn init() -> Result<Vec<String>, crate::Error> {
     let spec = std::env::var(ENV).unwrap_or_default();
-    let parsed = parse(&spec)?;
+    let parsed = parse(&spec).map_err(crate::Error::CrashPoints)?;
     let armed = ARMED.get_or_init(|| {
         parsed
             .iter()

@@ -231,7 +231,7 @@ impl App {
 /// SIGINT/SIGTERM.
 pub async fn main(spec: &'static Spec) -> Result<(), Error> {
     crate::http::init_tracing();
-    crate::crash::init().map_err(Error::CrashPoints)?;
+    crate::crash::init()?;
     let config = Config::parse(spec);
     let listener = crate::http::bind(config.listen_addr)
         .await
