@@ -43,7 +43,7 @@ pub fn routes() -> Router<App> {
         .route(
             "/reservations",
             by_order::<Reservation>(
-                "SELECT id AS reservation_id, order_id, saga_id, step, status, items, created_at, released_at
+                "SELECT id AS reservation_id, order_id, saga_id, step, txn_id, status, items, created_at, released_at
                  FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
             ),
         )
@@ -54,6 +54,10 @@ pub fn routes() -> Router<App> {
 pub struct ReserveRequest {
     pub order_id: String,
     pub items: Vec<Item>,
+    /// The reservation's id, when the caller allocates it (the orchestrator's `{"$id": …}`, so
+    /// that a later step can name it before this one ran); a fresh one otherwise.
+    #[serde(default)]
+    pub reservation_id: Option<Uuid>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,16 +167,17 @@ async fn reserve(
         .into_iter()
         .map(|(sku, quantity)| Item { sku, quantity })
         .collect();
-    let id = Uuid::now_v7();
+    let id = req.reservation_id.unwrap_or_else(Uuid::now_v7);
     let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO reservations (id, order_id, saga_id, step, status, items)
-         VALUES ($1, $2, $3, $4, 'held', $5)
+        "INSERT INTO reservations (id, order_id, saga_id, step, txn_id, status, items)
+         VALUES ($1, $2, $3, $4, $5, 'held', $6)
          RETURNING created_at",
     )
     .bind(id)
     .bind(&req.order_id)
     .bind(&origin.run_id)
     .bind(&origin.step)
+    .bind(origin.txn_id)
     .bind(sqlx::types::Json(&items))
     .fetch_one(&mut *conn)
     .await?;
@@ -226,6 +231,8 @@ struct Reservation {
     order_id: String,
     saga_id: String,
     step: String,
+    /// The 2PC transaction that made it (`None` for a saga call).
+    txn_id: Option<Uuid>,
     status: String,
     items: sqlx::types::Json<Vec<Item>>,
     created_at: DateTime<Utc>,

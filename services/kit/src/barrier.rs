@@ -79,12 +79,22 @@ pub fn migrator(service: Migrator) -> Migrator {
         !service.version_exists(MIGRATION_VERSION),
         "migration version {MIGRATION_VERSION} is reserved for the saga barrier"
     );
-    let mut migrations: Vec<Migration> = service.migrations.into_owned();
+    with_migration(service, MIGRATION_VERSION, "tandem kit saga barrier", DDL)
+}
+
+/// `migrator` plus one of the kit's own migrations (fixed version, DDL in the kit).
+pub fn with_migration(
+    migrator: Migrator,
+    version: i64,
+    description: &'static str,
+    ddl: &'static str,
+) -> Migrator {
+    let mut migrations: Vec<Migration> = migrator.migrations.into_owned();
     migrations.push(Migration::new(
-        MIGRATION_VERSION,
-        Cow::Borrowed("tandem kit saga barrier"),
+        version,
+        Cow::Borrowed(description),
         MigrationType::Simple,
-        DDL.into_sql_str(),
+        ddl.into_sql_str(),
         false,
     ));
     Migrator::with_migrations(migrations)

@@ -37,6 +37,9 @@ pub const POINTS: &[&str] = &[
     "service.compensation.after_commit",
     // the key-value store's 2PC coordinator
     "kv.coordinator.after_commit_record",
+    // the 2PC participant (the kit's, so every service has them)
+    "service.2pc.after_prepare",
+    "service.2pc.after_commit_prepared",
 ];
 
 const UNINIT: u8 = 0;
@@ -100,10 +103,10 @@ fn parse(spec: &str) -> Result<Vec<(&'static str, Trigger)>, String> {
 }
 
 /// Read and parse `TANDEM_CRASH` (once). Binaries call this at start-up so that a malformed
-/// value stops them at once; returns the points switched on.
-pub fn init() -> Result<Vec<String>, String> {
+/// value stops them at once ([`crate::Error::CrashPoints`]); returns the points switched on.
+pub fn init() -> Result<Vec<String>, crate::Error> {
     let spec = std::env::var(ENV).unwrap_or_default();
-    let parsed = parse(&spec)?;
+    let parsed = parse(&spec).map_err(crate::Error::CrashPoints)?;
     let armed = ARMED.get_or_init(|| {
         parsed
             .iter()

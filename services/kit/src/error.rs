@@ -23,6 +23,8 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("{0}")]
     CrashPoints(String),
+    #[error("recovering 2PC branches at start-up: {0}")]
+    Recovery(String),
     #[error("database")]
     Database(#[from] sqlx::Error),
 }

@@ -10,6 +10,8 @@
 //! - [`saga`]: serves those declarations as saga endpoints (one handler skeleton: parse,
 //!   validate, `Idempotency-Key`, faults, barrier, reply), `/healthz`, audit lists by order.
 //! - [`checkout`]: request vocabulary several services share (line items and their bounds).
+//! - [`participant`]: the 2PC participant (`/2pc/prepare|commit|abort|status`, recovery): the
+//!   same effects in prepared transactions, driven by `tandem_protocols::two_phase`.
 //! - [`barrier`]: the idempotency barrier (duplicate / null compensation / hanging), in the same
 //!   local transaction as the business effect.
 //! - [`faults`]: scoped fault injection for demos and tests (off unless switched on).
@@ -31,6 +33,7 @@ pub mod error;
 pub mod faults;
 pub mod hooks;
 pub mod http;
+pub mod participant;
 pub mod problem;
 pub mod saga;
 pub mod service;

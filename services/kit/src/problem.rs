@@ -246,9 +246,23 @@ impl IntoResponse for Problem {
     }
 }
 
-/// Database errors: connection trouble is 503 (retry), anything else 500.
+/// Database errors: connection trouble, a lock wait past `lock_timeout` (or a `NOWAIT` lock
+/// that is held), a deadlock or a serialization failure are 503 (retry); anything else 500.
 impl From<sqlx::Error> for Problem {
     fn from(e: sqlx::Error) -> Self {
+        let code = e.as_database_error().and_then(|d| d.code());
+        if let Some(code @ ("55P03" | "40P01" | "40001")) = code.as_deref() {
+            let slug = if code == "55P03" {
+                "lock-timeout"
+            } else {
+                "conflict-retry"
+            };
+            let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, slug, "Busy: retry")
+                .detail("the data is locked by another transaction (possibly a prepared one); retry later")
+                .retry_after(1);
+            p.cause = Some(e.to_string());
+            return p;
+        }
         match &e {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed

@@ -47,11 +47,11 @@ impl std::fmt::Debug for Spec {
 }
 
 impl Spec {
-    /// The migrations of this service's database: the barrier table plus its own.
+    /// The migrations of this service's database: the barrier and 2PC branch tables plus its
+    /// own.
     pub fn migrator(&self) -> Migrator {
-        crate::barrier::migrator(Migrator::with_migrations(
-            self.migrations.migrations.to_vec(),
-        ))
+        let own = Migrator::with_migrations(self.migrations.migrations.to_vec());
+        crate::participant::branch::with_branch_table(crate::barrier::migrator(own))
     }
 
     /// Connect (creating the database if missing) and apply the migrations.
@@ -71,6 +71,18 @@ pub struct Config {
     /// Connections in the pool (the shared development server allows 100 in all).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5)]
     pub db_pool_size: u32,
+    /// Connections of the control pool, used only to commit, abort and recover prepared
+    /// transactions (and for 2PC status), so those never wait behind business traffic.
+    #[arg(long, env = "CONTROL_POOL_SIZE", default_value_t = 2)]
+    pub control_pool_size: u32,
+    /// `lock_timeout` of business statements: a lock wait longer than this (say, behind a
+    /// prepared transaction) answers 503 with `Retry-After` instead of holding a connection.
+    #[arg(long, env = "LOCK_TIMEOUT_MS", default_value_t = 2000)]
+    pub lock_timeout_ms: u64,
+    /// A 2PC branch prepared for longer than this asks its coordinator for the outcome (and
+    /// again every as long); at start-up every prepared branch asks at once.
+    #[arg(long, env = "TPC_IN_DOUBT_AFTER_MS", default_value_t = 5000)]
+    pub in_doubt_after_ms: u64,
     /// `on` mounts the `/faults` endpoints (scoped fault injection: any client can then make
     /// this service fail, stall or lose responses — for demos and tests only). Off by default.
     #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "off")]
@@ -110,6 +122,9 @@ impl Config {
             database_url: database_url.into(),
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             db_pool_size: 5,
+            control_pool_size: 2,
+            lock_timeout_ms: 2000,
+            in_doubt_after_ms: 5000,
             fault_injection: Switch::Off,
         }
     }
@@ -130,38 +145,67 @@ fn leak(s: String) -> &'static str {
 /// A ready service: connected, migrated.
 #[derive(Debug, Clone)]
 pub struct App {
+    /// Business statements (with `lock_timeout`).
     pub pool: PgPool,
+    /// Commit / abort / recovery of prepared transactions only (no `lock_timeout`).
+    pub control: PgPool,
     pub faults: Faults,
     /// Test-only pauses (see [`crate::hooks`]); none in production.
     pub hooks: TestHooks,
     pub spec: &'static Spec,
+    /// See [`Config::in_doubt_after_ms`].
+    pub in_doubt_after: std::time::Duration,
 }
 
 /// Connect (creating the database if missing) and apply the service's migrations.
 pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
-    let pool = crate::db::connect(&config.database_url, config.db_pool_size)
+    let business_url = with_lock_timeout(&config.database_url, config.lock_timeout_ms);
+    let pool = crate::db::connect(&business_url, config.db_pool_size)
+        .await
+        .map_err(|e| Error::Connect(e.into()))?;
+    // Control statements never wait on business locks by design; the timeout is a safety net
+    // that turns a mistake into a 503 instead of a hung request.
+    let control_url = with_lock_timeout(&config.database_url, CONTROL_LOCK_TIMEOUT_MS);
+    let control = crate::db::connect(&control_url, config.control_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
     spec.migrator()
-        .run(&pool)
+        .run(&control)
         .await
         .map_err(|source| Error::Migrate {
             service: spec.name,
             source,
         })?;
-    Ok(App {
+    let app = App {
         pool,
+        control,
         faults: Faults::new(config.fault_injection),
         hooks: TestHooks::default(),
         spec,
-    })
+        in_doubt_after: std::time::Duration::from_millis(config.in_doubt_after_ms),
+    };
+    crate::participant::recover_at_start(&app)
+        .await
+        .map_err(|p| Error::Recovery(p.to_string()))?;
+    Ok(app)
+}
+
+/// `lock_timeout` of the control pool.
+const CONTROL_LOCK_TIMEOUT_MS: u64 = 10_000;
+
+/// `url` with `-c lock_timeout=<ms>` among its connection `options` (Postgres merges several).
+fn with_lock_timeout(url: &str, ms: u64) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20lock_timeout%3D{ms}")
 }
 
 impl App {
     /// The service's routes, its saga endpoints, `/healthz`, the fault endpoints and the shared
     /// ones (`/noop`, `/stats`, 404).
     pub fn router(&self) -> Router {
-        let own = (self.spec.routes)().merge(crate::saga::routes(self));
+        let own = (self.spec.routes)()
+            .merge(crate::saga::routes(self))
+            .merge(crate::participant::routes());
         crate::http::finish(own.with_state(self.clone()).merge(self.faults.router()))
     }
 
@@ -173,9 +217,13 @@ impl App {
     ) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(%addr, faults = self.faults.enabled(), "{} listening", self.spec.name);
-        crate::http::serve(listener, self.router(), shutdown)
-            .await
-            .map_err(Error::Serve)
+        let resolver = tokio::spawn(crate::participant::resolve_in_doubt(
+            self.clone(),
+            self.in_doubt_after,
+        ));
+        let served = crate::http::serve(listener, self.router(), shutdown).await;
+        resolver.abort();
+        served.map_err(Error::Serve)
     }
 }
 
@@ -183,7 +231,7 @@ impl App {
 /// SIGINT/SIGTERM.
 pub async fn main(spec: &'static Spec) -> Result<(), Error> {
     crate::http::init_tracing();
-    crate::crash::init().map_err(Error::CrashPoints)?;
+    crate::crash::init()?;
     let config = Config::parse(spec);
     let listener = crate::http::bind(config.listen_addr)
         .await

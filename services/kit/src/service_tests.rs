@@ -80,3 +80,138 @@ impl Served {
         }
     }
 }
+
+/// Rolls back every prepared transaction of a test's database when dropped — pass or fail —
+/// because an orphaned one holds its locks and makes `DROP DATABASE` fail even `WITH (FORCE)`.
+pub struct PreparedCleanup {
+    options: sqlx::postgres::PgConnectOptions,
+}
+
+impl Served {
+    /// A guard that rolls back this service's prepared transactions at the end of the test.
+    pub fn prepared_cleanup(&self) -> PreparedCleanup {
+        PreparedCleanup {
+            options: (*self.app.control.connect_options()).clone(),
+        }
+    }
+}
+
+impl Drop for PreparedCleanup {
+    fn drop(&mut self) {
+        let options = self.options.clone();
+        // A thread with its own runtime: this may run while the test's runtime unwinds.
+        let done = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(roll_back_prepared(options))
+        })
+        .join();
+        match done {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => eprintln!("test cleanup: rolled back {n} prepared transaction(s)"),
+            Ok(Err(e)) => eprintln!("test cleanup: prepared transactions NOT rolled back: {e}"),
+            Err(_) => eprintln!("test cleanup: the cleanup thread panicked"),
+        }
+    }
+}
+
+async fn roll_back_prepared(
+    options: sqlx::postgres::PgConnectOptions,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    use sqlx::ConnectOptions;
+    let mut conn = options.connect().await?;
+    let gids: Vec<String> =
+        sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+            .fetch_all(&mut conn)
+            .await?;
+    for gid in &gids {
+        let sql = format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(gids.len())
+}
+
+impl Served {
+    /// Whether this server can prepare transactions (`max_prepared_transactions > 0`). Outside
+    /// CI a test may skip when it cannot; with `CI=true` this panics naming the setting.
+    pub async fn can_prepare(&self) -> bool {
+        let max: String = sqlx::query_scalar("SELECT current_setting('max_prepared_transactions')")
+            .fetch_one(&self.app.control)
+            .await
+            .unwrap();
+        let can = max.parse::<i64>().unwrap_or(0) > 0;
+        if !can {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "missing prerequisite: Postgres max_prepared_transactions is 0 (2PC tests need it above 0, e.g. 256)"
+            );
+            eprintln!("skipped: Postgres max_prepared_transactions is 0");
+        }
+        can
+    }
+}
+
+impl Served {
+    /// `POST /2pc/prepare` of branch `(txn, 0)`: `action` with `body`, naming `coordinator`.
+    pub async fn tpc_prepare(
+        &self,
+        coordinator: &str,
+        txn: uuid::Uuid,
+        action: &str,
+        body: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let request = serde_json::json!({
+            "txn_id": txn, "step": 0, "action": action, "body": body,
+            "coordinator_url": coordinator,
+        });
+        self.post("/2pc/prepare", None, request).await
+    }
+
+    /// `POST /2pc/{verb}` (`commit` or `abort`) of branch `(txn, 0)`.
+    pub async fn tpc_decide(
+        &self,
+        verb: &str,
+        txn: uuid::Uuid,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let body = serde_json::json!({ "txn_id": txn, "step": 0 });
+        self.post(&format!("/2pc/{verb}"), None, body).await
+    }
+}
+
+impl Served {
+    /// The 2PC participant on one of this service's actions: `good` prepared is invisible until
+    /// committed, then listed at `list` (`?order_id=o-1`) with its transaction id; `refused`
+    /// (for order `o-2`) votes NO with reason `slug` and prepares nothing.
+    pub async fn assert_two_pc_commit_and_refusal(
+        &self,
+        action: &str,
+        list: &str,
+        good: serde_json::Value,
+        refused: serde_json::Value,
+        slug: &str,
+    ) {
+        use serde_json::json;
+        let (txn, nobody) = (uuid::Uuid::now_v7(), "http://127.0.0.1:9");
+        let (s, vote) = self.tpc_prepare(nobody, txn, action, good).await;
+        assert_eq!((s.as_u16(), &vote["vote"]), (200, &json!("yes")), "{vote}");
+        assert!(
+            self.list(list, "o-1").await.is_empty(),
+            "invisible while prepared"
+        );
+        let (s, b) = self.tpc_decide("commit", txn).await;
+        assert_eq!((s.as_u16(), &b["state"]), (200, &json!("committed")), "{b}");
+        let rows = self.list(list, "o-1").await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["txn_id"], json!(txn));
+
+        let (s, vote) = self
+            .tpc_prepare(nobody, uuid::Uuid::now_v7(), action, refused)
+            .await;
+        assert_eq!((s.as_u16(), &vote["vote"]), (200, &json!("no")), "{vote}");
+        assert_eq!(vote["reason"]["type"], format!("urn:tandem:problem:{slug}"));
+        assert!(self.list(list, "o-2").await.is_empty());
+    }
+}

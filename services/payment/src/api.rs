@@ -35,7 +35,7 @@ pub fn routes() -> Router<App> {
     Router::new().route(
         "/payments",
         by_order::<Payment>(
-            "SELECT id, kind, order_id, customer_id, amount_cents, currency, saga_id, step, charge_id, created_at
+            "SELECT id, kind, order_id, customer_id, amount_cents, currency, saga_id, step, txn_id, charge_id, created_at
              FROM payments WHERE order_id = $1 ORDER BY created_at, id",
         ),
     )
@@ -84,8 +84,8 @@ async fn charge(
     }
     let id = Uuid::now_v7();
     let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO payments (id, kind, order_id, customer_id, amount_cents, currency, saga_id, step)
-         VALUES ($1, 'charge', $2, $3, $4, $5, $6, $7)
+        "INSERT INTO payments (id, kind, order_id, customer_id, amount_cents, currency, saga_id, step, txn_id)
+         VALUES ($1, 'charge', $2, $3, $4, $5, $6, $7, $8)
          RETURNING created_at",
     )
     .bind(id)
@@ -95,6 +95,7 @@ async fn charge(
     .bind(&req.currency)
     .bind(&origin.run_id)
     .bind(&origin.step)
+    .bind(origin.txn_id)
     .fetch_one(&mut *conn)
     .await?;
     tracing::info!(%origin, charge_id = %id, order_id = %req.order_id, amount_cents = req.amount_cents, "charged");
@@ -150,6 +151,8 @@ struct Payment {
     currency: String,
     saga_id: String,
     step: String,
+    /// The 2PC transaction that made it (`None` for a saga call).
+    txn_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     charge_id: Option<Uuid>,
     created_at: DateTime<Utc>,

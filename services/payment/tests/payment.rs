@@ -189,14 +189,9 @@ async fn bad_input_is_rejected_and_stores_nothing() {
     ];
     svc.assert_invalid("/charges", "s1:charge_payment:action", &cases)
         .await;
-    let (s, b) = svc
-        .post(
-            "/refunds",
-            Some("s1:charge_payment:compensation"),
-            json!({"order_id": 7}),
-        )
+    let comp = [(json!({"order_id": 7}), "/order_id")];
+    svc.assert_invalid("/refunds", "s1:charge_payment:compensation", &comp)
         .await;
-    assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
     let (s, b) = svc.get("/payments").await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
     let (s, b) = svc.delete("/charges").await;
@@ -221,4 +216,26 @@ async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
     )
     .await;
     assert_eq!(rows(&svc).await, (0, 0));
+}
+
+/// 2PC: the same effect in a prepared transaction — invisible until committed, then listed with
+/// its transaction id; a business refusal votes NO with its reason and prepares nothing.
+#[tokio::test]
+async fn two_pc_prepare_commit_and_a_no_vote() {
+    let svc = spawn().await;
+    let _cleanup = svc.prepared_cleanup();
+    if svc.can_prepare().await {
+        let (good, refused) = (
+            charge_body("o-1", "tok_visa"),
+            charge_body("o-2", "tok_decline"),
+        );
+        svc.assert_two_pc_commit_and_refusal(
+            "/charges",
+            "/payments",
+            good,
+            refused,
+            "card-declined",
+        )
+        .await;
+    }
 }

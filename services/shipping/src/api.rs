@@ -36,7 +36,7 @@ pub fn routes() -> Router<App> {
     Router::new().route(
         "/shipments",
         by_order::<Shipment>(
-            "SELECT id AS shipment_id, order_id, saga_id, step, status, address, items, reservation_id,
+            "SELECT id AS shipment_id, order_id, saga_id, step, txn_id, status, address, items, reservation_id,
                     created_at, cancelled_at
              FROM shipments WHERE order_id = $1 ORDER BY created_at, id",
         ),
@@ -102,14 +102,15 @@ async fn create(
     }
     let id = Uuid::now_v7();
     let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO shipments (id, order_id, saga_id, step, status, address, items, reservation_id)
-         VALUES ($1, $2, $3, $4, 'created', $5, $6, $7)
+        "INSERT INTO shipments (id, order_id, saga_id, step, txn_id, status, address, items, reservation_id)
+         VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $8)
          RETURNING created_at",
     )
     .bind(id)
     .bind(&req.order_id)
     .bind(&origin.run_id)
     .bind(&origin.step)
+    .bind(origin.txn_id)
     .bind(sqlx::types::Json(&req.address))
     .bind(sqlx::types::Json(&req.items))
     .bind(&req.reservation_id)
@@ -153,6 +154,8 @@ struct Shipment {
     order_id: String,
     saga_id: String,
     step: String,
+    /// The 2PC transaction that made it (`None` for a saga call).
+    txn_id: Option<Uuid>,
     status: String,
     address: sqlx::types::Json<Value>,
     items: sqlx::types::Json<Value>,

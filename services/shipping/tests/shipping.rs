@@ -183,14 +183,13 @@ async fn bad_input_is_rejected_and_stores_nothing() {
     ];
     svc.assert_invalid("/shipments", "s1:create_shipment:action", &cases)
         .await;
-    let (s, b) = svc
-        .post(
-            "/shipments/cancel",
-            Some("s1:create_shipment:compensation"),
-            json!({}),
-        )
-        .await;
-    assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
+    let comp = [(json!({}), "/order_id")];
+    svc.assert_invalid(
+        "/shipments/cancel",
+        "s1:create_shipment:compensation",
+        &comp,
+    )
+    .await;
     assert_eq!(rows(&svc).await, (0, 0));
 }
 
@@ -211,4 +210,23 @@ async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
     )
     .await;
     assert_eq!(rows(&svc).await, (0, 0));
+}
+
+/// 2PC: the same effect in a prepared transaction — invisible until committed, then listed with
+/// its transaction id; a business refusal votes NO with its reason and prepares nothing.
+#[tokio::test]
+async fn two_pc_prepare_commit_and_a_no_vote() {
+    let svc = spawn().await;
+    let _cleanup = svc.prepared_cleanup();
+    if svc.can_prepare().await {
+        let (good, refused) = (shipment_body("o-1", "FR"), shipment_body("o-2", "ZZ"));
+        svc.assert_two_pc_commit_and_refusal(
+            "/shipments",
+            "/shipments",
+            good,
+            refused,
+            "undeliverable",
+        )
+        .await;
+    }
 }

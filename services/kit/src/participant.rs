@@ -1,0 +1,524 @@
+//! The 2PC participant of every service: the service's saga actions ([`crate::effect`]) run as
+//! prepared Postgres transactions. The behaviour is `tandem_protocols::two_phase::Participant`;
+//! this module is its driver — it rebuilds the core for a branch from what the database says
+//! ([`branch::seen`]), feeds it the request as a message, and executes the actions it returns,
+//! in order, and nothing else:
+//!
+//! | core action | here |
+//! |---|---|
+//! | `ForceWrite(Prepared)` | `PREPARE TRANSACTION '<gid>'` on the transaction holding the effect |
+//! | `ForceWrite(Committed)` | `COMMIT PREPARED '<gid>'` |
+//! | `Write(Aborted)` | `ROLLBACK PREPARED '<gid>'`, branch row `aborted` |
+//! | `Decide(Abort)` | drop the unprepared work (`ROLLBACK`), branch row `aborted` |
+//! | `Send(Vote)`, `Send(Ack)` | the HTTP answer |
+//! | `Send(Query)` | `GET {coordinator}/transactions/{txn}/decision` ([`recovery`]) |
+//! | `SetTimer(InDoubt)` | the resolver loop asks again for branches prepared longer than `TPC_IN_DOUBT_AFTER_MS` |
+//!
+//! Endpoints (every answer to a bad request is a problem, never a 500 for a protocol case):
+//!
+//! - `POST /2pc/prepare` `{"txn_id", "step", "action": "<action path>", "body", "coordinator_url"}`:
+//!   the branch row is committed first, then the action's effect runs in a transaction (with
+//!   the business pool's `lock_timeout`) that is prepared → `{"vote": "yes"}`; a 409 business
+//!   refusal or a full prepared-transaction table → `{"vote": "no", "reason": problem}`; prepare
+//!   after abort → `no`; a duplicate → the same vote; a lock wait past `lock_timeout`, or the
+//!   same branch's prepare still in flight → 503 + `Retry-After`; prepared transactions
+//!   disabled → 503 `prepared-transactions-disabled`.
+//! - `POST /2pc/commit` `{"txn_id", "step"}` → `{"state": "committed"}` (again for a duplicate);
+//!   unknown branch → 404 `unknown-transaction`; aborted → 409 `already-aborted`; prepare not
+//!   completed → 409 `not-prepared`.
+//! - `POST /2pc/abort` → `{"state": "aborted"}` (an unknown branch gets a tombstone so that a
+//!   late prepare votes NO); committed → 409 `already-committed`; its prepare in flight → 503.
+//! - `GET /2pc/status`: capability, prepared branches and their age, lock waits.
+//!
+//! Commit, abort, status and recovery use the service's small control pool, never the business
+//! pool, so they never wait behind business traffic for a connection.
+
+pub mod branch;
+mod recovery;
+mod work;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tandem_protocols::two_phase::{Msg, PartState, Participant, Record};
+use tandem_protocols::{Action, Actions, Input, NodeId, Outcome, Role, Vote};
+use uuid::Uuid;
+
+use crate::effect::{Accepted, Origin};
+use crate::http::Json;
+use crate::problem::Problem;
+use crate::service::App;
+use branch::{BranchId, Seen};
+use work::Work;
+
+pub use recovery::{recover_at_start, resolve_in_doubt};
+
+const COORDINATOR: NodeId = NodeId::Coordinator(0);
+/// Longest accepted coordinator URL.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// `POST /2pc/prepare` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {
+    pub txn_id: Uuid,
+    pub step: u16,
+    /// The action's path (`/reservations`): the same effect as that saga action.
+    pub action: String,
+    /// The action's request body.
+    pub body: Value,
+    pub coordinator_url: String,
+}
+
+/// `POST /2pc/commit` and `POST /2pc/abort` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchRequest {
+    pub txn_id: Uuid,
+    pub step: u16,
+}
+
+impl BranchRequest {
+    fn id(&self) -> BranchId {
+        BranchId {
+            txn_id: self.txn_id,
+            step: self.step,
+        }
+    }
+}
+
+/// The participant endpoints.
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/2pc/prepare", post(prepare))
+        .route("/2pc/commit", post(commit))
+        .route("/2pc/abort", post(abort))
+        .route("/2pc/status", get(status))
+}
+
+async fn prepare(
+    State(app): State<App>,
+    Json(req): Json<PrepareRequest>,
+) -> Result<Json<Value>, Problem> {
+    let accepted = accept(&app, &req)?;
+    require_capability(&app).await?;
+    let id = BranchId {
+        txn_id: req.txn_id,
+        step: req.step,
+    };
+    branch::log_preparing(&app.control, id, &req.action, &req.coordinator_url).await?;
+    let mut driver = Driver::new(&app, id);
+    driver.prepare(accepted).await?;
+    let vote = driver.sent.iter().find_map(|m| match m {
+        Msg::Vote(v) => Some(*v),
+        _ => None,
+    });
+    let mut answer = json!({ "txn_id": id.txn_id, "step": id.step });
+    match (vote, driver.core.state) {
+        (Some(Vote::Yes), _) | (None, PartState::Committed) => answer["vote"] = json!("yes"),
+        (Some(Vote::No), _) | (None, PartState::Aborted) => {
+            answer["vote"] = json!("no");
+            answer["reason"] = driver.reason.clone().unwrap_or(Value::Null);
+        }
+        (None, state) => {
+            return Err(Problem::internal(format!(
+                "branch {id}: the participant core answered nothing to a prepare in {state:?}"
+            )));
+        }
+    }
+    Ok(Json(answer))
+}
+
+/// The request's action and body, parsed and validated like the saga action's (pointers under
+/// `/body`).
+#[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
+fn accept(app: &App, req: &PrepareRequest) -> Result<Accepted, Problem> {
+    let url_ok = req.coordinator_url.len() <= MAX_URL_LEN
+        && reqwest::Url::parse(&req.coordinator_url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+    if !url_ok {
+        return Err(Problem::invalid(
+            "/coordinator_url",
+            format!("must be an http(s) URL of at most {MAX_URL_LEN} bytes"),
+        ));
+    }
+    let Some(endpoint) = app.spec.actions.iter().find(|a| a.path() == req.action) else {
+        let known: Vec<&str> = app.spec.actions.iter().map(|a| a.path()).collect();
+        return Err(Problem::invalid(
+            "/action",
+            format!(
+                "is not an action of this service (known: {})",
+                known.join(", ")
+            ),
+        ));
+    };
+    endpoint.accept(req.body.clone()).map_err(|mut p| {
+        for issue in &mut p.errors {
+            issue.pointer = format!("/body{}", issue.pointer);
+        }
+        p
+    })
+}
+
+/// 503 naming the setting when this server cannot prepare transactions.
+async fn require_capability(app: &App) -> Result<(), Problem> {
+    if max_prepared_transactions(app).await? > 0 {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "prepared-transactions-disabled",
+        "Prepared transactions are disabled",
+    )
+    .detail("this service's Postgres has max_prepared_transactions = 0; set it above 0 (e.g. 256) and restart Postgres")
+    .with("setting", "max_prepared_transactions"))
+}
+
+async fn max_prepared_transactions(app: &App) -> Result<i64, Problem> {
+    let v: String = sqlx::query_scalar("SELECT current_setting('max_prepared_transactions')")
+        .fetch_one(&app.control)
+        .await?;
+    Ok(v.parse().unwrap_or(0))
+}
+
+async fn commit(
+    State(app): State<App>,
+    Json(req): Json<BranchRequest>,
+) -> Result<Json<Value>, Problem> {
+    let id = req.id();
+    // Looked at before the core is rebuilt: rebuilding an unknown or unprepared branch decides
+    // abort, which a commit must not write.
+    match branch::seen(&mut *app.control.acquire().await?, id).await? {
+        Seen::Unknown => return Err(unknown(id)),
+        Seen::Preparing => {
+            return Err(
+                Problem::conflict("not-prepared", "Not prepared").detail(format!(
+                    "branch {id} has no prepared transaction: its prepare did not complete"
+                )),
+            );
+        }
+        _ => {}
+    }
+    let mut driver = Driver::new(&app, id);
+    driver.restart().await?;
+    driver.receive(Msg::Outcome(Outcome::Commit)).await?;
+    match driver.core.state {
+        PartState::Committed => Ok(Json(
+            json!({ "txn_id": id.txn_id, "step": id.step, "state": "committed" }),
+        )),
+        _ => Err(
+            Problem::conflict("already-aborted", "Already aborted").detail(format!(
+                "branch {id} was aborted; it cannot commit (a coordinator bug)"
+            )),
+        ),
+    }
+}
+
+async fn abort(
+    State(app): State<App>,
+    Json(req): Json<BranchRequest>,
+) -> Result<Json<Value>, Problem> {
+    let id = req.id();
+    let mut driver = Driver::new(&app, id);
+    driver.restart().await?;
+    driver.receive(Msg::Outcome(Outcome::Abort)).await?;
+    match driver.core.state {
+        PartState::Committed => Err(Problem::conflict("already-committed", "Already committed")
+            .detail(format!(
+                "branch {id} was committed; it cannot abort (a coordinator bug)"
+            ))),
+        _ => Ok(Json(
+            json!({ "txn_id": id.txn_id, "step": id.step, "state": "aborted" }),
+        )),
+    }
+}
+
+fn unknown(id: BranchId) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "unknown-transaction",
+        "Unknown transaction",
+    )
+    .detail(format!("this service has no branch {id}"))
+}
+
+/// `GET /2pc/status`.
+async fn status(State(app): State<App>) -> Result<Json<Value>, Problem> {
+    let max = max_prepared_transactions(&app).await?;
+    let prepared = branch::prepared(&app.control, 0).await?;
+    let waits: Vec<(i32, i64, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT a.pid, (extract(epoch FROM now() - a.query_start) * 1000)::bigint,
+                left(a.query, 200),
+                (SELECT p.gid FROM pg_locks l
+                 JOIN pg_prepared_xacts p ON p.transaction = l.transactionid
+                 WHERE l.pid = a.pid AND NOT l.granted AND l.locktype = 'transactionid' LIMIT 1)
+         FROM pg_stat_activity a
+         WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
+         ORDER BY a.query_start",
+    )
+    .fetch_all(&app.control)
+    .await?;
+    let lock_waits: Vec<Value> = waits
+        .into_iter()
+        .map(|(pid, waiting_ms, query, gid)| {
+            json!({ "pid": pid, "waiting_ms": waiting_ms, "query": query, "blocked_by_gid": gid })
+        })
+        .collect();
+    Ok(Json(json!({
+        "service": app.spec.name,
+        "max_prepared_transactions": max,
+        "can_prepare": max > 0,
+        "prepared": prepared,
+        "lock_waits": lock_waits,
+    })))
+}
+
+/// Executes the participant core's actions for one branch.
+struct Driver<'a> {
+    app: &'a App,
+    id: BranchId,
+    core: Participant,
+    /// The transaction holding the effect, until it is prepared or dropped.
+    work: Option<Work>,
+    /// What the core sent the coordinator (the HTTP answer, or a query).
+    sent: Vec<Msg>,
+    /// The NO vote's problem body.
+    reason: Option<Value>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(app: &'a App, id: BranchId) -> Self {
+        Driver {
+            app,
+            id,
+            // Replaced by `restart` or `prepare` before any input.
+            core: Participant::recover(core_id(id), &[]).0,
+            work: None,
+            sent: Vec::new(),
+            reason: None,
+        }
+    }
+
+    /// Rebuild the core from the branch's durable state and execute its recovery actions.
+    /// A `Query` it sends is answered by the request at hand (it carries the outcome).
+    async fn restart(&mut self) -> Result<Seen, Problem> {
+        let seen = branch::seen(&mut *self.app.control.acquire().await?, self.id).await?;
+        let log: &[Record] = match &seen {
+            Seen::Unknown | Seen::Preparing => &[],
+            Seen::Prepared => &[Record::Prepared],
+            Seen::Committed => &[Record::Prepared, Record::Committed],
+            Seen::Aborted { .. } => &[Record::Aborted],
+        };
+        if let Seen::Aborted { reason } = &seen {
+            self.reason.clone_from(reason);
+        }
+        let (core, actions) = Participant::recover(core_id(self.id), log);
+        self.core = core;
+        self.execute(actions).await?;
+        Ok(seen)
+    }
+
+    async fn receive(&mut self, msg: Msg) -> Result<(), Problem> {
+        let actions = self.core.handle(Input::Receive {
+            from: COORDINATOR,
+            msg,
+        });
+        self.execute(actions).await
+    }
+
+    /// Run the effect and feed the core the Prepare with the vote it gives.
+    async fn prepare(&mut self, accepted: Accepted) -> Result<(), Problem> {
+        let vote = match self.run_effect(accepted).await? {
+            Some(vote) => vote,
+            // Not this request's to prepare: answer from the branch's state.
+            None => {
+                self.restart().await?;
+                return self.receive(Msg::Prepare).await;
+            }
+        };
+        let (core, actions) = Participant::new(core_id(self.id), vote);
+        self.core = core;
+        self.execute(actions).await?;
+        match self.receive(Msg::Prepare).await {
+            Err(p) if p.slug == TABLE_FULL => {
+                // The forced write failed: as if this participant had stopped before it.
+                self.reason = Some(p.to_json());
+                self.sent.clear();
+                let (core, actions) = Participant::recover(core_id(self.id), &[]);
+                self.core = core;
+                self.execute(actions).await?;
+                self.receive(Msg::Prepare).await
+            }
+            other => other,
+        }
+    }
+
+    /// Claim the branch and run the effect in a fresh transaction: the vote, or `None` when
+    /// the branch is not `preparing` (a duplicate, or aborted meanwhile).
+    async fn run_effect(&mut self, accepted: Accepted) -> Result<Option<Vote>, Problem> {
+        let mut work = Work::begin(&self.app.pool).await?;
+        match branch::claim_for_prepare(work.conn(), self.id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                work.rollback().await?;
+                return Ok(None);
+            }
+            Err(e) => {
+                work.rollback().await?;
+                let busy = Problem::from(e);
+                let seen = branch::seen(&mut *self.app.control.acquire().await?, self.id).await?;
+                return if busy.status == StatusCode::SERVICE_UNAVAILABLE && seen != Seen::Prepared {
+                    Err(busy.detail(format!(
+                        "the prepare of branch {} is still running; resend it",
+                        self.id
+                    )))
+                } else if seen == Seen::Prepared {
+                    Ok(None)
+                } else {
+                    Err(busy)
+                };
+            }
+        }
+        let origin = Origin::transaction(self.id.txn_id, self.id.step);
+        let outcome = accepted.run(work.conn(), &origin).await;
+        match outcome {
+            Ok(_) => {
+                self.work = Some(work);
+                Ok(Some(Vote::Yes))
+            }
+            Err(problem) if problem.status == StatusCode::CONFLICT => {
+                self.reason = Some(problem.to_json());
+                self.work = Some(work);
+                Ok(Some(Vote::No))
+            }
+            Err(problem) => {
+                // Nothing happened: the branch stays `preparing` and a resend runs it again.
+                work.rollback().await?;
+                Err(problem)
+            }
+        }
+    }
+
+    async fn execute(&mut self, actions: Actions<Participant>) -> Result<(), Problem> {
+        for action in actions {
+            match action {
+                Action::ForceWrite(Record::Prepared) => self.prepare_transaction().await?,
+                Action::ForceWrite(Record::Committed) => self.commit_prepared().await?,
+                Action::Write(Record::Aborted) => self.rollback_prepared().await?,
+                Action::Decide(Outcome::Abort) => self.drop_work().await?,
+                // COMMIT PREPARED (forced just before) made the effect visible.
+                Action::Decide(Outcome::Commit) | Action::Forget => {}
+                Action::Send { msg, .. } => self.sent.push(msg),
+                // The vote deadline is the prepare request itself; the in-doubt timer is the
+                // resolver loop (see the module docs).
+                Action::SetTimer(_) | Action::CancelTimer(_) => {}
+                Action::ForceWrite(r) | Action::Write(r) => {
+                    return Err(Problem::internal(format!(
+                        "branch {}: the participant core asked to write {r:?}",
+                        self.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn prepare_transaction(&mut self) -> Result<(), Problem> {
+        let Some(work) = self.work.take() else {
+            return Err(Problem::internal(format!(
+                "branch {}: nothing to prepare",
+                self.id
+            )));
+        };
+        work.prepare(self.id).await.map_err(|e| {
+            // 53200: the table of prepared transactions is full; 55000: prepared transactions
+            // are disabled; 42710: the gid is in use (on another database of the server: a
+            // coordinator that gave two branches one step index). This branch cannot prepare.
+            let code = e.as_database_error().and_then(|d| d.code());
+            if code.is_some_and(|c| matches!(c.as_ref(), "53200" | "55000" | "42710")) {
+                Problem::new(StatusCode::CONFLICT, TABLE_FULL, "Cannot prepare").detail(format!(
+                    "PREPARE TRANSACTION failed: {e} (see max_prepared_transactions)"
+                ))
+            } else {
+                Problem::from(e)
+            }
+        })?;
+        tracing::info!(branch = %self.id, "2pc: prepared");
+        crate::crash::point("service.2pc.after_prepare");
+        Ok(())
+    }
+
+    async fn commit_prepared(&mut self) -> Result<(), Problem> {
+        self.finish_prepared("COMMIT PREPARED", true).await?;
+        crate::stats::write_committed(&self.app.control);
+        tracing::info!(branch = %self.id, "2pc: committed");
+        crate::crash::point("service.2pc.after_commit_prepared");
+        Ok(())
+    }
+
+    async fn rollback_prepared(&mut self) -> Result<(), Problem> {
+        self.finish_prepared("ROLLBACK PREPARED", false).await?;
+        branch::mark_aborted(&self.app.control, self.id, self.reason.as_ref()).await?;
+        tracing::info!(branch = %self.id, "2pc: rolled back");
+        Ok(())
+    }
+
+    /// `COMMIT PREPARED` or `ROLLBACK PREPARED` (on the control pool). When it fails, a
+    /// concurrent duplicate may have finished the branch first (done), or be finishing it now
+    /// (503 busy: resend).
+    async fn finish_prepared(&self, verb: &str, commit: bool) -> Result<(), Problem> {
+        let mut conn = self.app.control.acquire().await?;
+        let Err(e) = self.id.run(&mut conn, verb).await else {
+            return Ok(());
+        };
+        let (id, seen) = (self.id, branch::seen(&mut conn, self.id).await?);
+        match (seen, commit) {
+            (Seen::Prepared, _) => Err(busy(id, &e)),
+            (Seen::Committed, true) => Ok(()),
+            // A commit and an abort of one branch raced (a coordinator bug): loud, not a 500.
+            (Seen::Committed, false) => {
+                Err(
+                    Problem::conflict("already-committed", "Already committed").detail(format!(
+                        "branch {id} was committed meanwhile; it cannot abort"
+                    )),
+                )
+            }
+            (_, true) => Err(
+                Problem::conflict("already-aborted", "Already aborted").detail(format!(
+                    "branch {id} was rolled back meanwhile; it cannot commit"
+                )),
+            ),
+            (_, false) => Ok(()),
+        }
+    }
+
+    async fn drop_work(&mut self) -> Result<(), Problem> {
+        if let Some(work) = self.work.take() {
+            work.rollback().await?;
+        }
+        branch::mark_aborted(&self.app.control, self.id, self.reason.as_ref()).await
+    }
+}
+
+/// 503: another session is finishing this prepared transaction right now (Postgres: "is
+/// busy"); the resend finds it done.
+fn busy(id: BranchId, e: &sqlx::Error) -> Problem {
+    let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy: retry")
+        .detail(format!(
+            "branch {id} is being finished by another request; resend"
+        ))
+        .retry_after(1);
+    p.cause = Some(e.to_string());
+    p
+}
+
+/// The problem slug of a NO vote for a full (or disabled) prepared-transaction table.
+const TABLE_FULL: &str = "cannot-prepare";
+
+/// The core's participant id: informational only (the driver runs one branch at a time).
+fn core_id(id: BranchId) -> u8 {
+    u8::try_from(id.step).unwrap_or(u8::MAX)
+}

@@ -1,0 +1,108 @@
+//! Branches that nobody finishes by a request: at start-up, those left `preparing` by a crash
+//! (their work was lost: the core's `recover` with an empty log decides abort), and the
+//! prepared ones whose outcome never arrived — the core's in-doubt timer: every
+//! `in_doubt_after`, each branch prepared for longer asks its coordinator
+//! (`GET {coordinator_url}/transactions/{txn_id}/decision`) and is finished with the answer.
+//! At start-up every prepared branch asks at once.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tandem_protocols::Outcome;
+use tandem_protocols::two_phase::Msg;
+
+use super::Driver;
+use super::branch::{self, BranchId};
+use crate::problem::Problem;
+use crate::service::App;
+
+/// Abort the branches a crash left `preparing` (no prepared transaction). Run before serving.
+pub async fn recover_at_start(app: &App) -> Result<usize, Problem> {
+    let lost = branch::lost_at_start(&app.control).await?;
+    for &id in &lost {
+        let mut driver = Driver::new(app, id);
+        driver.restart().await?;
+        tracing::info!(branch = %id, "2pc: a prepare lost in a crash is aborted");
+    }
+    Ok(lost.len())
+}
+
+/// The in-doubt timer: until `shutdown`, ask the coordinator about prepared branches (all of
+/// them at once, then every `every` those prepared for longer than `every`).
+pub async fn resolve_in_doubt(app: App, every: Duration) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let mut min_age_ms = 0;
+    loop {
+        match branch::prepared(&app.control, min_age_ms).await {
+            Ok(branches) => {
+                for b in branches {
+                    let id = BranchId {
+                        txn_id: b.txn_id,
+                        step: b.step,
+                    };
+                    if let Some(url) = b.coordinator_url.as_deref()
+                        && let Err(p) = ask_and_finish(&app, &http, id, url).await
+                    {
+                        tracing::warn!(branch = %id, problem = %p, "2pc: in doubt; asking again later");
+                    }
+                }
+            }
+            Err(p) => tracing::warn!(problem = %p, "2pc: could not list prepared branches"),
+        }
+        min_age_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Decision {
+    decision: String,
+}
+
+/// The core's `Send(Query)`: ask, then feed the answer.
+async fn ask_and_finish(
+    app: &App,
+    http: &reqwest::Client,
+    id: BranchId,
+    coordinator_url: &str,
+) -> Result<(), Problem> {
+    let mut driver = Driver::new(app, id);
+    driver.restart().await?;
+    if !driver.sent.contains(&Msg::Query) {
+        return Ok(());
+    }
+    let url = format!(
+        "{}/transactions/{}/decision",
+        coordinator_url.trim_end_matches('/'),
+        id.txn_id
+    );
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| Problem::unavailable(format!("GET {url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(Problem::unavailable(format!(
+            "GET {url}: {}",
+            resp.status()
+        )));
+    }
+    let decision: Decision = resp
+        .json()
+        .await
+        .map_err(|e| Problem::unavailable(format!("GET {url}: {e}")))?;
+    let outcome = match decision.decision.as_str() {
+        "commit" => Outcome::Commit,
+        "abort" => Outcome::Abort,
+        other => {
+            return Err(Problem::unavailable(format!(
+                "GET {url}: decision {other:?}"
+            )));
+        }
+    };
+    tracing::info!(branch = %id, ?outcome, "2pc: the coordinator answered");
+    driver.receive(Msg::Outcome(outcome)).await
+}
