@@ -305,14 +305,7 @@ async fn a_restarted_service_recovers_its_branches() {
     .unwrap();
 
     // "Restart": a second process of the service on the same database.
-    let db = svc
-        .app
-        .control
-        .connect_options()
-        .get_database()
-        .unwrap()
-        .to_string();
-    let url = tandem_kit::testing::with_database(&tandem_kit::testing::server_url(), &db);
+    let url = svc.database.first_url();
     let app = inventory::build(inventory::Config::with_database(url))
         .await
         .unwrap();
