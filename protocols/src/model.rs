@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use stateright::{Checker, Model, Path, Property, Representative};
 
-use crate::core::{Action, Input, NodeId, Outcome, Role, System, Vote};
+use crate::core::{Action, Input, Node as CoreNode, NodeId, Outcome, Role, System, Vote};
+use crate::paxos_commit;
 
 type Msg<S> = <<S as System>::Node as Role>::Msg;
 type Rec<S> = <<S as System>::Node as Role>::Record;
@@ -737,6 +738,50 @@ pub trait AcceptorSymmetry: Role {
     /// state minus its id; for a leader, which of its tallies include `a`). Only steers which
     /// renaming is chosen as representative, so it cannot make the reduction unsound.
     fn hash_view_of_acceptor<H: std::hash::Hasher>(&self, a: u8, h: &mut H);
+}
+
+/// Paxos Commit's acceptors are interchangeable: they all get every 2a and 1a, and leaders count them only
+/// through quorum sizes. Renaming one renames its id and the bits leaders keep for it.
+impl AcceptorSymmetry for paxos_commit::Node {
+    fn rename_acceptors(&mut self, perm: &[u8]) {
+        let remask = |mask: u8| {
+            (0..perm.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .fold(0u8, |m, i| m | (1 << perm[i]))
+        };
+        match self {
+            CoreNode::Participant(_) => {}
+            CoreNode::Acceptor(a) => a.id = perm[a.id as usize],
+            CoreNode::Coordinator(l) => {
+                for mask in l.votes.values_mut() {
+                    *mask = remask(*mask);
+                }
+                if let Some(p1) = l.phase1.as_mut() {
+                    for (mask, _) in p1.reports.values_mut() {
+                        *mask = remask(*mask);
+                    }
+                }
+            }
+        }
+    }
+
+    fn hash_view_of_acceptor<H: std::hash::Hasher>(&self, a: u8, h: &mut H) {
+        use std::hash::Hash;
+        match self {
+            CoreNode::Participant(_) => {}
+            CoreNode::Acceptor(acc) => (&acc.slots, acc.dirty).hash(h),
+            CoreNode::Coordinator(l) => {
+                for (k, mask) in &l.votes {
+                    (k, mask >> a & 1).hash(h);
+                }
+                if let Some(p1) = &l.phase1 {
+                    for (k, (mask, _)) in &p1.reports {
+                        (k, mask >> a & 1).hash(h);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn rename(id: NodeId, perm: &[u8]) -> NodeId {

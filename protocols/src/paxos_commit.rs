@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Action, Actions, Input, NodeId, Outcome, Role, System, Vote};
+use crate::core::{self, Action, Actions, NodeId, Outcome, Role, Start, System, Vote};
 
 /// The value of one participant's instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -113,8 +113,6 @@ impl Shape {
     }
 }
 
-type Out = Vec<Action<Msg, Record, Timer>>;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RmState {
     Working,
@@ -133,7 +131,7 @@ pub struct Rm {
 }
 
 impl Rm {
-    fn phase2a(&self, v: Value) -> Out {
+    fn phase2a(&self, v: Value) -> Actions<Self> {
         self.shape
             .acceptors()
             .map(|a| {
@@ -148,7 +146,7 @@ impl Rm {
             .collect()
     }
 
-    fn vote(&mut self, initiating: bool) -> Out {
+    fn vote(&mut self, initiating: bool) -> Actions<Self> {
         let mut out = vec![Action::CancelTimer(Timer::VoteDeadline)];
         match self.vote {
             Vote::Yes => {
@@ -167,61 +165,14 @@ impl Rm {
 
     /// Abort before voting YES: safe, since ballot 0 of our instance can then never carry
     /// `Prepared`.
-    fn abort_alone(&mut self) -> Out {
+    fn abort_alone(&mut self) -> Actions<Self> {
         self.state = RmState::Aborted;
         let mut out = vec![Action::Decide(Outcome::Abort)];
         out.extend(self.phase2a(Value::Aborted));
         out
     }
 
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Out {
-        match (self.state, input) {
-            (RmState::Working, Input::Begin) => self.vote(true),
-            (
-                RmState::Working,
-                Input::Receive {
-                    msg: Msg::Prepare, ..
-                },
-            ) => self.vote(false),
-            (
-                RmState::Prepared,
-                Input::Receive {
-                    msg: Msg::Prepare, ..
-                },
-            ) => self.phase2a(Value::Prepared),
-            (
-                RmState::Working | RmState::Prepared,
-                Input::Receive {
-                    msg: Msg::Outcome(o),
-                    ..
-                },
-            ) => {
-                self.state = match o {
-                    Outcome::Commit => RmState::Committed,
-                    Outcome::Abort => RmState::Aborted,
-                };
-                vec![
-                    Action::Write(Record::Outcome(o)),
-                    Action::CancelTimer(Timer::VoteDeadline),
-                    Action::CancelTimer(Timer::InDoubt),
-                    Action::Decide(o),
-                ]
-            }
-            (RmState::Working, Input::Timeout(Timer::VoteDeadline)) => self.abort_alone(),
-            (RmState::Prepared, Input::Timeout(Timer::InDoubt)) => {
-                let mut out: Out = self
-                    .shape
-                    .leaders()
-                    .map(|l| Action::send(l, Msg::Query))
-                    .collect();
-                out.push(Action::SetTimer(Timer::InDoubt));
-                out
-            }
-            _ => vec![],
-        }
-    }
-
-    pub fn recover(shape: Shape, id: u8, log: &[Record]) -> (Self, Out) {
+    pub fn recover(shape: Shape, id: u8, log: &[Record]) -> (Self, Actions<Self>) {
         let mut rm = Rm {
             shape,
             id,
@@ -246,6 +197,55 @@ impl Rm {
             (rm, out)
         } else {
             (rm, vec![Action::Decide(Outcome::Abort)])
+        }
+    }
+}
+
+impl Role for Rm {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn on_begin(&mut self) -> Actions<Self> {
+        match self.state {
+            RmState::Working => self.vote(true),
+            _ => vec![],
+        }
+    }
+
+    fn on_message(&mut self, _from: NodeId, msg: Msg) -> Actions<Self> {
+        match (self.state, msg) {
+            (RmState::Working, Msg::Prepare) => self.vote(false),
+            (RmState::Prepared, Msg::Prepare) => self.phase2a(Value::Prepared),
+            (RmState::Working | RmState::Prepared, Msg::Outcome(o)) => {
+                self.state = match o {
+                    Outcome::Commit => RmState::Committed,
+                    Outcome::Abort => RmState::Aborted,
+                };
+                vec![
+                    Action::Write(Record::Outcome(o)),
+                    Action::CancelTimer(Timer::VoteDeadline),
+                    Action::CancelTimer(Timer::InDoubt),
+                    Action::Decide(o),
+                ]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn on_timeout(&mut self, t: Timer) -> Actions<Self> {
+        match (self.state, t) {
+            (RmState::Working, Timer::VoteDeadline) => self.abort_alone(),
+            (RmState::Prepared, Timer::InDoubt) => {
+                let mut out: Actions<Self> = self
+                    .shape
+                    .leaders()
+                    .map(|l| Action::send(l, Msg::Query))
+                    .collect();
+                out.push(Action::SetTimer(Timer::InDoubt));
+                out
+            }
+            _ => vec![],
         }
     }
 }
@@ -287,7 +287,7 @@ impl Acceptor {
     }
 
     /// Persist-before-send: force a snapshot if anything changed, then send.
-    fn reply(&mut self, to: NodeId, msg: Msg) -> Out {
+    fn reply(&mut self, to: NodeId, msg: Msg) -> Actions<Self> {
         let mut out = vec![];
         if self.dirty {
             out.push(Action::ForceWrite(Record::Acceptor(self.slots.clone())));
@@ -296,64 +296,71 @@ impl Acceptor {
         out.push(Action::send(to, msg));
         out
     }
+}
 
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Out {
-        let Input::Receive { from, msg } = input else {
-            return vec![];
-        };
+impl Acceptor {
+    /// Accept what the ballot allows. Ballot 0 (the fast path) answers with one bundle for
+    /// every instance, to the default leader, once it has a value for each.
+    fn on_phase2a(&mut self, from: NodeId, ballot: u8, values: Vec<(u8, Value)>) -> Actions<Self> {
+        let mut mine = vec![];
+        for (i, v) in values {
+            let s = &mut self.slots[i as usize];
+            if ballot >= s.promised {
+                if s.accepted != Some((ballot, v)) || s.promised != ballot {
+                    s.promised = ballot;
+                    s.accepted = Some((ballot, v));
+                    self.dirty = true;
+                }
+                mine.push((i, ballot, v));
+            }
+        }
+        if ballot == 0 {
+            let all: Option<Vec<_>> = self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.accepted.map(|(b, v)| (i as u8, b, v)))
+                .collect();
+            match all {
+                Some(accepted) => self.reply(NodeId::Coordinator(0), Msg::Phase2b { accepted }),
+                None => vec![],
+            }
+        } else if mine.is_empty() {
+            vec![]
+        } else {
+            self.reply(from, Msg::Phase2b { accepted: mine })
+        }
+    }
+
+    fn on_phase1a(&mut self, from: NodeId, ballot: u8, instances: Vec<u8>) -> Actions<Self> {
+        let mut reports = vec![];
+        for i in instances {
+            let s = &mut self.slots[i as usize];
+            if ballot > s.promised {
+                s.promised = ballot;
+                self.dirty = true;
+            }
+            if ballot == s.promised {
+                reports.push((i, s.accepted));
+            }
+        }
+        if reports.is_empty() {
+            vec![]
+        } else {
+            self.reply(from, Msg::Phase1b { ballot, reports })
+        }
+    }
+}
+
+impl Role for Acceptor {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         match msg {
-            Msg::Phase2a { ballot, values } => {
-                let mut mine = vec![];
-                for (i, v) in values {
-                    let s = &mut self.slots[i as usize];
-                    if ballot >= s.promised {
-                        if s.accepted != Some((ballot, v)) || s.promised != ballot {
-                            s.promised = ballot;
-                            s.accepted = Some((ballot, v));
-                            self.dirty = true;
-                        }
-                        mine.push((i, ballot, v));
-                    }
-                }
-                if ballot == 0 {
-                    // Fast path: one bundle for all instances, to the default leader.
-                    if self.slots.iter().all(|s| s.accepted.is_some()) {
-                        let accepted = self
-                            .slots
-                            .iter()
-                            .enumerate()
-                            .map(|(i, s)| {
-                                let (b, v) = s.accepted.unwrap();
-                                (i as u8, b, v)
-                            })
-                            .collect();
-                        return self.reply(NodeId::Coordinator(0), Msg::Phase2b { accepted });
-                    }
-                    vec![]
-                } else if mine.is_empty() {
-                    vec![]
-                } else {
-                    self.reply(from, Msg::Phase2b { accepted: mine })
-                }
-            }
-            Msg::Phase1a { ballot, instances } => {
-                let mut reports = vec![];
-                for i in instances {
-                    let s = &mut self.slots[i as usize];
-                    if ballot > s.promised {
-                        s.promised = ballot;
-                        self.dirty = true;
-                    }
-                    if ballot == s.promised {
-                        reports.push((i, s.accepted));
-                    }
-                }
-                if reports.is_empty() {
-                    vec![]
-                } else {
-                    self.reply(from, Msg::Phase1b { ballot, reports })
-                }
-            }
+            Msg::Phase2a { ballot, values } => self.on_phase2a(from, ballot, values),
+            Msg::Phase1a { ballot, instances } => self.on_phase1a(from, ballot, instances),
             _ => vec![],
         }
     }
@@ -380,7 +387,7 @@ pub struct Leader {
 }
 
 impl Leader {
-    pub fn new(shape: Shape, idx: u8) -> (Self, Out) {
+    pub fn new(shape: Shape, idx: u8) -> (Self, Actions<Self>) {
         let l = Leader {
             shape,
             idx,
@@ -393,7 +400,7 @@ impl Leader {
         (l, vec![Action::SetTimer(Timer::Progress)])
     }
 
-    pub fn recover(shape: Shape, idx: u8, log: &[Record]) -> (Self, Out) {
+    pub fn recover(shape: Shape, idx: u8, log: &[Record]) -> (Self, Actions<Self>) {
         let (mut l, out) = Leader::new(shape, idx);
         for r in log {
             if let Record::Ballot(b) = r {
@@ -411,7 +418,7 @@ impl Leader {
             .map(|((_, _, v), _)| *v)
     }
 
-    fn try_decide(&mut self) -> Out {
+    fn try_decide(&mut self) -> Actions<Self> {
         if self.decided.is_some() {
             return vec![];
         }
@@ -445,12 +452,83 @@ impl Leader {
         (b <= self.shape.max_ballot).then_some(b)
     }
 
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Out {
-        match input {
-            Input::Receive {
-                msg: Msg::BeginCommit,
-                ..
-            } if !self.started => {
+    fn on_phase1b(
+        &mut self,
+        a: u8,
+        ballot: u8,
+        reports: Vec<(u8, Option<(u8, Value)>)>,
+    ) -> Actions<Self> {
+        if ballot != self.ballot || self.decided.is_some() {
+            return vec![];
+        }
+        let Some(p1) = self.phase1.as_mut() else {
+            return vec![];
+        };
+        for (i, acc) in reports {
+            if let Some((mask, best)) = p1.reports.get_mut(&i) {
+                *mask |= 1 << a;
+                if acc.map(|x| x.0) > best.map(|x| x.0) {
+                    *best = acc;
+                }
+            }
+        }
+        let quorum = self.shape.f as u32 + 1;
+        if !p1
+            .reports
+            .values()
+            .all(|(mask, _)| mask.count_ones() >= quorum)
+        {
+            return vec![];
+        }
+        // Phase 2: the highest-ballot value reported, or Aborted where none was.
+        let values: Vec<_> = p1
+            .reports
+            .iter()
+            .map(|(i, (_, best))| (*i, best.map_or(Value::Aborted, |x| x.1)))
+            .collect();
+        self.phase1 = None;
+        let msg = Msg::Phase2a { ballot, values };
+        self.shape
+            .acceptors()
+            .map(|acc| Action::send(acc, msg.clone()))
+            .collect()
+    }
+
+    /// Start phase 1 of the next ballot for the instances not known to be chosen.
+    fn start_ballot(&mut self) -> Actions<Self> {
+        let Some(b) = self.next_ballot() else {
+            return vec![];
+        };
+        self.ballot = b;
+        let instances: Vec<u8> = (0..self.shape.n)
+            .filter(|i| self.chosen(*i).is_none())
+            .collect();
+        self.phase1 = Some(Phase1 {
+            reports: instances.iter().map(|i| (*i, (0, None))).collect(),
+        });
+        let msg = Msg::Phase1a {
+            ballot: b,
+            instances,
+        };
+        let mut out = vec![Action::ForceWrite(Record::Ballot(b))];
+        out.extend(
+            self.shape
+                .acceptors()
+                .map(|acc| Action::send(acc, msg.clone())),
+        );
+        out.push(Action::SetTimer(Timer::Progress));
+        out
+    }
+}
+
+impl Role for Leader {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
+        match (from, msg) {
+            (_, Msg::BeginCommit) if !self.started => {
                 self.started = true;
                 self.shape
                     .participants()
@@ -458,118 +536,66 @@ impl Leader {
                     .map(|p| Action::send(p, Msg::Prepare))
                     .collect()
             }
-            Input::Receive {
-                from: NodeId::Acceptor(a),
-                msg: Msg::Phase2b { accepted },
-            } if self.decided.is_none() => {
+            (NodeId::Acceptor(a), Msg::Phase2b { accepted }) if self.decided.is_none() => {
                 for (i, b, v) in accepted {
                     *self.votes.entry((i, b, v)).or_insert(0) |= 1 << a;
                 }
                 self.try_decide()
             }
-            Input::Receive {
-                from: NodeId::Acceptor(a),
-                msg: Msg::Phase1b { ballot, reports },
-            } => {
-                if ballot != self.ballot || self.decided.is_some() {
-                    return vec![];
-                }
-                let Some(p1) = self.phase1.as_mut() else {
-                    return vec![];
-                };
-                for (i, acc) in reports {
-                    if let Some((mask, best)) = p1.reports.get_mut(&i) {
-                        *mask |= 1 << a;
-                        if acc.map(|x| x.0) > best.map(|x| x.0) {
-                            *best = acc;
-                        }
-                    }
-                }
-                let quorum = self.shape.f as u32 + 1;
-                if p1
-                    .reports
-                    .values()
-                    .all(|(mask, _)| mask.count_ones() >= quorum)
-                {
-                    let values: Vec<_> = p1
-                        .reports
-                        .iter()
-                        .map(|(i, (_, best))| (*i, best.map_or(Value::Aborted, |x| x.1)))
-                        .collect();
-                    self.phase1 = None;
-                    self.shape
-                        .acceptors()
-                        .map(|acc| {
-                            Action::send(
-                                acc,
-                                Msg::Phase2a {
-                                    ballot,
-                                    values: values.clone(),
-                                },
-                            )
-                        })
-                        .collect()
-                } else {
-                    vec![]
-                }
+            (NodeId::Acceptor(a), Msg::Phase1b { ballot, reports }) => {
+                self.on_phase1b(a, ballot, reports)
             }
-            Input::Receive {
-                from,
-                msg: Msg::Query,
-            } => match self.decided {
+            (_, Msg::Query) => match self.decided {
                 Some(o) => vec![Action::send(from, Msg::Outcome(o))],
                 None => vec![],
             },
-            Input::Timeout(Timer::Progress) if self.decided.is_none() => {
-                let Some(b) = self.next_ballot() else {
-                    return vec![];
-                };
-                self.ballot = b;
-                let instances: Vec<u8> = (0..self.shape.n)
-                    .filter(|i| self.chosen(*i).is_none())
-                    .collect();
-                self.phase1 = Some(Phase1 {
-                    reports: instances.iter().map(|i| (*i, (0, None))).collect(),
-                });
-                let mut out = vec![Action::ForceWrite(Record::Ballot(b))];
-                out.extend(self.shape.acceptors().map(|acc| {
-                    Action::send(
-                        acc,
-                        Msg::Phase1a {
-                            ballot: b,
-                            instances: instances.clone(),
-                        },
-                    )
-                }));
-                out.push(Action::SetTimer(Timer::Progress));
-                out
-            }
+            _ => vec![],
+        }
+    }
+
+    fn on_timeout(&mut self, t: Timer) -> Actions<Self> {
+        match t {
+            Timer::Progress if self.decided.is_none() => self.start_ballot(),
             _ => vec![],
         }
     }
 }
 
-/// A Paxos Commit node.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Node {
-    Participant(Rm),
-    Acceptor(Acceptor),
-    Leader(Leader),
-}
-
-impl Role for Node {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
-
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Actions<Self> {
-        match self {
-            Node::Participant(r) => r.handle(input),
-            Node::Acceptor(a) => a.handle(input),
-            Node::Leader(l) => l.handle(input),
-        }
+impl Start<PaxosCommit> for Leader {
+    fn start(sys: &PaxosCommit, id: NodeId, _: Vote) -> (Self, Actions<Self>) {
+        Leader::new(sys.shape, id.index())
+    }
+    fn restart(sys: &PaxosCommit, id: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        Leader::recover(sys.shape, id.index(), log)
     }
 }
+
+impl Start<PaxosCommit> for Rm {
+    fn start(sys: &PaxosCommit, id: NodeId, vote: Vote) -> (Self, Actions<Self>) {
+        let rm = Rm {
+            shape: sys.shape,
+            id: id.index(),
+            vote,
+            state: RmState::Working,
+        };
+        (rm, vec![Action::SetTimer(Timer::VoteDeadline)])
+    }
+    fn restart(sys: &PaxosCommit, id: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        Rm::recover(sys.shape, id.index(), log)
+    }
+}
+
+impl Start<PaxosCommit> for Acceptor {
+    fn start(sys: &PaxosCommit, id: NodeId, _: Vote) -> (Self, Actions<Self>) {
+        (Acceptor::new(sys.shape, id.index()), vec![])
+    }
+    fn restart(sys: &PaxosCommit, id: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        (Acceptor::recover(sys.shape, id.index(), log), vec![])
+    }
+}
+
+/// A Paxos Commit node: a leader, a participant (resource manager) or an acceptor.
+pub type Node = core::Node<Leader, Rm, Acceptor>;
 
 /// A Paxos Commit instance.
 #[derive(Clone, Debug)]
@@ -601,45 +627,6 @@ impl System for PaxosCommit {
             .collect()
     }
 
-    fn participants(&self) -> Vec<NodeId> {
-        self.shape.participants().collect()
-    }
-
-    fn boot(&self, id: NodeId, vote: Vote) -> (Node, Actions<Node>) {
-        let s = self.shape;
-        match id {
-            NodeId::Participant(i) => (
-                Node::Participant(Rm {
-                    shape: s,
-                    id: i,
-                    vote,
-                    state: RmState::Working,
-                }),
-                vec![Action::SetTimer(Timer::VoteDeadline)],
-            ),
-            NodeId::Acceptor(i) => (Node::Acceptor(Acceptor::new(s, i)), vec![]),
-            NodeId::Coordinator(i) => {
-                let (l, out) = Leader::new(s, i);
-                (Node::Leader(l), out)
-            }
-        }
-    }
-
-    fn recover(&self, id: NodeId, log: &[Record]) -> (Node, Actions<Node>) {
-        let s = self.shape;
-        match id {
-            NodeId::Participant(i) => {
-                let (r, out) = Rm::recover(s, i, log);
-                (Node::Participant(r), out)
-            }
-            NodeId::Acceptor(i) => (Node::Acceptor(Acceptor::recover(s, i, log)), vec![]),
-            NodeId::Coordinator(i) => {
-                let (l, out) = Leader::recover(s, i, log);
-                (Node::Leader(l), out)
-            }
-        }
-    }
-
     fn is_yes_record(&self, record: &Record) -> bool {
         *record == Record::Prepared
     }
@@ -661,50 +648,6 @@ impl System for PaxosCommit {
                 log.extend(max.map(Record::Ballot));
             }
             NodeId::Participant(_) => log.dedup(),
-        }
-    }
-}
-
-/// Acceptors are interchangeable: they all get every 2a and 1a, and leaders count them only
-/// through quorum sizes. Renaming one renames its id and the bits leaders keep for it.
-impl crate::model::AcceptorSymmetry for Node {
-    fn rename_acceptors(&mut self, perm: &[u8]) {
-        let remask = |mask: u8| {
-            (0..perm.len())
-                .filter(|i| mask & (1 << i) != 0)
-                .fold(0u8, |m, i| m | (1 << perm[i]))
-        };
-        match self {
-            Node::Participant(_) => {}
-            Node::Acceptor(a) => a.id = perm[a.id as usize],
-            Node::Leader(l) => {
-                for mask in l.votes.values_mut() {
-                    *mask = remask(*mask);
-                }
-                if let Some(p1) = l.phase1.as_mut() {
-                    for (mask, _) in p1.reports.values_mut() {
-                        *mask = remask(*mask);
-                    }
-                }
-            }
-        }
-    }
-
-    fn hash_view_of_acceptor<H: std::hash::Hasher>(&self, a: u8, h: &mut H) {
-        use std::hash::Hash;
-        match self {
-            Node::Participant(_) => {}
-            Node::Acceptor(acc) => (&acc.slots, acc.dirty).hash(h),
-            Node::Leader(l) => {
-                for (k, mask) in &l.votes {
-                    (k, mask >> a & 1).hash(h);
-                }
-                if let Some(p1) = &l.phase1 {
-                    for (k, (mask, _)) in &p1.reports {
-                        (k, mask >> a & 1).hash(h);
-                    }
-                }
-            }
         }
     }
 }

@@ -2,8 +2,8 @@
 //! measures it, and [`compare`], which backs `tandem commit compare`.
 //!
 //! Topology (Gray & Lamport's counting): every node on its own host unless a host map says
-//! otherwise; the initiating participant `P0` receives [`Input::Begin`] at time 0 and its first
-//! message counts. A message between hosts takes one unit of time (one *message delay*); a
+//! otherwise; the initiator ([`System::initiator`]: participant `P0`, or the 2PC coordinator
+//! when it begins) receives [`Input::Begin`] at time 0 and its first message counts. A message between hosts takes one unit of time (one *message delay*); a
 //! message to a node on the same host arrives at once and is not counted. Messages one step
 //! sends to the same host travel as one network message (Paxos Commit's bundled phase 2b is
 //! already one message by construction).
@@ -146,62 +146,85 @@ pub fn acceptor_beside_leader(id: NodeId) -> u32 {
     }
 }
 
+impl Row {
+    fn new(protocol: impl Into<String>, topology: &'static str, measured: Measurement) -> Self {
+        Row {
+            protocol: protocol.into(),
+            topology,
+            measured,
+            expected: Expected {
+                messages: 0,
+                messages_formula: "",
+                delays: 0,
+                forced_writes: 0,
+                forced_writes_formula: "",
+            },
+        }
+    }
+
+    /// The formulas this row's measurement is checked against.
+    fn expect(
+        mut self,
+        (messages, messages_formula): (usize, &'static str),
+        delays: u32,
+        (forced_writes, forced_writes_formula): (usize, &'static str),
+    ) -> Self {
+        self.expected = Expected {
+            messages,
+            messages_formula,
+            delays,
+            forced_writes,
+            forced_writes_formula,
+        };
+        self
+    }
+}
+
+const OWN_HOSTS: &str = "coordinator and each participant on its own host";
+
 /// Run all three protocols for `n` participants (Paxos Commit tolerating `f` failures) and
 /// pair each measurement with its formula.
 pub fn compare(n: u8, f: u8) -> Vec<Row> {
     let nn = n as usize;
     let ff = f as usize;
     let mut rows = vec![
-        Row {
-            protocol: "2PC (presumed abort)".into(),
-            topology: "coordinator and each participant on its own host",
-            measured: run(&TwoPc { n }, separate_hosts),
-            expected: Expected {
-                messages: 3 * nn - 1,
-                messages_formula: "3N-1",
-                delays: 4,
-                forced_writes: 2 * nn + 1,
-                forced_writes_formula: "2N+1",
-            },
-        },
-        Row {
-            protocol: "3PC".into(),
-            topology: "coordinator and each participant on its own host",
-            measured: run(&ThreePc { n }, separate_hosts),
-            expected: Expected {
-                messages: 5 * nn - 1,
-                messages_formula: "5N-1",
-                delays: 6,
-                forced_writes: 2 * nn + 1,
-                forced_writes_formula: "2N+1",
-            },
-        },
-        Row {
-            protocol: format!("Paxos Commit (F={f})"),
-            topology: "leader, each participant, each of the 2F+1 acceptors on its own host",
-            measured: run(&PaxosCommit::new(n, f, 1, u8::MAX), separate_hosts),
-            expected: Expected {
-                messages: (nn + 1) * (2 * ff + 3) - 2,
-                messages_formula: "(N+1)(2F+3)-2",
-                delays: 5,
-                forced_writes: nn + 2 * ff + 1,
-                forced_writes_formula: "N+2F+1",
-            },
-        },
+        Row::new(
+            "2PC (presumed abort)",
+            OWN_HOSTS,
+            run(&TwoPc::new(n), separate_hosts),
+        )
+        .expect((3 * nn - 1, "3N-1"), 4, (2 * nn + 1, "2N+1")),
+        Row::new(
+            "2PC (presumed abort, coordinator begins)",
+            OWN_HOSTS,
+            run(&TwoPc::coordinator_begins(n), separate_hosts),
+        )
+        .expect((3 * nn, "3N"), 3, (2 * nn + 2, "2N+2")),
+        Row::new("3PC", OWN_HOSTS, run(&ThreePc { n }, separate_hosts)).expect(
+            (5 * nn - 1, "5N-1"),
+            6,
+            (2 * nn + 1, "2N+1"),
+        ),
+        Row::new(
+            format!("Paxos Commit (F={f})"),
+            "leader, each participant, each of the 2F+1 acceptors on its own host",
+            run(&PaxosCommit::new(n, f, 1, u8::MAX), separate_hosts),
+        )
+        .expect(
+            ((nn + 1) * (2 * ff + 3) - 2, "(N+1)(2F+3)-2"),
+            5,
+            (nn + 2 * ff + 1, "N+2F+1"),
+        ),
     ];
     if f == 0 {
-        rows.push(Row {
-            protocol: "Paxos Commit (F=0, acceptor beside leader)".into(),
-            topology: "the single acceptor on the leader's host",
-            measured: run(&PaxosCommit::new(n, 0, 1, u8::MAX), acceptor_beside_leader),
-            expected: Expected {
-                messages: 3 * nn - 1,
-                messages_formula: "3N-1 (= 2PC)",
-                delays: 4,
-                forced_writes: nn + 1,
-                forced_writes_formula: "N+1",
-            },
-        });
+        rows.push(
+            Row::new(
+                "Paxos Commit (F=0, acceptor beside leader)",
+                "the single acceptor on the leader's host",
+                run(&PaxosCommit::new(n, 0, 1, u8::MAX), acceptor_beside_leader),
+            )
+            .expect((3 * nn - 1, "3N-1 (= 2PC)"), 4, (nn + 1, "N+1")),
+        );
     }
     rows
 }

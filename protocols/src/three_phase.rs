@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Action, Actions, Input, NodeId, Outcome, Role, System, Vote};
+use crate::core::{self, Action, Actions, NodeId, Outcome, Role, Start, System, Vote};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PState {
@@ -84,8 +84,6 @@ pub enum Timer {
     Peer(NodeId),
 }
 
-type Out = Vec<Action<Msg, Record, Timer>>;
-
 const COORD: NodeId = NodeId::Coordinator(0);
 
 /// The leader of a term: `C0` for term 0, then `P0`, `P1`, ...
@@ -119,7 +117,7 @@ pub struct Participant {
 }
 
 impl Participant {
-    pub fn new(id: u8, n: u8, vote: Vote) -> (Self, Out) {
+    pub fn new(id: u8, n: u8, vote: Vote) -> (Self, Actions<Self>) {
         let p = Participant {
             id,
             n,
@@ -131,7 +129,7 @@ impl Participant {
         (p, vec![Action::SetTimer(Timer::Peer(COORD))])
     }
 
-    pub fn recover(id: u8, n: u8, log: &[Record]) -> (Self, Out) {
+    pub fn recover(id: u8, n: u8, log: &[Record]) -> (Self, Actions<Self>) {
         let mut p = Participant {
             id,
             n,
@@ -162,7 +160,7 @@ impl Participant {
         matches!(self.state, PState::Committed | PState::Aborted)
     }
 
-    fn cancel_all(&self) -> Out {
+    fn cancel_all(&self) -> Actions<Self> {
         std::iter::once(COORD)
             .chain((0..self.n).map(NodeId::Participant))
             .map(|x| Action::CancelTimer(Timer::Peer(x)))
@@ -175,7 +173,7 @@ impl Participant {
             .map(NodeId::Participant)
     }
 
-    fn decide(&mut self, o: Outcome) -> Out {
+    fn decide(&mut self, o: Outcome) -> Actions<Self> {
         if self.decided() {
             return vec![];
         }
@@ -195,7 +193,7 @@ impl Participant {
         out
     }
 
-    fn broadcast(&self) -> Out {
+    fn broadcast(&self) -> Actions<Self> {
         let msg = if self.state == PState::Committed {
             Msg::DoCommit
         } else {
@@ -206,13 +204,13 @@ impl Participant {
             .collect()
     }
 
-    fn decide_and_broadcast(&mut self, o: Outcome) -> Out {
+    fn decide_and_broadcast(&mut self, o: Outcome) -> Actions<Self> {
         let mut out = self.decide(o);
         out.extend(self.broadcast());
         out
     }
 
-    fn vote_yes(&mut self, first: Msg) -> Out {
+    fn vote_yes(&mut self, first: Msg) -> Actions<Self> {
         self.state = PState::Uncertain;
         vec![
             Action::ForceWrite(Record::Prepared),
@@ -221,7 +219,7 @@ impl Participant {
     }
 
     /// Become the recovery coordinator of `self.term`.
-    fn terminate(&mut self) -> Out {
+    fn terminate(&mut self) -> Actions<Self> {
         let mut out = vec![];
         if self.state == PState::Working {
             out.extend(self.decide(Outcome::Abort));
@@ -243,7 +241,7 @@ impl Participant {
     }
 
     /// Skeen's termination rule, once nobody is left to wait for.
-    fn progress(&mut self) -> Out {
+    fn progress(&mut self) -> Actions<Self> {
         match &self.lead {
             Some(Lead::Collecting { waiting, states }) if waiting.is_empty() => {
                 let has = |s: PState| states.values().any(|x| *x == s);
@@ -279,7 +277,7 @@ impl Participant {
     }
 
     /// Follow the leader of a (higher or equal) term.
-    fn follow(&mut self, term: u8) -> Out {
+    fn follow(&mut self, term: u8) -> Actions<Self> {
         let mut out = vec![];
         if term != self.term {
             out.push(Action::CancelTimer(Timer::Peer(leader_of(self.term))));
@@ -292,23 +290,46 @@ impl Participant {
         out
     }
 
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Out {
-        match input {
-            Input::Begin if self.state == PState::Working => match self.vote {
-                Vote::Yes => self.vote_yes(Msg::BeginCommit),
-                Vote::No => self.decide(Outcome::Abort),
-            },
-            Input::Begin => vec![],
-            Input::Receive { from, msg } => self.on_msg(from, msg),
-            Input::Timeout(Timer::Peer(x)) => self.on_timeout(x),
+    /// As recovery coordinator, a reply from `from` for the current term: a state report
+    /// (`Some`) while collecting states, an ack (`None`) while pre-committing.
+    fn lead_reply(&mut self, from: NodeId, state: Option<PState>) -> Actions<Self> {
+        let NodeId::Participant(q) = from else {
+            return vec![];
+        };
+        let counted = match (&mut self.lead, state) {
+            (Some(Lead::Collecting { waiting, states }), Some(state)) => {
+                let counted = waiting.remove(&q);
+                if counted {
+                    states.insert(q, state);
+                }
+                counted
+            }
+            (Some(Lead::PreCommitting { waiting }), None) => waiting.remove(&q),
+            _ => false,
+        };
+        if !counted {
+            return vec![];
+        }
+        std::iter::once(Action::CancelTimer(Timer::Peer(from)))
+            .chain(self.progress())
+            .collect()
+    }
+}
+
+impl Role for Participant {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn on_begin(&mut self) -> Actions<Self> {
+        match (self.state, self.vote) {
+            (PState::Working, Vote::Yes) => self.vote_yes(Msg::BeginCommit),
+            (PState::Working, Vote::No) => self.decide(Outcome::Abort),
+            _ => vec![],
         }
     }
 
-    fn on_msg(&mut self, from: NodeId, msg: Msg) -> Out {
-        let from_p = match from {
-            NodeId::Participant(q) => Some(q),
-            _ => None,
-        };
+    fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         match msg {
             Msg::CanCommit if self.state == PState::Working => match self.vote {
                 Vote::Yes => self.vote_yes(Msg::Vote(Vote::Yes)),
@@ -353,28 +374,9 @@ impl Participant {
                 out
             }
             Msg::StateRep { term, state } if term == self.term => {
-                let q = from_p.unwrap_or(u8::MAX);
-                if let Some(Lead::Collecting { waiting, states }) = &mut self.lead
-                    && waiting.remove(&q)
-                {
-                    states.insert(q, state);
-                    let mut out = vec![Action::CancelTimer(Timer::Peer(from))];
-                    out.extend(self.progress());
-                    return out;
-                }
-                vec![]
+                self.lead_reply(from, Some(state))
             }
-            Msg::Ack { term } if term == self.term => {
-                let q = from_p.unwrap_or(u8::MAX);
-                if let Some(Lead::PreCommitting { waiting }) = &mut self.lead
-                    && waiting.remove(&q)
-                {
-                    let mut out = vec![Action::CancelTimer(Timer::Peer(from))];
-                    out.extend(self.progress());
-                    return out;
-                }
-                vec![]
-            }
+            Msg::Ack { term } if term == self.term => self.lead_reply(from, None),
             Msg::Suspect { term }
                 if leader_of(term) == self.me() && term >= self.term && self.lead.is_none() =>
             {
@@ -390,7 +392,7 @@ impl Participant {
         }
     }
 
-    fn on_timeout(&mut self, x: NodeId) -> Out {
+    fn on_timeout(&mut self, Timer::Peer(x): Timer) -> Actions<Self> {
         if let (Some(lead), NodeId::Participant(q)) = (&mut self.lead, x) {
             let waiting = match lead {
                 Lead::Collecting { waiting, .. } | Lead::PreCommitting { waiting } => waiting,
@@ -441,7 +443,7 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn recover(n: u8, log: &[Record]) -> (Self, Out) {
+    pub fn recover(n: u8, log: &[Record]) -> (Self, Actions<Self>) {
         if log.contains(&Record::Commit) {
             let c = Coordinator {
                 n,
@@ -466,9 +468,9 @@ impl Coordinator {
         (0..self.n).map(NodeId::Participant)
     }
 
-    fn abort(&mut self) -> Out {
+    fn abort(&mut self) -> Actions<Self> {
         self.state = CState::Aborted;
-        let mut out: Out = self
+        let mut out: Actions<Self> = self
             .all()
             .map(|p| Action::CancelTimer(Timer::Peer(p)))
             .collect();
@@ -477,7 +479,7 @@ impl Coordinator {
         out
     }
 
-    fn check(&mut self) -> Out {
+    fn check(&mut self) -> Actions<Self> {
         match &self.state {
             CState::Collecting { yes } if yes.len() == self.n as usize => {
                 self.state = CState::PreCommitting {
@@ -503,71 +505,94 @@ impl Coordinator {
         }
     }
 
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Out {
-        match input {
-            Input::Receive {
-                from: NodeId::Participant(p),
-                msg,
-            } => match (&mut self.state, msg) {
-                (CState::Fresh, Msg::BeginCommit) => {
-                    self.state = CState::Collecting {
-                        yes: BTreeSet::from([p]),
-                    };
-                    let mut out = vec![Action::CancelTimer(Timer::Peer(NodeId::Participant(p)))];
-                    for q in self.all().filter(|q| *q != NodeId::Participant(p)) {
-                        out.push(Action::send(q, Msg::CanCommit));
-                        out.push(Action::SetTimer(Timer::Peer(q)));
-                    }
-                    out.extend(self.check());
-                    out
+    /// A participant answered: count it and move on if everyone has.
+    fn heard(&mut self, p: u8) -> Actions<Self> {
+        let mut out = vec![Action::CancelTimer(Timer::Peer(NodeId::Participant(p)))];
+        out.extend(self.check());
+        out
+    }
+}
+
+impl Role for Coordinator {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
+        let NodeId::Participant(p) = from else {
+            return vec![];
+        };
+        match (&mut self.state, msg) {
+            (CState::Fresh, Msg::BeginCommit) => {
+                self.state = CState::Collecting {
+                    yes: BTreeSet::from([p]),
+                };
+                let mut out = vec![Action::CancelTimer(Timer::Peer(from))];
+                for q in self.all().filter(|q| *q != from) {
+                    out.push(Action::send(q, Msg::CanCommit));
+                    out.push(Action::SetTimer(Timer::Peer(q)));
                 }
-                (CState::Collecting { yes }, Msg::Vote(Vote::Yes)) => {
-                    yes.insert(p);
-                    let mut out = vec![Action::CancelTimer(Timer::Peer(NodeId::Participant(p)))];
-                    out.extend(self.check());
-                    out
-                }
-                (CState::Collecting { .. }, Msg::Vote(Vote::No)) => self.abort(),
-                (CState::PreCommitting { acked }, Msg::Ack { term: 0 }) => {
-                    acked.insert(p);
-                    let mut out = vec![Action::CancelTimer(Timer::Peer(NodeId::Participant(p)))];
-                    out.extend(self.check());
-                    out
-                }
-                _ => vec![],
-            },
-            Input::Timeout(Timer::Peer(NodeId::Participant(p))) => match &mut self.state {
-                CState::Fresh | CState::Collecting { .. } => self.abort(),
-                CState::PreCommitting { acked } => {
-                    // Everyone voted YES: a silent participant does not stop the commit.
-                    acked.insert(p);
-                    self.check()
-                }
-                _ => vec![],
-            },
+                out.extend(self.check());
+                out
+            }
+            (CState::Collecting { yes }, Msg::Vote(Vote::Yes)) => {
+                yes.insert(p);
+                self.heard(p)
+            }
+            (CState::Collecting { .. }, Msg::Vote(Vote::No)) => self.abort(),
+            (CState::PreCommitting { acked }, Msg::Ack { term: 0 }) => {
+                acked.insert(p);
+                self.heard(p)
+            }
+            _ => vec![],
+        }
+    }
+
+    fn on_timeout(&mut self, Timer::Peer(x): Timer) -> Actions<Self> {
+        let NodeId::Participant(p) = x else {
+            return vec![];
+        };
+        match &mut self.state {
+            CState::Fresh | CState::Collecting { .. } => self.abort(),
+            CState::PreCommitting { acked } => {
+                // Everyone voted YES: a silent participant does not stop the commit.
+                acked.insert(p);
+                self.check()
+            }
             _ => vec![],
         }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Node {
-    Coordinator(Coordinator),
-    Participant(Participant),
-}
-
-impl Role for Node {
-    type Msg = Msg;
-    type Record = Record;
-    type Timer = Timer;
-
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Actions<Self> {
-        match self {
-            Node::Coordinator(c) => c.handle(input),
-            Node::Participant(p) => p.handle(input),
-        }
+impl Start<ThreePc> for Coordinator {
+    /// The coordinator waits for the initiator: if it dies before asking to commit, the
+    /// transaction is aborted.
+    fn start(sys: &ThreePc, _: NodeId, _: Vote) -> (Self, Actions<Self>) {
+        let c = Coordinator {
+            n: sys.n,
+            state: CState::Fresh,
+        };
+        (
+            c,
+            vec![Action::SetTimer(Timer::Peer(NodeId::Participant(0)))],
+        )
+    }
+    fn restart(sys: &ThreePc, _: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        Coordinator::recover(sys.n, log)
     }
 }
+
+impl Start<ThreePc> for Participant {
+    fn start(sys: &ThreePc, id: NodeId, vote: Vote) -> (Self, Actions<Self>) {
+        Participant::new(id.index(), sys.n, vote)
+    }
+    fn restart(sys: &ThreePc, id: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        Participant::recover(id.index(), sys.n, log)
+    }
+}
+
+/// A 3PC node: the coordinator or a participant.
+pub type Node = core::Node<Coordinator, Participant>;
 
 /// A 3PC instance with `n` participants.
 #[derive(Clone, Debug)]
@@ -579,42 +604,7 @@ impl System for ThreePc {
     type Node = Node;
 
     fn nodes(&self) -> Vec<NodeId> {
-        std::iter::once(COORD).chain(self.participants()).collect()
-    }
-
-    fn participants(&self) -> Vec<NodeId> {
-        (0..self.n).map(NodeId::Participant).collect()
-    }
-
-    fn boot(&self, id: NodeId, vote: Vote) -> (Node, Actions<Node>) {
-        match id {
-            NodeId::Participant(i) => {
-                let (p, out) = Participant::new(i, self.n, vote);
-                (Node::Participant(p), out)
-            }
-            // The coordinator waits for the initiator: if it dies before asking to commit,
-            // the transaction is aborted.
-            _ => (
-                Node::Coordinator(Coordinator {
-                    n: self.n,
-                    state: CState::Fresh,
-                }),
-                vec![Action::SetTimer(Timer::Peer(NodeId::Participant(0)))],
-            ),
-        }
-    }
-
-    fn recover(&self, id: NodeId, log: &[Record]) -> (Node, Actions<Node>) {
-        match id {
-            NodeId::Participant(i) => {
-                let (p, out) = Participant::recover(i, self.n, log);
-                (Node::Participant(p), out)
-            }
-            _ => {
-                let (c, out) = Coordinator::recover(self.n, log);
-                (Node::Coordinator(c), out)
-            }
-        }
+        core::coordinator_and_participants(self.n)
     }
 
     fn is_yes_record(&self, record: &Record) -> bool {

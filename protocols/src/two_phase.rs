@@ -1,8 +1,17 @@
 //! Two-phase commit with presumed abort.
 //!
-//! Nodes: one coordinator `C0` and participants `P0..P{n-1}`; `P0` initiates: its
-//! [`Msg::BeginCommit`] is both its YES vote and the request to commit (Gray & Lamport's
-//! counting, 3N−1 messages).
+//! Nodes: one coordinator `C0` and participants `P0..P{n-1}`. Who starts is a choice
+//! ([`Begin`]):
+//! - [`Begin::Participant`]: `P0` initiates; its [`Msg::BeginCommit`] is both its YES vote and
+//!   the request to commit (Gray & Lamport's topology, 3N−1 messages, 4 delays).
+//! - [`Begin::Coordinator`]: the coordinator gets [`crate::Input::Begin`], forces
+//!   [`Record::Begin`] (the transaction is logged before any Prepare) and sends
+//!   [`Msg::Prepare`] to all N participants (the topology over HTTP: 3N messages, 3 delays).
+//!   A coordinator that restarts with `Begin` but no decision in its log aborts and forces
+//!   [`Record::Abort`] first, so the decision is durable before anyone hears it.
+//!
+//! A driver runs the [`Participant`] and the [`Coordinator`] directly (each is a
+//! [`crate::Role`]); [`TwoPc`] puts them together for the model checker and the simulator.
 //!
 //! Forced writes: a participant forces [`Record::Prepared`] before voting YES and
 //! [`Record::Committed`] before acknowledging COMMIT (the coordinator forgets after the acks,
@@ -18,7 +27,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Action, Actions, Input, NodeId, Outcome, Role, System, Vote};
+use crate::core::{self, Action, Actions, NodeId, Outcome, Role, Start, System, Vote};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Msg {
@@ -46,6 +55,12 @@ pub enum Record {
     Aborted,
     /// Coordinator: the commit decision (forced; the commit point).
     Commit,
+    /// Coordinator (coordinator-initiated begin): the transaction exists (forced before any
+    /// Prepare). Recovered without a decision, it means "abort".
+    Begin,
+    /// Coordinator: the abort decision, forced only by a coordinator that restarts after
+    /// `Begin` and aborts (a live coordinator's abort is never logged: presumed abort).
+    Abort,
     /// Coordinator: every participant acknowledged (lazy); the transaction is forgotten.
     End,
 }
@@ -65,7 +80,8 @@ pub enum Timer {
 /// Coordinator state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CoordState {
-    /// Created for a transaction id it allocated; waiting for BeginCommit.
+    /// Created for a transaction id it allocated; waiting for `Begin` (coordinator-initiated)
+    /// or `BeginCommit` (participant-initiated).
     Fresh,
     Collecting {
         yes: BTreeSet<u8>,
@@ -114,29 +130,38 @@ impl Coordinator {
         }
     }
 
-    /// Rebuild from the coordinator's stable log.
-    pub fn recover(n: u8, log: &[Record]) -> (Self, Vec<Action<Msg, Record, Timer>>) {
-        if log.contains(&Record::End) || !log.contains(&Record::Commit) {
-            return (
-                Coordinator {
-                    n,
-                    state: CoordState::Unknown,
-                },
-                vec![],
-            );
-        }
+    /// Rebuild from the coordinator's stable log: `Commit` ⇒ commit again (re-send COMMIT
+    /// until every participant acknowledged); `Begin` without a decision ⇒ force `Abort`, then
+    /// tell every participant; an `Abort` record ⇒ tell them again; anything else (nothing,
+    /// or `End`) ⇒ know nothing and answer queries with "abort" (presumed abort).
+    pub fn recover(n: u8, log: &[Record]) -> (Self, Actions<Self>) {
+        let has = |r: Record| log.contains(&r);
         let mut c = Coordinator {
             n,
-            state: CoordState::Committing {
-                acked: BTreeSet::new(),
-            },
+            state: CoordState::Unknown,
         };
-        let mut out = vec![Action::Decide(Outcome::Commit)];
-        out.extend(c.resend_commit());
-        (c, out)
+        if has(Record::End) {
+            (c, vec![])
+        } else if has(Record::Commit) {
+            c.state = CoordState::Committing {
+                acked: BTreeSet::new(),
+            };
+            let mut out = vec![Action::Decide(Outcome::Commit)];
+            out.extend(c.resend_commit());
+            (c, out)
+        } else if has(Record::Abort) || has(Record::Begin) {
+            let mut out = vec![];
+            if !has(Record::Abort) {
+                out.push(Action::ForceWrite(Record::Abort));
+            }
+            out.extend(c.abort());
+            (c, out)
+        } else {
+            (c, vec![])
+        }
     }
 
-    fn resend_commit(&mut self) -> Vec<Action<Msg, Record, Timer>> {
+    fn resend_commit(&mut self) -> Actions<Self> {
         let CoordState::Committing { acked } = &self.state else {
             return vec![];
         };
@@ -148,7 +173,7 @@ impl Coordinator {
         out
     }
 
-    fn abort(&mut self) -> Vec<Action<Msg, Record, Timer>> {
+    fn abort(&mut self) -> Actions<Self> {
         self.state = CoordState::Aborted;
         let mut out = vec![
             Action::CancelTimer(Timer::Votes),
@@ -160,7 +185,7 @@ impl Coordinator {
         out
     }
 
-    fn check_votes(&mut self) -> Vec<Action<Msg, Record, Timer>> {
+    fn check_votes(&mut self) -> Actions<Self> {
         let CoordState::Collecting { yes } = &self.state else {
             return vec![];
         };
@@ -178,8 +203,28 @@ impl Coordinator {
         out.extend(self.resend_commit());
         out
     }
+}
 
-    fn on_msg(&mut self, from: NodeId, msg: Msg) -> Vec<Action<Msg, Record, Timer>> {
+impl Role for Coordinator {
+    type Msg = Msg;
+    type Record = Record;
+    type Timer = Timer;
+
+    /// Coordinator-initiated begin: log the transaction, then ask all N participants.
+    fn on_begin(&mut self) -> Actions<Self> {
+        if self.state != CoordState::Fresh {
+            return vec![];
+        }
+        self.state = CoordState::Collecting {
+            yes: BTreeSet::new(),
+        };
+        let mut out = vec![Action::ForceWrite(Record::Begin)];
+        out.extend(all(self.n).map(|p| Action::send(NodeId::Participant(p), Msg::Prepare)));
+        out.push(Action::SetTimer(Timer::Votes));
+        out
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         let NodeId::Participant(p) = from else {
             return vec![];
         };
@@ -230,7 +275,7 @@ impl Coordinator {
         }
     }
 
-    fn on_timer(&mut self, t: Timer) -> Vec<Action<Msg, Record, Timer>> {
+    fn on_timeout(&mut self, t: Timer) -> Actions<Self> {
         match (&self.state, t) {
             (CoordState::Collecting { .. }, Timer::Votes) => self.abort(),
             (CoordState::Committing { .. }, Timer::Resend) => self.resend_commit(),
@@ -241,7 +286,7 @@ impl Coordinator {
 
 impl Participant {
     /// A participant whose local work is done; `vote` says whether it can commit.
-    pub fn new(id: u8, vote: Vote) -> (Self, Vec<Action<Msg, Record, Timer>>) {
+    pub fn new(id: u8, vote: Vote) -> (Self, Actions<Self>) {
         (
             Participant {
                 id,
@@ -254,7 +299,7 @@ impl Participant {
 
     /// Rebuild from the participant's stable log. Prepared without an outcome: in doubt,
     /// ask the coordinator. Nothing durable: the unprepared work is lost, so abort.
-    pub fn recover(id: u8, log: &[Record]) -> (Self, Vec<Action<Msg, Record, Timer>>) {
+    pub fn recover(id: u8, log: &[Record]) -> (Self, Actions<Self>) {
         let mut p = Participant {
             id,
             vote: Vote::No,
@@ -280,7 +325,7 @@ impl Participant {
         }
     }
 
-    fn prepare(&mut self, first: Msg) -> Vec<Action<Msg, Record, Timer>> {
+    fn prepare(&mut self, first: Msg) -> Actions<Self> {
         match self.vote {
             Vote::Yes => {
                 self.state = PartState::Prepared;
@@ -302,7 +347,7 @@ impl Participant {
         }
     }
 
-    fn on_outcome(&mut self, o: Outcome) -> Vec<Action<Msg, Record, Timer>> {
+    fn on_outcome(&mut self, o: Outcome) -> Actions<Self> {
         match (self.state, o) {
             (PartState::Prepared, Outcome::Commit) => {
                 self.state = PartState::Committed;
@@ -330,93 +375,116 @@ impl Participant {
     }
 }
 
-/// A 2PC node.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Node {
-    Coordinator(Coordinator),
-    Participant(Participant),
-}
-
-impl Role for Node {
+impl Role for Participant {
     type Msg = Msg;
     type Record = Record;
     type Timer = Timer;
 
-    fn handle(&mut self, input: Input<Msg, Timer>) -> Actions<Self> {
-        match (self, input) {
-            (Node::Participant(p), Input::Begin) if p.state == PartState::Working => {
-                p.prepare(Msg::BeginCommit)
+    fn on_begin(&mut self) -> Actions<Self> {
+        if self.state == PartState::Working {
+            self.prepare(Msg::BeginCommit)
+        } else {
+            vec![]
+        }
+    }
+
+    fn on_message(&mut self, _from: NodeId, msg: Msg) -> Actions<Self> {
+        match (self.state, msg) {
+            (PartState::Working, Msg::Prepare) => self.prepare(Msg::Vote(Vote::Yes)),
+            (PartState::Prepared, Msg::Prepare) => {
+                vec![Action::send(COORD, Msg::Vote(Vote::Yes))]
             }
-            (Node::Participant(p), Input::Receive { msg, .. }) => match (p.state, msg) {
-                (PartState::Working, Msg::Prepare) => p.prepare(Msg::Vote(Vote::Yes)),
-                (PartState::Prepared, Msg::Prepare) => {
-                    vec![Action::send(COORD, Msg::Vote(Vote::Yes))]
-                }
-                (PartState::Aborted, Msg::Prepare) => {
-                    vec![Action::send(COORD, Msg::Vote(Vote::No))]
-                }
-                (_, Msg::Outcome(o)) => p.on_outcome(o),
-                _ => vec![],
-            },
-            (Node::Participant(p), Input::Timeout(t)) => match (p.state, t) {
-                (PartState::Working, Timer::VoteDeadline) => {
-                    p.state = PartState::Aborted;
-                    vec![Action::Decide(Outcome::Abort)]
-                }
-                (PartState::Prepared, Timer::InDoubt) => {
-                    vec![
-                        Action::send(COORD, Msg::Query),
-                        Action::SetTimer(Timer::InDoubt),
-                    ]
-                }
-                _ => vec![],
-            },
-            (Node::Coordinator(c), Input::Receive { from, msg }) => c.on_msg(from, msg),
-            (Node::Coordinator(c), Input::Timeout(t)) => c.on_timer(t),
+            (PartState::Aborted, Msg::Prepare) => {
+                vec![Action::send(COORD, Msg::Vote(Vote::No))]
+            }
+            (_, Msg::Outcome(o)) => self.on_outcome(o),
             _ => vec![],
         }
     }
+
+    fn on_timeout(&mut self, t: Timer) -> Actions<Self> {
+        match (self.state, t) {
+            (PartState::Working, Timer::VoteDeadline) => {
+                self.state = PartState::Aborted;
+                vec![Action::Decide(Outcome::Abort)]
+            }
+            (PartState::Prepared, Timer::InDoubt) => {
+                vec![
+                    Action::send(COORD, Msg::Query),
+                    Action::SetTimer(Timer::InDoubt),
+                ]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+impl Start<TwoPc> for Coordinator {
+    fn start(sys: &TwoPc, _: NodeId, _: Vote) -> (Self, Actions<Self>) {
+        (Coordinator::new(sys.n), vec![])
+    }
+    fn restart(sys: &TwoPc, _: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        Coordinator::recover(sys.n, log)
+    }
+}
+
+impl Start<TwoPc> for Participant {
+    fn start(_: &TwoPc, id: NodeId, vote: Vote) -> (Self, Actions<Self>) {
+        Participant::new(id.index(), vote)
+    }
+    fn restart(_: &TwoPc, id: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
+        Participant::recover(id.index(), log)
+    }
+}
+
+/// A 2PC node: the coordinator or a participant.
+pub type Node = core::Node<Coordinator, Participant>;
+
+/// Who starts a 2PC transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Begin {
+    /// Participant `P0` (its `BeginCommit` is its YES vote): Gray & Lamport's topology.
+    Participant,
+    /// The coordinator: it logs the transaction and sends `Prepare` to all N participants.
+    Coordinator,
 }
 
 /// A 2PC instance with `n` participants.
 #[derive(Clone, Debug)]
 pub struct TwoPc {
     pub n: u8,
+    pub begin: Begin,
+}
+
+impl TwoPc {
+    /// `P0` starts the protocol.
+    pub fn new(n: u8) -> Self {
+        TwoPc {
+            n,
+            begin: Begin::Participant,
+        }
+    }
+
+    /// The coordinator starts the protocol (as over HTTP).
+    pub fn coordinator_begins(n: u8) -> Self {
+        TwoPc {
+            n,
+            begin: Begin::Coordinator,
+        }
+    }
 }
 
 impl System for TwoPc {
     type Node = Node;
 
     fn nodes(&self) -> Vec<NodeId> {
-        let mut v = vec![COORD];
-        v.extend(self.participants());
-        v
+        core::coordinator_and_participants(self.n)
     }
 
-    fn participants(&self) -> Vec<NodeId> {
-        all(self.n).map(NodeId::Participant).collect()
-    }
-
-    fn boot(&self, id: NodeId, vote: Vote) -> (Node, Actions<Node>) {
-        match id {
-            NodeId::Participant(i) => {
-                let (p, out) = Participant::new(i, vote);
-                (Node::Participant(p), out)
-            }
-            _ => (Node::Coordinator(Coordinator::new(self.n)), vec![]),
-        }
-    }
-
-    fn recover(&self, id: NodeId, log: &[Record]) -> (Node, Actions<Node>) {
-        match id {
-            NodeId::Participant(i) => {
-                let (p, out) = Participant::recover(i, log);
-                (Node::Participant(p), out)
-            }
-            _ => {
-                let (c, out) = Coordinator::recover(self.n, log);
-                (Node::Coordinator(c), out)
-            }
+    fn initiator(&self) -> NodeId {
+        match self.begin {
+            Begin::Participant => NodeId::Participant(0),
+            Begin::Coordinator => COORD,
         }
     }
 

@@ -27,7 +27,7 @@ fn paxos_commit_with_one_acceptor_beside_the_leader_costs_what_2pc_costs() {
     for n in [3u8, 5] {
         let rows = compare(n, 0);
         let two_pc = &rows[0].measured;
-        let colocated = &rows[3].measured;
+        let colocated = &rows.last().unwrap().measured;
         assert_eq!(
             (two_pc.messages, two_pc.delays),
             (colocated.messages, colocated.delays)
@@ -40,5 +40,20 @@ fn paxos_commit_with_one_acceptor_beside_the_leader_costs_what_2pc_costs() {
 fn the_gray_lamport_delay_counts_hold() {
     let rows = compare(5, 1);
     let delays: Vec<u32> = rows.iter().map(|r| r.measured.delays).collect();
-    assert_eq!(delays, vec![4, 6, 5]);
+    assert_eq!(delays, vec![4, 3, 6, 5]);
+}
+
+#[test]
+fn coordinator_initiated_2pc_costs_3n_messages_and_3_delays() {
+    for n in [3u8, 5] {
+        let row = &compare(n, 1)[1];
+        assert!(row.protocol.contains("coordinator begins"), "{row:#?}");
+        let m = &row.measured;
+        let n = n as usize;
+        assert_eq!(
+            (m.messages, m.delays, m.forced_writes),
+            (3 * n, 3, 2 * n + 2)
+        );
+        assert_eq!(m.messages_total, 4 * n);
+    }
 }

@@ -23,13 +23,41 @@ fn votes(n: u8) -> Vec<Vec<Vote>> {
 #[test]
 fn two_phase_commit_is_safe_under_crash_recovery_loss_duplication_reordering() {
     let n = if large() { 4 } else { 3 };
-    let sys = TwoPc { n };
+    let sys = TwoPc::new(n);
     let mut faults = Faults::crash_recovery(&sys);
     faults.lossy = false;
     let model = CommitModel::new(sys, faults, votes(n));
     let (checker, stats) = run_bfs(
         &format!(
             "2PC n={n}, crash-recovery (each node crashes <= 1), dup+reorder links (loss subsumed)"
+        ),
+        model,
+    );
+    assert!(stats.complete);
+    checker.assert_properties();
+}
+
+/// The topology over HTTP: the coordinator logs the transaction (`Begin`, forced) and sends
+/// Prepare to all N participants. Same fault model as above; a coordinator that restarts after
+/// `Begin` without a decision forces `Abort` and tells everyone (reachable, asserted).
+#[test]
+fn two_phase_commit_coordinator_begins_is_safe_under_crash_recovery_loss_duplication_reordering() {
+    let n = if large() { 4 } else { 3 };
+    let sys = TwoPc::coordinator_begins(n);
+    let mut faults = Faults::crash_recovery(&sys);
+    faults.lossy = false;
+    let model = CommitModel::new(sys, faults, votes(n)).sometimes(
+        "a restarted coordinator aborts from its Begin record",
+        |_, s| {
+            s.slots
+                .iter()
+                .any(|sl| sl.log.contains(&two_phase::Record::Abort))
+        },
+    );
+    let (checker, stats) = run_bfs(
+        &format!(
+            "2PC n={n}, coordinator begins, crash-recovery (each node crashes <= 1), \
+             dup+reorder links (loss subsumed)"
         ),
         model,
     );
@@ -48,8 +76,16 @@ fn two_pc_blocked(m: &CommitModel<TwoPc>, s: &McState<two_phase::Node>) -> bool 
 
 #[test]
 fn two_phase_commit_blocks_when_the_coordinator_dies_after_all_voted_yes() {
-    let n = 3;
-    let sys = TwoPc { n };
+    two_pc_blocks(TwoPc::new(3));
+}
+
+#[test]
+fn two_phase_commit_coordinator_begins_blocks_when_the_coordinator_dies_after_all_voted_yes() {
+    two_pc_blocks(TwoPc::coordinator_begins(3));
+}
+
+fn two_pc_blocks(sys: TwoPc) {
+    let n = sys.n;
     let faults = Faults {
         lossy: false,
         duplicating: true,
@@ -61,13 +97,18 @@ fn two_phase_commit_blocks_when_the_coordinator_dies_after_all_voted_yes() {
         synchronous_timers: false,
         initially_down: vec![],
     };
+    let sys_begin = sys.begin;
     let model = CommitModel::new(sys, faults, vec![vec![Vote::Yes; n as usize]])
         .without_standard()
         .sometimes(
             "blocked: coordinator down, all prepared, nobody decided",
             two_pc_blocked,
         );
-    let (checker, stats) = run_bfs("2PC n=3, coordinator crash-stop, blocking search", model);
+    let label = format!(
+        "2PC n=3, {:?} begins, coordinator crash-stop, blocking search",
+        sys_begin
+    );
+    let (checker, stats) = run_bfs(&label, model);
     let path =
         checker.assert_any_discovery("blocked: coordinator down, all prepared, nobody decided");
     println!(
@@ -82,7 +123,6 @@ fn two_phase_commit_blocks_when_the_coordinator_dies_after_all_voted_yes() {
             .participant_slots(last)
             .all(|p| p.decided.is_none())
     );
-    let _ = Outcome::Commit;
 }
 
 // ---------------------------------------------------------------- Paxos Commit
@@ -122,7 +162,7 @@ fn paxos_eager(n: &paxos_commit::Node, m: &paxos_commit::Msg) -> bool {
     matches!(
         (n, m),
         (Node::Participant(r), Msg::Outcome(_)) if r.state == RmState::Prepared
-    ) || matches!((n, m), (Node::Leader(_), Msg::BeginCommit))
+    ) || matches!((n, m), (Node::Coordinator(_), Msg::BeginCommit))
 }
 
 /// The two-leader check: N participants, F = 1 (A0..A2), leader C0 runs the fast path (ballot
