@@ -88,6 +88,47 @@ impl Signals {
     }
 }
 
+/// Waiters for rows of one kind to settle (POST-and-wait, long polls), each woken only by its
+/// own row.
+#[derive(Default)]
+pub struct Watchers {
+    waiting: Mutex<std::collections::HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl Watchers {
+    /// Resolves when row `id` settles here. Call before it can settle; after a wait that gave
+    /// up, call [`Watchers::unwatch`].
+    pub fn watch(&self, id: Uuid) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .expect("watchers lock")
+            .entry(id)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Forget the waiters of `id` that stopped waiting.
+    pub fn unwatch(&self, id: Uuid) {
+        let mut w = self.waiting.lock().expect("watchers lock");
+        if let Some(list) = w.get_mut(&id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                w.remove(&id);
+            }
+        }
+    }
+
+    /// Row `id` settled: wake its waiters.
+    pub fn settled(&self, id: Uuid) {
+        let waiters = self.waiting.lock().expect("watchers lock").remove(&id);
+        for tx in waiters.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// One kind of leased work, as the background loops see it.
 pub trait Worker: Send + Sync + 'static {
     type Row: Leased;

@@ -6,10 +6,13 @@
 //!   saga is completed, compensated or failed), `GET /sagas/{id}` (`?wait=` long-polls),
 //!   `GET /sagas?status=&definition=&limit=&cursor=`, `POST /sagas/{id}/retry`;
 //! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`;
+//! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`, `GET /transactions`,
+//!   `GET /transactions/{id}/decision` (participants ask "what was decided?");
 //! - here: the router, `GET /healthz`.
 
 pub mod definitions;
 pub mod sagas;
+pub mod transactions;
 
 use std::sync::Arc;
 
@@ -29,6 +32,7 @@ pub use sagas::{saga_view, view_of};
 #[derive(Clone)]
 pub struct Ctx {
     pub driver: Arc<Driver>,
+    pub coordinator: Arc<crate::commit::Coordinator>,
     /// For reads.
     pub pool: PgPool,
 }
@@ -43,6 +47,12 @@ pub fn router(ctx: Ctx) -> Router {
             post(definitions::create).get(definitions::list),
         )
         .route("/definitions/{name}", get(definitions::get_one))
+        .route(
+            "/transactions",
+            post(transactions::create).get(transactions::list),
+        )
+        .route("/transactions/{id}", get(transactions::get_one))
+        .route("/transactions/{id}/decision", get(transactions::decision))
         .route("/healthz", get(healthz))
         .with_state(ctx);
     tandem_kit::http::finish(r)

@@ -101,6 +101,9 @@ pub(super) async fn create(
         )
         .detail(format!("this Idempotency-Key already started saga {saga_id} with a different body"))
         .with("saga_id", saga_id.to_string())),
+        Started::TakenByTransaction(id) => Err(Problem::conflict("business-key-conflict", "Business key already used")
+            .detail(format!("transaction {id} already runs this definition for the same business key (sagas and transactions share one namespace)"))
+            .with("transaction_id", id.to_string())),
         Started::BusinessKeyConflict { saga_id, definition, business_key } => Err(Problem::conflict("business-key-conflict", "Business key already used")
             .detail(format!(
                 "saga {saga_id} already runs definition {definition:?} for business key {business_key:?} with a different input",
@@ -154,7 +157,7 @@ pub fn view_of(row: &SagaRow, events: &[EventRow]) -> Value {
 #[serde(deny_unknown_fields)]
 pub(super) struct WaitParams {
     /// Long poll: wait up to this many seconds for a terminal (or parked) state.
-    wait: Option<f64>,
+    pub(super) wait: Option<f64>,
 }
 
 pub(super) async fn get_one(

@@ -20,7 +20,7 @@ mod call;
 mod run;
 pub mod start;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use crate::registry::Registry;
 use crate::saga::Input;
 use crate::store::{self, SagaRow};
 use crate::wake::Releaser;
-use crate::worker::{Signals, Worker};
+use crate::worker::{Signals, Watchers, Worker};
 use crate::writer::TransitionWriter;
 
 pub use start::{StartSaga, Started};
@@ -46,7 +46,7 @@ pub struct Driver {
     active: Mutex<HashSet<Uuid>>,
     slots: Arc<Semaphore>,
     /// Per-saga waiters (POST-and-wait, long polls), woken only by their own saga.
-    watchers: Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>,
+    watchers: Watchers,
     signals: Signals,
     /// Hands leases back in batches, one NOTIFY per batch.
     releaser: Releaser,
@@ -85,7 +85,7 @@ impl Driver {
             http,
             active: Mutex::new(HashSet::new()),
             slots: Arc::new(Semaphore::new(config.max_active)),
-            watchers: Mutex::new(HashMap::new()),
+            watchers: Watchers::default(),
             signals: Signals::default(),
             writer,
             shutdown,
@@ -104,32 +104,16 @@ impl Driver {
     /// Resolves when saga `id` reaches a terminal or parked state on this instance. Call before
     /// the saga can get there; after a wait that gave up, call [`Driver::unwatch`].
     pub fn watch(&self, id: Uuid) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        self.watchers
-            .lock()
-            .expect("watchers lock")
-            .entry(id)
-            .or_default()
-            .push(tx);
-        rx
+        self.watchers.watch(id)
     }
 
     /// Forget the waiters of `id` that stopped waiting.
     pub fn unwatch(&self, id: Uuid) {
-        let mut w = self.watchers.lock().expect("watchers lock");
-        if let Some(list) = w.get_mut(&id) {
-            list.retain(|tx| !tx.is_closed());
-            if list.is_empty() {
-                w.remove(&id);
-            }
-        }
+        self.watchers.unwatch(id)
     }
 
     fn notify_finished(&self, id: Uuid) {
-        let waiters = self.watchers.lock().expect("watchers lock").remove(&id);
-        for tx in waiters.into_iter().flatten() {
-            let _ = tx.send(());
-        }
+        self.watchers.settled(id)
     }
 
     /// At start-up: resume the sagas this instance identity held before a restart.

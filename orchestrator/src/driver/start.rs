@@ -50,6 +50,8 @@ pub enum Started {
         definition: String,
         business_key: String,
     },
+    /// The business key runs a 2PC transaction (one namespace for both).
+    TakenByTransaction(Uuid),
 }
 
 /// What a manual retry found.
@@ -151,6 +153,9 @@ impl Driver {
                 Started::Existing(existing)
             }
             Created::KeyReused { saga_id } => Started::KeyReused { saga_id },
+            Created::TakenByTransaction { transaction_id } => {
+                Started::TakenByTransaction(transaction_id)
+            }
             Created::BusinessKeyConflict { saga_id } => Started::BusinessKeyConflict {
                 saga_id,
                 definition: def.name.clone(),

@@ -42,6 +42,8 @@ pub enum Created {
     SameBusinessKey(Uuid),
     /// A saga with this business key exists with a different input.
     BusinessKeyConflict { saga_id: Uuid },
+    /// A 2PC transaction runs this business key (one namespace for both).
+    TakenByTransaction { transaction_id: Uuid },
 }
 
 /// Insert the saga and its events unless its business key is taken (None).
@@ -55,7 +57,9 @@ async fn insert_saga(
     let row = sqlx::query(concat!(
         "WITH s AS (INSERT INTO sagas (id, definition, version, business_key, input, input_hash, \
                  status, state, next_run_at, lease_owner, lease_until, lease_epoch) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9, now() + make_interval(secs => $10), 1) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, now(), $9, now() + make_interval(secs => $10), 1 \
+             WHERE $4::text IS NULL OR NOT EXISTS (SELECT 1 FROM transactions t \
+                 WHERE t.definition = $2 AND t.business_key = $4) \
              ON CONFLICT (definition, business_key) WHERE business_key IS NOT NULL DO NOTHING \
              RETURNING ",
         saga_columns!(),
@@ -130,13 +134,24 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
         tandem_kit::stats::write_committed(pool);
         return Ok(Created::New(Box::new(saga)));
     }
-    // The business key is taken.
+    // The business key is taken: by a saga, or by a transaction.
     let existing =
         sqlx::query("SELECT id, input_hash FROM sagas WHERE definition = $1 AND business_key = $2")
             .bind(new.definition)
             .bind(new.business_key)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+    let Some(existing) = existing else {
+        let transaction_id: Uuid = sqlx::query_scalar(
+            "SELECT id FROM transactions WHERE definition = $1 AND business_key = $2",
+        )
+        .bind(new.definition)
+        .bind(new.business_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        return Ok(Created::TakenByTransaction { transaction_id });
+    };
     let saga_id: Uuid = existing.try_get("id")?;
     let hash: String = existing.try_get("input_hash")?;
     if hash != new.input_hash {

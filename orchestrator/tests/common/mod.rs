@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod participants;
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -21,6 +23,15 @@ pub async fn start(
     tweak: impl FnOnce(&mut orchestrator::Config),
 ) -> Orch {
     let database_url = tandem_kit::testing::fresh_database_url(name).await;
+    start_on(database_url, service_url, tweak).await
+}
+
+/// Another orchestrator instance on `database_url`.
+pub async fn start_on(
+    database_url: String,
+    service_url: &str,
+    tweak: impl FnOnce(&mut orchestrator::Config),
+) -> Orch {
     let mut c = orchestrator::Config::new(&database_url, service_url, service_url, service_url);
     c.listen_addr = ([127, 0, 0, 1], 0).into();
     c.db_pool_size = 4;
@@ -89,6 +100,24 @@ impl Orch {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "saga did not settle: {v}"
+            );
+        }
+    }
+}
+
+impl Orch {
+    /// The transaction once it is committed or aborted, failing the test after `within`.
+    pub async fn settled_txn(&self, id: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (s, v) = self.get(&format!("/transactions/{id}?wait=5")).await;
+            assert_eq!(s, 200, "{v}");
+            if matches!(v["state"].as_str(), Some("committed" | "aborted")) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "transaction did not settle: {v}"
             );
         }
     }

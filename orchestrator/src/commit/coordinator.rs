@@ -1,0 +1,419 @@
+//! [`Coordinator`]: the transactions this instance coordinates — the one entry point that
+//! begins one ([`Coordinator::begin`]), the decision participants ask for
+//! ([`Coordinator::decision`]), and its part in the background loops ([`Worker`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem_kit::problem::FieldIssue;
+use tandem_protocols::Outcome;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use uuid::Uuid;
+
+use super::store::{self, Created, NewTxn};
+use super::{Part, TxnRow};
+use crate::driver::start::hash_json;
+use crate::error::{Error, Result};
+use crate::lease::{Leases, Take};
+use crate::registry::Registry;
+use crate::text::{check_json, check_str};
+use crate::wake::Releaser;
+use crate::worker::{Signals, Watchers, Worker};
+
+/// A request to begin a transaction.
+pub struct Begin {
+    pub protocol: String,
+    pub definition: String,
+    pub version: Option<String>,
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub watch: bool,
+}
+
+/// What beginning a transaction did.
+pub enum Begun {
+    New {
+        row: Box<TxnRow>,
+        finished: Option<tokio::sync::oneshot::Receiver<()>>,
+    },
+    Existing(Uuid),
+    KeyReused(Uuid),
+    BusinessKeyTaken {
+        id: Uuid,
+        kind: &'static str,
+    },
+}
+
+/// A participant cannot prepare (its Postgres has `max_prepared_transactions = 0`).
+#[derive(Debug)]
+pub struct CannotPrepare {
+    pub service: String,
+    pub detail: String,
+}
+
+pub struct Coordinator {
+    pub(super) leases: Leases,
+    pub(super) registry: Arc<Registry>,
+    pub(super) http: reqwest::Client,
+    active: Mutex<HashSet<Uuid>>,
+    slots: Arc<Semaphore>,
+    signals: Signals,
+    pub(super) watchers: Watchers,
+    pub(super) releaser: Releaser,
+    pub(super) shutdown: watch::Receiver<bool>,
+    /// This instance's base URL, sent to participants so they can ask for the decision.
+    public_url: OnceLock<String>,
+    /// Services known able to prepare (checked at most every 10 s).
+    capable: Mutex<HashMap<String, Instant>>,
+}
+
+impl Coordinator {
+    pub fn new(
+        leases: Leases,
+        registry: Arc<Registry>,
+        max_active: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self> {
+        Ok(Coordinator {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()?,
+            releaser: Releaser::start(leases.clone()),
+            leases,
+            registry,
+            active: Mutex::new(HashSet::new()),
+            slots: Arc::new(Semaphore::new(max_active)),
+            signals: Signals::default(),
+            watchers: Watchers::default(),
+            shutdown,
+            public_url: OnceLock::new(),
+            capable: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Set once the API is bound: where participants ask for decisions.
+    pub fn set_public_url(&self, url: String) {
+        let _ = self.public_url.set(url);
+    }
+
+    pub(super) fn public_url(&self) -> &str {
+        self.public_url.get().map_or("", String::as_str)
+    }
+
+    pub fn watch(&self, id: Uuid) -> tokio::sync::oneshot::Receiver<()> {
+        self.watchers.watch(id)
+    }
+
+    pub fn unwatch(&self, id: Uuid) {
+        self.watchers.unwatch(id)
+    }
+
+    /// Check a request to begin: protocol, storable text, known definition, valid input, and
+    /// no body that reads another step's output (every Prepare goes out in one round).
+    async fn check(&self, req: &Begin) -> Result<(String, Arc<crate::saga::Definition>)> {
+        let mut issues: Vec<FieldIssue> = Vec::new();
+        issues.extend(check_str(&req.protocol, "/protocol").err());
+        issues.extend(check_str(&req.definition, "/definition").err());
+        issues.extend(
+            req.version
+                .as_deref()
+                .and_then(|v| check_str(v, "/version").err()),
+        );
+        issues.extend(check_json(&req.input, "/input").err());
+        if !issues.is_empty() {
+            return Err(Error::Invalid(issues));
+        }
+        if req.protocol != "2pc" {
+            return Err(Error::invalid(
+                "/protocol",
+                format!("unknown protocol {:?}; supported: \"2pc\"", req.protocol),
+            ));
+        }
+        let (version, def) = self
+            .registry
+            .resolve(&req.definition, req.version.as_deref())
+            .await?;
+        let reads = def.step_output_reads();
+        if !reads.is_empty() {
+            return Err(Error::Invalid(
+                reads
+                    .into_iter()
+                    .map(|(pointer, from)| FieldIssue {
+                        pointer,
+                        message: format!(
+                            "reads another step's output ({from}); a commit protocol sends every \
+                             Prepare in one round, so bodies may use only the input and `$id`s"
+                        ),
+                    })
+                    .collect(),
+            ));
+        }
+        if def.steps.len() > 64 {
+            return Err(Error::invalid(
+                "/definition",
+                "a transaction has at most 64 participants",
+            ));
+        }
+        def.validate_input(&req.input).map_err(|errors| {
+            Error::Invalid(
+                errors
+                    .into_iter()
+                    .map(|e| FieldIssue {
+                        pointer: format!("/input{}", e.pointer),
+                        message: e.message,
+                    })
+                    .collect(),
+            )
+        })?;
+        Ok((version, def))
+    }
+
+    /// Every participant's service can prepare (its `GET /2pc/status`), checked at most every
+    /// 10 s per service. An unreachable service is not refused here (it will not vote YES).
+    pub async fn capability(&self, def: &crate::saga::Definition) -> Result<(), CannotPrepare> {
+        for s in &def.steps {
+            let svc = &s.action.service;
+            let fresh = self
+                .capable
+                .lock()
+                .expect("capable lock")
+                .get(svc)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+            if fresh {
+                continue;
+            }
+            let Some(base) = self.registry.services().get(svc) else {
+                continue;
+            };
+            let status: Option<Value> = match self
+                .http
+                .get(format!("{base}/2pc/status"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => r.json().await.ok(),
+                _ => None,
+            };
+            match status
+                .as_ref()
+                .and_then(|v| v.get("can_prepare"))
+                .and_then(Value::as_bool)
+            {
+                Some(false) => {
+                    return Err(CannotPrepare {
+                        service: svc.clone(),
+                        detail: format!(
+                            "service {svc:?} cannot prepare transactions: its Postgres has \
+                             max_prepared_transactions = {} (raise it above 0, e.g. 256)",
+                            status
+                                .as_ref()
+                                .and_then(|v| v.get("max_prepared_transactions"))
+                                .cloned()
+                                .unwrap_or(Value::Null)
+                        ),
+                    });
+                }
+                Some(true) => {
+                    self.capable
+                        .lock()
+                        .expect("capable lock")
+                        .insert(svc.clone(), Instant::now());
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Begin a transaction: check the request, log it (the `Begin` record, before any
+    /// Prepare), then run its coordinator here. Nothing is stored for a refused request.
+    pub async fn begin(
+        self: &Arc<Self>,
+        req: Begin,
+    ) -> Result<std::result::Result<Begun, CannotPrepare>> {
+        let (version, def) = self.check(&req).await?;
+        if let Err(e) = self.capability(&def).await {
+            return Ok(Err(e));
+        }
+        let participants: Vec<Part> = def
+            .steps
+            .iter()
+            .map(|s| Part {
+                step: s.name.clone(),
+                service: s.action.service.clone(),
+                action: s.action.path.clone(),
+                vote: None,
+                state: "pending".into(),
+                prepared_at: None,
+                finished_at: None,
+                last_error: None,
+            })
+            .collect();
+        let business_key = def.business_key(&req.input);
+        let id = Uuid::now_v7();
+        let created = store::create(
+            self.leases.pool(),
+            &NewTxn {
+                id,
+                protocol: &req.protocol,
+                definition: &def.name,
+                version: &version,
+                business_key: business_key.as_deref(),
+                input: &req.input,
+                input_hash: &hash_json(&req.input),
+                request_hash: &req.request_hash,
+                idempotency_key: req.idempotency_key.as_deref(),
+                participants: &participants,
+                owner: self.leases.owner(),
+                lease_ttl: self.leases.ttl(),
+            },
+        )
+        .await?;
+        Ok(Ok(match created {
+            Created::New(row) => {
+                let finished = req.watch.then(|| self.watch(id));
+                self.run(*row.clone(), true);
+                Begun::New { row, finished }
+            }
+            Created::Existing(id) => Begun::Existing(id),
+            Created::KeyReused { id } => Begun::KeyReused(id),
+            Created::BusinessKeyTaken { id, kind } => Begun::BusinessKeyTaken { id, kind },
+        }))
+    }
+
+    /// "What was decided?" (a participant asks). A logged decision is answered. Otherwise, if
+    /// this instance runs the transaction, nothing yet (None: ask again — it is collecting
+    /// votes). Otherwise this instance first takes the lease (bumping the epoch, which fences
+    /// the owner's Commit write), then writes Abort, and only then answers abort (presumed
+    /// abort); it then delivers the abort to every participant.
+    pub async fn decision(self: &Arc<Self>, id: Uuid) -> Result<Option<Outcome>> {
+        loop {
+            let Some(row) = store::get(self.leases.pool(), id).await? else {
+                return Ok(Some(Outcome::Abort)); // never logged: presumed abort
+            };
+            if let Some(d) = &row.decision {
+                return Ok(Some(outcome_of(d)));
+            }
+            if self.active.lock().expect("active lock").contains(&id) {
+                return Ok(None);
+            }
+            let Some(taken) = self
+                .leases
+                .take::<TxnRow>(id, Take::Steal, "decision IS NULL")
+                .await?
+            else {
+                continue; // decided meanwhile: read it
+            };
+            let mut parts = taken.participants.clone();
+            for p in &mut parts {
+                if p.state == "pending" || p.state == "prepared" {
+                    p.last_error = Some("presumed abort: asked while undecided".into());
+                }
+            }
+            let written = store::progress(
+                self.leases.pool(),
+                id,
+                taken.lease_epoch,
+                &store::Progress {
+                    state: super::TxnState::Aborting,
+                    decision: Some("abort"),
+                    participants: &parts,
+                    messages: &[],
+                },
+            )
+            .await?;
+            if written {
+                tracing::warn!(txn = %id, epoch = taken.lease_epoch, "undecided transaction taken over to answer a participant: abort (presumed)");
+                let mut row = taken;
+                row.decision = Some("abort".into());
+                row.state = super::TxnState::Aborting;
+                row.participants = parts;
+                self.run(row, false);
+                return Ok(Some(Outcome::Abort));
+            }
+        }
+    }
+
+    /// A slot for transaction `id`, unless every slot is busy or it is run here already.
+    fn activate(&self, id: Uuid) -> Option<OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        self.active
+            .lock()
+            .expect("active lock")
+            .insert(id)
+            .then_some(permit)
+    }
+
+    pub(super) fn finish(&self, id: Uuid, permit: OwnedSemaphorePermit) {
+        self.active.lock().expect("active lock").remove(&id);
+        drop(permit);
+        self.signals.slot_freed();
+    }
+
+    /// Run the coordinator of a transaction leased here (`fresh`: just logged, begin it;
+    /// otherwise recover it from its log).
+    fn run(self: &Arc<Self>, row: TxnRow, fresh: bool) {
+        let Some(permit) = self.activate(row.id) else {
+            self.signals.starve();
+            let me = self.clone();
+            tokio::spawn(async move { me.releaser.release(row.id, row.lease_epoch).await });
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = row.id;
+            me.drive(row, fresh).await;
+            me.finish(id, permit);
+        });
+    }
+
+    /// Drop client keys of `POST /transactions` older than `retention`, every minute.
+    pub async fn purge_loop(self: Arc<Self>, retention: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            if let Err(e) = store::purge_keys(self.leases.pool(), retention).await {
+                tracing::warn!(error = %e, "purging transaction keys failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = crate::until_shutdown(&mut shutdown) => return,
+            }
+        }
+    }
+}
+
+pub(super) fn outcome_of(d: &str) -> Outcome {
+    if d == "commit" {
+        Outcome::Commit
+    } else {
+        Outcome::Abort
+    }
+}
+
+impl Worker for Coordinator {
+    type Row = TxnRow;
+    fn leases(&self) -> &Leases {
+        &self.leases
+    }
+    fn signals(&self) -> &Signals {
+        &self.signals
+    }
+    fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+    fn held(&self) -> Vec<Uuid> {
+        self.active
+            .lock()
+            .expect("active lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+    fn start(self: &Arc<Self>, row: TxnRow) {
+        self.run(row, false);
+    }
+}
