@@ -1,0 +1,181 @@
+//! Crash points of the 2PC coordinator: the real `orchestrator` binary aborts (SIGABRT, as
+//! kill -9 would leave it) after the votes before the decision, after logging the decision
+//! before sending it, and in the middle of the broadcast; restarted, it recovers from its log
+//! and every participant ends the same way: abort without a Commit record, commit with one.
+//! The participants are in-test (see common/participants.rs).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::participants::{Fake, fake, order_definition};
+use serde_json::{Value, json};
+
+fn spawn(db: &str, services: &str, port: u16, crash: Option<&str>) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    c.env("DATABASE_URL", db)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("INSTANCE_ID", "crash-test")
+        .env("INVENTORY_URL", services)
+        .env("PAYMENT_URL", services)
+        .env("SHIPPING_URL", services)
+        .env("DB_POOL_SIZE", "3")
+        .env("RUST_LOG", "warn")
+        .env_remove("TANDEM_CRASH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(point) = crash {
+        c.env("TANDEM_CRASH", point);
+    }
+    c.spawn().expect("the orchestrator binary runs")
+}
+
+async fn healthy(http: &reqwest::Client, url: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{url}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+/// Wait for `child` to die by its crash point (SIGABRT).
+async fn crashed(child: &mut Child) {
+    use std::os::unix::process::ExitStatusExt;
+    for _ in 0..400 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(
+                status.signal(),
+                Some(6),
+                "aborted at the crash point: {status:?}"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    panic!("the crash point was not reached");
+}
+
+/// Run one transaction into `point`, check the log at the crash, restart, and return the
+/// settled transaction and the participants' record.
+async fn crash_and_recover(point: &str) -> (Value, Value, Fake) {
+    let (services, f) = fake().await;
+    let db = tandem_kit::testing::fresh_database_url("tpc_crash").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut child = spawn(&db, &services, port, Some(&format!("{point}=1")));
+    healthy(&http, &url).await;
+    let r = http
+        .post(format!("{url}/definitions"))
+        .json(&order_definition())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    // The answer may be lost with the crash: the row is read from the database.
+    let _ = http
+        .post(format!("{url}/transactions"))
+        .json(&json!({"protocol": "2pc", "definition": "order", "input": {"order_id": "c-1"}}))
+        .send()
+        .await;
+    crashed(&mut child).await;
+    let pool = tandem_kit::db::connect(&db, 1).await.unwrap();
+    let (id, decision): (uuid::Uuid, Option<String>) =
+        sqlx::query_as("SELECT id, decision FROM transactions")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let at_crash = json!({"decision": decision, "commits": f.log.lock().unwrap().commits});
+
+    let mut child = spawn(&db, &services, port, None);
+    healthy(&http, &url).await;
+    let mut settled = Value::Null;
+    for _ in 0..20 {
+        settled = http
+            .get(format!("{url}/transactions/{id}?wait=5"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if matches!(settled["state"].as_str(), Some("committed" | "aborted")) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (at_crash, settled, f)
+}
+
+fn told(f: &Fake) -> (usize, usize, Vec<String>) {
+    let log = f.log.lock().unwrap();
+    let mut states: Vec<String> = log.state.values().cloned().collect();
+    states.sort();
+    (log.commits, log.aborts, states)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_votes_before_the_decision_aborts_everywhere() {
+    let (at_crash, t, f) = crash_and_recover("orchestrator.2pc.after_votes").await;
+    assert_eq!(
+        at_crash["decision"],
+        Value::Null,
+        "no decision logged at the crash"
+    );
+    assert_eq!(
+        (t["state"].as_str(), t["decision"].as_str()),
+        (Some("aborted"), Some("abort")),
+        "{t}"
+    );
+    let (commits, _, states) = told(&f);
+    assert_eq!(commits, 0);
+    assert_eq!(states, ["aborted", "aborted", "aborted"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_logging_commit_before_sending_it_commits_everywhere() {
+    let (at_crash, t, f) = crash_and_recover("orchestrator.2pc.after_decision").await;
+    assert_eq!(
+        at_crash,
+        json!({"decision": "commit", "commits": 0}),
+        "logged, not sent"
+    );
+    assert_eq!(
+        (t["state"].as_str(), t["decision"].as_str()),
+        (Some("committed"), Some("commit")),
+        "{t}"
+    );
+    let (_, aborts, states) = told(&f);
+    assert_eq!(aborts, 0);
+    assert_eq!(states, ["committed", "committed", "committed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_the_middle_of_the_broadcast_commits_everywhere() {
+    let (at_crash, t, f) = crash_and_recover("orchestrator.2pc.mid_broadcast").await;
+    assert_eq!(
+        at_crash,
+        json!({"decision": "commit", "commits": 1}),
+        "one told, then the crash"
+    );
+    assert_eq!(
+        (t["state"].as_str(), t["decision"].as_str()),
+        (Some("committed"), Some("commit")),
+        "{t}"
+    );
+    let (_, aborts, states) = told(&f);
+    assert_eq!(aborts, 0);
+    assert_eq!(states, ["committed", "committed", "committed"]);
+}
