@@ -136,10 +136,9 @@ impl App {
         vec![
             tokio::spawn(worker::claim_loop(d.clone(), poll, batch, rx.clone())),
             tokio::spawn(worker::renew_loop(d.clone(), rx.clone())),
-            tokio::spawn(d.clone().purge_loop(retention)),
+            tokio::spawn(purge_loop(self.pool.clone(), retention, rx.clone())),
             tokio::spawn(worker::claim_loop(c.clone(), poll, batch, rx.clone())),
             tokio::spawn(worker::renew_loop(c.clone(), rx.clone())),
-            tokio::spawn(c.clone().purge_loop(retention)),
             tokio::spawn(wake::listen(
                 (*self.pool.connect_options()).clone(),
                 vec![store::WORK_CHANNEL, commit::TXN_CHANNEL],
@@ -186,6 +185,23 @@ impl App {
         d.drain(Duration::from_secs(10)).await;
         tracing::info!("orchestrator stopped");
         Ok(())
+    }
+}
+
+/// Drop client idempotency keys (of sagas and of transactions) older than `retention`, every
+/// minute until shutdown.
+async fn purge_loop(pool: sqlx::PgPool, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = store::purge_idempotency_keys(&pool, retention).await {
+            tracing::warn!(error = %e, "purging saga idempotency keys failed");
+        }
+        if let Err(e) = commit::store::purge_keys(&pool, retention).await {
+            tracing::warn!(error = %e, "purging transaction idempotency keys failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = until_shutdown(&mut shutdown) => return,
+        }
     }
 }
 

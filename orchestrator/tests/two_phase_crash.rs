@@ -119,63 +119,46 @@ async fn crash_and_recover(point: &str) -> (Value, Value, Fake) {
     (at_crash, settled, f)
 }
 
-fn told(f: &Fake) -> (usize, usize, Vec<String>) {
+/// Crash at `point`; the log at the crash must be `at_crash`; after recovery every participant
+/// must have been told `outcome` ("commit" or "abort") and none the other.
+async fn expect(point: &str, at_crash: Value, outcome: &str) {
+    let (seen, t, f) = crash_and_recover(point).await;
+    assert_eq!(seen, at_crash, "the log at the crash");
+    let (state, other) = match outcome {
+        "commit" => ("committed", "aborted"),
+        _ => ("aborted", "committed"),
+    };
+    assert_eq!(
+        (t["state"].as_str(), t["decision"].as_str()),
+        (Some(state), Some(outcome)),
+        "{t}"
+    );
     let log = f.log.lock().unwrap();
-    let mut states: Vec<String> = log.state.values().cloned().collect();
-    states.sort();
-    (log.commits, log.aborts, states)
+    let told: Vec<&String> = log.state.values().collect();
+    assert_eq!(told.len(), 3, "{:?}", log.state);
+    assert!(told.iter().all(|s| *s == state), "{:?}", log.state);
+    let wrong = if other == "committed" {
+        log.commits
+    } else {
+        log.aborts
+    };
+    assert_eq!(wrong, 0, "nobody was told {other}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_votes_before_the_decision_aborts_everywhere() {
-    let (at_crash, t, f) = crash_and_recover("orchestrator.2pc.after_votes").await;
-    assert_eq!(
-        at_crash["decision"],
-        Value::Null,
-        "no decision logged at the crash"
-    );
-    assert_eq!(
-        (t["state"].as_str(), t["decision"].as_str()),
-        (Some("aborted"), Some("abort")),
-        "{t}"
-    );
-    let (commits, _, states) = told(&f);
-    assert_eq!(commits, 0);
-    assert_eq!(states, ["aborted", "aborted", "aborted"]);
+    let no_decision = json!({"decision": null, "commits": 0});
+    expect("orchestrator.2pc.after_votes", no_decision, "abort").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_logging_commit_before_sending_it_commits_everywhere() {
-    let (at_crash, t, f) = crash_and_recover("orchestrator.2pc.after_decision").await;
-    assert_eq!(
-        at_crash,
-        json!({"decision": "commit", "commits": 0}),
-        "logged, not sent"
-    );
-    assert_eq!(
-        (t["state"].as_str(), t["decision"].as_str()),
-        (Some("committed"), Some("commit")),
-        "{t}"
-    );
-    let (_, aborts, states) = told(&f);
-    assert_eq!(aborts, 0);
-    assert_eq!(states, ["committed", "committed", "committed"]);
+    let logged_not_sent = json!({"decision": "commit", "commits": 0});
+    expect("orchestrator.2pc.after_decision", logged_not_sent, "commit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_in_the_middle_of_the_broadcast_commits_everywhere() {
-    let (at_crash, t, f) = crash_and_recover("orchestrator.2pc.mid_broadcast").await;
-    assert_eq!(
-        at_crash,
-        json!({"decision": "commit", "commits": 1}),
-        "one told, then the crash"
-    );
-    assert_eq!(
-        (t["state"].as_str(), t["decision"].as_str()),
-        (Some("committed"), Some("commit")),
-        "{t}"
-    );
-    let (_, aborts, states) = told(&f);
-    assert_eq!(aborts, 0);
-    assert_eq!(states, ["committed", "committed", "committed"]);
+    let one_told = json!({"decision": "commit", "commits": 1});
+    expect("orchestrator.2pc.mid_broadcast", one_told, "commit").await;
 }

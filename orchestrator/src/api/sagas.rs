@@ -49,24 +49,49 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(k.to_string()))
 }
 
+/// What `POST /sagas` and `POST /transactions` share: `?wait`, the client's Idempotency-Key
+/// and the hash of the body, then the body itself.
+pub(super) struct Creation<T> {
+    pub wait: f64,
+    pub key: Option<String>,
+    pub hash: String,
+    pub body: T,
+}
+
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+pub(super) fn creation<T: serde::de::DeserializeOwned>(
+    p: WaitParams,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<Creation<T>, Problem> {
+    Ok(Creation {
+        wait: wait_secs(p.wait)?,
+        key: idempotency_key(headers)?,
+        hash: hash_json(&body),
+        body: from_value(body)?,
+    })
+}
+
 pub(super) async fn create(
     State(c): State<Ctx>,
     Query(p): Query<WaitParams>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
-    let wait = wait_secs(p.wait)?;
-    let idempotency_key = idempotency_key(&headers)?;
-    let request_hash = hash_json(&body);
-    let req: CreateSaga = from_value(body)?;
+    let Creation {
+        wait,
+        key,
+        hash,
+        body: req,
+    } = creation::<CreateSaga>(p, &headers, body)?;
     let started = c
         .driver
         .start(StartSaga {
             definition: req.definition,
             version: req.version,
             input: req.input,
-            idempotency_key,
-            request_hash,
+            idempotency_key: key,
+            request_hash: hash,
             watch: wait > 0.0,
         })
         .await?;

@@ -9,16 +9,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tandem_kit::http::{Json, Path, Query, from_value};
+use tandem_kit::http::{Json, Path, Query};
 use tandem_kit::problem::Problem;
 use tandem_protocols::Outcome;
 use uuid::Uuid;
 
 use super::Ctx;
-use super::sagas::{WaitParams, idempotency_key, wait_secs};
+use super::sagas::{Creation, WaitParams, creation, wait_secs};
 use crate::commit::coordinator::{Begin, Begun};
 use crate::commit::{TxnRow, TxnState, store};
-use crate::driver::start::hash_json;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,10 +35,12 @@ pub(super) async fn create(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
-    let wait = wait_secs(p.wait)?;
-    let idempotency_key = idempotency_key(&headers)?;
-    let request_hash = hash_json(&body);
-    let req: BeginTxn = from_value(body)?;
+    let Creation {
+        wait,
+        key,
+        hash,
+        body: req,
+    } = creation::<BeginTxn>(p, &headers, body)?;
     let begun = c
         .coordinator
         .begin(Begin {
@@ -47,8 +48,8 @@ pub(super) async fn create(
             definition: req.definition,
             version: req.version,
             input: req.input,
-            idempotency_key,
-            request_hash,
+            idempotency_key: key,
+            request_hash: hash,
             watch: wait > 0.0,
         })
         .await?

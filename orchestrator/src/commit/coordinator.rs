@@ -157,17 +157,8 @@ impl Coordinator {
                 "a transaction has at most 64 participants",
             ));
         }
-        def.validate_input(&req.input).map_err(|errors| {
-            Error::Invalid(
-                errors
-                    .into_iter()
-                    .map(|e| FieldIssue {
-                        pointer: format!("/input{}", e.pointer),
-                        message: e.message,
-                    })
-                    .collect(),
-            )
-        })?;
+        def.validate_input(&req.input)
+            .map_err(|errors| Error::fields_at("/input", errors))?;
         Ok((version, def))
     }
 
@@ -369,20 +360,6 @@ impl Coordinator {
             me.drive(row, fresh).await;
             me.finish(id, permit);
         });
-    }
-
-    /// Drop client keys of `POST /transactions` older than `retention`, every minute.
-    pub async fn purge_loop(self: Arc<Self>, retention: Duration) {
-        let mut shutdown = self.shutdown.clone();
-        loop {
-            if let Err(e) = store::purge_keys(self.leases.pool(), retention).await {
-                tracing::warn!(error = %e, "purging transaction keys failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                _ = crate::until_shutdown(&mut shutdown) => return,
-            }
-        }
     }
 }
 

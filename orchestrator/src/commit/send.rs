@@ -48,6 +48,13 @@ async fn post(c: &Call) -> Result<(u16, Option<u64>, Value), String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
     let body = r.json().await.unwrap_or(Value::Null);
+    // An answer Postgres cannot store is not logged as it is (the message log is jsonb).
+    let body = match crate::text::find_nul(&body, "") {
+        Some(at) => json!({
+            "detail": format!("the answer contains U+0000 at \"{}\"", at.replace('\0', "\\u0000"))
+        }),
+        None => body,
+    };
     Ok((status, retry, body))
 }
 

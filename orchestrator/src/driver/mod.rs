@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::lease::Leases;
 use crate::registry::Registry;
 use crate::saga::Input;
-use crate::store::{self, SagaRow};
+use crate::store::SagaRow;
 use crate::wake::Releaser;
 use crate::worker::{Signals, Watchers, Worker};
 use crate::writer::TransitionWriter;
@@ -157,20 +157,6 @@ impl Driver {
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Drop client idempotency keys older than `retention`, every minute until shutdown.
-    pub async fn purge_loop(self: Arc<Self>, retention: Duration) {
-        let mut shutdown = self.shutdown.clone();
-        loop {
-            if let Err(e) = store::purge_idempotency_keys(self.leases.pool(), retention).await {
-                tracing::warn!(error = %e, "purging idempotency keys failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                _ = crate::until_shutdown(&mut shutdown) => return,
-            }
         }
     }
 }

@@ -98,17 +98,8 @@ impl Driver {
             .registry
             .resolve(&req.definition, req.version.as_deref())
             .await?;
-        def.validate_input(&req.input).map_err(|errors| {
-            Error::Invalid(
-                errors
-                    .into_iter()
-                    .map(|e| FieldIssue {
-                        pointer: format!("/input{}", e.pointer),
-                        message: e.message,
-                    })
-                    .collect(),
-            )
-        })?;
+        def.validate_input(&req.input)
+            .map_err(|errors| Error::fields_at("/input", errors))?;
         let business_key = def.business_key(&req.input);
         let id = Uuid::now_v7();
         let t = engine::transition(
