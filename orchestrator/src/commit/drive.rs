@@ -51,8 +51,9 @@ pub(super) struct Txn {
     timers: HashMap<Timer, Instant>,
     votes_timeout: Duration,
     pub(super) call_timeout: Duration,
-    /// Participants whose ABORT has not been answered (or given up on) yet.
-    abort_pending: usize,
+    /// Participants whose ABORT has not been answered (or given up on) yet. A set, not a
+    /// count: a late vote is answered with ABORT again, and its answer must not count twice.
+    abort_pending: std::collections::BTreeSet<u8>,
     done: bool,
     pub(super) tx: mpsc::UnboundedSender<Event>,
 }
@@ -129,7 +130,7 @@ impl Coordinator {
             timers: HashMap::new(),
             votes_timeout: Duration::from_millis(def.policy.deadline_ms),
             call_timeout: Duration::from_millis(def.policy.timeout_ms),
-            abort_pending: 0,
+            abort_pending: Default::default(),
             done: row.state.is_settled(),
             tx,
         };
@@ -207,7 +208,7 @@ impl Coordinator {
                         return false;
                     }
                     t.state = TxnState::Aborting;
-                    t.abort_pending = t.parts.len();
+                    t.abort_pending = (0..t.parts.len() as u8).collect();
                 }
                 Action::Send {
                     to: NodeId::Participant(p),
@@ -326,7 +327,7 @@ impl Coordinator {
                         msg: Msg::Ack,
                     }),
                     Outcome::Abort => {
-                        self.abort_answered(t).await;
+                        self.abort_answered(t, p).await;
                         None
                     }
                 }
@@ -335,17 +336,17 @@ impl Coordinator {
                 t.parts[p as usize].last_error = Some(error);
                 if given_up {
                     // The participant will ask (GET /transactions/{id}/decision) and hear abort.
-                    self.abort_answered(t).await;
+                    self.abort_answered(t, p).await;
                 }
                 None
             }
         }
     }
 
-    /// One more participant answered ABORT (or was given up on): once all have, settle.
-    async fn abort_answered(&self, t: &mut Txn) {
-        t.abort_pending = t.abort_pending.saturating_sub(1);
-        if t.abort_pending == 0 && t.state == TxnState::Aborting {
+    /// Participant `p` answered ABORT (or was given up on): once all have, settle.
+    async fn abort_answered(&self, t: &mut Txn, p: u8) {
+        let was_waiting = t.abort_pending.remove(&p);
+        if was_waiting && t.abort_pending.is_empty() && t.state == TxnState::Aborting {
             t.state = TxnState::Aborted;
             if self.write(t, None).await {
                 self.watchers.settled(t.id);
