@@ -40,6 +40,11 @@ async fn all_yes_commits_everywhere_with_a_logged_decision() {
         .iter()
         .map(|m| m["kind"].as_str().unwrap())
         .collect();
+    assert_eq!(
+        t["counts"],
+        json!({"messages": 12, "coordinator_forced_writes": 2}),
+        "per participant: Prepare, vote, COMMIT, ack (a request and its response are two)"
+    );
     for (kind, n) in [("prepare", 3), ("vote", 3), ("commit", 3), ("ack", 3)] {
         assert_eq!(
             kinds.iter().filter(|k| **k == kind).count(),

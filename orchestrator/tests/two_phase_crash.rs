@@ -12,11 +12,15 @@ use std::time::Duration;
 use common::participants::{Fake, fake, order_definition};
 use serde_json::{Value, json};
 
-fn spawn(db: &str, services: &str, port: u16, crash: Option<&str>) -> Child {
+/// The orchestrator binary as instance `instance` (leases of 1 s, so another instance takes
+/// over an orphan quickly).
+fn spawn(db: &str, services: &str, port: u16, instance: &str, crash: Option<&str>) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
     c.env("DATABASE_URL", db)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("INSTANCE_ID", "crash-test")
+        .env("INSTANCE_ID", instance)
+        .env("LEASE_TTL_MS", "1000")
+        .env("POLL_INTERVAL_MS", "100")
         .env("INVENTORY_URL", services)
         .env("PAYMENT_URL", services)
         .env("SHIPPING_URL", services)
@@ -62,9 +66,10 @@ async fn crashed(child: &mut Child) {
     panic!("the crash point was not reached");
 }
 
-/// Run one transaction into `point`, check the log at the crash, restart, and return the
-/// settled transaction and the participants' record.
-async fn crash_and_recover(point: &str) -> (Value, Value, Fake) {
+/// Run one transaction into `point`, check the log at the crash, restart (as the same
+/// instance, which takes its leases back at once, or as `recoverer`, which claims the orphan
+/// once its lease expires), and return the settled transaction and the participants' record.
+async fn crash_and_recover(point: &str, recoverer: &str) -> (Value, Value, Fake) {
     let (services, f) = fake().await;
     let db = tandem_kit::testing::fresh_database_url("tpc_crash").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -74,7 +79,13 @@ async fn crash_and_recover(point: &str) -> (Value, Value, Fake) {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut child = spawn(&db, &services, port, Some(&format!("{point}=1")));
+    let mut child = spawn(
+        &db,
+        &services,
+        port,
+        "crash-test",
+        Some(&format!("{point}=1")),
+    );
     healthy(&http, &url).await;
     let r = http
         .post(format!("{url}/definitions"))
@@ -98,7 +109,7 @@ async fn crash_and_recover(point: &str) -> (Value, Value, Fake) {
             .unwrap();
     let at_crash = json!({"decision": decision, "commits": f.log.lock().unwrap().commits});
 
-    let mut child = spawn(&db, &services, port, None);
+    let mut child = spawn(&db, &services, port, recoverer, None);
     healthy(&http, &url).await;
     let mut settled = Value::Null;
     for _ in 0..20 {
@@ -121,8 +132,8 @@ async fn crash_and_recover(point: &str) -> (Value, Value, Fake) {
 
 /// Crash at `point`; the log at the crash must be `at_crash`; after recovery every participant
 /// must have been told `outcome` ("commit" or "abort") and none the other.
-async fn expect(point: &str, at_crash: Value, outcome: &str) {
-    let (seen, t, f) = crash_and_recover(point).await;
+async fn expect(point: &str, recoverer: &str, at_crash: Value, outcome: &str) {
+    let (seen, t, f) = crash_and_recover(point, recoverer).await;
     assert_eq!(seen, at_crash, "the log at the crash");
     let (state, other) = match outcome {
         "commit" => ("committed", "aborted"),
@@ -148,17 +159,55 @@ async fn expect(point: &str, at_crash: Value, outcome: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_votes_before_the_decision_aborts_everywhere() {
     let no_decision = json!({"decision": null, "commits": 0});
-    expect("orchestrator.2pc.after_votes", no_decision, "abort").await;
+    expect(
+        "orchestrator.2pc.after_votes",
+        "crash-test",
+        no_decision,
+        "abort",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_logging_commit_before_sending_it_commits_everywhere() {
     let logged_not_sent = json!({"decision": "commit", "commits": 0});
-    expect("orchestrator.2pc.after_decision", logged_not_sent, "commit").await;
+    expect(
+        "orchestrator.2pc.after_decision",
+        "crash-test",
+        logged_not_sent,
+        "commit",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_in_the_middle_of_the_broadcast_commits_everywhere() {
     let one_told = json!({"decision": "commit", "commits": 1});
-    expect("orchestrator.2pc.mid_broadcast", one_told, "commit").await;
+    expect(
+        "orchestrator.2pc.mid_broadcast",
+        "crash-test",
+        one_told,
+        "commit",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_claims_the_orphan_and_finishes_it() {
+    let logged_not_sent = json!({"decision": "commit", "commits": 0});
+    expect(
+        "orchestrator.2pc.after_decision",
+        "other",
+        logged_not_sent,
+        "commit",
+    )
+    .await;
+    let no_decision = json!({"decision": null, "commits": 0});
+    expect(
+        "orchestrator.2pc.after_votes",
+        "other",
+        no_decision,
+        "abort",
+    )
+    .await;
 }

@@ -124,7 +124,14 @@ fn view_of(row: &TxnRow, messages: &[(i64, store::Message)]) -> Value {
         "state": row.state, "decision": row.decision, "decided_at": row.decided_at,
         "participants": participants,
         "lease": {"owner": row.lease_owner, "until": row.lease_until, "epoch": row.lease_epoch},
-        "created_at": row.created_at, "updated_at": row.updated_at, "messages": messages,
+        "created_at": row.created_at, "updated_at": row.updated_at,
+        // A request and its response are two messages; the coordinator forces its Begin (the
+        // row) and, to commit, the Commit record.
+        "counts": {
+            "messages": messages.len(),
+            "coordinator_forced_writes": 1 + usize::from(row.decision.as_deref() == Some("commit")),
+        },
+        "messages": messages,
     })
 }
 
