@@ -66,11 +66,10 @@ pub(super) async fn create(
     match begun {
         Begun::New { row, finished } => {
             let id = row.id;
-            if let Some(mut finished) = finished {
-                let _ = tokio::time::timeout(Duration::from_secs_f64(wait), &mut finished).await;
-                c.coordinator.unwatch(id);
-            }
-            let view = view(&c, id).await?;
+            let view = match finished {
+                Some(finished) => settled(&c, id, wait, Some(finished)).await?,
+                None => view(&c, id).await?,
+            };
             Ok((StatusCode::CREATED, [(header::LOCATION, format!("/transactions/{id}"))], Json(view)).into_response())
         }
         Begun::Existing(id) => Ok((StatusCode::OK, [(header::LOCATION, format!("/transactions/{id}"))], Json(view(&c, id).await?)).into_response()),
@@ -141,24 +140,38 @@ pub(super) async fn get_one(
     Query(p): Query<WaitParams>,
 ) -> Result<Json<Value>, Problem> {
     let wait = wait_secs(p.wait)?;
+    Ok(Json(settled(&c, id, wait, None).await?))
+}
+
+/// The view once the transaction is committed or aborted, or as it is after `wait` seconds.
+/// Woken when it settles here (`finished`, taken before it could settle, or a new waiter), and
+/// looks again every 250 ms (another instance may run it).
+async fn settled(
+    c: &Ctx,
+    id: Uuid,
+    wait: f64,
+    mut finished: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Result<Value, Problem> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-    loop {
-        let mut finished = c.coordinator.watch(id);
-        let row = store::get(&c.pool, id)
-            .await?
-            .ok_or_else(|| Problem::not_found(format!("no transaction {id}")))?;
+    let r = loop {
+        let mut woken = finished.take().unwrap_or_else(|| c.coordinator.watch(id));
+        let row = match store::get(&c.pool, id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => break Err(Problem::not_found(format!("no transaction {id}"))),
+            Err(e) => break Err(e.into()),
+        };
         if row.state.is_settled() || tokio::time::Instant::now() >= deadline {
-            c.coordinator.unwatch(id);
-            return Ok(Json(view(&c, id).await?));
+            break Ok(());
         }
-        // Woken when it settles here, or look again (another instance may run it).
         let tick = deadline.min(tokio::time::Instant::now() + Duration::from_millis(250));
         tokio::select! {
             _ = tokio::time::sleep_until(tick) => {}
-            _ = &mut finished => {}
+            _ = &mut woken => {}
         }
-        c.coordinator.unwatch(id);
-    }
+    };
+    c.coordinator.unwatch(id);
+    r?;
+    view(c, id).await
 }
 
 #[derive(Debug, Deserialize)]
