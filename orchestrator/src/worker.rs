@@ -88,6 +88,54 @@ impl Signals {
     }
 }
 
+/// The rows of one kind driven by this instance: at most `max` at once, never one twice.
+pub struct Slots {
+    active: Mutex<std::collections::HashSet<Uuid>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Slots {
+            active: Mutex::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+        }
+    }
+
+    /// A slot for row `id`, unless every slot is busy or it is driven here already.
+    pub fn take(&self, id: Uuid) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.active
+            .lock()
+            .expect("slots lock")
+            .insert(id)
+            .then_some(permit)
+    }
+
+    /// Row `id` stopped being driven here.
+    pub fn give_back(&self, id: Uuid, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.active.lock().expect("slots lock").remove(&id);
+        drop(permit);
+    }
+
+    pub fn free(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    pub fn held(&self) -> Vec<Uuid> {
+        self.active
+            .lock()
+            .expect("slots lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub fn contains(&self, id: Uuid) -> bool {
+        self.active.lock().expect("slots lock").contains(&id)
+    }
+}
+
 /// Waiters for rows of one kind to settle (POST-and-wait, long polls), each woken only by its
 /// own row.
 #[derive(Default)]

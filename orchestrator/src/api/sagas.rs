@@ -49,27 +49,29 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(k.to_string()))
 }
 
-/// What `POST /sagas` and `POST /transactions` share: `?wait`, the client's Idempotency-Key
-/// and the hash of the body, then the body itself.
-pub(super) struct Creation<T> {
-    pub wait: f64,
-    pub key: Option<String>,
-    pub hash: String,
-    pub body: T,
-}
-
+/// What `POST /sagas` and `POST /transactions` share: `?wait`, the client's Idempotency-Key,
+/// the hash of the whole body (`request_hash`), and `{"definition", "version"?, "input"}`.
 #[allow(clippy::result_large_err)] // `Problem` is what every handler answers
-pub(super) fn creation<T: serde::de::DeserializeOwned>(
+pub(super) fn run_request(
     p: WaitParams,
     headers: &HeaderMap,
+    request_hash: String,
     body: Value,
-) -> Result<Creation<T>, Problem> {
-    Ok(Creation {
-        wait: wait_secs(p.wait)?,
-        key: idempotency_key(headers)?,
-        hash: hash_json(&body),
-        body: from_value(body)?,
-    })
+) -> Result<(f64, StartSaga), Problem> {
+    let wait = wait_secs(p.wait)?;
+    let idempotency_key = idempotency_key(headers)?;
+    let req: CreateSaga = from_value(body)?;
+    Ok((
+        wait,
+        StartSaga {
+            definition: req.definition,
+            version: req.version,
+            input: req.input,
+            idempotency_key,
+            request_hash,
+            watch: wait > 0.0,
+        },
+    ))
 }
 
 pub(super) async fn create(
@@ -78,23 +80,9 @@ pub(super) async fn create(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
-    let Creation {
-        wait,
-        key,
-        hash,
-        body: req,
-    } = creation::<CreateSaga>(p, &headers, body)?;
-    let started = c
-        .driver
-        .start(StartSaga {
-            definition: req.definition,
-            version: req.version,
-            input: req.input,
-            idempotency_key: key,
-            request_hash: hash,
-            watch: wait > 0.0,
-        })
-        .await?;
+    let hash = hash_json(&body);
+    let (wait, start) = run_request(p, &headers, hash, body)?;
+    let started = c.driver.start(start).await?;
     match started {
         Started::New {
             row,

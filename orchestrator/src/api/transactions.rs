@@ -15,18 +15,25 @@ use tandem_protocols::Outcome;
 use uuid::Uuid;
 
 use super::Ctx;
-use super::sagas::{Creation, WaitParams, creation, wait_secs};
+use super::sagas::{WaitParams, run_request, wait_secs};
 use crate::commit::coordinator::{Begin, Begun};
 use crate::commit::{TxnRow, TxnState, store};
+use crate::driver::start::hash_json;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BeginTxn {
-    protocol: String,
-    definition: String,
-    #[serde(default)]
-    version: Option<String>,
-    input: Value,
+/// Take `protocol` out of the body (the rest is what `POST /sagas` takes).
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+fn take_protocol(body: &mut Value) -> Result<String, Problem> {
+    match body.as_object_mut().and_then(|m| m.remove("protocol")) {
+        Some(Value::String(p)) => Ok(p),
+        Some(_) => Err(Problem::invalid(
+            "/protocol",
+            "must be a string such as \"2pc\"",
+        )),
+        None => Err(Problem::invalid(
+            "/protocol",
+            "missing required field `protocol`",
+        )),
+    }
 }
 
 pub(super) async fn create(
@@ -35,23 +42,13 @@ pub(super) async fn create(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
-    let Creation {
-        wait,
-        key,
-        hash,
-        body: req,
-    } = creation::<BeginTxn>(p, &headers, body)?;
+    let hash = hash_json(&body);
+    let mut body = body;
+    let protocol = take_protocol(&mut body)?;
+    let (wait, run) = run_request(p, &headers, hash, body)?;
     let begun = c
         .coordinator
-        .begin(Begin {
-            protocol: req.protocol,
-            definition: req.definition,
-            version: req.version,
-            input: req.input,
-            idempotency_key: key,
-            request_hash: hash,
-            watch: wait > 0.0,
-        })
+        .begin(Begin { protocol, run })
         .await?
         .map_err(|e| {
             Problem::new(

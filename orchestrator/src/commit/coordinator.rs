@@ -2,14 +2,14 @@
 //! begins one ([`Coordinator::begin`]), the decision participants ask for
 //! ([`Coordinator::decision`]), and its part in the background loops ([`Worker`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tandem_kit::problem::FieldIssue;
 use tandem_protocols::Outcome;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use uuid::Uuid;
 
 use super::store::{self, Created, NewTxn};
@@ -20,17 +20,12 @@ use crate::lease::{Leases, Take};
 use crate::registry::Registry;
 use crate::text::{check_json, check_str};
 use crate::wake::Releaser;
-use crate::worker::{Signals, Watchers, Worker};
+use crate::worker::{Signals, Slots, Watchers, Worker};
 
-/// A request to begin a transaction.
+/// A request to begin a transaction: a protocol, and what a saga would take.
 pub struct Begin {
     pub protocol: String,
-    pub definition: String,
-    pub version: Option<String>,
-    pub input: Value,
-    pub idempotency_key: Option<String>,
-    pub request_hash: String,
-    pub watch: bool,
+    pub run: crate::driver::StartSaga,
 }
 
 /// What beginning a transaction did.
@@ -58,8 +53,7 @@ pub struct Coordinator {
     pub(super) leases: Leases,
     pub(super) registry: Arc<Registry>,
     pub(super) http: reqwest::Client,
-    active: Mutex<HashSet<Uuid>>,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     signals: Signals,
     pub(super) watchers: Watchers,
     pub(super) releaser: Releaser,
@@ -84,8 +78,7 @@ impl Coordinator {
             releaser: Releaser::start(leases.clone()),
             leases,
             registry,
-            active: Mutex::new(HashSet::new()),
-            slots: Arc::new(Semaphore::new(max_active)),
+            slots: Slots::new(max_active),
             signals: Signals::default(),
             watchers: Watchers::default(),
             shutdown,
@@ -113,9 +106,10 @@ impl Coordinator {
 
     /// Check a request to begin: protocol, storable text, known definition, valid input, and
     /// no body that reads another step's output (every Prepare goes out in one round).
-    async fn check(&self, req: &Begin) -> Result<(String, Arc<crate::saga::Definition>)> {
+    async fn check(&self, begin: &Begin) -> Result<(String, Arc<crate::saga::Definition>)> {
+        let req = &begin.run;
         let mut issues: Vec<FieldIssue> = Vec::new();
-        issues.extend(check_str(&req.protocol, "/protocol").err());
+        issues.extend(check_str(&begin.protocol, "/protocol").err());
         issues.extend(check_str(&req.definition, "/definition").err());
         issues.extend(
             req.version
@@ -126,10 +120,10 @@ impl Coordinator {
         if !issues.is_empty() {
             return Err(Error::Invalid(issues));
         }
-        if req.protocol != "2pc" {
+        if begin.protocol != "2pc" {
             return Err(Error::invalid(
                 "/protocol",
-                format!("unknown protocol {:?}; supported: \"2pc\"", req.protocol),
+                format!("unknown protocol {:?}; supported: \"2pc\"", begin.protocol),
             ));
         }
         let (version, def) = self
@@ -224,9 +218,10 @@ impl Coordinator {
     /// Prepare), then run its coordinator here. Nothing is stored for a refused request.
     pub async fn begin(
         self: &Arc<Self>,
-        req: Begin,
+        begin: Begin,
     ) -> Result<std::result::Result<Begun, CannotPrepare>> {
-        let (version, def) = self.check(&req).await?;
+        let (version, def) = self.check(&begin).await?;
+        let (protocol, req) = (begin.protocol, begin.run);
         if let Err(e) = self.capability(&def).await {
             return Ok(Err(e));
         }
@@ -250,7 +245,7 @@ impl Coordinator {
             self.leases.pool(),
             &NewTxn {
                 id,
-                protocol: &req.protocol,
+                protocol: &protocol,
                 definition: &def.name,
                 version: &version,
                 business_key: business_key.as_deref(),
@@ -289,7 +284,7 @@ impl Coordinator {
             if let Some(d) = &row.decision {
                 return Ok(Some(outcome_of(d)));
             }
-            if self.active.lock().expect("active lock").contains(&id) {
+            if self.slots.contains(id) {
                 return Ok(None);
             }
             let Some(taken) = self
@@ -329,26 +324,15 @@ impl Coordinator {
         }
     }
 
-    /// A slot for transaction `id`, unless every slot is busy or it is run here already.
-    fn activate(&self, id: Uuid) -> Option<OwnedSemaphorePermit> {
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
-        self.active
-            .lock()
-            .expect("active lock")
-            .insert(id)
-            .then_some(permit)
-    }
-
     pub(super) fn finish(&self, id: Uuid, permit: OwnedSemaphorePermit) {
-        self.active.lock().expect("active lock").remove(&id);
-        drop(permit);
+        self.slots.give_back(id, permit);
         self.signals.slot_freed();
     }
 
     /// Run the coordinator of a transaction leased here (`fresh`: just logged, begin it;
     /// otherwise recover it from its log).
     fn run(self: &Arc<Self>, row: TxnRow, fresh: bool) {
-        let Some(permit) = self.activate(row.id) else {
+        let Some(permit) = self.slots.take(row.id) else {
             self.signals.starve();
             let me = self.clone();
             tokio::spawn(async move { me.releaser.release(row.id, row.lease_epoch).await });
@@ -380,15 +364,10 @@ impl Worker for Coordinator {
         &self.signals
     }
     fn free_slots(&self) -> usize {
-        self.slots.available_permits()
+        self.slots.free()
     }
     fn held(&self) -> Vec<Uuid> {
-        self.active
-            .lock()
-            .expect("active lock")
-            .iter()
-            .copied()
-            .collect()
+        self.slots.held()
     }
     fn start(self: &Arc<Self>, row: TxnRow) {
         self.run(row, false);

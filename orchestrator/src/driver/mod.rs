@@ -20,11 +20,10 @@ mod call;
 mod run;
 pub mod start;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -33,7 +32,7 @@ use crate::registry::Registry;
 use crate::saga::Input;
 use crate::store::SagaRow;
 use crate::wake::Releaser;
-use crate::worker::{Signals, Watchers, Worker};
+use crate::worker::{Signals, Slots, Watchers, Worker};
 use crate::writer::TransitionWriter;
 
 pub use start::{StartSaga, Started};
@@ -42,9 +41,8 @@ pub struct Driver {
     leases: Leases,
     registry: Arc<Registry>,
     http: reqwest::Client,
-    /// Sagas being driven here (never drive one twice in one process).
-    active: Mutex<HashSet<Uuid>>,
-    slots: Arc<Semaphore>,
+    /// Sagas being driven here (never one twice in one process; at most MAX_ACTIVE_SAGAS).
+    slots: Slots,
     /// Per-saga waiters (POST-and-wait, long polls), woken only by their own saga.
     watchers: Watchers,
     signals: Signals,
@@ -83,8 +81,7 @@ impl Driver {
             leases,
             registry,
             http,
-            active: Mutex::new(HashSet::new()),
-            slots: Arc::new(Semaphore::new(config.max_active)),
+            slots: Slots::new(config.max_active),
             watchers: Watchers::default(),
             signals: Signals::default(),
             writer,
@@ -127,19 +124,13 @@ impl Driver {
 
     /// A slot for saga `id`, unless every slot is busy or it is already driven here.
     fn try_activate(&self, id: Uuid) -> Option<OwnedSemaphorePermit> {
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
-        if self.active.lock().expect("active lock").insert(id) {
-            Some(permit)
-        } else {
-            None
-        }
+        self.slots.take(id)
     }
 
     /// A saga stopped being driven here: free its slot, and if work was turned away for lack
     /// of one, run a claim pass now (after the permit is back, so the pass sees the free slot).
     fn finish(&self, id: Uuid, permit: OwnedSemaphorePermit) {
-        self.active.lock().expect("active lock").remove(&id);
-        drop(permit);
+        self.slots.give_back(id, permit);
         self.signals.slot_freed();
     }
 
@@ -153,9 +144,7 @@ impl Driver {
     /// Wait until every saga driven here has stopped (after shutdown was signalled).
     pub async fn drain(&self, max: Duration) {
         let deadline = tokio::time::Instant::now() + max;
-        while !self.active.lock().expect("active lock").is_empty()
-            && tokio::time::Instant::now() < deadline
-        {
+        while !self.slots.held().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -170,15 +159,10 @@ impl Worker for Driver {
         &self.signals
     }
     fn free_slots(&self) -> usize {
-        self.slots.available_permits()
+        self.slots.free()
     }
     fn held(&self) -> Vec<Uuid> {
-        self.active
-            .lock()
-            .expect("active lock")
-            .iter()
-            .copied()
-            .collect()
+        self.slots.held()
     }
     fn start(self: &Arc<Self>, row: SagaRow) {
         self.spawn_leased(row, Input::Wake);
