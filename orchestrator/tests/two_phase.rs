@@ -244,3 +244,26 @@ async fn a_query_to_another_instance_while_votes_are_collected_never_splits() {
     );
     assert!(log.aborts >= 3, "every participant was told to abort");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_cannot_prepare_is_named_at_once_and_nothing_is_stored() {
+    let (o, f) = setup("tpc_cannot").await;
+    f.cannot_prepare
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (s, b) = o.post("/transactions", &begin("o-9")).await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(
+        b["type"],
+        "urn:tandem:problem:prepared-transactions-disabled"
+    );
+    assert_eq!(b["setting"], "max_prepared_transactions");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_prepared_transactions = 0"),
+        "{b}"
+    );
+    assert_eq!(o.count("transactions").await, 0);
+    assert_eq!(f.log.lock().unwrap().prepares, 0);
+}

@@ -31,6 +31,8 @@ pub struct Fake {
     pub held_step: Arc<Mutex<Option<u64>>>,
     pub gate: Arc<Semaphore>,
     pub url: Arc<Mutex<String>>,
+    /// `GET /2pc/status` says it cannot prepare (`max_prepared_transactions = 0`).
+    pub cannot_prepare: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn prepare(State(f): State<Fake>, axum::Json(b): axum::Json<Value>) -> axum::Json<Value> {
@@ -77,6 +79,7 @@ pub async fn fake() -> (String, Fake) {
         held_step: Arc::default(),
         gate: Arc::new(Semaphore::new(0)),
         url: Arc::default(),
+        cannot_prepare: Arc::default(),
     };
     let app = axum::Router::new()
         .route("/2pc/prepare", post(prepare))
@@ -98,8 +101,10 @@ pub async fn fake() -> (String, Fake) {
         )
         .route(
             "/2pc/status",
-            get(|| async {
-                axum::Json(json!({"can_prepare": true, "max_prepared_transactions": 256}))
+            get(|State(f): State<Fake>| async move {
+                let off = f.cannot_prepare.load(std::sync::atomic::Ordering::SeqCst);
+                let max = if off { 0 } else { 256 };
+                axum::Json(json!({"can_prepare": !off, "max_prepared_transactions": max}))
             }),
         )
         .with_state(f.clone());
