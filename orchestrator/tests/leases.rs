@@ -48,6 +48,7 @@ impl Leased for Job {
     }
 }
 
+/// A fresh database with a `jobs` table.
 async fn jobs_db() -> PgPool {
     let url = tandem_kit::testing::fresh_database_url("leases_jobs").await;
     let pool = tandem_kit::db::connect(&url, 4).await.unwrap();

@@ -69,9 +69,13 @@ async fn crashed(child: &mut Child) {
 /// Run one transaction into `point`, check the log at the crash, restart (as the same
 /// instance, which takes its leases back at once, or as `recoverer`, which claims the orphan
 /// once its lease expires), and return the settled transaction and the participants' record.
-async fn crash_and_recover(point: &str, recoverer: &str) -> (Value, Value, Fake) {
+async fn crash_and_recover(
+    point: &str,
+    recoverer: &str,
+) -> (Value, Value, Fake, common::DropOnPass) {
     let (services, f) = fake().await;
     let db = tandem_kit::testing::fresh_database_url("tpc_crash").await;
+    let guard = common::DropOnPass(db.clone());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -127,13 +131,13 @@ async fn crash_and_recover(point: &str, recoverer: &str) -> (Value, Value, Fake)
     }
     let _ = child.kill();
     let _ = child.wait();
-    (at_crash, settled, f)
+    (at_crash, settled, f, guard)
 }
 
 /// Crash at `point`; the log at the crash must be `at_crash`; after recovery every participant
 /// must have been told `outcome` ("commit" or "abort") and none the other.
 async fn expect(point: &str, recoverer: &str, at_crash: Value, outcome: &str) {
-    let (seen, t, f) = crash_and_recover(point, recoverer).await;
+    let (seen, t, f, _db) = crash_and_recover(point, recoverer).await;
     assert_eq!(seen, at_crash, "the log at the crash");
     let (state, other) = match outcome {
         "commit" => ("committed", "aborted"),

@@ -16,6 +16,35 @@ pub struct Orch {
     pub database_url: String,
 }
 
+/// Drops a test's database when the test passes; keeps it (and says where) when it fails. Only
+/// for a database nothing connects to any more (an in-process orchestrator would reconnect).
+pub struct DropOnPass(pub String);
+
+impl Drop for DropOnPass {
+    fn drop(&mut self) {
+        let url = self.0.clone();
+        let name = url.rsplit('/').next().unwrap_or_default().to_string();
+        if std::thread::panicking() {
+            eprintln!("kept the test database {name} for debugging ({url})");
+            return;
+        }
+        let server = tandem_kit::testing::server_url();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::PgPool::connect(&server).await {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// An orchestrator whose services all point at `service_url`, on a fresh database.
 pub async fn start(
     name: &str,
