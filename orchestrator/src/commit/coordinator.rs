@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tandem_kit::problem::FieldIssue;
-use tandem_protocols::Outcome;
+use tandem_protocols::two_phase::{self, Msg, Record};
+use tandem_protocols::{Action, Input, NodeId, Outcome, Role};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use uuid::Uuid;
 
@@ -272,14 +273,17 @@ impl Coordinator {
     }
 
     /// "What was decided?" (a participant asks). A logged decision is answered. Otherwise, if
-    /// this instance runs the transaction, nothing yet (None: ask again — it is collecting
-    /// votes). Otherwise this instance first takes the lease (bumping the epoch, which fences
-    /// the owner's Commit write), then writes Abort, and only then answers abort (presumed
-    /// abort); it then delivers the abort to every participant.
+    /// this instance runs the transaction, nothing yet (None: ask again — its core answers
+    /// nothing while it collects votes). Otherwise the core, recovered from the log (`Begin`
+    /// without a decision), would force Abort: only a lease owner may write, so this instance
+    /// first takes the lease (bumping the epoch, which fences the owner's Commit write), writes
+    /// Abort, and only then answers what the core answers a query (abort); it then delivers the
+    /// abort to every participant.
     pub async fn decision(self: &Arc<Self>, id: Uuid) -> Result<Option<Outcome>> {
         loop {
             let Some(row) = store::get(self.leases.pool(), id).await? else {
-                return Ok(Some(Outcome::Abort)); // never logged: presumed abort
+                // Never logged: a core that knows nothing answers abort (presumed abort).
+                return Ok(answer_query(&mut two_phase::Coordinator::recover(1, &[]).0));
             };
             if let Some(d) = &row.decision {
                 return Ok(Some(outcome_of(d)));
@@ -287,41 +291,48 @@ impl Coordinator {
             if self.slots.contains(id) {
                 return Ok(None);
             }
-            let Some(taken) = self
-                .leases
-                .take::<TxnRow>(id, Take::Steal, "decision IS NULL")
-                .await?
-            else {
+            let n = row.participants.len() as u8;
+            let (mut core, actions) =
+                two_phase::Coordinator::recover(n, &super::drive::records(&row));
+            if actions.contains(&Action::ForceWrite(Record::Abort))
+                && !self.take_over_and_abort(id).await?
+            {
                 continue; // decided meanwhile: read it
-            };
-            let mut parts = taken.participants.clone();
-            for p in &mut parts {
-                if p.state == "pending" || p.state == "prepared" {
-                    p.last_error = Some("presumed abort: asked while undecided".into());
-                }
             }
-            let written = store::progress(
-                self.leases.pool(),
-                id,
-                taken.lease_epoch,
-                &store::Progress {
-                    state: super::TxnState::Aborting,
-                    decision: Some("abort"),
-                    participants: &parts,
-                    messages: &[],
-                },
-            )
-            .await?;
-            if written {
-                tracing::warn!(txn = %id, epoch = taken.lease_epoch, "undecided transaction taken over to answer a participant: abort (presumed)");
-                let mut row = taken;
-                row.decision = Some("abort".into());
-                row.state = super::TxnState::Aborting;
-                row.participants = parts;
-                self.run(row, false);
-                return Ok(Some(Outcome::Abort));
+            return Ok(answer_query(&mut core));
+        }
+    }
+
+    /// Take the lease of an undecided transaction (fencing its owner), force Abort with the new
+    /// epoch, and run its coordinator here (which tells every participant). False: it was
+    /// decided meanwhile.
+    async fn take_over_and_abort(self: &Arc<Self>, id: Uuid) -> Result<bool> {
+        let Some(mut row) = self
+            .leases
+            .take::<TxnRow>(id, Take::Steal, "decision IS NULL")
+            .await?
+        else {
+            return Ok(false);
+        };
+        for p in &mut row.participants {
+            if p.state == "pending" || p.state == "prepared" {
+                p.last_error = Some("presumed abort: asked while undecided".into());
             }
         }
+        let progress = store::Progress {
+            state: super::TxnState::Aborting,
+            decision: Some("abort"),
+            participants: &row.participants,
+            messages: &[],
+        };
+        if !store::progress(self.leases.pool(), id, row.lease_epoch, &progress).await? {
+            return Ok(false);
+        }
+        tracing::warn!(txn = %id, epoch = row.lease_epoch, "undecided transaction taken over to answer a participant: abort (presumed)");
+        row.decision = Some("abort".into());
+        row.state = super::TxnState::Aborting;
+        self.run(row, false);
+        Ok(true)
     }
 
     pub(super) fn finish(&self, id: Uuid, permit: OwnedSemaphorePermit) {
@@ -345,6 +356,21 @@ impl Coordinator {
             me.finish(id, permit);
         });
     }
+}
+
+/// What the core answers a participant's query.
+fn answer_query(core: &mut two_phase::Coordinator) -> Option<Outcome> {
+    let query = Input::Receive {
+        from: NodeId::Participant(0),
+        msg: Msg::Query,
+    };
+    core.handle(query).into_iter().find_map(|a| match a {
+        Action::Send {
+            msg: Msg::Outcome(o),
+            ..
+        } => Some(o),
+        _ => None,
+    })
 }
 
 pub(super) fn outcome_of(d: &str) -> Outcome {

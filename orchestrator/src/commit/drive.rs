@@ -73,20 +73,20 @@ impl Txn {
             detail,
         });
     }
+}
 
-    /// The core's stable log as this row records it.
-    fn records(row: &TxnRow) -> Vec<Record> {
-        let mut log = vec![Record::Begin];
-        match row.decision.as_deref() {
-            Some("commit") => log.push(Record::Commit),
-            Some(_) => log.push(Record::Abort),
-            None => {}
-        }
-        if row.state.is_settled() {
-            log.push(Record::End);
-        }
-        log
+/// The core's stable log as a transaction row records it.
+pub(super) fn records(row: &TxnRow) -> Vec<Record> {
+    let mut log = vec![Record::Begin];
+    match row.decision.as_deref() {
+        Some("commit") => log.push(Record::Commit),
+        Some(_) => log.push(Record::Abort),
+        None => {}
     }
+    if row.state.is_settled() {
+        log.push(Record::End);
+    }
+    log
 }
 
 impl Coordinator {
@@ -115,7 +115,7 @@ impl Coordinator {
             let a = c.handle(Input::Begin);
             (c, a)
         } else {
-            two_phase::Coordinator::recover(n, &Txn::records(&row))
+            two_phase::Coordinator::recover(n, &records(&row))
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut t = Txn {
