@@ -106,12 +106,15 @@ async fn crash_and_recover(
         .await;
     crashed(&mut child).await;
     let pool = tandem_kit::db::connect(&db, 1).await.unwrap();
-    let (id, decision): (uuid::Uuid, Option<String>) =
-        sqlx::query_as("SELECT id, decision FROM transactions")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    let at_crash = json!({"decision": decision, "commits": f.log.lock().unwrap().commits});
+    let (id, decision, votes): (uuid::Uuid, Option<String>, i64) = sqlx::query_as(
+        "SELECT id, decision, (SELECT count(*) FROM jsonb_array_elements(participants) p \
+             WHERE p->>'vote' = 'yes' AND p->>'prepared_at' IS NOT NULL) FROM transactions",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let commits = f.log.lock().unwrap().commits;
+    let at_crash = json!({"decision": decision, "yes_votes": votes, "commits": commits});
 
     let mut child = spawn(&db, &services, port, recoverer, None);
     healthy(&http, &url).await;
@@ -148,6 +151,12 @@ async fn expect(point: &str, recoverer: &str, at_crash: Value, outcome: &str) {
         (Some(state), Some(outcome)),
         "{t}"
     );
+    for p in t["participants"].as_array().unwrap() {
+        assert!(
+            p["lock_hold_ms"].as_i64().is_some(),
+            "lock-hold time across the crash: {p}"
+        );
+    }
     let log = f.log.lock().unwrap();
     let told: Vec<&String> = log.state.values().collect();
     assert_eq!(told.len(), 3, "{:?}", log.state);
@@ -162,7 +171,7 @@ async fn expect(point: &str, recoverer: &str, at_crash: Value, outcome: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_votes_before_the_decision_aborts_everywhere() {
-    let no_decision = json!({"decision": null, "commits": 0});
+    let no_decision = json!({"decision": null, "yes_votes": 3, "commits": 0});
     expect(
         "orchestrator.2pc.after_votes",
         "crash-test",
@@ -174,7 +183,7 @@ async fn crash_after_the_votes_before_the_decision_aborts_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_logging_commit_before_sending_it_commits_everywhere() {
-    let logged_not_sent = json!({"decision": "commit", "commits": 0});
+    let logged_not_sent = json!({"decision": "commit", "yes_votes": 3, "commits": 0});
     expect(
         "orchestrator.2pc.after_decision",
         "crash-test",
@@ -186,7 +195,7 @@ async fn crash_after_logging_commit_before_sending_it_commits_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_in_the_middle_of_the_broadcast_commits_everywhere() {
-    let one_told = json!({"decision": "commit", "commits": 1});
+    let one_told = json!({"decision": "commit", "yes_votes": 3, "commits": 1});
     expect(
         "orchestrator.2pc.mid_broadcast",
         "crash-test",
@@ -198,7 +207,7 @@ async fn crash_in_the_middle_of_the_broadcast_commits_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instance_claims_the_orphan_and_finishes_it() {
-    let logged_not_sent = json!({"decision": "commit", "commits": 0});
+    let logged_not_sent = json!({"decision": "commit", "yes_votes": 3, "commits": 0});
     expect(
         "orchestrator.2pc.after_decision",
         "other",
@@ -206,7 +215,7 @@ async fn another_instance_claims_the_orphan_and_finishes_it() {
         "commit",
     )
     .await;
-    let no_decision = json!({"decision": null, "commits": 0});
+    let no_decision = json!({"decision": null, "yes_votes": 3, "commits": 0});
     expect(
         "orchestrator.2pc.after_votes",
         "other",

@@ -90,13 +90,22 @@ pub(super) fn records(row: &TxnRow) -> Vec<Record> {
 }
 
 impl Coordinator {
-    /// Coordinate transaction `row` (leased here) until it settles, is fenced or shutdown.
-    pub(super) async fn drive(self: &Arc<Self>, row: TxnRow, fresh: bool) {
+    /// Rebuild one transaction's coordinator: its definition, Prepare bodies, and the core —
+    /// fresh (begin it) or recovered from the log — with the actions it starts with.
+    async fn open(
+        &self,
+        row: TxnRow,
+        fresh: bool,
+    ) -> Option<(
+        Txn,
+        Vec<Action<Msg, Record, Timer>>,
+        mpsc::UnboundedReceiver<Event>,
+    )> {
         let def = match self.registry.get(&row.definition, &row.version).await {
             Ok(Some(def)) => def,
             other => {
                 tracing::error!(txn = %row.id, ?other, "cannot load the transaction's definition");
-                return;
+                return None;
             }
         };
         let ctx = json!({ "saga": { "id": row.id.to_string() }, "input": row.input, "steps": {} });
@@ -107,7 +116,7 @@ impl Coordinator {
             .collect();
         let Ok(bodies) = bodies else {
             tracing::error!(txn = %row.id, "a Prepare body does not render");
-            return;
+            return None;
         };
         let n = row.participants.len() as u8;
         let (core, actions) = if fresh {
@@ -117,8 +126,8 @@ impl Coordinator {
         } else {
             two_phase::Coordinator::recover(n, &records(&row))
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut t = Txn {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let t = Txn {
             id: row.id,
             epoch: row.lease_epoch,
             core,
@@ -134,6 +143,14 @@ impl Coordinator {
             done: row.state.is_settled(),
             tx,
         };
+        Some((t, actions, rx))
+    }
+
+    /// Coordinate transaction `row` (leased here) until it settles, is fenced or shutdown.
+    pub(super) async fn drive(self: &Arc<Self>, row: TxnRow, fresh: bool) {
+        let Some((mut t, actions, mut rx)) = self.open(row, fresh).await else {
+            return;
+        };
         if !self.execute(&mut t, actions).await {
             return;
         }
@@ -146,10 +163,19 @@ impl Coordinator {
                 .map(|(k, at)| (k.clone(), *at));
             let far = Instant::now() + Duration::from_secs(3600);
             let input = tokio::select! {
-                Some(ev) = rx.recv() => match self.on_event(&mut t, ev).await {
-                    Some(input) => input,
-                    None => continue,
-                },
+                Some(ev) = rx.recv() => {
+                    let vote = matches!(ev, Event::Vote { .. });
+                    let input = self.on_event(&mut t, ev).await;
+                    // A vote is recorded before the core sees it (not a forced write of the
+                    // protocol: it shows who holds locks since when, also after a crash).
+                    if vote && t.state == TxnState::Preparing && !self.write(&mut t, None).await {
+                        return;
+                    }
+                    match input {
+                        Some(input) => input,
+                        None => continue,
+                    }
+                }
                 _ = tokio::time::sleep_until(next.as_ref().map_or(far, |n| n.1)), if next.is_some() => {
                     let timer = next.expect("armed").0;
                     t.timers.remove(&timer);
