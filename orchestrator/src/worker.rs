@@ -182,10 +182,16 @@ pub trait Worker: Send + Sync + 'static {
     type Row: Leased;
     fn leases(&self) -> &Leases;
     fn signals(&self) -> &Signals;
+    /// The rows driven here.
+    fn slots(&self) -> &Slots;
     /// How many more rows this instance can drive now.
-    fn free_slots(&self) -> usize;
+    fn free_slots(&self) -> usize {
+        self.slots().free()
+    }
     /// The rows driven here (their leases are renewed).
-    fn held(&self) -> Vec<Uuid>;
+    fn held(&self) -> Vec<Uuid> {
+        self.slots().held()
+    }
     /// Drive a row just claimed (or hand it back if it cannot be taken now).
     fn start(self: &Arc<Self>, row: Self::Row);
 }

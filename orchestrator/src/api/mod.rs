@@ -58,6 +58,34 @@ pub fn router(ctx: Ctx) -> Router {
     tandem_kit::http::finish(r)
 }
 
+/// `?limit=` of a list: 1 to 500, default 50.
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+pub(super) fn list_limit(limit: Option<i64>) -> Result<i64, Problem> {
+    let limit = limit.unwrap_or(50);
+    if (1..=500).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Problem::invalid(
+            "/query/limit",
+            "must be between 1 and 500",
+        ))
+    }
+}
+
+/// One page of a newest-first list read with `limit + 1` rows: `{"items", "next_cursor"}` (the
+/// last item's id when there are more).
+pub(super) fn page<R>(
+    rows: &[R],
+    limit: i64,
+    id: impl Fn(&R) -> uuid::Uuid,
+    item: impl Fn(&R) -> Value,
+) -> Value {
+    let limit = limit as usize;
+    let next_cursor = (rows.len() > limit).then(|| id(&rows[limit - 1]).to_string());
+    let items: Vec<Value> = rows.iter().take(limit).map(item).collect();
+    json!({ "items": items, "next_cursor": next_cursor })
+}
+
 async fn healthz(State(c): State<Ctx>) -> Result<Json<Value>, Problem> {
     sqlx::query("SELECT 1")
         .execute(&c.pool)

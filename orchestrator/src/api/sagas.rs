@@ -258,13 +258,7 @@ pub(super) async fn list(
     State(c): State<Ctx>,
     Query(p): Query<ListParams>,
 ) -> Result<Json<Value>, Problem> {
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Problem::invalid(
-            "/query/limit",
-            "must be between 1 and 500",
-        ));
-    }
+    let limit = super::list_limit(p.limit)?;
     if let Some(d) = &p.definition {
         check_str(d, "/query/definition").map_err(|i| Problem::invalid_fields(vec![i]))?;
     }
@@ -276,23 +270,17 @@ pub(super) async fn list(
         limit + 1,
     )
     .await?;
-    let more = rows.len() as i64 > limit;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(limit as usize)
-        .map(|r| {
+    Ok(Json(super::page(
+        &rows,
+        limit,
+        |r| r.id,
+        |r| {
             json!({
                 "id": r.id, "definition": r.definition, "version": r.version, "status": r.status,
                 "business_key": r.business_key, "created_at": r.created_at, "updated_at": r.updated_at,
             })
-        })
-        .collect();
-    let next_cursor = if more {
-        rows.get(limit as usize - 1).map(|r| r.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+        },
+    )))
 }
 
 pub(super) async fn retry(State(c): State<Ctx>, Path(id): Path<Uuid>) -> Result<Response, Problem> {

@@ -183,27 +183,19 @@ pub(super) async fn list(
     State(c): State<Ctx>,
     Query(p): Query<ListParams>,
 ) -> Result<Json<Value>, Problem> {
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Problem::invalid(
-            "/query/limit",
-            "must be between 1 and 500",
-        ));
-    }
+    let limit = super::list_limit(p.limit)?;
     let rows = store::list(&c.pool, p.state, p.cursor, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(limit as usize)
-        .map(|r| {
+    Ok(Json(super::page(
+        &rows,
+        limit,
+        |r| r.id,
+        |r| {
             json!({
                 "id": r.id, "protocol": r.protocol, "definition": r.definition, "state": r.state,
                 "decision": r.decision, "business_key": r.business_key, "created_at": r.created_at,
             })
-        })
-        .collect();
-    let next_cursor = more.then(|| rows[limit as usize - 1].id.to_string());
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+        },
+    )))
 }
 
 /// `GET /transactions/{id}/decision`: 200 `{"decision": "commit"|"abort"}`, or 503 with

@@ -389,11 +389,8 @@ impl Worker for Coordinator {
     fn signals(&self) -> &Signals {
         &self.signals
     }
-    fn free_slots(&self) -> usize {
-        self.slots.free()
-    }
-    fn held(&self) -> Vec<Uuid> {
-        self.slots.held()
+    fn slots(&self) -> &Slots {
+        &self.slots
     }
     fn start(self: &Arc<Self>, row: TxnRow) {
         self.run(row, false);

@@ -158,11 +158,8 @@ impl Worker for Driver {
     fn signals(&self) -> &Signals {
         &self.signals
     }
-    fn free_slots(&self) -> usize {
-        self.slots.free()
-    }
-    fn held(&self) -> Vec<Uuid> {
-        self.slots.held()
+    fn slots(&self) -> &Slots {
+        &self.slots
     }
     fn start(self: &Arc<Self>, row: SagaRow) {
         self.spawn_leased(row, Input::Wake);
