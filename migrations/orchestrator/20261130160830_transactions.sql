@@ -52,3 +52,16 @@ CREATE TABLE transaction_keys (
     created_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX transaction_keys_created ON transaction_keys (created_at);
+
+-- One business-key namespace for sagas and transactions: order 1001 cannot run as both. Every
+-- creation inserts its key here in the statement (or transaction) that creates the saga or the
+-- transaction, so two concurrent creations of one key serialise on this primary key.
+CREATE TABLE business_keys (
+    definition   text NOT NULL,
+    business_key text NOT NULL,
+    kind         text NOT NULL CHECK (kind IN ('saga', 'transaction')),
+    id           uuid NOT NULL,
+    PRIMARY KEY (definition, business_key)
+);
+INSERT INTO business_keys (definition, business_key, kind, id)
+    SELECT definition, business_key, 'saga', id FROM sagas WHERE business_key IS NOT NULL;

@@ -267,3 +267,30 @@ async fn a_participant_that_cannot_prepare_is_named_at_once_and_nothing_is_store
     assert_eq!(o.count("transactions").await, 0);
     assert_eq!(f.log.lock().unwrap().prepares, 0);
 }
+
+/// The namespace holds under concurrency: a saga and a transaction created at the same moment
+/// for one business key never both exist (they serialise on the shared key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_saga_and_transaction_for_one_key_one_wins() {
+    let (o, _f) = setup("tpc_race").await;
+    for i in 0..15 {
+        let order = format!("race-{i}");
+        let saga = json!({"definition": "order", "input": {"order_id": order}});
+        let txn = begin(&order);
+        let (s1, s2) = tokio::join!(o.post("/sagas", &saga), o.post("/transactions", &txn));
+        let created = [s1.0.as_u16(), s2.0.as_u16()];
+        assert!(
+            created == [201, 409] || created == [409, 201],
+            "{order}: exactly one wins: {created:?} {} {}",
+            s1.1,
+            s2.1
+        );
+    }
+    let both: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sagas s JOIN transactions t USING (definition, business_key)",
+    )
+    .fetch_one(&o.pool)
+    .await
+    .unwrap();
+    assert_eq!(both, 0);
+}

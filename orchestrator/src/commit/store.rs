@@ -49,18 +49,15 @@ pub async fn create(pool: &PgPool, new: &NewTxn<'_>) -> Result<Created, sqlx::Er
         tx.rollback().await?;
         return Ok(seen);
     }
-    if let Some(bk) = new.business_key {
-        // One business-key namespace with sagas: order 1001 cannot run as both.
-        let saga: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM sagas WHERE definition = $1 AND business_key = $2")
-                .bind(new.definition)
-                .bind(bk)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(id) = saga {
+    if let Some(taken) = claim_business_key(&mut tx, new).await? {
+        // The same transaction again keeps the client key (now naming it); a conflict stores
+        // nothing.
+        if let Created::Existing(_) = taken {
+            tx.commit().await?;
+        } else {
             tx.rollback().await?;
-            return Ok(Created::BusinessKeyTaken { id, kind: "saga" });
         }
+        return Ok(taken);
     }
     let row = sqlx::query(concat!(
         "INSERT INTO transactions (id, protocol, definition, version, business_key, input, \
@@ -140,6 +137,43 @@ async fn client_key(
     } else {
         Created::KeyReused { id }
     }))
+}
+
+/// Claim the business key in the namespace sagas share (`business_keys`): None if it is now
+/// this transaction's; else what holds it (a concurrent creation of the same key waits for the
+/// first to commit, then finds it here).
+async fn claim_business_key(
+    tx: &mut sqlx::PgConnection,
+    new: &NewTxn<'_>,
+) -> Result<Option<Created>, sqlx::Error> {
+    let Some(bk) = new.business_key else {
+        return Ok(None);
+    };
+    let claimed = sqlx::query(
+        "INSERT INTO business_keys (definition, business_key, kind, id) \
+         VALUES ($1, $2, 'transaction', $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(new.definition)
+    .bind(bk)
+    .bind(new.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    let (kind, id): (String, Uuid) = sqlx::query_as(
+        "SELECT kind, id FROM business_keys WHERE definition = $1 AND business_key = $2",
+    )
+    .bind(new.definition)
+    .bind(bk)
+    .fetch_one(&mut *tx)
+    .await?;
+    if kind == "transaction" {
+        return same_business_key(tx, new).await;
+    }
+    Ok(Some(Created::BusinessKeyTaken { id, kind: "saga" }))
 }
 
 /// The business key is taken by a transaction: the same input is that transaction (and the

@@ -46,7 +46,9 @@ pub enum Created {
     TakenByTransaction { transaction_id: Uuid },
 }
 
-/// Insert the saga and its events unless its business key is taken (None).
+/// Insert the saga and its events unless its business key is taken (None) — by a saga or a
+/// transaction: the key goes into `business_keys` in the same statement, so a concurrent
+/// creation of the same key (of either kind) waits for this one and then finds it taken.
 async fn insert_saga(
     db: impl PgExecutor<'_>,
     new: &NewSaga<'_>,
@@ -55,11 +57,13 @@ async fn insert_saga(
         serde_json::to_value(new.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let (kinds, steps, details) = event_columns(new.events);
     let row = sqlx::query(concat!(
-        "WITH s AS (INSERT INTO sagas (id, definition, version, business_key, input, input_hash, \
+        "WITH k AS (INSERT INTO business_keys (definition, business_key, kind, id) \
+             SELECT $2, $4, 'saga', $1 WHERE $4::text IS NOT NULL \
+             ON CONFLICT DO NOTHING RETURNING 1), \
+         s AS (INSERT INTO sagas (id, definition, version, business_key, input, input_hash, \
                  status, state, next_run_at, lease_owner, lease_until, lease_epoch) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, now(), $9, now() + make_interval(secs => $10), 1 \
-             WHERE $4::text IS NULL OR NOT EXISTS (SELECT 1 FROM transactions t \
-                 WHERE t.definition = $2 AND t.business_key = $4) \
+             WHERE $4::text IS NULL OR EXISTS (SELECT 1 FROM k) \
              ON CONFLICT (definition, business_key) WHERE business_key IS NOT NULL DO NOTHING \
              RETURNING ",
         saga_columns!(),
