@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::participants::setup;
+use common::participants::{order_definition, setup};
 use serde_json::{Value, json};
 
 fn begin(order: &str) -> Value {
@@ -98,6 +98,11 @@ async fn one_no_vote_aborts_everyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_store_nothing() {
     let (o, _f) = setup("tpc_bad").await;
+    let mut reads = order_definition();
+    reads["name"] = json!("reads");
+    reads["steps"][1]["action"]["body"]["ref"] = json!({"$from": "/steps/reserve/id"});
+    let (s, b) = o.post("/definitions", &reads).await;
+    assert_eq!(s, 201, "{b}");
     let cases = [
         (
             json!({"protocol": "3pc", "definition": "order", "input": {"order_id": "x"}}),
@@ -111,11 +116,11 @@ async fn bad_requests_are_refused_and_store_nothing() {
             json!({"protocol": "2pc", "definition": "order", "input": {"order_id": "a\u{0}"}}),
             "/input/order_id",
         ),
-        // The checkout's shipping step reads the reservation from the inventory step's output:
-        // every Prepare goes out in one round, so that is refused, naming the pointer.
+        // A step body that reads another step's output: every Prepare goes out in one round,
+        // so that is refused, naming the pointer.
         (
-            json!({"protocol": "2pc", "definition": "checkout", "input": {}}),
-            "/steps/2/action/body/reservation_id",
+            json!({"protocol": "2pc", "definition": "reads", "input": {"order_id": "x"}}),
+            "/steps/1/action/body/ref",
         ),
     ];
     for (body, pointer) in cases {
