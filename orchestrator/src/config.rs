@@ -80,6 +80,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub listen_heartbeat_ms: u64,
 
+    /// The URL participants of a 2PC transaction use to ask this instance for a decision
+    /// (default: `http://<the bound listen address>`).
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Extra definition files (`*.json`) loaded at start, besides the built-in checkout.
     #[arg(long, env = "DEFINITIONS_DIR")]
     pub definitions_dir: Option<PathBuf>,

@@ -47,6 +47,21 @@ impl Error {
     }
 }
 
+impl Error {
+    /// 422 for problems found below `prefix` (e.g. an input's schema errors at `/input`).
+    pub fn fields_at(prefix: &str, errors: Vec<crate::saga::FieldError>) -> Self {
+        Error::Invalid(
+            errors
+                .into_iter()
+                .map(|e| FieldIssue {
+                    pointer: format!("{prefix}{}", e.pointer),
+                    message: e.message,
+                })
+                .collect(),
+        )
+    }
+}
+
 fn describe(issues: &[FieldIssue]) -> String {
     issues
         .iter()

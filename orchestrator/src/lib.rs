@@ -21,6 +21,7 @@
 //! Binaries and tests use [`build`] then [`App::run`] with their own listener (tests bind port 0).
 
 pub mod api;
+pub mod commit;
 pub mod config;
 pub mod driver;
 pub mod error;
@@ -52,6 +53,7 @@ pub const CHECKOUT_DEFINITION: &str = include_str!("../../definitions/checkout.j
 pub struct App {
     config: Config,
     driver: Arc<Driver>,
+    coordinator: Arc<commit::Coordinator>,
     pool: sqlx::PgPool,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -76,6 +78,17 @@ pub async fn build(config: Config) -> Result<App> {
         &config.instance_id(),
         config.lease_ttl(),
     );
+    let coordinator = Arc::new(commit::Coordinator::new(
+        Leases::new(
+            commit::TRANSACTIONS,
+            pool.clone(),
+            &config.instance_id(),
+            config.lease_ttl(),
+        ),
+        registry.clone(),
+        config.max_active_sagas,
+        shutdown_rx.clone(),
+    )?);
     let driver = Arc::new(Driver::new(
         leases,
         registry,
@@ -89,6 +102,7 @@ pub async fn build(config: Config) -> Result<App> {
     Ok(App {
         config,
         driver,
+        coordinator,
         pool,
         shutdown_tx,
     })
@@ -98,12 +112,44 @@ impl App {
     pub fn router(&self) -> axum::Router {
         api::router(api::Ctx {
             driver: self.driver.clone(),
+            coordinator: self.coordinator.clone(),
             pool: self.pool.clone(),
         })
     }
 
     pub fn driver(&self) -> Arc<Driver> {
         self.driver.clone()
+    }
+
+    pub fn coordinator(&self) -> Arc<commit::Coordinator> {
+        self.coordinator.clone()
+    }
+
+    /// The background loops: claims and renewals of sagas and transactions, key purges, and
+    /// the LISTEN connection that wakes both claim loops.
+    fn spawn_loops(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let (d, c) = (self.driver.clone(), self.coordinator.clone());
+        let rx = self.shutdown_tx.subscribe();
+        let poll = self.config.poll_interval();
+        let batch = self.config.claim_batch;
+        let retention = Duration::from_secs(self.config.idempotency_retention_hours * 3600);
+        vec![
+            tokio::spawn(worker::claim_loop(d.clone(), poll, batch, rx.clone())),
+            tokio::spawn(worker::renew_loop(d.clone(), rx.clone())),
+            tokio::spawn(purge_loop(self.pool.clone(), retention, rx.clone())),
+            tokio::spawn(worker::claim_loop(c.clone(), poll, batch, rx.clone())),
+            tokio::spawn(worker::renew_loop(c.clone(), rx.clone())),
+            tokio::spawn(wake::listen(
+                (*self.pool.connect_options()).clone(),
+                vec![store::WORK_CHANNEL, commit::TXN_CHANNEL],
+                self.config.heartbeat(),
+                move || {
+                    d.signals().wake();
+                    c.signals().wake();
+                },
+                rx,
+            )),
+        ]
     }
 
     /// Serve the API, resume this instance's sagas, claim due work; on `shutdown`, stop taking
@@ -114,31 +160,17 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let d = self.driver.clone();
+        let c = self.coordinator.clone();
         tracing::info!(instance = %d.instance_id(), addr = ?listener.local_addr().ok(), "orchestrator starting");
+        c.set_public_url(match &self.config.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", listener.local_addr()?),
+        });
         d.resume_own().await?;
-        let rx = self.shutdown_tx.subscribe();
-        let loops = [
-            tokio::spawn(worker::claim_loop(
-                d.clone(),
-                self.config.poll_interval(),
-                self.config.claim_batch,
-                rx.clone(),
-            )),
-            tokio::spawn(worker::renew_loop(d.clone(), rx.clone())),
-            tokio::spawn(d.clone().purge_loop(Duration::from_secs(
-                self.config.idempotency_retention_hours * 3600,
-            ))),
-            tokio::spawn({
-                let d = d.clone();
-                wake::listen(
-                    (*self.pool.connect_options()).clone(),
-                    vec![store::WORK_CHANNEL],
-                    self.config.heartbeat(),
-                    move || d.signals().wake(),
-                    rx.clone(),
-                )
-            }),
-        ];
+        for row in c.leases().reclaim_own::<commit::TxnRow>().await? {
+            c.start(row);
+        }
+        let loops = self.spawn_loops();
         let tx = self.shutdown_tx.clone();
         let router = self.router();
         tandem_kit::http::serve(listener, router, async move {
@@ -153,6 +185,23 @@ impl App {
         d.drain(Duration::from_secs(10)).await;
         tracing::info!("orchestrator stopped");
         Ok(())
+    }
+}
+
+/// Drop client idempotency keys (of sagas and of transactions) older than `retention`, every
+/// minute until shutdown.
+async fn purge_loop(pool: sqlx::PgPool, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = store::purge_idempotency_keys(&pool, retention).await {
+            tracing::warn!(error = %e, "purging saga idempotency keys failed");
+        }
+        if let Err(e) = commit::store::purge_keys(&pool, retention).await {
+            tracing::warn!(error = %e, "purging transaction idempotency keys failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = until_shutdown(&mut shutdown) => return,
+        }
     }
 }
 

@@ -168,17 +168,8 @@ impl Registry {
 
     /// Check and store a new definition version, which becomes current.
     pub async fn add(&self, doc: &Value) -> Result<Added> {
-        let def = check(doc).map_err(|DefinitionError::Invalid(errors)| {
-            Error::Invalid(
-                errors
-                    .into_iter()
-                    .map(|e| FieldIssue {
-                        pointer: e.pointer,
-                        message: e.message,
-                    })
-                    .collect(),
-            )
-        })?;
+        let def =
+            check(doc).map_err(|DefinitionError::Invalid(errors)| Error::fields_at("", errors))?;
         let unknown = self.unknown_services(&def);
         if !unknown.is_empty() {
             return Err(Error::Invalid(unknown));

@@ -88,15 +88,110 @@ impl Signals {
     }
 }
 
+/// The rows of one kind driven by this instance: at most `max` at once, never one twice.
+pub struct Slots {
+    active: Mutex<std::collections::HashSet<Uuid>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Slots {
+            active: Mutex::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+        }
+    }
+
+    /// A slot for row `id`, unless every slot is busy or it is driven here already.
+    pub fn take(&self, id: Uuid) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.active
+            .lock()
+            .expect("slots lock")
+            .insert(id)
+            .then_some(permit)
+    }
+
+    /// Row `id` stopped being driven here.
+    pub fn give_back(&self, id: Uuid, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.active.lock().expect("slots lock").remove(&id);
+        drop(permit);
+    }
+
+    pub fn free(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    pub fn held(&self) -> Vec<Uuid> {
+        self.active
+            .lock()
+            .expect("slots lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub fn contains(&self, id: Uuid) -> bool {
+        self.active.lock().expect("slots lock").contains(&id)
+    }
+}
+
+/// Waiters for rows of one kind to settle (POST-and-wait, long polls), each woken only by its
+/// own row.
+#[derive(Default)]
+pub struct Watchers {
+    waiting: Mutex<std::collections::HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl Watchers {
+    /// Resolves when row `id` settles here. Call before it can settle; after a wait that gave
+    /// up, call [`Watchers::unwatch`].
+    pub fn watch(&self, id: Uuid) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .expect("watchers lock")
+            .entry(id)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Forget the waiters of `id` that stopped waiting.
+    pub fn unwatch(&self, id: Uuid) {
+        let mut w = self.waiting.lock().expect("watchers lock");
+        if let Some(list) = w.get_mut(&id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                w.remove(&id);
+            }
+        }
+    }
+
+    /// Row `id` settled: wake its waiters.
+    pub fn settled(&self, id: Uuid) {
+        let waiters = self.waiting.lock().expect("watchers lock").remove(&id);
+        for tx in waiters.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// One kind of leased work, as the background loops see it.
 pub trait Worker: Send + Sync + 'static {
     type Row: Leased;
     fn leases(&self) -> &Leases;
     fn signals(&self) -> &Signals;
+    /// The rows driven here.
+    fn slots(&self) -> &Slots;
     /// How many more rows this instance can drive now.
-    fn free_slots(&self) -> usize;
+    fn free_slots(&self) -> usize {
+        self.slots().free()
+    }
     /// The rows driven here (their leases are renewed).
-    fn held(&self) -> Vec<Uuid>;
+    fn held(&self) -> Vec<Uuid> {
+        self.slots().held()
+    }
     /// Drive a row just claimed (or hand it back if it cannot be taken now).
     fn start(self: &Arc<Self>, row: Self::Row);
 }

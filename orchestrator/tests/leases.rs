@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orchestrator::lease::{LeaseColumns, LeaseKind, Leased, Leases, Take};
-use orchestrator::worker::{Signals, Worker, claim_loop};
+use orchestrator::worker::{Signals, Slots, Worker, claim_loop};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use uuid::Uuid;
@@ -171,6 +171,7 @@ async fn a_second_kind_of_row_is_claimed_renewed_fenced_and_handed_back() {
 struct JobWorker {
     leases: Leases,
     signals: Signals,
+    slots: Slots,
     started: Mutex<Vec<Uuid>>,
     got: tokio::sync::Notify,
 }
@@ -183,11 +184,8 @@ impl Worker for JobWorker {
     fn signals(&self) -> &Signals {
         &self.signals
     }
-    fn free_slots(&self) -> usize {
-        8
-    }
-    fn held(&self) -> Vec<Uuid> {
-        self.started.lock().unwrap().clone()
+    fn slots(&self) -> &Slots {
+        &self.slots
     }
     fn start(self: &Arc<Self>, row: Job) {
         self.started.lock().unwrap().push(row.id);
@@ -201,6 +199,7 @@ async fn an_idle_worker_of_another_kind_is_woken_by_a_hand_back() {
     let w = Arc::new(JobWorker {
         leases: Leases::new(JOBS, pool.clone(), "idle", Duration::from_secs(30)),
         signals: Signals::default(),
+        slots: Slots::new(8),
         started: Mutex::new(Vec::new()),
         got: tokio::sync::Notify::new(),
     });

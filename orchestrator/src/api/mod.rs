@@ -6,10 +6,13 @@
 //!   saga is completed, compensated or failed), `GET /sagas/{id}` (`?wait=` long-polls),
 //!   `GET /sagas?status=&definition=&limit=&cursor=`, `POST /sagas/{id}/retry`;
 //! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`;
+//! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`, `GET /transactions`,
+//!   `GET /transactions/{id}/decision` (participants ask "what was decided?");
 //! - here: the router, `GET /healthz`.
 
 pub mod definitions;
 pub mod sagas;
+pub mod transactions;
 
 use std::sync::Arc;
 
@@ -29,6 +32,7 @@ pub use sagas::{saga_view, view_of};
 #[derive(Clone)]
 pub struct Ctx {
     pub driver: Arc<Driver>,
+    pub coordinator: Arc<crate::commit::Coordinator>,
     /// For reads.
     pub pool: PgPool,
 }
@@ -43,9 +47,43 @@ pub fn router(ctx: Ctx) -> Router {
             post(definitions::create).get(definitions::list),
         )
         .route("/definitions/{name}", get(definitions::get_one))
+        .route(
+            "/transactions",
+            post(transactions::create).get(transactions::list),
+        )
+        .route("/transactions/{id}", get(transactions::get_one))
+        .route("/transactions/{id}/decision", get(transactions::decision))
         .route("/healthz", get(healthz))
         .with_state(ctx);
     tandem_kit::http::finish(r)
+}
+
+/// `?limit=` of a list: 1 to 500, default 50.
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+pub(super) fn list_limit(limit: Option<i64>) -> Result<i64, Problem> {
+    let limit = limit.unwrap_or(50);
+    if (1..=500).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Problem::invalid(
+            "/query/limit",
+            "must be between 1 and 500",
+        ))
+    }
+}
+
+/// One page of a newest-first list read with `limit + 1` rows: `{"items", "next_cursor"}` (the
+/// last item's id when there are more).
+pub(super) fn page<R>(
+    rows: &[R],
+    limit: i64,
+    id: impl Fn(&R) -> uuid::Uuid,
+    item: impl Fn(&R) -> Value,
+) -> Value {
+    let limit = limit as usize;
+    let next_cursor = (rows.len() > limit).then(|| id(&rows[limit - 1]).to_string());
+    let items: Vec<Value> = rows.iter().take(limit).map(item).collect();
+    json!({ "items": items, "next_cursor": next_cursor })
 }
 
 async fn healthz(State(c): State<Ctx>) -> Result<Json<Value>, Problem> {

@@ -49,27 +49,40 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(k.to_string()))
 }
 
-pub(super) async fn create(
-    State(c): State<Ctx>,
-    Query(p): Query<WaitParams>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Result<Response, Problem> {
+/// What `POST /sagas` and `POST /transactions` share: `?wait`, the client's Idempotency-Key,
+/// the hash of the whole body (`request_hash`), and `{"definition", "version"?, "input"}`.
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+pub(super) fn run_request(
+    p: WaitParams,
+    headers: &HeaderMap,
+    request_hash: String,
+    body: Value,
+) -> Result<(f64, StartSaga), Problem> {
     let wait = wait_secs(p.wait)?;
-    let idempotency_key = idempotency_key(&headers)?;
-    let request_hash = hash_json(&body);
+    let idempotency_key = idempotency_key(headers)?;
     let req: CreateSaga = from_value(body)?;
-    let started = c
-        .driver
-        .start(StartSaga {
+    Ok((
+        wait,
+        StartSaga {
             definition: req.definition,
             version: req.version,
             input: req.input,
             idempotency_key,
             request_hash,
             watch: wait > 0.0,
-        })
-        .await?;
+        },
+    ))
+}
+
+pub(super) async fn create(
+    State(c): State<Ctx>,
+    Query(p): Query<WaitParams>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Response, Problem> {
+    let hash = hash_json(&body);
+    let (wait, start) = run_request(p, &headers, hash, body)?;
+    let started = c.driver.start(start).await?;
     match started {
         Started::New {
             row,
@@ -101,6 +114,9 @@ pub(super) async fn create(
         )
         .detail(format!("this Idempotency-Key already started saga {saga_id} with a different body"))
         .with("saga_id", saga_id.to_string())),
+        Started::TakenByTransaction(id) => Err(Problem::conflict("business-key-conflict", "Business key already used")
+            .detail(format!("transaction {id} already runs this definition for the same business key (sagas and transactions share one namespace)"))
+            .with("transaction_id", id.to_string())),
         Started::BusinessKeyConflict { saga_id, definition, business_key } => Err(Problem::conflict("business-key-conflict", "Business key already used")
             .detail(format!(
                 "saga {saga_id} already runs definition {definition:?} for business key {business_key:?} with a different input",
@@ -154,7 +170,7 @@ pub fn view_of(row: &SagaRow, events: &[EventRow]) -> Value {
 #[serde(deny_unknown_fields)]
 pub(super) struct WaitParams {
     /// Long poll: wait up to this many seconds for a terminal (or parked) state.
-    wait: Option<f64>,
+    pub(super) wait: Option<f64>,
 }
 
 pub(super) async fn get_one(
@@ -242,13 +258,7 @@ pub(super) async fn list(
     State(c): State<Ctx>,
     Query(p): Query<ListParams>,
 ) -> Result<Json<Value>, Problem> {
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Problem::invalid(
-            "/query/limit",
-            "must be between 1 and 500",
-        ));
-    }
+    let limit = super::list_limit(p.limit)?;
     if let Some(d) = &p.definition {
         check_str(d, "/query/definition").map_err(|i| Problem::invalid_fields(vec![i]))?;
     }
@@ -260,23 +270,17 @@ pub(super) async fn list(
         limit + 1,
     )
     .await?;
-    let more = rows.len() as i64 > limit;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(limit as usize)
-        .map(|r| {
+    Ok(Json(super::page(
+        &rows,
+        limit,
+        |r| r.id,
+        |r| {
             json!({
                 "id": r.id, "definition": r.definition, "version": r.version, "status": r.status,
                 "business_key": r.business_key, "created_at": r.created_at, "updated_at": r.updated_at,
             })
-        })
-        .collect();
-    let next_cursor = if more {
-        rows.get(limit as usize - 1).map(|r| r.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+        },
+    )))
 }
 
 pub(super) async fn retry(State(c): State<Ctx>, Path(id): Path<Uuid>) -> Result<Response, Problem> {

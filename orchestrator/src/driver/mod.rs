@@ -20,20 +20,19 @@ mod call;
 mod run;
 pub mod start;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use uuid::Uuid;
 
 use crate::error::Result;
 use crate::lease::Leases;
 use crate::registry::Registry;
 use crate::saga::Input;
-use crate::store::{self, SagaRow};
+use crate::store::SagaRow;
 use crate::wake::Releaser;
-use crate::worker::{Signals, Worker};
+use crate::worker::{Signals, Slots, Watchers, Worker};
 use crate::writer::TransitionWriter;
 
 pub use start::{StartSaga, Started};
@@ -42,11 +41,10 @@ pub struct Driver {
     leases: Leases,
     registry: Arc<Registry>,
     http: reqwest::Client,
-    /// Sagas being driven here (never drive one twice in one process).
-    active: Mutex<HashSet<Uuid>>,
-    slots: Arc<Semaphore>,
+    /// Sagas being driven here (never one twice in one process; at most MAX_ACTIVE_SAGAS).
+    slots: Slots,
     /// Per-saga waiters (POST-and-wait, long polls), woken only by their own saga.
-    watchers: Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>,
+    watchers: Watchers,
     signals: Signals,
     /// Hands leases back in batches, one NOTIFY per batch.
     releaser: Releaser,
@@ -83,9 +81,8 @@ impl Driver {
             leases,
             registry,
             http,
-            active: Mutex::new(HashSet::new()),
-            slots: Arc::new(Semaphore::new(config.max_active)),
-            watchers: Mutex::new(HashMap::new()),
+            slots: Slots::new(config.max_active),
+            watchers: Watchers::default(),
             signals: Signals::default(),
             writer,
             shutdown,
@@ -104,32 +101,16 @@ impl Driver {
     /// Resolves when saga `id` reaches a terminal or parked state on this instance. Call before
     /// the saga can get there; after a wait that gave up, call [`Driver::unwatch`].
     pub fn watch(&self, id: Uuid) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        self.watchers
-            .lock()
-            .expect("watchers lock")
-            .entry(id)
-            .or_default()
-            .push(tx);
-        rx
+        self.watchers.watch(id)
     }
 
     /// Forget the waiters of `id` that stopped waiting.
     pub fn unwatch(&self, id: Uuid) {
-        let mut w = self.watchers.lock().expect("watchers lock");
-        if let Some(list) = w.get_mut(&id) {
-            list.retain(|tx| !tx.is_closed());
-            if list.is_empty() {
-                w.remove(&id);
-            }
-        }
+        self.watchers.unwatch(id)
     }
 
     fn notify_finished(&self, id: Uuid) {
-        let waiters = self.watchers.lock().expect("watchers lock").remove(&id);
-        for tx in waiters.into_iter().flatten() {
-            let _ = tx.send(());
-        }
+        self.watchers.settled(id)
     }
 
     /// At start-up: resume the sagas this instance identity held before a restart.
@@ -143,19 +124,13 @@ impl Driver {
 
     /// A slot for saga `id`, unless every slot is busy or it is already driven here.
     fn try_activate(&self, id: Uuid) -> Option<OwnedSemaphorePermit> {
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
-        if self.active.lock().expect("active lock").insert(id) {
-            Some(permit)
-        } else {
-            None
-        }
+        self.slots.take(id)
     }
 
     /// A saga stopped being driven here: free its slot, and if work was turned away for lack
     /// of one, run a claim pass now (after the permit is back, so the pass sees the free slot).
     fn finish(&self, id: Uuid, permit: OwnedSemaphorePermit) {
-        self.active.lock().expect("active lock").remove(&id);
-        drop(permit);
+        self.slots.give_back(id, permit);
         self.signals.slot_freed();
     }
 
@@ -169,24 +144,8 @@ impl Driver {
     /// Wait until every saga driven here has stopped (after shutdown was signalled).
     pub async fn drain(&self, max: Duration) {
         let deadline = tokio::time::Instant::now() + max;
-        while !self.active.lock().expect("active lock").is_empty()
-            && tokio::time::Instant::now() < deadline
-        {
+        while !self.slots.held().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Drop client idempotency keys older than `retention`, every minute until shutdown.
-    pub async fn purge_loop(self: Arc<Self>, retention: Duration) {
-        let mut shutdown = self.shutdown.clone();
-        loop {
-            if let Err(e) = store::purge_idempotency_keys(self.leases.pool(), retention).await {
-                tracing::warn!(error = %e, "purging idempotency keys failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                _ = crate::until_shutdown(&mut shutdown) => return,
-            }
         }
     }
 }
@@ -199,16 +158,8 @@ impl Worker for Driver {
     fn signals(&self) -> &Signals {
         &self.signals
     }
-    fn free_slots(&self) -> usize {
-        self.slots.available_permits()
-    }
-    fn held(&self) -> Vec<Uuid> {
-        self.active
-            .lock()
-            .expect("active lock")
-            .iter()
-            .copied()
-            .collect()
+    fn slots(&self) -> &Slots {
+        &self.slots
     }
     fn start(self: &Arc<Self>, row: SagaRow) {
         self.spawn_leased(row, Input::Wake);

@@ -106,32 +106,6 @@ impl Driver {
     async fn run(&self, mut a: Active, mut command: Command) {
         loop {
             let input = match command {
-                Command::Call {
-                    step,
-                    phase,
-                    attempt,
-                    request,
-                } => {
-                    if *self.shutdown.borrow() {
-                        // Graceful shutdown: hand the lease back; whoever claims it re-sends
-                        // this call with the same idempotency key.
-                        self.releaser.release(a.id, a.epoch).await;
-                        return;
-                    }
-                    tandem_kit::crash::point(match phase {
-                        Phase::Action => "orchestrator.before_call",
-                        Phase::Compensation => "orchestrator.before_compensation_call",
-                    });
-                    let outcome = self.call(&request).await;
-                    tandem_kit::crash::point("orchestrator.after_call_before_persist");
-                    tracing::debug!(saga = %a.id, step, ?phase, attempt, ?outcome, "call finished");
-                    Input::Result {
-                        step,
-                        phase,
-                        attempt,
-                        outcome,
-                    }
-                }
                 Command::WaitUntil(at) => {
                     let wait = (at - Utc::now()).to_std().unwrap_or_default();
                     let mut shutdown = self.shutdown.clone();
@@ -148,12 +122,48 @@ impl Driver {
                     self.notify_finished(a.id);
                     return;
                 }
+                call => match self.perform(&a, call).await {
+                    Some(input) => input,
+                    None => return,
+                },
             };
             match self.step(&mut a, input).await {
                 Some(c) => command = c,
                 None => return,
             }
         }
+    }
+
+    /// Perform a call (already persisted): its outcome is the engine's next input. None at a
+    /// graceful shutdown: the lease is handed back, and whoever claims the saga re-sends this
+    /// call with the same idempotency key.
+    async fn perform(&self, a: &Active, call: Command) -> Option<Input> {
+        let Command::Call {
+            step,
+            phase,
+            attempt,
+            request,
+        } = call
+        else {
+            return None;
+        };
+        if *self.shutdown.borrow() {
+            self.releaser.release(a.id, a.epoch).await;
+            return None;
+        }
+        tandem_kit::crash::point(match phase {
+            Phase::Action => "orchestrator.before_call",
+            Phase::Compensation => "orchestrator.before_compensation_call",
+        });
+        let outcome = self.call(&request).await;
+        tandem_kit::crash::point("orchestrator.after_call_before_persist");
+        tracing::debug!(saga = %a.id, step, ?phase, attempt, ?outcome, "call finished");
+        Some(Input::Result {
+            step,
+            phase,
+            attempt,
+            outcome,
+        })
     }
 
     /// Persist a transition (write-ahead) and return the command to perform, or None if the

@@ -50,6 +50,8 @@ pub enum Started {
         definition: String,
         business_key: String,
     },
+    /// The business key runs a 2PC transaction (one namespace for both).
+    TakenByTransaction(Uuid),
 }
 
 /// What a manual retry found.
@@ -96,17 +98,8 @@ impl Driver {
             .registry
             .resolve(&req.definition, req.version.as_deref())
             .await?;
-        def.validate_input(&req.input).map_err(|errors| {
-            Error::Invalid(
-                errors
-                    .into_iter()
-                    .map(|e| FieldIssue {
-                        pointer: format!("/input{}", e.pointer),
-                        message: e.message,
-                    })
-                    .collect(),
-            )
-        })?;
+        def.validate_input(&req.input)
+            .map_err(|errors| Error::fields_at("/input", errors))?;
         let business_key = def.business_key(&req.input);
         let id = Uuid::now_v7();
         let t = engine::transition(
@@ -151,6 +144,9 @@ impl Driver {
                 Started::Existing(existing)
             }
             Created::KeyReused { saga_id } => Started::KeyReused { saga_id },
+            Created::TakenByTransaction { transaction_id } => {
+                Started::TakenByTransaction(transaction_id)
+            }
             Created::BusinessKeyConflict { saga_id } => Started::BusinessKeyConflict {
                 saga_id,
                 definition: def.name.clone(),

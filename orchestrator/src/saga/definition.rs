@@ -500,9 +500,53 @@ impl PolicyFields<'_> {
     }
 }
 
+/// The id `{"$id": name}` stands for in run `run` (a saga or a transaction): a UUID (version 8)
+/// from the first 16 bytes of SHA-256(`run` ":" `name`) — the same on every render, so it needs
+/// no storage, and the same in sagas and transactions.
+pub fn derived_id(run: &str, name: &str) -> uuid::Uuid {
+    let digest = Sha256::digest(format!("{run}:{name}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Every `{"$from": "/steps/..."}` under `template` (at `pointer`): (where, the pointer read).
+fn step_reads(template: &Value, pointer: &str, out: &mut Vec<(String, String)>) {
+    match template {
+        Value::Object(map) if map.len() == 1 && map.get("$from").is_some_and(Value::is_string) => {
+            let from = map["$from"].as_str().unwrap_or_default();
+            if from.starts_with("/steps") {
+                out.push((pointer.to_string(), from.to_string()));
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                step_reads(v, &join(pointer, k), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                step_reads(v, &join(pointer, &i.to_string()), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Check every `{"$from": ...}` in a body template; `visible`: the steps whose output it may read.
 fn check_template(template: &Value, pointer: &str, visible: &[String], errs: &mut Errors) {
     match template {
+        Value::Object(map) if map.contains_key("$id") => {
+            if map.len() != 1 {
+                errs.push(pointer, "an object with `$id` must have no other field");
+            }
+            if !map["$id"].as_str().is_some_and(is_step_name) {
+                errs.push(
+                    join(pointer, "$id"),
+                    format!("`$id` must name the id: 1 to {MAX_STEP_NAME} characters of [a-z0-9_]"),
+                );
+            }
+        }
         Value::Object(map) if map.contains_key("$from") => {
             let from_ptr = join(pointer, "$from");
             if map.len() != 1 {
@@ -885,6 +929,20 @@ impl Definition {
     }
 
     /// Index of the step named `name`.
+    /// The body values that read another step's output (`{"$from": "/steps/..."}`), as
+    /// (JSON Pointer into the definition, the pointer read). A commit protocol sends every
+    /// Prepare in one round, so it refuses a definition that has any.
+    pub fn step_output_reads(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            step_reads(&s.action.body, &format!("/steps/{i}/action/body"), &mut out);
+            if let Some(c) = &s.compensation {
+                step_reads(&c.body, &format!("/steps/{i}/compensation/body"), &mut out);
+            }
+        }
+        out
+    }
+
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
     }
@@ -893,6 +951,15 @@ impl Definition {
 /// Render a body template against a context. Missing pointers are an error naming the pointer.
 pub fn render(template: &Value, ctx: &Value) -> Result<Value, String> {
     match template {
+        Value::Object(map) if map.len() == 1 && map.get("$id").is_some_and(Value::is_string) => {
+            let run = ctx
+                .pointer("/saga/id")
+                .and_then(Value::as_str)
+                .ok_or("`$id` needs the run's id (/saga/id) in the context")?;
+            Ok(Value::String(
+                derived_id(run, map["$id"].as_str().unwrap_or_default()).to_string(),
+            ))
+        }
         Value::Object(map) if map.len() == 1 && map.get("$from").is_some_and(Value::is_string) => {
             let pointer = map["$from"].as_str().unwrap_or_default();
             ctx.pointer(pointer)

@@ -1673,3 +1673,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn id_template_values_are_derived_from_the_run_and_the_name() {
+    let call = |path: &str, body: Value| json!({"service": "s", "method": "POST", "path": path, "body": body});
+    let def = Definition::parse(&json!({
+        "name": "ids",
+        "steps": [
+            {"name": "a", "action": call("/a", json!({"r": {"$id": "res"}}))},
+            {"name": "b", "action": call("/b", json!({"r": {"$id": "res"}, "o": {"$id": "other"}}))}
+        ]
+    }))
+    .unwrap();
+    let ctx = |run: &str| json!({"saga": {"id": run}, "input": {}, "steps": {}});
+    let a = render(&def.steps[0].action.body, &ctx("run-1")).unwrap();
+    let b = render(&def.steps[1].action.body, &ctx("run-1")).unwrap();
+    assert_eq!(a["r"], b["r"], "the same name is the same id in one run");
+    assert_ne!(b["r"], b["o"]);
+    let again = render(&def.steps[0].action.body, &ctx("run-2")).unwrap();
+    assert_ne!(a["r"], again["r"], "another run, another id");
+    let id: uuid::Uuid = a["r"].as_str().unwrap().parse().unwrap();
+    assert_eq!(id.get_version_num(), 8);
+
+    let bad = Definition::parse(&json!({
+        "name": "ids", "steps": [{"name": "a", "action": call("/a", json!({"r": {"$id": 5}}))}]
+    }));
+    let Err(DefinitionError::Invalid(errors)) = bad else {
+        panic!("a non-name $id is refused")
+    };
+    assert_eq!(errors[0].pointer, "/steps/0/action/body/r/$id");
+}
+
+#[test]
+fn a_commit_protocol_sees_which_bodies_read_another_steps_output() {
+    assert_eq!(
+        checkout().step_output_reads(),
+        [(
+            "/steps/2/action/body/reservation_id".to_string(),
+            "/steps/reserve_inventory/reservation_id".to_string()
+        )]
+    );
+}

@@ -42,9 +42,13 @@ pub enum Created {
     SameBusinessKey(Uuid),
     /// A saga with this business key exists with a different input.
     BusinessKeyConflict { saga_id: Uuid },
+    /// A 2PC transaction runs this business key (one namespace for both).
+    TakenByTransaction { transaction_id: Uuid },
 }
 
-/// Insert the saga and its events unless its business key is taken (None).
+/// Insert the saga and its events unless its business key is taken (None) — by a saga or a
+/// transaction: the key goes into `business_keys` in the same statement, so a concurrent
+/// creation of the same key (of either kind) waits for this one and then finds it taken.
 async fn insert_saga(
     db: impl PgExecutor<'_>,
     new: &NewSaga<'_>,
@@ -53,9 +57,13 @@ async fn insert_saga(
         serde_json::to_value(new.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let (kinds, steps, details) = event_columns(new.events);
     let row = sqlx::query(concat!(
-        "WITH s AS (INSERT INTO sagas (id, definition, version, business_key, input, input_hash, \
+        "WITH k AS (INSERT INTO business_keys (definition, business_key, kind, id) \
+             SELECT $2, $4, 'saga', $1 WHERE $4::text IS NOT NULL \
+             ON CONFLICT DO NOTHING RETURNING 1), \
+         s AS (INSERT INTO sagas (id, definition, version, business_key, input, input_hash, \
                  status, state, next_run_at, lease_owner, lease_until, lease_epoch) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9, now() + make_interval(secs => $10), 1) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, now(), $9, now() + make_interval(secs => $10), 1 \
+             WHERE $4::text IS NULL OR EXISTS (SELECT 1 FROM k) \
              ON CONFLICT (definition, business_key) WHERE business_key IS NOT NULL DO NOTHING \
              RETURNING ",
         saga_columns!(),
@@ -130,13 +138,24 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
         tandem_kit::stats::write_committed(pool);
         return Ok(Created::New(Box::new(saga)));
     }
-    // The business key is taken.
+    // The business key is taken: by a saga, or by a transaction.
     let existing =
         sqlx::query("SELECT id, input_hash FROM sagas WHERE definition = $1 AND business_key = $2")
             .bind(new.definition)
             .bind(new.business_key)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+    let Some(existing) = existing else {
+        let transaction_id: Uuid = sqlx::query_scalar(
+            "SELECT id FROM transactions WHERE definition = $1 AND business_key = $2",
+        )
+        .bind(new.definition)
+        .bind(new.business_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        return Ok(Created::TakenByTransaction { transaction_id });
+    };
     let saga_id: Uuid = existing.try_get("id")?;
     let hash: String = existing.try_get("input_hash")?;
     if hash != new.input_hash {

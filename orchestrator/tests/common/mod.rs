@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod participants;
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,7 +15,8 @@ pub struct Orch {
     pub pool: sqlx::PgPool,
     pub database_url: String,
     /// Dropped with the test's database when the test passes (kept when it fails).
-    pub databases: tandem_kit::testing::TestDatabases,
+    /// `None` for a second instance on another's database.
+    pub databases: Option<tandem_kit::testing::TestDatabases>,
 }
 
 /// An orchestrator whose services all point at `service_url`, on a fresh database.
@@ -23,7 +26,17 @@ pub async fn start(
     tweak: impl FnOnce(&mut orchestrator::Config),
 ) -> Orch {
     let databases = tandem_kit::testing::fresh_database(name).await;
-    let database_url = databases.first_url();
+    let mut orch = start_on(databases.first_url(), service_url, tweak).await;
+    orch.databases = Some(databases);
+    orch
+}
+
+/// Another orchestrator instance on `database_url` (the first instance's guard owns it).
+pub async fn start_on(
+    database_url: String,
+    service_url: &str,
+    tweak: impl FnOnce(&mut orchestrator::Config),
+) -> Orch {
     let mut c = orchestrator::Config::new(&database_url, service_url, service_url, service_url);
     c.listen_addr = ([127, 0, 0, 1], 0).into();
     c.db_pool_size = 4;
@@ -42,7 +55,7 @@ pub async fn start(
         http: reqwest::Client::new(),
         pool,
         database_url,
-        databases,
+        databases: None,
     }
 }
 
@@ -93,6 +106,24 @@ impl Orch {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "saga did not settle: {v}"
+            );
+        }
+    }
+}
+
+impl Orch {
+    /// The transaction once it is committed or aborted, failing the test after `within`.
+    pub async fn settled_txn(&self, id: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (s, v) = self.get(&format!("/transactions/{id}?wait=5")).await;
+            assert_eq!(s, 200, "{v}");
+            if matches!(v["state"].as_str(), Some("committed" | "aborted")) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "transaction did not settle: {v}"
             );
         }
     }

@@ -30,6 +30,10 @@ pub const POINTS: &[&str] = &[
     "orchestrator.before_compensation_call",
     "orchestrator.after_call_before_persist",
     "orchestrator.after_persist",
+    // orchestrator 2PC coordinator (orchestrator/src/commit/drive.rs)
+    "orchestrator.2pc.after_votes",
+    "orchestrator.2pc.after_decision",
+    "orchestrator.2pc.mid_broadcast",
     // services (the kit's barrier, so every service has them)
     "service.action.before_commit",
     "service.action.after_commit",

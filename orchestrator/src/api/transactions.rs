@@ -1,0 +1,222 @@
+//! `POST /transactions`, `GET /transactions/{id}`, `GET /transactions`,
+//! `GET /transactions/{id}/decision` (participants ask): the 2PC coordinator
+//! ([`crate::commit`]).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tandem_kit::http::{Json, Path, Query};
+use tandem_kit::problem::Problem;
+use tandem_protocols::Outcome;
+use uuid::Uuid;
+
+use super::Ctx;
+use super::sagas::{WaitParams, run_request, wait_secs};
+use crate::commit::coordinator::{Begin, Begun};
+use crate::commit::{TxnRow, TxnState, store};
+use crate::driver::start::hash_json;
+
+/// Take `protocol` out of the body (the rest is what `POST /sagas` takes).
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+fn take_protocol(body: &mut Value) -> Result<String, Problem> {
+    match body.as_object_mut().and_then(|m| m.remove("protocol")) {
+        Some(Value::String(p)) => Ok(p),
+        Some(_) => Err(Problem::invalid(
+            "/protocol",
+            "must be a string such as \"2pc\"",
+        )),
+        None => Err(Problem::invalid(
+            "/protocol",
+            "missing required field `protocol`",
+        )),
+    }
+}
+
+pub(super) async fn create(
+    State(c): State<Ctx>,
+    Query(p): Query<WaitParams>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Response, Problem> {
+    let hash = hash_json(&body);
+    let mut body = body;
+    let protocol = take_protocol(&mut body)?;
+    let (wait, run) = run_request(p, &headers, hash, body)?;
+    let begun = c
+        .coordinator
+        .begin(Begin { protocol, run })
+        .await?
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "prepared-transactions-disabled",
+                "A participant cannot prepare transactions",
+            )
+            .detail(e.detail)
+            .with("service", e.service)
+            .with("setting", "max_prepared_transactions")
+        })?;
+    match begun {
+        Begun::New { row, finished } => {
+            let id = row.id;
+            let view = match finished {
+                Some(finished) => settled(&c, id, wait, Some(finished)).await?,
+                None => view(&c, id).await?,
+            };
+            Ok((StatusCode::CREATED, [(header::LOCATION, format!("/transactions/{id}"))], Json(view)).into_response())
+        }
+        Begun::Existing(id) => Ok((StatusCode::OK, [(header::LOCATION, format!("/transactions/{id}"))], Json(view(&c, id).await?)).into_response()),
+        Begun::KeyReused(id) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused with a different request",
+        )
+        .detail(format!("this Idempotency-Key already began transaction {id} with a different body"))
+        .with("transaction_id", id.to_string())),
+        Begun::BusinessKeyTaken { id, kind } => Err(Problem::conflict("business-key-conflict", "Business key already used")
+            .detail(format!("{kind} {id} already runs this definition for the same business key (sagas and transactions share one namespace)"))
+            .with(if kind == "saga" { "saga_id" } else { "transaction_id" }, id.to_string())),
+    }
+}
+
+/// The JSON view of a transaction: state, decision, each participant's vote, state and
+/// lock-hold time, the message log.
+async fn view(c: &Ctx, id: Uuid) -> Result<Value, Problem> {
+    let row = store::get(&c.pool, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no transaction {id}")))?;
+    let messages = store::messages(&c.pool, id).await?;
+    Ok(view_of(&row, &messages))
+}
+
+fn view_of(row: &TxnRow, messages: &[(i64, store::Message)]) -> Value {
+    let now = chrono::Utc::now();
+    let participants: Vec<Value> = row
+        .participants
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let held = p
+                .prepared_at
+                .map(|from| (p.finished_at.unwrap_or(now) - from).num_milliseconds());
+            let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+            v["index"] = json!(i);
+            v["lock_hold_ms"] = json!(held);
+            v["holding_locks"] = json!(p.prepared_at.is_some() && p.finished_at.is_none());
+            v
+        })
+        .collect();
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|(seq, m)| json!({"seq": seq, "at": m.at, "peer": m.peer, "dir": m.dir, "kind": m.kind, "detail": m.detail}))
+        .collect();
+    json!({
+        "id": row.id, "protocol": row.protocol, "definition": row.definition,
+        "version": row.version, "business_key": row.business_key, "input": row.input,
+        "state": row.state, "decision": row.decision, "decided_at": row.decided_at,
+        "participants": participants,
+        "lease": {"owner": row.lease_owner, "until": row.lease_until, "epoch": row.lease_epoch},
+        "created_at": row.created_at, "updated_at": row.updated_at,
+        // A request and its response are two messages; the coordinator forces its Begin (the
+        // row) and, to commit, the Commit record.
+        "counts": {
+            "messages": messages.len(),
+            "coordinator_forced_writes": 1 + usize::from(row.decision.as_deref() == Some("commit")),
+        },
+        "messages": messages,
+    })
+}
+
+pub(super) async fn get_one(
+    State(c): State<Ctx>,
+    Path(id): Path<Uuid>,
+    Query(p): Query<WaitParams>,
+) -> Result<Json<Value>, Problem> {
+    let wait = wait_secs(p.wait)?;
+    Ok(Json(settled(&c, id, wait, None).await?))
+}
+
+/// The view once the transaction is committed or aborted, or as it is after `wait` seconds.
+/// Woken when it settles here (`finished`, taken before it could settle, or a new waiter), and
+/// looks again every 250 ms (another instance may run it).
+async fn settled(
+    c: &Ctx,
+    id: Uuid,
+    wait: f64,
+    mut finished: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Result<Value, Problem> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let r = loop {
+        let mut woken = finished.take().unwrap_or_else(|| c.coordinator.watch(id));
+        let row = match store::get(&c.pool, id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => break Err(Problem::not_found(format!("no transaction {id}"))),
+            Err(e) => break Err(e.into()),
+        };
+        if row.state.is_settled() || tokio::time::Instant::now() >= deadline {
+            break Ok(());
+        }
+        let tick = deadline.min(tokio::time::Instant::now() + Duration::from_millis(250));
+        tokio::select! {
+            _ = tokio::time::sleep_until(tick) => {}
+            _ = &mut woken => {}
+        }
+    };
+    c.coordinator.unwatch(id);
+    r?;
+    view(c, id).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    state: Option<TxnState>,
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+}
+
+pub(super) async fn list(
+    State(c): State<Ctx>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<Value>, Problem> {
+    let limit = super::list_limit(p.limit)?;
+    let rows = store::list(&c.pool, p.state, p.cursor, limit + 1).await?;
+    Ok(Json(super::page(
+        &rows,
+        limit,
+        |r| r.id,
+        |r| {
+            json!({
+                "id": r.id, "protocol": r.protocol, "definition": r.definition, "state": r.state,
+                "decision": r.decision, "business_key": r.business_key, "created_at": r.created_at,
+            })
+        },
+    )))
+}
+
+/// `GET /transactions/{id}/decision`: 200 `{"decision": "commit"|"abort"}`, or 503 with
+/// `Retry-After` while this instance is still collecting votes.
+pub(super) async fn decision(
+    State(c): State<Ctx>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, Problem> {
+    match c.coordinator.decision(id).await? {
+        Some(o) => Ok(Json(json!({
+            "transaction_id": id,
+            "decision": if o == Outcome::Commit { "commit" } else { "abort" },
+        }))),
+        None => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "undecided",
+            "Not decided yet",
+        )
+        .detail(format!(
+            "transaction {id} is still collecting votes; ask again"
+        ))
+        .retry_after(1)),
+    }
+}

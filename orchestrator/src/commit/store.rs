@@ -1,0 +1,338 @@
+//! The coordinator log in Postgres (table `transactions`, its `transaction_messages` and the
+//! client keys `transaction_keys`). Every write after creation is fenced by the lease epoch.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgPool;
+use sqlx::{FromRow, Row};
+use uuid::Uuid;
+
+use super::{Part, TxnRow, TxnState, txn_columns};
+use crate::store::secs;
+
+/// A transaction to log at `POST /transactions`, before any Prepare.
+pub struct NewTxn<'a> {
+    pub id: Uuid,
+    pub protocol: &'a str,
+    pub definition: &'a str,
+    pub version: &'a str,
+    pub business_key: Option<&'a str>,
+    pub input: &'a Value,
+    pub input_hash: &'a str,
+    pub request_hash: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub participants: &'a [Part],
+    pub owner: &'a str,
+    pub lease_ttl: std::time::Duration,
+}
+
+#[derive(Debug)]
+pub enum Created {
+    New(Box<TxnRow>),
+    /// Same Idempotency-Key and body, or same business key and input: that transaction.
+    Existing(Uuid),
+    KeyReused {
+        id: Uuid,
+    },
+    /// The business key is taken by another transaction (with another input) or by a saga.
+    BusinessKeyTaken {
+        id: Uuid,
+        kind: &'static str,
+    },
+}
+
+/// Log a new transaction (one transaction: client key, business key across sagas and
+/// transactions, the row leased to its creator with epoch 1).
+pub async fn create(pool: &PgPool, new: &NewTxn<'_>) -> Result<Created, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(seen) = client_key(&mut tx, new).await? {
+        tx.rollback().await?;
+        return Ok(seen);
+    }
+    if let Some(taken) = claim_business_key(&mut tx, new).await? {
+        // The same transaction again keeps the client key (now naming it); a conflict stores
+        // nothing.
+        if let Created::Existing(_) = taken {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        return Ok(taken);
+    }
+    let row = sqlx::query(concat!(
+        "INSERT INTO transactions (id, protocol, definition, version, business_key, input, \
+             input_hash, request_hash, state, participants, next_run_at, lease_owner, \
+             lease_until, lease_epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'preparing', $9, now(), $10, \
+             now() + make_interval(secs => $11), 1) \
+         ON CONFLICT (definition, business_key) WHERE business_key IS NOT NULL DO NOTHING \
+         RETURNING ",
+        txn_columns!()
+    ))
+    .bind(new.id)
+    .bind(new.protocol)
+    .bind(new.definition)
+    .bind(new.version)
+    .bind(new.business_key)
+    .bind(new.input)
+    .bind(new.input_hash)
+    .bind(new.request_hash)
+    .bind(sqlx::types::Json(new.participants))
+    .bind(new.owner)
+    .bind(secs(new.lease_ttl))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let created = match row {
+        Some(row) => Created::New(Box::new(TxnRow::from_row(&row)?)),
+        None => match same_business_key(&mut tx, new).await? {
+            Some(c) => c,
+            None => {
+                tx.rollback().await?;
+                return Ok(Created::BusinessKeyTaken {
+                    id: Uuid::nil(),
+                    kind: "transaction",
+                });
+            }
+        },
+    };
+    if let Created::BusinessKeyTaken { .. } = created {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+        tandem_kit::stats::write_committed(pool);
+    }
+    Ok(created)
+}
+
+/// The client key: None if it is new (now recorded), else what it began before.
+async fn client_key(
+    tx: &mut sqlx::PgConnection,
+    new: &NewTxn<'_>,
+) -> Result<Option<Created>, sqlx::Error> {
+    let Some(key) = new.idempotency_key else {
+        return Ok(None);
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO transaction_keys (key, request_hash, transaction_id) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(key)
+    .bind(new.request_hash)
+    .bind(new.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        return Ok(None);
+    }
+    let row =
+        sqlx::query("SELECT request_hash, transaction_id FROM transaction_keys WHERE key = $1")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+    let (hash, id): (String, Uuid) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(Some(if hash == new.request_hash {
+        Created::Existing(id)
+    } else {
+        Created::KeyReused { id }
+    }))
+}
+
+/// Claim the business key in the namespace sagas share (`business_keys`): None if it is now
+/// this transaction's; else what holds it (a concurrent creation of the same key waits for the
+/// first to commit, then finds it here).
+async fn claim_business_key(
+    tx: &mut sqlx::PgConnection,
+    new: &NewTxn<'_>,
+) -> Result<Option<Created>, sqlx::Error> {
+    let Some(bk) = new.business_key else {
+        return Ok(None);
+    };
+    let claimed = sqlx::query(
+        "INSERT INTO business_keys (definition, business_key, kind, id) \
+         VALUES ($1, $2, 'transaction', $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(new.definition)
+    .bind(bk)
+    .bind(new.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    let (kind, id): (String, Uuid) = sqlx::query_as(
+        "SELECT kind, id FROM business_keys WHERE definition = $1 AND business_key = $2",
+    )
+    .bind(new.definition)
+    .bind(bk)
+    .fetch_one(&mut *tx)
+    .await?;
+    if kind == "transaction" {
+        return same_business_key(tx, new).await;
+    }
+    Ok(Some(Created::BusinessKeyTaken { id, kind: "saga" }))
+}
+
+/// The business key is taken by a transaction: the same input is that transaction (and the
+/// client key, if any, now names it); another input is a conflict.
+async fn same_business_key(
+    tx: &mut sqlx::PgConnection,
+    new: &NewTxn<'_>,
+) -> Result<Option<Created>, sqlx::Error> {
+    let existing = sqlx::query(
+        "SELECT id, input_hash FROM transactions WHERE definition = $1 AND business_key = $2",
+    )
+    .bind(new.definition)
+    .bind(new.business_key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(existing) = existing else {
+        return Ok(None);
+    };
+    let (id, hash): (Uuid, String) = (existing.try_get(0)?, existing.try_get(1)?);
+    if hash != new.input_hash {
+        return Ok(Some(Created::BusinessKeyTaken {
+            id,
+            kind: "transaction",
+        }));
+    }
+    if let Some(key) = new.idempotency_key {
+        sqlx::query("UPDATE transaction_keys SET transaction_id = $2 WHERE key = $1")
+            .bind(key)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(Some(Created::Existing(id)))
+}
+
+/// One message between the coordinator and a participant.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub at: DateTime<Utc>,
+    /// `<step index>:<service>`
+    pub peer: String,
+    /// `out` (coordinator → participant) or `in`.
+    pub dir: String,
+    pub kind: String,
+    pub detail: Value,
+}
+
+/// What one fenced write records.
+pub struct Progress<'a> {
+    pub state: TxnState,
+    /// The decision record, if this write logs it (never changes a logged one).
+    pub decision: Option<&'static str>,
+    pub participants: &'a [Part],
+    pub messages: &'a [Message],
+}
+
+/// Write progress, fenced by `epoch`; a settled state ends the row's lease and due time.
+/// False: fenced (another instance owns the transaction now) — nothing was written.
+pub async fn progress(
+    pool: &PgPool,
+    id: Uuid,
+    epoch: i64,
+    p: &Progress<'_>,
+) -> Result<bool, sqlx::Error> {
+    let settled = p.state.is_settled();
+    let messages = sqlx::types::Json(p.messages);
+    let n: i64 = sqlx::query_scalar(
+        "WITH u AS ( \
+            UPDATE transactions SET state = $3, participants = $4, updated_at = now(), \
+                decision = COALESCE(decision, $5), \
+                decided_at = CASE WHEN decision IS NULL AND $5 IS NOT NULL THEN now() ELSE decided_at END, \
+                next_run_at = CASE WHEN $6 THEN NULL ELSE next_run_at END, \
+                lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END, \
+                lease_until = CASE WHEN $6 THEN NULL ELSE lease_until END \
+            WHERE id = $1 AND lease_epoch = $2 RETURNING id), \
+         m AS (INSERT INTO transaction_messages (txn_id, at, peer, dir, kind, detail) \
+            SELECT u.id, x.at, x.peer, x.dir, x.kind, COALESCE(x.detail, '{}') FROM u, \
+                jsonb_to_recordset($7::jsonb) AS x(at timestamptz, peer text, dir text, kind text, detail jsonb)) \
+         SELECT count(*) FROM u",
+    )
+    .bind(id)
+    .bind(epoch)
+    .bind(p.state.as_str())
+    .bind(sqlx::types::Json(p.participants))
+    .bind(p.decision)
+    .bind(settled)
+    .bind(messages)
+    .fetch_one(pool)
+    .await?;
+    tandem_kit::stats::write_committed(pool);
+    Ok(n == 1)
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<TxnRow>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        txn_columns!(),
+        " FROM transactions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    tandem_kit::stats::read_committed(pool);
+    row.as_ref().map(TxnRow::from_row).transpose()
+}
+
+/// The message log of a transaction, in order.
+pub async fn messages(pool: &PgPool, id: Uuid) -> Result<Vec<(i64, Message)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq, at, peer, dir, kind, detail FROM transaction_messages WHERE txn_id = $1 \
+         ORDER BY seq",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("seq")?,
+                Message {
+                    at: r.try_get("at")?,
+                    peer: r.try_get("peer")?,
+                    dir: r.try_get("dir")?,
+                    kind: r.try_get("kind")?,
+                    detail: r.try_get("detail")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Newest first; `before` is the cursor.
+pub async fn list(
+    pool: &PgPool,
+    state: Option<TxnState>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<TxnRow>, sqlx::Error> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        txn_columns!(),
+        " FROM transactions WHERE ($1::text IS NULL OR state = $1) \
+           AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(state.map(|s| s.as_str()))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(TxnRow::from_row).collect()
+}
+
+/// Drop client keys of `POST /transactions` older than `retention`.
+pub async fn purge_keys(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM transaction_keys WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(secs(retention))
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
