@@ -613,9 +613,11 @@ fn start_records_the_first_call_before_it_is_sent() {
         ),
         ("inventory", "POST", "/reservations")
     );
+    let reservation = super::definition::derived_id("saga-1", "reservation").to_string();
     assert_eq!(
         request.body,
-        json!({"order_id": "o-1", "items": [{"sku": "sku-1", "quantity": 2}]})
+        json!({"order_id": "o-1", "items": [{"sku": "sku-1", "quantity": 2}],
+               "reservation_id": reservation})
     );
     assert_eq!(request.timeout, Duration::from_millis(5000));
     assert_eq!(
@@ -644,7 +646,12 @@ fn checkout_success_completes() {
         panic!()
     };
     assert_eq!(request.idempotency_key, "saga-1:create_shipment:action");
-    assert_eq!(request.body["reservation_id"], json!("r-9"));
+    // The reservation id is allocated by the orchestrator (`{"$id": "reservation"}`), the same
+    // one the reserve step sent.
+    assert_eq!(
+        request.body["reservation_id"],
+        json!(super::definition::derived_id("saga-1", "reservation").to_string())
+    );
     assert_eq!(request.body["address"]["country"], json!("FR"));
     assert_eq!(sim.answer(ok(json!({"shipment_id": "sh"}))), Command::Stop);
     assert_eq!(sim.state.status, SagaStatus::Completed);
@@ -1706,8 +1713,13 @@ fn id_template_values_are_derived_from_the_run_and_the_name() {
 
 #[test]
 fn a_commit_protocol_sees_which_bodies_read_another_steps_output() {
+    // The checkout reads no step output any more (its reservation id is an `$id`).
+    assert!(checkout().step_output_reads().is_empty());
+    let mut doc: Value = serde_json::from_str(CHECKOUT).unwrap();
+    doc["steps"][2]["action"]["body"]["reservation_id"] =
+        json!({"$from": "/steps/reserve_inventory/reservation_id"});
     assert_eq!(
-        checkout().step_output_reads(),
+        Definition::parse(&doc).unwrap().step_output_reads(),
         [(
             "/steps/2/action/body/reservation_id".to_string(),
             "/steps/reserve_inventory/reservation_id".to_string()
