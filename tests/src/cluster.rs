@@ -49,6 +49,13 @@ impl ClusterConfig {
         self.orchestrator_env.push((k.to_string(), v.into()));
         self
     }
+
+    /// Leases that expire after 1.5 s and a 100 ms poll: a killed or paused holder's sagas are
+    /// taken over within seconds (the crash and fencing tests).
+    pub fn quick_takeover(self) -> Self {
+        self.env("LEASE_TTL_MS", "1500")
+            .env("POLL_INTERVAL_MS", "100")
+    }
 }
 
 /// One process of the stack.

@@ -563,9 +563,7 @@ async fn timeouts_and_in_progress_polling_end_to_end() {
         }
         c.add_fault(service, &f).await.unwrap();
         let input = checkout_input(order, "e2e-sku", 1, "tok_visa", "GB");
-        let r = c.start_saga("checkout_e2e", &input, None).await.unwrap();
-        assert_eq!(r.status, 201, "{}", r.body);
-        ids.push(r.body["id"].as_str().unwrap().to_string());
+        ids.push(tandem_tests::start(&c, "checkout_e2e", &input).await);
     }
     // Slower than the 1 s timeout once: a transient failure, re-sent, one shipment.
     let s = c.settle(&ids[0], 60).await.unwrap();

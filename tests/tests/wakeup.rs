@@ -93,16 +93,8 @@ async fn sagas_a_busy_instance_turns_away_go_to_an_idle_one_at_once() {
     )
     .await
     .unwrap();
-    let r = a
-        .start_saga(
-            "checkout_hold",
-            &checkout_input("hold", "wake-sku", 1, "tok_visa", "GB"),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
-    let hold = r.body["id"].as_str().unwrap().to_string();
+    let input = checkout_input("hold", "wake-sku", 1, "tok_visa", "GB");
+    let hold = tandem_tests::start(&a, "checkout_hold", &input).await;
     let s = tandem_tests::saga_reaches(&a, &hold, "step_started", "reserve_inventory").await;
     assert_eq!(s["lease"]["owner"], "orch-0", "{s}");
 
@@ -110,9 +102,7 @@ async fn sagas_a_busy_instance_turns_away_go_to_an_idle_one_at_once() {
     let mut ids = Vec::new();
     for i in 0..4 {
         let input = checkout_input(&format!("busy-{i}"), "wake-sku", 1, "tok_visa", "GB");
-        let r = a.start_saga("checkout", &input, None).await.unwrap();
-        assert_eq!(r.status, 201, "{}", r.body);
-        ids.push(r.body["id"].as_str().unwrap().to_string());
+        ids.push(tandem_tests::start(&a, "checkout", &input).await);
     }
     let done = all_completed(
         &b,
