@@ -65,8 +65,7 @@ async fn reserve(svc: &Served, key: &str, order: &str, items: Value) -> (StatusC
 }
 
 async fn release(svc: &Served, key: &str, order: &str) -> (StatusCode, Value) {
-    let body = json!({ "order_id": order });
-    svc.post("/reservations/release", Some(key), body).await
+    svc.compensate("/reservations/release", key, order).await
 }
 
 #[tokio::test]
@@ -118,10 +117,9 @@ async fn reservation_holds_stock_and_is_listed() {
     assert_eq!(list[0]["saga_id"], "s1");
     assert!(list[0]["created_at"].is_string());
 
-    assert_eq!(
-        released(&svc, "s1:reserve_inventory:compensation", "o-1").await,
-        true
-    );
+    let (s, b) = release(&svc, "s1:reserve_inventory:compensation", "o-1").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["released"], true);
     assert_eq!(b["reservation_id"], rid);
     assert_eq!(stock(&svc, "a").await, (10, 0));
     assert_eq!(stock(&svc, "b").await, (5, 0));
@@ -559,7 +557,7 @@ async fn a_nul_anywhere_is_422_naming_it_and_stores_nothing() {
     }
     let (s, b) = release(&svc, "s1:reserve:compensation", "\u{0}").await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
-    assert_eq!(svc.counts(&["saga_barrier", "reservations"]).await, [0, 0]);
+    assert_eq!(svc.counts(["saga_barrier", "reservations"]).await, [0, 0]);
     assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 

@@ -266,7 +266,7 @@ async fn bad_input_is_a_problem_and_stores_nothing() {
         .post("/2pc/commit", None, json!({ "txn_id": Uuid::now_v7() }))
         .await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
-    assert_eq!(svc.counts(&["tpc_branch", "reservations"]).await, [0, 0]);
+    assert_eq!(svc.counts(["tpc_branch", "reservations"]).await, [0, 0]);
 }
 
 /// A restarted service finishes its prepared branches with the coordinator's answers (a stub

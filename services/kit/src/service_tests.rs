@@ -29,12 +29,24 @@ impl Served {
     }
 
     /// Rows in each of `tables` (plain identifiers), in order.
-    pub async fn counts(&self, tables: &[&str]) -> Vec<i64> {
-        let mut out = Vec::with_capacity(tables.len());
-        for table in tables {
-            out.push(self.count(table).await);
+    pub async fn counts<const N: usize>(&self, tables: [&str; N]) -> [i64; N] {
+        let mut out = [0; N];
+        for (n, table) in out.iter_mut().zip(tables) {
+            *n = self.count(table).await;
         }
         out
+    }
+
+    /// `POST path` of a saga compensation under `key`: `{"order_id": order}` (its body is
+    /// informational; the key names the step).
+    pub async fn compensate(
+        &self,
+        path: &str,
+        key: &str,
+        order: &str,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let body = serde_json::json!({ "order_id": order });
+        self.post(path, Some(key), body).await
     }
 }
 

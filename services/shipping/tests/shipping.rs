@@ -16,15 +16,11 @@ async fn ship(svc: &Served, key: &str, order: &str, country: &str) -> (StatusCod
 }
 
 async fn cancel(svc: &Served, key: &str, order: &str) -> (StatusCode, Value) {
-    svc.post("/shipments/cancel", Some(key), json!({ "order_id": order }))
-        .await
+    svc.compensate("/shipments/cancel", key, order).await
 }
 
-/// Rows in `shipments` and `saga_barrier`.
-async fn rows(svc: &Served) -> (i64, i64) {
-    let c = svc.counts(&["shipments", "saga_barrier"]).await;
-    (c[0], c[1])
-}
+/// Rows in `shipments` and `saga_barrier`: `svc.counts(ROWS)`.
+const ROWS: [&str; 2] = ["shipments", "saga_barrier"];
 
 fn shipment_body(order: &str, country: &str) -> Value {
     json!({
@@ -71,7 +67,7 @@ async fn undeliverable_country_is_409_and_creates_nothing() {
     assert!(svc.list("/shipments", "o-1").await.is_empty());
     let (s, b) = cancel(&svc, "s1:create_shipment:compensation", "o-1").await;
     assert_eq!((s, &b["cancelled"]), (StatusCode::OK, &json!(false)), "{b}");
-    assert_eq!(rows(&svc).await, (0, 2));
+    assert_eq!(svc.counts(ROWS).await, [0, 2]);
 }
 
 #[tokio::test]
@@ -178,7 +174,7 @@ async fn bad_input_is_rejected_and_stores_nothing() {
         &comp,
     )
     .await;
-    assert_eq!(rows(&svc).await, (0, 0));
+    assert_eq!(svc.counts(ROWS).await, [0, 0]);
 }
 
 /// Defect: `GET /shipments?order_id=%00` answered 500 (Postgres refuses a NUL in text); now a
@@ -197,7 +193,7 @@ async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
         &[(body, "/address/name")],
     )
     .await;
-    assert_eq!(rows(&svc).await, (0, 0));
+    assert_eq!(svc.counts(ROWS).await, [0, 0]);
 }
 
 /// 2PC: the same effect in a prepared transaction — invisible until committed, then listed with
