@@ -546,18 +546,18 @@ async fn in_progress_answers_are_polled_and_slow_calls_time_out() {
     .await;
     c.set_stock("gift-t", 10).await.unwrap();
     // 425 three times from payment, then a slow inventory (1 s > 300 ms timeout) once.
-    c.add_fault(
-        "payment",
-        &json!({"order_id": "t1", "kind": "in_progress", "times": 3}),
-    )
-    .await
-    .unwrap();
-    c.add_fault(
-        "inventory",
-        &json!({"order_id": "t1", "kind": "latency", "latency_ms": 1000, "times": 1}),
-    )
-    .await
-    .unwrap();
+    for (service, fault) in [
+        (
+            "payment",
+            json!({"order_id": "t1", "kind": "in_progress", "times": 3}),
+        ),
+        (
+            "inventory",
+            json!({"order_id": "t1", "kind": "latency", "latency_ms": 1000, "times": 1}),
+        ),
+    ] {
+        c.add_fault(service, &fault).await.unwrap();
+    }
     let input = gift_input("t1", "gift-t", 100);
     let id = tandem_tests::start(&c, "gift-card-timeouts", &input).await;
     let s = c.settle(&id, 60).await.unwrap();
