@@ -218,20 +218,12 @@ async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
 /// its transaction id; a business refusal votes NO with its reason and prepares nothing.
 #[tokio::test]
 async fn two_pc_prepare_commit_and_a_no_vote() {
-    let svc = spawn().await;
-    let _cleanup = svc.prepared_cleanup();
-    if svc.can_prepare().await {
-        let (good, refused) = (
-            charge_body("o-1", "tok_visa"),
-            charge_body("o-2", "tok_decline"),
-        );
-        svc.assert_two_pc_commit_and_refusal(
-            "/charges",
-            "/payments",
-            good,
-            refused,
-            "card-declined",
-        )
+    let (good, refused) = (
+        charge_body("o-1", "tok_visa"),
+        charge_body("o-2", "tok_decline"),
+    );
+    spawn()
+        .await
+        .assert_two_pc_commit_and_refusal("/charges", "/payments", good, refused, "card-declined")
         .await;
-    }
 }
