@@ -115,6 +115,19 @@ struct Start<'a> {
     fault: Option<(&'a str, usize)>,
 }
 
+impl<'a> Start<'a> {
+    /// A checkout without a fault.
+    fn plain(tag: &'a str, quantity: i64, card: &'a str, country: &'a str) -> Self {
+        Start {
+            tag,
+            quantity,
+            card,
+            country,
+            fault: None,
+        }
+    }
+}
+
 /// Seed a SKU of the scenario's own with 10, install the fault, run the checkout to its end:
 /// the order id, the SKU and the settled saga.
 async fn begin(c: &Client, run: &str, s: Start<'_>) -> anyhow::Result<(String, String, Value)> {
@@ -182,18 +195,25 @@ async fn seed(c: &Client, sku: &str, n: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn success(c: &Client, run: &str) -> anyhow::Result<Outcome> {
-    let how = Start {
-        tag: "ok",
-        quantity: 2,
-        card: "tok_visa",
-        country: "GB",
-        fault: None,
-    };
+/// [`begin`], then check the saga's final `status` and the stock left `available` of its SKU:
+/// the order id, the saga and the checks so far.
+async fn begin_checked(
+    c: &Client,
+    run: &str,
+    how: Start<'_>,
+    status: &str,
+    available: i64,
+) -> anyhow::Result<(String, Value, Checks)> {
     let (order, sku, saga) = begin(c, run, how).await?;
     let mut k = Checks(vec![]);
-    k.status(&saga, "completed");
-    k.available(c, &sku, 8).await?;
+    k.status(&saga, status);
+    k.available(c, &sku, available).await?;
+    Ok((order, saga, k))
+}
+
+async fn success(c: &Client, run: &str) -> anyhow::Result<Outcome> {
+    let how = Start::plain("ok", 2, "tok_visa", "GB");
+    let (order, saga, mut k) = begin_checked(c, run, how, "completed", 8).await?;
     let res = c.reservations(&order).await?;
     k.check(
         statuses(&res, "held") == 1,
@@ -216,17 +236,8 @@ fn ordered(saga: &Value, first: (&str, &str), then: (&str, &str)) -> bool {
 }
 
 async fn declined(c: &Client, run: &str) -> anyhow::Result<Outcome> {
-    let how = Start {
-        tag: "declined",
-        quantity: 3,
-        card: "tok_decline",
-        country: "GB",
-        fault: None,
-    };
-    let (order, sku, saga) = begin(c, run, how).await?;
-    let mut k = Checks(vec![]);
-    k.status(&saga, "compensated");
-    k.available(c, &sku, 10).await?;
+    let how = Start::plain("declined", 3, "tok_decline", "GB");
+    let (order, saga, mut k) = begin_checked(c, run, how, "compensated", 10).await?;
     let pay = c.payments(&order).await?;
     k.check(
         kinds(&pay, "charge") == kinds(&pay, "refund"),
@@ -252,17 +263,8 @@ fn paid_at(pay: &[Value], kind: &str) -> Option<DateTime<Utc>> {
 }
 
 async fn undeliverable(c: &Client, run: &str) -> anyhow::Result<Outcome> {
-    let how = Start {
-        tag: "zz",
-        quantity: 1,
-        card: "tok_visa",
-        country: "ZZ",
-        fault: None,
-    };
-    let (order, sku, saga) = begin(c, run, how).await?;
-    let mut k = Checks(vec![]);
-    k.status(&saga, "compensated");
-    k.available(c, &sku, 10).await?;
+    let how = Start::plain("zz", 1, "tok_visa", "ZZ");
+    let (order, saga, mut k) = begin_checked(c, run, how, "compensated", 10).await?;
     let pay = k.payments(c, &order, (1, 1)).await?;
     k.check(
         matches!((paid_at(&pay, "charge"), paid_at(&pay, "refund")), (Some(c), Some(r)) if c <= r),
@@ -295,11 +297,8 @@ async fn charge_retried(
     retries: usize,
 ) -> anyhow::Result<Outcome> {
     let how = Start {
-        tag,
-        quantity: 1,
-        card: "tok_visa",
-        country: "GB",
         fault: Some((fault, retries)),
+        ..Start::plain(tag, 1, "tok_visa", "GB")
     };
     let (order, _, saga) = begin(c, run, how).await?;
     let mut k = Checks(vec![]);

@@ -49,6 +49,13 @@ impl ClusterConfig {
         self.orchestrator_env.push((k.to_string(), v.into()));
         self
     }
+
+    /// Leases that expire after 1.5 s and a 100 ms poll: a killed or paused holder's sagas are
+    /// taken over within seconds (the crash and fencing tests).
+    pub fn quick_takeover(self) -> Self {
+        self.env("LEASE_TTL_MS", "1500")
+            .env("POLL_INTERVAL_MS", "100")
+    }
 }
 
 /// One process of the stack.
@@ -279,15 +286,10 @@ impl Cluster {
     /// Read the orchestrator's sagas and the services' own records.
     pub async fn audit(&self) -> Audit {
         let mut orch = self.connect("orchestrator").await;
-        let sagas = rows(
+        let sagas = records(
             &mut orch,
-            "SELECT id::text AS id, input->>'order_id' AS order_id, status, lease_epoch FROM sagas",
-            |r| SagaRecord {
-                id: r.get("id"),
-                order_id: r.get("order_id"),
-                status: r.get("status"),
-                epoch: r.get("lease_epoch"),
-            },
+            "SELECT id::text AS id, input->>'order_id' AS order_id, status, lease_epoch AS epoch \
+             FROM sagas",
         )
         .await;
         let mut inv = self.connect("inventory").await;
@@ -302,43 +304,19 @@ impl Cluster {
             },
         )
         .await;
-        let stock = rows(
-            &mut inv,
-            "SELECT sku, available, reserved FROM stock",
-            |r| {
-                (
-                    r.get::<String, _>("sku"),
-                    (r.get("available"), r.get("reserved")),
-                )
-            },
-        )
-        .await
-        .into_iter()
-        .collect();
+        let stock = records(&mut inv, "SELECT sku, available, reserved FROM stock")
+            .await
+            .into_iter()
+            .map(|(sku, available, reserved): (String, i64, i64)| (sku, (available, reserved)))
+            .collect();
         let mut pay = self.connect("payment").await;
-        let payments = rows(
+        let payments = records(
             &mut pay,
             "SELECT id::text AS id, kind, saga_id, step, charge_id::text AS charge_id FROM payments",
-            |r| Payment {
-                id: r.get("id"),
-                kind: r.get("kind"),
-                saga_id: r.get("saga_id"),
-                step: r.get("step"),
-                charge_id: r.get("charge_id"),
-            },
         )
         .await;
         let mut ship = self.connect("shipping").await;
-        let shipments = rows(
-            &mut ship,
-            "SELECT saga_id, step, status FROM shipments",
-            |r| Shipment {
-                saga_id: r.get("saga_id"),
-                step: r.get("step"),
-                status: r.get("status"),
-            },
-        )
-        .await;
+        let shipments = records(&mut ship, "SELECT saga_id, step, status FROM shipments").await;
         for c in [orch, inv, pay, ship] {
             let _ = c.close().await;
         }
@@ -408,6 +386,17 @@ async fn rows<T>(
         .collect()
 }
 
+/// Every row of `sql`, each read into a `T` by its column names.
+async fn records<T>(conn: &mut PgConnection, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sql)
+        .fetch_all(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// A reservation's `items` column: (sku, quantity) pairs.
 fn items(v: &Value) -> Vec<(String, i64)> {
     v.as_array()
@@ -422,6 +411,7 @@ fn items(v: &Value) -> Vec<(String, i64)> {
         .collect()
 }
 
+#[derive(sqlx::FromRow)]
 pub struct SagaRecord {
     pub id: String,
     pub order_id: String,
@@ -436,6 +426,7 @@ pub struct Reservation {
     pub items: Vec<(String, i64)>,
 }
 
+#[derive(sqlx::FromRow)]
 pub struct Payment {
     pub id: String,
     pub kind: String,
@@ -444,6 +435,7 @@ pub struct Payment {
     pub charge_id: Option<String>,
 }
 
+#[derive(sqlx::FromRow)]
 pub struct Shipment {
     pub saga_id: String,
     pub step: String,

@@ -195,6 +195,12 @@ pub async fn start(c: &Client, definition: &str, input: &serde_json::Value) -> S
     r.body["id"].as_str().unwrap().to_string()
 }
 
+/// `POST /definitions` of `def` to the orchestrator: its answer (201 when stored).
+pub async fn post_definition(c: &Client, def: &serde_json::Value) -> tandem_cli::client::Reply {
+    let url = format!("{}/definitions", c.orchestrator);
+    c.send_json(reqwest::Method::POST, &url, def).await.unwrap()
+}
+
 /// `n` checkouts `{prefix}-{i}` of one `sku` each, posted concurrently; their saga ids.
 pub async fn start_checkouts(c: &Client, prefix: &str, sku: &str, n: usize) -> Vec<String> {
     let posts = (0..n).map(|i| {

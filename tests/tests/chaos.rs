@@ -563,52 +563,33 @@ async fn timeouts_and_in_progress_polling_end_to_end() {
         }
         c.add_fault(service, &f).await.unwrap();
         let input = checkout_input(order, "e2e-sku", 1, "tok_visa", "GB");
-        let r = c.start_saga("checkout_e2e", &input, None).await.unwrap();
-        assert_eq!(r.status, 201, "{}", r.body);
-        ids.push(r.body["id"].as_str().unwrap().to_string());
+        ids.push(tandem_tests::start(&c, "checkout_e2e", &input).await);
     }
     // Slower than the 1 s timeout once: a transient failure, re-sent, one shipment.
     let s = c.settle(&ids[0], 60).await.unwrap();
-    assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
-    assert_eq!(
-        step(&s, "create_shipment")["attempts"],
-        2,
-        "{}",
-        demo::timeline(&s)
-    );
+    let tl = demo::timeline(&s);
+    assert_eq!(s["status"], "completed", "{tl}");
+    assert_eq!(step(&s, "create_shipment")["attempts"], 2, "{tl}");
     let retry = events(&s, "step_retry_scheduled", "create_shipment");
-    assert_eq!(retry.len(), 1, "{}", demo::timeline(&s));
-    assert_eq!(
-        retry[0]["detail"]["error"],
-        "timed out",
-        "{}",
-        demo::timeline(&s)
-    );
+    assert_eq!(retry.len(), 1, "{tl}");
+    assert_eq!(retry[0]["detail"]["error"], "timed out", "{tl}");
     // 425 three times, polled at the poll interval, then success.
     let s = c.settle(&ids[1], 60).await.unwrap();
-    assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
-    assert_eq!(
-        step(&s, "charge_payment")["attempts"],
-        4,
-        "{}",
-        demo::timeline(&s)
-    );
+    let tl = demo::timeline(&s);
+    assert_eq!(s["status"], "completed", "{tl}");
+    assert_eq!(step(&s, "charge_payment")["attempts"], 4, "{tl}");
     assert_eq!(
         events(&s, "step_in_progress", "charge_payment").len(),
         3,
-        "{}",
-        demo::timeline(&s)
+        "{tl}"
     );
     // 425 until the 2.5 s deadline: the step fails, the saga compensates.
     let s = c.settle(&ids[2], 60).await.unwrap();
-    assert_eq!(s["status"], "compensated", "{}", demo::timeline(&s));
+    let tl = demo::timeline(&s);
+    assert_eq!(s["status"], "compensated", "{tl}");
     let failed = events(&s, "step_failed", "reserve_inventory");
-    assert_eq!(failed.len(), 1, "{}", demo::timeline(&s));
-    assert!(
-        failed[0]["detail"].to_string().contains("deadline"),
-        "{}",
-        demo::timeline(&s)
-    );
+    assert_eq!(failed.len(), 1, "{tl}");
+    assert!(failed[0]["detail"].to_string().contains("deadline"), "{tl}");
 
     // The services' records: the slow call's effect happened once.
     let audit = cluster.audit().await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_cli::client::checkout_input;
+use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
 use tandem_tests::in_process;
 
@@ -382,6 +382,21 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
 }
 
 /// A second definition, unrelated to checkout's shape: nothing about checkout is hard-coded.
+/// An input of [`gift_card_definition`]'s sagas, paid with `tok_visa`.
+fn gift_input(card: &str, sku: &str, value_cents: i64) -> Value {
+    json!({"card_id": card, "sku": sku, "value_cents": value_cents, "token": "tok_visa"})
+}
+
+/// Store [`gift_card_definition`] `note` as `gift-card-{note}`, changed by `tweak`; it must be
+/// accepted.
+async fn define_gift_card(c: &Client, note: &str, tweak: impl FnOnce(&mut Value)) {
+    let mut def = gift_card_definition(note);
+    def["name"] = json!(format!("gift-card-{note}"));
+    tweak(&mut def);
+    let r = tandem_tests::post_definition(c, &def).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
 fn gift_card_definition(note: &str) -> Value {
     json!({
         "name": "gift-card",
@@ -422,18 +437,7 @@ fn gift_card_definition(note: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_definition_runs_and_versions_are_pinned() {
     let (stack, c) = in_process("seconddef", |_| {}).await;
-    let post_def = |d: Value| {
-        let c = c.clone();
-        async move {
-            c.send_json(
-                reqwest::Method::POST,
-                &format!("{}/definitions", c.orchestrator),
-                &d,
-            )
-            .await
-            .unwrap()
-        }
-    };
+    let post_def = async |d: Value| tandem_tests::post_definition(&c, &d).await;
     let v1 = post_def(gift_card_definition("v1")).await;
     assert_eq!(v1.status, 201, "{}", v1.body);
     assert_eq!(
@@ -444,14 +448,8 @@ async fn a_second_definition_runs_and_versions_are_pinned() {
     c.set_stock("gift-50", 1).await.unwrap();
 
     // Runs to completion: charge first, then stock.
-    let r = c
-        .start_saga(
-            "gift-card",
-            &json!({"card_id": "g1", "sku": "gift-50", "value_cents": 5000, "token": "tok_visa"}),
-            None,
-        )
-        .await
-        .unwrap();
+    let input = gift_input("g1", "gift-50", 5000);
+    let r = c.start_saga("gift-card", &input, None).await.unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["version"], v1.body["version"]);
     let s1 = c.settle(r.body["id"].as_str().unwrap(), 60).await.unwrap();
@@ -462,14 +460,8 @@ async fn a_second_definition_runs_and_versions_are_pinned() {
     let v2 = post_def(gift_card_definition("v2")).await;
     assert_eq!(v2.status, 201);
     assert_ne!(v2.body["version"], v1.body["version"]);
-    let r = c
-        .start_saga(
-            "gift-card",
-            &json!({"card_id": "g2", "sku": "gift-50", "value_cents": 5000, "token": "tok_visa"}),
-            None,
-        )
-        .await
-        .unwrap();
+    let input = gift_input("g2", "gift-50", 5000);
+    let r = c.start_saga("gift-card", &input, None).await.unwrap();
     assert_eq!(r.body["version"], v2.body["version"]);
     let s2 = c.settle(r.body["id"].as_str().unwrap(), 60).await.unwrap();
     assert_eq!(s2["status"], "compensated", "{}", demo::timeline(&s2));
@@ -495,18 +487,10 @@ async fn a_second_definition_runs_and_versions_are_pinned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
     let (stack, c) = in_process("parked", |_| {}).await;
-    let mut def = gift_card_definition("parking");
-    def["name"] = json!("gift-card-parking");
-    def["policy"]["compensation_max_attempts"] = json!(2);
-    let r = c
-        .send_json(
-            reqwest::Method::POST,
-            &format!("{}/definitions", c.orchestrator),
-            &def,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
+    define_gift_card(&c, "parking", |def| {
+        def["policy"]["compensation_max_attempts"] = json!(2);
+    })
+    .await;
     c.set_stock("gift-p", 0).await.unwrap(); // step 2 fails → compensate the charge
     // The refund fails 5 times: budget 2 → parked as failed.
     c.add_fault(
@@ -515,7 +499,7 @@ async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
     )
     .await
     .unwrap();
-    let input = json!({"card_id": "p1", "sku": "gift-p", "value_cents": 100, "token": "tok_visa"});
+    let input = gift_input("p1", "gift-p", 100);
     let id = tandem_tests::start(&c, "gift-card-parking", &input).await;
     let s = c.settle(&id, 60).await.unwrap();
     assert_eq!(s["status"], "failed", "{}", demo::timeline(&s));
@@ -555,47 +539,38 @@ async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_progress_answers_are_polled_and_slow_calls_time_out() {
     let (stack, c) = in_process("polling", |_| {}).await;
-    let mut def = gift_card_definition("timeouts");
-    def["name"] = json!("gift-card-timeouts");
-    def["policy"] = json!({"timeout_ms": 300, "poll_interval_ms": 20, "deadline_ms": 10000, "max_attempts": 4,
-                           "backoff": {"initial_ms": 10, "max_ms": 50}});
-    let r = c
-        .send_json(
-            reqwest::Method::POST,
-            &format!("{}/definitions", c.orchestrator),
-            &def,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
+    define_gift_card(&c, "timeouts", |def| {
+        def["policy"] = json!({"timeout_ms": 300, "poll_interval_ms": 20, "deadline_ms": 10000, "max_attempts": 4,
+                               "backoff": {"initial_ms": 10, "max_ms": 50}});
+    })
+    .await;
     c.set_stock("gift-t", 10).await.unwrap();
     // 425 three times from payment, then a slow inventory (1 s > 300 ms timeout) once.
-    c.add_fault(
-        "payment",
-        &json!({"order_id": "t1", "kind": "in_progress", "times": 3}),
-    )
-    .await
-    .unwrap();
-    c.add_fault(
-        "inventory",
-        &json!({"order_id": "t1", "kind": "latency", "latency_ms": 1000, "times": 1}),
-    )
-    .await
-    .unwrap();
-    let input = json!({"card_id": "t1", "sku": "gift-t", "value_cents": 100, "token": "tok_visa"});
+    for (service, fault) in [
+        (
+            "payment",
+            json!({"order_id": "t1", "kind": "in_progress", "times": 3}),
+        ),
+        (
+            "inventory",
+            json!({"order_id": "t1", "kind": "latency", "latency_ms": 1000, "times": 1}),
+        ),
+    ] {
+        c.add_fault(service, &fault).await.unwrap();
+    }
+    let input = gift_input("t1", "gift-t", 100);
     let id = tandem_tests::start(&c, "gift-card-timeouts", &input).await;
     let s = c.settle(&id, 60).await.unwrap();
-    assert_eq!(s["status"], "completed", "{}", demo::timeline(&s));
+    let tl = demo::timeline(&s);
+    assert_eq!(s["status"], "completed", "{tl}");
     assert_eq!(
         demo::count_events(&s, "step_in_progress", "charge"),
         3,
-        "{}",
-        demo::timeline(&s)
+        "{tl}"
     );
     assert!(
         demo::count_events(&s, "step_retry_scheduled", "take_card_stock") >= 1,
-        "{}",
-        demo::timeline(&s)
+        "{tl}"
     );
     // The slow call's effect happened once even though its answer was lost to the timeout.
     let res = c.reservations("t1").await.unwrap();
@@ -615,15 +590,8 @@ async fn list_filters_paginates_and_long_polls() {
         } else {
             "tok_decline"
         };
-        let r = c
-            .start_saga(
-                "checkout",
-                &checkout_input(&format!("lst-{i}"), "lst", 1, card, "GB"),
-                None,
-            )
-            .await
-            .unwrap();
-        ids.push(r.body["id"].as_str().unwrap().to_string());
+        let input = checkout_input(&format!("lst-{i}"), "lst", 1, card, "GB");
+        ids.push(tandem_tests::start(&c, "checkout", &input).await);
     }
     for id in &ids {
         let s = c.wait_saga(id, 30).await.unwrap();
@@ -633,36 +601,24 @@ async fn list_filters_paginates_and_long_polls() {
             s["status"]
         );
     }
-    let page1 = c
-        .get(&format!("{}/sagas?limit=2", c.orchestrator))
-        .await
-        .unwrap()
-        .body;
+    let sagas = async |query: String| {
+        let url = format!("{}/sagas?{query}", c.orchestrator);
+        c.get(&url).await.unwrap().body
+    };
+    let page1 = sagas("limit=2".into()).await;
     assert_eq!(page1["items"].as_array().unwrap().len(), 2);
     assert_eq!(page1["items"][0]["id"], ids[4].as_str(), "newest first");
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let page2 = c
-        .get(&format!("{}/sagas?limit=2&cursor={cursor}", c.orchestrator))
-        .await
-        .unwrap()
-        .body;
+    let page2 = sagas(format!("limit=2&cursor={cursor}")).await;
     assert_eq!(page2["items"][0]["id"], ids[2].as_str());
-    let page3 = c
-        .get(&format!(
-            "{}/sagas?limit=2&cursor={}",
-            c.orchestrator,
-            page2["next_cursor"].as_str().unwrap()
-        ))
-        .await
-        .unwrap()
-        .body;
+    let page3 = sagas(format!(
+        "limit=2&cursor={}",
+        page2["next_cursor"].as_str().unwrap()
+    ))
+    .await;
     assert_eq!(page3["items"].as_array().unwrap().len(), 1);
     assert!(page3["next_cursor"].is_null());
-    let comp = c
-        .get(&format!("{}/sagas?status=compensated", c.orchestrator))
-        .await
-        .unwrap()
-        .body;
+    let comp = sagas("status=compensated".into()).await;
     assert_eq!(comp["items"].as_array().unwrap().len(), 2);
     let s = c.wait_saga(&ids[0], 0).await.unwrap();
     assert_eq!(

@@ -14,11 +14,7 @@ const HEALTHY: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_saga_and_restart_finishes_with_one_effect_per_step() {
     // Two orchestrator identities on one database: orch-0 first, orch-1 after the first kill.
-    let mut cluster = Cluster::new(
-        ClusterConfig::new("crash", 2)
-            .env("LEASE_TTL_MS", "1500")
-            .env("POLL_INTERVAL_MS", "100"),
-    );
+    let mut cluster = Cluster::new(ClusterConfig::new("crash", 2).quick_takeover());
     let (o0, o1) = (cluster.orchestrator(0), cluster.orchestrator(1));
     for node in [0, 1, 2, o0] {
         cluster.start(node, None);

@@ -41,11 +41,7 @@ async fn fenced_lines(cluster: &Cluster, node: usize, ids: &[String]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_lease_holder_is_fenced_and_nothing_is_doubled() {
-    let mut cluster = Cluster::new(
-        ClusterConfig::new("stale", 2)
-            .env("LEASE_TTL_MS", "1500")
-            .env("POLL_INTERVAL_MS", "100"),
-    );
+    let mut cluster = Cluster::new(ClusterConfig::new("stale", 2).quick_takeover());
     cluster.start_all();
     cluster.wait_all_healthy(Duration::from_secs(120)).await;
     let (a, b) = (cluster.client(0), cluster.client(1));

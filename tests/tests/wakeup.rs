@@ -53,6 +53,25 @@ async fn all_completed(c: &Client, ids: &[String], deadline: Instant, what: &str
     done
 }
 
+/// [`all_completed`] by `start` + [`BOUND`], each saga claimed by another instance than the
+/// one it started on (lease epoch above 1): the sagas and the time they took from `start`.
+async fn taken_over(
+    c: &Client,
+    ids: &[String],
+    start: Instant,
+    what: &str,
+) -> (Vec<Value>, Duration) {
+    let done = all_completed(c, ids, start + BOUND, what).await;
+    let took = start.elapsed();
+    for s in &done {
+        assert!(
+            s["lease"]["epoch"].as_i64().unwrap() > 1,
+            "claimed by another instance: {s}"
+        );
+    }
+    (done, took)
+}
+
 fn has_event(s: &Value, kind: &str, step: &str) -> bool {
     demo::event_index(s, kind, Some(step)).is_some()
 }
@@ -93,16 +112,8 @@ async fn sagas_a_busy_instance_turns_away_go_to_an_idle_one_at_once() {
     )
     .await
     .unwrap();
-    let r = a
-        .start_saga(
-            "checkout_hold",
-            &checkout_input("hold", "wake-sku", 1, "tok_visa", "GB"),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
-    let hold = r.body["id"].as_str().unwrap().to_string();
+    let input = checkout_input("hold", "wake-sku", 1, "tok_visa", "GB");
+    let hold = tandem_tests::start(&a, "checkout_hold", &input).await;
     let s = tandem_tests::saga_reaches(&a, &hold, "step_started", "reserve_inventory").await;
     assert_eq!(s["lease"]["owner"], "orch-0", "{s}");
 
@@ -110,24 +121,10 @@ async fn sagas_a_busy_instance_turns_away_go_to_an_idle_one_at_once() {
     let mut ids = Vec::new();
     for i in 0..4 {
         let input = checkout_input(&format!("busy-{i}"), "wake-sku", 1, "tok_visa", "GB");
-        let r = a.start_saga("checkout", &input, None).await.unwrap();
-        assert_eq!(r.status, 201, "{}", r.body);
-        ids.push(r.body["id"].as_str().unwrap().to_string());
+        ids.push(tandem_tests::start(&a, "checkout", &input).await);
     }
-    let done = all_completed(
-        &b,
-        &ids,
-        start + BOUND,
-        "orch-1 to finish the sagas orch-0 turned away",
-    )
-    .await;
-    let took = start.elapsed();
-    for s in &done {
-        assert!(
-            s["lease"]["epoch"].as_i64().unwrap() > 1,
-            "claimed by another instance: {s}"
-        );
-    }
+    let what = "orch-1 to finish the sagas orch-0 turned away";
+    let (_, took) = taken_over(&b, &ids, start, what).await;
     let held = a.wait_saga(&hold, 0).await.unwrap();
     assert_eq!(
         held["status"], "running",
@@ -239,23 +236,13 @@ async fn shutdown_hands_over(cluster: &mut Cluster) {
     let start = Instant::now();
     let o0 = cluster.orchestrator(0);
     cluster.proc(o0).signal("TERM").unwrap();
-    let done = all_completed(
-        &b,
-        &ids,
-        start + BOUND,
-        "orch-1 to finish the sagas orch-0 handed back",
-    )
-    .await;
-    let took = start.elapsed();
+    let what = "orch-1 to finish the sagas orch-0 handed back";
+    let (done, took) = taken_over(&b, &ids, start, what).await;
     for s in &done {
         assert!(
             has_event(s, "step_succeeded", "create_shipment"),
             "{}",
             demo::timeline(s)
-        );
-        assert!(
-            s["lease"]["epoch"].as_i64().unwrap() > 1,
-            "claimed by another instance: {s}"
         );
     }
     let exit = eventually(Duration::from_secs(30), "orch-0 to exit", || {

@@ -13,6 +13,13 @@ async fn spawn() -> Served {
     Served::with_faults(&inventory::SPEC).await
 }
 
+/// The service with `available` units of SKU `a`.
+async fn spawn_with_a(available: i64) -> Served {
+    let svc = spawn().await;
+    set_stock(&svc, "a", available).await;
+    svc
+}
+
 async fn set_stock(svc: &Served, sku: &str, available: i64) {
     let resp = svc
         .http
@@ -34,14 +41,31 @@ async fn stock(svc: &Served, sku: &str) -> (i64, i64) {
     )
 }
 
+/// `sku`'s stock is `(available, reserved)` and `reservations` rows exist in all.
+async fn assert_held(svc: &Served, sku: &str, want: (i64, i64), reservations: i64) {
+    assert_eq!(stock(svc, sku).await, want);
+    assert_eq!(svc.count("reservations").await, reservations);
+}
+
+/// [`release`], which must answer 200: its `released` flag.
+async fn released(svc: &Served, key: &str, order: &str) -> Value {
+    let (s, b) = release(svc, key, order).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["released"].clone()
+}
+
+/// An `items` list of one line.
+fn one_line(sku: &str, quantity: i64) -> Value {
+    json!([{ "sku": sku, "quantity": quantity }])
+}
+
 async fn reserve(svc: &Served, key: &str, order: &str, items: Value) -> (StatusCode, Value) {
     let body = json!({ "order_id": order, "items": items });
     svc.post("/reservations", Some(key), body).await
 }
 
 async fn release(svc: &Served, key: &str, order: &str) -> (StatusCode, Value) {
-    let body = json!({ "order_id": order });
-    svc.post("/reservations/release", Some(key), body).await
+    svc.compensate("/reservations/release", key, order).await
 }
 
 #[tokio::test]
@@ -70,8 +94,7 @@ async fn stock_is_set_and_read() {
 
 #[tokio::test]
 async fn reservation_holds_stock_and_is_listed() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
+    let svc = spawn_with_a(10).await;
     set_stock(&svc, "b", 5).await;
     let items = json!([{"sku": "b", "quantity": 2}, {"sku": "a", "quantity": 3}, {"sku": "b", "quantity": 1}]);
     let (s, b) = reserve(&svc, "s1:reserve_inventory:action", "o-1", items).await;
@@ -117,8 +140,7 @@ async fn reservation_holds_stock_and_is_listed() {
 
 #[tokio::test]
 async fn shortage_is_409_naming_the_sku_with_no_partial_effect() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
+    let svc = spawn_with_a(10).await;
     set_stock(&svc, "b", 1).await;
     let items = json!([{"sku": "a", "quantity": 3}, {"sku": "b", "quantity": 2}]);
     let (s, b) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
@@ -129,8 +151,7 @@ async fn shortage_is_409_naming_the_sku_with_no_partial_effect() {
         (10, 0),
         "a was decremented then rolled back"
     );
-    assert_eq!(stock(&svc, "b").await, (1, 0));
-    assert_eq!(svc.count("reservations").await, 0);
+    assert_held(&svc, "b", (1, 0), 0).await;
 
     // The same key again: the same failure, even though stock is now sufficient.
     set_stock(&svc, "b", 100).await;
@@ -138,28 +159,22 @@ async fn shortage_is_409_naming_the_sku_with_no_partial_effect() {
     assert_eq!((s2, &b2), (s, &b));
 
     // An unknown SKU is a shortage too.
-    let (s, b) = reserve(
-        &svc,
-        "s2:reserve:action",
-        "o-2",
-        json!([{"sku": "zzz", "quantity": 1}]),
-    )
-    .await;
+    let (s, b) = reserve(&svc, "s2:reserve:action", "o-2", one_line("zzz", 1)).await;
     assert_problem(s, &b, StatusCode::CONFLICT, "insufficient-stock");
     assert_eq!(b["sku"], "zzz");
 
     // Compensation of the failed action: success, no effect.
-    let (s, b) = release(&svc, "s1:reserve:compensation", "o-1").await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["released"], false);
+    assert_eq!(
+        released(&svc, "s1:reserve:compensation", "o-1").await,
+        false
+    );
     assert_eq!(stock(&svc, "a").await, (10, 0));
     assert_eq!(stock(&svc, "b").await, (100, 0));
 }
 
 #[tokio::test]
 async fn bad_requests_are_4xx_problems_and_store_nothing() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
+    let svc = spawn_with_a(10).await;
     let good = json!({ "order_id": "o-1", "items": [{"sku": "a", "quantity": 1}] });
 
     svc.assert_keys_checked("/reservations", &good, "/reservations/release")
@@ -236,34 +251,26 @@ async fn bad_requests_are_4xx_problems_and_store_nothing() {
 
 #[tokio::test]
 async fn duplicate_action_replays_the_first_outcome() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
-    let items = json!([{"sku": "a", "quantity": 2}]);
-    let resp = svc
-        .http
-        .post(format!("{}/reservations", svc.url))
-        .header("Idempotency-Key", "s1:reserve:action")
-        .json(&json!({ "order_id": "o-1", "items": items }))
-        .send()
-        .await
-        .unwrap();
+    let svc = spawn_with_a(10).await;
+    let post_raw = async || {
+        let body = json!({ "order_id": "o-1", "items": one_line("a", 2) });
+        let url = format!("{}/reservations", svc.url);
+        let req = svc
+            .http
+            .post(url)
+            .header("Idempotency-Key", "s1:reserve:action");
+        req.json(&body).send().await.unwrap()
+    };
+    let resp = post_raw().await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert!(resp.headers().get("idempotency-replayed").is_none());
     let first: Value = resp.json().await.unwrap();
-    let resp = svc
-        .http
-        .post(format!("{}/reservations", svc.url))
-        .header("Idempotency-Key", "s1:reserve:action")
-        .json(&json!({ "order_id": "o-1", "items": items }))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_raw().await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(resp.headers()["idempotency-replayed"], "true");
     let second: Value = resp.json().await.unwrap();
     assert_eq!(first, second);
-    assert_eq!(stock(&svc, "a").await, (8, 2));
-    assert_eq!(svc.count("reservations").await, 1);
+    assert_held(&svc, "a", (8, 2), 1).await;
 }
 
 /// The barrier runs the effect before it finds a key taken (and then rolls the effect back), so
@@ -272,9 +279,8 @@ async fn duplicate_action_replays_the_first_outcome() {
 /// stock was refilled.
 #[tokio::test]
 async fn duplicate_replays_the_first_outcome_even_when_its_effect_would_differ() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 3).await;
-    let items = json!([{"sku": "a", "quantity": 3}]);
+    let svc = spawn_with_a(3).await;
+    let items = one_line("a", 3);
     let (s, first) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
     assert_eq!(s, StatusCode::CREATED, "{first}");
     // Nothing left: run again, the effect alone would be a shortage.
@@ -288,72 +294,50 @@ async fn duplicate_replays_the_first_outcome_even_when_its_effect_would_differ()
     set_stock(&svc, "a", 10).await;
     let (s, again) = reserve(&svc, "s2:reserve:action", "o-2", items).await;
     assert_eq!((s, &again), (StatusCode::CONFLICT, &refused));
-    assert_eq!(stock(&svc, "a").await, (10, 3));
-    assert_eq!(svc.count("reservations").await, 1);
+    assert_held(&svc, "a", (10, 3), 1).await;
 }
 
 #[tokio::test]
 async fn concurrent_duplicates_make_one_effect() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 100).await;
-    let calls = (0..12).map(|_| {
-        reserve(
-            &svc,
-            "s1:reserve:action",
-            "o-1",
-            json!([{"sku": "a", "quantity": 5}]),
-        )
-    });
+    let svc = spawn_with_a(100).await;
+    let calls = (0..12).map(|_| reserve(&svc, "s1:reserve:action", "o-1", one_line("a", 5)));
     let results = join_all(calls).await;
     let first = &results[0].1;
     for (s, b) in &results {
         assert_eq!(*s, StatusCode::CREATED, "{b}");
         assert_eq!(b, first);
     }
-    assert_eq!(stock(&svc, "a").await, (95, 5));
-    assert_eq!(svc.count("reservations").await, 1);
+    assert_held(&svc, "a", (95, 5), 1).await;
 }
 
 #[tokio::test]
 async fn null_compensation_then_hanging_action_is_refused() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
-    let (s, b) = release(&svc, "s1:reserve:compensation", "o-1").await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["released"], false);
+    let svc = spawn_with_a(10).await;
+    assert_eq!(
+        released(&svc, "s1:reserve:compensation", "o-1").await,
+        false
+    );
 
-    let (s, b) = reserve(
-        &svc,
-        "s1:reserve:action",
-        "o-1",
-        json!([{"sku": "a", "quantity": 1}]),
-    )
-    .await;
+    let (s, b) = reserve(&svc, "s1:reserve:action", "o-1", one_line("a", 1)).await;
     assert_problem(s, &b, StatusCode::CONFLICT, "hanging");
-    assert_eq!(stock(&svc, "a").await, (10, 0));
-    assert_eq!(svc.count("reservations").await, 0);
+    assert_held(&svc, "a", (10, 0), 0).await;
 
     // Again, and the compensation again: the same answers.
-    let (s2, b2) = reserve(
-        &svc,
-        "s1:reserve:action",
-        "o-1",
-        json!([{"sku": "a", "quantity": 1}]),
-    )
-    .await;
+    let (s2, b2) = reserve(&svc, "s1:reserve:action", "o-1", one_line("a", 1)).await;
     assert_eq!((s2, b2), (s, b));
-    let (s, b) = release(&svc, "s1:reserve:compensation", "o-1").await;
-    assert_eq!((s, &b["released"]), (StatusCode::OK, &json!(false)));
+    assert_eq!(
+        released(&svc, "s1:reserve:compensation", "o-1").await,
+        false
+    );
     assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 
 #[tokio::test]
 async fn effect_then_503_retried_makes_one_effect() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
+    let svc = spawn_with_a(10).await;
     svc.fault(json!({ "order_id": "o-1", "kind": "effect_then_503" }))
         .await;
-    let items = json!([{"sku": "a", "quantity": 4}]);
+    let items = one_line("a", 4);
     let (s, b) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
     assert_problem(s, &b, StatusCode::SERVICE_UNAVAILABLE, "injected-fault");
     assert_eq!(stock(&svc, "a").await, (6, 4), "the effect was committed");
@@ -370,20 +354,18 @@ async fn effect_then_503_retried_makes_one_effect() {
     let (s, _) = release(&svc, "s1:reserve:compensation", "o-1").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(stock(&svc, "a").await, (10, 0));
-    let (s, b) = release(&svc, "s1:reserve:compensation", "o-1").await;
-    assert_eq!((s, &b["released"]), (StatusCode::OK, &json!(true)));
+    assert_eq!(released(&svc, "s1:reserve:compensation", "o-1").await, true);
     assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 
 #[tokio::test]
 async fn transient_and_in_progress_faults_are_scoped_and_counted() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
+    let svc = spawn_with_a(10).await;
     svc.fault(json!({ "order_id": "o-1", "kind": "transient", "times": 2 }))
         .await;
     svc.fault(json!({ "key": "s3:reserve:action", "kind": "in_progress", "times": 2 }))
         .await;
-    let items = json!([{"sku": "a", "quantity": 1}]);
+    let items = one_line("a", 1);
 
     // Another order is not disturbed.
     let (s, _) = reserve(&svc, "s2:reserve:action", "o-2", items.clone()).await;
@@ -419,11 +401,10 @@ async fn transient_and_in_progress_faults_are_scoped_and_counted() {
 
 #[tokio::test]
 async fn latency_fault_delays_only_its_scope() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
+    let svc = spawn_with_a(10).await;
     svc.fault(json!({ "order_id": "o-slow", "kind": "latency", "latency_ms": 400 }))
         .await;
-    let items = json!([{"sku": "a", "quantity": 1}]);
+    let items = one_line("a", 1);
     let started = Instant::now();
     let (s, _) = reserve(&svc, "s1:reserve:action", "o-fast", items.clone()).await;
     assert_eq!(s, StatusCode::CREATED);
@@ -522,7 +503,7 @@ async fn fifty_concurrent_reservations_never_oversell() {
     let svc = &svc;
     let calls = (0..50).map(|i| async move {
         let (key, order) = (format!("s{i}:reserve:action"), format!("o-{i}"));
-        reserve(svc, &key, &order, json!([{"sku": "scarce", "quantity": 1}])).await
+        reserve(svc, &key, &order, one_line("scarce", 1)).await
     });
     let results = join_all(calls).await;
     let ok = results
@@ -555,8 +536,7 @@ async fn healthz_answers() {
 /// it, and nothing is stored.
 #[tokio::test]
 async fn a_nul_anywhere_is_422_naming_it_and_stores_nothing() {
-    let svc = spawn().await;
-    set_stock(&svc, "a", 10).await;
+    let svc = spawn_with_a(10).await;
     for (path, pointer) in [
         ("/reservations?order_id=%00", "/query/order_id"),
         ("/reservations?order_id=o%00-1", "/query/order_id"),
@@ -566,14 +546,10 @@ async fn a_nul_anywhere_is_422_naming_it_and_stores_nothing() {
         assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
         assert_eq!(b["errors"][0]["pointer"], pointer, "{path}: {b}");
     }
-    let good = json!([{"sku": "a", "quantity": 1}]);
+    let good = one_line("a", 1);
     for (order, items, pointer) in [
         ("o\u{0}", good.clone(), "/order_id"),
-        (
-            "o-1",
-            json!([{"sku": "a\u{0}", "quantity": 1}]),
-            "/items/0/sku",
-        ),
+        ("o-1", one_line("a\u{0}", 1), "/items/0/sku"),
     ] {
         let (s, b) = reserve(&svc, "s1:reserve:action", order, items).await;
         assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
@@ -581,7 +557,7 @@ async fn a_nul_anywhere_is_422_naming_it_and_stores_nothing() {
     }
     let (s, b) = release(&svc, "s1:reserve:compensation", "\u{0}").await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
-    assert_eq!(svc.counts(&["saga_barrier", "reservations"]).await, [0, 0]);
+    assert_eq!(svc.counts(["saga_barrier", "reservations"]).await, [0, 0]);
     assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 
@@ -608,7 +584,7 @@ async fn a_replayed_duplicate_is_not_logged_as_an_error() {
     })
     .await;
     set_stock(svc, "a", 10).await;
-    let (key, items) = ("s1:reserve:action", json!([{"sku": "a", "quantity": 2}]));
+    let (key, items) = ("s1:reserve:action", one_line("a", 2));
     let mut pause = svc.app.hooks.pause_before_commit(key);
     let second = async {
         pause.reached().await;

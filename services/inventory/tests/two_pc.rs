@@ -30,6 +30,13 @@ async fn spawn_with_lock_timeout(ms: u64) -> Option<(Served, PreparedCleanup)> {
     svc.can_prepare().await.then_some((svc, cleanup))
 }
 
+/// [`spawn`] with `available` units of SKU `a`.
+async fn spawn_with_a(available: i64) -> Option<(Served, PreparedCleanup)> {
+    let (svc, cleanup) = spawn().await?;
+    set_stock(&svc, "a", available).await;
+    Some((svc, cleanup))
+}
+
 async fn set_stock(svc: &Served, sku: &str, available: i64) {
     let url = format!("{}/stock/{sku}", svc.url);
     let resp = svc
@@ -71,6 +78,30 @@ async fn decide(svc: &Served, verb: &str, txn: Uuid) -> (StatusCode, Value) {
     svc.tpc_decide(verb, txn).await
 }
 
+/// An answer that is 200 with `field` equal to `want`: its body.
+#[track_caller]
+fn ok_with(answer: (StatusCode, Value), field: &str, want: &str) -> Value {
+    let (s, b) = answer;
+    assert_eq!((s, &b[field]), (StatusCode::OK, &json!(want)), "{b}");
+    b
+}
+
+/// After `txn` (order `o-1`, 2 of `a`) was decided `verb` and reached `state`: a duplicate
+/// decision answers `state` again, a late prepare votes `late_vote`, and the other decision is a
+/// 409 `already-{state}`.
+async fn assert_late_messages_agree(
+    svc: &Served,
+    txn: Uuid,
+    (verb, state): (&str, &str),
+    late_vote: &str,
+) {
+    ok_with(decide(svc, verb, txn).await, "state", state);
+    ok_with(prepare(svc, txn, "o-1", "a", 2).await, "vote", late_vote);
+    let other = if verb == "commit" { "abort" } else { "commit" };
+    let (s, b) = decide(svc, other, txn).await;
+    assert_problem(s, &b, StatusCode::CONFLICT, &format!("already-{state}"));
+}
+
 async fn prepared_gids(svc: &Served) -> Vec<String> {
     let (s, status) = svc.get("/2pc/status").await;
     assert_eq!(s, StatusCode::OK, "{status}");
@@ -83,29 +114,18 @@ async fn prepared_gids(svc: &Served) -> Vec<String> {
 
 #[tokio::test]
 async fn prepare_then_commit_makes_the_effect_visible_with_its_transaction_id() {
-    let Some((svc, _cleanup)) = spawn().await else {
+    let Some((svc, _cleanup)) = spawn_with_a(10).await else {
         return;
     };
-    set_stock(&svc, "a", 10).await;
     let txn = Uuid::now_v7();
-    let (s, vote) = prepare(&svc, txn, "o-1", "a", 2).await;
-    assert_eq!(
-        (s, &vote["vote"]),
-        (StatusCode::OK, &json!("yes")),
-        "{vote}"
-    );
+    let vote = ok_with(prepare(&svc, txn, "o-1", "a", 2).await, "vote", "yes");
     assert_eq!(stock(&svc, "a").await, (10, 0), "invisible while prepared");
     assert_eq!(prepared_gids(&svc).await, [format!("tandem:{txn}:0")]);
     // A duplicate prepare: the same vote, no second effect.
     let (_, again) = prepare(&svc, txn, "o-1", "a", 2).await;
     assert_eq!(again, vote);
 
-    let (s, b) = decide(&svc, "commit", txn).await;
-    assert_eq!(
-        (s, &b["state"]),
-        (StatusCode::OK, &json!("committed")),
-        "{b}"
-    );
+    ok_with(decide(&svc, "commit", txn).await, "state", "committed");
     assert_eq!(stock(&svc, "a").await, (8, 2));
     assert!(prepared_gids(&svc).await.is_empty());
     let list = svc.list("/reservations", "o-1").await;
@@ -113,56 +133,33 @@ async fn prepare_then_commit_makes_the_effect_visible_with_its_transaction_id() 
     assert_eq!(list[0]["txn_id"], json!(txn));
 
     // Duplicates and late messages after the commit.
-    let (s, b) = decide(&svc, "commit", txn).await;
-    assert_eq!(
-        (s, &b["state"]),
-        (StatusCode::OK, &json!("committed")),
-        "{b}"
-    );
-    let (s, late) = prepare(&svc, txn, "o-1", "a", 2).await;
-    assert_eq!(
-        (s, &late["vote"]),
-        (StatusCode::OK, &json!("yes")),
-        "{late}"
-    );
-    let (s, b) = decide(&svc, "abort", txn).await;
-    assert_problem(s, &b, StatusCode::CONFLICT, "already-committed");
+    assert_late_messages_agree(&svc, txn, ("commit", "committed"), "yes").await;
     assert_eq!(stock(&svc, "a").await, (8, 2));
 }
 
 #[tokio::test]
 async fn prepare_then_abort_leaves_nothing_and_later_messages_agree() {
-    let Some((svc, _cleanup)) = spawn().await else {
+    let Some((svc, _cleanup)) = spawn_with_a(10).await else {
         return;
     };
-    set_stock(&svc, "a", 10).await;
     let txn = Uuid::now_v7();
-    let (_, vote) = prepare(&svc, txn, "o-1", "a", 2).await;
-    assert_eq!(vote["vote"], "yes", "{vote}");
-    let (s, b) = decide(&svc, "abort", txn).await;
-    assert_eq!((s, &b["state"]), (StatusCode::OK, &json!("aborted")), "{b}");
+    ok_with(prepare(&svc, txn, "o-1", "a", 2).await, "vote", "yes");
+    ok_with(decide(&svc, "abort", txn).await, "state", "aborted");
     assert_eq!(stock(&svc, "a").await, (10, 0));
     assert!(svc.list("/reservations", "o-1").await.is_empty());
     assert!(prepared_gids(&svc).await.is_empty());
     // Duplicate abort, prepare after abort, commit after abort.
-    let (s, b) = decide(&svc, "abort", txn).await;
-    assert_eq!((s, &b["state"]), (StatusCode::OK, &json!("aborted")), "{b}");
-    let (s, late) = prepare(&svc, txn, "o-1", "a", 2).await;
-    assert_eq!((s, &late["vote"]), (StatusCode::OK, &json!("no")), "{late}");
-    let (s, b) = decide(&svc, "commit", txn).await;
-    assert_problem(s, &b, StatusCode::CONFLICT, "already-aborted");
+    assert_late_messages_agree(&svc, txn, ("abort", "aborted"), "no").await;
     assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 
 #[tokio::test]
 async fn a_business_refusal_votes_no_with_its_reason_and_prepares_nothing() {
-    let Some((svc, _cleanup)) = spawn().await else {
+    let Some((svc, _cleanup)) = spawn_with_a(1).await else {
         return;
     };
-    set_stock(&svc, "a", 1).await;
     let txn = Uuid::now_v7();
-    let (s, vote) = prepare(&svc, txn, "o-1", "a", 2).await;
-    assert_eq!((s, &vote["vote"]), (StatusCode::OK, &json!("no")), "{vote}");
+    let vote = ok_with(prepare(&svc, txn, "o-1", "a", 2).await, "vote", "no");
     assert_eq!(
         vote["reason"]["type"],
         "urn:tandem:problem:insufficient-stock"
@@ -170,22 +167,18 @@ async fn a_business_refusal_votes_no_with_its_reason_and_prepares_nothing() {
     assert!(prepared_gids(&svc).await.is_empty());
     let (_, again) = prepare(&svc, txn, "o-1", "a", 2).await;
     assert_eq!(again, vote, "a duplicate gets the same vote");
-    let (s, b) = decide(&svc, "abort", txn).await;
-    assert_eq!((s, &b["state"]), (StatusCode::OK, &json!("aborted")), "{b}");
+    ok_with(decide(&svc, "abort", txn).await, "state", "aborted");
     assert_eq!(stock(&svc, "a").await, (1, 0));
 }
 
 #[tokio::test]
 async fn an_abort_before_its_prepare_makes_the_late_prepare_vote_no() {
-    let Some((svc, _cleanup)) = spawn().await else {
+    let Some((svc, _cleanup)) = spawn_with_a(10).await else {
         return;
     };
-    set_stock(&svc, "a", 10).await;
     let txn = Uuid::now_v7();
-    let (s, b) = decide(&svc, "abort", txn).await;
-    assert_eq!((s, &b["state"]), (StatusCode::OK, &json!("aborted")), "{b}");
-    let (_, vote) = prepare(&svc, txn, "o-1", "a", 2).await;
-    assert_eq!(vote["vote"], "no", "{vote}");
+    ok_with(decide(&svc, "abort", txn).await, "state", "aborted");
+    ok_with(prepare(&svc, txn, "o-1", "a", 2).await, "vote", "no");
     assert_eq!(stock(&svc, "a").await, (10, 0));
     assert!(prepared_gids(&svc).await.is_empty());
     let (s, b) = decide(&svc, "commit", Uuid::now_v7()).await;
@@ -202,8 +195,7 @@ async fn the_row_lock_is_held_while_prepared() {
     };
     set_stock(&svc, "a", 10).await;
     let txn = Uuid::now_v7();
-    let (_, vote) = prepare(&svc, txn, "o-1", "a", 2).await;
-    assert_eq!(vote["vote"], "yes", "{vote}");
+    ok_with(prepare(&svc, txn, "o-1", "a", 2).await, "vote", "yes");
     let saga = json!({ "order_id": "o-2", "items": [{"sku": "a", "quantity": 1}] });
     let waiter = svc.post("/reservations", Some("s2:reserve:action"), saga.clone());
     let watch = async {
@@ -274,7 +266,7 @@ async fn bad_input_is_a_problem_and_stores_nothing() {
         .post("/2pc/commit", None, json!({ "txn_id": Uuid::now_v7() }))
         .await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
-    assert_eq!(svc.counts(&["tpc_branch", "reservations"]).await, [0, 0]);
+    assert_eq!(svc.counts(["tpc_branch", "reservations"]).await, [0, 0]);
 }
 
 /// A restarted service finishes its prepared branches with the coordinator's answers (a stub
@@ -282,10 +274,9 @@ async fn bad_input_is_a_problem_and_stores_nothing() {
 /// `preparing` (no prepared transaction: its work was lost).
 #[tokio::test]
 async fn a_restarted_service_recovers_its_branches() {
-    let Some((svc, _cleanup)) = spawn().await else {
+    let Some((svc, _cleanup)) = spawn_with_a(10).await else {
         return;
     };
-    set_stock(&svc, "a", 10).await;
     set_stock(&svc, "b", 10).await;
     let (commit_txn, abort_txn, lost_txn) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let coordinator = stub_coordinator(commit_txn).await;
@@ -353,10 +344,9 @@ async fn stub_coordinator(commit_txn: Uuid) -> String {
 /// committed or, while another session is committing it, 503 (resend); the effect happens once.
 #[tokio::test]
 async fn concurrent_duplicate_prepares_and_commits_make_one_effect() {
-    let Some((svc, _cleanup)) = spawn().await else {
+    let Some((svc, _cleanup)) = spawn_with_a(10).await else {
         return;
     };
-    set_stock(&svc, "a", 10).await;
     let txn = Uuid::now_v7();
     let busy =
         |s: StatusCode, b: &Value| s == StatusCode::SERVICE_UNAVAILABLE && b["status"] == 503;
@@ -375,12 +365,7 @@ async fn concurrent_duplicate_prepares_and_commits_make_one_effect() {
             "{s} {b}"
         );
     }
-    let (s, b) = decide(&svc, "commit", txn).await;
-    assert_eq!(
-        (s, &b["state"]),
-        (StatusCode::OK, &json!("committed")),
-        "{b}"
-    );
+    ok_with(decide(&svc, "commit", txn).await, "state", "committed");
     assert_eq!(stock(&svc, "a").await, (8, 2));
     assert_eq!(svc.list("/reservations", "o-1").await.len(), 1);
 }
@@ -398,10 +383,8 @@ async fn a_failed_prepare_transaction_votes_no() {
     set_stock(&first, "a", 10).await;
     set_stock(&second, "a", 10).await;
     let txn = Uuid::now_v7();
-    let (_, vote) = prepare(&first, txn, "o-1", "a", 2).await;
-    assert_eq!(vote["vote"], "yes", "{vote}");
-    let (s, vote) = prepare(&second, txn, "o-1", "a", 2).await;
-    assert_eq!((s, &vote["vote"]), (StatusCode::OK, &json!("no")), "{vote}");
+    ok_with(prepare(&first, txn, "o-1", "a", 2).await, "vote", "yes");
+    let vote = ok_with(prepare(&second, txn, "o-1", "a", 2).await, "vote", "no");
     assert_eq!(vote["reason"]["type"], "urn:tandem:problem:cannot-prepare");
     assert!(prepared_gids(&second).await.is_empty());
     assert_eq!(stock(&second, "a").await, (10, 0));

@@ -81,20 +81,16 @@ pub const MAX_LATENCY_MS: u64 = 60_000;
 /// Most firings of one fault.
 pub const MAX_TIMES: u32 = 1_000_000;
 
-/// `POST /faults` body.
+/// `POST /faults` body (a missing `Option` field is `None`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
-    #[serde(default)]
     pub order_id: Option<String>,
-    #[serde(default)]
     pub key: Option<String>,
     #[serde(default)]
     pub op: FaultOp,
     pub kind: FaultKind,
-    #[serde(default)]
     pub times: Option<u32>,
-    #[serde(default)]
     pub latency_ms: Option<u64>,
 }
 

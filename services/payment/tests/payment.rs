@@ -16,15 +16,11 @@ async fn charge(svc: &Served, key: &str, order: &str, card: &str) -> (StatusCode
 }
 
 async fn refund(svc: &Served, key: &str, order: &str) -> (StatusCode, Value) {
-    svc.post("/refunds", Some(key), json!({ "order_id": order }))
-        .await
+    svc.compensate("/refunds", key, order).await
 }
 
-/// Rows in `payments` and `saga_barrier`.
-async fn rows(svc: &Served) -> (i64, i64) {
-    let c = svc.counts(&["payments", "saga_barrier"]).await;
-    (c[0], c[1])
-}
+/// Rows in `payments` and `saga_barrier`: `svc.counts(ROWS)`.
+const ROWS: [&str; 2] = ["payments", "saga_barrier"];
 
 fn charge_body(order: &str, card: &str) -> Value {
     json!({
@@ -151,8 +147,8 @@ async fn transient_refund_failures_then_one_refund() {
         assert_problem(s, &b, StatusCode::INTERNAL_SERVER_ERROR, "injected-fault");
     }
     assert_eq!(
-        rows(&svc).await,
-        (1, 1),
+        svc.counts(ROWS).await,
+        [1, 1],
         "one charge, only the action's barrier row"
     );
     let (s, b) = refund(&svc, "s1:charge_payment:compensation", "o-1").await;
@@ -196,7 +192,7 @@ async fn bad_input_is_rejected_and_stores_nothing() {
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
     let (s, b) = svc.delete("/charges").await;
     assert_problem(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
-    assert_eq!(rows(&svc).await, (0, 0));
+    assert_eq!(svc.counts(ROWS).await, [0, 0]);
 }
 
 /// Defect: `GET /payments?order_id=%00` answered 500 (Postgres refuses a NUL in text); now a
@@ -215,27 +211,19 @@ async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
         &[(body, "/customer_id")],
     )
     .await;
-    assert_eq!(rows(&svc).await, (0, 0));
+    assert_eq!(svc.counts(ROWS).await, [0, 0]);
 }
 
 /// 2PC: the same effect in a prepared transaction — invisible until committed, then listed with
 /// its transaction id; a business refusal votes NO with its reason and prepares nothing.
 #[tokio::test]
 async fn two_pc_prepare_commit_and_a_no_vote() {
-    let svc = spawn().await;
-    let _cleanup = svc.prepared_cleanup();
-    if svc.can_prepare().await {
-        let (good, refused) = (
-            charge_body("o-1", "tok_visa"),
-            charge_body("o-2", "tok_decline"),
-        );
-        svc.assert_two_pc_commit_and_refusal(
-            "/charges",
-            "/payments",
-            good,
-            refused,
-            "card-declined",
-        )
+    let (good, refused) = (
+        charge_body("o-1", "tok_visa"),
+        charge_body("o-2", "tok_decline"),
+    );
+    spawn()
+        .await
+        .assert_two_pc_commit_and_refusal("/charges", "/payments", good, refused, "card-declined")
         .await;
-    }
 }

@@ -16,15 +16,11 @@ async fn ship(svc: &Served, key: &str, order: &str, country: &str) -> (StatusCod
 }
 
 async fn cancel(svc: &Served, key: &str, order: &str) -> (StatusCode, Value) {
-    svc.post("/shipments/cancel", Some(key), json!({ "order_id": order }))
-        .await
+    svc.compensate("/shipments/cancel", key, order).await
 }
 
-/// Rows in `shipments` and `saga_barrier`.
-async fn rows(svc: &Served) -> (i64, i64) {
-    let c = svc.counts(&["shipments", "saga_barrier"]).await;
-    (c[0], c[1])
-}
+/// Rows in `shipments` and `saga_barrier`: `svc.counts(ROWS)`.
+const ROWS: [&str; 2] = ["shipments", "saga_barrier"];
 
 fn shipment_body(order: &str, country: &str) -> Value {
     json!({
@@ -71,7 +67,7 @@ async fn undeliverable_country_is_409_and_creates_nothing() {
     assert!(svc.list("/shipments", "o-1").await.is_empty());
     let (s, b) = cancel(&svc, "s1:create_shipment:compensation", "o-1").await;
     assert_eq!((s, &b["cancelled"]), (StatusCode::OK, &json!(false)), "{b}");
-    assert_eq!(rows(&svc).await, (0, 2));
+    assert_eq!(svc.counts(ROWS).await, [0, 2]);
 }
 
 #[tokio::test]
@@ -111,22 +107,10 @@ async fn concurrent_action_and_compensation_end_consistent() {
 #[tokio::test]
 async fn effect_then_503_and_in_progress_faults() {
     let svc = spawn().await;
-    let (s, b) = svc
-        .post(
-            "/faults",
-            None,
-            json!({ "key": "s1:create_shipment:action", "kind": "effect_then_503" }),
-        )
+    svc.fault(json!({ "key": "s1:create_shipment:action", "kind": "effect_then_503" }))
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (s, b) = svc
-        .post(
-            "/faults",
-            None,
-            json!({ "order_id": "o-2", "kind": "in_progress", "times": 2 }),
-        )
+    svc.fault(json!({ "order_id": "o-2", "kind": "in_progress", "times": 2 }))
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
 
     let (s, _) = ship(&svc, "s1:create_shipment:action", "o-1", "FR").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
@@ -190,7 +174,7 @@ async fn bad_input_is_rejected_and_stores_nothing() {
         &comp,
     )
     .await;
-    assert_eq!(rows(&svc).await, (0, 0));
+    assert_eq!(svc.counts(ROWS).await, [0, 0]);
 }
 
 /// Defect: `GET /shipments?order_id=%00` answered 500 (Postgres refuses a NUL in text); now a
@@ -209,18 +193,17 @@ async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
         &[(body, "/address/name")],
     )
     .await;
-    assert_eq!(rows(&svc).await, (0, 0));
+    assert_eq!(svc.counts(ROWS).await, [0, 0]);
 }
 
 /// 2PC: the same effect in a prepared transaction — invisible until committed, then listed with
 /// its transaction id; a business refusal votes NO with its reason and prepares nothing.
 #[tokio::test]
 async fn two_pc_prepare_commit_and_a_no_vote() {
-    let svc = spawn().await;
-    let _cleanup = svc.prepared_cleanup();
-    if svc.can_prepare().await {
-        let (good, refused) = (shipment_body("o-1", "FR"), shipment_body("o-2", "ZZ"));
-        svc.assert_two_pc_commit_and_refusal(
+    let (good, refused) = (shipment_body("o-1", "FR"), shipment_body("o-2", "ZZ"));
+    spawn()
+        .await
+        .assert_two_pc_commit_and_refusal(
             "/shipments",
             "/shipments",
             good,
@@ -228,5 +211,4 @@ async fn two_pc_prepare_commit_and_a_no_vote() {
             "undeliverable",
         )
         .await;
-    }
 }

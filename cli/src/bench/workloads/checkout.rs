@@ -56,40 +56,22 @@ async fn direct_checkout(
 ) -> Result<(), String> {
     let id = uuid::Uuid::now_v7().to_string();
     let [inv, pay, ship] = urls;
+    let step = async |url: String, name: &str, body: &Value| {
+        direct_step(&http, &url, &id, name, body).await
+    };
     let reserve = json!({ "order_id": input["order_id"], "items": input["items"] });
-    let reservation = direct_step(
-        &http,
-        &format!("{inv}/reservations"),
-        &id,
-        "reserve_inventory",
-        &reserve,
-    )
-    .await?;
+    let reservation = step(format!("{inv}/reservations"), "reserve_inventory", &reserve).await?;
     let charge = json!({
         "order_id": input["order_id"], "customer_id": input["customer_id"],
         "amount_cents": input["amount_cents"], "currency": input["currency"],
         "card_token": input["payment"]["card_token"],
     });
-    direct_step(
-        &http,
-        &format!("{pay}/charges"),
-        &id,
-        "charge_payment",
-        &charge,
-    )
-    .await?;
+    step(format!("{pay}/charges"), "charge_payment", &charge).await?;
     let shipment = json!({
         "order_id": input["order_id"], "address": input["shipping"]["address"],
         "items": input["items"], "reservation_id": reservation["reservation_id"],
     });
-    direct_step(
-        &http,
-        &format!("{ship}/shipments"),
-        &id,
-        "create_shipment",
-        &shipment,
-    )
-    .await?;
+    step(format!("{ship}/shipments"), "create_shipment", &shipment).await?;
     Ok(())
 }
 
