@@ -64,11 +64,17 @@ async fn nothing_prepared(http: &reqwest::Client, stack: &TestStack) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_2pc_checkout_commits_in_all_three_services() {
-    let (stack, _client) = tandem_tests::in_process("tpc_commit", |_| {}).await;
+/// A fresh stack with 10 `widget`s in stock.
+async fn start(name: &str) -> (TestStack, reqwest::Client) {
+    let (stack, _client) = tandem_tests::in_process(name, |_| {}).await;
     let http = reqwest::Client::new();
     set_stock(&http, &stack, "widget", 10).await;
+    (stack, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2pc_checkout_commits_in_all_three_services() {
+    let (stack, http) = start("tpc_commit").await;
 
     let (status, t) = run_2pc(
         &http,
@@ -99,9 +105,7 @@ async fn a_2pc_checkout_commits_in_all_three_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_vote_aborts_everything_and_sagas_share_the_business_key() {
-    let (stack, _client) = tandem_tests::in_process("tpc_abort", |_| {}).await;
-    let http = reqwest::Client::new();
-    set_stock(&http, &stack, "widget", 10).await;
+    let (stack, http) = start("tpc_abort").await;
 
     // Payment votes NO (declined card): stock unchanged, no charge, no shipment.
     let (_, t) = run_2pc(
