@@ -7,17 +7,26 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
+use crate::Error;
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn parse_url(url: &str) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).map_err(|source| Error::DatabaseUrl {
+        url: url.to_string(),
+        source,
+    })
+}
+
 /// Open a pool of at most `max_connections` on `url`, creating the database first if missing.
 /// Retries with backoff for about 30 s while the server is not reachable (so a stack that starts
 /// before Postgres does still comes up).
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let opts =
-        PgConnectOptions::from_str(url).with_context(|| format!("invalid database URL {url:?}"))?;
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    let opts = parse_url(url)?;
     let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
     let retry = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -33,16 +42,16 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await
-        .context("connecting to the database")?;
+        .map_err(Error::sql("connecting to the database"))?;
     Ok(pool)
 }
 
-fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<sqlx::Error>()
-            .is_some_and(|e| matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))
-            || c.downcast_ref::<std::io::Error>().is_some()
-    }) || e.to_string().contains("the database system is starting up")
+/// Worth retrying: the server is not reachable yet, or still starting up.
+fn is_transient(e: &Error) -> bool {
+    e.as_sqlx().is_some_and(|e| {
+        matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+            || e.to_string().contains("the database system is starting up")
+    })
 }
 
 /// The same server URL with another database name (user, host, port and query kept).
@@ -57,19 +66,20 @@ pub fn database_url(server_url: &str, name: &str) -> String {
 }
 
 /// Connect to the maintenance database `postgres` of the server of `url`.
-pub async fn admin_connection(url: &str) -> anyhow::Result<sqlx::PgConnection> {
-    PgConnectOptions::from_str(url)
-        .with_context(|| format!("invalid database URL {url:?}"))?
+pub async fn admin_connection(url: &str) -> Result<sqlx::PgConnection> {
+    parse_url(url)?
         .database("postgres")
         .connect()
         .await
-        .context("connecting to the postgres maintenance database")
+        .map_err(Error::sql(
+            "connecting to the postgres maintenance database",
+        ))
 }
 
 /// Drop database `name` on the server of `server_url`, if it exists. Its prepared transactions
 /// (two-phase commit) would make `DROP DATABASE` fail, and only a session in that database may
 /// finish them: they are rolled back from there first. Open sessions are ended (`FORCE`).
-pub async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
+pub async fn drop_database(server_url: &str, name: &str) -> Result<()> {
     let mut admin = admin_connection(server_url).await?;
     let gids: Vec<String> =
         sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE database = $1")
@@ -77,11 +87,11 @@ pub async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
             .fetch_all(&mut admin)
             .await?;
     if !gids.is_empty() {
-        let opts = PgConnectOptions::from_str(&database_url(server_url, name))?;
+        let opts = parse_url(&database_url(server_url, name))?;
         let mut own = opts
             .connect()
             .await
-            .with_context(|| format!("connecting to {name}"))?;
+            .map_err(Error::sql(format!("connecting to {name}")))?;
         for gid in gids {
             let sql = format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"));
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
@@ -97,12 +107,12 @@ pub async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(&mut admin)
         .await
-        .with_context(|| format!("dropping database {name}"))?;
+        .map_err(Error::sql(format!("dropping database {name}")))?;
     Ok(())
 }
 
 /// `CREATE DATABASE` if it does not exist yet (tolerating a concurrent creator).
-pub async fn create_database_if_missing(opts: &PgConnectOptions) -> anyhow::Result<()> {
+pub async fn create_database_if_missing(opts: &PgConnectOptions) -> Result<()> {
     let name = opts.get_database().unwrap_or("postgres").to_string();
     // Connect to the maintenance database of the same server to check / create.
     let mut conn = opts
@@ -110,7 +120,9 @@ pub async fn create_database_if_missing(opts: &PgConnectOptions) -> anyhow::Resu
         .database("postgres")
         .connect()
         .await
-        .context("connecting to the postgres maintenance database")?;
+        .map_err(Error::sql(
+            "connecting to the postgres maintenance database",
+        ))?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
@@ -127,7 +139,7 @@ pub async fn create_database_if_missing(opts: &PgConnectOptions) -> anyhow::Resu
                 .and_then(|d| d.code())
                 .is_some_and(|c| c == "42P04" || c == "23505");
             if !dup {
-                return Err(e).with_context(|| format!("creating database {name}"));
+                return Err(Error::sql(format!("creating database {name}"))(e));
             }
         } else {
             tracing::info!(database = %name, "created database");

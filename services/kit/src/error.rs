@@ -27,4 +27,35 @@ pub enum Error {
     Recovery(String),
     #[error("database")]
     Database(#[from] sqlx::Error),
+    #[error("invalid database URL {url:?}")]
+    DatabaseUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A database operation that says what it was doing (`creating database x`, …).
+    #[error("{what}")]
+    Sql {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl Error {
+    /// `source`, labelled with what was being done.
+    pub fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Sql { what, source }
+    }
+
+    /// The database error underneath, if any.
+    pub fn as_sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            Error::Database(e)
+            | Error::DatabaseUrl { source: e, .. }
+            | Error::Sql { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
 }

@@ -4,7 +4,9 @@
 //! - [`http`]: extractors with problem+json rejections (`Json`, `Path`, `Query`; any string
 //!   with a NUL — which Postgres cannot store — is a 422 naming it), 404/405 fallbacks, body
 //!   limit, `serve`, shutdown signal, tracing setup.
-//! - [`db`]: connect to Postgres, creating the service's own database if it is missing.
+//! - [`db`]: connect to Postgres, creating the service's own database if it is missing; the
+//!   URL of a database on a server (`database_url`); `drop_database` (prepared transactions
+//!   rolled back first).
 //! - [`effect`]: a service's business effects declared as data (`Action`, `Compensation`): path,
 //!   request type, validation, one effect function on an open transaction.
 //! - [`saga`]: serves those declarations as saga endpoints (one handler skeleton: parse,
@@ -20,8 +22,9 @@
 //! - [`service`]: one service process (config, database, router, `main`), parameterised by a
 //!   [`service::Spec`].
 //! - [`stats`]: per-database transaction counters and memory, served at `GET /stats`.
-//! - [`testing`]: a fresh database per test; [`service_tests`]: more of it for the services'
-//!   own tests.
+//! - [`testing`]: test databases dropped when a test passes and kept when it fails
+//!   (`TestDatabases`), `Served` (a service on an ephemeral port), `missing_prerequisite`
+//!   (skip outside CI, fail in CI); [`service_tests`]: more of it for the services' own tests.
 //! - [`error`]: the kit's error type ([`Error`]), for start-up and serving.
 
 pub mod barrier;

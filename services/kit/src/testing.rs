@@ -92,20 +92,22 @@ impl Drop for TestDatabases {
         // with its own runtime can block on the SQL without stalling that runtime.
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let outcome = tokio::runtime::Builder::new_current_thread()
+            let outcome: Result<(), String> = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(anyhow::Error::from)
+                .map_err(|e| e.to_string())
                 .and_then(|rt| {
                     rt.block_on(async {
                         for name in &names {
-                            drop_with_retry(&server, name).await?;
+                            drop_with_retry(&server, name)
+                                .await
+                                .map_err(|e| error_chain(&e))?;
                         }
                         Ok(())
                     })
                 });
             if let Err(e) = &outcome {
-                eprintln!("warning: test databases not dropped: {e:#}");
+                eprintln!("warning: test databases not dropped: {e}");
             }
             let _ = done.send(());
         });
@@ -116,12 +118,24 @@ impl Drop for TestDatabases {
     }
 }
 
+/// `e` and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// How long a passing test waits for its databases to be dropped.
 const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A database in use may get a new prepared transaction between the roll-back and the drop
 /// (a server of the test still running): try a few times.
-async fn drop_with_retry(server: &str, name: &str) -> anyhow::Result<()> {
+async fn drop_with_retry(server: &str, name: &str) -> Result<(), crate::Error> {
     let mut attempt = 0;
     loop {
         attempt += 1;
