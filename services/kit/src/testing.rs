@@ -97,13 +97,28 @@ impl Drop for TestDatabases {
                 .build()
                 .map_err(|e| e.to_string())
                 .and_then(|rt| {
+                    // All at once: each `DROP DATABASE` completes on the server once sent, even
+                    // if this process ends while waiting (one after the other, the ones not
+                    // yet sent when the wait below ran out were left behind).
                     rt.block_on(async {
-                        for name in &names {
-                            drop_with_retry(&server, name)
-                                .await
-                                .map_err(|e| error_chain(&e))?;
+                        let mut drops = tokio::task::JoinSet::new();
+                        for name in names {
+                            let server = server.clone();
+                            drops.spawn(async move { drop_with_retry(&server, &name).await });
                         }
-                        Ok(())
+                        let mut errors = Vec::new();
+                        while let Some(done) = drops.join_next().await {
+                            match done {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => errors.push(error_chain(&e)),
+                                Err(e) => errors.push(e.to_string()),
+                            }
+                        }
+                        if errors.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(errors.join("; "))
+                        }
                     })
                 });
             if let Err(e) = &outcome {
