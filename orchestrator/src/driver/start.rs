@@ -112,7 +112,7 @@ impl Driver {
             rand::random(),
         );
         let created = store::create_saga(
-            self.leases.pool(),
+            self.work.leases.pool(),
             NewSaga {
                 id,
                 definition: &def.name,
@@ -125,7 +125,7 @@ impl Driver {
                 state: &t.state,
                 events: &t.events,
                 owner: self.instance_id(),
-                lease_ttl: self.leases.ttl(),
+                lease_ttl: self.work.leases.ttl(),
             },
         )
         .await?;
@@ -162,11 +162,10 @@ impl Driver {
         def: Arc<crate::saga::Definition>,
         command: crate::saga::Command,
     ) {
-        let Some(permit) = self.try_activate(row.id) else {
-            // Every slot is busy (MAX_ACTIVE_SAGAS): hand the lease back at once so the saga is
-            // claimed as soon as an instance has room (the release NOTIFYs idle instances; a
-            // slot freeing here wakes this one), instead of waiting for the lease to expire.
-            self.hand_back_later(row.id, row.lease_epoch);
+        // Every slot busy (MAX_ACTIVE_SAGAS): the lease is handed back at once so the saga is
+        // claimed as soon as an instance has room (the release NOTIFYs idle instances; a slot
+        // freeing here wakes this one), instead of waiting for the lease to expire.
+        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
             return;
         };
         self.spawn_run(Active::new(row, def), command, permit);
@@ -175,13 +174,14 @@ impl Driver {
     /// `POST /sagas/{id}/retry`: take the parked saga's lease, apply the manual retry now (so
     /// the answer shows its effect), then drive it in the background.
     pub async fn retry(self: &Arc<Self>, id: Uuid) -> Result<Retried> {
-        let row = store::saga(self.leases.pool(), id)
+        let row = store::saga(self.work.leases.pool(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no saga {id}")))?;
         if row.status != SagaStatus::Failed {
             return Ok(Retried::NotFailed(row.status));
         }
         let Some(row) = self
+            .work
             .leases
             .take::<SagaRow>(id, Take::IfFree, "status = 'failed'")
             .await?
@@ -196,11 +196,11 @@ impl Driver {
                 what: "saga",
                 message: format!("saga {id} runs a definition that is not stored"),
             })?;
-        let permit = self.try_activate(id).ok_or(Error::Busy(id))?;
+        let permit = self.work.slots.take(id).ok_or(Error::Busy(id))?;
         let mut a = Active::new(row, def);
         match self.step(&mut a, Input::ManualRetry).await {
             Some(command) => self.spawn_run(a, command, permit),
-            None => self.finish(id, permit),
+            None => self.work.finish(id, permit),
         }
         Ok(Retried::Resumed)
     }
