@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use super::store::{self, Created, NewTxn};
 use super::{Part, TxnRow};
-use crate::driver::start::hash_json;
 use crate::error::{Error, Result};
 use crate::lease::{Leases, Take};
 use crate::registry::Registry;
@@ -232,26 +231,13 @@ impl Coordinator {
                 last_error: None,
             })
             .collect();
-        let business_key = def.business_key(&req.input);
         let id = Uuid::now_v7();
-        let created = store::create(
-            self.work.leases.pool(),
-            &NewTxn {
-                id,
-                protocol: &protocol,
-                definition: &def.name,
-                version: &version,
-                business_key: business_key.as_deref(),
-                input: &req.input,
-                input_hash: &hash_json(&req.input),
-                request_hash: &req.request_hash,
-                idempotency_key: req.idempotency_key.as_deref(),
-                participants: &participants,
-                owner: self.work.leases.owner(),
-                lease_ttl: self.work.leases.ttl(),
-            },
-        )
-        .await?;
+        let new = NewTxn {
+            run: req.new_run(id, &def, &version, &self.work.leases),
+            protocol: &protocol,
+            participants: &participants,
+        };
+        let created = store::create(self.work.leases.pool(), &new).await?;
         Ok(Ok(match created {
             Created::New(row) => {
                 let finished = req.watch.then(|| self.watch(id));

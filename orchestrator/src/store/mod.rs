@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::lease::{LeaseColumns, LeaseKind, Leased};
 use crate::saga::{SagaState, SagaStatus};
 
-pub use create::{Created, NewSaga, create_saga};
+pub use create::{Created, NewRun, NewSaga, create_saga};
 pub use transition::{NextRun, TransitionBatch, persist_transitions};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
