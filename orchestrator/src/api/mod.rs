@@ -18,11 +18,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tandem_kit::http::Json;
 use tandem_kit::problem::Problem;
+use uuid::Uuid;
 
 use crate::driver::Driver;
 
@@ -84,6 +87,32 @@ pub(super) fn page<R>(
     let next_cursor = (rows.len() > limit).then(|| id(&rows[limit - 1]).to_string());
     let items: Vec<Value> = rows.iter().take(limit).map(item).collect();
     json!({ "items": items, "next_cursor": next_cursor })
+}
+
+/// 201 (a new run) or 200 (the same request again): the run's view, with its `Location`.
+fn located(status: StatusCode, path: String, view: Value) -> Response {
+    (status, [(header::LOCATION, path)], Json(view)).into_response()
+}
+
+/// 422: the client's Idempotency-Key was first sent with another body (`did`: "started saga",
+/// "began transaction"; `field`: where the id goes).
+fn key_reused(did: &str, field: &'static str, id: Uuid) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "Idempotency-Key reused with a different request",
+    )
+    .detail(format!(
+        "this Idempotency-Key already {did} {id} with a different body"
+    ))
+    .with(field, id.to_string())
+}
+
+/// 409: the business key is held by run `id` of `kind` ("saga" or "transaction").
+fn business_key_taken(kind: &str, id: Uuid) -> Problem {
+    Problem::conflict("business-key-conflict", "Business key already used")
+        .detail(format!("{kind} {id} already runs this definition for the same business key (sagas and transactions share one namespace)"))
+        .with(if kind == "saga" { "saga_id" } else { "transaction_id" }, id.to_string())
 }
 
 async fn healthz(State(c): State<Ctx>) -> Result<Json<Value>, Problem> {

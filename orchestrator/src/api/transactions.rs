@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_kit::http::{Json, Path, Query};
@@ -67,19 +67,19 @@ pub(super) async fn create(
                 Some(finished) => settled(&c, id, wait, Some(finished)).await?,
                 None => view(&c, id).await?,
             };
-            Ok((StatusCode::CREATED, [(header::LOCATION, format!("/transactions/{id}"))], Json(view)).into_response())
+            Ok(super::located(
+                StatusCode::CREATED,
+                format!("/transactions/{id}"),
+                view,
+            ))
         }
-        Begun::Existing(id) => Ok((StatusCode::OK, [(header::LOCATION, format!("/transactions/{id}"))], Json(view(&c, id).await?)).into_response()),
-        Begun::KeyReused(id) => Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency-key-reused",
-            "Idempotency-Key reused with a different request",
-        )
-        .detail(format!("this Idempotency-Key already began transaction {id} with a different body"))
-        .with("transaction_id", id.to_string())),
-        Begun::BusinessKeyTaken { id, kind } => Err(Problem::conflict("business-key-conflict", "Business key already used")
-            .detail(format!("{kind} {id} already runs this definition for the same business key (sagas and transactions share one namespace)"))
-            .with(if kind == "saga" { "saga_id" } else { "transaction_id" }, id.to_string())),
+        Begun::Existing(id) => Ok(super::located(
+            StatusCode::OK,
+            format!("/transactions/{id}"),
+            view(&c, id).await?,
+        )),
+        Begun::KeyReused(id) => Err(super::key_reused("began transaction", "transaction_id", id)),
+        Begun::BusinessKeyTaken { id, kind } => Err(super::business_key_taken(kind, id)),
     }
 }
 
