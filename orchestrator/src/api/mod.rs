@@ -89,6 +89,41 @@ pub(super) fn page<R>(
     json!({ "items": items, "next_cursor": next_cursor })
 }
 
+/// A run as `read` returns it (with whether it is settled) once it is settled, or as it is
+/// when `wait` seconds have passed. Woken by `finished` (a waiter taken before the run could
+/// settle here), and looks again every 250 ms besides (another instance may run it).
+/// `just_started`: the run was created by this request and is driven here, so it cannot have
+/// settled yet — skip the first read. The caller forgets its waiter afterwards.
+async fn until_settled<T, Fut>(
+    wait: f64,
+    mut finished: tokio::sync::oneshot::Receiver<()>,
+    just_started: bool,
+    mut read: impl FnMut() -> Fut,
+) -> Result<T, Problem>
+where
+    Fut: std::future::Future<Output = Result<(T, bool), Problem>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(wait);
+    let mut read_now = !just_started;
+    let mut woken = false;
+    loop {
+        if read_now {
+            let (run, settled) = read().await?;
+            if settled || tokio::time::Instant::now() >= deadline {
+                return Ok(run);
+            }
+        }
+        read_now = true;
+        let tick = tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250)),
+        );
+        tokio::select! {
+            _ = tick => {}
+            _ = &mut finished, if !woken => woken = true,
+        }
+    }
+}
+
 /// 201 (a new run) or 200 (the same request again): the run's view, with its `Location`.
 fn located(status: StatusCode, path: String, view: Value) -> Response {
     (status, [(header::LOCATION, path)], Json(view)).into_response()

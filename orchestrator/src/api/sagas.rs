@@ -1,7 +1,5 @@
 //! `POST /sagas`, `GET /sagas/{id}`, `GET /sagas`, `POST /sagas/{id}/retry`.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -199,41 +197,16 @@ async fn wait_settled(
     finished: oneshot::Receiver<()>,
     just_started: bool,
 ) -> Result<(SagaRow, Vec<EventRow>), Problem> {
-    let r = wait_settled_inner(c, id, wait, finished, just_started).await;
+    let r = super::until_settled(wait, finished, just_started, || async move {
+        let (row, events) = store::saga_with_events(&c.pool, id)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
+        let settled = row.status.is_settled();
+        Ok(((row, events), settled))
+    })
+    .await;
     c.driver.unwatch(id);
     r
-}
-
-async fn wait_settled_inner(
-    c: &Ctx,
-    id: Uuid,
-    wait: f64,
-    mut finished: oneshot::Receiver<()>,
-    just_started: bool,
-) -> Result<(SagaRow, Vec<EventRow>), Problem> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-    let mut read = !just_started;
-    let mut woken = false;
-    loop {
-        if read {
-            let (row, events) = store::saga_with_events(&c.pool, id)
-                .await?
-                .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
-            if row.status.is_settled() || tokio::time::Instant::now() >= deadline {
-                return Ok((row, events));
-            }
-        }
-        read = true;
-        // Woken by this instance finishing the saga, or re-check the database periodically
-        // (another instance may be driving it).
-        let tick = tokio::time::sleep_until(
-            deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
-        );
-        tokio::select! {
-            _ = tick => {}
-            _ = &mut finished, if !woken => woken = true,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,8 +2,6 @@
 //! `GET /transactions/{id}/decision` (participants ask): the 2PC coordinator
 //! ([`crate::commit`]).
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -141,31 +139,22 @@ pub(super) async fn get_one(
 }
 
 /// The view once the transaction is committed or aborted, or as it is after `wait` seconds.
-/// Woken when it settles here (`finished`, taken before it could settle, or a new waiter), and
-/// looks again every 250 ms (another instance may run it).
+/// Woken when it settles here (`finished`, taken before it could settle, else one taken now),
+/// and looks again every 250 ms (another instance may run it).
 async fn settled(
     c: &Ctx,
     id: Uuid,
     wait: f64,
-    mut finished: Option<tokio::sync::oneshot::Receiver<()>>,
+    finished: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<Value, Problem> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-    let r = loop {
-        let mut woken = finished.take().unwrap_or_else(|| c.coordinator.watch(id));
-        let row = match store::get(&c.pool, id).await {
-            Ok(Some(row)) => row,
-            Ok(None) => break Err(Problem::not_found(format!("no transaction {id}"))),
-            Err(e) => break Err(e.into()),
-        };
-        if row.state.is_settled() || tokio::time::Instant::now() >= deadline {
-            break Ok(());
-        }
-        let tick = deadline.min(tokio::time::Instant::now() + Duration::from_millis(250));
-        tokio::select! {
-            _ = tokio::time::sleep_until(tick) => {}
-            _ = &mut woken => {}
-        }
-    };
+    let finished = finished.unwrap_or_else(|| c.coordinator.watch(id));
+    let r = super::until_settled(wait, finished, false, || async move {
+        let row = store::get(&c.pool, id)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no transaction {id}")))?;
+        Ok(((), row.state.is_settled()))
+    })
+    .await;
     c.coordinator.unwatch(id);
     r?;
     view(c, id).await
