@@ -32,7 +32,7 @@ struct Job {
     payload: String,
 }
 
-impl Leased for Job {
+impl sqlx::FromRow<'_, PgRow> for Job {
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         Ok(Job {
             id: row.try_get("job_id")?,
@@ -40,6 +40,9 @@ impl Leased for Job {
             payload: row.try_get("payload")?,
         })
     }
+}
+
+impl Leased for Job {
     fn id(&self) -> Uuid {
         self.id
     }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use crate::lease::{LeaseColumns, LeaseKind, Leased};
@@ -76,9 +76,6 @@ fn decode_error(what: &str, e: impl std::fmt::Display) -> sqlx::Error {
 }
 
 impl Leased for SagaRow {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        <SagaRow as sqlx::FromRow<PgRow>>::from_row(row)
-    }
     fn id(&self) -> Uuid {
         self.id
     }
