@@ -8,7 +8,7 @@ use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::{Part, TxnRow, TxnState, txn_columns};
-use crate::store::{NewRun, secs};
+use crate::store::{NewRun, one_by_id, secs};
 
 /// A transaction to log at `POST /transactions`, before any Prepare.
 pub struct NewTxn<'a> {
@@ -259,16 +259,12 @@ pub async fn progress(
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<TxnRow>, sqlx::Error> {
-    let row = sqlx::query(concat!(
+    let sql = concat!(
         "SELECT ",
         txn_columns!(),
         " FROM transactions WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    tandem_kit::stats::read_committed(pool);
-    row.as_ref().map(TxnRow::from_row).transpose()
+    );
+    one_by_id(pool, sql, id, |r| TxnRow::from_row(r)).await
 }
 
 /// The message log of a transaction, in order.

@@ -178,18 +178,26 @@ pub async fn saga_with_events(
     pool: &PgPool,
     id: Uuid,
 ) -> Result<Option<(SagaRow, Vec<EventRow>)>, sqlx::Error> {
-    let row = sqlx::query(concat!(
+    let sql = concat!(
         "SELECT ",
         saga_columns!(),
         ", (SELECT ",
         events_json!(),
         " FROM saga_events e WHERE e.saga_id = s.id) AS events FROM sagas s WHERE s.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    );
+    one_by_id(pool, sql, id, saga_and_events).await
+}
+
+/// The row `sql` selects by id (`$1`), decoded with `decode`; counted as a committed read.
+pub(crate) async fn one_by_id<T>(
+    pool: &PgPool,
+    sql: &'static str,
+    id: Uuid,
+    decode: impl FnOnce(&PgRow) -> Result<T, sqlx::Error>,
+) -> Result<Option<T>, sqlx::Error> {
+    let row = sqlx::query(sql).bind(id).fetch_optional(pool).await?;
     tandem_kit::stats::read_committed(pool);
-    row.as_ref().map(saga_and_events).transpose()
+    row.as_ref().map(decode).transpose()
 }
 
 /// Newest first; `before` is the cursor (an id from the previous page).
