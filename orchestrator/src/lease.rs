@@ -57,7 +57,7 @@ pub struct LeaseKind {
     /// For logs: `saga`, `transaction` …
     pub name: &'static str,
     pub table: &'static str,
-    /// The select list a claim, reclaim or take returns (decoded by [`Leased::from_row`]).
+    /// The select list a claim, reclaim or take returns (decoded by the row's [`sqlx::FromRow`]).
     pub columns: &'static str,
     pub lease: LeaseColumns,
     /// `NOTIFY` channel announcing hand-backs of this kind.
@@ -72,9 +72,8 @@ impl LeaseKind {
     }
 }
 
-/// A leased row as a claim returns it.
-pub trait Leased: Sized + Send + 'static {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error>;
+/// A leased row as a claim returns it (decoded with its [`sqlx::FromRow`]).
+pub trait Leased: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin + 'static {
     fn id(&self) -> Uuid;
     /// The epoch this instance's lease was taken with (fences its writes).
     fn epoch(&self) -> i64;

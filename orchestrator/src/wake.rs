@@ -82,6 +82,12 @@ impl Releaser {
             let _ = wait.await;
         }
     }
+
+    /// Hand the lease of row `id` back (fenced by `epoch`) without waiting for the batch.
+    pub fn release_later(&self, id: Uuid, epoch: i64) {
+        let (done, _) = oneshot::channel();
+        let _ = self.tx.send(Release { id, epoch, done });
+    }
 }
 
 /// How the listener checks that its connection is alive.

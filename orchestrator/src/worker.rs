@@ -1,8 +1,9 @@
 //! The background loops of any kind of leased work: claim, renew — and the wake-up signals the
 //! listener ([`crate::wake::listen`]) and the workers share.
 //!
-//! A kind of work implements [`Worker`] (its [`Leases`], how many more rows it can take, the
-//! rows it holds, how to start driving a claimed row) and gets:
+//! A kind of work holds a [`Plumbing`] (its [`Leases`], signals, slots, waiters and batched
+//! hand-backs), implements [`Worker`] (that plumbing, how to start driving a claimed row) and
+//! gets:
 //!
 //! - [`claim_loop`]: claim due rows until shutdown. After a pass it sleeps until the first of:
 //!   the poll interval, the moment the next row becomes claimable (answered by the claim
@@ -21,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::lease::{Leased, Leases};
+use crate::wake::Releaser;
 
 /// Slack added to a due time learnt from the database, so the pass runs just after it.
 const DUE_MARGIN: Duration = Duration::from_millis(5);
@@ -177,20 +179,77 @@ impl Watchers {
     }
 }
 
+/// What every kind of leased work runs on: its leases, the claim loop's wake-up signals, the
+/// rows driven here, their waiters, and the batched hand-backs.
+pub struct Plumbing {
+    pub leases: Leases,
+    pub signals: Signals,
+    /// The rows driven here (never one twice in one process; at most `max_active`).
+    pub slots: Slots,
+    /// Per-row waiters (POST-and-wait, long polls), woken only by their own row.
+    pub watchers: Watchers,
+    /// Hands leases back in batches, one NOTIFY per batch.
+    pub releaser: Releaser,
+}
+
+impl Plumbing {
+    /// Plumbing for `leases`, driving at most `max_active` rows at once (starts the releaser).
+    pub fn new(leases: Leases, max_active: usize) -> Self {
+        Plumbing {
+            releaser: Releaser::start(leases.clone()),
+            leases,
+            signals: Signals::default(),
+            slots: Slots::new(max_active),
+            watchers: Watchers::default(),
+        }
+    }
+
+    /// A slot for a row leased here (`epoch`). None: already driven here (its lease lapsed,
+    /// e.g. this process was paused) or no free slot — the new lease is handed back in the
+    /// background so the row is due again at once (an old task here is fenced by the new
+    /// epoch), and the claim loop looks again when a slot frees.
+    pub fn activate(&self, id: Uuid, epoch: i64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.slots.take(id);
+        if permit.is_none() {
+            self.signals.starve();
+            self.releaser.release_later(id, epoch);
+        }
+        permit
+    }
+
+    /// A row stopped being driven here: free its slot, and if work was turned away for lack
+    /// of one, run a claim pass now (after the permit is back, so the pass sees the free slot).
+    pub fn finish(&self, id: Uuid, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.slots.give_back(id, permit);
+        self.signals.slot_freed();
+    }
+
+    /// Wait until every row driven here has stopped (after shutdown was signalled).
+    pub async fn drain(&self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        while !self.slots.held().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// One kind of leased work, as the background loops see it.
 pub trait Worker: Send + Sync + 'static {
     type Row: Leased;
-    fn leases(&self) -> &Leases;
-    fn signals(&self) -> &Signals;
-    /// The rows driven here.
-    fn slots(&self) -> &Slots;
+    fn plumbing(&self) -> &Plumbing;
+    fn leases(&self) -> &Leases {
+        &self.plumbing().leases
+    }
+    fn signals(&self) -> &Signals {
+        &self.plumbing().signals
+    }
     /// How many more rows this instance can drive now.
     fn free_slots(&self) -> usize {
-        self.slots().free()
+        self.plumbing().slots.free()
     }
     /// The rows driven here (their leases are renewed).
     fn held(&self) -> Vec<Uuid> {
-        self.slots().held()
+        self.plumbing().slots.held()
     }
     /// Drive a row just claimed (or hand it back if it cannot be taken now).
     fn start(self: &Arc<Self>, row: Self::Row);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orchestrator::lease::{LeaseColumns, LeaseKind, Leased, Leases, Take};
-use orchestrator::worker::{Signals, Slots, Worker, claim_loop};
+use orchestrator::worker::{Plumbing, Worker, claim_loop};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use uuid::Uuid;
@@ -32,7 +32,7 @@ struct Job {
     payload: String,
 }
 
-impl Leased for Job {
+impl sqlx::FromRow<'_, PgRow> for Job {
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         Ok(Job {
             id: row.try_get("job_id")?,
@@ -40,6 +40,9 @@ impl Leased for Job {
             payload: row.try_get("payload")?,
         })
     }
+}
+
+impl Leased for Job {
     fn id(&self) -> Uuid {
         self.id
     }
@@ -169,23 +172,15 @@ async fn a_second_kind_of_row_is_claimed_renewed_fenced_and_handed_back() {
 
 /// A worker for jobs that records what it was given.
 struct JobWorker {
-    leases: Leases,
-    signals: Signals,
-    slots: Slots,
+    work: Plumbing,
     started: Mutex<Vec<Uuid>>,
     got: tokio::sync::Notify,
 }
 
 impl Worker for JobWorker {
     type Row = Job;
-    fn leases(&self) -> &Leases {
-        &self.leases
-    }
-    fn signals(&self) -> &Signals {
-        &self.signals
-    }
-    fn slots(&self) -> &Slots {
-        &self.slots
+    fn plumbing(&self) -> &Plumbing {
+        &self.work
     }
     fn start(self: &Arc<Self>, row: Job) {
         self.started.lock().unwrap().push(row.id);
@@ -197,9 +192,10 @@ impl Worker for JobWorker {
 async fn an_idle_worker_of_another_kind_is_woken_by_a_hand_back() {
     let (pool, _dbs) = jobs_db().await;
     let w = Arc::new(JobWorker {
-        leases: Leases::new(JOBS, pool.clone(), "idle", Duration::from_secs(30)),
-        signals: Signals::default(),
-        slots: Slots::new(8),
+        work: Plumbing::new(
+            Leases::new(JOBS, pool.clone(), "idle", Duration::from_secs(30)),
+            8,
+        ),
         started: Mutex::new(Vec::new()),
         got: tokio::sync::Notify::new(),
     });

@@ -15,6 +15,11 @@ fn begin(order: &str) -> Value {
     json!({"protocol": "2pc", "definition": "order", "input": {"order_id": order}})
 }
 
+/// The same order as a saga.
+fn saga(order: &str) -> Value {
+    json!({"definition": "order", "input": {"order_id": order}})
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_yes_commits_everywhere_with_a_logged_decision() {
     let (o, f) = setup("tpc_commit").await;
@@ -159,20 +164,10 @@ async fn sagas_and_transactions_share_one_business_key_namespace() {
     let (o, _f) = setup("tpc_bk").await;
     let (s, t) = o.post("/transactions?wait=10", &begin("o-3")).await;
     assert_eq!(s, 201, "{t}");
-    let (s, b) = o
-        .post(
-            "/sagas",
-            &json!({"definition": "order", "input": {"order_id": "o-3"}}),
-        )
-        .await;
+    let (s, b) = o.post("/sagas", &saga("o-3")).await;
     assert_eq!(s, 409, "{b}");
     assert_eq!(b["transaction_id"], t["id"]);
-    let (s, saga) = o
-        .post(
-            "/sagas",
-            &json!({"definition": "order", "input": {"order_id": "o-4"}}),
-        )
-        .await;
+    let (s, saga) = o.post("/sagas", &saga("o-4")).await;
     assert_eq!(s, 201, "{saga}");
     let (s, b) = o.post("/transactions", &begin("o-4")).await;
     assert_eq!(s, 409, "{b}");
@@ -280,7 +275,7 @@ async fn concurrent_saga_and_transaction_for_one_key_one_wins() {
     let (o, _f) = setup("tpc_race").await;
     for i in 0..15 {
         let order = format!("race-{i}");
-        let saga = json!({"definition": "order", "input": {"order_id": order}});
+        let saga = saga(&order);
         let txn = begin(&order);
         let (s1, s2) = tokio::join!(o.post("/sagas", &saga), o.post("/transactions", &txn));
         let created = [s1.0.as_u16(), s2.0.as_u16()];

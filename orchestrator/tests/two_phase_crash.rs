@@ -169,58 +169,36 @@ async fn expect(point: &str, recoverer: &str, at_crash: Value, outcome: &str) {
     assert_eq!(wrong, 0, "nobody was told {other}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_the_votes_before_the_decision_aborts_everywhere() {
-    let no_decision = json!({"decision": null, "yes_votes": 3, "commits": 0});
-    expect(
-        "orchestrator.2pc.after_votes",
-        "crash-test",
-        no_decision,
-        "abort",
-    )
-    .await;
+/// A test that runs [`expect`] once per row: `point, recoverer, log at the crash => outcome`.
+macro_rules! crash_test {
+    ($name:ident: $($point:literal, $recoverer:literal, $at_crash:tt => $outcome:literal;)+) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $(expect($point, $recoverer, json!($at_crash), $outcome).await;)+
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_logging_commit_before_sending_it_commits_everywhere() {
-    let logged_not_sent = json!({"decision": "commit", "yes_votes": 3, "commits": 0});
-    expect(
-        "orchestrator.2pc.after_decision",
-        "crash-test",
-        logged_not_sent,
-        "commit",
-    )
-    .await;
-}
+// The logs at a crash: votes in but no decision; Commit logged but not sent; one participant
+// told.
+crash_test!(crash_after_the_votes_before_the_decision_aborts_everywhere:
+    "orchestrator.2pc.after_votes", "crash-test",
+        {"decision": null, "yes_votes": 3, "commits": 0} => "abort";
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_in_the_middle_of_the_broadcast_commits_everywhere() {
-    let one_told = json!({"decision": "commit", "yes_votes": 3, "commits": 1});
-    expect(
-        "orchestrator.2pc.mid_broadcast",
-        "crash-test",
-        one_told,
-        "commit",
-    )
-    .await;
-}
+crash_test!(crash_after_logging_commit_before_sending_it_commits_everywhere:
+    "orchestrator.2pc.after_decision", "crash-test",
+        {"decision": "commit", "yes_votes": 3, "commits": 0} => "commit";
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_instance_claims_the_orphan_and_finishes_it() {
-    let logged_not_sent = json!({"decision": "commit", "yes_votes": 3, "commits": 0});
-    expect(
-        "orchestrator.2pc.after_decision",
-        "other",
-        logged_not_sent,
-        "commit",
-    )
-    .await;
-    let no_decision = json!({"decision": null, "yes_votes": 3, "commits": 0});
-    expect(
-        "orchestrator.2pc.after_votes",
-        "other",
-        no_decision,
-        "abort",
-    )
-    .await;
-}
+crash_test!(crash_in_the_middle_of_the_broadcast_commits_everywhere:
+    "orchestrator.2pc.mid_broadcast", "crash-test",
+        {"decision": "commit", "yes_votes": 3, "commits": 1} => "commit";
+);
+
+crash_test!(another_instance_claims_the_orphan_and_finishes_it:
+    "orchestrator.2pc.after_decision", "other",
+        {"decision": "commit", "yes_votes": 3, "commits": 0} => "commit";
+    "orchestrator.2pc.after_votes", "other",
+        {"decision": null, "yes_votes": 3, "commits": 0} => "abort";
+);

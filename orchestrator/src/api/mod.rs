@@ -18,11 +18,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tandem_kit::http::Json;
 use tandem_kit::problem::Problem;
+use uuid::Uuid;
 
 use crate::driver::Driver;
 
@@ -84,6 +87,67 @@ pub(super) fn page<R>(
     let next_cursor = (rows.len() > limit).then(|| id(&rows[limit - 1]).to_string());
     let items: Vec<Value> = rows.iter().take(limit).map(item).collect();
     json!({ "items": items, "next_cursor": next_cursor })
+}
+
+/// A run as `read` returns it (with whether it is settled) once it is settled, or as it is
+/// when `wait` seconds have passed. Woken by `finished` (a waiter taken before the run could
+/// settle here), and looks again every 250 ms besides (another instance may run it).
+/// `just_started`: the run was created by this request and is driven here, so it cannot have
+/// settled yet — skip the first read. The caller forgets its waiter afterwards.
+async fn until_settled<T, Fut>(
+    wait: f64,
+    mut finished: tokio::sync::oneshot::Receiver<()>,
+    just_started: bool,
+    mut read: impl FnMut() -> Fut,
+) -> Result<T, Problem>
+where
+    Fut: std::future::Future<Output = Result<(T, bool), Problem>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(wait);
+    let mut read_now = !just_started;
+    let mut woken = false;
+    loop {
+        if read_now {
+            let (run, settled) = read().await?;
+            if settled || tokio::time::Instant::now() >= deadline {
+                return Ok(run);
+            }
+        }
+        read_now = true;
+        let tick = tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250)),
+        );
+        tokio::select! {
+            _ = tick => {}
+            _ = &mut finished, if !woken => woken = true,
+        }
+    }
+}
+
+/// 201 (a new run) or 200 (the same request again): the run's view, with its `Location`.
+fn located(status: StatusCode, path: String, view: Value) -> Response {
+    (status, [(header::LOCATION, path)], Json(view)).into_response()
+}
+
+/// 422: the client's Idempotency-Key was first sent with another body (`did`: "started saga",
+/// "began transaction"; `field`: where the id goes).
+fn key_reused(did: &str, field: &'static str, id: Uuid) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "Idempotency-Key reused with a different request",
+    )
+    .detail(format!(
+        "this Idempotency-Key already {did} {id} with a different body"
+    ))
+    .with(field, id.to_string())
+}
+
+/// 409: the business key is held by run `id` of `kind` ("saga" or "transaction").
+fn business_key_taken(kind: &str, id: Uuid) -> Problem {
+    Problem::conflict("business-key-conflict", "Business key already used")
+        .detail(format!("{kind} {id} already runs this definition for the same business key (sagas and transactions share one namespace)"))
+        .with(if kind == "saga" { "saga_id" } else { "transaction_id" }, id.to_string())
 }
 
 async fn healthz(State(c): State<Ctx>) -> Result<Json<Value>, Problem> {

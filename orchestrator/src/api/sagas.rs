@@ -1,9 +1,7 @@
 //! `POST /sagas`, `GET /sagas/{id}`, `GET /sagas`, `POST /sagas/{id}/retry`.
 
-use std::time::Duration;
-
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -98,25 +96,16 @@ pub(super) async fn create(
                 }
                 None => view_of(&row, &events),
             };
-            Ok((StatusCode::CREATED, [(header::LOCATION, format!("/sagas/{id}"))], Json(view)).into_response())
+            Ok(super::located(StatusCode::CREATED, format!("/sagas/{id}"), view))
         }
         Started::Existing(existing) => {
             let (row, events) = store::saga_with_events(&c.pool, existing)
                 .await?
                 .ok_or_else(|| Problem::internal("saga vanished"))?;
-            Ok((StatusCode::OK, [(header::LOCATION, format!("/sagas/{existing}"))], Json(view_of(&row, &events)))
-                .into_response())
+            Ok(super::located(StatusCode::OK, format!("/sagas/{existing}"), view_of(&row, &events)))
         }
-        Started::KeyReused { saga_id } => Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency-key-reused",
-            "Idempotency-Key reused with a different request",
-        )
-        .detail(format!("this Idempotency-Key already started saga {saga_id} with a different body"))
-        .with("saga_id", saga_id.to_string())),
-        Started::TakenByTransaction(id) => Err(Problem::conflict("business-key-conflict", "Business key already used")
-            .detail(format!("transaction {id} already runs this definition for the same business key (sagas and transactions share one namespace)"))
-            .with("transaction_id", id.to_string())),
+        Started::KeyReused { saga_id } => Err(super::key_reused("started saga", "saga_id", saga_id)),
+        Started::TakenByTransaction(id) => Err(super::business_key_taken("transaction", id)),
         Started::BusinessKeyConflict { saga_id, definition, business_key } => Err(Problem::conflict("business-key-conflict", "Business key already used")
             .detail(format!(
                 "saga {saga_id} already runs definition {definition:?} for business key {business_key:?} with a different input",
@@ -208,41 +197,16 @@ async fn wait_settled(
     finished: oneshot::Receiver<()>,
     just_started: bool,
 ) -> Result<(SagaRow, Vec<EventRow>), Problem> {
-    let r = wait_settled_inner(c, id, wait, finished, just_started).await;
+    let r = super::until_settled(wait, finished, just_started, || async move {
+        let (row, events) = store::saga_with_events(&c.pool, id)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
+        let settled = row.status.is_settled();
+        Ok(((row, events), settled))
+    })
+    .await;
     c.driver.unwatch(id);
     r
-}
-
-async fn wait_settled_inner(
-    c: &Ctx,
-    id: Uuid,
-    wait: f64,
-    mut finished: oneshot::Receiver<()>,
-    just_started: bool,
-) -> Result<(SagaRow, Vec<EventRow>), Problem> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-    let mut read = !just_started;
-    let mut woken = false;
-    loop {
-        if read {
-            let (row, events) = store::saga_with_events(&c.pool, id)
-                .await?
-                .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
-            if row.status.is_settled() || tokio::time::Instant::now() >= deadline {
-                return Ok((row, events));
-            }
-        }
-        read = true;
-        // Woken by this instance finishing the saga, or re-check the database periodically
-        // (another instance may be driving it).
-        let tick = tokio::time::sleep_until(
-            deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
-        );
-        tokio::select! {
-            _ = tick => {}
-            _ = &mut finished, if !woken => woken = true,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,11 +2,9 @@
 //! `GET /transactions/{id}/decision` (participants ask): the 2PC coordinator
 //! ([`crate::commit`]).
 
-use std::time::Duration;
-
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_kit::http::{Json, Path, Query};
@@ -67,19 +65,19 @@ pub(super) async fn create(
                 Some(finished) => settled(&c, id, wait, Some(finished)).await?,
                 None => view(&c, id).await?,
             };
-            Ok((StatusCode::CREATED, [(header::LOCATION, format!("/transactions/{id}"))], Json(view)).into_response())
+            Ok(super::located(
+                StatusCode::CREATED,
+                format!("/transactions/{id}"),
+                view,
+            ))
         }
-        Begun::Existing(id) => Ok((StatusCode::OK, [(header::LOCATION, format!("/transactions/{id}"))], Json(view(&c, id).await?)).into_response()),
-        Begun::KeyReused(id) => Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency-key-reused",
-            "Idempotency-Key reused with a different request",
-        )
-        .detail(format!("this Idempotency-Key already began transaction {id} with a different body"))
-        .with("transaction_id", id.to_string())),
-        Begun::BusinessKeyTaken { id, kind } => Err(Problem::conflict("business-key-conflict", "Business key already used")
-            .detail(format!("{kind} {id} already runs this definition for the same business key (sagas and transactions share one namespace)"))
-            .with(if kind == "saga" { "saga_id" } else { "transaction_id" }, id.to_string())),
+        Begun::Existing(id) => Ok(super::located(
+            StatusCode::OK,
+            format!("/transactions/{id}"),
+            view(&c, id).await?,
+        )),
+        Begun::KeyReused(id) => Err(super::key_reused("began transaction", "transaction_id", id)),
+        Begun::BusinessKeyTaken { id, kind } => Err(super::business_key_taken(kind, id)),
     }
 }
 
@@ -141,31 +139,22 @@ pub(super) async fn get_one(
 }
 
 /// The view once the transaction is committed or aborted, or as it is after `wait` seconds.
-/// Woken when it settles here (`finished`, taken before it could settle, or a new waiter), and
-/// looks again every 250 ms (another instance may run it).
+/// Woken when it settles here (`finished`, taken before it could settle, else one taken now),
+/// and looks again every 250 ms (another instance may run it).
 async fn settled(
     c: &Ctx,
     id: Uuid,
     wait: f64,
-    mut finished: Option<tokio::sync::oneshot::Receiver<()>>,
+    finished: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<Value, Problem> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-    let r = loop {
-        let mut woken = finished.take().unwrap_or_else(|| c.coordinator.watch(id));
-        let row = match store::get(&c.pool, id).await {
-            Ok(Some(row)) => row,
-            Ok(None) => break Err(Problem::not_found(format!("no transaction {id}"))),
-            Err(e) => break Err(e.into()),
-        };
-        if row.state.is_settled() || tokio::time::Instant::now() >= deadline {
-            break Ok(());
-        }
-        let tick = deadline.min(tokio::time::Instant::now() + Duration::from_millis(250));
-        tokio::select! {
-            _ = tokio::time::sleep_until(tick) => {}
-            _ = &mut woken => {}
-        }
-    };
+    let finished = finished.unwrap_or_else(|| c.coordinator.watch(id));
+    let r = super::until_settled(wait, finished, false, || async move {
+        let row = store::get(&c.pool, id)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no transaction {id}")))?;
+        Ok(((), row.state.is_settled()))
+    })
+    .await;
     c.coordinator.unwatch(id);
     r?;
     view(c, id).await

@@ -10,18 +10,16 @@ use serde_json::Value;
 use tandem_kit::problem::FieldIssue;
 use tandem_protocols::two_phase::{self, Msg, Record};
 use tandem_protocols::{Action, Input, NodeId, Outcome, Role};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::store::{self, Created, NewTxn};
 use super::{Part, TxnRow};
-use crate::driver::start::hash_json;
 use crate::error::{Error, Result};
 use crate::lease::{Leases, Take};
 use crate::registry::Registry;
 use crate::text::{check_json, check_str};
-use crate::wake::Releaser;
-use crate::worker::{Signals, Slots, Watchers, Worker};
+use crate::worker::{Plumbing, Worker};
 
 /// A request to begin a transaction: a protocol, and what a saga would take.
 pub struct Begin {
@@ -51,13 +49,10 @@ pub struct CannotPrepare {
 }
 
 pub struct Coordinator {
-    pub(super) leases: Leases,
+    /// Leases, slots, waiters and hand-backs of transactions.
+    pub(super) work: Plumbing,
     pub(super) registry: Arc<Registry>,
     pub(super) http: reqwest::Client,
-    slots: Slots,
-    signals: Signals,
-    pub(super) watchers: Watchers,
-    pub(super) releaser: Releaser,
     pub(super) shutdown: watch::Receiver<bool>,
     /// This instance's base URL, sent to participants so they can ask for the decision.
     public_url: OnceLock<String>,
@@ -76,12 +71,8 @@ impl Coordinator {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .build()?,
-            releaser: Releaser::start(leases.clone()),
-            leases,
+            work: Plumbing::new(leases, max_active),
             registry,
-            slots: Slots::new(max_active),
-            signals: Signals::default(),
-            watchers: Watchers::default(),
             shutdown,
             public_url: OnceLock::new(),
             capable: Mutex::new(HashMap::new()),
@@ -98,11 +89,11 @@ impl Coordinator {
     }
 
     pub fn watch(&self, id: Uuid) -> tokio::sync::oneshot::Receiver<()> {
-        self.watchers.watch(id)
+        self.work.watchers.watch(id)
     }
 
     pub fn unwatch(&self, id: Uuid) {
-        self.watchers.unwatch(id)
+        self.work.watchers.unwatch(id)
     }
 
     /// Check a request to begin: protocol, storable text, known definition, valid input, and
@@ -240,26 +231,13 @@ impl Coordinator {
                 last_error: None,
             })
             .collect();
-        let business_key = def.business_key(&req.input);
         let id = Uuid::now_v7();
-        let created = store::create(
-            self.leases.pool(),
-            &NewTxn {
-                id,
-                protocol: &protocol,
-                definition: &def.name,
-                version: &version,
-                business_key: business_key.as_deref(),
-                input: &req.input,
-                input_hash: &hash_json(&req.input),
-                request_hash: &req.request_hash,
-                idempotency_key: req.idempotency_key.as_deref(),
-                participants: &participants,
-                owner: self.leases.owner(),
-                lease_ttl: self.leases.ttl(),
-            },
-        )
-        .await?;
+        let new = NewTxn {
+            run: req.new_run(id, &def, &version, &self.work.leases),
+            protocol: &protocol,
+            participants: &participants,
+        };
+        let created = store::create(self.work.leases.pool(), &new).await?;
         Ok(Ok(match created {
             Created::New(row) => {
                 let finished = req.watch.then(|| self.watch(id));
@@ -281,14 +259,14 @@ impl Coordinator {
     /// abort to every participant.
     pub async fn decision(self: &Arc<Self>, id: Uuid) -> Result<Option<Outcome>> {
         loop {
-            let Some(row) = store::get(self.leases.pool(), id).await? else {
+            let Some(row) = store::get(self.work.leases.pool(), id).await? else {
                 // Never logged: a core that knows nothing answers abort (presumed abort).
                 return Ok(answer_query(&mut two_phase::Coordinator::recover(1, &[]).0));
             };
             if let Some(d) = &row.decision {
                 return Ok(Some(outcome_of(d)));
             }
-            if self.slots.contains(id) {
+            if self.work.slots.contains(id) {
                 return Ok(None);
             }
             let n = row.participants.len() as u8;
@@ -308,6 +286,7 @@ impl Coordinator {
     /// decided meanwhile.
     async fn take_over_and_abort(self: &Arc<Self>, id: Uuid) -> Result<bool> {
         let Some(mut row) = self
+            .work
             .leases
             .take::<TxnRow>(id, Take::Steal, "decision IS NULL")
             .await?
@@ -325,7 +304,7 @@ impl Coordinator {
             participants: &row.participants,
             messages: &[],
         };
-        if !store::progress(self.leases.pool(), id, row.lease_epoch, &progress).await? {
+        if !store::progress(self.work.leases.pool(), id, row.lease_epoch, &progress).await? {
             return Ok(false);
         }
         tracing::warn!(txn = %id, epoch = row.lease_epoch, "undecided transaction taken over to answer a participant: abort (presumed)");
@@ -335,25 +314,17 @@ impl Coordinator {
         Ok(true)
     }
 
-    pub(super) fn finish(&self, id: Uuid, permit: OwnedSemaphorePermit) {
-        self.slots.give_back(id, permit);
-        self.signals.slot_freed();
-    }
-
     /// Run the coordinator of a transaction leased here (`fresh`: just logged, begin it;
     /// otherwise recover it from its log).
     fn run(self: &Arc<Self>, row: TxnRow, fresh: bool) {
-        let Some(permit) = self.slots.take(row.id) else {
-            self.signals.starve();
-            let me = self.clone();
-            tokio::spawn(async move { me.releaser.release(row.id, row.lease_epoch).await });
+        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
             return;
         };
         let me = self.clone();
         tokio::spawn(async move {
             let id = row.id;
             me.drive(row, fresh).await;
-            me.finish(id, permit);
+            me.work.finish(id, permit);
         });
     }
 }
@@ -383,14 +354,8 @@ pub(super) fn outcome_of(d: &str) -> Outcome {
 
 impl Worker for Coordinator {
     type Row = TxnRow;
-    fn leases(&self) -> &Leases {
-        &self.leases
-    }
-    fn signals(&self) -> &Signals {
-        &self.signals
-    }
-    fn slots(&self) -> &Slots {
-        &self.slots
+    fn plumbing(&self) -> &Plumbing {
+        &self.work
     }
     fn start(self: &Arc<Self>, row: TxnRow) {
         self.run(row, false);

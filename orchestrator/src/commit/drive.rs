@@ -182,7 +182,7 @@ impl Coordinator {
                     Input::Timeout(timer)
                 }
                 _ = crate::until_shutdown(&mut shutdown) => {
-                    self.releaser.release(t.id, t.epoch).await;
+                    self.work.releaser.release(t.id, t.epoch).await;
                     return;
                 }
             };
@@ -223,7 +223,7 @@ impl Coordinator {
                         return false;
                     }
                     t.done = true;
-                    self.watchers.settled(t.id);
+                    self.work.watchers.settled(t.id);
                 }
                 Action::ForceWrite(_) | Action::Write(_) => {}
                 Action::Decide(Outcome::Commit) => {}
@@ -292,7 +292,7 @@ impl Coordinator {
                 participants: &t.parts,
                 messages: &t.messages,
             };
-            match store::progress(self.leases.pool(), t.id, t.epoch, &p).await {
+            match store::progress(self.work.leases.pool(), t.id, t.epoch, &p).await {
                 Ok(true) => {
                     t.messages.clear();
                     return true;
@@ -375,7 +375,7 @@ impl Coordinator {
         if was_waiting && t.abort_pending.is_empty() && t.state == TxnState::Aborting {
             t.state = TxnState::Aborted;
             if self.write(t, None).await {
-                self.watchers.settled(t.id);
+                self.work.watchers.settled(t.id);
             }
             t.done = true;
         }

@@ -139,9 +139,6 @@ pub struct TxnRow {
 }
 
 impl crate::lease::Leased for TxnRow {
-    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        <TxnRow as sqlx::FromRow<sqlx::postgres::PgRow>>::from_row(row)
-    }
     fn id(&self) -> Uuid {
         self.id
     }

@@ -8,22 +8,13 @@ use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::{Part, TxnRow, TxnState, txn_columns};
-use crate::store::secs;
+use crate::store::{NewRun, one_by_id, secs};
 
 /// A transaction to log at `POST /transactions`, before any Prepare.
 pub struct NewTxn<'a> {
-    pub id: Uuid,
+    pub run: NewRun<'a>,
     pub protocol: &'a str,
-    pub definition: &'a str,
-    pub version: &'a str,
-    pub business_key: Option<&'a str>,
-    pub input: &'a Value,
-    pub input_hash: &'a str,
-    pub request_hash: &'a str,
-    pub idempotency_key: Option<&'a str>,
     pub participants: &'a [Part],
-    pub owner: &'a str,
-    pub lease_ttl: std::time::Duration,
 }
 
 #[derive(Debug)]
@@ -69,17 +60,17 @@ pub async fn create(pool: &PgPool, new: &NewTxn<'_>) -> Result<Created, sqlx::Er
          RETURNING ",
         txn_columns!()
     ))
-    .bind(new.id)
+    .bind(new.run.id)
     .bind(new.protocol)
-    .bind(new.definition)
-    .bind(new.version)
-    .bind(new.business_key)
-    .bind(new.input)
-    .bind(new.input_hash)
-    .bind(new.request_hash)
+    .bind(new.run.definition)
+    .bind(new.run.version)
+    .bind(new.run.business_key.as_deref())
+    .bind(new.run.input)
+    .bind(&new.run.input_hash)
+    .bind(new.run.request_hash)
     .bind(sqlx::types::Json(new.participants))
-    .bind(new.owner)
-    .bind(secs(new.lease_ttl))
+    .bind(new.run.owner)
+    .bind(secs(new.run.lease_ttl))
     .fetch_optional(&mut *tx)
     .await?;
     let created = match row {
@@ -109,7 +100,7 @@ async fn client_key(
     tx: &mut sqlx::PgConnection,
     new: &NewTxn<'_>,
 ) -> Result<Option<Created>, sqlx::Error> {
-    let Some(key) = new.idempotency_key else {
+    let Some(key) = new.run.idempotency_key else {
         return Ok(None);
     };
     let inserted = sqlx::query(
@@ -117,8 +108,8 @@ async fn client_key(
          ON CONFLICT DO NOTHING",
     )
     .bind(key)
-    .bind(new.request_hash)
-    .bind(new.id)
+    .bind(new.run.request_hash)
+    .bind(new.run.id)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -132,7 +123,7 @@ async fn client_key(
             .fetch_one(&mut *tx)
             .await?;
     let (hash, id): (String, Uuid) = (row.try_get(0)?, row.try_get(1)?);
-    Ok(Some(if hash == new.request_hash {
+    Ok(Some(if hash == new.run.request_hash {
         Created::Existing(id)
     } else {
         Created::KeyReused { id }
@@ -146,16 +137,16 @@ async fn claim_business_key(
     tx: &mut sqlx::PgConnection,
     new: &NewTxn<'_>,
 ) -> Result<Option<Created>, sqlx::Error> {
-    let Some(bk) = new.business_key else {
+    let Some(bk) = new.run.business_key.as_deref() else {
         return Ok(None);
     };
     let claimed = sqlx::query(
         "INSERT INTO business_keys (definition, business_key, kind, id) \
          VALUES ($1, $2, 'transaction', $3) ON CONFLICT DO NOTHING",
     )
-    .bind(new.definition)
+    .bind(new.run.definition)
     .bind(bk)
-    .bind(new.id)
+    .bind(new.run.id)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -166,7 +157,7 @@ async fn claim_business_key(
     let (kind, id): (String, Uuid) = sqlx::query_as(
         "SELECT kind, id FROM business_keys WHERE definition = $1 AND business_key = $2",
     )
-    .bind(new.definition)
+    .bind(new.run.definition)
     .bind(bk)
     .fetch_one(&mut *tx)
     .await?;
@@ -185,21 +176,21 @@ async fn same_business_key(
     let existing = sqlx::query(
         "SELECT id, input_hash FROM transactions WHERE definition = $1 AND business_key = $2",
     )
-    .bind(new.definition)
-    .bind(new.business_key)
+    .bind(new.run.definition)
+    .bind(new.run.business_key.as_deref())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(existing) = existing else {
         return Ok(None);
     };
     let (id, hash): (Uuid, String) = (existing.try_get(0)?, existing.try_get(1)?);
-    if hash != new.input_hash {
+    if hash != new.run.input_hash {
         return Ok(Some(Created::BusinessKeyTaken {
             id,
             kind: "transaction",
         }));
     }
-    if let Some(key) = new.idempotency_key {
+    if let Some(key) = new.run.idempotency_key {
         sqlx::query("UPDATE transaction_keys SET transaction_id = $2 WHERE key = $1")
             .bind(key)
             .bind(id)
@@ -268,16 +259,12 @@ pub async fn progress(
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<TxnRow>, sqlx::Error> {
-    let row = sqlx::query(concat!(
+    let sql = concat!(
         "SELECT ",
         txn_columns!(),
         " FROM transactions WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    tandem_kit::stats::read_committed(pool);
-    row.as_ref().map(TxnRow::from_row).transpose()
+    );
+    one_by_id(pool, sql, id, |r| TxnRow::from_row(r)).await
 }
 
 /// The message log of a transaction, in order.

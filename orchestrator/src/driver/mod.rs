@@ -23,7 +23,7 @@ pub mod start;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -31,23 +31,16 @@ use crate::lease::Leases;
 use crate::registry::Registry;
 use crate::saga::Input;
 use crate::store::SagaRow;
-use crate::wake::Releaser;
-use crate::worker::{Signals, Slots, Watchers, Worker};
+use crate::worker::{Plumbing, Worker};
 use crate::writer::TransitionWriter;
 
 pub use start::{StartSaga, Started};
 
 pub struct Driver {
-    leases: Leases,
+    /// Leases, slots (at most MAX_ACTIVE_SAGAS), waiters and hand-backs of sagas.
+    work: Plumbing,
     registry: Arc<Registry>,
     http: reqwest::Client,
-    /// Sagas being driven here (never one twice in one process; at most MAX_ACTIVE_SAGAS).
-    slots: Slots,
-    /// Per-saga waiters (POST-and-wait, long polls), woken only by their own saga.
-    watchers: Watchers,
-    signals: Signals,
-    /// Hands leases back in batches, one NOTIFY per batch.
-    releaser: Releaser,
     writer: TransitionWriter,
     shutdown: watch::Receiver<bool>,
 }
@@ -77,13 +70,9 @@ impl Driver {
             config.transition_batch,
         );
         Ok(Driver {
-            releaser: Releaser::start(leases.clone()),
-            leases,
+            work: Plumbing::new(leases, config.max_active),
             registry,
             http,
-            slots: Slots::new(config.max_active),
-            watchers: Watchers::default(),
-            signals: Signals::default(),
             writer,
             shutdown,
         })
@@ -95,71 +84,43 @@ impl Driver {
 
     /// This instance's identity in leases.
     pub fn instance_id(&self) -> &str {
-        self.leases.owner()
+        self.work.leases.owner()
     }
 
     /// Resolves when saga `id` reaches a terminal or parked state on this instance. Call before
     /// the saga can get there; after a wait that gave up, call [`Driver::unwatch`].
     pub fn watch(&self, id: Uuid) -> oneshot::Receiver<()> {
-        self.watchers.watch(id)
+        self.work.watchers.watch(id)
     }
 
     /// Forget the waiters of `id` that stopped waiting.
     pub fn unwatch(&self, id: Uuid) {
-        self.watchers.unwatch(id)
+        self.work.watchers.unwatch(id)
     }
 
     fn notify_finished(&self, id: Uuid) {
-        self.watchers.settled(id)
+        self.work.watchers.settled(id)
     }
 
     /// At start-up: resume the sagas this instance identity held before a restart.
     pub async fn resume_own(self: &Arc<Self>) -> Result<()> {
-        for row in self.leases.reclaim_own::<SagaRow>().await? {
+        for row in self.work.leases.reclaim_own::<SagaRow>().await? {
             tracing::info!(saga = %row.id, "resuming a saga this instance held before restarting");
             self.spawn_leased(row, Input::Wake);
         }
         Ok(())
     }
 
-    /// A slot for saga `id`, unless every slot is busy or it is already driven here.
-    fn try_activate(&self, id: Uuid) -> Option<OwnedSemaphorePermit> {
-        self.slots.take(id)
-    }
-
-    /// A saga stopped being driven here: free its slot, and if work was turned away for lack
-    /// of one, run a claim pass now (after the permit is back, so the pass sees the free slot).
-    fn finish(&self, id: Uuid, permit: OwnedSemaphorePermit) {
-        self.slots.give_back(id, permit);
-        self.signals.slot_freed();
-    }
-
-    /// Hand a lease back in the background (no free slot, or already driven here).
-    fn hand_back_later(self: &Arc<Self>, id: Uuid, epoch: i64) {
-        self.signals.starve();
-        let me = self.clone();
-        tokio::spawn(async move { me.releaser.release(id, epoch).await });
-    }
-
     /// Wait until every saga driven here has stopped (after shutdown was signalled).
     pub async fn drain(&self, max: Duration) {
-        let deadline = tokio::time::Instant::now() + max;
-        while !self.slots.held().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.work.drain(max).await
     }
 }
 
 impl Worker for Driver {
     type Row = SagaRow;
-    fn leases(&self) -> &Leases {
-        &self.leases
-    }
-    fn signals(&self) -> &Signals {
-        &self.signals
-    }
-    fn slots(&self) -> &Slots {
-        &self.slots
+    fn plumbing(&self) -> &Plumbing {
+        &self.work
     }
     fn start(self: &Arc<Self>, row: SagaRow) {
         self.spawn_leased(row, Input::Wake);

@@ -62,17 +62,13 @@ impl Driver {
         tokio::spawn(async move {
             let id = a.id;
             me.run(a, command).await;
-            me.finish(id, permit);
+            me.work.finish(id, permit);
         });
     }
 
     /// Drive a saga obtained by a claim or a reclaim, starting with `input`.
     pub(super) fn spawn_leased(self: &Arc<Self>, row: SagaRow, input: Input) {
-        let Some(permit) = self.try_activate(row.id) else {
-            // Already driven here (its lease lapsed, e.g. this process was paused) or no free
-            // slot: hand the new lease back so the saga is due again at once; the old task here
-            // is fenced by the new epoch and drops it.
-            self.hand_back_later(row.id, row.lease_epoch);
+        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
             return;
         };
         let me = self.clone();
@@ -91,7 +87,7 @@ impl Driver {
                     tracing::error!(saga = %id, error = %e, "cannot load the saga's definition")
                 }
             }
-            me.finish(id, permit);
+            me.work.finish(id, permit);
         });
     }
 
@@ -112,7 +108,7 @@ impl Driver {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = crate::until_shutdown(&mut shutdown) => {
-                            self.releaser.release(a.id, a.epoch).await;
+                            self.work.releaser.release(a.id, a.epoch).await;
                             return;
                         }
                     }
@@ -148,7 +144,7 @@ impl Driver {
             return None;
         };
         if *self.shutdown.borrow() {
-            self.releaser.release(a.id, a.epoch).await;
+            self.work.releaser.release(a.id, a.epoch).await;
             return None;
         }
         tandem_kit::crash::point(match phase {
@@ -173,7 +169,7 @@ impl Driver {
             Command::Call { .. } => (NextRun::Now, true),
             Command::WaitUntil(at) => {
                 let wait = (*at - Utc::now()).to_std().unwrap_or_default();
-                (NextRun::At(*at), wait < self.leases.ttl() / 2)
+                (NextRun::At(*at), wait < self.work.leases.ttl() / 2)
             }
             Command::Stop => (NextRun::Never, false),
         };
@@ -193,7 +189,7 @@ impl Driver {
         a.state = t.state;
         match t.command {
             Command::WaitUntil(at) if !keep => {
-                self.signals.note_due(at);
+                self.work.signals.note_due(at);
                 None
             }
             Command::Stop => {

@@ -12,10 +12,10 @@ use uuid::Uuid;
 use super::Driver;
 use super::run::Active;
 use crate::error::{Error, Result};
-use crate::lease::Take;
+use crate::lease::{Leases, Take};
 use crate::saga::definition::canonical_json;
-use crate::saga::{Input, SagaStatus, engine};
-use crate::store::{self, Created, EventRow, NewSaga, SagaRow};
+use crate::saga::{Definition, Input, SagaStatus, engine};
+use crate::store::{self, Created, EventRow, NewRun, NewSaga, SagaRow};
 use crate::text::{check_json, check_str};
 
 /// A request to start a saga.
@@ -30,6 +30,31 @@ pub struct StartSaga {
     pub request_hash: String,
     /// Register a waiter before the saga can settle (POST-and-wait).
     pub watch: bool,
+}
+
+impl StartSaga {
+    /// This request run as `id` with definition `def` at `version`, leased with `leases` (a
+    /// saga's or a transaction's).
+    pub fn new_run<'a>(
+        &'a self,
+        id: Uuid,
+        def: &'a Definition,
+        version: &'a str,
+        leases: &'a Leases,
+    ) -> NewRun<'a> {
+        NewRun {
+            id,
+            definition: &def.name,
+            version,
+            business_key: def.business_key(&self.input),
+            input: &self.input,
+            input_hash: hash_json(&self.input),
+            request_hash: &self.request_hash,
+            idempotency_key: self.idempotency_key.as_deref(),
+            owner: leases.owner(),
+            lease_ttl: leases.ttl(),
+        }
+    }
 }
 
 /// What starting a saga did.
@@ -100,7 +125,6 @@ impl Driver {
             .await?;
         def.validate_input(&req.input)
             .map_err(|errors| Error::fields_at("/input", errors))?;
-        let business_key = def.business_key(&req.input);
         let id = Uuid::now_v7();
         let t = engine::transition(
             &def,
@@ -111,24 +135,12 @@ impl Driver {
             chrono::Utc::now(),
             rand::random(),
         );
-        let created = store::create_saga(
-            self.leases.pool(),
-            NewSaga {
-                id,
-                definition: &def.name,
-                version: &version,
-                business_key: business_key.as_deref(),
-                input: &req.input,
-                input_hash: &hash_json(&req.input),
-                request_hash: &req.request_hash,
-                idempotency_key: req.idempotency_key.as_deref(),
-                state: &t.state,
-                events: &t.events,
-                owner: self.instance_id(),
-                lease_ttl: self.leases.ttl(),
-            },
-        )
-        .await?;
+        let new = NewSaga {
+            run: req.new_run(id, &def, &version, &self.work.leases),
+            state: &t.state,
+            events: &t.events,
+        };
+        let created = store::create_saga(self.work.leases.pool(), &new).await?;
         Ok(match created {
             Created::New(saga) => {
                 let (row, events) = *saga;
@@ -150,7 +162,7 @@ impl Driver {
             Created::BusinessKeyConflict { saga_id } => Started::BusinessKeyConflict {
                 saga_id,
                 definition: def.name.clone(),
-                business_key: business_key.unwrap_or_default(),
+                business_key: new.run.business_key.clone().unwrap_or_default(),
             },
         })
     }
@@ -162,11 +174,10 @@ impl Driver {
         def: Arc<crate::saga::Definition>,
         command: crate::saga::Command,
     ) {
-        let Some(permit) = self.try_activate(row.id) else {
-            // Every slot is busy (MAX_ACTIVE_SAGAS): hand the lease back at once so the saga is
-            // claimed as soon as an instance has room (the release NOTIFYs idle instances; a
-            // slot freeing here wakes this one), instead of waiting for the lease to expire.
-            self.hand_back_later(row.id, row.lease_epoch);
+        // Every slot busy (MAX_ACTIVE_SAGAS): the lease is handed back at once so the saga is
+        // claimed as soon as an instance has room (the release NOTIFYs idle instances; a slot
+        // freeing here wakes this one), instead of waiting for the lease to expire.
+        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
             return;
         };
         self.spawn_run(Active::new(row, def), command, permit);
@@ -175,13 +186,14 @@ impl Driver {
     /// `POST /sagas/{id}/retry`: take the parked saga's lease, apply the manual retry now (so
     /// the answer shows its effect), then drive it in the background.
     pub async fn retry(self: &Arc<Self>, id: Uuid) -> Result<Retried> {
-        let row = store::saga(self.leases.pool(), id)
+        let row = store::saga(self.work.leases.pool(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no saga {id}")))?;
         if row.status != SagaStatus::Failed {
             return Ok(Retried::NotFailed(row.status));
         }
         let Some(row) = self
+            .work
             .leases
             .take::<SagaRow>(id, Take::IfFree, "status = 'failed'")
             .await?
@@ -196,11 +208,11 @@ impl Driver {
                 what: "saga",
                 message: format!("saga {id} runs a definition that is not stored"),
             })?;
-        let permit = self.try_activate(id).ok_or(Error::Busy(id))?;
+        let permit = self.work.slots.take(id).ok_or(Error::Busy(id))?;
         let mut a = Active::new(row, def);
         match self.step(&mut a, Input::ManualRetry).await {
             Some(command) => self.spawn_run(a, command, permit),
-            None => self.finish(id, permit),
+            None => self.work.finish(id, permit),
         }
         Ok(Retried::Resumed)
     }

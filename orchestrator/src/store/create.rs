@@ -14,20 +14,26 @@ use super::transition::event_columns;
 use super::{EventRow, SagaRow, events_json, saga_and_events, saga_columns, secs};
 use crate::saga::{EventRecord, SagaState};
 
-pub struct NewSaga<'a> {
+/// What any run (a saga, a transaction) is created with: the request, the definition it runs,
+/// and the lease its creator takes ([`crate::driver::StartSaga::new_run`]).
+pub struct NewRun<'a> {
     pub id: Uuid,
     pub definition: &'a str,
     pub version: &'a str,
-    pub business_key: Option<&'a str>,
+    pub business_key: Option<String>,
     pub input: &'a Value,
-    pub input_hash: &'a str,
+    pub input_hash: String,
     /// Hash of the whole request (for the client's Idempotency-Key).
     pub request_hash: &'a str,
     pub idempotency_key: Option<&'a str>,
-    pub state: &'a SagaState,
-    pub events: &'a [EventRecord],
     pub owner: &'a str,
     pub lease_ttl: Duration,
+}
+
+pub struct NewSaga<'a> {
+    pub run: NewRun<'a>,
+    pub state: &'a SagaState,
+    pub events: &'a [EventRecord],
 }
 
 #[derive(Debug)]
@@ -77,16 +83,16 @@ async fn insert_saga(
         events_json!(),
         " FROM e) AS events FROM s"
     ))
-    .bind(new.id)
-    .bind(new.definition)
-    .bind(new.version)
-    .bind(new.business_key)
-    .bind(new.input)
-    .bind(new.input_hash)
+    .bind(new.run.id)
+    .bind(new.run.definition)
+    .bind(new.run.version)
+    .bind(new.run.business_key.as_deref())
+    .bind(new.run.input)
+    .bind(&new.run.input_hash)
     .bind(new.state.status.as_str())
     .bind(&state_json)
-    .bind(new.owner)
-    .bind(secs(new.lease_ttl))
+    .bind(new.run.owner)
+    .bind(secs(new.run.lease_ttl))
     .bind(kinds)
     .bind(steps)
     .bind(details)
@@ -96,9 +102,9 @@ async fn insert_saga(
 }
 
 /// Create a saga: one statement without a client key (the common case), else one transaction.
-pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sqlx::Error> {
-    if new.idempotency_key.is_none() {
-        let created = insert_saga(pool, &new).await?;
+pub async fn create_saga(pool: &PgPool, new: &NewSaga<'_>) -> Result<Created, sqlx::Error> {
+    if new.run.idempotency_key.is_none() {
+        let created = insert_saga(pool, new).await?;
         tandem_kit::stats::write_committed(pool);
         if let Some(saga) = created {
             return Ok(Created::New(Box::new(saga)));
@@ -106,13 +112,13 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
         // The business key is taken: sort it out below.
     }
     let mut tx = pool.begin().await?;
-    if let Some(key) = new.idempotency_key {
+    if let Some(key) = new.run.idempotency_key {
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (key, request_hash, saga_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(key)
-        .bind(new.request_hash)
-        .bind(new.id)
+        .bind(new.run.request_hash)
+        .bind(new.run.id)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -126,14 +132,14 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
             let hash: String = row.try_get("request_hash")?;
             let saga_id: Uuid = row.try_get("saga_id")?;
             tx.rollback().await?;
-            return Ok(if hash == new.request_hash {
+            return Ok(if hash == new.run.request_hash {
                 Created::Replay(saga_id)
             } else {
                 Created::KeyReused { saga_id }
             });
         }
     }
-    if let Some(saga) = insert_saga(&mut *tx, &new).await? {
+    if let Some(saga) = insert_saga(&mut *tx, new).await? {
         tx.commit().await?;
         tandem_kit::stats::write_committed(pool);
         return Ok(Created::New(Box::new(saga)));
@@ -141,16 +147,16 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
     // The business key is taken: by a saga, or by a transaction.
     let existing =
         sqlx::query("SELECT id, input_hash FROM sagas WHERE definition = $1 AND business_key = $2")
-            .bind(new.definition)
-            .bind(new.business_key)
+            .bind(new.run.definition)
+            .bind(new.run.business_key.as_deref())
             .fetch_optional(&mut *tx)
             .await?;
     let Some(existing) = existing else {
         let transaction_id: Uuid = sqlx::query_scalar(
             "SELECT id FROM transactions WHERE definition = $1 AND business_key = $2",
         )
-        .bind(new.definition)
-        .bind(new.business_key)
+        .bind(new.run.definition)
+        .bind(new.run.business_key.as_deref())
         .fetch_one(&mut *tx)
         .await?;
         tx.rollback().await?;
@@ -158,12 +164,12 @@ pub async fn create_saga(pool: &PgPool, new: NewSaga<'_>) -> Result<Created, sql
     };
     let saga_id: Uuid = existing.try_get("id")?;
     let hash: String = existing.try_get("input_hash")?;
-    if hash != new.input_hash {
+    if hash != new.run.input_hash {
         tx.rollback().await?;
         return Ok(Created::BusinessKeyConflict { saga_id });
     }
     // Same order again under a new client key: remember the key for that saga.
-    if let Some(key) = new.idempotency_key {
+    if let Some(key) = new.run.idempotency_key {
         sqlx::query("UPDATE idempotency_keys SET saga_id = $2 WHERE key = $1")
             .bind(key)
             .bind(saga_id)

@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use crate::lease::{LeaseColumns, LeaseKind, Leased};
 use crate::saga::{SagaState, SagaStatus};
 
-pub use create::{Created, NewSaga, create_saga};
+pub use create::{Created, NewRun, NewSaga, create_saga};
 pub use transition::{NextRun, TransitionBatch, persist_transitions};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
@@ -76,9 +76,6 @@ fn decode_error(what: &str, e: impl std::fmt::Display) -> sqlx::Error {
 }
 
 impl Leased for SagaRow {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        <SagaRow as sqlx::FromRow<PgRow>>::from_row(row)
-    }
     fn id(&self) -> Uuid {
         self.id
     }
@@ -181,18 +178,26 @@ pub async fn saga_with_events(
     pool: &PgPool,
     id: Uuid,
 ) -> Result<Option<(SagaRow, Vec<EventRow>)>, sqlx::Error> {
-    let row = sqlx::query(concat!(
+    let sql = concat!(
         "SELECT ",
         saga_columns!(),
         ", (SELECT ",
         events_json!(),
         " FROM saga_events e WHERE e.saga_id = s.id) AS events FROM sagas s WHERE s.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    );
+    one_by_id(pool, sql, id, saga_and_events).await
+}
+
+/// The row `sql` selects by id (`$1`), decoded with `decode`; counted as a committed read.
+pub(crate) async fn one_by_id<T>(
+    pool: &PgPool,
+    sql: &'static str,
+    id: Uuid,
+    decode: impl FnOnce(&PgRow) -> Result<T, sqlx::Error>,
+) -> Result<Option<T>, sqlx::Error> {
+    let row = sqlx::query(sql).bind(id).fetch_optional(pool).await?;
     tandem_kit::stats::read_committed(pool);
-    row.as_ref().map(saga_and_events).transpose()
+    row.as_ref().map(decode).transpose()
 }
 
 /// Newest first; `before` is the cursor (an id from the previous page).
