@@ -260,6 +260,9 @@ async fn bad_input_is_a_problem_and_stores_nothing() {
         assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
         if !pointer.is_empty() {
             assert_eq!(b["errors"][0]["pointer"], pointer, "{body} → {b}");
+            // The detail names the field where the client sent it, as the pointer does.
+            let detail = b["detail"].as_str().unwrap_or_default();
+            assert!(detail.starts_with(&format!("{pointer}:")), "{b}");
         }
     }
     let (s, b) = svc

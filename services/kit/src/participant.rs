@@ -155,12 +155,9 @@ fn accept(app: &App, req: &PrepareRequest) -> Result<Accepted, Problem> {
             ),
         ));
     };
-    endpoint.accept(req.body.clone()).map_err(|mut p| {
-        for issue in &mut p.errors {
-            issue.pointer = format!("/body{}", issue.pointer);
-        }
-        p
-    })
+    endpoint
+        .accept(req.body.clone())
+        .map_err(|p| p.nested_under("/body"))
 }
 
 /// 503 naming the setting when this server cannot prepare transactions.

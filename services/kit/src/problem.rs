@@ -110,6 +110,31 @@ impl Problem {
         p
     }
 
+    /// The same problem with every field pointer moved under `prefix` (the body of an envelope,
+    /// e.g. `/body`), the detail rewritten to match: a 422's detail names the fields, so it
+    /// must name them where the client sent them. Problems without fields are unchanged.
+    pub fn nested_under(self, prefix: &str) -> Self {
+        if self.errors.is_empty() {
+            return self;
+        }
+        let issues = self
+            .errors
+            .into_iter()
+            .map(|i| FieldIssue {
+                pointer: format!("{prefix}{}", i.pointer),
+                message: i.message,
+            })
+            .collect();
+        let mut p = Problem::invalid_fields(issues);
+        p.status = self.status;
+        p.slug = self.slug;
+        p.title = self.title;
+        p.extensions = self.extensions;
+        p.retry_after = self.retry_after;
+        p.cause = self.cause;
+        p
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(detail)
     }
@@ -287,5 +312,32 @@ mod tests {
         assert_eq!(v["errors"][0]["pointer"], "/items/0/quantity");
         assert_eq!(v["saga_id"], "abc");
         assert!(v["detail"].as_str().unwrap().contains("/items/0/quantity"));
+    }
+
+    #[test]
+    fn nested_pointers_and_detail_agree() {
+        let p = Problem::invalid_fields(vec![
+            FieldIssue {
+                pointer: "/items".into(),
+                message: "must not be empty".into(),
+            },
+            FieldIssue {
+                pointer: String::new(),
+                message: "must be an object".into(),
+            },
+        ])
+        .with("hint", "x")
+        .nested_under("/body");
+        let v = p.to_json();
+        assert_eq!(v["status"], 422);
+        assert_eq!(v["errors"][0]["pointer"], "/body/items");
+        assert_eq!(v["errors"][1]["pointer"], "/body");
+        assert_eq!(
+            v["detail"],
+            "/body/items: must not be empty; /body: must be an object"
+        );
+        assert_eq!(v["hint"], "x");
+        let plain = Problem::not_found("no such thing").nested_under("/body");
+        assert_eq!(plain.detail.as_deref(), Some("no such thing"));
     }
 }
