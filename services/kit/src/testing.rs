@@ -110,7 +110,7 @@ impl Drop for TestDatabases {
                         while let Some(done) = drops.join_next().await {
                             match done {
                                 Ok(Ok(())) => {}
-                                Ok(Err(e)) => errors.push(error_chain(&e)),
+                                Ok(Err(e)) => errors.push(crate::error::chain(&e)),
                                 Err(e) => errors.push(e.to_string()),
                             }
                         }
@@ -131,18 +131,6 @@ impl Drop for TestDatabases {
         // completes it even if this process ends first).
         let _ = finished.recv_timeout(DROP_WAIT);
     }
-}
-
-/// `e` and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// How long a passing test waits for its databases to be dropped.
