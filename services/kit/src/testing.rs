@@ -287,6 +287,22 @@ pub fn assert_problem(
     assert_eq!(body["status"], want.as_u16(), "{body}");
 }
 
+/// `field` of each item of the JSON array `list`, as strings (panics where `list` is not an
+/// array or a `field` is not a string).
+pub fn strings<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    let items = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"));
+    items
+        .iter()
+        .map(|item| {
+            item[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no string `{field}` in {item}"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
