@@ -244,9 +244,13 @@ impl Coordinator {
                 self.run(*row.clone(), true);
                 Begun::New { row, finished }
             }
-            Created::Existing(id) => Begun::Existing(id),
-            Created::KeyReused { id } => Begun::KeyReused(id),
-            Created::BusinessKeyTaken { id, kind } => Begun::BusinessKeyTaken { id, kind },
+            Created::Replay(id) | Created::SameBusinessKey(id) => Begun::Existing(id),
+            Created::KeyReused(id) => Begun::KeyReused(id),
+            Created::BusinessKeyConflict(id) => Begun::BusinessKeyTaken {
+                id,
+                kind: "transaction",
+            },
+            Created::TakenByOther(id) => Begun::BusinessKeyTaken { id, kind: "saga" },
         }))
     }
 

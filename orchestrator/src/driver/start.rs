@@ -155,11 +155,9 @@ impl Driver {
             Created::Replay(existing) | Created::SameBusinessKey(existing) => {
                 Started::Existing(existing)
             }
-            Created::KeyReused { saga_id } => Started::KeyReused { saga_id },
-            Created::TakenByTransaction { transaction_id } => {
-                Started::TakenByTransaction(transaction_id)
-            }
-            Created::BusinessKeyConflict { saga_id } => Started::BusinessKeyConflict {
+            Created::KeyReused(saga_id) => Started::KeyReused { saga_id },
+            Created::TakenByOther(transaction_id) => Started::TakenByTransaction(transaction_id),
+            Created::BusinessKeyConflict(saga_id) => Started::BusinessKeyConflict {
                 saga_id,
                 definition: def.name.clone(),
                 business_key: new.run.business_key.clone().unwrap_or_default(),
