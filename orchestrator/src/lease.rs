@@ -25,6 +25,8 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
+use crate::store::{PgQuery, secs};
+
 /// The names of a leased table's lease columns.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseColumns {
@@ -117,10 +119,6 @@ pub struct Leases {
     sql: Arc<Sql>,
 }
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
 impl Leases {
     pub fn new(kind: LeaseKind, pool: PgPool, owner: &str, ttl: Duration) -> Self {
         let sql = Sql {
@@ -210,13 +208,9 @@ impl Leases {
     /// At start-up: take back the leases this instance identity held before a restart (new
     /// epoch, so anything the previous incarnation still had in flight is fenced).
     pub async fn reclaim_own<R: Leased>(&self) -> Result<Vec<R>, sqlx::Error> {
-        let rows = sqlx::query(AssertSqlSafe(self.sql.reclaim.clone()))
-            .bind(&*self.owner)
-            .bind(secs(self.ttl))
-            .fetch_all(&self.pool)
-            .await?;
-        tandem_kit::stats::write_committed(&self.pool);
-        rows.iter().map(R::from_row).collect()
+        let q = sqlx::query(AssertSqlSafe(self.sql.reclaim.clone()));
+        self.leased_rows(q.bind(&*self.owner).bind(secs(self.ttl)))
+            .await
     }
 
     /// Lease row `id` now (epoch + 1) if `also` (an SQL predicate over the row, e.g.
@@ -236,14 +230,18 @@ impl Leases {
             &self.kind,
             &TAKE.replace("{free}", free).replace("{also}", also),
         );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .bind(&*self.owner)
-            .bind(secs(self.ttl))
-            .fetch_optional(&self.pool)
+        let q = sqlx::query(AssertSqlSafe(sql)).bind(id);
+        let rows = self
+            .leased_rows(q.bind(&*self.owner).bind(secs(self.ttl)))
             .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// The rows a leasing statement `q` returns (one commit), decoded.
+    async fn leased_rows<R: Leased>(&self, q: PgQuery<'_>) -> Result<Vec<R>, sqlx::Error> {
+        let rows = q.fetch_all(&self.pool).await?;
         tandem_kit::stats::write_committed(&self.pool);
-        row.as_ref().map(R::from_row).transpose()
+        rows.iter().map(R::from_row).collect()
     }
 }
 
