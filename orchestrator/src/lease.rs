@@ -15,12 +15,14 @@
 //!
 //! The fence itself is part of each kind's own writes: every write of a leased row checks
 //! `<epoch column> = <the epoch its lease was taken with>` ([`LeaseKind::fence`]), so a former
-//! owner's write affects no row. Rows decode through [`Leased`]. The background loops that
+//! owner's write affects no row. Rows decode through [`Leased`]; a row with the standard
+//! column names carries its lease as a [`RowLease`]. The background loops that
 //! drive claims, renewals and wake-ups for a kind are in [`crate::worker`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
@@ -51,6 +53,27 @@ impl LeaseColumns {
         epoch: "lease_epoch",
         due: "next_run_at",
     };
+}
+
+/// The lease of a row with the [`LeaseColumns::STANDARD`] names, as a row type decodes it
+/// (`#[sqlx(flatten)]`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RowLease {
+    /// When the row needs a worker next; None once there is nothing to do.
+    pub next_run_at: Option<DateTime<Utc>>,
+    #[sqlx(rename = "lease_owner")]
+    pub owner: Option<String>,
+    #[sqlx(rename = "lease_until")]
+    pub until: Option<DateTime<Utc>>,
+    #[sqlx(rename = "lease_epoch")]
+    pub epoch: i64,
+}
+
+impl RowLease {
+    /// What an API view shows of it: `{"owner", "until", "epoch"}`.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({"owner": self.owner, "until": self.until, "epoch": self.epoch})
+    }
 }
 
 /// One kind of leased row.

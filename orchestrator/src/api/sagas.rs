@@ -148,7 +148,7 @@ pub fn view_of(row: &SagaRow, events: &[EventRow]) -> Value {
         "reason": row.state.reason,
         "last_error": last_error,
         "next_attempt_at": row.state.next_attempt_at,
-        "lease": {"owner": row.lease_owner, "until": row.lease_until, "epoch": row.lease_epoch},
+        "lease": row.lease.view(),
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "events": events,

@@ -117,7 +117,7 @@ fn view_of(row: &TxnRow, messages: &[(i64, store::Message)]) -> Value {
         "version": row.version, "business_key": row.business_key, "input": row.input,
         "state": row.state, "decision": row.decision, "decided_at": row.decided_at,
         "participants": participants,
-        "lease": {"owner": row.lease_owner, "until": row.lease_until, "epoch": row.lease_epoch},
+        "lease": row.lease.view(),
         "created_at": row.created_at, "updated_at": row.updated_at,
         // A request and its response are two messages; the coordinator forces its Begin (the
         // row) and, to commit, the Commit record.

@@ -308,10 +308,10 @@ impl Coordinator {
             participants: &row.participants,
             messages: &[],
         };
-        if !store::progress(self.work.leases.pool(), id, row.lease_epoch, &progress).await? {
+        if !store::progress(self.work.leases.pool(), id, row.lease.epoch, &progress).await? {
             return Ok(false);
         }
-        tracing::warn!(txn = %id, epoch = row.lease_epoch, "undecided transaction taken over to answer a participant: abort (presumed)");
+        tracing::warn!(txn = %id, epoch = row.lease.epoch, "undecided transaction taken over to answer a participant: abort (presumed)");
         row.decision = Some("abort".into());
         row.state = super::TxnState::Aborting;
         self.run(row, false);
@@ -321,7 +321,7 @@ impl Coordinator {
     /// Run the coordinator of a transaction leased here (`fresh`: just logged, begin it;
     /// otherwise recover it from its log).
     fn run(self: &Arc<Self>, row: TxnRow, fresh: bool) {
-        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
+        let Some(permit) = self.work.activate(row.id, row.lease.epoch) else {
             return;
         };
         let me = self.clone();

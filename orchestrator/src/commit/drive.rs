@@ -129,7 +129,7 @@ impl Coordinator {
         let (tx, rx) = mpsc::unbounded_channel();
         let t = Txn {
             id: row.id,
-            epoch: row.lease_epoch,
+            epoch: row.lease.epoch,
             core,
             parts: row.participants,
             bodies,

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::lease::{LeaseColumns, LeaseKind};
+use crate::lease::{LeaseColumns, LeaseKind, RowLease};
 
 pub use coordinator::{Begin, Begun, Coordinator};
 
@@ -130,10 +130,8 @@ pub struct TxnRow {
     pub decided_at: Option<DateTime<Utc>>,
     #[sqlx(json)]
     pub participants: Vec<Part>,
-    pub next_run_at: Option<DateTime<Utc>>,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<DateTime<Utc>>,
-    pub lease_epoch: i64,
+    #[sqlx(flatten)]
+    pub lease: RowLease,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -143,6 +141,6 @@ impl crate::lease::Leased for TxnRow {
         self.id
     }
     fn epoch(&self) -> i64 {
-        self.lease_epoch
+        self.lease.epoch
     }
 }

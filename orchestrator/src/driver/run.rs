@@ -33,7 +33,7 @@ impl Active {
             def,
             input: row.input,
             state: row.state,
-            epoch: row.lease_epoch,
+            epoch: row.lease.epoch,
         }
     }
 
@@ -68,7 +68,7 @@ impl Driver {
 
     /// Drive a saga obtained by a claim or a reclaim, starting with `input`.
     pub(super) fn spawn_leased(self: &Arc<Self>, row: SagaRow, input: Input) {
-        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
+        let Some(permit) = self.work.activate(row.id, row.lease.epoch) else {
             return;
         };
         let me = self.clone();

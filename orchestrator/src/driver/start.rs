@@ -175,7 +175,7 @@ impl Driver {
         // Every slot busy (MAX_ACTIVE_SAGAS): the lease is handed back at once so the saga is
         // claimed as soon as an instance has room (the release NOTIFYs idle instances; a slot
         // freeing here wakes this one), instead of waiting for the lease to expire.
-        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
+        let Some(permit) = self.work.activate(row.id, row.lease.epoch) else {
             return;
         };
         self.spawn_run(Active::new(row, def), command, permit);

@@ -22,7 +22,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{FromRow, PgExecutor, Row};
 use uuid::Uuid;
 
-use crate::lease::{LeaseColumns, LeaseKind, Leased};
+use crate::lease::{LeaseColumns, LeaseKind, Leased, RowLease};
 use crate::saga::{SagaState, SagaStatus};
 
 pub use create::{Created, CreatedSaga, NewRun, NewSaga, RunKind, create_saga};
@@ -64,10 +64,8 @@ pub struct SagaRow {
     pub status: SagaStatus,
     #[sqlx(json)]
     pub state: SagaState,
-    pub next_run_at: Option<DateTime<Utc>>,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<DateTime<Utc>>,
-    pub lease_epoch: i64,
+    #[sqlx(flatten)]
+    pub lease: RowLease,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -81,7 +79,7 @@ impl Leased for SagaRow {
         self.id
     }
     fn epoch(&self) -> i64 {
-        self.lease_epoch
+        self.lease.epoch
     }
 }
 
