@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::store::{self, Created, NewTxn};
 use super::{Part, TxnRow};
 use crate::error::{Error, Result};
-use crate::lease::{Leases, Take};
+use crate::lease::Take;
 use crate::registry::Registry;
 use crate::text::{check_json, check_str};
 use crate::worker::{Plumbing, Worker};
@@ -61,17 +61,17 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// A coordinator of the transactions `work` leases (see [`super::TRANSACTIONS`]).
     pub fn new(
-        leases: Leases,
+        work: Plumbing,
         registry: Arc<Registry>,
-        max_active: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self> {
         Ok(Coordinator {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .build()?,
-            work: Plumbing::new(leases, max_active),
+            work,
             registry,
             shutdown,
             public_url: OnceLock::new(),
