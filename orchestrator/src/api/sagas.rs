@@ -138,11 +138,11 @@ pub fn view_of(row: &SagaRow, events: &[EventRow]) -> Value {
         .find_map(|s| s.last_error.clone());
     json!({
         "id": row.id,
-        "definition": row.definition,
-        "version": row.version,
+        "definition": row.run.definition,
+        "version": row.run.version,
         "status": row.status,
-        "business_key": row.business_key,
-        "input": row.input,
+        "business_key": row.run.business_key,
+        "input": row.run.input,
         "outputs": outputs,
         "steps": row.state.steps,
         "reason": row.state.reason,
@@ -240,8 +240,8 @@ pub(super) async fn list(
         |r| r.id,
         |r| {
             json!({
-                "id": r.id, "definition": r.definition, "version": r.version, "status": r.status,
-                "business_key": r.business_key, "created_at": r.created_at, "updated_at": r.updated_at,
+                "id": r.id, "definition": r.run.definition, "version": r.run.version, "status": r.status,
+                "business_key": r.run.business_key, "created_at": r.created_at, "updated_at": r.updated_at,
             })
         },
     )))

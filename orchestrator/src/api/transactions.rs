@@ -113,8 +113,8 @@ fn view_of(row: &TxnRow, messages: &[(i64, store::Message)]) -> Value {
         .map(|(seq, m)| json!({"seq": seq, "at": m.at, "peer": m.peer, "dir": m.dir, "kind": m.kind, "detail": m.detail}))
         .collect();
     json!({
-        "id": row.id, "protocol": row.protocol, "definition": row.definition,
-        "version": row.version, "business_key": row.business_key, "input": row.input,
+        "id": row.id, "protocol": row.protocol, "definition": row.run.definition,
+        "version": row.run.version, "business_key": row.run.business_key, "input": row.run.input,
         "state": row.state, "decision": row.decision, "decided_at": row.decided_at,
         "participants": participants,
         "lease": row.lease.view(),
@@ -180,8 +180,8 @@ pub(super) async fn list(
         |r| r.id,
         |r| {
             json!({
-                "id": r.id, "protocol": r.protocol, "definition": r.definition, "state": r.state,
-                "decision": r.decision, "business_key": r.business_key, "created_at": r.created_at,
+                "id": r.id, "protocol": r.protocol, "definition": r.run.definition, "state": r.state,
+                "decision": r.decision, "business_key": r.run.business_key, "created_at": r.created_at,
             })
         },
     )))

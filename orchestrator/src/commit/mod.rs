@@ -23,10 +23,10 @@ pub mod store;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::lease::{LeaseColumns, LeaseKind, RowLease};
+use crate::store::RunColumns;
 
 pub use coordinator::{Begin, Begun, Coordinator};
 
@@ -119,11 +119,8 @@ pub struct Part {
 pub struct TxnRow {
     pub id: Uuid,
     pub protocol: String,
-    pub definition: String,
-    pub version: String,
-    pub business_key: Option<String>,
-    pub input: Value,
-    pub input_hash: String,
+    #[sqlx(flatten)]
+    pub run: RunColumns,
     #[sqlx(try_from = "String")]
     pub state: TxnState,
     pub decision: Option<String>,

@@ -31,7 +31,7 @@ impl Active {
             id: row.id,
             id_str: row.id.to_string(),
             def,
-            input: row.input,
+            input: row.run.input,
             state: row.state,
             epoch: row.lease.epoch,
         }
@@ -74,7 +74,7 @@ impl Driver {
         let me = self.clone();
         tokio::spawn(async move {
             let id = row.id;
-            match me.registry.get(&row.definition, &row.version).await {
+            match me.registry.get(&row.run.definition, &row.run.version).await {
                 Ok(Some(def)) => {
                     let mut a = Active::new(row, def);
                     let t = a.transition(input);

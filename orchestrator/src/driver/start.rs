@@ -200,7 +200,7 @@ impl Driver {
         };
         let def = self
             .registry
-            .get(&row.definition, &row.version)
+            .get(&row.run.definition, &row.run.version)
             .await?
             .ok_or_else(|| Error::Corrupt {
                 what: "saga",

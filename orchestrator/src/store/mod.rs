@@ -51,15 +51,24 @@ pub const SAGAS: LeaseKind = LeaseKind {
     channel: WORK_CHANNEL,
 };
 
-/// A saga as stored.
+/// What a run's row (a saga, a transaction) keeps of its request: what [`NewRun`] wrote.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct SagaRow {
-    pub id: Uuid,
+pub struct RunColumns {
     pub definition: String,
     pub version: String,
     pub business_key: Option<String>,
     pub input: Value,
+    /// SHA-256 (hex) of the canonical input: the same business key with another input is a
+    /// conflict.
     pub input_hash: String,
+}
+
+/// A saga as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SagaRow {
+    pub id: Uuid,
+    #[sqlx(flatten)]
+    pub run: RunColumns,
     #[sqlx(try_from = "String")]
     pub status: SagaStatus,
     #[sqlx(json)]
