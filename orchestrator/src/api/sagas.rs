@@ -230,8 +230,7 @@ pub(super) async fn list(
         &c.pool,
         p.status,
         p.definition.as_deref(),
-        p.cursor,
-        limit + 1,
+        super::read_ahead(limit, p.cursor),
     )
     .await?;
     Ok(Json(super::page(

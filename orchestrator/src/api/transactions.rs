@@ -173,7 +173,7 @@ pub(super) async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Json<Value>, Problem> {
     let limit = super::list_limit(p.limit)?;
-    let rows = store::list(&c.pool, p.state, p.cursor, limit + 1).await?;
+    let rows = store::list(&c.pool, p.state, super::read_ahead(limit, p.cursor)).await?;
     Ok(Json(super::page(
         &rows,
         limit,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{Part, TxnRow, TxnState, txn_columns};
 use crate::store::create::{RunKind, client_key, same_business_key};
-use crate::store::{NewRun, inserted, one_by_id, read_rows, secs};
+use crate::store::{NewRun, Page, inserted, one_by_id, read_rows, secs};
 
 /// A transaction to log at `POST /transactions`, before any Prepare.
 pub struct NewTxn<'a> {
@@ -204,12 +204,11 @@ pub async fn messages(pool: &PgPool, id: Uuid) -> Result<Vec<(i64, Message)>, sq
         .collect()
 }
 
-/// Newest first; `before` is the cursor.
+/// Transactions, newest first.
 pub async fn list(
     pool: &PgPool,
     state: Option<TxnState>,
-    before: Option<Uuid>,
-    limit: i64,
+    page: Page,
 ) -> Result<Vec<TxnRow>, sqlx::Error> {
     let q = sqlx::query(concat!(
         "SELECT ",
@@ -219,7 +218,9 @@ pub async fn list(
     ));
     read_rows(
         pool,
-        q.bind(state.map(|s| s.as_str())).bind(before).bind(limit),
+        q.bind(state.map(|s| s.as_str()))
+            .bind(page.before)
+            .bind(page.limit),
     )
     .await
 }

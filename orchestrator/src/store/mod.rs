@@ -222,13 +222,20 @@ pub(crate) async fn one_by_id<T>(
     row.as_ref().map(decode).transpose()
 }
 
-/// Newest first; `before` is the cursor (an id from the previous page).
+/// One page of a newest-first list of runs (by id, a UUIDv7: creation order).
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// The cursor: only runs older than this one (the last of the previous page).
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Sagas, newest first.
 pub async fn list(
     pool: &PgPool,
     status: Option<SagaStatus>,
     definition: Option<&str>,
-    before: Option<Uuid>,
-    limit: i64,
+    page: Page,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
     let q = sqlx::query(concat!(
         "SELECT ",
@@ -239,7 +246,7 @@ pub async fn list(
          ORDER BY id DESC LIMIT $4"
     ));
     let q = q.bind(status.map(|s| s.as_str())).bind(definition);
-    read_rows(pool, q.bind(before).bind(limit)).await
+    read_rows(pool, q.bind(page.before).bind(page.limit)).await
 }
 
 /// Drop client idempotency keys older than the retention.
