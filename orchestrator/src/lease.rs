@@ -15,15 +15,19 @@
 //!
 //! The fence itself is part of each kind's own writes: every write of a leased row checks
 //! `<epoch column> = <the epoch its lease was taken with>` ([`LeaseKind::fence`]), so a former
-//! owner's write affects no row. Rows decode through [`Leased`]. The background loops that
+//! owner's write affects no row. Rows decode through [`Leased`]; a row with the standard
+//! column names carries its lease as a [`RowLease`]. The background loops that
 //! drive claims, renewals and wake-ups for a kind are in [`crate::worker`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
+
+use crate::store::{PgQuery, secs};
 
 /// The names of a leased table's lease columns.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +53,27 @@ impl LeaseColumns {
         epoch: "lease_epoch",
         due: "next_run_at",
     };
+}
+
+/// The lease of a row with the [`LeaseColumns::STANDARD`] names, as a row type decodes it
+/// (`#[sqlx(flatten)]`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RowLease {
+    /// When the row needs a worker next; None once there is nothing to do.
+    pub next_run_at: Option<DateTime<Utc>>,
+    #[sqlx(rename = "lease_owner")]
+    pub owner: Option<String>,
+    #[sqlx(rename = "lease_until")]
+    pub until: Option<DateTime<Utc>>,
+    #[sqlx(rename = "lease_epoch")]
+    pub epoch: i64,
+}
+
+impl RowLease {
+    /// What an API view shows of it: `{"owner", "until", "epoch"}`.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({"owner": self.owner, "until": self.until, "epoch": self.epoch})
+    }
 }
 
 /// One kind of leased row.
@@ -115,10 +140,6 @@ pub struct Leases {
     owner: Arc<str>,
     ttl: Duration,
     sql: Arc<Sql>,
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 impl Leases {
@@ -210,13 +231,9 @@ impl Leases {
     /// At start-up: take back the leases this instance identity held before a restart (new
     /// epoch, so anything the previous incarnation still had in flight is fenced).
     pub async fn reclaim_own<R: Leased>(&self) -> Result<Vec<R>, sqlx::Error> {
-        let rows = sqlx::query(AssertSqlSafe(self.sql.reclaim.clone()))
-            .bind(&*self.owner)
-            .bind(secs(self.ttl))
-            .fetch_all(&self.pool)
-            .await?;
-        tandem_kit::stats::write_committed(&self.pool);
-        rows.iter().map(R::from_row).collect()
+        let q = sqlx::query(AssertSqlSafe(self.sql.reclaim.clone()));
+        self.leased_rows(q.bind(&*self.owner).bind(secs(self.ttl)))
+            .await
     }
 
     /// Lease row `id` now (epoch + 1) if `also` (an SQL predicate over the row, e.g.
@@ -236,14 +253,18 @@ impl Leases {
             &self.kind,
             &TAKE.replace("{free}", free).replace("{also}", also),
         );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .bind(&*self.owner)
-            .bind(secs(self.ttl))
-            .fetch_optional(&self.pool)
+        let q = sqlx::query(AssertSqlSafe(sql)).bind(id);
+        let rows = self
+            .leased_rows(q.bind(&*self.owner).bind(secs(self.ttl)))
             .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// The rows a leasing statement `q` returns (one commit), decoded.
+    async fn leased_rows<R: Leased>(&self, q: PgQuery<'_>) -> Result<Vec<R>, sqlx::Error> {
+        let rows = q.fetch_all(&self.pool).await?;
         tandem_kit::stats::write_committed(&self.pool);
-        row.as_ref().map(R::from_row).transpose()
+        rows.iter().map(R::from_row).collect()
     }
 }
 

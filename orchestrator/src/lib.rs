@@ -45,7 +45,7 @@ use driver::{Driver, DriverConfig};
 pub use error::{Error, Result};
 use lease::Leases;
 use registry::Registry;
-use worker::Worker;
+use worker::{Plumbing, Worker};
 
 /// The checkout definition shipped with Tandem (`definitions/checkout.json`).
 pub const CHECKOUT_DEFINITION: &str = include_str!("../../definitions/checkout.json");
@@ -72,28 +72,25 @@ pub async fn build(config: Config) -> Result<App> {
             config.definitions_dir.as_deref(),
         )
         .await?;
-    let leases = Leases::new(
-        store::SAGAS,
-        pool.clone(),
-        &config.instance_id(),
-        config.lease_ttl(),
-    );
-    let coordinator = Arc::new(commit::Coordinator::new(
-        Leases::new(
-            commit::TRANSACTIONS,
+    // Sagas and transactions: each kind its own leases, at most MAX_ACTIVE_SAGAS driven here.
+    let work = |kind| {
+        let leases = Leases::new(
+            kind,
             pool.clone(),
             &config.instance_id(),
             config.lease_ttl(),
-        ),
+        );
+        Plumbing::new(leases, config.max_active_sagas)
+    };
+    let coordinator = Arc::new(commit::Coordinator::new(
+        work(commit::TRANSACTIONS),
         registry.clone(),
-        config.max_active_sagas,
         shutdown_rx.clone(),
     )?);
     let driver = Arc::new(Driver::new(
-        leases,
+        work(store::SAGAS),
         registry,
         DriverConfig {
-            max_active: config.max_active_sagas,
             transition_writers: config.transition_writers.into(),
             transition_batch: config.transition_batch.into(),
         },

@@ -8,8 +8,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::assert_decided;
 use common::participants::{order_definition, setup};
 use serde_json::{Value, json};
+use tandem_kit::testing::strings;
 
 fn begin(order: &str) -> Value {
     json!({"protocol": "2pc", "definition": "order", "input": {"order_id": order}})
@@ -25,11 +27,7 @@ async fn all_yes_commits_everywhere_with_a_logged_decision() {
     let (o, f) = setup("tpc_commit").await;
     let (s, t) = o.post("/transactions?wait=10", &begin("o-1")).await;
     assert_eq!(s, 201, "{t}");
-    assert_eq!(
-        (t["state"].as_str(), t["decision"].as_str()),
-        (Some("committed"), Some("commit")),
-        "{t}"
-    );
+    assert_decided(&t, "commit");
     for p in t["participants"].as_array().unwrap() {
         assert_eq!(
             (p["vote"].as_str(), p["state"].as_str()),
@@ -39,12 +37,7 @@ async fn all_yes_commits_everywhere_with_a_logged_decision() {
         assert!(p["lock_hold_ms"].as_i64().unwrap() >= 0, "{p}");
         assert_eq!(p["holding_locks"], false);
     }
-    let kinds: Vec<&str> = t["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["kind"].as_str().unwrap())
-        .collect();
+    let kinds = strings(&t["messages"], "kind");
     assert_eq!(
         t["counts"],
         json!({"messages": 12, "coordinator_forced_writes": 2}),
@@ -85,11 +78,7 @@ async fn one_no_vote_aborts_everyone() {
     f.no.lock().unwrap().push(1);
     let (s, t) = o.post("/transactions?wait=10", &begin("o-2")).await;
     assert_eq!(s, 201, "{t}");
-    assert_eq!(
-        (t["state"].as_str(), t["decision"].as_str()),
-        (Some("aborted"), Some("abort")),
-        "{t}"
-    );
+    assert_decided(&t, "abort");
     assert_eq!(t["participants"][1]["vote"], "no");
     let log = f.log.lock().unwrap();
     assert_eq!(log.commits, 0, "no participant committed");
@@ -231,11 +220,7 @@ async fn a_query_to_another_instance_while_votes_are_collected_never_splits() {
     // Now the last participant votes YES to the (fenced) owner.
     f.gate.add_permits(10);
     let done = other.settled_txn(&id, Duration::from_secs(20)).await;
-    assert_eq!(
-        (done["state"].as_str(), done["decision"].as_str()),
-        (Some("aborted"), Some("abort")),
-        "{done}"
-    );
+    assert_decided(&done, "abort");
     assert!(done["lease"]["epoch"].as_i64().unwrap() >= 2, "{done}");
     let log = f.log.lock().unwrap();
     assert_eq!(

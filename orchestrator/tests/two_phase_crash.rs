@@ -146,11 +146,7 @@ async fn expect(point: &str, recoverer: &str, at_crash: Value, outcome: &str) {
         "commit" => ("committed", "aborted"),
         _ => ("aborted", "committed"),
     };
-    assert_eq!(
-        (t["state"].as_str(), t["decision"].as_str()),
-        (Some(state), Some(outcome)),
-        "{t}"
-    );
+    common::assert_decided(&t, outcome);
     for p in t["participants"].as_array().unwrap() {
         assert!(
             p["lock_hold_ms"].as_i64().is_some(),

@@ -337,12 +337,7 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
             "{what}: {problem}"
         );
         if let Some(p) = pointer {
-            let pointers: Vec<&str> = problem["errors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["pointer"].as_str().unwrap())
-                .collect();
+            let pointers = tandem_kit::testing::strings(&problem["errors"], "pointer");
             assert!(
                 pointers.iter().any(|q| q.starts_with(p)),
                 "{what}: {pointers:?} does not name {p}"

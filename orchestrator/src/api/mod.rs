@@ -75,6 +75,15 @@ pub(super) fn list_limit(limit: Option<i64>) -> Result<i64, Problem> {
     }
 }
 
+/// What to read for a page of `limit` items after `cursor`: one row more than it shows, so
+/// that [`page`] knows whether there is a next one.
+fn read_ahead(limit: i64, cursor: Option<Uuid>) -> crate::store::Page {
+    crate::store::Page {
+        before: cursor,
+        limit: limit + 1,
+    }
+}
+
 /// One page of a newest-first list read with `limit + 1` rows: `{"items", "next_cursor"}` (the
 /// last item's id when there are more).
 pub(super) fn page<R>(

@@ -138,17 +138,17 @@ pub fn view_of(row: &SagaRow, events: &[EventRow]) -> Value {
         .find_map(|s| s.last_error.clone());
     json!({
         "id": row.id,
-        "definition": row.definition,
-        "version": row.version,
+        "definition": row.run.definition,
+        "version": row.run.version,
         "status": row.status,
-        "business_key": row.business_key,
-        "input": row.input,
+        "business_key": row.run.business_key,
+        "input": row.run.input,
         "outputs": outputs,
         "steps": row.state.steps,
         "reason": row.state.reason,
         "last_error": last_error,
         "next_attempt_at": row.state.next_attempt_at,
-        "lease": {"owner": row.lease_owner, "until": row.lease_until, "epoch": row.lease_epoch},
+        "lease": row.lease.view(),
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "events": events,
@@ -230,8 +230,7 @@ pub(super) async fn list(
         &c.pool,
         p.status,
         p.definition.as_deref(),
-        p.cursor,
-        limit + 1,
+        super::read_ahead(limit, p.cursor),
     )
     .await?;
     Ok(Json(super::page(
@@ -240,8 +239,8 @@ pub(super) async fn list(
         |r| r.id,
         |r| {
             json!({
-                "id": r.id, "definition": r.definition, "version": r.version, "status": r.status,
-                "business_key": r.business_key, "created_at": r.created_at, "updated_at": r.updated_at,
+                "id": r.id, "definition": r.run.definition, "version": r.run.version, "status": r.status,
+                "business_key": r.run.business_key, "created_at": r.created_at, "updated_at": r.updated_at,
             })
         },
     )))

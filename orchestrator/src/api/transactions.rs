@@ -113,11 +113,11 @@ fn view_of(row: &TxnRow, messages: &[(i64, store::Message)]) -> Value {
         .map(|(seq, m)| json!({"seq": seq, "at": m.at, "peer": m.peer, "dir": m.dir, "kind": m.kind, "detail": m.detail}))
         .collect();
     json!({
-        "id": row.id, "protocol": row.protocol, "definition": row.definition,
-        "version": row.version, "business_key": row.business_key, "input": row.input,
+        "id": row.id, "protocol": row.protocol, "definition": row.run.definition,
+        "version": row.run.version, "business_key": row.run.business_key, "input": row.run.input,
         "state": row.state, "decision": row.decision, "decided_at": row.decided_at,
         "participants": participants,
-        "lease": {"owner": row.lease_owner, "until": row.lease_until, "epoch": row.lease_epoch},
+        "lease": row.lease.view(),
         "created_at": row.created_at, "updated_at": row.updated_at,
         // A request and its response are two messages; the coordinator forces its Begin (the
         // row) and, to commit, the Commit record.
@@ -173,15 +173,15 @@ pub(super) async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Json<Value>, Problem> {
     let limit = super::list_limit(p.limit)?;
-    let rows = store::list(&c.pool, p.state, p.cursor, limit + 1).await?;
+    let rows = store::list(&c.pool, p.state, super::read_ahead(limit, p.cursor)).await?;
     Ok(Json(super::page(
         &rows,
         limit,
         |r| r.id,
         |r| {
             json!({
-                "id": r.id, "protocol": r.protocol, "definition": r.definition, "state": r.state,
-                "decision": r.decision, "business_key": r.business_key, "created_at": r.created_at,
+                "id": r.id, "protocol": r.protocol, "definition": r.run.definition, "state": r.state,
+                "decision": r.decision, "business_key": r.run.business_key, "created_at": r.created_at,
             })
         },
     )))

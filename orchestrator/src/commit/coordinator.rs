@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::store::{self, Created, NewTxn};
 use super::{Part, TxnRow};
 use crate::error::{Error, Result};
-use crate::lease::{Leases, Take};
+use crate::lease::Take;
 use crate::registry::Registry;
 use crate::text::{check_json, check_str};
 use crate::worker::{Plumbing, Worker};
@@ -61,17 +61,17 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// A coordinator of the transactions `work` leases (see [`super::TRANSACTIONS`]).
     pub fn new(
-        leases: Leases,
+        work: Plumbing,
         registry: Arc<Registry>,
-        max_active: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self> {
         Ok(Coordinator {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .build()?,
-            work: Plumbing::new(leases, max_active),
+            work,
             registry,
             shutdown,
             public_url: OnceLock::new(),
@@ -244,9 +244,13 @@ impl Coordinator {
                 self.run(*row.clone(), true);
                 Begun::New { row, finished }
             }
-            Created::Existing(id) => Begun::Existing(id),
-            Created::KeyReused { id } => Begun::KeyReused(id),
-            Created::BusinessKeyTaken { id, kind } => Begun::BusinessKeyTaken { id, kind },
+            Created::Replay(id) | Created::SameBusinessKey(id) => Begun::Existing(id),
+            Created::KeyReused(id) => Begun::KeyReused(id),
+            Created::BusinessKeyConflict(id) => Begun::BusinessKeyTaken {
+                id,
+                kind: "transaction",
+            },
+            Created::TakenByOther(id) => Begun::BusinessKeyTaken { id, kind: "saga" },
         }))
     }
 
@@ -304,10 +308,10 @@ impl Coordinator {
             participants: &row.participants,
             messages: &[],
         };
-        if !store::progress(self.work.leases.pool(), id, row.lease_epoch, &progress).await? {
+        if !store::progress(self.work.leases.pool(), id, row.lease.epoch, &progress).await? {
             return Ok(false);
         }
-        tracing::warn!(txn = %id, epoch = row.lease_epoch, "undecided transaction taken over to answer a participant: abort (presumed)");
+        tracing::warn!(txn = %id, epoch = row.lease.epoch, "undecided transaction taken over to answer a participant: abort (presumed)");
         row.decision = Some("abort".into());
         row.state = super::TxnState::Aborting;
         self.run(row, false);
@@ -317,7 +321,7 @@ impl Coordinator {
     /// Run the coordinator of a transaction leased here (`fresh`: just logged, begin it;
     /// otherwise recover it from its log).
     fn run(self: &Arc<Self>, row: TxnRow, fresh: bool) {
-        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
+        let Some(permit) = self.work.activate(row.id, row.lease.epoch) else {
             return;
         };
         let me = self.clone();

@@ -101,14 +101,19 @@ impl Coordinator {
         Vec<Action<Msg, Record, Timer>>,
         mpsc::UnboundedReceiver<Event>,
     )> {
-        let def = match self.registry.get(&row.definition, &row.version).await {
+        let def = match self
+            .registry
+            .get(&row.run.definition, &row.run.version)
+            .await
+        {
             Ok(Some(def)) => def,
             other => {
                 tracing::error!(txn = %row.id, ?other, "cannot load the transaction's definition");
                 return None;
             }
         };
-        let ctx = json!({ "saga": { "id": row.id.to_string() }, "input": row.input, "steps": {} });
+        let ctx =
+            json!({ "saga": { "id": row.id.to_string() }, "input": row.run.input, "steps": {} });
         let bodies: Result<Vec<Value>, String> = def
             .steps
             .iter()
@@ -129,7 +134,7 @@ impl Coordinator {
         let (tx, rx) = mpsc::unbounded_channel();
         let t = Txn {
             id: row.id,
-            epoch: row.lease_epoch,
+            epoch: row.lease.epoch,
             core,
             parts: row.participants,
             bodies,

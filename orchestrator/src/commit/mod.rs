@@ -23,10 +23,10 @@ pub mod store;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
-use crate::lease::{LeaseColumns, LeaseKind};
+use crate::lease::{LeaseColumns, LeaseKind, RowLease};
+use crate::store::RunColumns;
 
 pub use coordinator::{Begin, Begun, Coordinator};
 
@@ -119,21 +119,16 @@ pub struct Part {
 pub struct TxnRow {
     pub id: Uuid,
     pub protocol: String,
-    pub definition: String,
-    pub version: String,
-    pub business_key: Option<String>,
-    pub input: Value,
-    pub input_hash: String,
+    #[sqlx(flatten)]
+    pub run: RunColumns,
     #[sqlx(try_from = "String")]
     pub state: TxnState,
     pub decision: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
     #[sqlx(json)]
     pub participants: Vec<Part>,
-    pub next_run_at: Option<DateTime<Utc>>,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<DateTime<Utc>>,
-    pub lease_epoch: i64,
+    #[sqlx(flatten)]
+    pub lease: RowLease,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -143,6 +138,6 @@ impl crate::lease::Leased for TxnRow {
         self.id
     }
     fn epoch(&self) -> i64 {
-        self.lease_epoch
+        self.lease.epoch
     }
 }

@@ -8,7 +8,8 @@ use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::{Part, TxnRow, TxnState, txn_columns};
-use crate::store::{NewRun, one_by_id, secs};
+use crate::store::create::{RunKind, client_key, same_business_key};
+use crate::store::{NewRun, Page, inserted, one_by_id, read_rows, secs};
 
 /// A transaction to log at `POST /transactions`, before any Prepare.
 pub struct NewTxn<'a> {
@@ -17,33 +18,21 @@ pub struct NewTxn<'a> {
     pub participants: &'a [Part],
 }
 
-#[derive(Debug)]
-pub enum Created {
-    New(Box<TxnRow>),
-    /// Same Idempotency-Key and body, or same business key and input: that transaction.
-    Existing(Uuid),
-    KeyReused {
-        id: Uuid,
-    },
-    /// The business key is taken by another transaction (with another input) or by a saga.
-    BusinessKeyTaken {
-        id: Uuid,
-        kind: &'static str,
-    },
-}
+/// What logging a transaction found.
+pub type Created = crate::store::Created<TxnRow>;
 
 /// Log a new transaction (one transaction: client key, business key across sagas and
 /// transactions, the row leased to its creator with epoch 1).
 pub async fn create(pool: &PgPool, new: &NewTxn<'_>) -> Result<Created, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if let Some(seen) = client_key(&mut tx, new).await? {
+    if let Some(seen) = client_key(&mut tx, RunKind::Transaction, &new.run).await? {
         tx.rollback().await?;
         return Ok(seen);
     }
     if let Some(taken) = claim_business_key(&mut tx, new).await? {
         // The same transaction again keeps the client key (now naming it); a conflict stores
         // nothing.
-        if let Created::Existing(_) = taken {
+        if let Created::SameBusinessKey(_) = taken {
             tx.commit().await?;
         } else {
             tx.rollback().await?;
@@ -75,59 +64,17 @@ pub async fn create(pool: &PgPool, new: &NewTxn<'_>) -> Result<Created, sqlx::Er
     .await?;
     let created = match row {
         Some(row) => Created::New(Box::new(TxnRow::from_row(&row)?)),
-        None => match same_business_key(&mut tx, new).await? {
-            Some(c) => c,
-            None => {
-                tx.rollback().await?;
-                return Ok(Created::BusinessKeyTaken {
-                    id: Uuid::nil(),
-                    kind: "transaction",
-                });
-            }
-        },
+        None => same_business_key(&mut tx, RunKind::Transaction, &new.run)
+            .await?
+            .unwrap_or(Created::BusinessKeyConflict(Uuid::nil())),
     };
-    if let Created::BusinessKeyTaken { .. } = created {
+    if let Created::BusinessKeyConflict(_) = created {
         tx.rollback().await?;
     } else {
         tx.commit().await?;
         tandem_kit::stats::write_committed(pool);
     }
     Ok(created)
-}
-
-/// The client key: None if it is new (now recorded), else what it began before.
-async fn client_key(
-    tx: &mut sqlx::PgConnection,
-    new: &NewTxn<'_>,
-) -> Result<Option<Created>, sqlx::Error> {
-    let Some(key) = new.run.idempotency_key else {
-        return Ok(None);
-    };
-    let inserted = sqlx::query(
-        "INSERT INTO transaction_keys (key, request_hash, transaction_id) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(key)
-    .bind(new.run.request_hash)
-    .bind(new.run.id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if inserted {
-        return Ok(None);
-    }
-    let row =
-        sqlx::query("SELECT request_hash, transaction_id FROM transaction_keys WHERE key = $1")
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-    let (hash, id): (String, Uuid) = (row.try_get(0)?, row.try_get(1)?);
-    Ok(Some(if hash == new.run.request_hash {
-        Created::Existing(id)
-    } else {
-        Created::KeyReused { id }
-    }))
 }
 
 /// Claim the business key in the namespace sagas share (`business_keys`): None if it is now
@@ -140,18 +87,16 @@ async fn claim_business_key(
     let Some(bk) = new.run.business_key.as_deref() else {
         return Ok(None);
     };
-    let claimed = sqlx::query(
+    let claim = sqlx::query(
         "INSERT INTO business_keys (definition, business_key, kind, id) \
          VALUES ($1, $2, 'transaction', $3) ON CONFLICT DO NOTHING",
+    );
+    if inserted(
+        &mut *tx,
+        claim.bind(new.run.definition).bind(bk).bind(new.run.id),
     )
-    .bind(new.run.definition)
-    .bind(bk)
-    .bind(new.run.id)
-    .execute(&mut *tx)
     .await?
-    .rows_affected()
-        == 1;
-    if claimed {
+    {
         return Ok(None);
     }
     let (kind, id): (String, Uuid) = sqlx::query_as(
@@ -162,42 +107,9 @@ async fn claim_business_key(
     .fetch_one(&mut *tx)
     .await?;
     if kind == "transaction" {
-        return same_business_key(tx, new).await;
+        return same_business_key(tx, RunKind::Transaction, &new.run).await;
     }
-    Ok(Some(Created::BusinessKeyTaken { id, kind: "saga" }))
-}
-
-/// The business key is taken by a transaction: the same input is that transaction (and the
-/// client key, if any, now names it); another input is a conflict.
-async fn same_business_key(
-    tx: &mut sqlx::PgConnection,
-    new: &NewTxn<'_>,
-) -> Result<Option<Created>, sqlx::Error> {
-    let existing = sqlx::query(
-        "SELECT id, input_hash FROM transactions WHERE definition = $1 AND business_key = $2",
-    )
-    .bind(new.run.definition)
-    .bind(new.run.business_key.as_deref())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(existing) = existing else {
-        return Ok(None);
-    };
-    let (id, hash): (Uuid, String) = (existing.try_get(0)?, existing.try_get(1)?);
-    if hash != new.run.input_hash {
-        return Ok(Some(Created::BusinessKeyTaken {
-            id,
-            kind: "transaction",
-        }));
-    }
-    if let Some(key) = new.run.idempotency_key {
-        sqlx::query("UPDATE transaction_keys SET transaction_id = $2 WHERE key = $1")
-            .bind(key)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(Some(Created::Existing(id)))
+    Ok(Some(Created::TakenByOther(id)))
 }
 
 /// One message between the coordinator and a participant.
@@ -292,25 +204,25 @@ pub async fn messages(pool: &PgPool, id: Uuid) -> Result<Vec<(i64, Message)>, sq
         .collect()
 }
 
-/// Newest first; `before` is the cursor.
+/// Transactions, newest first.
 pub async fn list(
     pool: &PgPool,
     state: Option<TxnState>,
-    before: Option<Uuid>,
-    limit: i64,
+    page: Page,
 ) -> Result<Vec<TxnRow>, sqlx::Error> {
-    let rows = sqlx::query(concat!(
+    let q = sqlx::query(concat!(
         "SELECT ",
         txn_columns!(),
         " FROM transactions WHERE ($1::text IS NULL OR state = $1) \
            AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(state.map(|s| s.as_str()))
-    .bind(before)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.iter().map(TxnRow::from_row).collect()
+    ));
+    read_rows(
+        pool,
+        q.bind(state.map(|s| s.as_str()))
+            .bind(page.before)
+            .bind(page.limit),
+    )
+    .await
 }
 
 /// Drop client keys of `POST /transactions` older than `retention`.

@@ -26,7 +26,7 @@ impl Driver {
         let resp = match req.send().await {
             Ok(resp) => resp,
             Err(e) if e.is_timeout() => return CallOutcome::Timeout,
-            Err(e) => return transport(error_chain(&e)),
+            Err(e) => return transport(tandem_kit::error::chain(&e)),
         };
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -37,7 +37,7 @@ impl Driver {
         match resp.bytes().await {
             Ok(body) => classify(status, retry_after.as_deref(), &body),
             Err(e) if e.is_timeout() => CallOutcome::Timeout,
-            Err(e) => transport(error_chain(&e)),
+            Err(e) => transport(tandem_kit::error::chain(&e)),
         }
     }
 }
@@ -47,15 +47,4 @@ fn transport(message: String) -> CallOutcome {
     CallOutcome::Transport {
         message: message.replace('\0', "\\u0000"),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

@@ -27,7 +27,6 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::lease::Leases;
 use crate::registry::Registry;
 use crate::saga::Input;
 use crate::store::SagaRow;
@@ -45,16 +44,16 @@ pub struct Driver {
     shutdown: watch::Receiver<bool>,
 }
 
-/// How a driver is set up.
+/// How a driver writes transitions.
 pub struct DriverConfig {
-    pub max_active: usize,
     pub transition_writers: usize,
     pub transition_batch: usize,
 }
 
 impl Driver {
+    /// A driver of the sagas `work` leases (see [`crate::store::SAGAS`]).
     pub fn new(
-        leases: Leases,
+        work: Plumbing,
         registry: Arc<Registry>,
         config: DriverConfig,
         shutdown: watch::Receiver<bool>,
@@ -64,13 +63,13 @@ impl Driver {
             .connect_timeout(Duration::from_secs(2))
             .build()?;
         let writer = TransitionWriter::start(
-            leases.pool().clone(),
-            leases.ttl(),
+            work.leases.pool().clone(),
+            work.leases.ttl(),
             config.transition_writers,
             config.transition_batch,
         );
         Ok(Driver {
-            work: Plumbing::new(leases, config.max_active),
+            work,
             registry,
             http,
             writer,

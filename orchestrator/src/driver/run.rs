@@ -31,9 +31,9 @@ impl Active {
             id: row.id,
             id_str: row.id.to_string(),
             def,
-            input: row.input,
+            input: row.run.input,
             state: row.state,
-            epoch: row.lease_epoch,
+            epoch: row.lease.epoch,
         }
     }
 
@@ -68,13 +68,13 @@ impl Driver {
 
     /// Drive a saga obtained by a claim or a reclaim, starting with `input`.
     pub(super) fn spawn_leased(self: &Arc<Self>, row: SagaRow, input: Input) {
-        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
+        let Some(permit) = self.work.activate(row.id, row.lease.epoch) else {
             return;
         };
         let me = self.clone();
         tokio::spawn(async move {
             let id = row.id;
-            match me.registry.get(&row.definition, &row.version).await {
+            match me.registry.get(&row.run.definition, &row.run.version).await {
                 Ok(Some(def)) => {
                     let mut a = Active::new(row, def);
                     let t = a.transition(input);

@@ -155,11 +155,9 @@ impl Driver {
             Created::Replay(existing) | Created::SameBusinessKey(existing) => {
                 Started::Existing(existing)
             }
-            Created::KeyReused { saga_id } => Started::KeyReused { saga_id },
-            Created::TakenByTransaction { transaction_id } => {
-                Started::TakenByTransaction(transaction_id)
-            }
-            Created::BusinessKeyConflict { saga_id } => Started::BusinessKeyConflict {
+            Created::KeyReused(saga_id) => Started::KeyReused { saga_id },
+            Created::TakenByOther(transaction_id) => Started::TakenByTransaction(transaction_id),
+            Created::BusinessKeyConflict(saga_id) => Started::BusinessKeyConflict {
                 saga_id,
                 definition: def.name.clone(),
                 business_key: new.run.business_key.clone().unwrap_or_default(),
@@ -177,7 +175,7 @@ impl Driver {
         // Every slot busy (MAX_ACTIVE_SAGAS): the lease is handed back at once so the saga is
         // claimed as soon as an instance has room (the release NOTIFYs idle instances; a slot
         // freeing here wakes this one), instead of waiting for the lease to expire.
-        let Some(permit) = self.work.activate(row.id, row.lease_epoch) else {
+        let Some(permit) = self.work.activate(row.id, row.lease.epoch) else {
             return;
         };
         self.spawn_run(Active::new(row, def), command, permit);
@@ -202,7 +200,7 @@ impl Driver {
         };
         let def = self
             .registry
-            .get(&row.definition, &row.version)
+            .get(&row.run.definition, &row.run.version)
             .await?
             .ok_or_else(|| Error::Corrupt {
                 what: "saga",

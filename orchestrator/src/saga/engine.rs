@@ -400,10 +400,7 @@ impl Run<'_> {
         let polled = std::mem::take(&mut s.polling);
         self.state.in_flight = Some((step, phase, attempt));
         self.state.next_attempt_at = None;
-        let kind = match phase {
-            Phase::Action => EventKind::StepStarted,
-            Phase::Compensation => EventKind::CompensationStarted,
-        };
+        let kind = phase.pick(EventKind::StepStarted, EventKind::CompensationStarted);
         if let Some(why) = resent {
             self.event(
                 kind,
@@ -492,20 +489,29 @@ impl Run<'_> {
             None => duration_ms(backoff_delay(&policy.backoff, failures, self.rand)),
         };
         let at = add_ms(self.now, delay_ms);
+        let kind = phase.pick(
+            EventKind::StepRetryScheduled,
+            EventKind::CompensationRetryScheduled,
+        );
+        let detail = json!({
+            "attempt": attempt, "failures": failures, "max_attempts": max, "status": status,
+            "error": error, "delay_ms": delay_ms, "retry_at": at,
+        });
+        self.send_again_at(step, at, kind, detail)
+    }
+
+    /// Nothing in flight; send the step's call again at `at` (a retry, a poll), recording
+    /// `kind` with `detail`.
+    fn send_again_at(
+        &mut self,
+        step: usize,
+        at: DateTime<Utc>,
+        kind: EventKind,
+        detail: Value,
+    ) -> Command {
         self.state.in_flight = None;
         self.state.next_attempt_at = Some(at);
-        let kind = match phase {
-            Phase::Action => EventKind::StepRetryScheduled,
-            Phase::Compensation => EventKind::CompensationRetryScheduled,
-        };
-        self.event(
-            kind,
-            Some(step),
-            json!({
-                "attempt": attempt, "failures": failures, "max_attempts": max, "status": status,
-                "error": error, "delay_ms": delay_ms, "retry_at": at,
-            }),
-        );
+        self.event(kind, Some(step), detail);
         Command::WaitUntil(at)
     }
 
@@ -544,10 +550,7 @@ impl Run<'_> {
         let s = &self.state.steps[step];
         let first = s.first_sent_at.unwrap_or(self.now);
         let deadline = add_ms(first, policy.deadline_ms);
-        let attempt = match phase {
-            Phase::Action => s.attempts,
-            Phase::Compensation => s.compensation_attempts,
-        };
+        let attempt = phase.pick(s.attempts, s.compensation_attempts);
         if self.now >= deadline {
             let error = format!(
                 "still in progress (425) {} ms after the first send, past the {} ms deadline",
@@ -566,18 +569,9 @@ impl Run<'_> {
         let s = &mut self.state.steps[step];
         s.polling = true;
         s.last_error = Some("in progress (425)".to_string());
-        self.state.in_flight = None;
-        self.state.next_attempt_at = Some(at);
-        let kind = match phase {
-            Phase::Action => EventKind::StepInProgress,
-            Phase::Compensation => EventKind::CompensationInProgress,
-        };
-        self.event(
-            kind,
-            Some(step),
-            json!({ "attempt": attempt, "next_poll_at": at, "deadline": deadline }),
-        );
-        Command::WaitUntil(at)
+        let kind = phase.pick(EventKind::StepInProgress, EventKind::CompensationInProgress);
+        let detail = json!({ "attempt": attempt, "next_poll_at": at, "deadline": deadline });
+        self.send_again_at(step, at, kind, detail)
     }
 
     /// A 2xx: the action's output is kept; the step is succeeded (or compensated).

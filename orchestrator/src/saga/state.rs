@@ -62,6 +62,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// `action` in the action phase, `compensation` in the compensation phase.
+    pub fn pick<T>(self, action: T, compensation: T) -> T {
+        match self {
+            Phase::Action => action,
+            Phase::Compensation => compensation,
+        }
+    }
+
     /// The word used in idempotency keys: `{saga_id}:{step}:{action|compensation}`.
     pub fn as_str(self) -> &'static str {
         match self {

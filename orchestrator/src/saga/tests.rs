@@ -177,6 +177,11 @@ impl<'a> Sim<'a> {
             .collect()
     }
 
+    /// The kinds of the events so far.
+    fn event_kinds(&self) -> Vec<EventKind> {
+        self.events.iter().map(|e| e.kind).collect()
+    }
+
     fn call_steps(&self, phase: Phase) -> Vec<usize> {
         self.calls
             .iter()
@@ -184,6 +189,17 @@ impl<'a> Sim<'a> {
             .map(|c| c.0)
             .collect()
     }
+}
+
+/// Assert that `text` is there and contains `needle`.
+#[track_caller]
+fn assert_contains(text: Option<&str>, needle: &str) {
+    let text =
+        text.unwrap_or_else(|| panic!("no text where one containing {needle:?} was expected"));
+    assert!(
+        text.contains(needle),
+        "{text:?} does not contain {needle:?}"
+    );
 }
 
 /// The checkout's log up to the charge being sent.
@@ -703,13 +719,7 @@ fn declined_payment_compensates_payment_then_inventory() {
     );
     assert_eq!(request.path, "/refunds");
     assert_eq!(sim.state.status, SagaStatus::Compensating);
-    assert!(
-        sim.state
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("charge_payment")
-    );
+    assert_contains(sim.state.reason.as_deref(), "charge_payment");
     assert_eq!(sim.state.steps[2].status, StepStatus::Skipped);
     let Command::Call { request, .. } = sim.answer(ok(json!({}))) else {
         panic!()
@@ -748,12 +758,7 @@ fn declined_payment_compensates_payment_then_inventory() {
     );
     let failed = &sim.events[4];
     assert_eq!(failed.detail["status"], json!(409));
-    assert!(
-        failed.detail["error"]
-            .as_str()
-            .unwrap()
-            .contains("declined")
-    );
+    assert_contains(failed.detail["error"].as_str(), "declined");
 }
 
 #[test]
@@ -813,13 +818,7 @@ fn an_action_that_cannot_render_fails_unsent_and_is_not_compensated() {
     };
     assert_eq!(sim.state.steps[1].status, StepStatus::Failed);
     assert_eq!(sim.state.steps[1].attempts, 0);
-    assert!(
-        sim.state.steps[1]
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("/steps/a/id")
-    );
+    assert_contains(sim.state.steps[1].last_error.as_deref(), "/steps/a/id");
     assert_eq!(sim.state.steps[2].status, StepStatus::Skipped);
     let failed = sim
         .events
@@ -903,7 +902,7 @@ fn errors_back_off_exponentially_then_compensate() {
     assert_eq!(sim.state.steps[0].status, StepStatus::Compensating);
     assert_eq!(sim.state.steps[0].failures, 3);
     use EventKind::*;
-    let kinds: Vec<EventKind> = sim.events.iter().map(|e| e.kind).collect();
+    let kinds = sim.event_kinds();
     assert_eq!(
         kinds,
         [
@@ -920,12 +919,7 @@ fn errors_back_off_exponentially_then_compensate() {
     );
     assert_eq!(sim.events[2].detail["delay_ms"], json!(100));
     assert_eq!(sim.events[4].detail["delay_ms"], json!(200));
-    assert!(
-        sim.events[6].detail["error"]
-            .as_str()
-            .unwrap()
-            .contains("gave up after 3")
-    );
+    assert_contains(sim.events[6].detail["error"].as_str(), "gave up after 3");
 }
 
 #[test]
@@ -1039,7 +1033,7 @@ fn in_progress_polls_with_the_same_key_until_the_deadline() {
     );
     assert_eq!(sim.state.steps[0].compensation_attempts, 1);
     use EventKind::*;
-    let kinds: Vec<EventKind> = sim.events.iter().map(|e| e.kind).collect();
+    let kinds = sim.event_kinds();
     assert_eq!(
         kinds,
         [
@@ -1054,12 +1048,7 @@ fn in_progress_polls_with_the_same_key_until_the_deadline() {
             CompensationStarted
         ]
     );
-    assert!(
-        sim.events[6].detail["error"]
-            .as_str()
-            .unwrap()
-            .contains("deadline")
-    );
+    assert_contains(sim.events[6].detail["error"].as_str(), "deadline");
 }
 
 #[test]
@@ -1183,13 +1172,7 @@ fn compensation_409_is_retried_and_exhaustion_parks_the_saga() {
     let Command::WaitUntil(_) = sim.answer(conflict()) else {
         panic!()
     };
-    assert!(
-        sim.state.steps[2]
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("409")
-    );
+    assert_contains(sim.state.steps[2].last_error.as_deref(), "409");
     assert_eq!(
         sim.events.last().unwrap().kind,
         EventKind::CompensationRetryScheduled
@@ -1198,13 +1181,7 @@ fn compensation_409_is_retried_and_exhaustion_parks_the_saga() {
     assert_eq!(sim.answer(err500()), Command::Stop);
     assert_eq!(sim.state.status, SagaStatus::Failed);
     assert_eq!(sim.state.next_attempt_at, None);
-    assert!(
-        sim.state
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("compensation of step `c`")
-    );
+    assert_contains(sim.state.reason.as_deref(), "compensation of step `c`");
     // The earlier step's compensation is held back.
     assert_eq!(sim.state.steps[0].status, StepStatus::Succeeded);
     assert_eq!(sim.call_steps(Phase::Compensation), [2, 2]);

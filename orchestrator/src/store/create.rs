@@ -1,3 +1,7 @@
+//! Creating a run. What sagas and transactions share ([`Created`], [`RunKind`]): the client's
+//! `Idempotency-Key` ([`client_key`]) and the business key held by a run of the same kind
+//! ([`same_business_key`]).
+//!
 //! Creating a saga: the row (leased to its creator, epoch 1, with the first transition's state)
 //! and its first events in **one statement**; with a client `Idempotency-Key`, the key too, in
 //! the same transaction. Concurrent requests with the same key or business key wait for the
@@ -7,11 +11,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::postgres::PgPool;
-use sqlx::{PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::transition::event_columns;
-use super::{EventRow, SagaRow, events_json, saga_and_events, saga_columns, secs};
+use super::{EventRow, SagaRow, events_json, inserted, saga_and_events, saga_columns, secs};
 use crate::saga::{EventRecord, SagaState};
 
 /// What any run (a saga, a transaction) is created with: the request, the definition it runs,
@@ -36,20 +40,141 @@ pub struct NewSaga<'a> {
     pub events: &'a [EventRecord],
 }
 
+/// What creating a run (a saga, a transaction: `R` is its row) found.
 #[derive(Debug)]
-pub enum Created {
-    /// A new saga, leased to the creator (epoch in the row), with its events.
-    New(Box<(SagaRow, Vec<EventRow>)>),
-    /// The Idempotency-Key was seen with the same request: that saga.
+pub enum Created<R> {
+    /// A new run, leased to the creator (epoch in the row).
+    New(Box<R>),
+    /// The Idempotency-Key was seen with the same request: that run.
     Replay(Uuid),
-    /// The Idempotency-Key was seen with a different request.
-    KeyReused { saga_id: Uuid },
-    /// A saga with this business key exists with the same input: that saga.
+    /// The Idempotency-Key was seen with a different request: the run it named.
+    KeyReused(Uuid),
+    /// A run of the same kind has this business key with the same input: that run.
     SameBusinessKey(Uuid),
-    /// A saga with this business key exists with a different input.
-    BusinessKeyConflict { saga_id: Uuid },
-    /// A 2PC transaction runs this business key (one namespace for both).
-    TakenByTransaction { transaction_id: Uuid },
+    /// A run of the same kind has this business key with a different input.
+    BusinessKeyConflict(Uuid),
+    /// A run of the other kind holds this business key (sagas and transactions share one
+    /// namespace).
+    TakenByOther(Uuid),
+}
+
+/// A saga as [`create_saga`] creates it: the row and its first events.
+pub type CreatedSaga = Created<(SagaRow, Vec<EventRow>)>;
+
+/// The kind of run being created: where its rows and its client keys are.
+#[derive(Debug, Clone, Copy)]
+pub enum RunKind {
+    Saga,
+    Transaction,
+}
+
+impl RunKind {
+    /// Record a client key (`$1` key, `$2` request hash, `$3` run id) unless it is known.
+    fn insert_key(self) -> &'static str {
+        match self {
+            RunKind::Saga => {
+                "INSERT INTO idempotency_keys (key, request_hash, saga_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING"
+            }
+            RunKind::Transaction => {
+                "INSERT INTO transaction_keys (key, request_hash, transaction_id) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+            }
+        }
+    }
+
+    /// The request hash and the run a client key (`$1`) names.
+    fn select_key(self) -> &'static str {
+        match self {
+            RunKind::Saga => "SELECT request_hash, saga_id FROM idempotency_keys WHERE key = $1",
+            RunKind::Transaction => {
+                "SELECT request_hash, transaction_id FROM transaction_keys WHERE key = $1"
+            }
+        }
+    }
+
+    /// Point a client key (`$1`) at another run (`$2`).
+    fn rename_key(self) -> &'static str {
+        match self {
+            RunKind::Saga => "UPDATE idempotency_keys SET saga_id = $2 WHERE key = $1",
+            RunKind::Transaction => {
+                "UPDATE transaction_keys SET transaction_id = $2 WHERE key = $1"
+            }
+        }
+    }
+
+    /// The id and input hash of the run of this kind with a definition (`$1`) and business
+    /// key (`$2`).
+    fn select_by_business_key(self) -> &'static str {
+        match self {
+            RunKind::Saga => {
+                "SELECT id, input_hash FROM sagas WHERE definition = $1 AND business_key = $2"
+            }
+            RunKind::Transaction => {
+                "SELECT id, input_hash FROM transactions WHERE definition = $1 AND business_key = $2"
+            }
+        }
+    }
+}
+
+/// The client's key, if any, in the creating transaction `tx`: None if it is new (now
+/// recorded for `run`), else what it named before: the same request ([`Created::Replay`]) or
+/// another ([`Created::KeyReused`]).
+pub async fn client_key<R>(
+    tx: &mut PgConnection,
+    kind: RunKind,
+    run: &NewRun<'_>,
+) -> Result<Option<Created<R>>, sqlx::Error> {
+    let Some(key) = run.idempotency_key else {
+        return Ok(None);
+    };
+    let insert = sqlx::query(kind.insert_key());
+    if inserted(
+        &mut *tx,
+        insert.bind(key).bind(run.request_hash).bind(run.id),
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    let (hash, id): (String, Uuid) = sqlx::query_as(kind.select_key())
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(Some(if hash == run.request_hash {
+        Created::Replay(id)
+    } else {
+        Created::KeyReused(id)
+    }))
+}
+
+/// The run of `kind` that holds `run`'s business key, in the creating transaction `tx`: the
+/// same input is that run (and the client key, if any, now names it); another input is a
+/// conflict. None: no run of this kind holds it.
+pub async fn same_business_key<R>(
+    tx: &mut PgConnection,
+    kind: RunKind,
+    run: &NewRun<'_>,
+) -> Result<Option<Created<R>>, sqlx::Error> {
+    let existing: Option<(Uuid, String)> = sqlx::query_as(kind.select_by_business_key())
+        .bind(run.definition)
+        .bind(run.business_key.as_deref())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((id, hash)) = existing else {
+        return Ok(None);
+    };
+    if hash != run.input_hash {
+        return Ok(Some(Created::BusinessKeyConflict(id)));
+    }
+    if let Some(key) = run.idempotency_key {
+        sqlx::query(kind.rename_key())
+            .bind(key)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(Some(Created::SameBusinessKey(id)))
 }
 
 /// Insert the saga and its events unless its business key is taken (None) — by a saga or a
@@ -102,7 +227,7 @@ async fn insert_saga(
 }
 
 /// Create a saga: one statement without a client key (the common case), else one transaction.
-pub async fn create_saga(pool: &PgPool, new: &NewSaga<'_>) -> Result<Created, sqlx::Error> {
+pub async fn create_saga(pool: &PgPool, new: &NewSaga<'_>) -> Result<CreatedSaga, sqlx::Error> {
     if new.run.idempotency_key.is_none() {
         let created = insert_saga(pool, new).await?;
         tandem_kit::stats::write_committed(pool);
@@ -112,32 +237,9 @@ pub async fn create_saga(pool: &PgPool, new: &NewSaga<'_>) -> Result<Created, sq
         // The business key is taken: sort it out below.
     }
     let mut tx = pool.begin().await?;
-    if let Some(key) = new.run.idempotency_key {
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, saga_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(key)
-        .bind(new.run.request_hash)
-        .bind(new.run.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            let row =
-                sqlx::query("SELECT request_hash, saga_id FROM idempotency_keys WHERE key = $1")
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let hash: String = row.try_get("request_hash")?;
-            let saga_id: Uuid = row.try_get("saga_id")?;
-            tx.rollback().await?;
-            return Ok(if hash == new.run.request_hash {
-                Created::Replay(saga_id)
-            } else {
-                Created::KeyReused { saga_id }
-            });
-        }
+    if let Some(seen) = client_key(&mut tx, RunKind::Saga, &new.run).await? {
+        tx.rollback().await?;
+        return Ok(seen);
     }
     if let Some(saga) = insert_saga(&mut *tx, new).await? {
         tx.commit().await?;
@@ -145,38 +247,24 @@ pub async fn create_saga(pool: &PgPool, new: &NewSaga<'_>) -> Result<Created, sq
         return Ok(Created::New(Box::new(saga)));
     }
     // The business key is taken: by a saga, or by a transaction.
-    let existing =
-        sqlx::query("SELECT id, input_hash FROM sagas WHERE definition = $1 AND business_key = $2")
+    let taken = match same_business_key(&mut tx, RunKind::Saga, &new.run).await? {
+        Some(taken) => taken,
+        None => Created::TakenByOther(
+            sqlx::query_scalar(
+                "SELECT id FROM transactions WHERE definition = $1 AND business_key = $2",
+            )
             .bind(new.run.definition)
             .bind(new.run.business_key.as_deref())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(existing) = existing else {
-        let transaction_id: Uuid = sqlx::query_scalar(
-            "SELECT id FROM transactions WHERE definition = $1 AND business_key = $2",
-        )
-        .bind(new.run.definition)
-        .bind(new.run.business_key.as_deref())
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.rollback().await?;
-        return Ok(Created::TakenByTransaction { transaction_id });
+            .fetch_one(&mut *tx)
+            .await?,
+        ),
     };
-    let saga_id: Uuid = existing.try_get("id")?;
-    let hash: String = existing.try_get("input_hash")?;
-    if hash != new.run.input_hash {
+    // The same saga again keeps the client key (now naming it); a conflict stores nothing.
+    if let Created::SameBusinessKey(_) = taken {
+        tx.commit().await?;
+        tandem_kit::stats::write_committed(pool);
+    } else {
         tx.rollback().await?;
-        return Ok(Created::BusinessKeyConflict { saga_id });
     }
-    // Same order again under a new client key: remember the key for that saga.
-    if let Some(key) = new.run.idempotency_key {
-        sqlx::query("UPDATE idempotency_keys SET saga_id = $2 WHERE key = $1")
-            .bind(key)
-            .bind(saga_id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    tandem_kit::stats::write_committed(pool);
-    Ok(Created::SameBusinessKey(saga_id))
+    Ok(taken)
 }

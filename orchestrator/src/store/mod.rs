@@ -1,7 +1,8 @@
 //! The orchestrator's Postgres store (migrations in `migrations/orchestrator/`).
 //!
 //! - here: the saga row ([`SagaRow`], the lease kind [`SAGAS`]), reads, definitions;
-//! - [`create`]: creating a saga (client idempotency key, business key, first transition);
+//! - [`create`]: creating a run: what sagas and transactions share (client idempotency key,
+//!   business key), and a saga's row with its first transition;
 //! - [`transition`]: persisting transitions, fenced by the lease epoch — one statement for any
 //!   number of sagas, written through the group-commit writer ([`crate::writer`]).
 //!
@@ -18,13 +19,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{FromRow, Row};
+use sqlx::{FromRow, PgExecutor, Row};
 use uuid::Uuid;
 
-use crate::lease::{LeaseColumns, LeaseKind, Leased};
+use crate::lease::{LeaseColumns, LeaseKind, Leased, RowLease};
 use crate::saga::{SagaState, SagaStatus};
 
-pub use create::{Created, NewRun, NewSaga, create_saga};
+pub use create::{Created, CreatedSaga, NewRun, NewSaga, RunKind, create_saga};
 pub use transition::{NextRun, TransitionBatch, persist_transitions};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
@@ -50,23 +51,30 @@ pub const SAGAS: LeaseKind = LeaseKind {
     channel: WORK_CHANNEL,
 };
 
-/// A saga as stored.
+/// What a run's row (a saga, a transaction) keeps of its request: what [`NewRun`] wrote.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct SagaRow {
-    pub id: Uuid,
+pub struct RunColumns {
     pub definition: String,
     pub version: String,
     pub business_key: Option<String>,
     pub input: Value,
+    /// SHA-256 (hex) of the canonical input: the same business key with another input is a
+    /// conflict.
     pub input_hash: String,
+}
+
+/// A saga as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SagaRow {
+    pub id: Uuid,
+    #[sqlx(flatten)]
+    pub run: RunColumns,
     #[sqlx(try_from = "String")]
     pub status: SagaStatus,
     #[sqlx(json)]
     pub state: SagaState,
-    pub next_run_at: Option<DateTime<Utc>>,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<DateTime<Utc>>,
-    pub lease_epoch: i64,
+    #[sqlx(flatten)]
+    pub lease: RowLease,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -80,7 +88,7 @@ impl Leased for SagaRow {
         self.id
     }
     fn epoch(&self) -> i64 {
-        self.lease_epoch
+        self.lease.epoch
     }
 }
 
@@ -113,6 +121,24 @@ fn saga_and_events(row: &PgRow) -> Result<(SagaRow, Vec<EventRow>), sqlx::Error>
     Ok((SagaRow::from_row(row)?, events_from_json(row)?))
 }
 
+/// A query, bound and not yet run.
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Run an `INSERT … ON CONFLICT DO NOTHING` of one row: whether it inserted it.
+pub(crate) async fn inserted(db: impl PgExecutor<'_>, q: PgQuery<'_>) -> Result<bool, sqlx::Error> {
+    Ok(q.execute(db).await?.rows_affected() == 1)
+}
+
+/// The rows `q` selects, decoded; counted as a committed read.
+pub(crate) async fn read_rows<R>(pool: &PgPool, q: PgQuery<'_>) -> Result<Vec<R>, sqlx::Error>
+where
+    R: for<'r> FromRow<'r, PgRow>,
+{
+    let rows = q.fetch_all(pool).await?;
+    tandem_kit::stats::read_committed(pool);
+    rows.iter().map(R::from_row).collect()
+}
+
 pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -126,16 +152,12 @@ pub async fn insert_definition(
     version: &str,
     body: &Value,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO definitions (name, version, body) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(name)
-    .bind(version)
-    .bind(body)
-    .execute(pool)
-    .await?;
+    );
+    let new = inserted(pool, q.bind(name).bind(version).bind(body)).await?;
     tandem_kit::stats::write_committed(pool);
-    Ok(r.rows_affected() == 1)
+    Ok(new)
 }
 
 /// Every stored definition version: (name, version, body), oldest first.
@@ -200,30 +222,31 @@ pub(crate) async fn one_by_id<T>(
     row.as_ref().map(decode).transpose()
 }
 
-/// Newest first; `before` is the cursor (an id from the previous page).
+/// One page of a newest-first list of runs (by id, a UUIDv7: creation order).
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// The cursor: only runs older than this one (the last of the previous page).
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Sagas, newest first.
 pub async fn list(
     pool: &PgPool,
     status: Option<SagaStatus>,
     definition: Option<&str>,
-    before: Option<Uuid>,
-    limit: i64,
+    page: Page,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
-    let rows = sqlx::query(concat!(
+    let q = sqlx::query(concat!(
         "SELECT ",
         saga_columns!(),
         " FROM sagas \
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR definition = $2) \
            AND ($3::uuid IS NULL OR id < $3) \
          ORDER BY id DESC LIMIT $4"
-    ))
-    .bind(status.map(|s| s.as_str()))
-    .bind(definition)
-    .bind(before)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    tandem_kit::stats::read_committed(pool);
-    rows.iter().map(SagaRow::from_row).collect()
+    ));
+    let q = q.bind(status.map(|s| s.as_str())).bind(definition);
+    read_rows(pool, q.bind(page.before).bind(page.limit)).await
 }
 
 /// Drop client idempotency keys older than the retention.

@@ -129,6 +129,21 @@ impl Orch {
     }
 }
 
+/// Assert that the transaction `t` settled on `decision` ("commit" or "abort"), in the state
+/// that goes with it.
+pub fn assert_decided(t: &Value, decision: &str) {
+    let state = if decision == "commit" {
+        "committed"
+    } else {
+        "aborted"
+    };
+    assert_eq!(
+        (t["state"].as_str(), t["decision"].as_str()),
+        (Some(state), Some(decision)),
+        "{t}"
+    );
+}
+
 async fn answer(r: reqwest::Response) -> (reqwest::StatusCode, Value) {
     let s = r.status();
     (s, r.json().await.unwrap_or(Value::Null))

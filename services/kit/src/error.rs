@@ -59,3 +59,15 @@ impl Error {
         }
     }
 }
+
+/// `e` and its sources, `: `-separated (what a log line or a stored message shows of an error).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -25,7 +25,8 @@
 //! - [`testing`]: test databases dropped when a test passes and kept when it fails
 //!   (`TestDatabases`), `Served` (a service on an ephemeral port), `missing_prerequisite`
 //!   (skip outside CI, fail in CI); [`service_tests`]: more of it for the services' own tests.
-//! - [`error`]: the kit's error type ([`Error`]), for start-up and serving.
+//! - [`error`]: the kit's error type ([`Error`]), for start-up and serving; `chain` (an error
+//!   and its sources on one line).
 
 pub mod barrier;
 pub mod checkout;

@@ -110,7 +110,7 @@ impl Drop for TestDatabases {
                         while let Some(done) = drops.join_next().await {
                             match done {
                                 Ok(Ok(())) => {}
-                                Ok(Err(e)) => errors.push(error_chain(&e)),
+                                Ok(Err(e)) => errors.push(crate::error::chain(&e)),
                                 Err(e) => errors.push(e.to_string()),
                             }
                         }
@@ -131,18 +131,6 @@ impl Drop for TestDatabases {
         // completes it even if this process ends first).
         let _ = finished.recv_timeout(DROP_WAIT);
     }
-}
-
-/// `e` and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// How long a passing test waits for its databases to be dropped.
@@ -297,6 +285,22 @@ pub fn assert_problem(
     assert_eq!(status, want, "{body}");
     assert_eq!(body["type"], format!("urn:tandem:problem:{slug}"), "{body}");
     assert_eq!(body["status"], want.as_u16(), "{body}");
+}
+
+/// `field` of each item of the JSON array `list`, as strings (panics where `list` is not an
+/// array or a `field` is not a string).
+pub fn strings<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    let items = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"));
+    items
+        .iter()
+        .map(|item| {
+            item[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no string `{field}` in {item}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
