@@ -71,6 +71,27 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// The path of the workspace binary `name` (`orchestrator`, `inventory` …) in `dir`, or else
+/// next to this executable (`cargo build` puts them side by side); an error saying how to build
+/// it when it is missing.
+pub fn binary(dir: Option<&std::path::Path>, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("the executable has no directory"))?
+            .to_path_buf(),
+    };
+    let bin = dir.join(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build the workspace's binaries first (`cargo build --workspace --bins`, \
+         with --release for a release `tandem`) or pass --bin-dir",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 /// `http://127.0.0.1:<port>`.
 pub fn loopback_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
