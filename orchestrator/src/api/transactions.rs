@@ -248,8 +248,13 @@ pub(super) struct ResolveBody {
 pub(super) async fn resolve(
     State(c): State<Ctx>,
     Path(id): Path<Uuid>,
-    Json(body): Json<ResolveBody>,
+    Json(body): Json<Value>,
 ) -> Result<Json<Value>, Problem> {
+    // serde would read a struct from an array too (`["commit"]`): only an object is a body.
+    if !body.is_object() {
+        return Err(Problem::invalid("", "must be a JSON object"));
+    }
+    let body: ResolveBody = tandem_kit::http::from_value(body)?;
     let operator = body.operator.unwrap_or_else(|| "unknown".into());
     let mut issues = Vec::new();
     if body.reason.chars().count() > 1000 {
