@@ -69,14 +69,5 @@ async fn a_heuristic_abort_fences_the_owner_and_a_commit_needs_every_yes() {
     assert_ne!(t["lease"]["owner"], owner, "{t}");
     assert!(t["lease"]["epoch"].as_i64().unwrap() >= 2, "{t}");
     // The held participant now votes YES to the fenced owner.
-    f.gate.add_permits(10);
-    let done = other.settled_txn(&id, Duration::from_secs(20)).await;
-    assert_eq!(
-        (done["state"].as_str(), done["decision"].as_str()),
-        (Some("aborted"), Some("abort")),
-        "{done}"
-    );
-    let log = f.log.lock().unwrap();
-    assert_eq!(log.commits, 0, "no participant was told to commit");
-    assert!(log.aborts >= 3, "every participant was told to abort");
+    common::participants::release_and_expect_abort(&other, &f, &id).await;
 }

@@ -86,3 +86,28 @@ fn print_outcome(resolved: &Value, t: &Value) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ResolveArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ResolveArgs,
+    }
+
+    #[test]
+    fn exactly_one_decision_is_required() {
+        let parse = |a: &[&str]| Cli::try_parse_from([&["tandem"], a].concat());
+        let ok = parse(&["0197", "--abort", "--reason", "gone"])
+            .unwrap()
+            .args;
+        assert!(ok.abort && !ok.commit && ok.reason == "gone");
+        assert!(parse(&["0197"]).is_err(), "a decision is required");
+        assert!(parse(&["0197", "--commit", "--abort"]).is_err(), "only one");
+        assert!(parse(&["--commit"]).is_err(), "the id is required");
+    }
+}

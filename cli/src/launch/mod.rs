@@ -4,6 +4,7 @@
 //! - [`Layout`]: where a stack lives — its Postgres server and its databases
 //!   `<prefix>_<component>`.
 //! - [`free_port`]: a free loopback port for a process that binds it itself.
+//! - [`binary`]: where a workspace binary is (next to this executable, or a given directory).
 //! - [`service_env`], [`orchestrator_env`]: the environment of a spawned binary.
 //! - [`procs`]: the real binaries as child processes (killed on drop).
 //! - [`stack`]: the whole stack in this process.
