@@ -56,6 +56,11 @@ async fn orphan(cluster: &mut Cluster, c: &Client, order: &str, sku: &str) -> St
     t["id"].as_str().unwrap().to_string()
 }
 
+/// The JSON body of `GET {url}`.
+async fn body(c: &Client, url: String) -> Value {
+    c.get(&url).await.unwrap().body
+}
+
 async fn resolve(c: &Client, id: &str, body: &Value) -> (u16, Value) {
     let url = format!("{}/transactions/{id}/resolve", c.orchestrator);
     let r = c
@@ -83,7 +88,7 @@ async fn settled(c: &Client, id: &str) -> Value {
 /// Bad requests to the resolve endpoint: each a 4xx problem; nothing recorded.
 async fn bad_requests_store_nothing(c: &Client, id: &str) {
     let long = "x".repeat(1001);
-    for body in [
+    for bad in [
         json!({}),
         json!({"decision": "maybe"}),
         json!({"decision": "commit", "extra": 1}),
@@ -92,8 +97,8 @@ async fn bad_requests_store_nothing(c: &Client, id: &str) {
         json!({"decision": "commit", "reason": "a\u{0}"}),
         json!(["commit"]),
     ] {
-        let (s, b) = resolve(c, id, &body).await;
-        assert!((400..500).contains(&s), "{body}: {s} {b}");
+        let (s, b) = resolve(c, id, &bad).await;
+        assert!((400..500).contains(&s), "{bad}: {s} {b}");
         assert!(
             b["type"]
                 .as_str()
@@ -106,11 +111,7 @@ async fn bad_requests_store_nothing(c: &Client, id: &str) {
     let unknown = uuid::Uuid::now_v7().to_string();
     let (s, b) = resolve(c, &unknown, &json!({"decision": "abort"})).await;
     assert_eq!(s, 404, "{b}");
-    let t = c
-        .get(&format!("{}/transactions/{id}", c.orchestrator))
-        .await
-        .unwrap()
-        .body;
+    let t = body(c, format!("{}/transactions/{id}", c.orchestrator)).await;
     assert_eq!(
         (&t["decision"], &t["heuristic"]),
         (&Value::Null, &Value::Null),
@@ -139,11 +140,7 @@ async fn an_operator_resolves_transactions_whose_coordinator_is_gone() {
 
     // 1. Resolve commit.
     let id = orphan(&mut cluster, &c, "rs-1", "rs-a").await;
-    let status = c
-        .get(&format!("{}/2pc/status", c.inventory))
-        .await
-        .unwrap()
-        .body;
+    let status = body(&c, format!("{}/2pc/status", c.inventory)).await;
     assert!(
         status["oldest_prepared_age_ms"].as_i64().is_some(),
         "{status}"
@@ -201,7 +198,7 @@ async fn an_operator_resolves_transactions_whose_coordinator_is_gone() {
     assert!(c.payments("rs-2").await.unwrap().is_empty());
     assert!(c.reservations("rs-2").await.unwrap().is_empty());
     for base in [&c.inventory, &c.payment, &c.shipping] {
-        let status = c.get(&format!("{base}/2pc/status")).await.unwrap().body;
+        let status = body(&c, format!("{base}/2pc/status")).await;
         assert_eq!(status["prepared"], json!([]), "{base}: {status}");
     }
 }
