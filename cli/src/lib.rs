@@ -8,7 +8,9 @@
 //! - [`client`]: a small HTTP client for the orchestrator and the services' audit endpoints.
 //! - [`commands`]: `tandem up` and `tandem demo`.
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
-//! - `commit` (in the binary): `tandem commit compare`, the atomic-commit protocol comparison.
+//! - `commit` (in the binary): `tandem commit compare` (the atomic-commit protocol comparison),
+//!   `demo 2pc-blocking` (2PC's blocking case on the real processes), `resolve` (an operator's
+//!   heuristic decision).
 
 pub mod bench;
 pub mod client;

@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Up(a) => runtime()?.block_on(tandem_cli::commands::up(a)),
         Commands::Demo(a) => runtime()?.block_on(tandem_cli::commands::demo(a)),
-        Commands::Commit(args) => commit::run(args),
+        Commands::Commit(a) => runtime()?.block_on(commit::run(a)),
         Commands::Bench(a) => runtime()?.block_on(tandem_cli::bench::bench(a)),
         Commands::Kv(a) => runtime()?.block_on(kv::run(a)),
     }

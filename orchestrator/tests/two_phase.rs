@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::assert_decided;
 use common::participants::{order_definition, setup};
 use serde_json::{Value, json};
@@ -218,16 +216,7 @@ async fn a_query_to_another_instance_while_votes_are_collected_never_splits() {
         "durable before the answer"
     );
     // Now the last participant votes YES to the (fenced) owner.
-    f.gate.add_permits(10);
-    let done = other.settled_txn(&id, Duration::from_secs(20)).await;
-    assert_decided(&done, "abort");
-    assert!(done["lease"]["epoch"].as_i64().unwrap() >= 2, "{done}");
-    let log = f.log.lock().unwrap();
-    assert_eq!(
-        log.commits, 0,
-        "never a split: no participant was told to commit"
-    );
-    assert!(log.aborts >= 3, "every participant was told to abort");
+    common::participants::release_and_expect_abort(&other, &f, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

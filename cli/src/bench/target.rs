@@ -5,8 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use super::{BenchArgs, StackMode};
 use crate::launch::procs::{Output, Proc};
 use crate::launch::stack::{Stack, StackConfig};
@@ -73,13 +71,6 @@ async fn in_process(
 }
 
 fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow::Result<Target> {
-    let dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the executable's directory")?
-            .to_path_buf(),
-    };
     let ports = [
         crate::launch::free_port()?,
         crate::launch::free_port()?,
@@ -105,12 +96,7 @@ fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow
     }
     let mut t = Target::new(http, urls);
     for (c, env) in COMPONENTS.into_iter().zip(envs) {
-        let bin = dir.join(c);
-        anyhow::ensure!(
-            bin.exists(),
-            "{} not found: build the workspace first (cargo build --release --workspace) or pass --bin-dir",
-            bin.display()
-        );
+        let bin = crate::launch::binary(args.bin_dir.as_deref(), c)?;
         t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
     }
     Ok(t)

@@ -4,6 +4,7 @@
 //! - [`Layout`]: where a stack lives — its Postgres server and its databases
 //!   `<prefix>_<component>`.
 //! - [`free_port`]: a free loopback port for a process that binds it itself.
+//! - [`binary`]: where a workspace binary is (next to this executable, or a given directory).
 //! - [`service_env`], [`orchestrator_env`]: the environment of a spawned binary.
 //! - [`procs`]: the real binaries as child processes (killed on drop).
 //! - [`stack`]: the whole stack in this process.
@@ -69,6 +70,27 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The path of the workspace binary `name` (`orchestrator`, `inventory` …) in `dir`, or else
+/// next to this executable (`cargo build` puts them side by side); an error saying how to build
+/// it when it is missing.
+pub fn binary(dir: Option<&std::path::Path>, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("the executable has no directory"))?
+            .to_path_buf(),
+    };
+    let bin = dir.join(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build the workspace's binaries first (`cargo build --workspace --bins`, \
+         with --release for a release `tandem`) or pass --bin-dir",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 /// `http://127.0.0.1:<port>`.

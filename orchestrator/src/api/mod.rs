@@ -7,7 +7,8 @@
 //!   `GET /sagas?status=&definition=&limit=&cursor=`, `POST /sagas/{id}/retry`;
 //! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`;
 //! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`, `GET /transactions`,
-//!   `GET /transactions/{id}/decision` (participants ask "what was decided?");
+//!   `GET /transactions/{id}/decision` (participants ask "what was decided?"),
+//!   `POST /transactions/{id}/resolve` (an operator's heuristic decision);
 //! - here: the router, `GET /healthz`.
 
 pub mod definitions;
@@ -56,6 +57,7 @@ pub fn router(ctx: Ctx) -> Router {
         )
         .route("/transactions/{id}", get(transactions::get_one))
         .route("/transactions/{id}/decision", get(transactions::decision))
+        .route("/transactions/{id}/resolve", post(transactions::resolve))
         .route("/healthz", get(healthz))
         .with_state(ctx);
     tandem_kit::http::finish(r)

@@ -1,6 +1,6 @@
 //! `POST /transactions`, `GET /transactions/{id}`, `GET /transactions`,
-//! `GET /transactions/{id}/decision` (participants ask): the 2PC coordinator
-//! ([`crate::commit`]).
+//! `GET /transactions/{id}/decision` (participants ask), `POST /transactions/{id}/resolve` (an
+//! operator's heuristic decision): the 2PC coordinator ([`crate::commit`]).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::Ctx;
 use super::sagas::{WaitParams, run_request, wait_secs};
 use crate::commit::coordinator::{Begin, Begun};
+use crate::commit::resolve::{HEURISTIC_KIND, Heuristic, Resolution, Resolve};
 use crate::commit::{TxnRow, TxnState, store};
 use crate::driver::start::hash_json;
 
@@ -108,6 +109,15 @@ fn view_of(row: &TxnRow, messages: &[(i64, store::Message)]) -> Value {
             v
         })
         .collect();
+    // An operator's heuristic decision is in the log, but it is not a protocol message.
+    let heuristic = messages
+        .iter()
+        .find(|(_, m)| m.kind == HEURISTIC_KIND)
+        .map(|(_, m)| json!({"at": m.at, "detail": m.detail}));
+    let protocol_messages = messages
+        .iter()
+        .filter(|(_, m)| m.kind != HEURISTIC_KIND)
+        .count();
     let messages: Vec<Value> = messages
         .iter()
         .map(|(seq, m)| json!({"seq": seq, "at": m.at, "peer": m.peer, "dir": m.dir, "kind": m.kind, "detail": m.detail}))
@@ -116,13 +126,13 @@ fn view_of(row: &TxnRow, messages: &[(i64, store::Message)]) -> Value {
         "id": row.id, "protocol": row.protocol, "definition": row.run.definition,
         "version": row.run.version, "business_key": row.run.business_key, "input": row.run.input,
         "state": row.state, "decision": row.decision, "decided_at": row.decided_at,
-        "participants": participants,
+        "participants": participants, "heuristic": heuristic,
         "lease": row.lease.view(),
         "created_at": row.created_at, "updated_at": row.updated_at,
         // A request and its response are two messages; the coordinator forces its Begin (the
         // row) and, to commit, the Commit record.
         "counts": {
-            "messages": messages.len(),
+            "messages": protocol_messages,
             "coordinator_forced_writes": 1 + usize::from(row.decision.as_deref() == Some("commit")),
         },
         "messages": messages,
@@ -179,9 +189,19 @@ pub(super) async fn list(
         limit,
         |r| r.id,
         |r| {
+            // How long its oldest prepared participant has held its locks (an operator's
+            // first look at a coordinator that does not come back).
+            let since = r
+                .participants
+                .iter()
+                .filter(|p| p.finished_at.is_none())
+                .filter_map(|p| p.prepared_at)
+                .min();
             json!({
                 "id": r.id, "protocol": r.protocol, "definition": r.run.definition, "state": r.state,
                 "decision": r.decision, "business_key": r.run.business_key, "created_at": r.created_at,
+                "holding_locks_since": since,
+                "holding_locks_ms": since.map(|t| (chrono::Utc::now() - t).num_milliseconds()),
             })
         },
     )))
@@ -208,4 +228,71 @@ pub(super) async fn decision(
         ))
         .retry_after(1)),
     }
+}
+
+/// `POST /transactions/{id}/resolve` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ResolveBody {
+    decision: Heuristic,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    operator: Option<String>,
+}
+
+/// `POST /transactions/{id}/resolve` `{"decision": "commit"|"abort", "reason", "operator"}`: an
+/// operator's heuristic decision (see [`crate::commit::resolve`]). 200 the transaction with
+/// `"recorded": true`, or `false` when the same decision was already logged; 409 when another
+/// decision is logged, or a commit lacks a logged YES vote; 404 unknown.
+pub(super) async fn resolve(
+    State(c): State<Ctx>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, Problem> {
+    // serde would read a struct from an array too (`["commit"]`): only an object is a body.
+    if !body.is_object() {
+        return Err(Problem::invalid("", "must be a JSON object"));
+    }
+    let body: ResolveBody = tandem_kit::http::from_value(body)?;
+    let operator = body.operator.unwrap_or_else(|| "unknown".into());
+    let mut issues = Vec::new();
+    if body.reason.chars().count() > 1000 {
+        issues.push(("/reason", "at most 1000 characters"));
+    }
+    if operator.is_empty() || operator.chars().count() > 200 {
+        issues.push(("/operator", "between 1 and 200 characters"));
+    }
+    if let Some((pointer, message)) = issues.first() {
+        return Err(Problem::invalid(*pointer, *message));
+    }
+    let r = Resolve {
+        decision: body.decision,
+        reason: body.reason,
+        operator,
+    };
+    let recorded =
+        match c.coordinator.resolve(id, &r).await? {
+            Resolution::Recorded => true,
+            Resolution::AlreadyLogged => false,
+            Resolution::Conflict { logged } => {
+                return Err(Problem::conflict("decision-conflict", "Another decision is logged")
+                .detail(format!(
+                    "transaction {id} is already decided: {logged}; a logged decision is final"
+                ))
+                .with("decision", logged));
+            }
+            Resolution::NotAllYes { step, vote } => {
+                return Err(Problem::conflict("not-all-yes", "Cannot commit")
+                    .detail(format!(
+                        "participant {step:?} has no YES vote in the log (vote: {}); only abort is \
+                     safe",
+                        vote.as_deref().unwrap_or("none")
+                    ))
+                    .with("step", step));
+            }
+        };
+    let mut v = view(&c, id).await?;
+    v["recorded"] = json!(recorded);
+    Ok(Json(v))
 }

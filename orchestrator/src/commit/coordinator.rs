@@ -320,7 +320,7 @@ impl Coordinator {
 
     /// Run the coordinator of a transaction leased here (`fresh`: just logged, begin it;
     /// otherwise recover it from its log).
-    fn run(self: &Arc<Self>, row: TxnRow, fresh: bool) {
+    pub(super) fn run(self: &Arc<Self>, row: TxnRow, fresh: bool) {
         let Some(permit) = self.work.activate(row.id, row.lease.epoch) else {
             return;
         };

@@ -9,6 +9,7 @@
 //!   COMMIT is sent; presumed abort: no record means abort), progress and the message log;
 //! - [`coordinator`]: [`Coordinator`] — the one entry point that begins a transaction, the
 //!   "what was decided?" rule participants ask, and its part in the background loops;
+//! - [`resolve`]: an operator's heuristic decision, through the same lease and fenced write;
 //! - [`drive`]: one transaction's loop: feed the core, execute its actions (write, send, timers)
 //!   and nothing else; `send`: the messages over HTTP.
 //!
@@ -18,6 +19,7 @@
 
 pub mod coordinator;
 pub mod drive;
+pub mod resolve;
 mod send;
 pub mod store;
 

@@ -142,3 +142,18 @@ pub async fn setup(name: &str) -> (super::Orch, Fake) {
     *f.url.lock().unwrap() = url;
     (o, f)
 }
+
+/// Let the held vote through (to a fenced owner), then check the transaction ends aborted on
+/// `o` with a fencing epoch, and that no participant was ever told to commit.
+pub async fn release_and_expect_abort(o: &super::Orch, f: &Fake, id: &str) {
+    f.gate.add_permits(10);
+    let done = o.settled_txn(id, std::time::Duration::from_secs(20)).await;
+    super::assert_decided(&done, "abort");
+    assert!(done["lease"]["epoch"].as_i64().unwrap() >= 2, "{done}");
+    let log = f.log.lock().unwrap();
+    assert_eq!(
+        log.commits, 0,
+        "never a split: no participant was told to commit"
+    );
+    assert!(log.aborts >= 3, "every participant was told to abort");
+}

@@ -268,6 +268,8 @@ async fn status(State(app): State<App>) -> Result<Json<Value>, Problem> {
         "service": app.spec.name,
         "max_prepared_transactions": max,
         "can_prepare": max > 0,
+        // `prepared` is oldest first: an operator's first look when a coordinator is gone.
+        "oldest_prepared_age_ms": prepared.first().map(|b| b.age_ms),
         "prepared": prepared,
         "lock_waits": lock_waits,
     })))

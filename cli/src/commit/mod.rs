@@ -1,4 +1,11 @@
-//! `tandem commit ...`: commands about the atomic commit protocol cores.
+//! `tandem commit ...`: the atomic commit protocols.
+//!
+//! - here: `compare`, the protocol cores' costs on an in-memory network;
+//! - [`demo`]: `demo 2pc-blocking`, 2PC's blocking case live on the real stack;
+//! - [`resolve`]: `resolve ID --commit|--abort`, an operator's heuristic decision.
+
+mod demo;
+mod resolve;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -25,6 +32,12 @@ enum CommitCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a demo on the real stack (its own processes and databases); exits non-zero when
+    /// it observes anything other than what it explains.
+    Demo(demo::DemoArgs),
+    /// Decide a transaction whose coordinator never comes back: a recorded, loud heuristic
+    /// decision (see docs/commit-protocols.md) that the orchestrator then delivers.
+    Resolve(resolve::ResolveArgs),
 }
 
 #[derive(Serialize)]
@@ -35,8 +48,10 @@ struct Report {
     rows: Vec<Row>,
 }
 
-pub fn run(args: CommitArgs) -> anyhow::Result<()> {
+pub async fn run(args: CommitArgs) -> anyhow::Result<()> {
     match args.command {
+        CommitCommand::Demo(a) => demo::run(a).await,
+        CommitCommand::Resolve(a) => resolve::run(a).await,
         CommitCommand::Compare {
             participants,
             failures,
