@@ -89,6 +89,10 @@ pub async fn build(config: Config) -> Result<App> {
         config.max_active_sagas,
         shutdown_rx.clone(),
     )?);
+    coordinator.paxos.configure(
+        config.acceptors()?,
+        Duration::from_millis(config.paxos_progress_ms),
+    );
     let driver = Arc::new(Driver::new(
         leases,
         registry,

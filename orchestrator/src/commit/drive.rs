@@ -90,17 +90,13 @@ pub(super) fn records(row: &TxnRow) -> Vec<Record> {
 }
 
 impl Coordinator {
-    /// Rebuild one transaction's coordinator: its definition, Prepare bodies, and the core —
-    /// fresh (begin it) or recovered from the log — with the actions it starts with.
-    async fn open(
+    /// The rendered Prepare bodies (the actions' bodies, one per participant) of a transaction,
+    /// and its definition's policy; None (logged) if the definition is gone or a body does
+    /// not render.
+    pub(super) async fn prepare_bodies(
         &self,
-        row: TxnRow,
-        fresh: bool,
-    ) -> Option<(
-        Txn,
-        Vec<Action<Msg, Record, Timer>>,
-        mpsc::UnboundedReceiver<Event>,
-    )> {
+        row: &TxnRow,
+    ) -> Option<(Vec<Value>, crate::saga::definition::Policy)> {
         let def = match self.registry.get(&row.definition, &row.version).await {
             Ok(Some(def)) => def,
             other => {
@@ -118,6 +114,21 @@ impl Coordinator {
             tracing::error!(txn = %row.id, "a Prepare body does not render");
             return None;
         };
+        Some((bodies, def.policy.clone()))
+    }
+
+    /// Rebuild one transaction's coordinator: its definition, Prepare bodies, and the core —
+    /// fresh (begin it) or recovered from the log — with the actions it starts with.
+    async fn open(
+        &self,
+        row: TxnRow,
+        fresh: bool,
+    ) -> Option<(
+        Txn,
+        Vec<Action<Msg, Record, Timer>>,
+        mpsc::UnboundedReceiver<Event>,
+    )> {
+        let (bodies, policy) = self.prepare_bodies(&row).await?;
         let n = row.participants.len() as u8;
         let (core, actions) = if fresh {
             let mut c = two_phase::Coordinator::new(n);
@@ -137,8 +148,8 @@ impl Coordinator {
             logged: row.decision.as_deref().map(outcome_of),
             messages: Vec::new(),
             timers: HashMap::new(),
-            votes_timeout: Duration::from_millis(def.policy.deadline_ms),
-            call_timeout: Duration::from_millis(def.policy.timeout_ms),
+            votes_timeout: Duration::from_millis(policy.deadline_ms),
+            call_timeout: Duration::from_millis(policy.timeout_ms),
             abort_pending: Default::default(),
             done: row.state.is_settled(),
             tx,
