@@ -11,6 +11,10 @@
 //! `POST {leader_url}/transactions/{txn}/paxos`, one try (a lost bundle is what the leader's
 //! next ballot is for).
 //!
+//! The core keeps its state in memory between messages; this driver keeps it in the row, so a
+//! change the core has not forced yet (a ballot-0 2a while other instances have no value) is
+//! written as well, in the same transaction.
+//!
 //! Endpoints: `POST /paxos/phase2a`, `POST /paxos/phase1a` (body
 //! [`tandem_kit::paxos::ToAcceptor`], answer [`tandem_kit::paxos::AcceptorReply`]),
 //! `GET /paxos/{txn_id}` (the slots, for audits and tests), `GET /healthz`, `GET /stats`.
@@ -213,6 +217,16 @@ async fn message(
             } => to_leader = Some(msg),
             _ => {}
         }
+    }
+    if core.dirty {
+        // Changed but not forced (a ballot-0 2a before every instance has a value: no reply
+        // yet). The row is where this driver keeps the core between messages, so the change is
+        // written too — more durable than the core needs, never less.
+        sqlx::query("UPDATE paxos_acceptor SET slots = $2, updated_at = now() WHERE txn_id = $1")
+            .bind(req.txn_id)
+            .bind(sqlx::types::Json(&core.slots))
+            .execute(&mut *tx)
+            .await?;
     }
     // Persist, then send: the snapshot is committed (synchronous_commit) before any answer.
     tx.commit().await?;
