@@ -33,8 +33,8 @@ pub struct Config {
     pub extra_services: String,
 
     /// Maximum database connections. The orchestrator opens one more, outside the pool, to
-    /// LISTEN for work other instances hand back. The whole default stack (orchestrator 20 + 1 +
-    /// three services at 5) uses 36 of the development server's 100.
+    /// LISTEN for work other instances hand back. The whole default stack (orchestrator 20 + 1,
+    /// three services at 5 + 2, three acceptors at 3) uses 51 of the development server's 100.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 20)]
     pub db_pool_size: u32,
 
