@@ -33,8 +33,10 @@ async fn get(url: String) -> Value {
 async fn begin(cluster: &Cluster, o: usize, order: &str, card: &str) -> String {
     let r = reqwest::Client::new()
         .post(format!("{}/transactions", cluster.url(o)))
-        .json(&json!({ "protocol": "paxos-commit", "definition": "checkout",
-                       "input": checkout_input(order, SKU, 1, card, "FR") }))
+        .json(
+            &json!({ "protocol": "paxos-commit", "definition": "checkout",
+                       "input": checkout_input(order, SKU, 1, card, "FR") }),
+        )
         .send()
         .await
         .unwrap();
@@ -153,7 +155,12 @@ async fn paxos_commit_survives_the_leader_and_f_acceptors_and_waits_for_a_majori
     assert!(r.status().is_success());
 
     // 0. A NO vote (declined card) aborts: nothing anywhere.
-    let t0 = settled(&cluster, o1, &begin(&cluster, o1, "px-0", "tok_decline").await).await;
+    let t0 = settled(
+        &cluster,
+        o1,
+        &begin(&cluster, o1, "px-0", "tok_decline").await,
+    )
+    .await;
     assert_eq!(t0["state"], "aborted", "{t0}");
     assert_eq!(effects(&cluster, "px-0").await, [0, 0, 0]);
 
@@ -164,7 +171,11 @@ async fn paxos_commit_survives_the_leader_and_f_acceptors_and_waits_for_a_majori
     committed_everywhere(&cluster, &t1, "px-1").await;
     let (epoch, _) = ballot(&cluster, &id1).await;
     assert!(t1["lease"]["epoch"].as_u64() >= Some(2), "{t1}");
-    assert_eq!(Some(epoch), t1["lease"]["epoch"].as_u64(), "the ballot is the lease's");
+    assert_eq!(
+        Some(epoch),
+        t1["lease"]["epoch"].as_u64(),
+        "the ballot is the lease's"
+    );
 
     // 2. One acceptor down as well: F + 1 = 2 acceptors still choose.
     cluster.kill9(acceptors[2]);
@@ -179,14 +190,18 @@ async fn paxos_commit_survives_the_leader_and_f_acceptors_and_waits_for_a_majori
     //    effect visible anywhere — through many ballots; one acceptor back, and it commits.
     cluster.kill9(acceptors[1]);
     let id3 = begin(&cluster, o1, "px-3", "tok_visa").await;
-    let waited = eventually(Duration::from_secs(30), "every participant to prepare", || {
-        let cluster = &cluster;
-        let id3 = id3.clone();
-        async move {
-            let p = prepared(cluster).await;
-            p.iter().all(|ids| ids.contains(&id3)).then_some(())
-        }
-    });
+    let waited = eventually(
+        Duration::from_secs(30),
+        "every participant to prepare",
+        || {
+            let cluster = &cluster;
+            let id3 = id3.clone();
+            async move {
+                let p = prepared(cluster).await;
+                p.iter().all(|ids| ids.contains(&id3)).then_some(())
+            }
+        },
+    );
     waited.await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t3 = get(format!("{}/transactions/{id3}", cluster.url(o1))).await;

@@ -36,7 +36,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::coordinator::Coordinator;
-use super::store::{self, Message, Progress};
+use super::drive::{Fenced, write_fenced};
+use super::store::Message;
 use super::{Part, TxnRow, TxnState};
 
 /// The protocol name in `POST /transactions` and the row.
@@ -102,13 +103,7 @@ struct Led {
 
 impl Led {
     fn log(&mut self, peer: String, dir: &str, kind: &str, detail: Value) {
-        self.messages.push(Message {
-            at: Utc::now(),
-            peer,
-            dir: dir.into(),
-            kind: kind.into(),
-            detail,
-        });
+        self.messages.push(Message::now(peer, dir, kind, detail));
     }
 }
 
@@ -299,24 +294,8 @@ impl Coordinator {
 
     /// Write the row's progress (and the messages logged since), fenced. False: fenced.
     async fn write_led(&self, t: &mut Led, decision: Option<&'static str>) -> bool {
-        let p = Progress {
-            state: t.state,
-            decision,
-            participants: &t.parts,
-            messages: &t.messages,
-        };
-        match store::progress(self.work.leases.pool(), t.id, t.epoch, &p).await {
-            Ok(true) => {
-                t.messages.clear();
-                true
-            }
-            Ok(false) => fenced(t),
-            Err(e) => {
-                tracing::warn!(txn = %t.id, error = %e, "paxos: writing progress failed");
-                self.work.releaser.release(t.id, t.epoch).await;
-                false
-            }
-        }
+        let row = Fenced::of(t.id, t.epoch, t.state, &t.parts);
+        write_fenced(self.work.leases.pool(), row, decision, &mut t.messages).await
     }
 
     /// One message of the core, in the background; answers come back as events.
