@@ -25,6 +25,35 @@ enum CommitCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Scripted demos of the protocols over the real services (each checks what it observes
+    /// and exits non-zero otherwise).
+    Demo {
+        #[command(subcommand)]
+        demo: DemoCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Paxos Commit: the leader crashes after the votes (another orchestrator finishes), one
+    /// acceptor down as well (it still commits), two of three down (it waits, then finishes).
+    /// Starts the real binaries (two orchestrators, three services, three acceptors).
+    Paxos(PaxosDemoArgs),
+}
+
+#[derive(Args)]
+struct PaxosDemoArgs {
+    /// Postgres server (any database URL on it); the demo makes its own databases
+    /// `tandem_demo_paxos_*` and drops them when it passes.
+    #[arg(
+        long,
+        env = "TEST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    server_url: String,
+    /// Where the binaries are (default: beside this executable).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -37,6 +66,9 @@ struct Report {
 
 pub fn run(args: CommitArgs) -> anyhow::Result<()> {
     match args.command {
+        CommitCommand::Demo {
+            demo: DemoCommand::Paxos(a),
+        } => paxos_demo(a),
         CommitCommand::Compare {
             participants,
             failures,
@@ -104,4 +136,47 @@ fn print_table(r: &Report) {
     println!(
         "          a delay is one network hop on the path until the last participant learns the outcome."
     );
+}
+
+fn paxos_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
+    use tandem_cli::launch::Layout;
+    use tandem_cli::paxos_demo::{Options, databases, run};
+    let bin_dir = match a.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("the executable has no directory"))?
+            .to_path_buf(),
+    };
+    let layout = Layout::new(&a.server_url, "tandem_demo_paxos");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let drop_all = || async {
+            for name in databases(&layout) {
+                tandem_kit::db::drop_database(&layout.server_url, &name).await?;
+            }
+            anyhow::Ok(())
+        };
+        drop_all().await?;
+        let opts = Options {
+            layout: layout.clone(),
+            bin_dir,
+            log_dir: None,
+            verbose: true,
+        };
+        let report = run(opts).await?;
+        println!(
+            "takeovers finished under epochs {:?} in {:?} s; {} ballots while a majority was down",
+            report.takeover_epochs,
+            report
+                .takeover_secs
+                .iter()
+                .map(|s| (s * 10.0).round() / 10.0)
+                .collect::<Vec<_>>(),
+            report.rounds_while_blocked
+        );
+        drop_all().await
+    })
 }

@@ -15,3 +15,4 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod launch;
+pub mod paxos_demo;
