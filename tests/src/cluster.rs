@@ -31,9 +31,6 @@ pub struct ClusterConfig {
     pub orchestrator_env: Vec<(String, String)>,
     pub orchestrator_pool: u32,
     pub service_pool: u32,
-    /// Paxos Commit acceptors (`acceptor-0` …, each with its own database), after the
-    /// orchestrators; every orchestrator gets their `ACCEPTOR_URLS`.
-    pub acceptors: usize,
 }
 
 impl ClusterConfig {
@@ -45,18 +42,11 @@ impl ClusterConfig {
             orchestrator_env: vec![],
             orchestrator_pool: 4,
             service_pool: 3,
-            acceptors: 0,
         }
     }
 
     pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
         self.orchestrator_env.push((k.to_string(), v.into()));
-        self
-    }
-
-    /// `k` Paxos Commit acceptors.
-    pub fn acceptors(mut self, k: usize) -> Self {
-        self.acceptors = k;
         self
     }
 
@@ -124,34 +114,15 @@ impl Cluster {
             })
             .collect();
         let services = [0, 1, 2].map(|i| launch::loopback_url(nodes[i].port));
-        let acceptor_ports: Vec<u16> = (0..cfg.acceptors).map(|_| free_port()).collect();
-        let acceptor_urls: Vec<String> = acceptor_ports
-            .iter()
-            .map(|p| launch::loopback_url(*p))
-            .collect();
         for i in 0..cfg.orchestrators {
             let port = free_port();
             let name = format!("orch-{i}");
             let mut env =
                 launch::orchestrator_env(&layout, port, &services, &name, cfg.orchestrator_pool);
-            if cfg.acceptors > 0 {
-                env.push(("ACCEPTOR_URLS".into(), acceptor_urls.join(",")));
-            }
             env.extend(cfg.orchestrator_env.iter().cloned());
             nodes.push(Node::new(name, "orchestrator", port, env));
         }
-        let mut databases = layout.databases();
-        for (k, port) in acceptor_ports.into_iter().enumerate() {
-            let component = format!("acceptor_{k}");
-            let env = vec![
-                ("DATABASE_URL".into(), layout.database_url(&component)),
-                ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-                ("DB_POOL_SIZE".into(), "2".into()),
-            ];
-            databases.push(layout.database(&component));
-            nodes.push(Node::new(format!("acceptor-{k}"), "acceptor", port, env));
-        }
-        let databases = TestDatabases::new(&cfg.server_url, databases);
+        let databases = TestDatabases::new(&cfg.server_url, layout.databases());
         Cluster {
             layout,
             nodes,
@@ -174,19 +145,7 @@ impl Cluster {
     }
 
     pub fn orchestrator_count(&self) -> usize {
-        self.nodes
-            .iter()
-            .filter(|n| n.bin == "orchestrator")
-            .count()
-    }
-
-    /// Node index of acceptor `k`.
-    pub fn acceptor(&self, k: usize) -> usize {
-        let name = format!("acceptor-{k}");
-        self.nodes
-            .iter()
-            .position(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no {name}"))
+        self.nodes.len() - SERVICES.len()
     }
 
     pub fn url(&self, node: usize) -> String {
