@@ -165,7 +165,16 @@ async fn prepare(
         body: req.body.clone(),
         coordinator_url: req.leader_url.clone(),
     };
-    let answer = participant::prepare_branch(&app, &local).await?;
+    let answer = participant::prepare_branch(&app, &local)
+        .await
+        .map_err(|mut p| {
+            for issue in &mut p.errors {
+                if issue.pointer == "/coordinator_url" {
+                    issue.pointer = "/leader_url".into();
+                }
+            }
+            p
+        })?;
     let vote = if answer["vote"] == "yes" {
         Vote::Yes
     } else {
