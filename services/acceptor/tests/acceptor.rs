@@ -2,11 +2,9 @@
 //! promises and accepted values across a restart (the state is committed before the answer),
 //! sends the ballot-0 bundle to the leader, and refuses bad input with a problem, storing nothing.
 
-use std::sync::{Arc, Mutex};
-
 use acceptor::{App, Config};
 use serde_json::{Value, json};
-use tandem_kit::testing::{TestDatabases, assert_problem, fresh_database};
+use tandem_kit::testing::{TestDatabases, assert_problem, fresh_database, recorder};
 use uuid::Uuid;
 
 async fn serve(db: &TestDatabases) -> (String, App) {
@@ -48,31 +46,11 @@ fn from_leader(txn: Uuid, msg: Value) -> Value {
             "leader_url": null, "msg": msg })
 }
 
-/// A stand-in leader that records what acceptors send it.
-async fn leader() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    let router = axum::Router::new().route(
-        "/transactions/{id}/paxos",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let g = g.clone();
-            async move {
-                g.lock().unwrap().push(v);
-                axum::http::StatusCode::ACCEPTED
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (url, got)
-}
-
 #[tokio::test]
 async fn an_acceptor_answers_as_its_core_and_keeps_its_state_across_a_restart() {
     let db = fresh_database("acceptor").await;
     let (url, _app) = serve(&db).await;
-    let (leader_url, got) = leader().await;
+    let (leader_url, got) = recorder("/transactions/{id}/paxos", json!({})).await;
     let txn = Uuid::now_v7();
 
     // Ballot 0: nothing is answered to the participant; once both instances have a value the

@@ -3,32 +3,10 @@
 //! `Phase2a(Aborted)`; the outcome commits the prepared branch; bad input is a problem and
 //! stores nothing. Stand-in acceptors record what reaches them.
 
-use std::sync::{Arc, Mutex};
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tandem_kit::testing::{Served, assert_problem};
+use tandem_kit::testing::{Served, assert_problem, recorder};
 use uuid::Uuid;
-
-/// A stand-in acceptor: records every `POST /paxos/phase2a` body, answers no reply.
-async fn acceptor() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    let router = axum::Router::new().route(
-        "/paxos/phase2a",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let g = g.clone();
-            async move {
-                g.lock().unwrap().push(v);
-                axum::Json(json!({ "reply": null }))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (url, got)
-}
 
 fn prepare_body(txn: Uuid, qty: i64, acceptors: &[String]) -> Value {
     json!({ "txn_id": txn, "step": 0, "action": "/reservations",
@@ -51,7 +29,7 @@ async fn a_vote_goes_to_every_acceptor_and_the_outcome_commits_the_branch() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let (url, got) = acceptor().await;
+    let (url, got) = recorder("/paxos/phase2a", json!({ "reply": null })).await;
     let acceptors = vec![url.clone(), url.clone(), url];
 
     // YES: prepared, and Phase2a(ballot 0, Prepared) for instance 0 to acceptors 0, 1, 2.
