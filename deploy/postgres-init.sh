@@ -1,6 +1,6 @@
 #!/bin/sh
 # First start of compose.yaml's Postgres (docker-entrypoint-initdb.d runs this once, on an empty
-# data directory): the login role Tandem uses — not a superuser, no CREATEDB — and the four
+# data directory): the login role Tandem uses — not a superuser, no CREATEDB — and the seven
 # databases it owns. Tandem creates a missing database itself only when its role may; with the
 # databases made here it never needs to. See docs/deployment.md, "Postgres".
 set -eu
@@ -12,4 +12,7 @@ CREATE DATABASE tandem_orchestrator OWNER tandem;
 CREATE DATABASE tandem_inventory OWNER tandem;
 CREATE DATABASE tandem_payment OWNER tandem;
 CREATE DATABASE tandem_shipping OWNER tandem;
+CREATE DATABASE tandem_acceptor_0 OWNER tandem;
+CREATE DATABASE tandem_acceptor_1 OWNER tandem;
+CREATE DATABASE tandem_acceptor_2 OWNER tandem;
 SQL

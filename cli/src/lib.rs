@@ -17,3 +17,4 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod launch;
+pub mod paxos_demo;

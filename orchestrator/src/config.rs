@@ -33,8 +33,8 @@ pub struct Config {
     pub extra_services: String,
 
     /// Maximum database connections. The orchestrator opens one more, outside the pool, to
-    /// LISTEN for work other instances hand back. The whole default stack (orchestrator 20 + 1 +
-    /// three services at 5) uses 36 of the development server's 100.
+    /// LISTEN for work other instances hand back. The whole default stack (orchestrator 20 + 1,
+    /// three services at 5 + 2, three acceptors at 3) uses 51 of the development server's 100.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 20)]
     pub db_pool_size: u32,
 
@@ -84,6 +84,21 @@ pub struct Config {
     /// (default: `http://<the bound listen address>`).
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// The 2F+1 Paxos Commit acceptors (`acceptor` binaries), comma-separated, in one order
+    /// shared by every orchestrator instance (a leader counts acceptors by their index).
+    #[arg(
+        long,
+        env = "ACCEPTOR_URLS",
+        default_value = "http://127.0.0.1:8084,http://127.0.0.1:8085,http://127.0.0.1:8086"
+    )]
+    pub acceptor_urls: String,
+
+    /// A Paxos Commit leader with no decision this long starts its next ballot (phase 1 on the
+    /// acceptors): how soon a takeover, or a lost acceptor message, is recovered from.
+    #[arg(long, env = "PAXOS_PROGRESS_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub paxos_progress_ms: u64,
 
     /// Extra definition files (`*.json`) loaded at start, besides the built-in checkout.
     #[arg(long, env = "DEFINITIONS_DIR")]
@@ -156,6 +171,23 @@ impl Config {
             );
         }
         Ok(m)
+    }
+
+    /// The Paxos Commit acceptors' base URLs: 2F+1 of them (1, 3, 5 or 7).
+    pub fn acceptors(&self) -> crate::Result<Vec<String>> {
+        let urls: Vec<String> = self
+            .acceptor_urls
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.len().is_multiple_of(2) || urls.len() > tandem_kit::paxos::MAX_ACCEPTORS {
+            return Err(crate::Error::Config(format!(
+                "ACCEPTOR_URLS lists {} acceptors; Paxos Commit needs 2F+1 of them (1, 3, 5 or 7)",
+                urls.len()
+            )));
+        }
+        Ok(urls)
     }
 
     pub fn instance_id(&self) -> String {

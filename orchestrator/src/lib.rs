@@ -87,6 +87,10 @@ pub async fn build(config: Config) -> Result<App> {
         registry.clone(),
         shutdown_rx.clone(),
     )?);
+    coordinator.paxos.configure(
+        config.acceptors()?,
+        Duration::from_millis(config.paxos_progress_ms),
+    );
     let driver = Arc::new(Driver::new(
         work(store::SAGAS),
         registry,

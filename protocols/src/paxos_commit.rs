@@ -116,6 +116,10 @@ pub struct Shape {
     /// Rounds a leader may start within its lease epoch (a model-checking bound; `u32::MAX`
     /// in practice).
     pub max_rounds: u32,
+    /// Who starts: `P0` (Gray & Lamport: its `BeginCommit` is its vote and the request), or
+    /// the default leader `C0` (over HTTP: the orchestrator receives `POST /transactions` and
+    /// sends `Prepare` to every participant).
+    pub leader_begins: bool,
 }
 
 impl Shape {
@@ -554,19 +558,37 @@ impl Leader {
     }
 }
 
+impl Leader {
+    /// Ask participants to prepare: all of them when the leader begins, all but the initiating
+    /// `P0` (whose `BeginCommit` was its vote) otherwise. Once per leader.
+    fn send_prepares(&mut self, skip: usize) -> Actions<Self> {
+        if self.started {
+            return vec![];
+        }
+        self.started = true;
+        self.shape
+            .participants()
+            .skip(skip)
+            .map(|p| Action::send(p, Msg::Prepare))
+            .collect()
+    }
+}
+
 impl Role for Leader {
     type Protocol = PaxosCommit;
 
+    /// The leader-begins topology: the application asks the leader to commit.
+    fn on_begin(&mut self) -> Actions<Self> {
+        if self.shape.leader_begins {
+            self.send_prepares(0)
+        } else {
+            vec![]
+        }
+    }
+
     fn on_message(&mut self, from: NodeId, msg: Msg) -> Actions<Self> {
         match (from, msg) {
-            (_, Msg::BeginCommit) if !self.started => {
-                self.started = true;
-                self.shape
-                    .participants()
-                    .skip(1)
-                    .map(|p| Action::send(p, Msg::Prepare))
-                    .collect()
-            }
+            (_, Msg::BeginCommit) if !self.shape.leader_begins => self.send_prepares(1),
             (NodeId::Acceptor(a), Msg::Phase2b { accepted }) if self.decided.is_none() => {
                 for (i, b, v) in accepted {
                     *self.votes.entry((i, b, v)).or_insert(0) |= 1 << a;
@@ -645,8 +667,17 @@ impl PaxosCommit {
                 f,
                 leaders,
                 max_rounds,
+                leader_begins: false,
             },
         }
+    }
+
+    /// The same, but the default leader `C0` begins (gets [`crate::Input::Begin`]) and sends
+    /// `Prepare` to every participant: what Tandem runs over HTTP.
+    pub fn leader_begins(n: u8, f: u8, leaders: u8, max_rounds: u32) -> Self {
+        let mut sys = PaxosCommit::new(n, f, leaders, max_rounds);
+        sys.shape.leader_begins = true;
+        sys
     }
 }
 
@@ -661,6 +692,14 @@ impl System for PaxosCommit {
             .chain(s.participants())
             .chain(s.acceptors())
             .collect()
+    }
+
+    fn initiator(&self) -> NodeId {
+        if self.shape.leader_begins {
+            NodeId::Coordinator(0)
+        } else {
+            NodeId::Participant(0)
+        }
     }
 
     fn is_yes_record(&self, record: &Record) -> bool {

@@ -264,8 +264,12 @@ fn paxos_commit_is_safe_with_two_leaders_and_leader_crash_recovery_n2() {
 /// is never delivered behaves as a lost one (the timeout -> abort and query paths are explored);
 /// without it they are muted.
 fn paxos_acceptors_down(k: u8, loss: bool) -> CommitModel<PaxosCommit> {
-    let n = 3;
-    let sys = PaxosCommit::new(n, 1, 1, 1);
+    paxos_acceptors_down_in(PaxosCommit::new(3, 1, 1, 1), k, loss)
+}
+
+/// [`paxos_acceptors_down`] for any topology of N = 3, F = 1, one leader.
+fn paxos_acceptors_down_in(sys: PaxosCommit, k: u8, loss: bool) -> CommitModel<PaxosCommit> {
+    let n = sys.shape.n;
     let faults = Faults {
         lossy: false,
         duplicating: true,
@@ -320,6 +324,29 @@ fn paxos_commit_decides_under_message_loss_with_f_acceptors_down() {
     let (checker, stats) = run_bfs(
         "Paxos Commit n=3 F=1, A2 down, leader C0 with ballots <= 1, loss (participants' \
          timers fire at any time), dup+reorder links",
+        model,
+    );
+    assert!(stats.complete);
+    checker.assert_properties();
+}
+
+/// The topology Tandem runs over HTTP: the leader (the orchestrator) begins and sends Prepare
+/// to every participant. Safe and decided with F acceptors down, under loss.
+#[test]
+fn paxos_commit_leader_begins_decides_under_message_loss_with_f_acceptors_down() {
+    let sys = PaxosCommit::leader_begins(3, 1, 1, 1);
+    let model = paxos_acceptors_down_in(sys, 1, true)
+        .always(
+            "terminal => every live participant decided",
+            terminal_implies_decided,
+        )
+        .sometimes("committed", |m, s| {
+            m.participant_slots(s)
+                .all(|p| p.decided == Some(tandem_protocols::Outcome::Commit))
+        });
+    let (checker, stats) = run_bfs(
+        "Paxos Commit, leader begins, n=3 F=1, A2 down, leader C0 with ballots <= 1, loss \
+         (participants' timers fire at any time), dup+reorder links",
         model,
     );
     assert!(stats.complete);

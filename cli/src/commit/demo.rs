@@ -22,24 +22,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::launch::procs::{Output, Proc};
 use tandem_cli::launch::{self, DEFAULT_SERVER, Layout, SERVICES};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Scenario {
-    /// The coordinator crashes after three YES votes: prepared services hold their locks, a
-    /// saga on the same SKU waits; both endings (abort without a Commit record, commit with one).
-    #[value(name = "2pc-blocking")]
-    TwoPcBlocking,
-}
-
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    #[arg(value_enum)]
-    scenario: Scenario,
     /// The Postgres server (needs `max_prepared_transactions` > 0).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SERVER)]
     database_url: String,
@@ -124,7 +114,6 @@ struct Demo {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let Scenario::TwoPcBlocking = args.scenario;
     let mut demo = Demo::start(args).await?;
     let run_id = uuid::Uuid::now_v7().simple().to_string()[24..].to_string();
     for (i, ending) in ENDINGS.iter().enumerate() {

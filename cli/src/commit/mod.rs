@@ -32,12 +32,43 @@ enum CommitCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a demo on the real stack (its own processes and databases); exits non-zero when
-    /// it observes anything other than what it explains.
-    Demo(demo::DemoArgs),
+    /// Scripted demos of the protocols over the real services (each checks what it observes
+    /// and exits non-zero otherwise).
+    Demo {
+        #[command(subcommand)]
+        demo: DemoCommand,
+    },
     /// Decide a transaction whose coordinator never comes back: a recorded, loud heuristic
     /// decision (see docs/commit-protocols.md) that the orchestrator then delivers.
     Resolve(resolve::ResolveArgs),
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// 2PC's blocking case: the coordinator crashes after three YES votes, prepared services
+    /// hold their locks, a saga on the same SKU waits; both endings (abort without a Commit
+    /// record, commit with one). Starts the real binaries.
+    #[command(name = "2pc-blocking")]
+    TwoPcBlocking(demo::DemoArgs),
+    /// Paxos Commit: the leader crashes after the votes (another orchestrator finishes), one
+    /// acceptor down as well (it still commits), two of three down (it waits, then finishes).
+    /// Starts the real binaries (two orchestrators, three services, three acceptors).
+    Paxos(PaxosDemoArgs),
+}
+
+#[derive(Args)]
+struct PaxosDemoArgs {
+    /// Postgres server (any database URL on it); the demo makes its own databases
+    /// `tandem_demo_paxos_*` and drops them when it passes.
+    #[arg(
+        long,
+        env = "TEST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    server_url: String,
+    /// Where the binaries are (default: beside this executable).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -50,7 +81,12 @@ struct Report {
 
 pub async fn run(args: CommitArgs) -> anyhow::Result<()> {
     match args.command {
-        CommitCommand::Demo(a) => demo::run(a).await,
+        CommitCommand::Demo {
+            demo: DemoCommand::TwoPcBlocking(a),
+        } => demo::run(a).await,
+        CommitCommand::Demo {
+            demo: DemoCommand::Paxos(a),
+        } => paxos_demo(a).await,
         CommitCommand::Resolve(a) => resolve::run(a).await,
         CommitCommand::Compare {
             participants,
@@ -119,4 +155,42 @@ fn print_table(r: &Report) {
     println!(
         "          a delay is one network hop on the path until the last participant learns the outcome."
     );
+}
+
+async fn paxos_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
+    use tandem_cli::launch::Layout;
+    use tandem_cli::paxos_demo::{Options, databases, run};
+    let bin_dir = match a.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("the executable has no directory"))?
+            .to_path_buf(),
+    };
+    let layout = Layout::new(&a.server_url, "tandem_demo_paxos");
+    let drop_all = || async {
+        for name in databases(&layout) {
+            tandem_kit::db::drop_database(&layout.server_url, &name).await?;
+        }
+        anyhow::Ok(())
+    };
+    drop_all().await?;
+    let opts = Options {
+        layout: layout.clone(),
+        bin_dir,
+        log_dir: None,
+        verbose: true,
+    };
+    let report = run(opts).await?;
+    println!(
+        "takeovers finished under epochs {:?} in {:?} s; {} ballots while a majority was down",
+        report.takeover_epochs,
+        report
+            .takeover_secs
+            .iter()
+            .map(|s| (s * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        report.rounds_while_blocked
+    );
+    drop_all().await
 }

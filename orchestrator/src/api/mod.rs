@@ -9,9 +9,12 @@
 //! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`, `GET /transactions`,
 //!   `GET /transactions/{id}/decision` (participants ask "what was decided?"),
 //!   `POST /transactions/{id}/resolve` (an operator's heuristic decision);
+//! - [`paxos`]: `POST /transactions/{id}/paxos` (an acceptor's message for a Paxos Commit
+//!   leader);
 //! - here: the router, `GET /healthz`.
 
 pub mod definitions;
+mod paxos;
 pub mod sagas;
 pub mod transactions;
 
@@ -58,6 +61,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/transactions/{id}", get(transactions::get_one))
         .route("/transactions/{id}/decision", get(transactions::decision))
         .route("/transactions/{id}/resolve", post(transactions::resolve))
+        .route("/transactions/{id}/paxos", post(paxos::deliver))
         .route("/healthz", get(healthz))
         .with_state(ctx);
     tandem_kit::http::finish(r)

@@ -58,6 +58,8 @@ pub struct Coordinator {
     public_url: OnceLock<String>,
     /// Services known able to prepare (checked at most every 10 s).
     capable: Mutex<HashMap<String, Instant>>,
+    /// The Paxos Commit leaders of this instance ([`super::paxos`]).
+    pub paxos: super::paxos::Leaders,
 }
 
 impl Coordinator {
@@ -76,6 +78,7 @@ impl Coordinator {
             shutdown,
             public_url: OnceLock::new(),
             capable: Mutex::new(HashMap::new()),
+            paxos: Default::default(),
         })
     }
 
@@ -112,10 +115,13 @@ impl Coordinator {
         if !issues.is_empty() {
             return Err(Error::Invalid(issues));
         }
-        if begin.protocol != "2pc" {
+        if begin.protocol != "2pc" && begin.protocol != super::paxos::PAXOS_COMMIT {
             return Err(Error::invalid(
                 "/protocol",
-                format!("unknown protocol {:?}; supported: \"2pc\"", begin.protocol),
+                format!(
+                    "unknown protocol {:?}; supported: \"2pc\", \"paxos-commit\"",
+                    begin.protocol
+                ),
             ));
         }
         let (version, def) = self
@@ -270,6 +276,11 @@ impl Coordinator {
             if let Some(d) = &row.decision {
                 return Ok(Some(outcome_of(d)));
             }
+            if row.protocol == super::paxos::PAXOS_COMMIT {
+                // A Paxos Commit leader answers a query only once it decided; nobody presumes
+                // abort (the acceptors may already have chosen Prepared everywhere).
+                return Ok(None);
+            }
             if self.work.slots.contains(id) {
                 return Ok(None);
             }
@@ -327,7 +338,11 @@ impl Coordinator {
         let me = self.clone();
         tokio::spawn(async move {
             let id = row.id;
-            me.drive(row, fresh).await;
+            if row.protocol == super::paxos::PAXOS_COMMIT {
+                me.lead(row, fresh).await;
+            } else {
+                me.drive(row, fresh).await;
+            }
             me.work.finish(id, permit);
         });
     }

@@ -65,13 +65,7 @@ impl Txn {
 
     pub(super) fn log(&mut self, p: u8, dir: &str, kind: &str, detail: Value) {
         let peer = self.peer(p);
-        self.messages.push(Message {
-            at: Utc::now(),
-            peer,
-            dir: dir.into(),
-            kind: kind.into(),
-            detail,
-        });
+        self.messages.push(Message::now(peer, dir, kind, detail));
     }
 }
 
@@ -90,17 +84,13 @@ pub(super) fn records(row: &TxnRow) -> Vec<Record> {
 }
 
 impl Coordinator {
-    /// Rebuild one transaction's coordinator: its definition, Prepare bodies, and the core —
-    /// fresh (begin it) or recovered from the log — with the actions it starts with.
-    async fn open(
+    /// The rendered Prepare bodies (the actions' bodies, one per participant) of a transaction,
+    /// and its definition's policy; None (logged) if the definition is gone or a body does
+    /// not render.
+    pub(super) async fn prepare_bodies(
         &self,
-        row: TxnRow,
-        fresh: bool,
-    ) -> Option<(
-        Txn,
-        Vec<Action<Msg, Record, Timer>>,
-        mpsc::UnboundedReceiver<Event>,
-    )> {
+        row: &TxnRow,
+    ) -> Option<(Vec<Value>, crate::saga::definition::Policy)> {
         let def = match self
             .registry
             .get(&row.run.definition, &row.run.version)
@@ -123,6 +113,21 @@ impl Coordinator {
             tracing::error!(txn = %row.id, "a Prepare body does not render");
             return None;
         };
+        Some((bodies, def.policy.clone()))
+    }
+
+    /// Rebuild one transaction's coordinator: its definition, Prepare bodies, and the core —
+    /// fresh (begin it) or recovered from the log — with the actions it starts with.
+    async fn open(
+        &self,
+        row: TxnRow,
+        fresh: bool,
+    ) -> Option<(
+        Txn,
+        Vec<Action<Msg, Record, Timer>>,
+        mpsc::UnboundedReceiver<Event>,
+    )> {
+        let (bodies, policy) = self.prepare_bodies(&row).await?;
         let n = row.participants.len() as u8;
         let (core, actions) = if fresh {
             let mut c = two_phase::Coordinator::new(n);
@@ -142,8 +147,8 @@ impl Coordinator {
             logged: row.decision.as_deref().map(outcome_of),
             messages: Vec::new(),
             timers: HashMap::new(),
-            votes_timeout: Duration::from_millis(def.policy.deadline_ms),
-            call_timeout: Duration::from_millis(def.policy.timeout_ms),
+            votes_timeout: Duration::from_millis(policy.deadline_ms),
+            call_timeout: Duration::from_millis(policy.timeout_ms),
             abort_pending: Default::default(),
             done: row.state.is_settled(),
             tx,
@@ -289,30 +294,8 @@ impl Coordinator {
     /// Write the transaction's progress (and the messages logged since), fenced; retried until
     /// it lands or is fenced. False: fenced.
     async fn write(&self, t: &mut Txn, decision: Option<&'static str>) -> bool {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let p = Progress {
-                state: t.state,
-                decision,
-                participants: &t.parts,
-                messages: &t.messages,
-            };
-            match store::progress(self.work.leases.pool(), t.id, t.epoch, &p).await {
-                Ok(true) => {
-                    t.messages.clear();
-                    return true;
-                }
-                Ok(false) => {
-                    tracing::warn!(txn = %t.id, epoch = t.epoch, "lease lost (fenced): dropping the transaction");
-                    return false;
-                }
-                Err(e) => {
-                    tracing::warn!(txn = %t.id, error = %e, "writing transaction progress failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        let row = Fenced::of(t.id, t.epoch, t.state, &t.parts);
+        write_fenced(self.work.leases.pool(), row, decision, &mut t.messages).await
     }
 
     /// An event from a send: update what the view shows, and the core's input if any.
@@ -383,6 +366,59 @@ impl Coordinator {
                 self.work.watchers.settled(t.id);
             }
             t.done = true;
+        }
+    }
+}
+
+/// The row a fenced progress write names.
+pub(super) struct Fenced<'a> {
+    pub(super) id: Uuid,
+    pub(super) epoch: i64,
+    pub(super) state: TxnState,
+    pub(super) parts: &'a [Part],
+}
+
+impl<'a> Fenced<'a> {
+    pub(super) fn of(id: Uuid, epoch: i64, state: TxnState, parts: &'a [Part]) -> Self {
+        Fenced {
+            id,
+            epoch,
+            state,
+            parts,
+        }
+    }
+}
+
+/// Write a transaction's progress and `messages` (cleared once written), fenced by the epoch;
+/// retried with backoff until it lands or is fenced. False: fenced (another instance owns it).
+pub(super) async fn write_fenced(
+    pool: &sqlx::PgPool,
+    row: Fenced<'_>,
+    decision: Option<&'static str>,
+    messages: &mut Vec<Message>,
+) -> bool {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let p = Progress {
+            state: row.state,
+            decision,
+            participants: row.parts,
+            messages,
+        };
+        match store::progress(pool, row.id, row.epoch, &p).await {
+            Ok(true) => {
+                messages.clear();
+                return true;
+            }
+            Ok(false) => {
+                tracing::warn!(txn = %row.id, epoch = row.epoch, "lease lost (fenced): dropping the transaction");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(txn = %row.id, error = %e, "writing transaction progress failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }

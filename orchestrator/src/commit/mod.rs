@@ -13,12 +13,16 @@
 //! - [`drive`]: one transaction's loop: feed the core, execute its actions (write, send, timers)
 //!   and nothing else; `send`: the messages over HTTP.
 //!
+//! - [`paxos`]: the Paxos Commit leader (`"protocol": "paxos-commit"`), on the same rows and
+//!   leases, its ballots derived from the lease epoch.
+//!
 //! Who may decide: only the lease owner runs a transaction's coordinator. Another instance
 //! asked for the decision answers a logged one; otherwise it first takes the lease (bumping the
 //! epoch, which fences the owner's Commit write), writes Abort, and only then answers abort.
 
 pub mod coordinator;
 pub mod drive;
+pub mod paxos;
 pub mod resolve;
 mod send;
 pub mod store;

@@ -124,6 +124,19 @@ pub struct Message {
     pub detail: Value,
 }
 
+impl Message {
+    /// A message logged now.
+    pub fn now(peer: String, dir: &str, kind: &str, detail: Value) -> Self {
+        Message {
+            at: Utc::now(),
+            peer,
+            dir: dir.into(),
+            kind: kind.into(),
+            detail,
+        }
+    }
+}
+
 /// What one fenced write records.
 pub struct Progress<'a> {
     pub state: TxnState,

@@ -34,6 +34,10 @@ pub const POINTS: &[&str] = &[
     "orchestrator.2pc.after_votes",
     "orchestrator.2pc.after_decision",
     "orchestrator.2pc.mid_broadcast",
+    // orchestrator Paxos Commit leader (orchestrator/src/commit/paxos.rs)
+    "orchestrator.paxos.after_votes",
+    // Paxos Commit acceptor (services/acceptor)
+    "acceptor.after_force",
     // services (the kit's barrier, so every service has them)
     "service.action.before_commit",
     "service.action.after_commit",

@@ -14,6 +14,8 @@
 //! - [`checkout`]: request vocabulary several services share (line items and their bounds).
 //! - [`participant`]: the 2PC participant (`/2pc/prepare|commit|abort|status`, recovery): the
 //!   same effects in prepared transactions, driven by `tandem_protocols::two_phase`.
+//! - [`paxos`]: Paxos Commit's wire format (leader, participants, acceptors) and the
+//!   participant's `/paxos/prepare|outcome`, driven by `tandem_protocols::paxos_commit::Rm`.
 //! - [`barrier`]: the idempotency barrier (duplicate / null compensation / hanging), in the same
 //!   local transaction as the business effect.
 //! - [`faults`]: scoped fault injection for demos and tests (off unless switched on).
@@ -38,6 +40,7 @@ pub mod faults;
 pub mod hooks;
 pub mod http;
 pub mod participant;
+pub mod paxos;
 pub mod problem;
 pub mod saga;
 pub mod service;

@@ -103,7 +103,15 @@ async fn prepare(
     State(app): State<App>,
     Json(req): Json<PrepareRequest>,
 ) -> Result<Json<Value>, Problem> {
-    let accepted = accept(&app, &req)?;
+    prepare_branch(&app, &req).await.map(Json)
+}
+
+/// The branch's local prepare (the effect in a prepared transaction), as `POST /2pc/prepare`
+/// runs it: the answer with its `vote`. Paxos Commit's participant ([`crate::paxos`]) prepares
+/// its branch the same way.
+pub(crate) async fn prepare_branch(app: &App, req: &PrepareRequest) -> Result<Value, Problem> {
+    let app = app.clone();
+    let accepted = accept(&app, req)?;
     require_capability(&app).await?;
     let id = BranchId {
         txn_id: req.txn_id,
@@ -129,7 +137,7 @@ async fn prepare(
             )));
         }
     }
-    Ok(Json(answer))
+    Ok(answer)
 }
 
 /// The request's action and body, parsed and validated like the saga action's (pointers under
@@ -181,7 +189,7 @@ async fn max_prepared_transactions(app: &App) -> Result<i64, Problem> {
     Ok(v.parse().unwrap_or(0))
 }
 
-async fn commit(
+pub(crate) async fn commit(
     State(app): State<App>,
     Json(req): Json<BranchRequest>,
 ) -> Result<Json<Value>, Problem> {
@@ -214,7 +222,7 @@ async fn commit(
     }
 }
 
-async fn abort(
+pub(crate) async fn abort(
     State(app): State<App>,
     Json(req): Json<BranchRequest>,
 ) -> Result<Json<Value>, Problem> {

@@ -4,6 +4,7 @@
 //!   `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`). Dropped when
 //!   the test passes; kept when it fails, and the failure output names them.
 //! - [`fresh_database`]: one new empty database; [`Served`]: a service in-process on one.
+//! - [`recorder`]: a stand-in peer that records what is posted to it.
 //! - [`missing_prerequisite`]: how a test reacts to a missing tool or server (skip outside CI,
 //!   fail with `CI=true`).
 
@@ -176,6 +177,36 @@ impl TestDatabases {
     pub fn first_url(&self) -> String {
         self.url(&self.names[0])
     }
+}
+
+/// A stand-in peer on an ephemeral port: it records the JSON body of every `POST route` (an
+/// axum path such as `/paxos/phase2a` or `/transactions/{id}/paxos`) and answers `answer`.
+/// Its URL and what it recorded, in arrival order.
+pub async fn recorder(
+    route: &str,
+    answer: serde_json::Value,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    let router = axum::Router::new().route(
+        route,
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let (g, answer) = (g.clone(), answer.clone());
+            async move {
+                g.lock().expect("recorder lock").push(v);
+                axum::Json(answer)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a recorder");
+    let url = format!("http://{}", listener.local_addr().expect("its address"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, got)
 }
 
 /// A prerequisite of a test is missing (`what`: a tool, a server, a setting; `how`: how to get

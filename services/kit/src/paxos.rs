@@ -1,0 +1,258 @@
+//! Paxos Commit over the services: the wire format that the leader (the orchestrator), the
+//! participants (every service, here) and the acceptors (the `acceptor` binary) share — the
+//! core's own `tandem_protocols::paxos_commit::Msg`, in a small envelope — and the
+//! participant's endpoints, driven by the core's resource manager (`paxos_commit::Rm`):
+//!
+//! | core action | here |
+//! |---|---|
+//! | `ForceWrite(Prepared)` | the branch's local prepare, exactly as `POST /2pc/prepare` runs it: the effect, then `PREPARE TRANSACTION` ([`crate::participant`]) |
+//! | `Send(Acceptor k, Phase2a)` | `POST {acceptors[k]}/paxos/phase2a` (one try each; a lost 2a is the leader's higher ballot's business) |
+//! | `Decide(o)`, `Write(Outcome)` | `COMMIT PREPARED` / `ROLLBACK PREPARED` (the 2PC participant's commit / abort) |
+//! | `SetTimer(InDoubt)` → `Send(Query)` | the kit's in-doubt loop asks `GET {leader_url}/transactions/{id}/decision` |
+//!
+//! Endpoints: `POST /paxos/prepare` ([`PaxosPrepare`]) → `{"vote", "acceptors_reached"}` (the
+//! vote is for the view: the leader's core learns it from the acceptors), `POST /paxos/outcome`
+//! ([`PaxosOutcome`]) → `{"state"}`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tandem_protocols::paxos_commit::{Msg, Rm, RmState, Shape};
+use tandem_protocols::{Action, Input, NodeId, Outcome, Role, Vote};
+use uuid::Uuid;
+
+use crate::http::Json;
+use crate::participant::{self, BranchRequest, PrepareRequest};
+use crate::problem::Problem;
+use crate::service::App;
+
+/// At most this many acceptors (2F+1 ≤ 7): a leader tallies them in a byte.
+pub const MAX_ACCEPTORS: usize = 7;
+/// How long one message to an acceptor or a leader may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A message to an acceptor: `POST /paxos/phase2a` or `POST /paxos/phase1a`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToAcceptor {
+    pub txn_id: Uuid,
+    /// Participants of the transaction (instances).
+    pub n: u8,
+    /// The receiving acceptor's index in the sender's list: a leader's quorum counts name it.
+    pub acceptor: u8,
+    pub from: NodeId,
+    /// The leader that sent the Prepare: where a ballot-0 `Phase2b` bundle goes.
+    pub leader_url: Option<String>,
+    pub msg: Msg,
+}
+
+/// An acceptor's answer: what its core sends back to the sender, if anything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcceptorReply {
+    pub reply: Option<Msg>,
+}
+
+/// What an acceptor sends a leader: `POST {leader_url}/transactions/{txn_id}/paxos`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToLeader {
+    pub acceptor: u8,
+    pub msg: Msg,
+}
+
+/// `POST /paxos/prepare` body: a 2PC prepare's fields, the acceptors and the shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaxosPrepare {
+    pub txn_id: Uuid,
+    pub step: u16,
+    pub action: String,
+    pub body: Value,
+    pub leader_url: String,
+    /// The 2F+1 acceptors' base URLs, in the leader's order.
+    pub acceptors: Vec<String>,
+    /// Participants of the transaction.
+    pub n: u8,
+}
+
+/// `POST /paxos/outcome` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaxosOutcome {
+    pub txn_id: Uuid,
+    pub step: u16,
+    pub outcome: Outcome,
+}
+
+/// The core's shape for `n` participants and `acceptors` (2F+1) acceptors, the leader beginning.
+pub fn shape(n: u8, acceptors: usize) -> Shape {
+    Shape {
+        n,
+        f: u8::try_from(acceptors.saturating_sub(1) / 2).unwrap_or(u8::MAX),
+        leaders: 1,
+        max_rounds: u32::MAX,
+        leader_begins: true,
+    }
+}
+
+/// POST `body` as JSON and read a JSON answer (any 2xx); Err names the failure.
+pub async fn call<B: Serialize, R: DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    body: &B,
+) -> Result<R, String> {
+    let r = http
+        .post(url)
+        .json(body)
+        .timeout(CALL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = r.status();
+    if !status.is_success() {
+        let text = r.text().await.unwrap_or_default();
+        return Err(format!("POST {url}: {status} {text}"));
+    }
+    r.json().await.map_err(|e| format!("POST {url}: {e}"))
+}
+
+/// The participant endpoints of Paxos Commit.
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/paxos/prepare", post(prepare))
+        .route("/paxos/outcome", post(outcome))
+}
+
+#[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
+fn check(req: &PaxosPrepare) -> Result<(), Problem> {
+    let k = req.acceptors.len();
+    if k.is_multiple_of(2) || k > MAX_ACCEPTORS {
+        return Err(Problem::invalid(
+            "/acceptors",
+            format!("must list 2F+1 acceptors (1, 3, 5 or 7), not {k}"),
+        ));
+    }
+    for (i, url) in req.acceptors.iter().enumerate() {
+        if url.len() > participant::MAX_URL_LEN || reqwest::Url::parse(url).is_err() {
+            return Err(Problem::invalid(
+                format!("/acceptors/{i}"),
+                "must be an http(s) URL",
+            ));
+        }
+    }
+    if req.n == 0 || u16::from(req.n) <= req.step {
+        return Err(Problem::invalid("/n", "must be above the step's index"));
+    }
+    Ok(())
+}
+
+async fn prepare(
+    State(app): State<App>,
+    Json(req): Json<PaxosPrepare>,
+) -> Result<Json<Value>, Problem> {
+    check(&req)?;
+    // The core's `ForceWrite(Prepared)` (or, on a NO, its abort) is the 2PC participant's local
+    // prepare: run it first, because the effect decides the vote the core is built with.
+    let local = PrepareRequest {
+        txn_id: req.txn_id,
+        step: req.step,
+        action: req.action.clone(),
+        body: req.body.clone(),
+        coordinator_url: req.leader_url.clone(),
+    };
+    let answer = participant::prepare_branch(&app, &local)
+        .await
+        .map_err(|mut p| {
+            for issue in &mut p.errors {
+                if issue.pointer == "/coordinator_url" {
+                    issue.pointer = "/leader_url".into();
+                }
+            }
+            p
+        })?;
+    let vote = if answer["vote"] == "yes" {
+        Vote::Yes
+    } else {
+        Vote::No
+    };
+    let mut rm = Rm {
+        shape: shape(req.n, req.acceptors.len()),
+        id: req.step as u8,
+        vote,
+        state: RmState::Working,
+    };
+    let actions = rm.handle(Input::Receive {
+        from: NodeId::Coordinator(0),
+        msg: Msg::Prepare,
+    });
+    let http = reqwest::Client::new();
+    let mut sends = Vec::new();
+    for a in actions {
+        if let Action::Send {
+            to: NodeId::Acceptor(k),
+            msg,
+        } = a
+        {
+            let url = format!("{}/paxos/phase2a", req.acceptors[k as usize]);
+            let body = ToAcceptor {
+                txn_id: req.txn_id,
+                n: req.n,
+                acceptor: k,
+                from: NodeId::Participant(rm.id),
+                leader_url: Some(req.leader_url.clone()),
+                msg,
+            };
+            let http = http.clone();
+            sends.push(async move { call::<_, AcceptorReply>(&http, &url, &body).await });
+        }
+        // ForceWrite / Decide: done by the local prepare above; the InDoubt timer is the kit's
+        // in-doubt loop (it asks `leader_url`).
+    }
+    let results = futures::future::join_all(sends).await;
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        tracing::warn!(txn = %req.txn_id, step = req.step, error = %e, "paxos: a 2a was not delivered");
+    }
+    let reached = results.iter().filter(|r| r.is_ok()).count();
+    let mut answer = answer;
+    answer["acceptors_reached"] = json!(reached);
+    Ok(Json(answer))
+}
+
+async fn outcome(
+    State(app): State<App>,
+    Json(req): Json<PaxosOutcome>,
+) -> Result<Json<Value>, Problem> {
+    // A branch that receives an outcome is prepared or already finished; the core writes the
+    // outcome and decides, which is the local commit or abort.
+    let mut rm = Rm {
+        shape: shape(u8::try_from(req.step + 1).unwrap_or(u8::MAX), 1),
+        id: 0,
+        vote: Vote::Yes,
+        state: RmState::Prepared,
+    };
+    let actions = rm.handle(Input::Receive {
+        from: NodeId::Coordinator(0),
+        msg: Msg::Outcome(req.outcome),
+    });
+    let branch = BranchRequest {
+        txn_id: req.txn_id,
+        step: req.step,
+    };
+    for a in actions {
+        match a {
+            Action::Decide(Outcome::Commit) => {
+                return participant::commit(State(app), Json(branch)).await;
+            }
+            Action::Decide(Outcome::Abort) => {
+                return participant::abort(State(app), Json(branch)).await;
+            }
+            _ => {}
+        }
+    }
+    Err(Problem::internal("the participant core decided nothing"))
+}
