@@ -12,4 +12,5 @@ CREATE DATABASE tandem_orchestrator OWNER tandem;
 CREATE DATABASE tandem_inventory OWNER tandem;
 CREATE DATABASE tandem_payment OWNER tandem;
 CREATE DATABASE tandem_shipping OWNER tandem;
+CREATE DATABASE tandem_orders OWNER tandem;
 SQL

@@ -13,6 +13,7 @@
 //! /healthz`, and `/faults` when fault injection is on.
 
 pub mod api;
+pub mod choreo;
 
 pub use tandem_kit::Error;
 pub use tandem_kit::service::{App, Config};

@@ -11,6 +11,7 @@
 //! `GET /payments?order_id=`, `GET /healthz`, and `/faults` when fault injection is on.
 
 pub mod api;
+pub mod choreo;
 
 pub use tandem_kit::Error;
 pub use tandem_kit::service::{App, Config};

@@ -10,6 +10,7 @@
 //! `GET /shipments?order_id=`, `GET /healthz`, and `/faults` when fault injection is on.
 
 pub mod api;
+pub mod choreo;
 
 pub use tandem_kit::Error;
 pub use tandem_kit::service::{App, Config};
