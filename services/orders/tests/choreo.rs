@@ -240,6 +240,13 @@ async fn redelivered_and_republished_events_have_no_second_effect() {
     s.place(&order("dup-1", "sku-d", "tok_visa", "FR")).await;
     let view = s.settled("dup-1").await;
     assert_eq!(events(&view), ["placed", "reserved", "charged", "booked"]);
+    for served in [&s.inventory, &s.payment] {
+        let (_, faults) = served.get("/faults").await;
+        assert!(
+            faults.as_array().unwrap().iter().all(|f| f["remaining"] == 0),
+            "every injected fault fired: {faults}"
+        );
+    }
     // every event of the order published again under a new message id (what the stream sees
     // after its duplicate window): the barrier answers, nothing happens twice
     for entry in view["timeline"].as_array().unwrap() {
