@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem_kit::Problem;
-use tandem_kit::checkout::{Item, validate_items};
+use tandem_kit::checkout::{Address, Item, validate_address, validate_items};
 use tandem_kit::choreo::event::{Event, Kind};
 use tandem_kit::choreo::outbox;
 use tandem_kit::http::{Json, Path, Query};
@@ -61,22 +61,6 @@ pub struct Shipping {
     pub address: Address,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Address {
-    pub name: String,
-    pub line1: String,
-    pub city: String,
-    pub postal_code: String,
-    pub country: String,
-}
-
-fn upper(issues: &mut Issues, pointer: &str, value: &str, len: usize) {
-    if value.len() != len || !value.bytes().all(|b| b.is_ascii_uppercase()) {
-        issues.add(pointer, format!("must be {len} uppercase letters"));
-    }
-}
-
 /// The same bounds as the orchestrated checkout's input schema.
 pub fn validate(req: &OrderRequest, issues: &mut Issues) {
     if let Some(id) = &req.order_id
@@ -95,14 +79,11 @@ pub fn validate(req: &OrderRequest, issues: &mut Issues) {
             format!("must be between 1 and {MAX_AMOUNT_CENTS}"),
         );
     }
-    upper(issues, "/currency", &req.currency, 3);
+    if req.currency.len() != 3 || !req.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        issues.add("/currency", "must be three upper-case letters (ISO 4217)");
+    }
     issues.text("/payment/card_token", &req.payment.card_token, MAX_ID_LEN);
-    let a = &req.shipping.address;
-    issues.text("/shipping/address/name", &a.name, 200);
-    issues.text("/shipping/address/line1", &a.line1, 200);
-    issues.text("/shipping/address/city", &a.city, 100);
-    issues.text("/shipping/address/postal_code", &a.postal_code, 20);
-    upper(issues, "/shipping/address/country", &a.country, 2);
+    validate_address("/shipping/address", &req.shipping.address, issues);
 }
 
 /// The trace id of a W3C `traceparent` header (`00-<trace>-<span>-<flags>`), or a fresh one.

@@ -166,6 +166,54 @@ async fn a_checkout_completes_through_events_and_its_timeline_comes_from_the_str
 }
 
 #[tokio::test]
+async fn bad_orders_are_refused_with_problems_and_nothing_is_placed() {
+    let Some(s) = stack(10_000).await else { return };
+    let mut bad_id = order("a.b", "sku", "tok_visa", "FR");
+    let mut zero = order("zero-1", "sku", "tok_visa", "FR");
+    zero["amount_cents"] = json!(0);
+    let mut extra = order("extra-1", "sku", "tok_visa", "fr");
+    extra["coupon"] = json!("x");
+    bad_id["currency"] = json!("eur");
+    for (body, status, pointer) in [
+        (bad_id, StatusCode::UNPROCESSABLE_ENTITY, "/order_id"),
+        (zero, StatusCode::UNPROCESSABLE_ENTITY, "/amount_cents"),
+        (extra, StatusCode::UNPROCESSABLE_ENTITY, ""),
+    ] {
+        let (got, problem) = s.place(&body).await;
+        assert_eq!(got, status, "{problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:tandem:problem:"),
+            "{problem}"
+        );
+        assert!(
+            problem.to_string().contains(pointer),
+            "{pointer}: {problem}"
+        );
+    }
+    let resp = s
+        .http
+        .post(format!("{}/orders", s.orders))
+        .body("{")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    for id in ["zero-1", "extra-1", "a.b"] {
+        let resp = s
+            .http
+            .get(format!("{}/orders/{id}", s.orders))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{id}");
+    }
+}
+
+#[tokio::test]
 async fn each_refusal_compensates_the_earlier_steps_in_reverse_order() {
     let Some(s) = stack(10_000).await else { return };
     s.stock("sku-r", 10).await;
@@ -243,7 +291,11 @@ async fn redelivered_and_republished_events_have_no_second_effect() {
     for served in [&s.inventory, &s.payment] {
         let (_, faults) = served.get("/faults").await;
         assert!(
-            faults.as_array().unwrap().iter().all(|f| f["remaining"] == 0),
+            faults
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["remaining"] == 0),
             "every injected fault fired: {faults}"
         );
     }
