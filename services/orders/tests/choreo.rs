@@ -11,7 +11,7 @@ use tandem_kit::choreo::step::Worker;
 use tandem_kit::testing::{Served, TestDatabases, fresh_database};
 
 struct Stack {
-    _nats: PrivateNats,
+    nats: PrivateNats,
     js: async_nats::jetstream::Context,
     inventory: Served,
     payment: Served,
@@ -43,7 +43,7 @@ async fn stack(step_timeout_ms: u64) -> Option<Stack> {
     let orders = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(app.run(listener, std::future::pending()));
     Some(Stack {
-        _nats: nats,
+        nats,
         js,
         inventory,
         payment,
@@ -466,4 +466,29 @@ impl Stack {
         }
         panic!("fewer than {n} dead letters");
     }
+}
+
+#[tokio::test]
+async fn checkouts_complete_across_a_restart_of_the_nats_server() {
+    let Some(mut s) = stack(30_000).await else {
+        return;
+    };
+    s.stock("sku-n", 100).await;
+    let ids: Vec<String> = (0..8).map(|i| format!("nats-{i}")).collect();
+    for id in &ids {
+        let (status, _) = s.place(&order(id, "sku-n", "tok_visa", "FR")).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    // killed (SIGKILL) and started again on the same store while the checkouts run
+    s.nats.restart().await;
+    for id in &ids {
+        assert_eq!(s.settled(id).await["status"], "completed", "{id}");
+        let (reservations, payments, shipments) = s.effects(id).await;
+        assert_eq!(
+            (reservations.len(), payments.len(), shipments.len()),
+            (1, 1, 1),
+            "{id}"
+        );
+    }
+    assert_eq!(s.available("sku-n").await, 100 - 2 * 8);
 }
