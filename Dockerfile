@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# Tandem's five server binaries in one image; compose.yaml picks one per container with
-# `command:` (orchestrator, inventory, payment, shipping or acceptor).
+# Tandem's server binaries in one image; compose.yaml picks one per container with
+# `command:` (orchestrator, inventory, payment, shipping, acceptor or orders).
 #
 #   docker build -t tandem:latest .
 #
@@ -30,10 +30,11 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-        --bin orchestrator --bin inventory --bin payment --bin shipping --bin acceptor \
+        --bin orchestrator --bin inventory --bin payment --bin shipping --bin acceptor --bin orders \
     && mkdir -p /out \
     && cp target/release/orchestrator target/release/inventory \
-          target/release/payment target/release/shipping target/release/acceptor /out/
+          target/release/payment target/release/shipping target/release/acceptor \
+          target/release/orders /out/
 
 # ---- run -----------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS run
@@ -55,5 +56,5 @@ USER 10001:10001
 # Each binary reads its settings from the environment (DATABASE_URL, LISTEN_ADDR, … — `--help`
 # lists them) and stops gracefully on SIGTERM.
 STOPSIGNAL SIGTERM
-EXPOSE 8080 8081 8082 8083 8084 8085 8086
+EXPOSE 8080 8081 8082 8083 8084 8085 8086 8087
 CMD ["orchestrator", "--help"]

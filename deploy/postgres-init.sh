@@ -15,4 +15,5 @@ CREATE DATABASE tandem_shipping OWNER tandem;
 CREATE DATABASE tandem_acceptor_0 OWNER tandem;
 CREATE DATABASE tandem_acceptor_1 OWNER tandem;
 CREATE DATABASE tandem_acceptor_2 OWNER tandem;
+CREATE DATABASE tandem_orders OWNER tandem;
 SQL

@@ -26,7 +26,12 @@ if [ "$mpt" -lt 256 ]; then
 fi
 echo "max_prepared_transactions = $(psql_admin -Atc "SHOW max_prepared_transactions")"
 
-# NATS with JetStream on 127.0.0.1:4222.
+# NATS with JetStream on 127.0.0.1:4222 (the choreography tests also start private servers from
+# the same binary).
+if [ ! -x /usr/sbin/nats-server ]; then
+    echo "installing nats-server"
+    apt-get update -qq && apt-get install -y -qq nats-server
+fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
     echo "starting NATS"
     start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \

@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    Ok(tandem_kit::service::main(&inventory::SPEC).await?)
+    Ok(tandem_kit::service::main_with(&inventory::SPEC, Some(&inventory::choreo::STEP)).await?)
 }

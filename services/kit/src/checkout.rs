@@ -1,5 +1,6 @@
 //! The checkout's request vocabulary that more than one service takes: line items (inventory
-//! reserves them, shipping ships them), their bounds and their validation.
+//! reserves them, shipping ships them) and the shipping address (shipping, and the orders entry
+//! point of the choreographed checkout), their bounds and their validation.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,5 +33,30 @@ pub fn validate_items(items: &[Item], issues: &mut Issues) {
                 format!("must be between 1 and {MAX_QUANTITY}"),
             );
         }
+    }
+}
+
+/// A shipping address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    pub name: String,
+    pub line1: String,
+    pub city: String,
+    pub postal_code: String,
+    pub country: String,
+}
+
+/// An [`Address`] at JSON Pointer `at` (for example `/address`).
+pub fn validate_address(at: &str, a: &Address, issues: &mut Issues) {
+    issues.text(&format!("{at}/name"), &a.name, 200);
+    issues.text(&format!("{at}/line1"), &a.line1, 200);
+    issues.text(&format!("{at}/city"), &a.city, 100);
+    issues.text(&format!("{at}/postal_code"), &a.postal_code, 20);
+    if a.country.len() != 2 || !a.country.bytes().all(|b| b.is_ascii_uppercase()) {
+        issues.add(
+            format!("{at}/country"),
+            "must be two upper-case letters (ISO 3166-1 alpha-2)",
+        );
     }
 }

@@ -23,6 +23,9 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("{0}")]
     CrashPoints(String),
+    /// NATS unreachable, or its JetStream streams could not be made (choreography).
+    #[error("{0}")]
+    Nats(String),
     #[error("recovering 2PC branches at start-up: {0}")]
     Recovery(String),
     #[error("database")]

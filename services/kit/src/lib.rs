@@ -11,6 +11,8 @@
 //!   request type, validation, one effect function on an open transaction.
 //! - [`saga`]: serves those declarations as saga endpoints (one handler skeleton: parse,
 //!   validate, `Idempotency-Key`, faults, barrier, reply), `/healthz`, audit lists by order.
+//! - [`choreo`]: the choreographed checkout: events, the transactional outbox and its JetStream
+//!   relay, durable consumers through the barrier, a private nats-server for tests.
 //! - [`checkout`]: request vocabulary several services share (line items and their bounds).
 //! - [`participant`]: the 2PC participant (`/2pc/prepare|commit|abort|status`, recovery): the
 //!   same effects in prepared transactions, driven by `tandem_protocols::two_phase`.
@@ -32,6 +34,7 @@
 
 pub mod barrier;
 pub mod checkout;
+pub mod choreo;
 pub mod crash;
 pub mod db;
 pub mod effect;

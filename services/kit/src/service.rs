@@ -51,7 +51,9 @@ impl Spec {
     /// own.
     pub fn migrator(&self) -> Migrator {
         let own = Migrator::with_migrations(self.migrations.migrations.to_vec());
-        crate::participant::branch::with_branch_table(crate::barrier::migrator(own))
+        crate::choreo::outbox::migrator(crate::participant::branch::with_branch_table(
+            crate::barrier::migrator(own),
+        ))
     }
 
     /// Connect (creating the database if missing) and apply the migrations.
@@ -87,6 +89,11 @@ pub struct Config {
     /// this service fail, stall or lose responses — for demos and tests only). Off by default.
     #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "off")]
     pub fault_injection: Switch,
+    /// NATS with JetStream (`nats://127.0.0.1:4222`): when set, the service also takes part in
+    /// the choreographed checkout (its outbox relay and durable consumer). Unset: saga calls and
+    /// 2PC only.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
 }
 
 impl Config {
@@ -126,6 +133,7 @@ impl Config {
             lock_timeout_ms: 2000,
             in_doubt_after_ms: 5000,
             fault_injection: Switch::Off,
+            nats_url: None,
         }
     }
 
@@ -231,6 +239,16 @@ impl App {
 /// The whole `main` of a service binary: tracing, crash points, configuration, serve until
 /// SIGINT/SIGTERM.
 pub async fn main(spec: &'static Spec) -> Result<(), Error> {
+    main_with(spec, None).await
+}
+
+/// [`main`], and with `step`, the service's part of the choreographed checkout when
+/// `NATS_URL` is set (its outbox relay and durable consumer, see [`crate::choreo`]); without
+/// `NATS_URL` the service serves saga calls and 2PC only.
+pub async fn main_with(
+    spec: &'static Spec,
+    step: Option<&'static crate::choreo::step::Step>,
+) -> Result<(), Error> {
     crate::http::init_tracing();
     crate::crash::init()?;
     let config = Config::parse(spec);
@@ -240,10 +258,17 @@ pub async fn main(spec: &'static Spec) -> Result<(), Error> {
             addr: config.listen_addr,
             source,
         })?;
-    build(spec, config)
-        .await?
-        .run(listener, crate::http::shutdown_signal())
-        .await
+    let nats_url = config.nats_url.clone();
+    let app = build(spec, config).await?;
+    let _choreo = match (step, nats_url) {
+        (Some(step), Some(url)) if !url.is_empty() => {
+            let js = crate::choreo::connect(&url).await.map_err(Error::Nats)?;
+            tracing::info!(%url, step = step.name, "choreographed checkout: relay and consumer on");
+            Some(crate::choreo::step::Worker::start(app.clone(), step, js))
+        }
+        _ => None,
+    };
+    app.run(listener, crate::http::shutdown_signal()).await
 }
 
 #[cfg(test)]

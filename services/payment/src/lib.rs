@@ -4,6 +4,8 @@
 //!
 //! - this file: the [`SPEC`] that `tandem_kit::service` runs (config from env, database +
 //!   migrations, the saga action and compensation as data, routes, `main`);
+//! - [`choreo`]: its step of the choreographed checkout (events in and out, as data), run by
+//!   `tandem_kit::choreo` when `NATS_URL` is set;
 //! - [`api`]: the effects (charge, refund), validation, the audit list and SQL;
 //! - `migrations/payment/`: the schema (the barrier table comes from `tandem_kit::barrier`).
 //!
@@ -11,6 +13,7 @@
 //! `GET /payments?order_id=`, `GET /healthz`, and `/faults` when fault injection is on.
 
 pub mod api;
+pub mod choreo;
 
 pub use tandem_kit::Error;
 pub use tandem_kit::service::{App, Config};

@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    Ok(tandem_kit::service::main(&payment::SPEC).await?)
+    Ok(tandem_kit::service::main_with(&payment::SPEC, Some(&payment::choreo::STEP)).await?)
 }

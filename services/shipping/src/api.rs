@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
-use tandem_kit::checkout::{Item, validate_items};
+pub use tandem_kit::checkout::Address;
+use tandem_kit::checkout::{Item, validate_address, validate_items};
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
@@ -43,16 +44,6 @@ pub fn routes() -> Router<App> {
     )
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Address {
-    pub name: String,
-    pub line1: String,
-    pub city: String,
-    pub postal_code: String,
-    pub country: String,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentRequest {
@@ -67,17 +58,7 @@ pub struct ShipmentRequest {
 
 fn validate_shipment(req: &ShipmentRequest, issues: &mut Issues) {
     issues.text("/order_id", &req.order_id, MAX_ID_LEN);
-    let a = &req.address;
-    issues.text("/address/name", &a.name, 200);
-    issues.text("/address/line1", &a.line1, 200);
-    issues.text("/address/city", &a.city, 100);
-    issues.text("/address/postal_code", &a.postal_code, 20);
-    if a.country.len() != 2 || !a.country.bytes().all(|b| b.is_ascii_uppercase()) {
-        issues.add(
-            "/address/country",
-            "must be two upper-case letters (ISO 3166-1 alpha-2)",
-        );
-    }
+    validate_address("/address", &req.address, issues);
     validate_items(&req.items, issues);
     if let Some(r) = &req.reservation_id {
         issues.text("/reservation_id", r, MAX_ID_LEN);
