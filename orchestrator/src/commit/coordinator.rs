@@ -69,6 +69,7 @@ impl Coordinator {
     ) -> Result<Self> {
         Ok(Coordinator {
             http: reqwest::Client::builder()
+                .default_headers(registry.sender_headers())
                 .connect_timeout(Duration::from_secs(2))
                 .build()?,
             work: Plumbing::new(leases, max_active),

@@ -87,6 +87,10 @@ pub struct Config {
     /// this service fail, stall or lose responses — for demos and tests only). Off by default.
     #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "off")]
     pub fault_injection: Switch,
+    /// This node's name: sent in the `Tandem-Sender` header of every request it makes, and the
+    /// receiver named by its link faults. Default: the service's name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 impl Config {
@@ -126,6 +130,7 @@ impl Config {
             lock_timeout_ms: 2000,
             in_doubt_after_ms: 5000,
             fault_injection: Switch::Off,
+            node_name: None,
         }
     }
 
@@ -150,6 +155,8 @@ pub struct App {
     /// Commit / abort / recovery of prepared transactions only (no `lock_timeout`).
     pub control: PgPool,
     pub faults: Faults,
+    /// This node's name ([`Config::node_name`]).
+    pub node: String,
     /// Test-only pauses (see [`crate::hooks`]); none in production.
     pub hooks: TestHooks,
     pub spec: &'static Spec,
@@ -176,10 +183,15 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
             service: spec.name,
             source,
         })?;
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| spec.name.to_string());
     let app = App {
         pool,
         control,
-        faults: Faults::new(config.fault_injection),
+        faults: Faults::for_node(config.fault_injection, &node),
+        node,
         hooks: TestHooks::default(),
         spec,
         in_doubt_after: std::time::Duration::from_millis(config.in_doubt_after_ms),
