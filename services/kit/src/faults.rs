@@ -45,10 +45,10 @@ use uuid::Uuid;
 
 use crate::barrier::{IdempotencyKey, Op};
 use crate::http::{Json, Query};
+use crate::problem::Problem;
 use axum::extract::FromRequestParts;
 use axum::http::HeaderValue;
 use axum::http::request::Parts;
-use crate::problem::Problem;
 
 /// `FAULT_INJECTION`: whether the `/faults` endpoints exist (off unless asked for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -314,7 +314,9 @@ impl Faults {
             IdempotencyKey::parse(k).map_err(|m| Problem::invalid("/key", m))?;
         }
         if let Some(from) = &spec.from
-            && (from.is_empty() || from.len() > MAX_NODE_NAME || HeaderValue::from_str(from).is_err())
+            && (from.is_empty()
+                || from.len() > MAX_NODE_NAME
+                || HeaderValue::from_str(from).is_err())
         {
             return Err(Problem::invalid(
                 "/from",
@@ -326,7 +328,10 @@ impl Faults {
         {
             return Err(Problem::invalid(
                 "/to",
-                format!("faults apply at the receiver: this node is {:?}", &*self.node),
+                format!(
+                    "faults apply at the receiver: this node is {:?}",
+                    &*self.node
+                ),
             ));
         }
         let times = spec.times.unwrap_or(1);
@@ -473,9 +478,7 @@ fn refusal(kind: FaultKind, id: Uuid) -> Response {
 fn lost(id: Uuid) -> Response {
     tracing::info!(fault = %id, "fault: message lost, closing the connection without an answer");
     let body = futures::stream::once(async move {
-        Err::<axum::body::Bytes, _>(std::io::Error::other(format!(
-            "fault {id}: message lost"
-        )))
+        Err::<axum::body::Bytes, _>(std::io::Error::other(format!("fault {id}: message lost")))
     });
     let mut response = Response::new(axum::body::Body::from_stream(body));
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -658,7 +661,10 @@ mod tests {
         assert_eq!(f.add(s.clone()).unwrap_err().errors[0].pointer, "/to");
         s.to = None;
         s.latency_ms = Some(5);
-        assert_eq!(f.add(s.clone()).unwrap_err().errors[0].pointer, "/latency_ms");
+        assert_eq!(
+            f.add(s.clone()).unwrap_err().errors[0].pointer,
+            "/latency_ms"
+        );
         let delay: FaultSpec = serde_json::from_value(json!({
             "from": "orchestrator", "op": "prepare", "kind": "delay", "delay_ms": 5
         }))
