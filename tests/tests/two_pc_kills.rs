@@ -7,7 +7,10 @@
 //!   coordinator and the participants die at their crash points with some probability and are
 //!   restarted; then, per transaction id, all three effects or none across the three services'
 //!   databases, stock conserved, and no prepared transaction left. Size:
-//!   `TANDEM_2PC_CHAOS_TXNS` (default 12), crash probability `TANDEM_2PC_CHAOS_P` (default 0.15).
+//!   `TANDEM_2PC_CHAOS_TXNS` (default 12), crash probability `TANDEM_2PC_CHAOS_P` (default 0.15);
+//! - a Postgres restart (a throwaway cluster of the test's own, never the shared server) while
+//!   the three participants hold prepared transactions of a transaction whose coordinator died
+//!   after logging Commit: they survive the restart and are committed.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use tandem_cli::client::checkout_input;
 use tandem_tests::cluster::{Cluster, ClusterConfig};
+use tandem_tests::pgcluster::PgCluster;
 
 const HEALTHY: Duration = Duration::from_secs(60);
 
@@ -154,6 +158,25 @@ async fn stock(cluster: &Cluster, sku: &str) -> (i64, i64) {
         .unwrap()
 }
 
+/// Restart `node` (crash points off), then: transaction `id` commits, all three effects, no
+/// prepared transaction left, and the stock of `sku` is (available, reserved).
+async fn restarted_and_committed(
+    cluster: &mut Cluster,
+    node: usize,
+    id: &str,
+    (sku, available, reserved): (&str, i64, i64),
+) {
+    cluster.start(node, None);
+    cluster.wait_healthy(node, HEALTHY).await;
+    let base = cluster.url(cluster.orchestrator(0));
+    let t = settled(&reqwest::Client::new(), &base, id).await;
+    assert_eq!(t["state"], "committed", "{t}");
+    none_prepared(cluster).await;
+    let effects = effects_by_txn(cluster).await;
+    assert_eq!(effects.get(id), Some(&[1, 1, 1]), "{effects:?}");
+    assert_eq!(stock(cluster, sku).await, (available, reserved));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_killed_after_prepare_keeps_its_prepared_transaction_and_finishes_it() {
     let mut cluster = Cluster::new(ClusterConfig::new("tpc_pkill", 1).quick_takeover());
@@ -197,14 +220,7 @@ async fn a_participant_killed_after_prepare_keeps_its_prepared_transaction_and_f
     );
 
     // Restarted (crash point off): the branch is finished — all three committed.
-    cluster.start(payment, None);
-    cluster.wait_healthy(payment, HEALTHY).await;
-    let t = settled(&http, &base, &id).await;
-    assert_eq!(t["state"], "committed", "{t}");
-    none_prepared(&cluster).await;
-    let effects = effects_by_txn(&cluster).await;
-    assert_eq!(effects.get(&id), Some(&[1, 1, 1]), "{effects:?}");
-    assert_eq!(stock(&cluster, "pk-sku").await, (8, 2));
+    restarted_and_committed(&mut cluster, payment, &id, ("pk-sku", 8, 2)).await;
     assert!(
         cluster.log(payment).contains("service.2pc.after_prepare"),
         "payment died at its crash point"
@@ -324,9 +340,57 @@ async fn randomized_2pc_checkouts_with_kills_stay_all_or_nothing() {
     }
     none_prepared(&cluster).await;
 
+    let committed = all_or_nothing(&cluster, &states, initial).await;
+    eprintln!("{committed} of {n} committed; {states:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_transactions_survive_a_postgres_restart_and_are_finished() {
+    let Some(pg) = PgCluster::create() else {
+        return PgCluster::missing();
+    };
+    let mut cfg = ClusterConfig::new("tpc_pgrestart", 1).quick_takeover();
+    cfg.server_url = pg.url();
+    let mut cluster = Cluster::new(cfg);
+    let orch = cluster.orchestrator(0);
+    for node in [0, 1, 2] {
+        cluster.start(node, None);
+    }
+    // The coordinator dies once it has logged Commit, before sending any COMMIT.
+    cluster.start(orch, Some("orchestrator.2pc.after_decision".into()));
+    cluster.wait_all_healthy(HEALTHY).await;
+    cluster.client(0).set_stock("pg-sku", 10).await.unwrap();
+    let (http, base) = (reqwest::Client::new(), cluster.url(orch));
+    let input = checkout_input("pgr-1", "pg-sku", 3, "tok_visa", "FR");
+    let id = begin(&http, &base, &input).await;
+    died(&mut cluster, orch).await;
+    let ours = |gids: &[(String, String)]| gids.iter().filter(|(_, g)| g.contains(&id)).count();
+    assert_eq!(ours(&prepared(&cluster).await), 3, "all three prepared");
+
+    // Postgres restarts under the services, with the three prepared transactions in flight.
+    pg.stop();
+    pg.start();
+    for node in [0, 1, 2] {
+        cluster.wait_healthy(node, HEALTHY).await;
+    }
+    let gids = prepared(&cluster).await;
+    assert_eq!(
+        ours(&gids),
+        3,
+        "prepared transactions survive the restart: {gids:?}"
+    );
+
+    // The coordinator comes back, reads Commit in its log and finishes.
+    restarted_and_committed(&mut cluster, orch, &id, ("pg-sku", 7, 3)).await;
+    cluster.assert_all_running();
+}
+
+/// Atomicity per transaction id (transaction id → state) across the three services' own
+/// tables, and the stock of `chaos-sku` conserved: returns how many committed.
+async fn all_or_nothing(cluster: &Cluster, states: &BTreeMap<String, String>, initial: i64) -> i64 {
     // Atomicity per transaction id, across the three services' own tables.
-    let effects = effects_by_txn(&cluster).await;
-    for (id, state) in &states {
+    let effects = effects_by_txn(cluster).await;
+    for (id, state) in states {
         let want = if state == "committed" {
             [1, 1, 1]
         } else {
@@ -349,8 +413,8 @@ async fn randomized_2pc_checkouts_with_kills_stay_all_or_nothing() {
     // Stock conserved: every committed checkout holds one item, the rest are available.
     let committed = states.values().filter(|s| *s == "committed").count() as i64;
     assert_eq!(
-        stock(&cluster, "chaos-sku").await,
+        stock(cluster, "chaos-sku").await,
         (initial - committed, committed)
     );
-    eprintln!("{committed} of {n} committed; {states:?}");
+    committed
 }

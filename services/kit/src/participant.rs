@@ -106,25 +106,23 @@ pub fn routes() -> Router<App> {
                 },
             ),
         )
-        .route(
-            "/2pc/commit",
-            post(
-                |State(app): State<App>, from: Sender, Json(req): Json<BranchRequest>| async move {
-                    let m = message(FaultOp::Commit, req.txn_id, None, &from);
-                    with_faults(&app, m, commit(&app, &req)).await
-                },
-            ),
-        )
-        .route(
-            "/2pc/abort",
-            post(
-                |State(app): State<App>, from: Sender, Json(req): Json<BranchRequest>| async move {
-                    let m = message(FaultOp::Abort, req.txn_id, None, &from);
-                    with_faults(&app, m, abort(&app, &req)).await
-                },
-            ),
-        )
+        .route("/2pc/commit", branch_route(FaultOp::Commit))
+        .route("/2pc/abort", branch_route(FaultOp::Abort))
         .route("/2pc/status", get(status))
+}
+
+/// `POST /2pc/commit` (`op` commit) or `POST /2pc/abort`, under this node's faults.
+fn branch_route(op: FaultOp) -> axum::routing::MethodRouter<App> {
+    post(
+        move |State(app): State<App>, from: Sender, Json(req): Json<BranchRequest>| async move {
+            let m = message(op, req.txn_id, None, &from);
+            if op == FaultOp::Commit {
+                with_faults(&app, m, commit(&app, &req)).await
+            } else {
+                with_faults(&app, m, abort(&app, &req)).await
+            }
+        },
+    )
 }
 
 /// A 2PC message as faults see it.
