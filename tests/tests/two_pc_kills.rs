@@ -36,47 +36,45 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// be down; the order id is the Idempotency-Key, so a resend is the same transaction): its id.
 async fn begin(http: &reqwest::Client, base: &str, input: &Value) -> String {
     let key = input["order_id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r = http
-            .post(format!("{base}/transactions"))
+    let body = json!({ "protocol": "2pc", "definition": "checkout", "input": input });
+    let send = || {
+        http.post(format!("{base}/transactions"))
             .header("Idempotency-Key", &key)
-            .json(&json!({ "protocol": "2pc", "definition": "checkout", "input": input }))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        if let Ok(r) = r
-            && r.status().is_success()
-        {
-            let t: Value = r.json().await.unwrap();
-            return t["id"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "{key} was never accepted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .json(&body)
+    };
+    let t = until_ok(&format!("{key} to be accepted"), send, |_| true).await;
+    t["id"].as_str().unwrap().to_string()
 }
 
 /// Wait for transaction `id` to settle (`committed` / `aborted`), asking the orchestrator at
 /// `base`.
 async fn settled(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r = http
-            .get(format!("{base}/transactions/{id}?wait=5"))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        if let Ok(r) = r
-            && r.status().is_success()
-        {
-            let t: Value = r.json().await.unwrap();
-            if matches!(t["state"].as_str(), Some("committed" | "aborted")) {
-                return t;
+    let send = || http.get(format!("{base}/transactions/{id}?wait=5"));
+    let done = |t: &Value| matches!(t["state"].as_str(), Some("committed" | "aborted"));
+    until_ok(&format!("{id} to settle"), send, done).await
+}
+
+/// Send the request `send` builds until it answers 2xx with a body that is `done` (the
+/// orchestrator may be down meanwhile), for at most two minutes.
+async fn until_ok(
+    what: &str,
+    send: impl Fn() -> reqwest::RequestBuilder,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    tandem_tests::eventually(Duration::from_secs(120), what, || {
+        let request = send().timeout(Duration::from_secs(10));
+        let done = &done;
+        async move {
+            let r = request.send().await.ok()?;
+            if !r.status().is_success() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return None;
             }
+            let t: Value = r.json().await.ok()?;
+            done(&t).then_some(t)
         }
-        assert!(Instant::now() < deadline, "{id} never settled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// Wait for node `node` to exit (by its crash point: SIGABRT).
