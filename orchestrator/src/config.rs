@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
 
+    /// This node's name, sent in the `Tandem-Sender` header of every call to a service (link
+    /// faults match it: give two orchestrators different names to fault one's links).
+    #[arg(long, env = "NODE_NAME", default_value = "orchestrator")]
+    pub node_name: String,
+
     /// How long a claim on a saga lasts without renewal (each persisted transition renews it).
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 15_000)]
     pub lease_ttl_ms: u64,

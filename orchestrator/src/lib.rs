@@ -65,7 +65,8 @@ pub async fn build(config: Config) -> Result<App> {
         .map_err(|e| Error::Connect(e.into()))?;
     store::MIGRATOR.run(&pool).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let registry = Arc::new(Registry::new(pool.clone(), config.services()?));
+    let registry =
+        Arc::new(Registry::new(pool.clone(), config.services()?).with_node(&config.node_name));
     registry
         .load(
             &[("built-in checkout", CHECKOUT_DEFINITION)],

@@ -24,6 +24,8 @@ struct Loaded {
 pub struct Registry {
     pool: PgPool,
     services: BTreeMap<String, String>,
+    /// This node's name, sent as `Tandem-Sender` on every call to a service.
+    node: String,
     loaded: RwLock<Loaded>,
 }
 
@@ -36,10 +38,22 @@ pub struct Added {
 }
 
 impl Registry {
+    /// This registry for node `node` (the `Tandem-Sender` of the calls made with it).
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = node.into();
+        self
+    }
+
+    /// The default headers of this node's HTTP clients (`Tandem-Sender`).
+    pub fn sender_headers(&self) -> reqwest::header::HeaderMap {
+        tandem_kit::faults::sender_headers(&self.node)
+    }
+
     pub fn new(pool: PgPool, services: BTreeMap<String, String>) -> Self {
         Registry {
             pool,
             services,
+            node: "orchestrator".into(),
             loaded: RwLock::new(Loaded::default()),
         }
     }

@@ -122,7 +122,8 @@ impl PgCluster {
     /// Start the server and wait until it accepts connections.
     pub fn start(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=60 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=60 -c fsync=off \
+             -c max_prepared_transactions=64",
             self.port,
             self.dir.display()
         );

@@ -71,6 +71,7 @@ impl Coordinator {
     ) -> Result<Self> {
         Ok(Coordinator {
             http: reqwest::Client::builder()
+                .default_headers(registry.sender_headers())
                 .connect_timeout(Duration::from_secs(2))
                 .build()?,
             work,

@@ -59,6 +59,7 @@ impl Driver {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self> {
         let http = reqwest::Client::builder()
+            .default_headers(registry.sender_headers())
             .pool_max_idle_per_host(256)
             .connect_timeout(Duration::from_secs(2))
             .build()?;

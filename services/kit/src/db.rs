@@ -80,12 +80,30 @@ pub async fn admin_connection(url: &str) -> Result<sqlx::PgConnection> {
 /// (two-phase commit) would make `DROP DATABASE` fail, and only a session in that database may
 /// finish them: they are rolled back from there first. Open sessions are ended (`FORCE`).
 pub async fn drop_database(server_url: &str, name: &str) -> Result<()> {
+    rollback_prepared(server_url, name).await?;
+    let mut admin = admin_connection(server_url).await?;
+    let sql = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .map_err(Error::sql(format!("dropping database {name}")))?;
+    Ok(())
+}
+
+/// Roll back every prepared transaction of database `name` (from a session in it, the only
+/// place that may finish them); returns how many there were.
+pub async fn rollback_prepared(server_url: &str, name: &str) -> Result<usize> {
     let mut admin = admin_connection(server_url).await?;
     let gids: Vec<String> =
         sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE database = $1")
             .bind(name)
             .fetch_all(&mut admin)
             .await?;
+    admin.close().await?;
+    let n = gids.len();
     if !gids.is_empty() {
         let opts = parse_url(&database_url(server_url, name))?;
         let mut own = opts
@@ -100,15 +118,7 @@ pub async fn drop_database(server_url: &str, name: &str) -> Result<()> {
         }
         own.close().await?;
     }
-    let sql = format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        name.replace('"', "\"\"")
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut admin)
-        .await
-        .map_err(Error::sql(format!("dropping database {name}")))?;
-    Ok(())
+    Ok(n)
 }
 
 /// `CREATE DATABASE` if it does not exist yet (tolerating a concurrent creator).

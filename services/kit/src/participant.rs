@@ -40,6 +40,7 @@ mod work;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -48,6 +49,7 @@ use tandem_protocols::{Action, Actions, Input, NodeId, Outcome, Role, Vote};
 use uuid::Uuid;
 
 use crate::effect::{Accepted, Origin};
+use crate::faults::{FaultOp, Message, Sender};
 use crate::http::Json;
 use crate::problem::Problem;
 use crate::service::App;
@@ -90,35 +92,83 @@ impl BranchRequest {
     }
 }
 
-/// The participant endpoints.
+/// The participant endpoints. Prepare, commit and abort go through the receiver's faults
+/// ([`crate::faults`], scoped by `txn_id`, the prepare body's `order_id`, and the sender).
 pub fn routes() -> Router<App> {
     Router::new()
-        .route("/2pc/prepare", post(prepare))
-        .route("/2pc/commit", post(commit))
-        .route("/2pc/abort", post(abort))
+        .route(
+            "/2pc/prepare",
+            post(
+                |State(app): State<App>, from: Sender, Json(req): Json<PrepareRequest>| async move {
+                    let order = req.body.get("order_id").and_then(Value::as_str);
+                    let m = message(FaultOp::Prepare, req.txn_id, order, &from);
+                    with_faults(&app, m, prepare(&app, &req)).await
+                },
+            ),
+        )
+        .route("/2pc/commit", branch_route(FaultOp::Commit))
+        .route("/2pc/abort", branch_route(FaultOp::Abort))
         .route("/2pc/status", get(status))
 }
 
-async fn prepare(
-    State(app): State<App>,
-    Json(req): Json<PrepareRequest>,
-) -> Result<Json<Value>, Problem> {
-    prepare_branch(&app, &req).await.map(Json)
+/// `POST /2pc/commit` (`op` commit) or `POST /2pc/abort`, under this node's faults.
+fn branch_route(op: FaultOp) -> axum::routing::MethodRouter<App> {
+    post(
+        move |State(app): State<App>, from: Sender, Json(req): Json<BranchRequest>| async move {
+            let m = message(op, req.txn_id, None, &from);
+            if op == FaultOp::Commit {
+                with_faults(&app, m, commit(&app, &req)).await
+            } else {
+                with_faults(&app, m, abort(&app, &req)).await
+            }
+        },
+    )
+}
+
+/// A 2PC message as faults see it.
+fn message<'a>(
+    op: FaultOp,
+    txn_id: Uuid,
+    order_id: Option<&'a str>,
+    from: &'a Sender,
+) -> Message<'a> {
+    Message {
+        op,
+        key: None,
+        order_id,
+        txn_id: Some(txn_id),
+        from: from.0.as_deref(),
+    }
+}
+
+/// Run `handler` under this node's faults for the message `m`.
+async fn with_faults<T: IntoResponse>(
+    app: &App,
+    m: Message<'_>,
+    handler: impl Future<Output = T>,
+) -> Response {
+    match app.faults.intercept(m).await {
+        Err(refused) => refused,
+        Ok(injection) => injection.finish(handler.await.into_response()),
+    }
+}
+
+async fn prepare(app: &App, req: &PrepareRequest) -> Result<Json<Value>, Problem> {
+    prepare_branch(app, req).await.map(Json)
 }
 
 /// The branch's local prepare (the effect in a prepared transaction), as `POST /2pc/prepare`
 /// runs it: the answer with its `vote`. Paxos Commit's participant ([`crate::paxos`]) prepares
 /// its branch the same way.
 pub(crate) async fn prepare_branch(app: &App, req: &PrepareRequest) -> Result<Value, Problem> {
-    let app = app.clone();
-    let accepted = accept(&app, req)?;
-    require_capability(&app).await?;
+    let accepted = accept(app, req)?;
+    require_capability(app).await?;
     let id = BranchId {
         txn_id: req.txn_id,
         step: req.step,
     };
     branch::log_preparing(&app.control, id, &req.action, &req.coordinator_url).await?;
-    let mut driver = Driver::new(&app, id);
+    let mut driver = Driver::new(app, id);
     driver.prepare(accepted).await?;
     let vote = driver.sent.iter().find_map(|m| match m {
         Msg::Vote(v) => Some(*v),
@@ -189,10 +239,7 @@ async fn max_prepared_transactions(app: &App) -> Result<i64, Problem> {
     Ok(v.parse().unwrap_or(0))
 }
 
-pub(crate) async fn commit(
-    State(app): State<App>,
-    Json(req): Json<BranchRequest>,
-) -> Result<Json<Value>, Problem> {
+pub(crate) async fn commit(app: &App, req: &BranchRequest) -> Result<Json<Value>, Problem> {
     let id = req.id();
     // Looked at before the core is rebuilt: rebuilding an unknown or unprepared branch decides
     // abort, which a commit must not write.
@@ -207,7 +254,7 @@ pub(crate) async fn commit(
         }
         _ => {}
     }
-    let mut driver = Driver::new(&app, id);
+    let mut driver = Driver::new(app, id);
     driver.restart().await?;
     driver.receive(Msg::Outcome(Outcome::Commit)).await?;
     match driver.core.state {
@@ -222,12 +269,9 @@ pub(crate) async fn commit(
     }
 }
 
-pub(crate) async fn abort(
-    State(app): State<App>,
-    Json(req): Json<BranchRequest>,
-) -> Result<Json<Value>, Problem> {
+pub(crate) async fn abort(app: &App, req: &BranchRequest) -> Result<Json<Value>, Problem> {
     let id = req.id();
-    let mut driver = Driver::new(&app, id);
+    let mut driver = Driver::new(app, id);
     driver.restart().await?;
     driver.receive(Msg::Outcome(Outcome::Abort)).await?;
     match driver.core.state {

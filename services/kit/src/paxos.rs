@@ -246,10 +246,10 @@ async fn outcome(
     for a in actions {
         match a {
             Action::Decide(Outcome::Commit) => {
-                return participant::commit(State(app), Json(branch)).await;
+                return participant::commit(&app, &branch).await;
             }
             Action::Decide(Outcome::Abort) => {
-                return participant::abort(State(app), Json(branch)).await;
+                return participant::abort(&app, &branch).await;
             }
             _ => {}
         }

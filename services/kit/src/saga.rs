@@ -14,6 +14,7 @@ use sqlx::postgres::PgRow;
 
 use crate::barrier::{self, Barrier, IdempotencyKey, Op, Prior};
 use crate::effect::{ActionEndpoint, Compensation, CompensationRequest, EffectFuture, Origin};
+use crate::faults::{Message, Sender};
 use crate::http::{Json, Query};
 use crate::problem::{Issues, Problem};
 use crate::service::App;
@@ -25,14 +26,16 @@ pub fn routes(app: &App) -> Router<App> {
     for &endpoint in spec.actions {
         router = router.route(
             endpoint.path(),
-            post(move |State(app): State<App>, key, Json(body)| action(app, key, body, endpoint)),
+            post(move |State(app): State<App>, from, key, Json(body)| {
+                action(app, (from, key), body, endpoint)
+            }),
         );
     }
     for &compensation in spec.compensations {
         router = router.route(
             compensation.path,
-            post(move |State(app): State<App>, key, Json(body)| {
-                compensate(app, key, body, compensation)
+            post(move |State(app): State<App>, from, key, Json(body)| {
+                compensate(app, (from, key), body, compensation)
             }),
         );
     }
@@ -41,7 +44,7 @@ pub fn routes(app: &App) -> Router<App> {
 
 async fn action(
     app: App,
-    key: IdempotencyKey,
+    (from, key): (Sender, IdempotencyKey),
     body: Value,
     endpoint: &'static dyn ActionEndpoint,
 ) -> Result<Response, Response> {
@@ -51,7 +54,7 @@ async fn action(
         .map_err(IntoResponse::into_response)?;
     let injection = app
         .faults
-        .intercept(&key, accepted.order_id.as_deref())
+        .intercept(Message::saga(&key, accepted.order_id.as_deref(), &from))
         .await?;
     let barrier = app.barrier();
     let outcome = barrier.action(&key, move |conn, origin| accepted.run(conn, origin));
@@ -60,12 +63,15 @@ async fn action(
 
 async fn compensate(
     app: App,
-    key: IdempotencyKey,
+    (from, key): (Sender, IdempotencyKey),
     body: Value,
     compensation: &'static Compensation,
 ) -> Result<Response, Response> {
     let req = parse_compensation(&key, body).map_err(IntoResponse::into_response)?;
-    let injection = app.faults.intercept(&key, Some(&req.order_id)).await?;
+    let injection = app
+        .faults
+        .intercept(Message::saga(&key, Some(&req.order_id), &from))
+        .await?;
     let barrier = app.barrier();
     let outcome = barrier.compensation(&key, move |conn, origin, prior| {
         undo(conn, origin, prior, compensation)

@@ -94,6 +94,10 @@ pub struct Config {
     /// 2PC only.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
+    /// This node's name: sent in the `Tandem-Sender` header of every request it makes, and the
+    /// receiver named by its link faults. Default: the service's name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 impl Config {
@@ -134,6 +138,7 @@ impl Config {
             in_doubt_after_ms: 5000,
             fault_injection: Switch::Off,
             nats_url: None,
+            node_name: None,
         }
     }
 
@@ -158,6 +163,8 @@ pub struct App {
     /// Commit / abort / recovery of prepared transactions only (no `lock_timeout`).
     pub control: PgPool,
     pub faults: Faults,
+    /// This node's name ([`Config::node_name`]).
+    pub node: String,
     /// Test-only pauses (see [`crate::hooks`]); none in production.
     pub hooks: TestHooks,
     pub spec: &'static Spec,
@@ -184,10 +191,15 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
             service: spec.name,
             source,
         })?;
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| spec.name.to_string());
     let app = App {
         pool,
         control,
-        faults: Faults::new(config.fault_injection),
+        faults: Faults::for_node(config.fault_injection, &node),
+        node,
         hooks: TestHooks::default(),
         spec,
         in_doubt_after: std::time::Duration::from_millis(config.in_doubt_after_ms),

@@ -37,7 +37,8 @@ pub fn unique_prefix(name: &str) -> String {
 /// Databases a test owns, on one server (created by the test or by the processes it starts).
 /// On drop: when the test passes (the thread is not panicking), each is dropped, its prepared
 /// transactions rolled back first ([`crate::db::drop_database`]); when it fails, they are kept
-/// and their URLs are printed with the failure.
+/// and their URLs are printed with the failure — their prepared transactions rolled back all
+/// the same ([`crate::db::rollback_prepared`]), pass or fail nothing is left holding locks.
 #[derive(Debug)]
 pub struct TestDatabases {
     pub server_url: String,
@@ -81,57 +82,76 @@ impl Drop for TestDatabases {
         if self.names.is_empty() {
             return;
         }
+        let (server, names) = (self.server_url.clone(), std::mem::take(&mut self.names));
         if std::thread::panicking() {
+            // Kept for inspection, but not with prepared transactions: those would hold their
+            // locks and block vacuum on the shared server until someone finishes them.
+            let urls: Vec<String> = names
+                .iter()
+                .map(|n| crate::db::database_url(&server, n))
+                .collect();
+            on_each(server, names, |server, name| async move {
+                crate::db::rollback_prepared(&server, &name).await.map(drop)
+            });
             eprintln!(
-                "test failed: its databases are kept for inspection: {}",
-                self.urls().join(" ")
+                "test failed: its databases are kept for inspection (their prepared transactions rolled back): {}",
+                urls.join(" ")
             );
             return;
         }
-        let (server, names) = (self.server_url.clone(), std::mem::take(&mut self.names));
-        // Drop may run inside a runtime (the end of a `#[tokio::test]`): a thread of its own
-        // with its own runtime can block on the SQL without stalling that runtime.
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let outcome: Result<(), String> = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())
-                .and_then(|rt| {
-                    // All at once: each `DROP DATABASE` completes on the server once sent, even
-                    // if this process ends while waiting (one after the other, the ones not
-                    // yet sent when the wait below ran out were left behind).
-                    rt.block_on(async {
-                        let mut drops = tokio::task::JoinSet::new();
-                        for name in names {
-                            let server = server.clone();
-                            drops.spawn(async move { drop_with_retry(&server, &name).await });
-                        }
-                        let mut errors = Vec::new();
-                        while let Some(done) = drops.join_next().await {
-                            match done {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => errors.push(crate::error::chain(&e)),
-                                Err(e) => errors.push(e.to_string()),
-                            }
-                        }
-                        if errors.is_empty() {
-                            Ok(())
-                        } else {
-                            Err(errors.join("; "))
-                        }
-                    })
-                });
-            if let Err(e) = &outcome {
-                eprintln!("warning: test databases not dropped: {e}");
-            }
-            let _ = done.send(());
+        on_each(server, names, |server, name| async move {
+            drop_with_retry(&server, &name).await
         });
-        // `DROP DATABASE` waits for a checkpoint, which takes seconds on a busy server. Wait
-        // for it a while; after that the drop goes on in the background (once sent, the server
-        // completes it even if this process ends first).
-        let _ = finished.recv_timeout(DROP_WAIT);
     }
+}
+
+/// Run `op` on every database at once, blocking (for at most [`DROP_WAIT`]). Drop may run
+/// inside a runtime (the end of a `#[tokio::test]`): a thread of its own with its own runtime
+/// can block on the SQL without stalling that runtime.
+fn on_each<F, Fut>(server: String, names: Vec<String>, op: F)
+where
+    F: Fn(String, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), crate::Error>> + Send + 'static,
+{
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome: Result<(), String> = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                // All at once: each statement completes on the server once sent, even if this
+                // process ends while waiting (one after the other, the ones not yet sent when
+                // the wait below ran out were left behind).
+                rt.block_on(async {
+                    let mut ops = tokio::task::JoinSet::new();
+                    for name in names {
+                        ops.spawn(op(server.clone(), name));
+                    }
+                    let mut errors = Vec::new();
+                    while let Some(done) = ops.join_next().await {
+                        match done {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => errors.push(crate::error::chain(&e)),
+                            Err(e) => errors.push(e.to_string()),
+                        }
+                    }
+                    if errors.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(errors.join("; "))
+                    }
+                })
+            });
+        if let Err(e) = &outcome {
+            eprintln!("warning: cleaning up test databases: {e}");
+        }
+        let _ = done.send(());
+    });
+    // `DROP DATABASE` waits for a checkpoint, which takes seconds on a busy server. Wait for it
+    // a while; after that the work goes on in the background (once sent, the server completes
+    // it even if this process ends first).
+    let _ = finished.recv_timeout(DROP_WAIT);
 }
 
 /// How long a passing test waits for its databases to be dropped.

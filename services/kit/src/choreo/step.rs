@@ -28,6 +28,7 @@ use super::event::{Event, Kind};
 use super::outbox::{self, Relay};
 use crate::barrier::{self, IdempotencyKey, Op, Outcome, Prior};
 use crate::effect::{ActionEndpoint, Compensation};
+use crate::faults::{Message, Sender};
 use crate::problem::Problem;
 use crate::service::App;
 
@@ -261,9 +262,11 @@ async fn faulted(
     order_id: &str,
     run: impl Future<Output = Result<Outcome, Problem>>,
 ) -> Result<Outcome, Transient> {
+    // An event has no HTTP sender: only faults without a `from` apply to it.
+    let nobody = Sender(None);
     let injection = app
         .faults
-        .intercept(key, Some(order_id))
+        .intercept(Message::saga(key, Some(order_id), &nobody))
         .await
         .map_err(|r| Transient::NotDone(format!("injected fault ({})", r.status())))?;
     let outcome = run
