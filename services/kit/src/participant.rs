@@ -90,13 +90,42 @@ impl BranchRequest {
     }
 }
 
-/// The participant endpoints.
-pub fn routes() -> Router<App> {
+/// The participant endpoints, each request and response counted as a message
+/// ([`crate::stats`]).
+pub fn routes(app: &App) -> Router<App> {
     Router::new()
         .route("/2pc/prepare", post(prepare))
         .route("/2pc/commit", post(commit))
         .route("/2pc/abort", post(abort))
         .route("/2pc/status", get(status))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_messages,
+        ))
+}
+
+/// A request to a participant endpoint and its response are two messages (docs/
+/// commit-protocols.md), counted under this service's database.
+async fn count_messages(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (request, response) = message_kinds(req.uri().path());
+    crate::stats::message_received(&app.control, request);
+    let answer = next.run(req).await;
+    crate::stats::message_sent(&app.control, response);
+    answer
+}
+
+/// The message kinds of a participant endpoint's request and its response.
+fn message_kinds(path: &str) -> (&'static str, &'static str) {
+    match path {
+        "/2pc/prepare" => ("prepare", "vote"),
+        "/2pc/commit" => ("commit", "ack"),
+        "/2pc/abort" => ("abort", "abort_ack"),
+        _ => ("status", "status_reply"),
+    }
 }
 
 async fn prepare(
@@ -181,6 +210,7 @@ async fn max_prepared_transactions(app: &App) -> Result<i64, Problem> {
     let v: String = sqlx::query_scalar("SELECT current_setting('max_prepared_transactions')")
         .fetch_one(&app.control)
         .await?;
+    crate::stats::read_committed(&app.control);
     Ok(v.parse().unwrap_or(0))
 }
 
@@ -191,7 +221,7 @@ async fn commit(
     let id = req.id();
     // Looked at before the core is rebuilt: rebuilding an unknown or unprepared branch decides
     // abort, which a commit must not write.
-    match branch::seen(&mut *app.control.acquire().await?, id).await? {
+    match seen_now(&app, id).await? {
         Seen::Unknown => return Err(unknown(id)),
         Seen::Preparing => {
             return Err(
@@ -236,6 +266,13 @@ async fn abort(
     }
 }
 
+/// What the database says about branch `id` now (a read on the control pool).
+async fn seen_now(app: &App, id: BranchId) -> Result<Seen, Problem> {
+    let seen = branch::seen(&mut *app.control.acquire().await?, id).await?;
+    crate::stats::read_committed(&app.control);
+    Ok(seen)
+}
+
 fn unknown(id: BranchId) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
@@ -261,6 +298,7 @@ async fn status(State(app): State<App>) -> Result<Json<Value>, Problem> {
     )
     .fetch_all(&app.control)
     .await?;
+    crate::stats::read_committed(&app.control);
     let lock_waits: Vec<Value> = waits
         .into_iter()
         .map(|(pid, waiting_ms, query, gid)| {
@@ -305,7 +343,7 @@ impl<'a> Driver<'a> {
     /// Rebuild the core from the branch's durable state and execute its recovery actions.
     /// A `Query` it sends is answered by the request at hand (it carries the outcome).
     async fn restart(&mut self) -> Result<Seen, Problem> {
-        let seen = branch::seen(&mut *self.app.control.acquire().await?, self.id).await?;
+        let seen = seen_now(self.app, self.id).await?;
         let log: &[Record] = match &seen {
             Seen::Unknown | Seen::Preparing => &[],
             Seen::Prepared => &[Record::Prepared],
@@ -369,7 +407,7 @@ impl<'a> Driver<'a> {
             Err(e) => {
                 work.rollback().await?;
                 let busy = Problem::from(e);
-                let seen = branch::seen(&mut *self.app.control.acquire().await?, self.id).await?;
+                let seen = seen_now(self.app, self.id).await?;
                 return if busy.status == StatusCode::SERVICE_UNAVAILABLE && seen != Seen::Prepared {
                     Err(busy.detail(format!(
                         "the prepare of branch {} is still running; resend it",
@@ -446,6 +484,7 @@ impl<'a> Driver<'a> {
                 Problem::from(e)
             }
         })?;
+        crate::stats::prepared(&self.app.control);
         tracing::info!(branch = %self.id, "2pc: prepared");
         crate::crash::point("service.2pc.after_prepare");
         Ok(())
@@ -453,7 +492,6 @@ impl<'a> Driver<'a> {
 
     async fn commit_prepared(&mut self) -> Result<(), Problem> {
         self.finish_prepared("COMMIT PREPARED", true).await?;
-        crate::stats::write_committed(&self.app.control);
         tracing::info!(branch = %self.id, "2pc: committed");
         crate::crash::point("service.2pc.after_commit_prepared");
         Ok(())
@@ -472,9 +510,15 @@ impl<'a> Driver<'a> {
     async fn finish_prepared(&self, verb: &str, commit: bool) -> Result<(), Problem> {
         let mut conn = self.app.control.acquire().await?;
         let Err(e) = self.id.run(&mut conn, verb).await else {
+            if commit {
+                crate::stats::commit_prepared(&self.app.control);
+            } else {
+                crate::stats::rollback_prepared(&self.app.control);
+            }
             return Ok(());
         };
         let (id, seen) = (self.id, branch::seen(&mut conn, self.id).await?);
+        crate::stats::read_committed(&self.app.control);
         match (seen, commit) {
             (Seen::Prepared, _) => Err(busy(id, &e)),
             (Seen::Committed, true) => Ok(()),

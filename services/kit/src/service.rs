@@ -205,7 +205,7 @@ impl App {
     pub fn router(&self) -> Router {
         let own = (self.spec.routes)()
             .merge(crate::saga::routes(self))
-            .merge(crate::participant::routes());
+            .merge(crate::participant::routes(self));
         crate::http::finish(own.with_state(self.clone()).merge(self.faults.router()))
     }
 
