@@ -224,44 +224,38 @@ mod tests {
         }
     }
 
+    /// A failure-free round's messages (`n` of each kind) as one side counts them: the
+    /// coordinator sends the requests and receives the responses, a participant the reverse.
+    fn round(n: f64, coordinator: bool) -> Vec<(&'static str, f64, f64)> {
+        let (request, response) = if coordinator {
+            ((n, 0.0), (0.0, n))
+        } else {
+            ((0.0, n), (n, 0.0))
+        };
+        [
+            ("prepare", request),
+            ("vote", response),
+            ("commit", request),
+            ("ack", response),
+        ]
+        .into_iter()
+        .map(|(kind, (sent, received))| (kind, sent, received))
+        .collect()
+    }
+
     #[test]
     fn costs_add_up_the_components_by_kind() {
         let mut per = BTreeMap::new();
         // The coordinator: 6 COMMITs, sent 3 Prepares and 3 COMMITs, received 3 votes and 3
         // acks, and a capability check now and then.
-        per.insert(
-            "orchestrator".to_string(),
-            component(
-                6.0,
-                0.0,
-                0.0,
-                &[
-                    ("prepare", 3.0, 0.0),
-                    ("vote", 0.0, 3.0),
-                    ("commit", 3.0, 0.0),
-                    ("ack", 0.0, 3.0),
-                    ("status", 0.03, 0.0),
-                    ("status_reply", 0.0, 0.03),
-                ],
-            ),
-        );
+        let mut m = round(3.0, true);
+        m.extend([("status", 0.03, 0.0), ("status_reply", 0.0, 0.03)]);
+        per.insert("orchestrator".to_string(), component(6.0, 0.0, 0.0, &m));
         for s in ["inventory", "payment"] {
             // 1 COMMIT (the branch row) + 1 COMMIT PREPARED counted as writes.
-            per.insert(
-                s.to_string(),
-                component(
-                    2.0,
-                    1.0,
-                    1.0,
-                    &[
-                        ("prepare", 0.0, 1.0),
-                        ("vote", 1.0, 0.0),
-                        ("commit", 0.0, 1.0),
-                        ("ack", 1.0, 0.0),
-                        ("status", 0.0, 0.01),
-                    ],
-                ),
-            );
+            let mut m = round(1.0, false);
+            m.push(("status", 0.0, 0.01));
+            per.insert(s.to_string(), component(2.0, 1.0, 1.0, &m));
         }
         let reported = BTreeMap::from([(
             lock_hold_name("payment"),

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -184,14 +183,7 @@ pub async fn snapshot(t: &Target, server: &str) -> anyhow::Result<Snapshot> {
         }
     }
     for c in COMPONENTS {
-        let v: Value = t
-            .http
-            .get(format!("{}/stats", t.url(c)))
-            .send()
-            .await?
-            .json()
-            .await
-            .with_context(|| format!("GET {c}/stats"))?;
+        let v = t.get_json(c, "/stats").await?;
         s.by_component.insert(c.to_string(), counted(c, &v));
     }
     Ok(s)

@@ -4,7 +4,6 @@
 //! The same orders and SKUs as `checkout`. Each transaction reports how long each participant
 //! held its locks ([`crate::bench::commit::lock_holds`]). No direct baseline.
 
-use anyhow::Context;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -23,14 +22,7 @@ pub struct Checkout2pc {
 /// Every service must be able to prepare (its Postgres' `max_prepared_transactions` above 0).
 async fn require_prepared_transactions(t: &Target) -> anyhow::Result<()> {
     for s in SERVICES {
-        let status: Value = t
-            .http
-            .get(format!("{}/2pc/status", t.url(s)))
-            .send()
-            .await?
-            .json()
-            .await
-            .with_context(|| format!("GET {s}/2pc/status"))?;
+        let status = t.get_json(s, "/2pc/status").await?;
         anyhow::ensure!(
             status["can_prepare"] == json!(true),
             "{s} cannot prepare transactions (max_prepared_transactions = {}): raise it above 0 \
