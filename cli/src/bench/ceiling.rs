@@ -50,7 +50,7 @@ pub async fn measure(args: &BenchArgs, clients: usize) -> anyhow::Result<Ceiling
                 .bind(format!("{client}-{seq}"))
                 .execute(&p)
                 .await
-                .map(|_| ())
+                .map(|_| Vec::new())
                 .map_err(|e| format!("sql: {e}"))
         })
     });

@@ -1,6 +1,7 @@
 //! The shared measuring of every workload: a closed loop of C clients running an [`Op`] back to
-//! back (warm-up, then a measured window), latency in an HdrHistogram, errors by kind, and the
-//! HTTP helpers the operations use.
+//! back (warm-up, then a measured window), latency in an HdrHistogram, errors by kind, the
+//! durations an operation reports about itself (e.g. how long each 2PC participant held its
+//! locks), and the HTTP helpers the operations use.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,11 +31,45 @@ pub struct LoopResult {
     pub errors: BTreeMap<String, u64>,
     /// Operations started in the whole run (warm-up included), for per-operation ratios.
     pub total_ops: u64,
+    /// Distributions of the durations the successful measured operations reported, by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub reported: BTreeMap<String, Latency>,
 }
 
-pub type OpFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
-/// One operation of client `.0`, its `.1`-th: Ok, or the kind of error (counted by kind).
+/// Named durations an operation reports about itself (none for most workloads).
+pub type Timings = Vec<(String, Duration)>;
+pub type OpFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Timings, String>> + Send>>;
+/// One operation of client `.0`, its `.1`-th: Ok with what it reports, or the kind of error
+/// (counted by kind).
 pub type Op = Arc<dyn Fn(usize, u64) -> OpFuture + Send + Sync>;
+
+/// Histograms of reported durations, by name.
+#[derive(Default)]
+pub struct Reported(BTreeMap<String, Histogram<u64>>);
+
+impl Reported {
+    pub fn record(&mut self, timings: &Timings) {
+        for (name, d) in timings {
+            let h = self.0.entry(name.clone()).or_insert_with(new_histogram);
+            let _ = h.record(d.as_micros().max(1) as u64);
+        }
+    }
+
+    fn add(&mut self, other: &Reported) {
+        for (name, h) in &other.0 {
+            let mine = self.0.entry(name.clone()).or_insert_with(new_histogram);
+            let _ = mine.add(h);
+        }
+    }
+
+    pub fn latencies(&self) -> BTreeMap<String, Latency> {
+        self.0
+            .iter()
+            .map(|(name, h)| (name.clone(), latency_of(h)))
+            .collect()
+    }
+}
 
 /// The phases of one closed loop.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +95,7 @@ fn new_histogram() -> Histogram<u64> {
 /// What one client measured.
 struct ClientTally {
     histogram: Histogram<u64>,
+    reported: Reported,
     errors: BTreeMap<String, u64>,
     completed: u64,
     ops: u64,
@@ -114,6 +150,7 @@ async fn run_client(
 ) -> ClientTally {
     let mut t = ClientTally {
         histogram: new_histogram(),
+        reported: Reported::default(),
         errors: BTreeMap::new(),
         completed: 0,
         ops: 0,
@@ -128,11 +165,12 @@ async fn run_client(
         let t1 = Instant::now();
         let measured = t1 >= measure_from && t1 < end;
         match r {
-            Ok(()) => {
+            Ok(timings) => {
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 if measured {
                     t.completed += 1;
                     let _ = t.histogram.record((t1 - t0).as_micros().max(1) as u64);
+                    t.reported.record(&timings);
                 }
             }
             Err(kind) => {
@@ -165,11 +203,13 @@ pub async fn closed_loop(label: &str, clients: usize, window: Window, op: Op) ->
         })
         .collect();
     let mut h = new_histogram();
+    let mut reported = Reported::default();
     let mut errors = BTreeMap::new();
     let (mut completed, mut total_ops) = (0, 0);
     for t in tasks {
         if let Ok(c) = t.await {
             let _ = h.add(&c.histogram);
+            reported.add(&c.reported);
             for (k, v) in c.errors {
                 *errors.entry(k).or_default() += v;
             }
@@ -188,6 +228,7 @@ pub async fn closed_loop(label: &str, clients: usize, window: Window, op: Op) ->
         latency: latency_of(&h),
         errors,
         total_ops,
+        reported: reported.latencies(),
     }
 }
 
@@ -224,4 +265,34 @@ pub async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, Value), Stri
     let resp = http.get(url).send().await.map_err(http_error)?;
     let status = resp.status().as_u16();
     Ok((status, resp.json::<Value>().await.unwrap_or(Value::Null)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_durations_are_kept_apart_by_name_and_merged_across_clients() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let mut a = Reported::default();
+        for i in 1..=100 {
+            a.record(&vec![
+                ("lock hold x".into(), ms(i)),
+                ("lock hold y".into(), ms(7)),
+            ]);
+        }
+        let mut b = Reported::default();
+        b.record(&vec![("lock hold x".into(), ms(1000))]);
+        let mut all = Reported::default();
+        all.add(&a);
+        all.add(&b);
+        let l = all.latencies();
+        assert_eq!(l.len(), 2);
+        let x = &l["lock hold x"];
+        // 101 values: 1..=100 ms and 1000 ms (3 significant digits).
+        assert!((x.p50_ms - 51.0).abs() < 0.1, "{x:?}");
+        assert!((x.p99_ms - 100.0).abs() < 0.1, "{x:?}");
+        assert!((x.max_ms - 1000.0).abs() < 1.0, "{x:?}");
+        assert!((l["lock hold y"].p99_ms - 7.0).abs() < 0.01);
+    }
 }

@@ -5,12 +5,15 @@
 //! then a measured window, and reports operations/s, latency to the terminal state
 //! (HdrHistogram), errors by kind, write transactions per operation in each database (counted by
 //! the processes, `GET /stats`, cross-checked against `pg_stat_database.xact_commit` after a
-//! quiet period), CPU per operation and each process's peak RSS.
+//! quiet period), CPU per operation and each process's peak RSS. For the 2PC checkout also
+//! messages and forced writes per transaction, counted by the processes, beside the formulas,
+//! and how long each participant held its locks.
 //!
 //! - this file: the arguments and the run;
-//! - [`workloads`]: one module per workload (`checkout`, `noop`);
+//! - [`workloads`]: one module per workload (`checkout`, `checkout-2pc`, `noop`);
 //! - [`measure`]: the shared closed loop, latency histograms, HTTP helpers;
 //! - [`stats`]: counters, CPU and memory snapshots, the machine and Postgres settings;
+//! - [`commit`]: an atomic commit's costs (lock holds, messages, forced writes, formulas);
 //! - [`ceiling`]: the raw commit ceiling; [`target`]: the stack under test (the launcher);
 //! - [`report`]: results and their table.
 //!
@@ -19,6 +22,7 @@
 //! `--orchestrator-url` targets a running stack.
 
 pub mod ceiling;
+pub mod commit;
 pub mod measure;
 pub mod report;
 pub mod stats;
@@ -78,7 +82,12 @@ pub struct BenchArgs {
     /// every 10 s when idle). 0 skips the cross-check.
     #[arg(long, default_value_t = 11.0)]
     pub quiet: f64,
-    #[arg(long, value_delimiter = ',', default_value = "checkout,noop")]
+    /// Workloads to run, in order (`--workloads checkout-2pc` runs only the 2PC checkout).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "checkout,checkout-2pc,noop"
+    )]
     pub workloads: Vec<Workload>,
     /// Skip the raw INSERT commit ceiling.
     #[arg(long)]
@@ -192,6 +201,15 @@ async fn level(
         None
     };
     let n = orchestrated.total_ops.max(1) as f64;
+    let transactions = s0.transactions(&s1, &x0, x1.as_ref(), n);
+    let commit = load.commit_participants().map(|participants| {
+        commit::costs(
+            participants,
+            &transactions,
+            "orchestrator",
+            &orchestrated.reported,
+        )
+    });
     let ceiling = ceilings.get(args, clients).await?;
     let direct = match load.direct(t).filter(|_| !args.no_direct) {
         Some(op) => {
@@ -204,7 +222,12 @@ async fn level(
     Ok(compare(Level {
         workload: *workload,
         clients,
-        transactions: s0.transactions(&s1, &x0, x1.as_ref(), n),
+        forced_writes_per_saga: transactions
+            .values()
+            .map(|t| t.forced_writes_per_saga)
+            .sum(),
+        transactions,
+        commit,
         client_cpu_ms_per_saga: s0.client_cpu_ms(&s1, n),
         orchestrated,
         ceiling,

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ceiling::Ceiling;
+use super::commit::CommitCosts;
 use super::measure::{Latency, LoopResult};
 use super::stats::DbTransactions;
 use super::workloads::Workload;
@@ -16,6 +17,11 @@ pub struct Level {
     pub clients: usize,
     pub orchestrated: LoopResult,
     pub transactions: BTreeMap<String, DbTransactions>,
+    /// Durable commit points per operation, all processes together.
+    pub forced_writes_per_saga: f64,
+    /// For an atomic commit protocol: its costs counted in the running system, beside the
+    /// formulas.
+    pub commit: Option<CommitCosts>,
     /// CPU ms per saga of the benchmark's own clients.
     pub client_cpu_ms_per_saga: Option<f64>,
     pub ceiling: Option<Ceiling>,
@@ -63,7 +69,7 @@ pub fn print(r: &Report) {
         r.stack, r.request_mode, r.warmup_secs, r.duration_secs
     );
     println!(
-        "{:<9} {:>3} {:<13} {:>9} {:>8} {:>8} {:>8} {:>8}  errors",
+        "{:<12} {:>3} {:<13} {:>9} {:>8} {:>8} {:>8} {:>8}  errors",
         "workload", "C", "mode", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms"
     );
     for l in &r.levels {
@@ -79,10 +85,10 @@ pub fn print(r: &Report) {
 }
 
 fn print_level(l: &Level) {
-    let w = format!("{:?}", l.workload).to_lowercase();
+    let w = l.workload.label();
     let row = |mode: &str, per: f64, lat: &Latency, err: String| {
         println!(
-            "{:<9} {:>3} {:<13} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}  {}",
+            "{:<12} {:>3} {:<13} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}  {}",
             w, l.clients, mode, per, lat.p50_ms, lat.p95_ms, lat.p99_ms, lat.max_ms, err
         );
     };
@@ -134,5 +140,55 @@ fn print_level(l: &Level) {
         "{:>14} CPU ms/saga: {cpu}, clients {}",
         "",
         opt(l.client_cpu_ms_per_saga, 2)
+    );
+    let forced = per_component(&|t| format!("{:.2}", t.forced_writes_per_saga));
+    println!(
+        "{:>14} forced writes/op: {:.2} ({forced})",
+        "", l.forced_writes_per_saga
+    );
+    if let Some(c) = &l.commit {
+        print_commit(c);
+    }
+}
+
+/// An atomic commit's counted costs next to its formulas, and the lock-hold times.
+fn print_commit(c: &CommitCosts) {
+    let (f, w) = (&c.formulas, &c.forced_writes);
+    println!(
+        "{:>14} messages/txn counted: coordinator {:.2}, participants {:.2}   formula (N={}): \
+         3N = {} to the outcome, 4N = {} with the acks; capability checks {:.3}",
+        "",
+        c.messages_at_coordinator,
+        c.messages_at_participants,
+        f.participants,
+        f.messages,
+        f.messages_with_acks,
+        c.status_messages
+    );
+    println!(
+        "{:>14} forced writes/txn counted: {:.2} = COMMIT coordinator {:.2} + COMMIT \
+         participants {:.2} + PREPARE {:.2} + COMMIT PREPARED {:.2}   formula 2N+2 = {} (2 + 0 + \
+         N + N)",
+        "",
+        w.total,
+        w.coordinator_commits,
+        w.participant_commits,
+        w.prepares,
+        w.commit_prepared,
+        f.forced_writes
+    );
+    let holds: Vec<String> = c
+        .lock_hold
+        .iter()
+        .map(|(p, l)| format!("{p} {:.2}/{:.2}", l.p50_ms, l.p99_ms))
+        .collect();
+    println!(
+        "{:>14} lock hold p50/p99 ms: {}",
+        "",
+        if holds.is_empty() {
+            "-".to_string()
+        } else {
+            holds.join(", ")
+        }
     );
 }

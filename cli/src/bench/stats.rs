@@ -1,23 +1,30 @@
-//! What a run cost, from outside the loop: the processes' own transaction counters and memory
-//! (`GET /stats`), CPU time of every process and Postgres backend (`/proc`),
+//! What a run cost, from outside the loop: the processes' own transaction, prepared-transaction
+//! and message counters and memory (`GET /stats`), CPU time of every process and Postgres backend (`/proc`),
 //! `pg_stat_database.xact_commit`, the machine and the server's settings.
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::target::Target;
 use crate::launch::COMPONENTS;
+use tandem_kit::stats::DbCounts;
 
 #[derive(Debug, Clone, Default)]
 pub struct Counted {
     pub database: String,
-    pub writes: u64,
-    pub reads: u64,
+    /// The component's counters for its database (`tandem_kit::stats`).
+    pub counts: DbCounts,
     pub peak_rss_kib: Option<u64>,
     pub cpu_ms: Option<u64>,
+}
+
+/// Messages of one kind per operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MessageRate {
+    pub sent: f64,
+    pub received: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -41,6 +48,18 @@ pub struct DbTransactions {
     pub reads_per_saga: f64,
     /// `pg_stat_database.xact_commit` delta per operation (all committed transactions).
     pub pg_xact_commit_per_saga: Option<f64>,
+    /// `PREPARE TRANSACTION`s per operation.
+    pub prepared_per_saga: f64,
+    /// `COMMIT PREPARED`s per operation (included in the writes).
+    pub commit_prepared_per_saga: f64,
+    /// `ROLLBACK PREPARED`s per operation (included in the writes).
+    pub rollback_prepared_per_saga: f64,
+    /// Durable commit points per operation: `COMMIT`, `PREPARE TRANSACTION`,
+    /// `COMMIT PREPARED`.
+    pub forced_writes_per_saga: f64,
+    /// Messages per operation by kind, as this component counted them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub messages: BTreeMap<String, MessageRate>,
 }
 
 /// `b - a` per operation, when both are known.
@@ -76,15 +95,24 @@ impl Snapshot {
             let (a, b) = (&self.by_component[comp], &later.by_component[comp]);
             let db = b.database.clone();
             let pg = x1.and_then(|x1| Some((x1.get(&db)? - x0.get(&db)?) as f64 / n));
+            let (ca, cb) = (&a.counts, &b.counts);
+            let d = |f: fn(&DbCounts) -> u64| f(cb).saturating_sub(f(ca)) as f64 / n;
             out.insert(
                 comp.to_string(),
                 DbTransactions {
                     process_cpu_ms_per_saga: per_op(a.cpu_ms, b.cpu_ms, n),
                     postgres_cpu_ms_per_saga: self.backend_cpu_ms(later, &db) as f64 / n,
                     database: db,
-                    writes_per_saga: b.writes.saturating_sub(a.writes) as f64 / n,
-                    reads_per_saga: b.reads.saturating_sub(a.reads) as f64 / n,
+                    writes_per_saga: d(|c| c.writes),
+                    reads_per_saga: d(|c| c.reads),
                     pg_xact_commit_per_saga: pg,
+                    prepared_per_saga: d(|c| c.prepared),
+                    commit_prepared_per_saga: d(|c| c.commit_prepared),
+                    rollback_prepared_per_saga: d(|c| c.rollback_prepared),
+                    forced_writes_per_saga: d(|c| {
+                        (c.writes + c.prepared).saturating_sub(c.rollback_prepared)
+                    }),
+                    messages: message_rates(ca, cb, n),
                 },
             );
         }
@@ -97,26 +125,39 @@ impl Snapshot {
     }
 }
 
-/// The transaction counters one component reports at `GET /stats`: its own database (in one
-/// process, the in-process stack, picked by name).
+/// Messages per operation by kind between two readings of one component's counters.
+fn message_rates(a: &DbCounts, b: &DbCounts, n: f64) -> BTreeMap<String, MessageRate> {
+    b.messages
+        .iter()
+        .map(|(kind, m)| {
+            let before = a.messages.get(kind).copied().unwrap_or_default();
+            let rate = MessageRate {
+                sent: m.sent.saturating_sub(before.sent) as f64 / n,
+                received: m.received.saturating_sub(before.received) as f64 / n,
+            };
+            (kind.clone(), rate)
+        })
+        .collect()
+}
+
+/// The counters one component reports at `GET /stats`: its own database's (in one process, the
+/// in-process stack, picked by name).
 fn counted(c: &str, v: &Value) -> Counted {
     let dbs = v["transactions"].as_object().cloned().unwrap_or_default();
     let pick = dbs
         .iter()
         .find(|(name, _)| name.ends_with(c))
         .or_else(|| (dbs.len() == 1).then(|| dbs.iter().next()).flatten());
-    let (database, writes, reads) = match pick {
+    let (database, counts) = match pick {
         Some((name, x)) => (
             name.clone(),
-            x["writes"].as_u64().unwrap_or(0),
-            x["reads"].as_u64().unwrap_or(0),
+            serde_json::from_value(x.clone()).unwrap_or_default(),
         ),
-        None => (String::new(), 0, 0),
+        None => (String::new(), DbCounts::default()),
     };
     Counted {
         database,
-        writes,
-        reads,
+        counts,
         peak_rss_kib: v["peak_rss_kib"].as_u64(),
         // Read by pid: in-process components report the same process.
         cpu_ms: v["pid"]
@@ -142,14 +183,7 @@ pub async fn snapshot(t: &Target, server: &str) -> anyhow::Result<Snapshot> {
         }
     }
     for c in COMPONENTS {
-        let v: Value = t
-            .http
-            .get(format!("{}/stats", t.url(c)))
-            .send()
-            .await?
-            .json()
-            .await
-            .with_context(|| format!("GET {c}/stats"))?;
+        let v = t.get_json(c, "/stats").await?;
         s.by_component.insert(c.to_string(), counted(c, &v));
     }
     Ok(s)
@@ -199,6 +233,7 @@ pub async fn postgres_settings(server: &str) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_kit::stats::Messages;
 
     #[test]
     fn picks_the_components_own_database_from_its_stats() {
@@ -211,7 +246,7 @@ mod tests {
         });
         let c = counted("payment", &v);
         assert_eq!(
-            (c.database.as_str(), c.writes, c.reads),
+            (c.database.as_str(), c.counts.writes, c.counts.reads),
             ("b_payment", 5, 6)
         );
         assert_eq!(c.peak_rss_kib, Some(7));
@@ -226,26 +261,27 @@ mod tests {
         let mut a = Snapshot::default();
         let mut b = Snapshot::default();
         for c in COMPONENTS {
-            a.by_component.insert(
-                c.into(),
-                Counted {
-                    database: format!("d_{c}"),
-                    writes: 10,
-                    reads: 0,
-                    peak_rss_kib: None,
-                    cpu_ms: Some(100),
-                },
-            );
-            b.by_component.insert(
-                c.into(),
-                Counted {
-                    database: format!("d_{c}"),
-                    writes: 30,
-                    reads: 10,
-                    peak_rss_kib: None,
-                    cpu_ms: Some(140),
-                },
-            );
+            let counts = |writes, reads, prepared, sent| {
+                let m = Messages { sent, received: 0 };
+                DbCounts {
+                    writes,
+                    reads,
+                    prepared,
+                    commit_prepared: prepared / 2,
+                    rollback_prepared: prepared / 4,
+                    messages: BTreeMap::from([("prepare".to_string(), m)]),
+                }
+            };
+            let counted = |counts, cpu| Counted {
+                database: format!("d_{c}"),
+                counts,
+                peak_rss_kib: None,
+                cpu_ms: Some(cpu),
+            };
+            a.by_component
+                .insert(c.into(), counted(counts(10, 0, 0, 0), 100));
+            b.by_component
+                .insert(c.into(), counted(counts(30, 10, 8, 60), 140));
         }
         a.backends
             .insert("d_payment".into(), BTreeMap::from([(1, 50)]));
@@ -260,5 +296,23 @@ mod tests {
         assert_eq!(p.postgres_cpu_ms_per_saga, 1.5);
         assert_eq!(p.pg_xact_commit_per_saga, Some(3.0));
         assert_eq!(t["inventory"].pg_xact_commit_per_saga, None);
+        // 8 prepared, 4 committed and 2 rolled back (both among the writes) over 20 operations:
+        // forced writes are the 20 writes and 8 prepares, less the 2 rollbacks.
+        assert_eq!(
+            (
+                p.prepared_per_saga,
+                p.commit_prepared_per_saga,
+                p.rollback_prepared_per_saga
+            ),
+            (0.4, 0.2, 0.1)
+        );
+        assert_eq!(p.forced_writes_per_saga, 1.3);
+        assert_eq!(
+            p.messages["prepare"],
+            MessageRate {
+                sent: 3.0,
+                received: 0.0
+            }
+        );
     }
 }

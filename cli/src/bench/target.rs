@@ -5,6 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use serde_json::Value;
+
 use super::{BenchArgs, StackMode};
 use crate::launch::procs::{Output, Proc};
 use crate::launch::stack::{Stack, StackConfig};
@@ -21,6 +24,17 @@ impl Target {
     /// The URL of a component (`orchestrator`, `inventory`, …).
     pub fn url(&self, component: &str) -> &str {
         &self.urls[component]
+    }
+
+    /// `GET {component}{path}`, its JSON body.
+    pub async fn get_json(&self, component: &str, path: &str) -> anyhow::Result<Value> {
+        self.http
+            .get(format!("{}{path}", self.url(component)))
+            .send()
+            .await?
+            .json()
+            .await
+            .with_context(|| format!("GET {component}{path}"))
     }
 
     fn new(http: reqwest::Client, urls: [String; 4]) -> Self {

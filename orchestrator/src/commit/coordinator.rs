@@ -172,6 +172,8 @@ impl Coordinator {
             let Some(base) = self.registry.services().get(svc) else {
                 continue;
             };
+            let pool = self.work.leases.pool();
+            tandem_kit::stats::message_sent(pool, "status");
             let status: Option<Value> = match self
                 .http
                 .get(format!("{base}/2pc/status"))
@@ -179,8 +181,15 @@ impl Coordinator {
                 .send()
                 .await
             {
-                Ok(r) if r.status().is_success() => r.json().await.ok(),
-                _ => None,
+                Ok(r) => {
+                    tandem_kit::stats::message_received(pool, "status_reply");
+                    if r.status().is_success() {
+                        r.json().await.ok()
+                    } else {
+                        None
+                    }
+                }
+                Err(_) => None,
             };
             match status
                 .as_ref()
@@ -269,6 +278,15 @@ impl Coordinator {
     /// Abort, and only then answers what the core answers a query (abort); it then delivers the
     /// abort to every participant.
     pub async fn decision(self: &Arc<Self>, id: Uuid) -> Result<Option<Outcome>> {
+        // The query and the answer are a message each, as on the participant's side.
+        let pool = self.work.leases.pool();
+        tandem_kit::stats::message_received(pool, "query");
+        let answer = self.answer_participant(id).await;
+        tandem_kit::stats::message_sent(pool, "decision");
+        answer
+    }
+
+    async fn answer_participant(self: &Arc<Self>, id: Uuid) -> Result<Option<Outcome>> {
         loop {
             let Some(row) = store::get(self.work.leases.pool(), id).await? else {
                 // Never logged: a core that knows nothing answers abort (presumed abort).

@@ -24,6 +24,10 @@ const ABORT_TRIES: u32 = 5;
 
 struct Call {
     http: reqwest::Client,
+    /// Where the messages are counted ([`tandem_kit::stats`]): the coordinator's database.
+    pool: sqlx::PgPool,
+    /// The kinds of the request and of its response.
+    kinds: (&'static str, &'static str),
     url: String,
     body: Value,
     timeout: Duration,
@@ -31,8 +35,10 @@ struct Call {
     tx: mpsc::UnboundedSender<Event>,
 }
 
-/// One answer: status, `Retry-After` (s), JSON body; Err: transport error or timeout.
+/// One answer: status, `Retry-After` (s), JSON body; Err: transport error or timeout. The
+/// request, and the response if one came, are counted as a message each.
 async fn post(c: &Call) -> Result<(u16, Option<u64>, Value), String> {
+    tandem_kit::stats::message_sent(&c.pool, c.kinds.0);
     let r = c
         .http
         .post(&c.url)
@@ -41,6 +47,7 @@ async fn post(c: &Call) -> Result<(u16, Option<u64>, Value), String> {
         .send()
         .await
         .map_err(|e| e.to_string())?;
+    tandem_kit::stats::message_received(&c.pool, c.kinds.1);
     let status = r.status().as_u16();
     let retry = r
         .headers()
@@ -183,8 +190,15 @@ impl Coordinator {
             return;
         };
         t.log(p, "out", kind, Value::Null);
+        let kinds = match kind {
+            "prepare" => ("prepare", "vote"),
+            "commit" => ("commit", "ack"),
+            _ => ("abort", "abort_ack"),
+        };
         let call = Call {
             http: self.http.clone(),
+            pool: self.work.leases.pool().clone(),
+            kinds,
             url: format!("{base}{path}"),
             body,
             timeout: t.call_timeout,

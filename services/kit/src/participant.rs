@@ -93,8 +93,9 @@ impl BranchRequest {
 }
 
 /// The participant endpoints. Prepare, commit and abort go through the receiver's faults
-/// ([`crate::faults`], scoped by `txn_id`, the prepare body's `order_id`, and the sender).
-pub fn routes() -> Router<App> {
+/// ([`crate::faults`], scoped by `txn_id`, the prepare body's `order_id`, and the sender); each
+/// request and response is counted as a message ([`crate::stats`]).
+pub fn routes(app: &App) -> Router<App> {
     Router::new()
         .route(
             "/2pc/prepare",
@@ -109,6 +110,34 @@ pub fn routes() -> Router<App> {
         .route("/2pc/commit", branch_route(FaultOp::Commit))
         .route("/2pc/abort", branch_route(FaultOp::Abort))
         .route("/2pc/status", get(status))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_messages,
+        ))
+}
+
+/// A request to a participant endpoint and its response are two messages (docs/
+/// commit-protocols.md), counted under this service's database.
+async fn count_messages(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (request, response) = message_kinds(req.uri().path());
+    crate::stats::message_received(&app.control, request);
+    let answer = next.run(req).await;
+    crate::stats::message_sent(&app.control, response);
+    answer
+}
+
+/// The message kinds of a participant endpoint's request and its response.
+fn message_kinds(path: &str) -> (&'static str, &'static str) {
+    match path {
+        "/2pc/prepare" => ("prepare", "vote"),
+        "/2pc/commit" => ("commit", "ack"),
+        "/2pc/abort" => ("abort", "abort_ack"),
+        _ => ("status", "status_reply"),
+    }
 }
 
 /// `POST /2pc/commit` (`op` commit) or `POST /2pc/abort`, under this node's faults.
@@ -236,6 +265,7 @@ async fn max_prepared_transactions(app: &App) -> Result<i64, Problem> {
     let v: String = sqlx::query_scalar("SELECT current_setting('max_prepared_transactions')")
         .fetch_one(&app.control)
         .await?;
+    crate::stats::read_committed(&app.control);
     Ok(v.parse().unwrap_or(0))
 }
 
@@ -243,7 +273,7 @@ pub(crate) async fn commit(app: &App, req: &BranchRequest) -> Result<Json<Value>
     let id = req.id();
     // Looked at before the core is rebuilt: rebuilding an unknown or unprepared branch decides
     // abort, which a commit must not write.
-    match branch::seen(&mut *app.control.acquire().await?, id).await? {
+    match seen_now(&app, id).await? {
         Seen::Unknown => return Err(unknown(id)),
         Seen::Preparing => {
             return Err(
@@ -285,6 +315,13 @@ pub(crate) async fn abort(app: &App, req: &BranchRequest) -> Result<Json<Value>,
     }
 }
 
+/// What the database says about branch `id` now (a read on the control pool).
+async fn seen_now(app: &App, id: BranchId) -> Result<Seen, Problem> {
+    let seen = branch::seen(&mut *app.control.acquire().await?, id).await?;
+    crate::stats::read_committed(&app.control);
+    Ok(seen)
+}
+
 fn unknown(id: BranchId) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
@@ -310,6 +347,7 @@ async fn status(State(app): State<App>) -> Result<Json<Value>, Problem> {
     )
     .fetch_all(&app.control)
     .await?;
+    crate::stats::read_committed(&app.control);
     let lock_waits: Vec<Value> = waits
         .into_iter()
         .map(|(pid, waiting_ms, query, gid)| {
@@ -356,7 +394,7 @@ impl<'a> Driver<'a> {
     /// Rebuild the core from the branch's durable state and execute its recovery actions.
     /// A `Query` it sends is answered by the request at hand (it carries the outcome).
     async fn restart(&mut self) -> Result<Seen, Problem> {
-        let seen = branch::seen(&mut *self.app.control.acquire().await?, self.id).await?;
+        let seen = seen_now(self.app, self.id).await?;
         let log: &[Record] = match &seen {
             Seen::Unknown | Seen::Preparing => &[],
             Seen::Prepared => &[Record::Prepared],
@@ -420,7 +458,7 @@ impl<'a> Driver<'a> {
             Err(e) => {
                 work.rollback().await?;
                 let busy = Problem::from(e);
-                let seen = branch::seen(&mut *self.app.control.acquire().await?, self.id).await?;
+                let seen = seen_now(self.app, self.id).await?;
                 return if busy.status == StatusCode::SERVICE_UNAVAILABLE && seen != Seen::Prepared {
                     Err(busy.detail(format!(
                         "the prepare of branch {} is still running; resend it",
@@ -497,6 +535,7 @@ impl<'a> Driver<'a> {
                 Problem::from(e)
             }
         })?;
+        crate::stats::prepared(&self.app.control);
         tracing::info!(branch = %self.id, "2pc: prepared");
         crate::crash::point("service.2pc.after_prepare");
         Ok(())
@@ -504,7 +543,6 @@ impl<'a> Driver<'a> {
 
     async fn commit_prepared(&mut self) -> Result<(), Problem> {
         self.finish_prepared("COMMIT PREPARED", true).await?;
-        crate::stats::write_committed(&self.app.control);
         tracing::info!(branch = %self.id, "2pc: committed");
         crate::crash::point("service.2pc.after_commit_prepared");
         Ok(())
@@ -523,9 +561,15 @@ impl<'a> Driver<'a> {
     async fn finish_prepared(&self, verb: &str, commit: bool) -> Result<(), Problem> {
         let mut conn = self.app.control.acquire().await?;
         let Err(e) = self.id.run(&mut conn, verb).await else {
+            if commit {
+                crate::stats::commit_prepared(&self.app.control);
+            } else {
+                crate::stats::rollback_prepared(&self.app.control);
+            }
             return Ok(());
         };
         let (id, seen) = (self.id, branch::seen(&mut conn, self.id).await?);
+        crate::stats::read_committed(&self.app.control);
         match (seen, commit) {
             (Seen::Prepared, _) => Err(busy(id, &e)),
             (Seen::Committed, true) => Ok(()),

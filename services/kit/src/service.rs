@@ -225,7 +225,7 @@ impl App {
     pub fn router(&self) -> Router {
         let own = (self.spec.routes)()
             .merge(crate::saga::routes(self))
-            .merge(crate::participant::routes())
+            .merge(crate::participant::routes(self))
             .merge(crate::paxos::routes());
         crate::http::finish(own.with_state(self.clone()).merge(self.faults.router()))
     }

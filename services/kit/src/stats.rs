@@ -1,15 +1,26 @@
 //! Process counters for benchmarks and operators: the transactions this process committed, per
-//! database (writes and reads apart), and its memory. Every server answers `GET /stats` with them
-//! (mounted by [`crate::http::finish`]).
+//! database (writes and reads apart), the prepared transactions it prepared and finished, the
+//! 2PC messages it sent and received, and its memory. Every server answers `GET /stats` with
+//! them (mounted by [`crate::http::finish`]).
 //!
 //! Counting is one atomic add per transaction; the map is keyed by database name so that several
 //! components in one process (the in-process stack, tests) keep their figures apart.
+//!
+//! What counts as what (docs/benchmarks.md, "2PC vs saga"):
+//! - `writes`: transactions that may write and ended in a commit, as `pg_stat_database`
+//!   counts them: an ordinary `COMMIT`, and the statement transactions of `COMMIT PREPARED` and
+//!   `ROLLBACK PREPARED` (both also counted apart);
+//! - `prepared`: `PREPARE TRANSACTION`s that succeeded (not a commit for Postgres' counters);
+//! - forced writes (each durable commit point) are then `writes + prepared - rollback_prepared`;
+//! - `messages`: per kind, sent and received; a request and its response are two messages
+//!   (docs/commit-protocols.md, "What one message is over HTTP").
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Json;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -17,6 +28,11 @@ use sqlx::PgPool;
 struct Counters {
     writes: AtomicU64,
     reads: AtomicU64,
+    prepared: AtomicU64,
+    commit_prepared: AtomicU64,
+    rollback_prepared: AtomicU64,
+    /// kind → (sent, received)
+    messages: Mutex<BTreeMap<&'static str, (u64, u64)>>,
 }
 
 static BY_DATABASE: LazyLock<Mutex<BTreeMap<String, Arc<Counters>>>> =
@@ -42,19 +58,105 @@ pub fn read_committed(pool: &PgPool) {
     counters(pool).reads.fetch_add(1, Ordering::Relaxed);
 }
 
-/// `(database, writes, reads)` so far.
-pub fn transactions() -> Vec<(String, u64, u64)> {
+/// A `PREPARE TRANSACTION` succeeded on `pool`'s database.
+pub fn prepared(pool: &PgPool) {
+    counters(pool).prepared.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A `COMMIT PREPARED` succeeded on `pool` (also a write: its statement transaction commits).
+pub fn commit_prepared(pool: &PgPool) {
+    let c = counters(pool);
+    c.commit_prepared.fetch_add(1, Ordering::Relaxed);
+    c.writes.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A `ROLLBACK PREPARED` succeeded on `pool` (also a write, as for `pg_stat_database`).
+pub fn rollback_prepared(pool: &PgPool) {
+    let c = counters(pool);
+    c.rollback_prepared.fetch_add(1, Ordering::Relaxed);
+    c.writes.fetch_add(1, Ordering::Relaxed);
+}
+
+fn message(pool: &PgPool, kind: &'static str, sent: bool) {
+    let c = counters(pool);
+    let mut m = c.messages.lock().expect("stats lock");
+    let e = m.entry(kind).or_default();
+    if sent {
+        e.0 += 1;
+    } else {
+        e.1 += 1;
+    }
+}
+
+/// The component of `pool`'s database sent a message of `kind` (a request, or a response).
+pub fn message_sent(pool: &PgPool, kind: &'static str) {
+    message(pool, kind, true);
+}
+
+/// The component of `pool`'s database received a message of `kind`.
+pub fn message_received(pool: &PgPool, kind: &'static str) {
+    message(pool, kind, false);
+}
+
+/// Messages of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Messages {
+    pub sent: u64,
+    pub received: u64,
+}
+
+/// One database's counters so far (as `GET /stats` shows them; absent fields read as 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DbCounts {
+    pub writes: u64,
+    pub reads: u64,
+    pub prepared: u64,
+    pub commit_prepared: u64,
+    pub rollback_prepared: u64,
+    pub messages: BTreeMap<String, Messages>,
+}
+
+/// Every database's counters so far.
+pub fn by_database() -> BTreeMap<String, DbCounts> {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     BY_DATABASE
         .lock()
         .expect("stats lock")
         .iter()
         .map(|(db, c)| {
-            (
-                db.clone(),
-                c.writes.load(Ordering::Relaxed),
-                c.reads.load(Ordering::Relaxed),
-            )
+            let messages = c
+                .messages
+                .lock()
+                .expect("stats lock")
+                .iter()
+                .map(|(k, (sent, received))| {
+                    let m = Messages {
+                        sent: *sent,
+                        received: *received,
+                    };
+                    (k.to_string(), m)
+                })
+                .collect();
+            let counts = DbCounts {
+                writes: load(&c.writes),
+                reads: load(&c.reads),
+                prepared: load(&c.prepared),
+                commit_prepared: load(&c.commit_prepared),
+                rollback_prepared: load(&c.rollback_prepared),
+                messages,
+            };
+            (db.clone(), counts)
         })
+        .collect()
+}
+
+/// `(database, writes, reads)` so far.
+pub fn transactions() -> Vec<(String, u64, u64)> {
+    by_database()
+        .into_iter()
+        .map(|(db, c)| (db, c.writes, c.reads))
         .collect()
 }
 
@@ -86,15 +188,64 @@ pub fn cpu_ms(pid: u32) -> Option<u64> {
 /// `GET /stats`.
 pub async fn handler() -> Json<Value> {
     let (rss, peak) = rss_kib();
-    let dbs: serde_json::Map<String, Value> = transactions()
-        .into_iter()
-        .map(|(db, w, r)| (db, json!({ "writes": w, "reads": r })))
-        .collect();
     Json(json!({
         "pid": std::process::id(),
-        "transactions": dbs,
+        "transactions": by_database(),
         "rss_kib": rss,
         "peak_rss_kib": peak,
         "cpu_ms": cpu_ms(std::process::id()),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool on database `db` that never connects (the counters key on its name).
+    fn pool(db: &str) -> PgPool {
+        PgPool::connect_lazy(&format!("postgres://127.0.0.1:1/{db}")).expect("lazy pool")
+    }
+
+    #[tokio::test]
+    async fn counts_commits_prepares_and_messages_per_database() {
+        let (a, b) = (pool("stats_unit_a"), pool("stats_unit_b"));
+        write_committed(&a);
+        read_committed(&a);
+        prepared(&a);
+        prepared(&a);
+        commit_prepared(&a);
+        rollback_prepared(&a);
+        message_received(&a, "prepare");
+        message_sent(&a, "vote");
+        message_received(&a, "prepare");
+        message_sent(&b, "prepare");
+        let all = by_database();
+        let x = &all["stats_unit_a"];
+        // COMMIT PREPARED and ROLLBACK PREPARED are writes too (pg_stat_database counts them).
+        assert_eq!(
+            (
+                x.writes,
+                x.reads,
+                x.prepared,
+                x.commit_prepared,
+                x.rollback_prepared
+            ),
+            (3, 1, 2, 1, 1)
+        );
+        let m = |sent, received| Messages { sent, received };
+        assert_eq!(x.messages["prepare"], m(0, 2));
+        assert_eq!(x.messages["vote"], m(1, 0));
+        let y = &all["stats_unit_b"];
+        assert_eq!((y.writes, y.prepared), (0, 0));
+        assert_eq!(y.messages["prepare"], m(1, 0));
+        // The JSON of `GET /stats` carries the same figures.
+        let v = serde_json::to_value(&all).unwrap();
+        assert_eq!(v["stats_unit_a"]["messages"]["prepare"]["received"], 2);
+        assert_eq!(v["stats_unit_a"]["commit_prepared"], 1);
+        assert!(
+            transactions().contains(&("stats_unit_a".to_string(), 3, 1)),
+            "{:?}",
+            transactions()
+        );
+    }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Load, direct_step, order_id, saga_op};
 use crate::bench::RequestMode;
-use crate::bench::measure::Op;
+use crate::bench::measure::{Op, Timings};
 use crate::bench::target::Target;
 use crate::client::checkout_input;
 
@@ -23,12 +23,12 @@ fn sku(i: usize) -> String {
 
 /// The input of client `client`'s `seq`-th checkout: one unit of a SKU that depends on both,
 /// so concurrent clients rarely touch the same row.
-fn input(skus: usize, client: usize, seq: u64) -> Value {
+pub(super) fn input(skus: usize, client: usize, seq: u64) -> Value {
     let s = sku((client * 7919 + seq as usize) % skus.max(1));
     checkout_input(&order_id(), &s, 1, "tok_visa", "GB")
 }
 
-async fn seed(t: &Target, skus: usize) -> anyhow::Result<()> {
+pub(super) async fn seed(t: &Target, skus: usize) -> anyhow::Result<()> {
     let inv = t.url("inventory").to_string();
     futures::future::try_join_all((0..skus).map(|i| {
         let http = t.http.clone();
@@ -53,7 +53,7 @@ async fn direct_checkout(
     http: reqwest::Client,
     urls: [String; 3],
     input: Value,
-) -> Result<(), String> {
+) -> Result<Timings, String> {
     let id = uuid::Uuid::now_v7().to_string();
     let [inv, pay, ship] = urls;
     let step = async |url: String, name: &str, body: &Value| {
@@ -72,7 +72,7 @@ async fn direct_checkout(
         "items": input["items"], "reservation_id": reservation["reservation_id"],
     });
     step(format!("{ship}/shipments"), "create_shipment", &shipment).await?;
-    Ok(())
+    Ok(Timings::new())
 }
 
 impl Load for Checkout {

@@ -6,24 +6,32 @@
 //! in [`Workload::load`].
 
 pub mod checkout;
+pub mod checkout_2pc;
 pub mod noop;
 
 use std::sync::Arc;
 
 use clap::ValueEnum;
+use clap::builder::PossibleValue;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::measure::{Op, get, post};
+use super::measure::{Op, Timings, get, post};
 use super::target::Target;
 use super::{BenchArgs, RequestMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Workload {
-    /// The shipped checkout definition: reserve stock, charge, ship (real SQL + barrier).
+    /// The shipped checkout definition as a saga: reserve stock, charge, ship (real SQL +
+    /// barrier).
     Checkout,
+    /// The same checkout as one 2PC transaction (`POST /transactions`, prepared transactions
+    /// in the three services).
+    #[value(name = "checkout-2pc")]
+    #[serde(rename = "checkout_2pc")]
+    Checkout2pc,
     /// Two steps calling `POST /noop` on inventory and payment (no database work).
     Noop,
 }
@@ -36,18 +44,27 @@ pub trait Load: Send + Sync {
     fn orchestrated(&self, t: &Target, mode: RequestMode) -> Op;
     /// The same work without Tandem (the client calls the services itself), if it has one.
     fn direct(&self, t: &Target) -> Option<Op>;
+    /// For an atomic commit protocol: its number of participants N (for the formulas).
+    fn commit_participants(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Workload {
     pub fn load(self, args: &BenchArgs) -> Box<dyn Load> {
         match self {
             Workload::Checkout => Box::new(checkout::Checkout { skus: args.skus }),
+            Workload::Checkout2pc => Box::new(checkout_2pc::Checkout2pc { skus: args.skus }),
             Workload::Noop => Box::new(noop::Noop),
         }
     }
 
+    /// Its name on the command line (`checkout-2pc`).
     pub fn label(self) -> String {
-        format!("{self:?}").to_lowercase()
+        self.to_possible_value().as_ref().map_or_else(
+            || format!("{self:?}"),
+            |v| PossibleValue::get_name(v).to_string(),
+        )
     }
 }
 
@@ -56,15 +73,57 @@ pub fn order_id() -> String {
     format!("o-{}", uuid::Uuid::now_v7().simple())
 }
 
-fn settle_result(status: u16, body: &Value) -> Result<(), String> {
+/// Ok (with what the run reports) if the answer is a 2xx and `settled` accepts its body.
+fn settle_result(
+    status: u16,
+    body: &Value,
+    settled: fn(&Value) -> Result<Timings, String>,
+) -> Result<Timings, String> {
     if !(200..300).contains(&status) {
         return Err(format!("http {status}"));
     }
+    settled(body)
+}
+
+/// A saga's answer: Ok only if it completed.
+fn saga_completed(body: &Value) -> Result<Timings, String> {
     match body["status"].as_str() {
-        Some("completed") => Ok(()),
+        Some("completed") => Ok(Timings::new()),
         Some(s) => Err(format!("saga {s}")),
         None => Err("no status".into()),
     }
+}
+
+/// The orchestrated operation of a run of the orchestrator's collection `runs` (`sagas`,
+/// `transactions`): `POST /{runs}` with the body `body(client, seq)` makes, until the run is
+/// terminal; `settled` judges the terminal body.
+pub fn run_op(
+    t: &Target,
+    mode: RequestMode,
+    runs: &'static str,
+    body: impl Fn(usize, u64) -> Value + Send + Sync + 'static,
+    settled: fn(&Value) -> Result<Timings, String>,
+) -> Op {
+    let http = t.http.clone();
+    let base = format!("{}/{runs}", t.url("orchestrator"));
+    let body = Arc::new(body);
+    Arc::new(move |client, seq| {
+        let (http, base) = (http.clone(), base.clone());
+        let body = body(client, seq);
+        Box::pin(async move {
+            if mode == RequestMode::PostWait {
+                let (status, v) = post(&http, &format!("{base}?wait=30"), None, &body).await?;
+                return settle_result(status, &v, settled);
+            }
+            let (status, v) = post(&http, &base, None, &body).await?;
+            if status != 201 {
+                return Err(format!("http {status}"));
+            }
+            let id = v["id"].as_str().ok_or("no id")?;
+            let (status, v) = get(&http, &format!("{base}/{id}?wait=30")).await?;
+            settle_result(status, &v, settled)
+        })
+    })
 }
 
 /// The orchestrated operation of a saga workload: start saga `definition` with the input
@@ -75,27 +134,8 @@ pub fn saga_op(
     definition: &'static str,
     input: impl Fn(usize, u64) -> Value + Send + Sync + 'static,
 ) -> Op {
-    let http = t.http.clone();
-    let base = t.url("orchestrator").to_string();
-    let input = Arc::new(input);
-    Arc::new(move |client, seq| {
-        let (http, base) = (http.clone(), base.clone());
-        let body = json!({ "definition": definition, "input": input(client, seq) });
-        Box::pin(async move {
-            if mode == RequestMode::PostWait {
-                let (status, v) =
-                    post(&http, &format!("{base}/sagas?wait=30"), None, &body).await?;
-                return settle_result(status, &v);
-            }
-            let (status, v) = post(&http, &format!("{base}/sagas"), None, &body).await?;
-            if status != 201 {
-                return Err(format!("http {status}"));
-            }
-            let id = v["id"].as_str().ok_or("no id")?;
-            let (status, v) = get(&http, &format!("{base}/sagas/{id}?wait=30")).await?;
-            settle_result(status, &v)
-        })
-    })
+    let body = move |client, seq| json!({ "definition": definition, "input": input(client, seq) });
+    run_op(t, mode, "sagas", body, saga_completed)
 }
 
 /// One step of a direct baseline: `POST url` with the saga's key for `step`'s action (the

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Load, direct_step, order_id, saga_op};
 use crate::bench::RequestMode;
-use crate::bench::measure::Op;
+use crate::bench::measure::{Op, Timings};
 use crate::bench::target::Target;
 
 const DEFINITION: &str = r#"{
@@ -72,7 +72,7 @@ impl Load for Noop {
                 for (url, step) in &steps {
                     direct_step(&http, url, &id, step, &body).await?;
                 }
-                Ok(())
+                Ok(Timings::new())
             })
         }))
     }

@@ -152,6 +152,7 @@ pub async fn log_preparing(
     .bind(coordinator_url)
     .execute(pool)
     .await?;
+    crate::stats::write_committed(pool);
     Ok(())
 }
 
@@ -184,6 +185,7 @@ pub async fn mark_aborted(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    crate::stats::write_committed(pool);
     Ok(())
 }
 
@@ -236,6 +238,7 @@ pub async fn prepared(pool: &PgPool, min_age_ms: i64) -> Result<Vec<PreparedBran
     .bind(min_age_ms)
     .fetch_all(pool)
     .await?;
+    crate::stats::read_committed(pool);
     Ok(rows
         .into_iter()
         .filter_map(|(gid, age_ms, coordinator_url)| {

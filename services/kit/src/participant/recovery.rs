@@ -80,11 +80,13 @@ async fn ask_and_finish(
         coordinator_url.trim_end_matches('/'),
         id.txn_id
     );
+    crate::stats::message_sent(&app.control, "query");
     let resp = http
         .get(&url)
         .send()
         .await
         .map_err(|e| Problem::unavailable(format!("GET {url}: {e}")))?;
+    crate::stats::message_received(&app.control, "decision");
     if !resp.status().is_success() {
         return Err(Problem::unavailable(format!(
             "GET {url}: {}",
