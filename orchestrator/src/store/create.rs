@@ -111,7 +111,7 @@ pub async fn create_saga(pool: &PgPool, new: &NewSaga<'_>) -> Result<Created, sq
         }
         // The business key is taken: sort it out below.
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = tandem_kit::metrics::begin(pool).await?;
     if let Some(key) = new.run.idempotency_key {
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (key, request_hash, saga_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",

@@ -206,7 +206,14 @@ impl App {
         let own = (self.spec.routes)()
             .merge(crate::saga::routes(self))
             .merge(crate::participant::routes());
-        crate::http::finish(own.with_state(self.clone()).merge(self.faults.router()))
+        let scrape = crate::metrics::Scrape::default()
+            .pool("business", &self.pool)
+            .pool("control", &self.control)
+            .prepared_transactions(&self.control);
+        crate::http::finish_with(
+            own.with_state(self.clone()).merge(self.faults.router()),
+            scrape,
+        )
     }
 
     /// Serve on `listener` until `shutdown` resolves.
@@ -239,10 +246,12 @@ pub async fn main(spec: &'static Spec) -> Result<(), Error> {
             addr: config.listen_addr,
             source,
         })?;
-    build(spec, config)
+    let served = build(spec, config)
         .await?
         .run(listener, crate::http::shutdown_signal())
-        .await
+        .await;
+    crate::telemetry::shutdown();
+    served
 }
 
 #[cfg(test)]
