@@ -136,10 +136,10 @@ async fn metrics_count_a_checkout() {
         )
     };
     assert_eq!(http("POST", "/sagas", "201"), 2.0);
-    assert_eq!(http("POST", "/reservations", "200"), 2.0);
-    assert_eq!(http("POST", "/charges", "200"), 1.0);
+    assert_eq!(http("POST", "/reservations", "201"), 2.0);
+    assert_eq!(http("POST", "/charges", "201"), 1.0);
     assert_eq!(http("POST", "/charges", "409"), 1.0);
-    assert_eq!(http("POST", "/shipments", "200"), 1.0);
+    assert_eq!(http("POST", "/shipments", "201"), 1.0);
     assert_eq!(http("POST", "/refunds", "200"), 1.0);
     assert_eq!(http("POST", "/reservations/release", "200"), 1.0);
     assert!(http("GET", "/sagas/{id}", "200") >= 2.0);
