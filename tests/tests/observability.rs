@@ -98,6 +98,13 @@ async fn metrics_count_a_checkout() {
     })
     .await;
     let d = Delta { before, after };
+    assert_saga_metrics(&d);
+    assert_http_and_pool_metrics(&stack, &c, &d, &ids).await;
+    stack.stop().await.unwrap();
+}
+
+/// The saga, step and batch metrics of [`metrics_count_a_checkout`].
+fn assert_saga_metrics(d: &Delta) {
     let def = ("definition", "checkout");
     assert_eq!(d.of("tandem_sagas_started_total", &[def]), 2.0);
     for status in ["completed", "compensated"] {
@@ -127,7 +134,16 @@ async fn metrics_count_a_checkout() {
     assert_eq!(step("create_shipment", "compensation", "success"), 0.0);
     assert_eq!(d.of("tandem_saga_step_retries_total", &[def]), 0.0);
     assert!(d.of("tandem_transition_batch_sagas_count", &[]) >= 1.0);
+}
 
+/// The HTTP and pool metrics of [`metrics_count_a_checkout`], as the orchestrator and each
+/// service (one process here) saw them.
+async fn assert_http_and_pool_metrics(
+    stack: &tandem_tests::TestStack,
+    c: &tandem_cli::client::Client,
+    d: &Delta,
+    ids: &[String],
+) {
     // HTTP, as the orchestrator and each service (one process here) saw it.
     let http = |method: &str, route: &str, status: &str| {
         d.of(
@@ -155,7 +171,7 @@ async fn metrics_count_a_checkout() {
             &[("route", "unmatched"), ("status", "404")]
         ) >= 1.0
     );
-    for id in &ids {
+    for id in ids {
         assert!(!text.contains(id.as_str()), "a saga id is a label value");
     }
 
@@ -190,7 +206,6 @@ async fn metrics_count_a_checkout() {
     // No 2PC ran: the participant has no prepared transaction.
     assert!(inv.contains("\ntandem_prepared_transactions 0\n"), "{inv}");
     assert!(inv.contains("\ntandem_prepared_transaction_oldest_age_seconds 0\n"));
-    stack.stop().await.unwrap();
 }
 
 /// One span as the test's OTLP receiver got it.
@@ -311,6 +326,16 @@ async fn one_checkout_is_one_trace_across_all_processes() {
         }
     })
     .await;
+    assert_checkout_spans(&spans, &id);
+    let orch = cluster.orchestrator(0);
+    assert!(
+        cluster.log(orch).contains(&trace_id),
+        "the orchestrator's log lines carry the trace id"
+    );
+}
+
+/// The orchestrator's step spans and every process's request span of one checkout's trace.
+fn assert_checkout_spans(spans: &[Got], id: &str) {
     for step in ["reserve_inventory", "charge_payment", "create_shipment"] {
         let s = spans
             .iter()
@@ -335,9 +360,4 @@ async fn one_checkout_is_one_trace_across_all_processes() {
     assert!(server("inventory", "/reservations"), "{spans:#?}");
     assert!(server("payment", "/charges"), "{spans:#?}");
     assert!(server("shipping", "/shipments"), "{spans:#?}");
-    let orch = cluster.orchestrator(0);
-    assert!(
-        cluster.log(orch).contains(&trace_id),
-        "the orchestrator's log lines carry the trace id"
-    );
 }
