@@ -184,13 +184,16 @@ impl Leases {
             rows: Vec::new(),
             next_due_in: None,
         };
+        let mut taken_over = 0;
         for row in &rows {
+            taken_over = row.try_get::<i64, _>("taken_over")? as u64;
             let next: Option<f64> = row.try_get("next_due_in")?;
             claimed.next_due_in = next.map(|s| Duration::from_secs_f64(s.max(0.0)));
             if row.try_get::<Option<Uuid>, _>("claimed_id")?.is_some() {
                 claimed.rows.push(R::from_row(row)?);
             }
         }
+        crate::metrics::claimed(self.kind.table, claimed.rows.len(), taken_over);
         Ok(claimed)
     }
 
@@ -285,7 +288,7 @@ fn fill(k: &LeaseKind, template: &str) -> String {
 // The claim locks due rows with SKIP LOCKED, so instances polling together never block on each
 // other or claim the same row. `nxt` reads the snapshot before the update: the rows claimed here
 // had a free or expired lease, so they are not counted as waiting.
-const CLAIM: &str = "WITH due AS (SELECT {id} FROM {t} \
+const CLAIM: &str = "WITH due AS (SELECT {id}, {o} AS prev_owner FROM {t} \
        WHERE {due} <= now() AND ({u} IS NULL OR {u} < now()) \
        ORDER BY {due} LIMIT $3 FOR UPDATE SKIP LOCKED), \
  upd AS (UPDATE {t} SET {o} = $1, {u} = now() + make_interval(secs => $2), {e} = {e} + 1 \
@@ -293,7 +296,9 @@ const CLAIM: &str = "WITH due AS (SELECT {id} FROM {t} \
      RETURNING {id} AS claimed_id, {cols}), \
  nxt AS (SELECT extract(epoch FROM min(greatest({due}, {u})) - now())::float8 AS next_due_in \
          FROM {t} WHERE {due} IS NOT NULL AND greatest({due}, {u}) > now()) \
- SELECT upd.*, nxt.next_due_in FROM nxt LEFT JOIN upd ON true";
+ SELECT upd.*, nxt.next_due_in, \
+   (SELECT count(*) FROM due WHERE due.prev_owner IS NOT NULL AND due.prev_owner <> $1) AS taken_over \
+ FROM nxt LEFT JOIN upd ON true";
 
 const RENEW: &str = "UPDATE {t} SET {u} = now() + make_interval(secs => $3) \
  WHERE {id} = ANY($2) AND {o} = $1 AND {u} > now()";

@@ -15,6 +15,8 @@
 //! - [`store`]: Postgres access for sagas and definitions (migrations in
 //!   `migrations/orchestrator/`); [`writer`]: group commit, the one way a transition is
 //!   persisted.
+//! - [`metrics`]: the orchestrator's Prometheus metrics (sagas, steps, leases, batches); the
+//!   HTTP, pool and trace plumbing is the kit's (`tandem_kit::metrics`, `tandem_kit::telemetry`).
 //! - [`text`]: refusing U+0000, which Postgres cannot store; [`error`]: the crate's error type;
 //!   [`config`]: environment / flags.
 //!
@@ -26,6 +28,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod lease;
+pub mod metrics;
 pub mod registry;
 pub mod saga;
 pub mod store;
@@ -60,6 +63,8 @@ pub struct App {
 
 /// Connect (creating the database if missing), migrate, load definitions.
 pub async fn build(config: Config) -> Result<App> {
+    // Before anything records (the in-flight gauges are taken while building).
+    tandem_kit::metrics::install();
     let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;

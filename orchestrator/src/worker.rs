@@ -94,29 +94,35 @@ impl Signals {
 pub struct Slots {
     active: Mutex<std::collections::HashSet<Uuid>>,
     permits: Arc<tokio::sync::Semaphore>,
+    /// How many are driven here ([`crate::metrics::IN_FLIGHT`]).
+    gauge: metrics::Gauge,
 }
 
 impl Slots {
-    pub fn new(max: usize) -> Self {
+    /// At most `max` rows of `kind` (its table: `sagas`, `transactions`).
+    pub fn new(max: usize, kind: &'static str) -> Self {
         Slots {
             active: Mutex::default(),
             permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            gauge: crate::metrics::in_flight(kind),
         }
     }
 
     /// A slot for row `id`, unless every slot is busy or it is driven here already.
     pub fn take(&self, id: Uuid) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
-        self.active
-            .lock()
-            .expect("slots lock")
-            .insert(id)
-            .then_some(permit)
+        let taken = self.active.lock().expect("slots lock").insert(id);
+        if taken {
+            self.gauge.increment(1);
+        }
+        taken.then_some(permit)
     }
 
     /// Row `id` stopped being driven here.
     pub fn give_back(&self, id: Uuid, permit: tokio::sync::OwnedSemaphorePermit) {
-        self.active.lock().expect("slots lock").remove(&id);
+        if self.active.lock().expect("slots lock").remove(&id) {
+            self.gauge.decrement(1);
+        }
         drop(permit);
     }
 
@@ -195,11 +201,12 @@ pub struct Plumbing {
 impl Plumbing {
     /// Plumbing for `leases`, driving at most `max_active` rows at once (starts the releaser).
     pub fn new(leases: Leases, max_active: usize) -> Self {
+        let kind = leases.kind.table;
         Plumbing {
             releaser: Releaser::start(leases.clone()),
             leases,
             signals: Signals::default(),
-            slots: Slots::new(max_active),
+            slots: Slots::new(max_active, kind),
             watchers: Watchers::default(),
         }
     }

@@ -120,6 +120,7 @@ async fn next_batch(
 async fn write_batch(pool: &PgPool, lease_ttl: Duration, pending: Vec<Pending>) {
     let mut all = TransitionBatch::default();
     let mut waiters = Vec::with_capacity(pending.len());
+    crate::metrics::transition_batch(pending.len());
     for p in pending {
         let b = p.batch;
         all.ids.extend(b.ids);

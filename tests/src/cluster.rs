@@ -131,6 +131,14 @@ impl Cluster {
         }
     }
 
+    /// Set `k=v` in the environment of every node (services and orchestrators), for their next
+    /// start.
+    pub fn env_all(&mut self, k: &str, v: &str) {
+        for n in &mut self.nodes {
+            n.env.push((k.to_string(), v.to_string()));
+        }
+    }
+
     /// Node index of a service.
     pub fn service(&self, name: &str) -> usize {
         SERVICES

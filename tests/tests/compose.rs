@@ -28,6 +28,14 @@ const OUTSIDE_CLAP: &[(&str, &str)] = &[
         "the tracing filter (tandem_kit::http::init_tracing)",
     ),
     (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTLP trace export, off when unset (tandem_kit::telemetry); standard OpenTelemetry SDK variables (OTEL_SERVICE_NAME, OTEL_BSP_*) tune it",
+    ),
+    (
+        "OTEL_SERVICE_NAME",
+        "the service.name of exported spans, default the binary's name (tandem_kit::telemetry)",
+    ),
+    (
         "NO_COLOR",
         "tracing-subscriber: plain log lines without ANSI colour codes",
     ),

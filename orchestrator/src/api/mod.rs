@@ -45,6 +45,7 @@ pub struct Ctx {
 }
 
 pub fn router(ctx: Ctx) -> Router {
+    let scrape = tandem_kit::metrics::Scrape::default().pool("business", &ctx.pool);
     let r = Router::new()
         .route("/sagas", post(sagas::create).get(sagas::list))
         .route("/sagas/{id}", get(sagas::get_one))
@@ -64,7 +65,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/transactions/{id}/paxos", post(paxos::deliver))
         .route("/healthz", get(healthz))
         .with_state(ctx);
-    tandem_kit::http::finish(r)
+    tandem_kit::http::finish_with(r, scrape)
 }
 
 /// `?limit=` of a list: 1 to 500, default 50.

@@ -22,6 +22,9 @@ pub(super) struct Active {
     input: Value,
     state: SagaState,
     pub epoch: i64,
+    /// The trace of the request that started (or retried) the saga here, continued by every
+    /// step call; None for a saga claimed from the database (its steps start a new trace).
+    pub traceparent: Option<String>,
 }
 
 impl Active {
@@ -34,6 +37,7 @@ impl Active {
             input: row.run.input,
             state: row.state,
             epoch: row.lease.epoch,
+            traceparent: None,
         }
     }
 
@@ -151,15 +155,46 @@ impl Driver {
             Phase::Action => "orchestrator.before_call",
             Phase::Compensation => "orchestrator.before_compensation_call",
         });
-        let outcome = self.call(&request).await;
+        let outcome = self.traced_call(a, step, phase, attempt, &request).await;
         tandem_kit::crash::point("orchestrator.after_call_before_persist");
-        tracing::debug!(saga = %a.id, step, ?phase, attempt, ?outcome, "call finished");
         Some(Input::Result {
             step,
             phase,
             attempt,
             outcome,
         })
+    }
+
+    /// [`Driver::call`] in a span of its own (saga id, step, phase, attempt, outcome; a child of
+    /// the saga's trace), timed into the step metrics.
+    async fn traced_call(
+        &self,
+        a: &Active,
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        request: &crate::saga::Request,
+    ) -> crate::saga::CallOutcome {
+        use tracing::Instrument;
+        let name = a.def.steps.get(step).map_or("?", |s| s.name.as_str());
+        let span = tracing::info_span!(
+            "saga step",
+            saga_id = %a.id,
+            definition = %a.def.name,
+            step = name,
+            phase = phase.as_str(),
+            attempt,
+            outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        tandem_kit::telemetry::with_parent(&span, a.traceparent.as_deref());
+        let started = std::time::Instant::now();
+        let outcome = self.call(request).instrument(span.clone()).await;
+        let label = crate::metrics::outcome_label(&outcome);
+        span.record("outcome", label);
+        span.in_scope(|| tracing::debug!(?outcome, "call finished"));
+        crate::metrics::step_called(&a.def.name, name, phase, attempt, label, started.elapsed());
+        outcome
     }
 
     /// Persist a transition (write-ahead) and return the command to perform, or None if the
@@ -186,6 +221,7 @@ impl Driver {
                 return None;
             }
         }
+        crate::metrics::saga_moved(&a.def.name, a.state.status, t.state.status);
         a.state = t.state;
         match t.command {
             Command::WaitUntil(at) if !keep => {

@@ -135,6 +135,7 @@ impl Driver {
             chrono::Utc::now(),
             rand::random(),
         );
+        let traceparent = tandem_kit::telemetry::current();
         let new = NewSaga {
             run: req.new_run(id, &def, &version, &self.work.leases),
             state: &t.state,
@@ -144,8 +145,9 @@ impl Driver {
         Ok(match created {
             Created::New(saga) => {
                 let (row, events) = *saga;
+                crate::metrics::saga_started(&def.name);
                 let finished = req.watch.then(|| self.watch(id));
-                self.drive_created(row.clone(), def, t.command);
+                self.drive_created(row.clone(), def, t.command, traceparent);
                 Started::New {
                     row: Box::new(row),
                     events,
@@ -171,6 +173,7 @@ impl Driver {
         row: SagaRow,
         def: Arc<crate::saga::Definition>,
         command: crate::saga::Command,
+        traceparent: Option<String>,
     ) {
         // Every slot busy (MAX_ACTIVE_SAGAS): the lease is handed back at once so the saga is
         // claimed as soon as an instance has room (the release NOTIFYs idle instances; a slot
@@ -178,7 +181,9 @@ impl Driver {
         let Some(permit) = self.work.activate(row.id, row.lease.epoch) else {
             return;
         };
-        self.spawn_run(Active::new(row, def), command, permit);
+        let mut active = Active::new(row, def);
+        active.traceparent = traceparent;
+        self.spawn_run(active, command, permit);
     }
 
     /// `POST /sagas/{id}/retry`: take the parked saga's lease, apply the manual retry now (so
@@ -208,6 +213,7 @@ impl Driver {
             })?;
         let permit = self.work.slots.take(id).ok_or(Error::Busy(id))?;
         let mut a = Active::new(row, def);
+        a.traceparent = tandem_kit::telemetry::current();
         match self.step(&mut a, Input::ManualRetry).await {
             Some(command) => self.spawn_run(a, command, permit),
             None => self.work.finish(id, permit),

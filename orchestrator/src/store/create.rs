@@ -236,7 +236,7 @@ pub async fn create_saga(pool: &PgPool, new: &NewSaga<'_>) -> Result<CreatedSaga
         }
         // The business key is taken: sort it out below.
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = tandem_kit::metrics::begin(pool).await?;
     if let Some(seen) = client_key(&mut tx, RunKind::Saga, &new.run).await? {
         tx.rollback().await?;
         return Ok(seen);

@@ -331,7 +331,7 @@ impl Barrier<'_> {
         F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin) -> EffectFuture<'c>,
     {
         let origin = Origin::saga(key);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::metrics::begin(self.pool).await?;
         let problem = match effect(&mut tx, &origin).await {
             Ok(body) => return self.commit(tx, key, body).await,
             Err(problem) => problem,
@@ -392,7 +392,7 @@ impl Barrier<'_> {
         status: StatusCode,
         body: &Value,
     ) -> Result<Outcome, Problem> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = crate::metrics::acquire(self.pool).await?;
         if insert_outcome(&mut conn, key, status, body).await? {
             crate::stats::write_committed(self.pool);
             Ok(Outcome {

@@ -9,8 +9,8 @@
 //!   extractors hand out — body values and object keys, query and path parameters — is
 //!   checked once here, and one with a NUL is a 422 naming it (`/items/0/sku`,
 //!   `/query/order_id`, `/path/sku`), so it never reaches the database as a 500.
-//! - [`finish`] adds the fallbacks, the body limit and request tracing to a router, plus
-//!   `GET /stats` (see [`crate::stats`]) and `POST /noop` (a no-op saga step for benchmarks).
+//! - [`finish`] adds the fallbacks, the body limit and request tracing and metrics ([`observe`])
+//!   to a router, plus `GET /metrics` (see [`crate::metrics`]), `GET /stats` (see [`crate::stats`]) and `POST /noop` (a no-op saga step for benchmarks).
 
 use std::future::Future;
 
@@ -274,15 +274,46 @@ async fn method_not_allowed() -> Problem {
     .detail("this route exists but does not accept that method")
 }
 
-/// Add the problem+json 404/405 fallbacks, the body limit and request tracing.
+/// Add the problem+json 404/405 fallbacks, the body limit, request tracing and metrics
+/// ([`observe`]), plus `GET /metrics`, `GET /stats` and `POST /noop`.
 pub fn finish(router: Router) -> Router {
-    router
+    finish_with(router, crate::metrics::Scrape::default())
+}
+
+/// [`finish`], with what `/metrics` reads at scrape time (the server's pools …).
+pub fn finish_with(router: Router, scrape: crate::metrics::Scrape) -> Router {
+    scrape
+        .route(router)
         .route("/stats", axum::routing::get(crate::stats::handler))
         .route("/noop", axum::routing::post(noop))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(observe))
+}
+
+/// Around every request of every server: a span that continues the caller's `traceparent`,
+/// and the request's latency in [`crate::metrics::HTTP_REQUEST_DURATION`] under its route
+/// template (`unmatched` for the 404 fallback), so new routes are measured and traced with no
+/// code of their own.
+pub async fn observe(
+    matched: Option<axum::extract::MatchedPath>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument;
+    let route = matched
+        .as_ref()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let method = req.method().clone();
+    let span = crate::telemetry::server_span(&method, &route, req.headers());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    span.record("status", status);
+    crate::metrics::http_request(&method, &route, status, started.elapsed());
+    resp
 }
 
 /// Pending connections the kernel queues for a listener before it drops new SYNs.
@@ -332,11 +363,16 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Install the tracing subscriber (`RUST_LOG`, default `info`).
+/// Install the tracing subscriber (`RUST_LOG`, default `info`) with OpenTelemetry spans named
+/// after the binary (see [`crate::telemetry::init`]).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let exe = std::env::args().next().unwrap_or_default();
+    let name = std::path::Path::new(&exe)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("tandem")
+        .to_string();
+    crate::telemetry::init(&name);
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@
 //! - [`hooks`]: in-process test pauses (no env var, no endpoint).
 //! - [`service`]: one service process (config, database, router, `main`), parameterised by a
 //!   [`service::Spec`].
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`), HTTP request metrics, pool and prepared
+//!   transaction gauges, timed pool waits; [`telemetry`]: the tracing subscriber, W3C trace
+//!   context in and out, OTLP export.
 //! - [`stats`]: per-database transaction counters and memory, served at `GET /stats`.
 //! - [`testing`]: test databases dropped when a test passes and kept when it fails
 //!   (`TestDatabases`), `Served` (a service on an ephemeral port), `missing_prerequisite`
@@ -42,6 +45,7 @@ pub mod error;
 pub mod faults;
 pub mod hooks;
 pub mod http;
+pub mod metrics;
 pub mod participant;
 pub mod paxos;
 pub mod problem;
@@ -49,6 +53,7 @@ pub mod saga;
 pub mod service;
 pub mod service_tests;
 pub mod stats;
+pub mod telemetry;
 pub mod testing;
 
 pub use error::Error;

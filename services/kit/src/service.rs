@@ -227,7 +227,14 @@ impl App {
             .merge(crate::saga::routes(self))
             .merge(crate::participant::routes(self))
             .merge(crate::paxos::routes());
-        crate::http::finish(own.with_state(self.clone()).merge(self.faults.router()))
+        let scrape = crate::metrics::Scrape::default()
+            .pool("business", &self.pool)
+            .pool("control", &self.control)
+            .prepared_transactions(&self.control);
+        crate::http::finish_with(
+            own.with_state(self.clone()).merge(self.faults.router()),
+            scrape,
+        )
     }
 
     /// Serve on `listener` until `shutdown` resolves.
@@ -280,7 +287,9 @@ pub async fn main_with(
         }
         _ => None,
     };
-    app.run(listener, crate::http::shutdown_signal()).await
+    let served = app.run(listener, crate::http::shutdown_signal()).await;
+    crate::telemetry::shutdown();
+    served
 }
 
 #[cfg(test)]

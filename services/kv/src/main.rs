@@ -15,5 +15,6 @@ async fn main() -> anyhow::Result<()> {
     let app = kv::build(config).await?;
     app.run(listener, tandem_kit::http::shutdown_signal())
         .await?;
+    tandem_kit::telemetry::shutdown();
     Ok(())
 }
