@@ -93,6 +93,10 @@ impl Signals {
 /// The rows of one kind driven by this instance: at most `max` at once, never one twice.
 pub struct Slots {
     active: Mutex<std::collections::HashSet<Uuid>>,
+    /// Rows taken over here while an older task of the same row still runs here (fenced, it
+    /// stops at its next write): how many such extra tasks each has. A row stays active until
+    /// every task of it gave its slot back.
+    extra: Mutex<std::collections::HashMap<Uuid, usize>>,
     permits: Arc<tokio::sync::Semaphore>,
 }
 
@@ -100,6 +104,7 @@ impl Slots {
     pub fn new(max: usize) -> Self {
         Slots {
             active: Mutex::default(),
+            extra: Mutex::default(),
             permits: Arc::new(tokio::sync::Semaphore::new(max)),
         }
     }
@@ -115,8 +120,35 @@ impl Slots {
     }
 
     /// Row `id` stopped being driven here.
+    /// A slot for row `id` whose lease was just taken (new epoch) by this instance, even if an
+    /// older task drives it here: that task is fenced by the new epoch and drops the row at its
+    /// next write. None: every slot is busy.
+    pub fn take_over(&self, id: Uuid) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let mut active = self.active.lock().expect("slots lock");
+        if !active.insert(id) {
+            *self
+                .extra
+                .lock()
+                .expect("slots lock")
+                .entry(id)
+                .or_default() += 1;
+        }
+        Some(permit)
+    }
+
     pub fn give_back(&self, id: Uuid, permit: tokio::sync::OwnedSemaphorePermit) {
-        self.active.lock().expect("slots lock").remove(&id);
+        let mut active = self.active.lock().expect("slots lock");
+        let mut extra = self.extra.lock().expect("slots lock");
+        match extra.get_mut(&id) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                extra.remove(&id);
+            }
+            None => {
+                active.remove(&id);
+            }
+        }
         drop(permit);
     }
 

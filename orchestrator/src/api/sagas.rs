@@ -1,8 +1,8 @@
-//! `POST /sagas`, `GET /sagas/{id}`, `GET /sagas`, `POST /sagas/{id}/retry`.
+//! `POST /sagas`, `GET /sagas/{id}`, `GET /sagas` (actions on a saga: [`super::actions`]).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_kit::http::{Json, Path, Query, from_value};
@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::Ctx;
-use crate::driver::start::{Retried, StartSaga, Started, hash_json};
+use crate::driver::start::{StartSaga, Started, hash_json};
 use crate::saga::SagaStatus;
 use crate::store::{self, EventRow, SagaRow};
 use crate::text::check_str;
@@ -245,28 +245,4 @@ pub(super) async fn list(
             })
         },
     )))
-}
-
-pub(super) async fn retry(State(c): State<Ctx>, Path(id): Path<Uuid>) -> Result<Response, Problem> {
-    match c.driver.retry(id).await? {
-        Retried::Resumed => {}
-        Retried::NotFailed(status) => {
-            return Err(Problem::conflict("not-failed", "Saga is not failed")
-                .detail(format!(
-                    "saga {id} is {}; only a failed saga can be retried",
-                    status.as_str()
-                ))
-                .with("status", status.as_str()));
-        }
-        Retried::InProgress => {
-            return Err(
-                Problem::conflict("retry-in-progress", "Saga is being retried")
-                    .detail(format!("saga {id} is already being retried")),
-            );
-        }
-    }
-    let (row, events) = store::saga_with_events(&c.pool, id)
-        .await?
-        .ok_or_else(|| Problem::internal("saga vanished"))?;
-    Ok((StatusCode::ACCEPTED, Json(view_of(&row, &events))).into_response())
 }
