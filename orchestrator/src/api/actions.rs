@@ -100,13 +100,13 @@ fn refused(id: Uuid, action: Action, r: Refusal) -> Problem {
                 s.as_str(),
                 action.as_str()
             ))
-            .with("status", s.as_str()),
+            .with("saga_status", s.as_str()),
         Refusal::NotFailed(s) => Problem::conflict("not-failed", "Saga is not failed")
             .detail(format!(
                 "saga {id} is {}; only a failed saga can be resumed",
                 s.as_str()
             ))
-            .with("status", s.as_str()),
+            .with("saga_status", s.as_str()),
         Refusal::NotWaiting => Problem::conflict("not-waiting", "Nothing is waiting to retry")
             .detail(format!(
                 "saga {id} has a call in flight or due now; retry-now applies to a step waiting for its retry or next poll"
