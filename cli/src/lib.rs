@@ -8,6 +8,7 @@
 //! - [`client`]: a small HTTP client for the orchestrator and the services' audit endpoints.
 //! - [`commands`]: `tandem up` and `tandem demo`.
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
+//! - [`saga`]: `tandem saga list | show | cancel | retry | resume` against a running orchestrator.
 //! - `commit` (in the binary): `tandem commit compare`, the atomic-commit protocol comparison.
 
 pub mod bench;
@@ -15,3 +16,4 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod launch;
+pub mod saga;
