@@ -9,9 +9,11 @@
 //! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`;
 //! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`, `GET /transactions`,
 //!   `GET /transactions/{id}/decision` (participants ask "what was decided?");
+//! - [`dashboard`]: the operators' console at `/ui/` (embedded HTML/CSS/JS);
 //! - here: the router, `GET /healthz`.
 
 pub mod actions;
+mod dashboard;
 pub mod definitions;
 pub mod sagas;
 pub mod transactions;
@@ -62,6 +64,11 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/transactions/{id}", get(transactions::get_one))
         .route("/transactions/{id}/decision", get(transactions::decision))
         .route("/healthz", get(healthz))
+        .route("/", get(dashboard::to_console))
+        .route("/ui", get(dashboard::to_console))
+        .route("/ui/", get(dashboard::index))
+        .route("/ui/app.js", get(dashboard::app_js))
+        .route("/ui/app.css", get(dashboard::app_css))
         .with_state(ctx);
     tandem_kit::http::finish(r)
 }

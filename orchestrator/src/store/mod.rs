@@ -201,11 +201,25 @@ pub(crate) async fn one_by_id<T>(
 }
 
 /// Newest first; `before` is the cursor (an id from the previous page).
+/// What `GET /sagas` filters on (every field optional).
+#[derive(Debug, Default, Clone)]
+pub struct SagaFilter<'a> {
+    pub status: Option<SagaStatus>,
+    pub definition: Option<&'a str>,
+    /// Exactly this business key (index `sagas_business_key_search`).
+    pub business_key: Option<&'a str>,
+    /// Exactly this saga.
+    pub id: Option<Uuid>,
+    /// Ids (UUIDv7, so creation times) at or after this one …
+    pub from: Option<Uuid>,
+    /// … and before this one (a page's cursor, or the end of a time range).
+    pub before: Option<Uuid>,
+}
+
+/// Sagas newest first (by id: UUIDv7 ids sort by creation time), at most `limit`.
 pub async fn list(
     pool: &PgPool,
-    status: Option<SagaStatus>,
-    definition: Option<&str>,
-    before: Option<Uuid>,
+    f: &SagaFilter<'_>,
     limit: i64,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
     let rows = sqlx::query(concat!(
@@ -213,13 +227,17 @@ pub async fn list(
         saga_columns!(),
         " FROM sagas \
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR definition = $2) \
-           AND ($3::uuid IS NULL OR id < $3) \
+           AND ($3::uuid IS NULL OR id < $3) AND ($5::uuid IS NULL OR id >= $5) \
+           AND ($6::text IS NULL OR business_key = $6) AND ($7::uuid IS NULL OR id = $7) \
          ORDER BY id DESC LIMIT $4"
     ))
-    .bind(status.map(|s| s.as_str()))
-    .bind(definition)
-    .bind(before)
+    .bind(f.status.map(|s| s.as_str()))
+    .bind(f.definition)
+    .bind(f.before)
     .bind(limit)
+    .bind(f.from)
+    .bind(f.business_key)
+    .bind(f.id)
     .fetch_all(pool)
     .await?;
     tandem_kit::stats::read_committed(pool);
