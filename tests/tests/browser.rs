@@ -15,7 +15,7 @@ use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
-use tandem_tests::{eventually, in_process, saga_reaches, slow_checkout, start};
+use tandem_tests::{eventually, in_process, saga_reaches, start};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -118,12 +118,17 @@ async fn until(b: &Browser, what: &str, expr: &str, want: Value) {
         if got == want {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: {expr} is {got}, not {want}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let page = js(b, "document.getElementById('view').innerText").await;
+            panic!("{what}: {expr} is {got}, not {want}; the page shows:\n{page}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Show the console's route `hash` (same page: the console routes on the fragment).
+async fn open(b: &Browser, hash: &str) {
+    js(b, &format!("location.hash = {}", json!(hash))).await;
 }
 
 fn img_dir() -> PathBuf {
@@ -171,8 +176,17 @@ async fn sagas(c: &Client) -> (String, String, String) {
     let failed = start(c, "checkout-short-budget", &failed_input).await;
     let s = c.settle(&failed, 30).await.unwrap();
     assert_eq!(s["status"], "failed", "{}", demo::timeline(&s));
+    // A shipment slower than the checkout's 5 s timeout would be retried and succeed: this
+    // version waits a minute for it, so it stays in flight until cancelled.
+    def["name"] = json!("checkout-patient");
+    def["policy"]["timeout_ms"] = json!(60_000);
+    let r = tandem_tests::post_definition(c, &def).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let fault =
+        json!({"order_id": "ui-running", "op": "action", "kind": "latency", "latency_ms": 30_000});
+    c.add_fault("shipping", &fault).await.unwrap();
     let input = checkout_input("ui-running", "sku-ui", 1, "tok_visa", "GB");
-    let running = slow_checkout(c, ("shipping", "action", 20_000), &input).await;
+    let running = start(c, "checkout-patient", &input).await;
     saga_reaches(c, &running, "step_started", "create_shipment").await;
     (declined, running, failed)
 }
@@ -242,12 +256,15 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
     screenshot(&b, "console-saga.png").await;
 
     // Cancel the running saga (its shipment call is in flight), with the confirmation.
-    b.goto(&format!("{}/ui/#/saga/{running}", stack.orchestrator_url))
-        .await
-        .unwrap();
-    b.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#action-cancel"))
+    open(&b, &format!("#/saga/{running}")).await;
+    until(
+        &b,
+        "the cancel button",
+        "!!document.getElementById('action-cancel')",
+        json!(true),
+    )
+    .await;
+    b.find(Locator::Css("#action-cancel"))
         .await
         .unwrap()
         .click()
@@ -294,9 +311,7 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
     );
 
     // Resume the failed saga and watch it finish compensating.
-    b.goto(&format!("{}/ui/#/saga/{failed}", stack.orchestrator_url))
-        .await
-        .unwrap();
+    open(&b, &format!("#/saga/{failed}")).await;
     until(&b, "a failed saga", status, json!("failed")).await;
     screenshot(&b, "console-failed.png").await;
     b.find(Locator::Css("#action-resume"))
@@ -320,9 +335,7 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
     .await;
 
     // The definitions page draws each version's steps and compensations.
-    b.goto(&format!("{}/ui/#/definitions", stack.orchestrator_url))
-        .await
-        .unwrap();
+    open(&b, "#/definitions").await;
     until(
         &b,
         "definitions",

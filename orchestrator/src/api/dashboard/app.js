@@ -44,7 +44,7 @@ async function api(path, options) {
 
 function show(...nodes) {
   const view = document.getElementById("view");
-  view.replaceChildren(...nodes);
+  view.replaceChildren(...nodes.flat());
 }
 
 function setNav(which) {
@@ -295,7 +295,7 @@ async function definitionsView() {
       h("div.lane", {}, h("span.label", {}, "on failure"), back),
       full && full.business_key ? h("p.muted", {}, "business key: " + full.business_key) : null));
   }
-  show(h("h1", {}, "Definitions"), cards.length ? cards : h("p.muted", {}, "No definitions."));
+  show(h("h1", {}, "Definitions"), ...(cards.length ? cards : [h("p.muted", {}, "No definitions.")]));
 }
 
 // ---- routing ------------------------------------------------------------------------------
