@@ -17,6 +17,12 @@ use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
 use tandem_tests::{eventually, in_process, saga_reaches, start};
 
+/// The compensation nodes of a saga's page, in the order shown (the order they ran).
+const COMPS: &str =
+    "[...document.querySelectorAll('#compensations .node.comp')].map(n => n.dataset.step)";
+/// The status badge of a saga's page.
+const STATUS: &str = "document.querySelector('#saga-status .badge').dataset.status";
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
@@ -237,8 +243,7 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
         .click()
         .await
         .unwrap();
-    let comps =
-        "[...document.querySelectorAll('#compensations .node.comp')].map(n => n.dataset.step)";
+    let comps = COMPS;
     until(
         &b,
         "compensations",
@@ -255,84 +260,8 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
     .await;
     screenshot(&b, "console-saga.png").await;
 
-    // Cancel the running saga (its shipment call is in flight), with the confirmation.
-    open(&b, &format!("#/saga/{running}")).await;
-    until(
-        &b,
-        "the cancel button",
-        "!!document.getElementById('action-cancel')",
-        json!(true),
-    )
-    .await;
-    b.find(Locator::Css("#action-cancel"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
-        &b,
-        "the confirmation",
-        "document.getElementById('confirm').hidden",
-        json!(false),
-    )
-    .await;
-    screenshot(&b, "console-confirm.png").await;
-    b.find(Locator::Css("#confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let status = "document.querySelector('#saga-status .badge').dataset.status";
-    until(
-        &b,
-        "the cancelled saga compensates",
-        status,
-        json!("compensated"),
-    )
-    .await;
-    let comps_now = js(&b, comps).await;
-    assert_eq!(
-        comps_now,
-        json!(["create_shipment", "charge_payment", "reserve_inventory"])
-    );
-    let s = c.wait_saga(&running, 0).await.unwrap();
-    let cancelled = s["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "saga_cancelled");
-    assert_eq!(
-        cancelled.unwrap()["detail"]["by"],
-        "dashboard",
-        "{}",
-        demo::timeline(&s)
-    );
-
-    // Resume the failed saga and watch it finish compensating.
-    open(&b, &format!("#/saga/{failed}")).await;
-    until(&b, "a failed saga", status, json!("failed")).await;
-    screenshot(&b, "console-failed.png").await;
-    b.find(Locator::Css("#action-resume"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.find(Locator::Css("#confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
-        &b,
-        "the resumed saga finishes",
-        status,
-        json!("compensated"),
-    )
-    .await;
+    cancel_and_watch(&b, &c, &running).await;
+    resume_and_watch(&b, &failed).await;
 
     // The definitions page draws each version's steps and compensations.
     open(&b, "#/definitions").await;
@@ -349,4 +278,86 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
     drop(driver);
     let _ = std::fs::remove_dir_all(&profile);
     stack.stop().await.unwrap();
+}
+
+/// Cancel the running saga (its shipment call is in flight) through the confirmation; it
+/// compensates every sent step in reverse order, and the log names the console's actor.
+async fn cancel_and_watch(b: &Browser, c: &Client, running: &str) {
+    let comps = COMPS;
+    // Cancel the running saga (its shipment call is in flight), with the confirmation.
+    open(b, &format!("#/saga/{running}")).await;
+    until(
+        b,
+        "the cancel button",
+        "!!document.getElementById('action-cancel')",
+        json!(true),
+    )
+    .await;
+    b.find(Locator::Css("#action-cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        b,
+        "the confirmation",
+        "document.getElementById('confirm').hidden",
+        json!(false),
+    )
+    .await;
+    screenshot(b, "console-confirm.png").await;
+    b.find(Locator::Css("#confirm-yes"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let status = STATUS;
+    until(
+        b,
+        "the cancelled saga compensates",
+        status,
+        json!("compensated"),
+    )
+    .await;
+    let comps_now = js(b, comps).await;
+    assert_eq!(
+        comps_now,
+        json!(["create_shipment", "charge_payment", "reserve_inventory"])
+    );
+    let s = c.wait_saga(running, 0).await.unwrap();
+    let cancelled = s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "saga_cancelled");
+    assert_eq!(
+        cancelled.unwrap()["detail"]["by"],
+        "dashboard",
+        "{}",
+        demo::timeline(&s)
+    );
+}
+
+/// Resume the failed saga through the confirmation and watch it finish compensating.
+async fn resume_and_watch(b: &Browser, failed: &str) {
+    let status = STATUS;
+    // Resume the failed saga and watch it finish compensating.
+    open(b, &format!("#/saga/{failed}")).await;
+    until(b, "a failed saga", status, json!("failed")).await;
+    screenshot(b, "console-failed.png").await;
+    b.find(Locator::Css("#action-resume"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find(Locator::Css("#confirm-yes"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(b, "the resumed saga finishes", status, json!("compensated")).await;
 }
