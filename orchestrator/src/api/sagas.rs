@@ -251,7 +251,10 @@ pub(super) async fn list(
         business_key: q.filter(|_| id.is_none()),
         id,
         from: p.from.map(|t| v7_bound(t, 0)),
-        before: [p.cursor, p.to.map(|t| v7_bound(t, 0))].into_iter().flatten().min(),
+        before: [p.cursor, p.to.map(|t| v7_bound(t, 0))]
+            .into_iter()
+            .flatten()
+            .min(),
     };
     let rows = store::list(&c.pool, &filter, limit + 1).await?;
     Ok(Json(super::page(
