@@ -132,6 +132,16 @@ async fn until(b: &Browser, what: &str, expr: &str, want: Value) {
     }
 }
 
+/// Click the element `css`.
+async fn click(b: &Browser, css: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Show the console's route `hash` (same page: the console routes on the fragment).
 async fn open(b: &Browser, hash: &str) {
     js(b, &format!("location.hash = {}", json!(hash))).await;
@@ -307,12 +317,7 @@ async fn cancel_and_watch(b: &Browser, c: &Client, running: &str) {
     )
     .await;
     screenshot(b, "console-confirm.png").await;
-    b.find(Locator::Css("#confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#confirm-yes").await;
     let status = STATUS;
     until(
         b,
@@ -347,17 +352,7 @@ async fn resume_and_watch(b: &Browser, failed: &str) {
     open(b, &format!("#/saga/{failed}")).await;
     until(b, "a failed saga", status, json!("failed")).await;
     screenshot(b, "console-failed.png").await;
-    b.find(Locator::Css("#action-resume"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.find(Locator::Css("#confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#action-resume").await;
+    click(b, "#confirm-yes").await;
     until(b, "the resumed saga finishes", status, json!("compensated")).await;
 }
