@@ -1386,6 +1386,17 @@ fn cancel_while_a_step_waits_for_its_retry_compensates_it() {
     assert_eq!(sim.state.status, SagaStatus::Compensated);
 }
 
+/// A saga of `abc` parked as failed: a's action refused, its compensation out of budget (2).
+fn parked(def: &Definition) -> Sim<'_> {
+    let mut sim = Sim::started(def, json!({"k": 1}));
+    sim.answer(conflict());
+    sim.answer(err500());
+    sim.wake_when_due();
+    sim.answer(err500());
+    assert_eq!(sim.state.status, SagaStatus::Failed);
+    sim
+}
+
 #[test]
 fn cancel_is_idempotent_and_refused_once_settled() {
     let def = abc();
@@ -1403,12 +1414,7 @@ fn cancel_is_idempotent_and_refused_once_settled() {
         "a second cancel changes nothing"
     );
     // A failed (parked) saga cannot be cancelled, only resumed.
-    let mut parked = Sim::started(&def, json!({"k": 1}));
-    parked.answer(conflict());
-    parked.answer(err500());
-    parked.wake_when_due();
-    parked.answer(err500());
-    assert_eq!(parked.state.status, SagaStatus::Failed);
+    let parked = parked(&def);
     assert_eq!(
         admit(&parked.state, Action::Cancel, parked.now),
         Admission::Refused(Refusal::Settled(SagaStatus::Failed))
@@ -1476,11 +1482,7 @@ fn retry_now_sends_a_waiting_step_at_once_with_the_same_budget() {
 #[test]
 fn resume_logs_who_resumed() {
     let def = abc();
-    let mut sim = Sim::started(&def, json!({"k": 1}));
-    sim.answer(conflict());
-    sim.answer(err500());
-    sim.wake_when_due();
-    sim.answer(err500());
+    let mut sim = parked(&def);
     assert_eq!(admit(&sim.state, Action::Resume, sim.now), Admission::Apply);
     sim.apply(op(Action::Resume));
     let e = sim.events.iter().rev().nth(1).unwrap();
