@@ -127,6 +127,14 @@ impl Client {
         }
     }
 
+    /// `POST /sagas/{id}/{action}` (`cancel`, `retry-now`, `resume`) as `by` (the
+    /// `Tandem-Actor` header): status and body (the saga, or a problem).
+    pub async fn saga_action(&self, id: &str, action: &str, by: &str) -> anyhow::Result<Reply> {
+        let url = format!("{}/sagas/{id}/{action}", self.orchestrator);
+        let req = self.http.post(&url).header("Tandem-Actor", by);
+        Self::send(req, || format!("POST {url}")).await
+    }
+
     pub async fn set_stock(&self, sku: &str, available: i64) -> anyhow::Result<Reply> {
         self.send_json(
             reqwest::Method::PUT,

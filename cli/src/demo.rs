@@ -340,7 +340,7 @@ pub fn timeline(saga: &Value) -> String {
         if let Some(s) = d.get("status").filter(|s| !s.is_null()) {
             notes.push(format!("HTTP {s}"));
         }
-        for key in ["error", "reason", "retry_at", "message"] {
+        for key in ["by", "error", "reason", "retry_at", "message"] {
             if let Some(v) = d.get(key).filter(|v| !v.is_null()) {
                 let v = v
                     .as_str()

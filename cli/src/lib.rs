@@ -8,9 +8,10 @@
 //! - [`client`]: a small HTTP client for the orchestrator and the services' audit endpoints.
 //! - [`commands`]: `tandem up` and `tandem demo`.
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
+//! - [`saga`]: `tandem saga list | show | cancel | retry | resume` against a running orchestrator.
 //! - `commit` (in the binary): `tandem commit compare` (the atomic-commit protocol comparison),
-//!   `demo 2pc-blocking` (2PC's blocking case on the real processes), `resolve` (an operator's
-//!   heuristic decision).
+//!   `demo 2pc-blocking` / `demo paxos` (the protocols on the real processes), `resolve` (an
+//!   operator's heuristic decision).
 
 pub mod bench;
 pub mod client;
@@ -18,3 +19,4 @@ pub mod commands;
 pub mod demo;
 pub mod launch;
 pub mod paxos_demo;
+pub mod saga;

@@ -30,6 +30,9 @@ enum Commands {
     Bench(tandem_cli::bench::BenchArgs),
     /// The transactional key-value store: up, get, put, del, tx, bench.
     Kv(kv::KvArgs),
+    /// Operators' console: list, show, cancel, retry (now) or resume sagas of a running
+    /// orchestrator.
+    Saga(tandem_cli::saga::SagaArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Commands::Commit(a) => runtime()?.block_on(commit::run(a)),
         Commands::Bench(a) => runtime()?.block_on(tandem_cli::bench::bench(a)),
         Commands::Kv(a) => runtime()?.block_on(kv::run(a)),
+        Commands::Saga(a) => runtime()?.block_on(tandem_cli::saga::run(a)),
     }
 }

@@ -93,6 +93,10 @@ impl Signals {
 /// The rows of one kind driven by this instance: at most `max` at once, never one twice.
 pub struct Slots {
     active: Mutex<std::collections::HashSet<Uuid>>,
+    /// Rows taken over here while an older task of the same row still runs here (fenced, it
+    /// stops at its next write): how many such extra tasks each has. A row stays active until
+    /// every task of it gave its slot back.
+    extra: Mutex<std::collections::HashMap<Uuid, usize>>,
     permits: Arc<tokio::sync::Semaphore>,
     /// How many are driven here ([`crate::metrics::IN_FLIGHT`]).
     gauge: metrics::Gauge,
@@ -103,6 +107,7 @@ impl Slots {
     pub fn new(max: usize, kind: &'static str) -> Self {
         Slots {
             active: Mutex::default(),
+            extra: Mutex::default(),
             permits: Arc::new(tokio::sync::Semaphore::new(max)),
             gauge: crate::metrics::in_flight(kind),
         }
@@ -118,10 +123,39 @@ impl Slots {
         taken.then_some(permit)
     }
 
-    /// Row `id` stopped being driven here.
+    /// A slot for row `id` whose lease was just taken (new epoch) by this instance, even if an
+    /// older task drives it here: that task is fenced by the new epoch and drops the row at its
+    /// next write. None: every slot is busy.
+    pub fn take_over(&self, id: Uuid) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let mut active = self.active.lock().expect("slots lock");
+        if active.insert(id) {
+            self.gauge.increment(1);
+        } else {
+            *self
+                .extra
+                .lock()
+                .expect("slots lock")
+                .entry(id)
+                .or_default() += 1;
+        }
+        Some(permit)
+    }
+
+    /// Row `id` stopped being driven here (by one of its tasks).
     pub fn give_back(&self, id: Uuid, permit: tokio::sync::OwnedSemaphorePermit) {
-        if self.active.lock().expect("slots lock").remove(&id) {
-            self.gauge.decrement(1);
+        let mut active = self.active.lock().expect("slots lock");
+        let mut extra = self.extra.lock().expect("slots lock");
+        match extra.get_mut(&id) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                extra.remove(&id);
+            }
+            None => {
+                if active.remove(&id) {
+                    self.gauge.decrement(1);
+                }
+            }
         }
         drop(permit);
     }

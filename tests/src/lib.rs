@@ -223,3 +223,56 @@ pub async fn saga_reaches(c: &Client, id: &str, kind: &str, step: &str) -> serde
     )
     .await
 }
+
+/// A second orchestrator instance (identity `instance`) on `stack`'s database and services,
+/// in this process on an ephemeral port: another owner for the same sagas.
+pub struct OtherOrchestrator {
+    pub url: String,
+    pub client: Client,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<orchestrator::error::Result<()>>,
+}
+
+impl OtherOrchestrator {
+    pub async fn start(stack: &Stack, instance: &str) -> OtherOrchestrator {
+        let mut c = orchestrator::Config::new(
+            stack.layout.database_url("orchestrator"),
+            &stack.inventory_url,
+            &stack.payment_url,
+            &stack.shipping_url,
+        );
+        c.db_pool_size = 4;
+        c.poll_interval_ms = 100;
+        c.instance_id = Some(instance.to_string());
+        let listener = tandem_kit::http::bind(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("bound"));
+        c.listen_addr = listener.local_addr().expect("bound");
+        let app = orchestrator::build(c)
+            .await
+            .expect("the orchestrator builds");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = Client::new(
+            &url,
+            &stack.inventory_url,
+            &stack.payment_url,
+            &stack.shipping_url,
+        );
+        OtherOrchestrator {
+            url,
+            client,
+            stop,
+            task,
+        }
+    }
+
+    /// Graceful stop (its leases handed back).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("joins").expect("stops cleanly");
+    }
+}

@@ -503,6 +503,7 @@ async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
     let pay = c.payments("p1").await.unwrap();
     assert_eq!(pay.iter().filter(|p| p["kind"] == "refund").count(), 0);
     // Retry: budget reset (2 more attempts, 3 faults left → fails again), then once more.
+    // `/retry` is the older name of `/resume`.
     let retry = |c: tandem_cli::client::Client, id: String| async move {
         c.send_json(
             reqwest::Method::POST,
@@ -516,8 +517,18 @@ async fn a_compensation_out_of_budget_parks_the_saga_until_retried() {
     assert_eq!(r.status, 202, "{}", r.body);
     let s = c.settle(&id, 60).await.unwrap();
     assert_eq!(s["status"], "failed");
-    let r = retry(c.clone(), id.clone()).await;
+    let r = c.saga_action(&id, "resume", "frank").await.unwrap();
     assert_eq!(r.status, 202);
+    let resumed = r.body["events"].as_array().unwrap().iter().rev();
+    let by: Vec<&Value> = resumed
+        .filter(|e| e["kind"] == "saga_retried")
+        .map(|e| &e["detail"]["by"])
+        .collect();
+    assert_eq!(
+        by,
+        [&json!("frank"), &json!("anonymous")],
+        "who resumed, latest first"
+    );
     let s = c.settle(&id, 60).await.unwrap();
     assert_eq!(s["status"], "compensated", "{}", demo::timeline(&s));
     let pay = c.payments("p1").await.unwrap();

@@ -1,18 +1,22 @@
 //! The REST API. Every rejection is problem+json (see `tandem_kit::problem`); nothing is stored
 //! for a rejected request. Handlers parse and answer; the work is the driver's
-//! ([`crate::driver::Driver::start`], [`crate::driver::Driver::retry`]) and the registry's.
+//! ([`crate::driver::Driver::start`], [`crate::driver::Driver::act`]) and the registry's.
 //!
 //! - [`sagas`]: `POST /sagas` (optional `Idempotency-Key`; `?wait=SECONDS` answers once the new
 //!   saga is completed, compensated or failed), `GET /sagas/{id}` (`?wait=` long-polls),
-//!   `GET /sagas?status=&definition=&limit=&cursor=`, `POST /sagas/{id}/retry`;
+//!   `GET /sagas?status=&definition=&limit=&cursor=`;
+//! - [`actions`]: `POST /sagas/{id}/cancel`, `/retry-now`, `/resume` (`/retry`: its old name);
 //! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`;
 //! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`, `GET /transactions`,
 //!   `GET /transactions/{id}/decision` (participants ask "what was decided?"),
 //!   `POST /transactions/{id}/resolve` (an operator's heuristic decision);
 //! - [`paxos`]: `POST /transactions/{id}/paxos` (an acceptor's message for a Paxos Commit
 //!   leader);
+//! - [`dashboard`]: the operators' console at `/ui/` (embedded HTML/CSS/JS);
 //! - here: the router, `GET /healthz`.
 
+pub mod actions;
+mod dashboard;
 pub mod definitions;
 mod paxos;
 pub mod sagas;
@@ -49,7 +53,10 @@ pub fn router(ctx: Ctx) -> Router {
     let r = Router::new()
         .route("/sagas", post(sagas::create).get(sagas::list))
         .route("/sagas/{id}", get(sagas::get_one))
-        .route("/sagas/{id}/retry", post(sagas::retry))
+        .route("/sagas/{id}/cancel", post(actions::cancel))
+        .route("/sagas/{id}/retry-now", post(actions::retry_now))
+        .route("/sagas/{id}/resume", post(actions::resume))
+        .route("/sagas/{id}/retry", post(actions::resume))
         .route(
             "/definitions",
             post(definitions::create).get(definitions::list),
@@ -64,6 +71,11 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/transactions/{id}/resolve", post(transactions::resolve))
         .route("/transactions/{id}/paxos", post(paxos::deliver))
         .route("/healthz", get(healthz))
+        .route("/", get(dashboard::to_console))
+        .route("/ui", get(dashboard::to_console))
+        .route("/ui/", get(dashboard::index))
+        .route("/ui/app.js", get(dashboard::app_js))
+        .route("/ui/app.css", get(dashboard::app_css))
         .with_state(ctx);
     tandem_kit::http::finish_with(r, scrape)
 }

@@ -1,8 +1,8 @@
-//! `POST /sagas`, `GET /sagas/{id}`, `GET /sagas`, `POST /sagas/{id}/retry`.
+//! `POST /sagas`, `GET /sagas/{id}`, `GET /sagas` (actions on a saga: [`super::actions`]).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_kit::http::{Json, Path, Query, from_value};
@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::Ctx;
-use crate::driver::start::{Retried, StartSaga, Started, hash_json};
+use crate::driver::start::{StartSaga, Started, hash_json};
 use crate::saga::SagaStatus;
 use crate::store::{self, EventRow, SagaRow};
 use crate::text::check_str;
@@ -214,8 +214,23 @@ async fn wait_settled(
 pub(super) struct ListParams {
     status: Option<SagaStatus>,
     definition: Option<String>,
+    /// A saga id or a business key.
+    q: Option<String>,
+    /// Created at or after (RFC 3339).
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Created before (RFC 3339).
+    to: Option<chrono::DateTime<chrono::Utc>>,
     limit: Option<i64>,
     cursor: Option<Uuid>,
+}
+
+/// The smallest (`fill` 0x00) or largest (0xff) UUIDv7 of the millisecond `t`: saga ids are
+/// UUIDv7, so a creation-time range is an id range (the primary key answers it).
+pub(super) fn v7_bound(t: chrono::DateTime<chrono::Utc>, fill: u8) -> Uuid {
+    let ms = u64::try_from(t.timestamp_millis()).unwrap_or(0);
+    let mut b = [fill; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Uuid::from_bytes(b)
 }
 
 pub(super) async fn list(
@@ -223,16 +238,25 @@ pub(super) async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Json<Value>, Problem> {
     let limit = super::list_limit(p.limit)?;
-    if let Some(d) = &p.definition {
-        check_str(d, "/query/definition").map_err(|i| Problem::invalid_fields(vec![i]))?;
+    for (v, at) in [(&p.definition, "/query/definition"), (&p.q, "/query/q")] {
+        if let Some(v) = v {
+            check_str(v, at).map_err(|i| Problem::invalid_fields(vec![i]))?;
+        }
     }
-    let rows = store::list(
-        &c.pool,
-        p.status,
-        p.definition.as_deref(),
-        super::read_ahead(limit, p.cursor),
-    )
-    .await?;
+    let q = p.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    let id = q.and_then(|q| Uuid::parse_str(q).ok());
+    let filter = store::SagaFilter {
+        status: p.status,
+        definition: p.definition.as_deref(),
+        business_key: q.filter(|_| id.is_none()),
+        id,
+        from: p.from.map(|t| v7_bound(t, 0)),
+        before: [p.cursor, p.to.map(|t| v7_bound(t, 0))]
+            .into_iter()
+            .flatten()
+            .min(),
+    };
+    let rows = store::list(&c.pool, &filter, limit + 1).await?;
     Ok(Json(super::page(
         &rows,
         limit,
@@ -244,28 +268,4 @@ pub(super) async fn list(
             })
         },
     )))
-}
-
-pub(super) async fn retry(State(c): State<Ctx>, Path(id): Path<Uuid>) -> Result<Response, Problem> {
-    match c.driver.retry(id).await? {
-        Retried::Resumed => {}
-        Retried::NotFailed(status) => {
-            return Err(Problem::conflict("not-failed", "Saga is not failed")
-                .detail(format!(
-                    "saga {id} is {}; only a failed saga can be retried",
-                    status.as_str()
-                ))
-                .with("status", status.as_str()));
-        }
-        Retried::InProgress => {
-            return Err(
-                Problem::conflict("retry-in-progress", "Saga is being retried")
-                    .detail(format!("saga {id} is already being retried")),
-            );
-        }
-    }
-    let (row, events) = store::saga_with_events(&c.pool, id)
-        .await?
-        .ok_or_else(|| Problem::internal("saga vanished"))?;
-    Ok((StatusCode::ACCEPTED, Json(view_of(&row, &events))).into_response())
 }

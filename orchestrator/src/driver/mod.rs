@@ -3,7 +3,9 @@
 //! - here: [`Driver`] — the sagas driven by this instance (slots, the active set), waiters
 //!   (POST-and-wait, long polls), and its part in the background loops ([`Worker`]: claims,
 //!   renewals and wake-ups are [`crate::worker`]'s, on [`crate::lease`]);
-//! - [`start`]: the one entry point that creates a saga (`POST /sagas`) and the manual retry;
+//! - [`start`]: the one entry point that creates a saga (`POST /sagas`);
+//! - [`actions`]: operators' actions (cancel, retry-now, resume) through one path: the receiving
+//!   instance takes the lease and applies the action as an engine input;
 //! - [`run`]: the per-saga execution loop — ask the engine for the next transition, **persist
 //!   it (fenced by the lease epoch) before** performing the call it allows, perform it, feed
 //!   the outcome back. A write rejected by the fence means another instance owns the saga now:
@@ -16,6 +18,7 @@
 //! retries whose time came, orphans of dead instances), and at start-up the leases this
 //! instance identity held before a restart.
 
+pub mod actions;
 mod call;
 mod run;
 pub mod start;
@@ -33,6 +36,7 @@ use crate::store::SagaRow;
 use crate::worker::{Plumbing, Worker};
 use crate::writer::TransitionWriter;
 
+pub use actions::Acted;
 pub use start::{StartSaga, Started};
 
 pub struct Driver {

@@ -1,5 +1,5 @@
 //! The one entry point that creates a saga ([`Driver::start`]: checks, the engine's first
-//! transition, the store, then driving it), and the manual retry of a parked saga.
+//! transition, the store, then driving it).
 
 use std::sync::Arc;
 
@@ -12,9 +12,9 @@ use uuid::Uuid;
 use super::Driver;
 use super::run::Active;
 use crate::error::{Error, Result};
-use crate::lease::{Leases, Take};
+use crate::lease::Leases;
 use crate::saga::definition::canonical_json;
-use crate::saga::{Definition, Input, SagaStatus, engine};
+use crate::saga::{Definition, Input, engine};
 use crate::store::{self, Created, EventRow, NewRun, NewSaga, SagaRow};
 use crate::text::{check_json, check_str};
 
@@ -77,16 +77,6 @@ pub enum Started {
     },
     /// The business key runs a 2PC transaction (one namespace for both).
     TakenByTransaction(Uuid),
-}
-
-/// What a manual retry found.
-pub enum Retried {
-    /// The retry is applied and the saga is driven here.
-    Resumed,
-    /// Only a failed saga can be retried.
-    NotFailed(SagaStatus),
-    /// Another retry holds the saga.
-    InProgress,
 }
 
 /// Hex SHA-256 of a JSON value's canonical form.
@@ -184,40 +174,5 @@ impl Driver {
         let mut active = Active::new(row, def);
         active.traceparent = traceparent;
         self.spawn_run(active, command, permit);
-    }
-
-    /// `POST /sagas/{id}/retry`: take the parked saga's lease, apply the manual retry now (so
-    /// the answer shows its effect), then drive it in the background.
-    pub async fn retry(self: &Arc<Self>, id: Uuid) -> Result<Retried> {
-        let row = store::saga(self.work.leases.pool(), id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no saga {id}")))?;
-        if row.status != SagaStatus::Failed {
-            return Ok(Retried::NotFailed(row.status));
-        }
-        let Some(row) = self
-            .work
-            .leases
-            .take::<SagaRow>(id, Take::IfFree, "status = 'failed'")
-            .await?
-        else {
-            return Ok(Retried::InProgress);
-        };
-        let def = self
-            .registry
-            .get(&row.run.definition, &row.run.version)
-            .await?
-            .ok_or_else(|| Error::Corrupt {
-                what: "saga",
-                message: format!("saga {id} runs a definition that is not stored"),
-            })?;
-        let permit = self.work.slots.take(id).ok_or(Error::Busy(id))?;
-        let mut a = Active::new(row, def);
-        a.traceparent = tandem_kit::telemetry::current();
-        match self.step(&mut a, Input::ManualRetry).await {
-            Some(command) => self.spawn_run(a, command, permit),
-            None => self.work.finish(id, permit),
-        }
-        Ok(Retried::Resumed)
     }
 }

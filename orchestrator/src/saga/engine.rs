@@ -49,9 +49,75 @@ pub enum Input {
         attempt: u32,
         outcome: CallOutcome,
     },
-    /// `POST /sagas/{id}/retry` on a `failed` saga: reset the failed compensation's budget and
-    /// resume compensating. Any other status: no-op.
-    ManualRetry,
+    /// An operator's action (API, CLI, dashboard), applied by whoever holds the lease — the
+    /// instance that received it takes the lease first. `by` names who asked; it goes into the
+    /// event the action logs. An action [`admit`] does not answer [`Admission::Apply`] for is a
+    /// no-op transition.
+    Operator { action: Action, by: String },
+}
+
+/// What an operator can do to a saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A `running` saga: stop going forward and compensate every step whose action was sent —
+    /// the call in flight included (it may have happened) — in reverse order. Its outcome, if it
+    /// ever arrives, is stale and ignored.
+    Cancel,
+    /// A step (action or compensation) waiting for its backoff or its next poll: send it now.
+    /// The wait is cut short; the failure budget is unchanged.
+    RetryNow,
+    /// A `failed` saga: reset the failed compensation's budget and resume compensating.
+    Resume,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Cancel, Action::RetryNow, Action::Resume];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Cancel => "cancel",
+            Action::RetryNow => "retry_now",
+            Action::Resume => "resume",
+        }
+    }
+}
+
+/// Whether an operator's action applies to a saga in `state` at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The action changes the saga (and logs an event).
+    Apply,
+    /// Already done: a cancel of a saga that is compensating (idempotent; no event).
+    AlreadyDone,
+    /// Not possible in this state (the API answers 409).
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Completed or compensated (or, for cancel and retry-now, failed: parked).
+    Settled(SagaStatus),
+    /// Resume of a saga that is not failed.
+    NotFailed(SagaStatus),
+    /// Retry-now while nothing waits: a call is in flight or due now.
+    NotWaiting,
+}
+
+/// Whether `action` applies to `state` at `now` (pure; [`transition`] applies exactly the
+/// actions admitted here).
+pub fn admit(state: &SagaState, action: Action, now: DateTime<Utc>) -> Admission {
+    let status = state.status;
+    match action {
+        Action::Resume if status == SagaStatus::Failed => Admission::Apply,
+        Action::Resume => Admission::Refused(Refusal::NotFailed(status)),
+        _ if status.is_settled() => Admission::Refused(Refusal::Settled(status)),
+        Action::Cancel if status == SagaStatus::Running => Admission::Apply,
+        Action::Cancel => Admission::AlreadyDone,
+        Action::RetryNow => match (state.in_flight, state.next_attempt_at) {
+            (None, Some(at)) if now < at => Admission::Apply,
+            _ => Admission::Refused(Refusal::NotWaiting),
+        },
+    }
 }
 
 /// A rendered request the driver sends.
@@ -81,7 +147,7 @@ pub enum Command {
     Stop,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     SagaStarted,
@@ -99,7 +165,12 @@ pub enum EventKind {
     SagaCompleted,
     SagaCompensated,
     SagaFailed,
+    /// A `failed` saga resumed by an operator (`by`).
     SagaRetried,
+    /// A running saga cancelled by an operator (`by`): compensating from now on.
+    SagaCancelled,
+    /// A waiting step sent now at an operator's request (`by`), before its retry time.
+    StepRetriedNow,
 }
 
 /// One entry of the saga's event log (the store adds sequence number and timestamp).
@@ -430,15 +501,15 @@ impl Run<'_> {
         }
         self.event(EventKind::StepFailed, Some(step), detail);
         let reason = format!("step `{}` failed: {error}", self.name(step));
-        self.begin_compensation(step, reason)
+        self.begin_compensation(Some(step), reason)
     }
 
-    fn begin_compensation(&mut self, step: usize, reason: String) -> Command {
+    fn begin_compensation(&mut self, step: Option<usize>, reason: String) -> Command {
         self.state.status = SagaStatus::Compensating;
         self.state.reason = Some(reason.clone());
         self.event(
             EventKind::SagaCompensating,
-            Some(step),
+            step,
             json!({ "reason": reason }),
         );
         for s in &mut self.state.steps {
@@ -668,6 +739,75 @@ impl Run<'_> {
         self.send(step, phase, Some(why))
     }
 
+    /// An admitted operator's action (see [`admit`]).
+    fn operator(&mut self, action: Action, by: &str) -> Command {
+        match action {
+            Action::Cancel => {
+                let at = self.state.in_flight.map(|(step, _, _)| step);
+                let sent: Vec<&str> = self
+                    .state
+                    .steps
+                    .iter()
+                    .filter(|s| s.attempts > 0)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                let detail =
+                    json!({ "by": by, "in_flight": at.map(|i| self.name(i)), "sent": sent });
+                let step = at.or_else(|| self.waiting_step());
+                self.event(EventKind::SagaCancelled, step, detail);
+                // The call in flight may have happened: it counts as sent (attempts > 0) and is
+                // compensated; its outcome, if it ever comes, is stale. A step sent but not
+                // succeeded (in flight, waiting to retry, polled) ends failed, like a step
+                // that gave up.
+                self.state.in_flight = None;
+                let reason = format!("cancelled by {by}");
+                for s in &mut self.state.steps {
+                    s.polling = false;
+                    if s.status == StepStatus::Running {
+                        s.status = StepStatus::Failed;
+                        s.last_error = Some(reason.clone());
+                    }
+                }
+                self.begin_compensation(step, reason)
+            }
+            Action::RetryNow => {
+                let step = self.waiting_step();
+                let detail = json!({ "by": by, "was_due_at": self.state.next_attempt_at });
+                self.event(EventKind::StepRetriedNow, step, detail);
+                self.advance()
+            }
+            Action::Resume => {
+                let reason = self.state.reason.clone();
+                self.state.status = SagaStatus::Compensating;
+                let step = next_compensation(self.def, &self.state);
+                if let Some(i) = step {
+                    let s = &mut self.state.steps[i];
+                    s.compensation_failures = 0;
+                    s.first_sent_at = None;
+                    s.polling = false;
+                }
+                self.event(
+                    EventKind::SagaRetried,
+                    step,
+                    json!({ "by": by, "reason": reason }),
+                );
+                self.advance()
+            }
+        }
+    }
+
+    /// The step a waiting saga will send next.
+    fn waiting_step(&self) -> Option<usize> {
+        match self.state.status {
+            SagaStatus::Compensating => next_compensation(self.def, &self.state),
+            _ => self
+                .state
+                .steps
+                .iter()
+                .position(|s| s.status != StepStatus::Succeeded),
+        }
+    }
+
     fn is_fresh(&self) -> bool {
         self.state.status == SagaStatus::Running
             && self.state.in_flight.is_none()
@@ -693,7 +833,8 @@ impl Run<'_> {
 /// the deadline; 429/503 honour `Retry-After` (capped); anything else → exponential backoff with
 /// jitter up to `max_attempts`, then compensate. Compensation runs in reverse order over exactly
 /// the steps whose action was sent; a compensation that exhausts `compensation_max_attempts`
-/// parks the saga as `failed` until [`Input::ManualRetry`].
+/// parks the saga as `failed` until an operator resumes it ([`Input::Operator`] with
+/// [`Action::Resume`]). Operators' actions apply only where [`admit`] says so.
 pub fn transition(
     def: &Definition,
     saga_id: &str,
@@ -720,28 +861,18 @@ pub fn transition(
         state: state.clone(),
         events: Vec::new(),
     };
-    let parked = state.status == SagaStatus::Failed;
-    let command = match input_event {
-        Input::ManualRetry if parked => {
-            let Some(step) = next_compensation(def, state) else {
-                run.state.status = SagaStatus::Compensating;
-                let command = run.advance();
-                return run.finish(command);
-            };
-            let s = &mut run.state.steps[step];
-            s.compensation_failures = 0;
-            s.first_sent_at = None;
-            s.polling = false;
-            run.state.status = SagaStatus::Compensating;
-            run.event(
-                EventKind::SagaRetried,
-                Some(step),
-                json!({ "reason": state.reason }),
-            );
-            run.advance()
+    if let Input::Operator { action, by } = input_event {
+        if admit(state, action, now) != Admission::Apply {
+            return noop();
         }
-        _ if parked => return noop(),
-        Input::ManualRetry => return noop(),
+        let command = run.operator(action, &by);
+        return run.finish(command);
+    }
+    if state.status == SagaStatus::Failed {
+        return noop();
+    }
+    let command = match input_event {
+        Input::Operator { .. } => return noop(),
         Input::Start if run.is_fresh() => run.start(),
         Input::Start => return noop(),
         Input::Wake => match (state.in_flight, state.next_attempt_at) {

@@ -8,6 +8,8 @@
 //!   `transition(def, saga_id, input, state, event, now, rand) -> Transition`.
 //! - [`classify`]: the step result protocol — a call's status, `Retry-After` and body to a
 //!   [`engine::CallOutcome`] (an answer Postgres cannot store is a failed call).
+//! - [`engine::admit`] / [`engine::Input::Operator`]: operators' actions (cancel, retry-now,
+//!   resume) — inputs like any other, applied by the lease holder.
 //! - `tests`: unit tests per rule and property tests (a simulator answering every call at random).
 //!
 //! The driver (`crate::driver`) persists every [`engine::Transition`] **before** it performs the
@@ -24,8 +26,9 @@ pub use definition::{
     Backoff, CallSpec, Definition, DefinitionError, FieldError, Policy, StepDef, render,
 };
 pub use engine::{
-    CallOutcome, Command, EventKind, EventRecord, Input, Request, Transition, backoff_delay,
-    context, implied_command, initial_state, next_compensation, transition,
+    Action, Admission, CallOutcome, Command, EventKind, EventRecord, Input, Refusal, Request,
+    Transition, admit, backoff_delay, context, implied_command, initial_state, next_compensation,
+    transition,
 };
 pub use state::{Phase, SagaState, SagaStatus, StepState, StepStatus};
 

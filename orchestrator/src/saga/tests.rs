@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::definition::{Definition, DefinitionError, FieldError, canonical_json, render};
 use super::engine::{
-    CallOutcome, Command, EventKind, EventRecord, Input, Request, backoff_delay, initial_state,
-    transition,
+    Action, Admission, CallOutcome, Command, EventKind, EventRecord, Input, Refusal, Request,
+    admit, backoff_delay, initial_state, transition,
 };
 use super::state::{Phase, SagaState, SagaStatus, StepStatus};
 
@@ -60,6 +60,14 @@ fn abc() -> Definition {
         ]
     }))
     .unwrap()
+}
+
+/// An operator's action by `ops`.
+fn op(action: Action) -> Input {
+    Input::Operator {
+        action,
+        by: "ops".to_string(),
+    }
 }
 
 fn ok(body: Value) -> CallOutcome {
@@ -1212,7 +1220,7 @@ fn compensation_409_is_retried_and_exhaustion_parks_the_saga() {
         phase: Phase::Compensation,
         attempt: 3,
         ..
-    } = sim.apply(Input::ManualRetry)
+    } = sim.apply(op(Action::Resume))
     else {
         panic!()
     };
@@ -1264,10 +1272,204 @@ fn manual_retry_elsewhere_is_a_noop() {
     let mut sim = Sim::started(&def, json!({"k": 1}));
     let before = sim.state.clone();
     assert!(matches!(
-        sim.apply(Input::ManualRetry),
+        sim.apply(op(Action::Resume)),
         Command::Call { attempt: 1, .. }
     ));
     assert_eq!(sim.state, before);
+}
+
+#[test]
+fn cancel_with_a_call_in_flight_compensates_it_then_the_earlier_steps() {
+    let def = checkout();
+    let mut sim = Sim::started(&def, checkout_input());
+    sim.answer(ok(json!({"reservation_id": "r-1"})));
+    // charge_payment is in flight.
+    let Command::Call {
+        step: 1,
+        attempt: 1,
+        ..
+    } = sim.command.clone()
+    else {
+        panic!("{:?}", sim.command)
+    };
+    assert_eq!(admit(&sim.state, Action::Cancel, sim.now), Admission::Apply);
+    let Command::Call {
+        step: 1,
+        phase: Phase::Compensation,
+        attempt: 1,
+        ..
+    } = sim.apply(op(Action::Cancel))
+    else {
+        panic!(
+            "the in-flight charge is compensated first: {:?}",
+            sim.command
+        )
+    };
+    assert_eq!(sim.state.status, SagaStatus::Compensating);
+    assert_eq!(sim.state.reason.as_deref(), Some("cancelled by ops"));
+    assert_eq!(sim.state.steps[2].status, StepStatus::Skipped);
+    let cancelled = sim
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::SagaCancelled)
+        .unwrap();
+    assert_eq!(cancelled.step.as_deref(), Some("charge_payment"));
+    assert_eq!(cancelled.detail["by"], "ops");
+    assert_eq!(cancelled.detail["in_flight"], "charge_payment");
+    // The charge's answer arrives late: stale, ignored.
+    let before = sim.state.clone();
+    sim.apply(Input::Result {
+        step: 1,
+        phase: Phase::Action,
+        attempt: 1,
+        outcome: ok(json!({"payment_id": "p-1"})),
+    });
+    assert_eq!(sim.state, before);
+    sim.answer(ok(json!({})));
+    sim.answer(ok(json!({})));
+    assert_eq!(sim.state.status, SagaStatus::Compensated);
+    let mut order = sim.call_steps(Phase::Compensation);
+    order.dedup(); // the stale answer's no-op repeats the call in flight
+    assert_eq!(order, [1, 0]);
+    // Settled: a second cancel is refused.
+    assert_eq!(
+        admit(&sim.state, Action::Cancel, sim.now),
+        Admission::Refused(Refusal::Settled(SagaStatus::Compensated))
+    );
+}
+
+#[test]
+fn cancel_while_a_step_waits_for_its_retry_compensates_it() {
+    let def = abc();
+    let mut sim = Sim::started(&def, json!({"k": 1}));
+    sim.answer(ok(json!({"id": 1})));
+    sim.answer(ok(json!({})));
+    // c fails once and waits 100 ms.
+    assert!(matches!(sim.answer(err500()), Command::WaitUntil(_)));
+    let Command::Call {
+        step: 2,
+        phase: Phase::Compensation,
+        ..
+    } = sim.apply(op(Action::Cancel))
+    else {
+        panic!("{:?}", sim.command)
+    };
+    assert_eq!(sim.state.steps[2].status, StepStatus::Compensating);
+    assert_eq!(sim.state.next_attempt_at, None);
+    sim.answer(ok(json!({})));
+    // b has no compensation: a's is next, in reverse order.
+    sim.answer(ok(json!({})));
+    assert_eq!(sim.call_steps(Phase::Compensation), [2, 0]);
+    assert_eq!(sim.state.status, SagaStatus::Compensated);
+}
+
+/// A saga of `abc` parked as failed: a's action refused, its compensation out of budget (2).
+fn parked(def: &Definition) -> Sim<'_> {
+    let mut sim = Sim::started(def, json!({"k": 1}));
+    sim.answer(conflict());
+    sim.answer(err500());
+    sim.wake_when_due();
+    sim.answer(err500());
+    assert_eq!(sim.state.status, SagaStatus::Failed);
+    sim
+}
+
+#[test]
+fn cancel_is_idempotent_and_refused_once_settled() {
+    let def = abc();
+    let mut sim = Sim::started(&def, json!({"k": 1}));
+    sim.apply(op(Action::Cancel));
+    let (state, n) = (sim.state.clone(), sim.events.len());
+    assert_eq!(
+        admit(&sim.state, Action::Cancel, sim.now),
+        Admission::AlreadyDone
+    );
+    sim.apply(op(Action::Cancel));
+    assert_eq!(
+        (&sim.state, sim.events.len()),
+        (&state, n),
+        "a second cancel changes nothing"
+    );
+    // A failed (parked) saga cannot be cancelled, only resumed.
+    let parked = parked(&def);
+    assert_eq!(
+        admit(&parked.state, Action::Cancel, parked.now),
+        Admission::Refused(Refusal::Settled(SagaStatus::Failed))
+    );
+    assert_eq!(
+        admit(&sim.state, Action::Resume, sim.now),
+        Admission::Refused(Refusal::NotFailed(SagaStatus::Compensating))
+    );
+}
+
+#[test]
+fn retry_now_sends_a_waiting_step_at_once_with_the_same_budget() {
+    let def = abc(); // backoff 100 ms
+    let mut sim = Sim::started(&def, json!({"k": 1}));
+    assert_eq!(
+        admit(&sim.state, Action::RetryNow, sim.now),
+        Admission::Refused(Refusal::NotWaiting),
+        "a call in flight is not waiting"
+    );
+    let Command::WaitUntil(at) = sim.answer(err500()) else {
+        panic!()
+    };
+    assert!(at > sim.now);
+    let Command::Call {
+        step: 0,
+        phase: Phase::Action,
+        attempt: 2,
+        ..
+    } = sim.apply(op(Action::RetryNow))
+    else {
+        panic!("{:?}", sim.command)
+    };
+    assert_eq!(sim.state.steps[0].failures, 1, "the budget is unchanged");
+    let e = sim.events.iter().rev().nth(1).unwrap();
+    assert_eq!(
+        (e.kind, e.step.as_deref()),
+        (EventKind::StepRetriedNow, Some("a"))
+    );
+    assert_eq!(e.detail["by"], "ops");
+    // Once the wait is over there is nothing to cut short.
+    sim.answer(err500());
+    let Command::WaitUntil(at) = sim.command.clone() else {
+        panic!()
+    };
+    sim.now = at;
+    assert_eq!(
+        admit(&sim.state, Action::RetryNow, sim.now),
+        Admission::Refused(Refusal::NotWaiting)
+    );
+    // A compensation waiting for its retry can be retried now too.
+    sim.apply(Input::Wake);
+    sim.answer(conflict());
+    assert!(matches!(sim.answer(err500()), Command::WaitUntil(_)));
+    assert!(matches!(
+        sim.apply(op(Action::RetryNow)),
+        Command::Call {
+            step: 0,
+            phase: Phase::Compensation,
+            attempt: 2,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn resume_logs_who_resumed() {
+    let def = abc();
+    let mut sim = parked(&def);
+    assert_eq!(admit(&sim.state, Action::Resume, sim.now), Admission::Apply);
+    sim.apply(op(Action::Resume));
+    let e = sim.events.iter().rev().nth(1).unwrap();
+    assert_eq!(
+        (e.kind, e.step.as_deref()),
+        (EventKind::SagaRetried, Some("a"))
+    );
+    assert_eq!(e.detail["by"], "ops");
+    sim.answer(ok(json!({})));
+    assert_eq!(sim.state.status, SagaStatus::Compensated);
 }
 
 #[test]
@@ -1283,7 +1485,7 @@ fn terminal_states_ignore_everything() {
     for input in [
         Input::Start,
         Input::Wake,
-        Input::ManualRetry,
+        op(Action::Resume),
         Input::Result {
             step: 2,
             phase: Phase::Action,
@@ -1401,11 +1603,40 @@ struct Run {
     /// Every scheduled delay (ms) with its kind.
     delays: Vec<(EventKind, u64)>,
     final_state: SagaState,
+    /// The kinds of event logged.
+    kinds: BTreeSet<EventKind>,
 }
 
 const MAX_TRANSITIONS: usize = 5_000;
 
-fn simulate(def: &Definition, choices: &[u8], rands: &[u64], manual_retries: usize) -> Run {
+/// Apply an operator's action: exactly what [`admit`] allows changes the saga, and only then is
+/// an event logged (naming who); anything else is a no-op.
+fn operator(sim: &mut Sim, action: Action) {
+    let before = sim.state.clone();
+    let n = sim.events.len();
+    let admitted = admit(&sim.state, action, sim.now);
+    sim.apply(op(action));
+    if admitted == Admission::Apply {
+        assert_ne!(sim.state, before, "{action:?} applied");
+        assert_eq!(sim.events[n].detail["by"], "ops");
+    } else {
+        assert_eq!(
+            (&sim.state, sim.events.len()),
+            (&before, n),
+            "{action:?} refused"
+        );
+    }
+}
+
+/// Drive a saga of `def` to its end, answering as `choices` say; `manual_retries` resumes of a
+/// parked saga; `operators`: now and then an operator cancels or retries now, at any point.
+fn simulate(
+    def: &Definition,
+    choices: &[u8],
+    rands: &[u64],
+    manual_retries: usize,
+    operators: bool,
+) -> Run {
     let mut sim = Sim::new(def, json!({"k": "v"}));
     let mut retries_left = manual_retries;
     let mut i = 0usize;
@@ -1434,12 +1665,35 @@ fn simulate(def: &Definition, choices: &[u8], rands: &[u64], manual_retries: usi
                 ..
             } => {
                 let c = next(&mut sim);
+                if operators && c % 13 == 4 {
+                    // An operator cancels (or retries) while the call is in flight.
+                    operator(
+                        &mut sim,
+                        if c % 2 == 0 {
+                            Action::Cancel
+                        } else {
+                            Action::RetryNow
+                        },
+                    );
+                    continue;
+                }
                 if answer_call(&mut sim, step, phase, attempt, c) {
                     compensated.push(step);
                 }
             }
             Command::WaitUntil(at) => {
                 let c = next(&mut sim);
+                if operators && c % 13 == 5 {
+                    operator(
+                        &mut sim,
+                        if c % 2 == 0 {
+                            Action::Cancel
+                        } else {
+                            Action::RetryNow
+                        },
+                    );
+                    continue;
+                }
                 if c % 5 == 0 && sim.now < at {
                     // An early wake changes nothing.
                     let before = sim.state.clone();
@@ -1452,7 +1706,7 @@ fn simulate(def: &Definition, choices: &[u8], rands: &[u64], manual_retries: usi
             Command::Stop if sim.state.status == SagaStatus::Failed && retries_left > 0 => {
                 retries_left -= 1;
                 sim.now += ms(60_000);
-                sim.apply(Input::ManualRetry);
+                sim.apply(op(Action::Resume));
             }
             Command::Stop => break,
         }
@@ -1515,6 +1769,7 @@ impl Run {
             compensated,
             comp_calls: sim.call_steps(Phase::Compensation),
             delays,
+            kinds: sim.events.iter().map(|e| e.kind).collect(),
             final_state: sim.state,
         }
     }
@@ -1537,10 +1792,27 @@ fn simulator_reaches_every_ending() {
         let choices: Vec<u8> = (0..64).map(|_| (lcg() >> 56) as u8).collect();
         let rands: Vec<u64> = (0..8).map(|_| lcg()).collect();
         let retries = (lcg() % 3) as usize;
-        let run = simulate(&def, &choices, &rands, retries);
+        let run = simulate(&def, &choices, &rands, retries, (lcg() >> 33) % 2 == 0);
         *seen.entry(run.status.as_str()).or_insert(0) += 1;
+        for kind in [EventKind::SagaCancelled, EventKind::StepRetriedNow] {
+            if run.kinds.contains(&kind) {
+                *seen
+                    .entry(if kind == EventKind::SagaCancelled {
+                        "cancelled"
+                    } else {
+                        "retried now"
+                    })
+                    .or_insert(0) += 1;
+            }
+        }
     }
-    for status in ["completed", "compensated", "failed"] {
+    for status in [
+        "completed",
+        "compensated",
+        "failed",
+        "cancelled",
+        "retried now",
+    ] {
         assert!(seen.get(status).copied().unwrap_or(0) > 0, "{seen:?}");
     }
 }
@@ -1548,6 +1820,8 @@ fn simulator_reaches_every_ending() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// With `operators`, cancels and retry-nows arrive at random points (a call in flight, a
+    /// wait), and everything below still holds.
     /// (1) Any sequence of outcomes ends in completed, compensated or failed, in bounded steps;
     /// (2) the compensations are exactly the sent steps that have one, in reverse order, each at
     /// most once; (3) completed ⇒ every action succeeded and nothing was compensated;
@@ -1559,8 +1833,9 @@ proptest! {
         choices in prop::collection::vec(any::<u8>(), 1..200),
         rands in prop::collection::vec(any::<u64>(), 1..20),
         manual_retries in 0usize..3,
+        operators in any::<bool>(),
     ) {
-        let run = simulate(&def, &choices, &rands, manual_retries);
+        let run = simulate(&def, &choices, &rands, manual_retries, operators);
         prop_assert!(run.transitions < MAX_TRANSITIONS);
         prop_assert!(matches!(run.status, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed));
 

@@ -222,6 +222,21 @@ pub(crate) async fn one_by_id<T>(
     row.as_ref().map(decode).transpose()
 }
 
+/// What `GET /sagas` filters on (every field optional).
+#[derive(Debug, Default, Clone)]
+pub struct SagaFilter<'a> {
+    pub status: Option<SagaStatus>,
+    pub definition: Option<&'a str>,
+    /// Exactly this business key (index `sagas_business_key_search`).
+    pub business_key: Option<&'a str>,
+    /// Exactly this saga.
+    pub id: Option<Uuid>,
+    /// Ids (UUIDv7, so creation times) at or after this one …
+    pub from: Option<Uuid>,
+    /// … and before this one (a page's cursor, or the end of a time range).
+    pub before: Option<Uuid>,
+}
+
 /// One page of a newest-first list of runs (by id, a UUIDv7: creation order).
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
@@ -230,23 +245,29 @@ pub struct Page {
     pub limit: i64,
 }
 
-/// Sagas, newest first.
+/// Sagas newest first (by id: UUIDv7 ids sort by creation time), at most `limit`.
 pub async fn list(
     pool: &PgPool,
-    status: Option<SagaStatus>,
-    definition: Option<&str>,
-    page: Page,
+    f: &SagaFilter<'_>,
+    limit: i64,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
     let q = sqlx::query(concat!(
         "SELECT ",
         saga_columns!(),
         " FROM sagas \
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR definition = $2) \
-           AND ($3::uuid IS NULL OR id < $3) \
+           AND ($3::uuid IS NULL OR id < $3) AND ($5::uuid IS NULL OR id >= $5) \
+           AND ($6::text IS NULL OR business_key = $6) AND ($7::uuid IS NULL OR id = $7) \
          ORDER BY id DESC LIMIT $4"
-    ));
-    let q = q.bind(status.map(|s| s.as_str())).bind(definition);
-    read_rows(pool, q.bind(page.before).bind(page.limit)).await
+    ))
+    .bind(f.status.map(|s| s.as_str()))
+    .bind(f.definition)
+    .bind(f.before)
+    .bind(limit)
+    .bind(f.from)
+    .bind(f.business_key)
+    .bind(f.id);
+    read_rows(pool, q).await
 }
 
 /// Drop client idempotency keys older than the retention.
