@@ -273,7 +273,7 @@ pub(crate) async fn commit(app: &App, req: &BranchRequest) -> Result<Json<Value>
     let id = req.id();
     // Looked at before the core is rebuilt: rebuilding an unknown or unprepared branch decides
     // abort, which a commit must not write.
-    match seen_now(&app, id).await? {
+    match seen_now(app, id).await? {
         Seen::Unknown => return Err(unknown(id)),
         Seen::Preparing => {
             return Err(
