@@ -1609,6 +1609,20 @@ struct Run {
 
 const MAX_TRANSITIONS: usize = 5_000;
 
+/// With choice `c`, one time in 13 (at `slot`), an operator cancels or retries now; true if so.
+fn operator_acts(sim: &mut Sim, c: u8, slot: u8) -> bool {
+    if c % 13 != slot {
+        return false;
+    }
+    let action = if c % 2 == 0 {
+        Action::Cancel
+    } else {
+        Action::RetryNow
+    };
+    operator(sim, action);
+    true
+}
+
 /// Apply an operator's action: exactly what [`admit`] allows changes the saga, and only then is
 /// an event logged (naming who); anything else is a no-op.
 fn operator(sim: &mut Sim, action: Action) {
@@ -1665,16 +1679,8 @@ fn simulate(
                 ..
             } => {
                 let c = next(&mut sim);
-                if operators && c % 13 == 4 {
-                    // An operator cancels (or retries) while the call is in flight.
-                    operator(
-                        &mut sim,
-                        if c % 2 == 0 {
-                            Action::Cancel
-                        } else {
-                            Action::RetryNow
-                        },
-                    );
+                // An operator cancels (or retries) while the call is in flight.
+                if operators && operator_acts(&mut sim, c, 4) {
                     continue;
                 }
                 if answer_call(&mut sim, step, phase, attempt, c) {
@@ -1683,15 +1689,7 @@ fn simulate(
             }
             Command::WaitUntil(at) => {
                 let c = next(&mut sim);
-                if operators && c % 13 == 5 {
-                    operator(
-                        &mut sim,
-                        if c % 2 == 0 {
-                            Action::Cancel
-                        } else {
-                            Action::RetryNow
-                        },
-                    );
+                if operators && operator_acts(&mut sim, c, 5) {
                     continue;
                 }
                 if c % 5 == 0 && sim.now < at {
