@@ -1614,7 +1614,7 @@ fn operator_acts(sim: &mut Sim, c: u8, slot: u8) -> bool {
     if c % 13 != slot {
         return false;
     }
-    let action = if c % 2 == 0 {
+    let action = if c.is_multiple_of(2) {
         Action::Cancel
     } else {
         Action::RetryNow
