@@ -402,6 +402,20 @@ fn address_problems(services: &[(Service, Accepts)]) -> Vec<String> {
             .iter()
             .filter(|(n, _)| n.ends_with("_URL") && *n != "DATABASE_URL")
         {
+            if let Some(host_port) = url.strip_prefix("nats://") {
+                // Not a Tandem service: the NATS server of compose, on its client port.
+                let (host, p) = host_port.rsplit_once(':').unwrap_or((host_port, ""));
+                let is_nats = load_compose()
+                    .iter()
+                    .any(|c| c.name == host && c.image.starts_with("nats:"));
+                if !is_nats || p != "4222" {
+                    problems.push(format!(
+                        "{}: {name}={url} is not compose's NATS service on port 4222",
+                        s.name
+                    ));
+                }
+                continue;
+            }
             let host_port = url.trim_start_matches("http://").trim_end_matches('/');
             let (host, p) = host_port.rsplit_once(':').unwrap_or((host_port, ""));
             if port_of(host) != Some(p) {
