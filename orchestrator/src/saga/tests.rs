@@ -1609,6 +1609,16 @@ struct Run {
 
 const MAX_TRANSITIONS: usize = 5_000;
 
+/// Found by the property test: one repeated choice (173: 173 % 13 == 4, odd) made the operator
+/// ask for retry-now on every turn while the call was in flight; each refused, the saga never
+/// moved and the simulation never ended.
+#[test]
+fn a_refused_operator_action_does_not_stall_the_simulation() {
+    let def = abc();
+    let run = simulate(&def, &[173], &[0], 0, true);
+    assert!(run.final_state.status.is_settled(), "{:?}", run.final_state);
+}
+
 /// With choice `c`, one time in 13 (at `slot`), an operator cancels or retries now; true if so.
 fn operator_acts(sim: &mut Sim, c: u8, slot: u8) -> bool {
     if c % 13 != slot {
@@ -1661,6 +1671,8 @@ fn simulate(
         c
     };
     let mut compensated = Vec::new();
+    // Whether the operator acted on the previous turn.
+    let mut acted = false;
     sim.apply(Input::Start);
     loop {
         assert!(
@@ -1679,19 +1691,24 @@ fn simulate(
                 ..
             } => {
                 let c = next(&mut sim);
-                // An operator cancels (or retries) while the call is in flight.
-                if operators && operator_acts(&mut sim, c, 4) {
+                // An operator cancels (or retries) while the call is in flight — never twice
+                // in a row: with one repeated choice, a refused retry-now would loop forever.
+                if operators && !acted && operator_acts(&mut sim, c, 4) {
+                    acted = true;
                     continue;
                 }
+                acted = false;
                 if answer_call(&mut sim, step, phase, attempt, c) {
                     compensated.push(step);
                 }
             }
             Command::WaitUntil(at) => {
                 let c = next(&mut sim);
-                if operators && operator_acts(&mut sim, c, 5) {
+                if operators && !acted && operator_acts(&mut sim, c, 5) {
+                    acted = true;
                     continue;
                 }
+                acted = false;
                 if c % 5 == 0 && sim.now < at {
                     // An early wake changes nothing.
                     let before = sim.state.clone();
