@@ -373,6 +373,35 @@ async fn concurrent_duplicate_prepares_and_commits_make_one_effect() {
     assert_eq!(svc.list("/reservations", "o-1").await.len(), 1);
 }
 
+/// Concurrent commits of one prepared branch, many times over: each answers `committed` or a
+/// 503 to resend, never `already-aborted`. (A `seen` read that straddled another request's
+/// `COMMIT PREPARED` once saw the branch as neither prepared nor committed, and the duplicate
+/// commit refused as if the branch had aborted: see `branch::seen`.) A race test: it can only
+/// fail when the window is hit, which the repetitions make likely when the bug is back.
+#[tokio::test]
+async fn concurrent_commits_never_see_a_committed_branch_as_aborted() {
+    const TXNS: usize = 25;
+    let Some((svc, _cleanup)) = spawn_with_a(TXNS as i64).await else {
+        return;
+    };
+    let busy =
+        |s: StatusCode, b: &Value| s == StatusCode::SERVICE_UNAVAILABLE && b["status"] == 503;
+    for i in 0..TXNS {
+        let txn = Uuid::now_v7();
+        let order = format!("o-{i}");
+        ok_with(prepare(&svc, txn, &order, "a", 1).await, "vote", "yes");
+        let commits = futures::future::join_all((0..6).map(|_| decide(&svc, "commit", txn))).await;
+        for (s, b) in &commits {
+            assert!(
+                busy(*s, b) || (*s == StatusCode::OK && b["state"] == "committed"),
+                "transaction {i}: {s} {b}"
+            );
+        }
+        ok_with(decide(&svc, "commit", txn).await, "state", "committed");
+    }
+    assert_eq!(stock(&svc, "a").await, (0, TXNS as i64));
+}
+
 /// When `PREPARE TRANSACTION` itself fails (a full prepared-transaction table, or — the case
 /// this test can make — a gid already in use on another database of the server), the forced
 /// write did not happen: the branch votes NO with a `cannot-prepare` reason, its work is rolled

@@ -271,9 +271,12 @@ async fn max_prepared_transactions(app: &App) -> Result<i64, Problem> {
 
 pub(crate) async fn commit(app: &App, req: &BranchRequest) -> Result<Json<Value>, Problem> {
     let id = req.id();
-    // Looked at before the core is rebuilt: rebuilding an unknown or unprepared branch decides
-    // abort, which a commit must not write.
-    match seen_now(app, id).await? {
+    // Looked at before the core is rebuilt, and the core is rebuilt from this one reading:
+    // rebuilding an unknown or unprepared branch decides abort, which a commit must never
+    // write. (A second reading could differ from the first; a stale `Prepared` is harmless:
+    // `finish_prepared` finds the branch committed by a concurrent duplicate.)
+    let seen = seen_now(app, id).await?;
+    match seen {
         Seen::Unknown => return Err(unknown(id)),
         Seen::Preparing => {
             return Err(
@@ -285,7 +288,7 @@ pub(crate) async fn commit(app: &App, req: &BranchRequest) -> Result<Json<Value>
         _ => {}
     }
     let mut driver = Driver::new(app, id);
-    driver.restart().await?;
+    driver.rebuild(&seen).await?;
     driver.receive(Msg::Outcome(Outcome::Commit)).await?;
     match driver.core.state {
         PartState::Committed => Ok(Json(
@@ -395,19 +398,25 @@ impl<'a> Driver<'a> {
     /// A `Query` it sends is answered by the request at hand (it carries the outcome).
     async fn restart(&mut self) -> Result<Seen, Problem> {
         let seen = seen_now(self.app, self.id).await?;
-        let log: &[Record] = match &seen {
+        self.rebuild(&seen).await?;
+        Ok(seen)
+    }
+
+    /// Rebuild the core from `seen` (a reading the caller has already judged) and execute its
+    /// recovery actions: from `Unknown` or `Preparing` that is a unilateral abort.
+    async fn rebuild(&mut self, seen: &Seen) -> Result<(), Problem> {
+        let log: &[Record] = match seen {
             Seen::Unknown | Seen::Preparing => &[],
             Seen::Prepared => &[Record::Prepared],
             Seen::Committed => &[Record::Prepared, Record::Committed],
             Seen::Aborted { .. } => &[Record::Aborted],
         };
-        if let Seen::Aborted { reason } = &seen {
+        if let Seen::Aborted { reason } = seen {
             self.reason.clone_from(reason);
         }
         let (core, actions) = Participant::recover(core_id(self.id), log);
         self.core = core;
-        self.execute(actions).await?;
-        Ok(seen)
+        self.execute(actions).await
     }
 
     async fn receive(&mut self, msg: Msg) -> Result<(), Problem> {
@@ -422,9 +431,15 @@ impl<'a> Driver<'a> {
     async fn prepare(&mut self, accepted: Accepted) -> Result<(), Problem> {
         let vote = match self.run_effect(accepted).await? {
             Some(vote) => vote,
-            // Not this request's to prepare: answer from the branch's state.
+            // Not this request's to prepare: answer from the branch's state. A duplicate never
+            // decides for a branch still `preparing`: that is the request running its effect
+            // (or, after a crash, start-up recovery's), so it is told to resend.
             None => {
-                self.restart().await?;
+                let seen = seen_now(self.app, self.id).await?;
+                if seen == Seen::Preparing {
+                    return Err(still_running(self.id));
+                }
+                self.rebuild(&seen).await?;
                 return self.receive(Msg::Prepare).await;
             }
         };
@@ -458,16 +473,16 @@ impl<'a> Driver<'a> {
             Err(e) => {
                 work.rollback().await?;
                 let busy = Problem::from(e);
-                let seen = seen_now(self.app, self.id).await?;
-                return if busy.status == StatusCode::SERVICE_UNAVAILABLE && seen != Seen::Prepared {
-                    Err(busy.detail(format!(
-                        "the prepare of branch {} is still running; resend it",
-                        self.id
-                    )))
-                } else if seen == Seen::Prepared {
-                    Ok(None)
-                } else {
-                    Err(busy)
+                // Another request holds the row: it is preparing the branch, or finished it.
+                return match seen_now(self.app, self.id).await? {
+                    Seen::Prepared | Seen::Committed | Seen::Aborted { .. } => Ok(None),
+                    _ if busy.status == StatusCode::SERVICE_UNAVAILABLE => {
+                        Err(busy.detail(format!(
+                            "the prepare of branch {} is still running; resend it",
+                            self.id
+                        )))
+                    }
+                    _ => Err(busy),
                 };
             }
         }
@@ -608,6 +623,15 @@ fn busy(id: BranchId, e: &sqlx::Error) -> Problem {
         .retry_after(1);
     p.cause = Some(e.to_string());
     p
+}
+
+/// 503: another request is running this branch's prepare; the resend gets its vote.
+fn still_running(id: BranchId) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy: retry")
+        .detail(format!(
+            "the prepare of branch {id} is still running; resend it"
+        ))
+        .retry_after(1)
 }
 
 /// The problem slug of a NO vote for a full (or disabled) prepared-transaction table.

@@ -111,27 +111,42 @@ pub enum Seen {
 }
 
 /// The branch's row and its prepared transaction, as of now.
+///
+/// Two statements, in this order, on a connection outside any transaction (each statement
+/// takes its own snapshot). One statement would race `COMMIT PREPARED`: Postgres makes the
+/// commit visible first and only then drops the gid from `pg_prepared_xacts`, which is read
+/// live, not from the statement's snapshot — so a statement whose snapshot predates the commit
+/// but whose `pg_prepared_xacts` scan comes after it sees neither the prepared transaction nor
+/// the `tpc_committed` row, and a committed branch looked `preparing` (seen under load: a
+/// duplicate commit then rebuilt the core from an empty log and refused as "aborted"). Reading
+/// the prepared-transaction table first, then the rows with a later snapshot, closes that gap:
+/// a gid gone at the first read was committed (or rolled back) before the second began.
 pub async fn seen(conn: &mut PgConnection, id: BranchId) -> Result<Seen, Problem> {
-    let (state, reason, prepared, committed): (Option<String>, Option<Value>, bool, bool) =
-        sqlx::query_as(
-            "SELECT b.state, b.reason,
-                EXISTS (SELECT 1 FROM pg_prepared_xacts
-                        WHERE gid = $3 AND database = current_database()),
+    let prepared: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts
+                        WHERE gid = $1 AND database = current_database())",
+    )
+    .bind(id.gid())
+    .fetch_one(&mut *conn)
+    .await?;
+    if prepared {
+        return Ok(Seen::Prepared);
+    }
+    let (state, reason, committed): (Option<String>, Option<Value>, bool) = sqlx::query_as(
+        "SELECT b.state, b.reason,
                 EXISTS (SELECT 1 FROM tpc_committed c WHERE c.txn_id = $1 AND c.step = $2)
          FROM (SELECT 1) one
          LEFT JOIN tpc_branch b ON b.txn_id = $1 AND b.step = $2",
-        )
-        .bind(id.txn_id)
-        .bind(i32::from(id.step))
-        .bind(id.gid())
-        .fetch_one(conn)
-        .await?;
-    Ok(match (state.as_deref(), prepared, committed) {
-        (_, true, _) => Seen::Prepared,
-        (_, false, true) => Seen::Committed,
-        (None, false, false) => Seen::Unknown,
-        (Some("aborted"), false, false) => Seen::Aborted { reason },
-        (Some(_), false, false) => Seen::Preparing,
+    )
+    .bind(id.txn_id)
+    .bind(i32::from(id.step))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(match (state.as_deref(), committed) {
+        (_, true) => Seen::Committed,
+        (None, false) => Seen::Unknown,
+        (Some("aborted"), false) => Seen::Aborted { reason },
+        (Some(_), false) => Seen::Preparing,
     })
 }
 
