@@ -38,6 +38,11 @@ pub const LOCK_KEY: i64 = 0x7461_6e64_656d_7274;
 /// Statuses that are final: nothing will ever happen to such a saga again.
 pub const FINAL: [SagaStatus; 2] = [SagaStatus::Completed, SagaStatus::Compensated];
 
+/// [`FINAL`] as stored (the `status` column).
+fn final_names() -> Vec<&'static str> {
+    FINAL.iter().map(|s| s.as_str()).collect()
+}
+
 /// What to keep how long.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -156,7 +161,7 @@ impl Retention {
                AND (lease_until IS NULL OR lease_until < now()) \
              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
         )
-        .bind(FINAL.map(SagaStatus::as_str).as_slice())
+        .bind(final_names())
         .bind(secs(retention))
         .bind(self.settings.batch.max(1))
         .fetch_all(&mut *tx)
@@ -230,7 +235,7 @@ async fn delete_sagas(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> Result<u64
          SELECT count(*) FROM gone",
     )
     .bind(ids)
-    .bind(FINAL.map(SagaStatus::as_str).as_slice())
+    .bind(final_names())
     .fetch_one(conn)
     .await?;
     Ok(n as u64)

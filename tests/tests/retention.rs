@@ -117,7 +117,7 @@ async fn define_parking_checkout(c: &Client) {
     let mut def: Value = serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();
     def["name"] = json!("checkout-parking");
     def["policy"]["compensation_max_attempts"] = json!(1);
-    def["policy"]["backoff"] = json!({"initial_ms": 10, "multiplier": 2.0, "max_ms": 20});
+    def["policy"]["backoff"] = json!({"initial_ms": 10, "multiplier": 2.0, "max_ms": 20, "jitter": 0.0});
     let r = post_definition(c, &def).await;
     assert_eq!(r.status, 201, "{}", r.body);
 }

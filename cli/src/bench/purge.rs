@@ -65,6 +65,7 @@ pub async fn compare(
         settings,
     )?);
     let load = Workload::Checkout.load(args);
+    load.prepare(t).await?;
     let mut levels = Vec::new();
     for &clients in &args.clients {
         let label = format!("checkout C={clients} purge");
