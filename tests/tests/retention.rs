@@ -111,6 +111,13 @@ async fn settled(c: &Client, id: &str, status: &str) -> Value {
     s
 }
 
+/// A checkout of one unit of `sku` to `country` (`ZZ`: undeliverable) through `definition`,
+/// accepted (201); its saga id.
+async fn checkout(c: &Client, definition: &str, order: &str, sku: &str, country: &str) -> String {
+    let input = checkout_input(order, sku, 1, "tok_visa", country);
+    tandem_tests::start(c, definition, &input).await
+}
+
 /// The checkout, renamed, with a compensation budget of one attempt and quick retries: a
 /// compensation that keeps failing parks the saga (`failed`) at once.
 async fn define_parking_checkout(c: &Client) {
@@ -137,12 +144,7 @@ async fn finished_sagas_are_forgotten_everywhere_then_purged_while_running_and_p
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     let done = r.body["id"].as_str().unwrap().to_string();
-    let undone = tandem_tests::start(
-        &c,
-        "checkout",
-        &checkout_input("ret-zz", "sku-ret", 1, "tok_visa", "ZZ"),
-    )
-    .await;
+    let undone = checkout(&c, "checkout", "ret-zz", "sku-ret", "ZZ").await;
     // Parked: the refund keeps failing and its budget is one attempt.
     c.add_fault(
         "payment",
@@ -150,12 +152,7 @@ async fn finished_sagas_are_forgotten_everywhere_then_purged_while_running_and_p
     )
     .await
     .unwrap();
-    let parked = tandem_tests::start(
-        &c,
-        "checkout-parking",
-        &checkout_input("ret-park", "sku-ret", 1, "tok_visa", "ZZ"),
-    )
-    .await;
+    let parked = checkout(&c, "checkout-parking", "ret-park", "sku-ret", "ZZ").await;
     // Running: shipping answers 425 (in progress) until the step's 30 s deadline.
     c.add_fault(
         "shipping",
@@ -163,12 +160,7 @@ async fn finished_sagas_are_forgotten_everywhere_then_purged_while_running_and_p
     )
     .await
     .unwrap();
-    let running = tandem_tests::start(
-        &c,
-        "checkout",
-        &checkout_input("ret-run", "sku-ret", 1, "tok_visa", "GB"),
-    )
-    .await;
+    let running = checkout(&c, "checkout", "ret-run", "sku-ret", "GB").await;
     settled(&c, &done, "completed").await;
     settled(&c, &undone, "compensated").await;
     settled(&c, &parked, "failed").await;
@@ -228,12 +220,7 @@ async fn a_crash_between_forget_and_delete_repeats_the_forget_harmlessly() {
     let (stack, c) = stack("retcrash").await;
     let dbs = Dbs::of(&stack).await;
     c.set_stock("sku-rc", 10).await.unwrap();
-    let id = tandem_tests::start(
-        &c,
-        "checkout",
-        &checkout_input("rc-1", "sku-rc", 1, "tok_visa", "GB"),
-    )
-    .await;
+    let id = checkout(&c, "checkout", "rc-1", "sku-rc", "GB").await;
     settled(&c, &id, "completed").await;
     let p = purger(&stack, &dbs, Duration::ZERO);
     // What a purger that crashed at orchestrator.retention.after_forget had done: the forget
@@ -280,12 +267,7 @@ async fn the_orchestrators_own_loop_purges_finished_sagas_after_their_retention(
     .await;
     let dbs = Dbs::of(&stack).await;
     c.set_stock("sku-rl", 10).await.unwrap();
-    let id = tandem_tests::start(
-        &c,
-        "checkout",
-        &checkout_input("rl-1", "sku-rl", 1, "tok_visa", "GB"),
-    )
-    .await;
+    let id = checkout(&c, "checkout", "rl-1", "sku-rl", "GB").await;
     settled(&c, &id, "completed").await;
     eventually(Duration::from_secs(30), "the saga purged", || async {
         (dbs.saga_rows(&id).await == [0, 0, 0, 0]).then_some(())
@@ -302,12 +284,7 @@ async fn the_backstop_deletes_only_barrier_rows_older_than_it() {
     c.set_stock("sku-rb", 10).await.unwrap();
     let mut ids = Vec::new();
     for order in ["rb-old", "rb-new"] {
-        let id = tandem_tests::start(
-            &c,
-            "checkout",
-            &checkout_input(order, "sku-rb", 1, "tok_visa", "GB"),
-        )
-        .await;
+        let id = checkout(&c, "checkout", order, "sku-rb", "GB").await;
         settled(&c, &id, "completed").await;
         ids.push(id);
     }
@@ -345,12 +322,7 @@ async fn bad_forget_calls_are_problems_and_delete_nothing() {
     let (stack, c) = stack("retbad").await;
     let dbs = Dbs::of(&stack).await;
     c.set_stock("sku-rx", 10).await.unwrap();
-    let id = tandem_tests::start(
-        &c,
-        "checkout",
-        &checkout_input("rx-1", "sku-rx", 1, "tok_visa", "GB"),
-    )
-    .await;
+    let id = checkout(&c, "checkout", "rx-1", "sku-rx", "GB").await;
     settled(&c, &id, "completed").await;
     let url = format!("{}/barrier/forget", c.payment);
     let http = reqwest::Client::new();
