@@ -166,11 +166,13 @@ async fn finished_sagas_are_forgotten_everywhere_then_purged_while_running_and_p
     settled(&c, &parked, "failed").await;
     tandem_tests::saga_reaches(&c, &running, "step_started", "create_shipment").await;
 
-    // Every service holds barrier rows of every one of them.
+    // Every service holds barrier rows of every one of them (but shipping of the running one:
+    // an answer 425 records nothing).
     let mut before = BTreeMap::new();
     for id in [&done, &undone, &parked, &running] {
         let rows = dbs.barrier_rows(id).await;
-        assert!(rows.iter().all(|&n| n > 0), "saga {id}: {rows:?}");
+        let expected = if id == &running { 2 } else { 3 };
+        assert_eq!(rows.iter().filter(|&&n| n > 0).count(), expected, "saga {id}: {rows:?}");
         before.insert(id.clone(), rows);
     }
     assert_eq!(dbs.saga_rows(&done).await[2..], [1, 1], "client and business key");
