@@ -112,25 +112,23 @@ impl Retention {
                 self.settings.batch,
             )
             .await?;
-            let m =
-                crate::commit::store::purge_keys(&self.pool, self.settings.keys, self.settings.batch)
-                    .await?;
+            let m = crate::commit::store::purge_keys(
+                &self.pool,
+                self.settings.keys,
+                self.settings.batch,
+            )
+            .await?;
             purged.keys += n + m;
             if n < self.batch() && m < self.batch() {
                 break;
             }
         }
         if self.settings.sagas.is_some() {
-            loop {
-                match self.purge_sagas_batch().await? {
-                    Some(n) => {
-                        purged.sagas += n;
-                        if n < self.batch() {
-                            break;
-                        }
-                    }
-                    // Another instance is purging.
-                    None => break,
+            // `None`: another instance is purging.
+            while let Some(n) = self.purge_sagas_batch().await? {
+                purged.sagas += n;
+                if n < self.batch() {
+                    break;
                 }
             }
         }
@@ -203,23 +201,22 @@ impl Retention {
         });
         futures::future::try_join_all(calls).await.map(|_| ())
     }
-
 }
 
 /// `retention`'s passes every [`Settings::every`] until shutdown.
 pub async fn run(retention: Arc<Retention>, mut shutdown: watch::Receiver<bool>) {
     loop {
         match retention.pass().await {
-                Ok(p) if p != Purged::default() => {
-                    tracing::debug!(sagas = p.sagas, keys = p.keys, "retention pass")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one retries"),
+            Ok(p) if p != Purged::default() => {
+                tracing::debug!(sagas = p.sagas, keys = p.keys, "retention pass")
             }
-            tokio::select! {
-                _ = tokio::time::sleep(retention.settings.every) => {}
-                _ = crate::until_shutdown(&mut shutdown) => return,
-            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one retries"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retention.settings.every) => {}
+            _ = crate::until_shutdown(&mut shutdown) => return,
+        }
     }
 }
 

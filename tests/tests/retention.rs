@@ -124,7 +124,8 @@ async fn define_parking_checkout(c: &Client) {
     let mut def: Value = serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();
     def["name"] = json!("checkout-parking");
     def["policy"]["compensation_max_attempts"] = json!(1);
-    def["policy"]["backoff"] = json!({"initial_ms": 10, "multiplier": 2.0, "max_ms": 20, "jitter": 0.0});
+    def["policy"]["backoff"] =
+        json!({"initial_ms": 10, "multiplier": 2.0, "max_ms": 20, "jitter": 0.0});
     let r = post_definition(c, &def).await;
     assert_eq!(r.status, 201, "{}", r.body);
 }
@@ -172,10 +173,18 @@ async fn finished_sagas_are_forgotten_everywhere_then_purged_while_running_and_p
     for id in [&done, &undone, &parked, &running] {
         let rows = dbs.barrier_rows(id).await;
         let expected = if id == &running { 2 } else { 3 };
-        assert_eq!(rows.iter().filter(|&&n| n > 0).count(), expected, "saga {id}: {rows:?}");
+        assert_eq!(
+            rows.iter().filter(|&&n| n > 0).count(),
+            expected,
+            "saga {id}: {rows:?}"
+        );
         before.insert(id.clone(), rows);
     }
-    assert_eq!(dbs.saga_rows(&done).await[2..], [1, 1], "client and business key");
+    assert_eq!(
+        dbs.saga_rows(&done).await[2..],
+        [1, 1],
+        "client and business key"
+    );
 
     // Kept for a day: nothing is due.
     let keep_long = purger(&stack, &dbs, Duration::from_secs(86_400));
@@ -333,11 +342,31 @@ async fn bad_forget_calls_are_problems_and_delete_nothing() {
         ("{\"saga_ids\": [", "application/json".into(), 400, ""),
         ("[]", "application/json".into(), 422, ""),
         ("{}", "application/json".into(), 422, ""),
-        ("{\"saga_ids\": []}", "application/json".into(), 422, "/saga_ids"),
-        ("{\"saga_ids\": [\"a b\"]}", "application/json".into(), 422, "/saga_ids/0"),
-        ("{\"saga_ids\": [\"\"]}", "application/json".into(), 422, "/saga_ids/0"),
+        (
+            "{\"saga_ids\": []}",
+            "application/json".into(),
+            422,
+            "/saga_ids",
+        ),
+        (
+            "{\"saga_ids\": [\"a b\"]}",
+            "application/json".into(),
+            422,
+            "/saga_ids/0",
+        ),
+        (
+            "{\"saga_ids\": [\"\"]}",
+            "application/json".into(),
+            422,
+            "/saga_ids/0",
+        ),
         ("{\"saga_ids\": [7]}", "application/json".into(), 422, ""),
-        ("{\"saga_ids\": [\"x\"], \"all\": true}", "application/json".into(), 422, ""),
+        (
+            "{\"saga_ids\": [\"x\"], \"all\": true}",
+            "application/json".into(),
+            422,
+            "",
+        ),
         ("saga_ids=x", "text/plain".into(), 415, ""),
     ];
     let long = json!({"saga_ids": [format!("{id}"), "y".repeat(256)]}).to_string();
@@ -365,7 +394,10 @@ async fn bad_forget_calls_are_problems_and_delete_nothing() {
         );
         let p: Value = r.json().await.unwrap();
         assert!(
-            p["type"].as_str().unwrap().starts_with("urn:tandem:problem:"),
+            p["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:tandem:problem:"),
             "{p}"
         );
         if !pointer.is_empty() {

@@ -69,12 +69,22 @@ pub async fn compare(
     let mut levels = Vec::new();
     for &clients in &args.clients {
         let label = format!("checkout C={clients} purge");
-        let off = closed_loop(&format!("{label} off"), clients, args.window(), op(&*load, t, args))
-            .await;
+        let off = closed_loop(
+            &format!("{label} off"),
+            clients,
+            args.window(),
+            op(&*load, t, args),
+        )
+        .await;
         let (purged, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let task = tokio::spawn(purge_loop(purger.clone(), purged.clone(), failed.clone()));
-        let on = closed_loop(&format!("{label} on"), clients, args.window(), op(&*load, t, args))
-            .await;
+        let on = closed_loop(
+            &format!("{label} on"),
+            clients,
+            args.window(),
+            op(&*load, t, args),
+        )
+        .await;
         task.abort();
         let _ = task.await;
         levels.push(PurgeLevel {

@@ -153,7 +153,11 @@ pub async fn backstop_loop(pool: PgPool, age: Duration) {
             }
         }
         if total > 0 {
-            tracing::info!(rows = total, ?age, "barrier backstop purged rows older than it");
+            tracing::info!(
+                rows = total,
+                ?age,
+                "barrier backstop purged rows older than it"
+            );
         }
         tokio::time::sleep(BACKSTOP_EVERY).await;
     }
