@@ -112,6 +112,30 @@ pub struct Config {
     /// How long client idempotency keys of `POST /sagas` are kept (hours).
     #[arg(long, env = "IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24)]
     pub idempotency_retention_hours: u64,
+
+    /// `off`: finished sagas are kept forever. `on` (default): completed and compensated sagas
+    /// unchanged for SAGA_RETENTION_SECS are deleted with their events, after every service
+    /// was told to forget their barrier rows (docs/security.md, "Retention"). Failed (parked)
+    /// and unfinished sagas, and 2PC / Paxos Commit transactions, are never deleted.
+    #[arg(long, env = "SAGA_PURGE", value_enum, default_value = "on")]
+    pub saga_purge: tandem_kit::faults::Switch,
+
+    /// How long a finished saga is kept after its last change (seconds; default 30 days). Keep
+    /// it longer than any client may retry an order: deleting a saga frees its business key.
+    #[arg(long, env = "SAGA_RETENTION_SECS", default_value_t = 30 * 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub saga_retention_secs: u64,
+
+    /// Rows per purge statement: sagas per forget call and per delete, keys per delete
+    /// (1 to 1000, the services' limit per forget call).
+    #[arg(long, env = "PURGE_BATCH", default_value_t = 500,
+          value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub purge_batch: i64,
+
+    /// Time between retention passes (one instance at a time purges, whatever their number).
+    #[arg(long, env = "PURGE_INTERVAL_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub purge_interval_ms: u64,
 }
 
 impl Config {
@@ -128,6 +152,17 @@ impl Config {
         c.payment_url = payment.to_string();
         c.shipping_url = shipping.to_string();
         c
+    }
+
+    /// What retention keeps how long ([`crate::retention`]).
+    pub fn retention(&self) -> crate::retention::Settings {
+        crate::retention::Settings {
+            sagas: (self.saga_purge == tandem_kit::faults::Switch::On)
+                .then(|| Duration::from_secs(self.saga_retention_secs)),
+            keys: Duration::from_secs(self.idempotency_retention_hours * 3600),
+            batch: self.purge_batch,
+            every: Duration::from_millis(self.purge_interval_ms),
+        }
     }
 
     pub fn lease_ttl(&self) -> Duration {

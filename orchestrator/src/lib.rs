@@ -17,6 +17,8 @@
 //!   persisted.
 //! - [`metrics`]: the orchestrator's Prometheus metrics (sagas, steps, leases, batches); the
 //!   HTTP, pool and trace plumbing is the kit's (`tandem_kit::metrics`, `tandem_kit::telemetry`).
+//! - [`retention`]: deleting finished sagas (after telling every service to forget their
+//!   barrier rows) and old client idempotency keys, in batches, one instance at a time.
 //! - [`text`]: refusing U+0000, which Postgres cannot store; [`error`]: the crate's error type;
 //!   [`config`]: environment / flags.
 //!
@@ -30,6 +32,7 @@ pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod registry;
+pub mod retention;
 pub mod saga;
 pub mod store;
 pub mod text;
@@ -58,6 +61,7 @@ pub struct App {
     driver: Arc<Driver>,
     coordinator: Arc<commit::Coordinator>,
     pool: sqlx::PgPool,
+    retention: Arc<retention::Retention>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -97,6 +101,12 @@ pub async fn build(config: Config) -> Result<App> {
         config.acceptors()?,
         Duration::from_millis(config.paxos_progress_ms),
     );
+    let retention = Arc::new(retention::Retention::new(
+        pool.clone(),
+        registry.services().clone(),
+        registry.sender_headers(),
+        config.retention(),
+    )?);
     let driver = Arc::new(Driver::new(
         work(store::SAGAS),
         registry,
@@ -111,6 +121,7 @@ pub async fn build(config: Config) -> Result<App> {
         driver,
         coordinator,
         pool,
+        retention,
         shutdown_tx,
     })
 }
@@ -132,18 +143,22 @@ impl App {
         self.coordinator.clone()
     }
 
-    /// The background loops: claims and renewals of sagas and transactions, key purges, and
+    /// This instance's purger (its loop runs in [`App::run`]; tests call its passes).
+    pub fn retention(&self) -> Arc<retention::Retention> {
+        self.retention.clone()
+    }
+
+    /// The background loops: claims and renewals of sagas and transactions, retention, and
     /// the LISTEN connection that wakes both claim loops.
     fn spawn_loops(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let (d, c) = (self.driver.clone(), self.coordinator.clone());
         let rx = self.shutdown_tx.subscribe();
         let poll = self.config.poll_interval();
         let batch = self.config.claim_batch;
-        let retention = Duration::from_secs(self.config.idempotency_retention_hours * 3600);
         vec![
             tokio::spawn(worker::claim_loop(d.clone(), poll, batch, rx.clone())),
             tokio::spawn(worker::renew_loop(d.clone(), rx.clone())),
-            tokio::spawn(purge_loop(self.pool.clone(), retention, rx.clone())),
+            tokio::spawn(retention::run(self.retention.clone(), rx.clone())),
             tokio::spawn(worker::claim_loop(c.clone(), poll, batch, rx.clone())),
             tokio::spawn(worker::renew_loop(c.clone(), rx.clone())),
             tokio::spawn(wake::listen(
@@ -192,23 +207,6 @@ impl App {
         d.drain(Duration::from_secs(10)).await;
         tracing::info!("orchestrator stopped");
         Ok(())
-    }
-}
-
-/// Drop client idempotency keys (of sagas and of transactions) older than `retention`, every
-/// minute until shutdown.
-async fn purge_loop(pool: sqlx::PgPool, retention: Duration, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        if let Err(e) = store::purge_idempotency_keys(&pool, retention).await {
-            tracing::warn!(error = %e, "purging saga idempotency keys failed");
-        }
-        if let Err(e) = commit::store::purge_keys(&pool, retention).await {
-            tracing::warn!(error = %e, "purging transaction idempotency keys failed");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-            _ = until_shutdown(&mut shutdown) => return,
-        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`measure`]: the shared closed loop, latency histograms, HTTP helpers;
 //! - [`stats`]: counters, CPU and memory snapshots, the machine and Postgres settings;
 //! - [`commit`]: an atomic commit's costs (lock holds, messages, forced writes, formulas);
+//! - [`purge`]: `--purge-retention`: the checkout without and with the retention purge;
 //! - [`ceiling`]: the raw commit ceiling; [`target`]: the stack under test (the launcher);
 //! - [`report`]: results and their table.
 //!
@@ -24,6 +25,7 @@
 pub mod ceiling;
 pub mod commit;
 pub mod measure;
+pub mod purge;
 pub mod report;
 pub mod stats;
 pub mod target;
@@ -120,6 +122,11 @@ pub struct BenchArgs {
     /// an explicit `sslmode` in `--database-url` is kept either way.
     #[arg(long)]
     pub db_tls: bool,
+    /// After the workloads, run the checkout at each client count twice: without the retention
+    /// purge, then with finished sagas purged this many seconds after they settle (forget calls
+    /// to the services, then deletes): throughput and p99 side by side.
+    #[arg(long)]
+    pub purge_retention: Option<f64>,
 }
 
 impl BenchArgs {
@@ -290,6 +297,10 @@ pub async fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
             levels.push(level(&t, &args, load, c, &mut ceilings).await?);
         }
     }
+    let purge = match args.purge_retention {
+        Some(secs) => purge::compare(&t, &args, secs).await?,
+        None => vec![],
+    };
     let last = stats::snapshot(&t, &args.database_url).await?;
     let own = (
         "tandem bench (clients)".to_string(),
@@ -309,6 +320,7 @@ pub async fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
         warmup_secs: args.warmup,
         duration_secs: args.duration,
         levels,
+        purge,
         peak_rss_kib,
     };
     if args.json {

@@ -43,6 +43,9 @@ pub struct Report {
     pub warmup_secs: f64,
     pub duration_secs: f64,
     pub levels: Vec<Level>,
+    /// `--purge-retention`: the checkout without and with the retention purge.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purge: Vec<super::purge::PurgeLevel>,
     /// Peak RSS (VmHWM) per process, KiB, at the end of the run.
     pub peak_rss_kib: BTreeMap<String, Option<u64>>,
 }
@@ -75,6 +78,7 @@ pub fn print(r: &Report) {
     for l in &r.levels {
         print_level(l);
     }
+    super::purge::print(&r.purge);
     println!();
     for (c, rss) in &r.peak_rss_kib {
         println!(

@@ -238,13 +238,25 @@ pub async fn list(
     .await
 }
 
-/// Drop client keys of `POST /transactions` older than `retention`.
-pub async fn purge_keys(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
+/// Drop at most `batch` client keys of `POST /transactions` older than `retention` (keys another
+/// transaction holds are skipped); the number dropped.
+pub async fn purge_keys(
+    pool: &PgPool,
+    retention: std::time::Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
-        "DELETE FROM transaction_keys WHERE created_at < now() - make_interval(secs => $1)",
+        "DELETE FROM transaction_keys WHERE key IN ( \
+             SELECT key FROM transaction_keys \
+             WHERE created_at < now() - make_interval(secs => $1) \
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
     )
     .bind(secs(retention))
+    .bind(batch.max(1))
     .execute(pool)
     .await?;
+    if r.rows_affected() > 0 {
+        tandem_kit::stats::write_committed(pool);
+    }
     Ok(r.rows_affected())
 }

@@ -270,18 +270,26 @@ pub async fn list(
     read_rows(pool, q).await
 }
 
-/// Drop client idempotency keys older than the retention.
+/// Drop at most `batch` client idempotency keys older than the retention (keys another
+/// transaction holds are skipped); the number dropped.
 pub async fn purge_idempotency_keys(
     pool: &PgPool,
     retention: Duration,
+    batch: i64,
 ) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+        "DELETE FROM idempotency_keys WHERE key IN ( \
+             SELECT key FROM idempotency_keys \
+             WHERE created_at < now() - make_interval(secs => $1) \
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
     )
     .bind(secs(retention))
+    .bind(batch.max(1))
     .execute(pool)
     .await?;
-    tandem_kit::stats::write_committed(pool);
+    if r.rows_affected() > 0 {
+        tandem_kit::stats::write_committed(pool);
+    }
     Ok(r.rows_affected())
 }
 

@@ -20,6 +20,8 @@
 //!   participant's `/paxos/prepare|outcome`, driven by `tandem_protocols::paxos_commit::Rm`.
 //! - [`barrier`]: the idempotency barrier (duplicate / null compensation / hanging), in the same
 //!   local transaction as the business effect.
+//! - [`retention`]: forgetting barrier rows — `POST /barrier/forget` (the orchestrator names
+//!   final sagas past its retention) and the age backstop (`BARRIER_BACKSTOP_DAYS`).
 //! - [`faults`]: scoped fault injection for demos and tests (off unless switched on).
 //! - [`crash`]: named crash points (`TANDEM_CRASH`), off by default, for crash tests.
 //! - [`hooks`]: in-process test pauses (no env var, no endpoint).
@@ -49,6 +51,7 @@ pub mod metrics;
 pub mod participant;
 pub mod paxos;
 pub mod problem;
+pub mod retention;
 pub mod saga;
 pub mod service;
 pub mod service_tests;

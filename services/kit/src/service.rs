@@ -51,8 +51,8 @@ impl Spec {
     /// own.
     pub fn migrator(&self) -> Migrator {
         let own = Migrator::with_migrations(self.migrations.migrations.to_vec());
-        crate::choreo::outbox::migrator(crate::participant::branch::with_branch_table(
-            crate::barrier::migrator(own),
+        crate::retention::with_backstop_index(crate::choreo::outbox::migrator(
+            crate::participant::branch::with_branch_table(crate::barrier::migrator(own)),
         ))
     }
 
@@ -98,6 +98,12 @@ pub struct Config {
     /// receiver named by its link faults. Default: the service's name.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Barrier rows older than this many days are deleted whatever their saga (a backstop,
+    /// hourly; 0 = never). UNSAFE for a saga parked (failed) longer than this: its late
+    /// compensation would no longer be recognised. The orchestrator's `POST /barrier/forget`
+    /// is the safe path; see docs/security.md, "Retention".
+    #[arg(long, env = "BARRIER_BACKSTOP_DAYS", default_value_t = 90)]
+    pub barrier_backstop_days: u64,
 }
 
 impl Config {
@@ -139,6 +145,7 @@ impl Config {
             fault_injection: Switch::Off,
             nats_url: None,
             node_name: None,
+            barrier_backstop_days: 90,
         }
     }
 
@@ -170,6 +177,8 @@ pub struct App {
     pub spec: &'static Spec,
     /// See [`Config::in_doubt_after_ms`].
     pub in_doubt_after: std::time::Duration,
+    /// See [`Config::barrier_backstop_days`]; `None`: off.
+    pub barrier_backstop: Option<std::time::Duration>,
 }
 
 /// Connect (creating the database if missing) and apply the service's migrations.
@@ -203,6 +212,8 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
         hooks: TestHooks::default(),
         spec,
         in_doubt_after: std::time::Duration::from_millis(config.in_doubt_after_ms),
+        barrier_backstop: (config.barrier_backstop_days > 0)
+            .then(|| std::time::Duration::from_secs(config.barrier_backstop_days * 86_400)),
     };
     crate::participant::recover_at_start(&app)
         .await
@@ -226,7 +237,8 @@ impl App {
         let own = (self.spec.routes)()
             .merge(crate::saga::routes(self))
             .merge(crate::participant::routes(self))
-            .merge(crate::paxos::routes());
+            .merge(crate::paxos::routes())
+            .merge(crate::retention::routes());
         let scrape = crate::metrics::Scrape::default()
             .pool("business", &self.pool)
             .pool("control", &self.control)
@@ -249,8 +261,14 @@ impl App {
             self.clone(),
             self.in_doubt_after,
         ));
+        let backstop = self
+            .barrier_backstop
+            .map(|age| tokio::spawn(crate::retention::backstop_loop(self.pool.clone(), age)));
         let served = crate::http::serve(listener, self.router(), shutdown).await;
         resolver.abort();
+        if let Some(b) = backstop {
+            b.abort();
+        }
         served.map_err(Error::Serve)
     }
 }
