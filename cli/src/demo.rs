@@ -57,21 +57,21 @@ pub async fn run_all(c: &Client, run_id: &str) -> anyhow::Result<Vec<Outcome>> {
 }
 
 /// The expectations of one scenario that did not hold.
-struct Checks(Vec<String>);
+pub(crate) struct Checks(pub(crate) Vec<String>);
 
 impl Checks {
-    fn check(&mut self, ok: bool, what: impl Into<String>) {
+    pub(crate) fn check(&mut self, ok: bool, what: impl Into<String>) {
         if !ok {
             self.0.push(what.into());
         }
     }
 
-    fn status(&mut self, saga: &Value, want: &str) {
+    pub(crate) fn status(&mut self, saga: &Value, want: &str) {
         let ok = saga["status"] == want;
         self.check(ok, format!("status is {}, expected {want}", saga["status"]));
     }
 
-    async fn available(&mut self, c: &Client, sku: &str, want: i64) -> anyhow::Result<()> {
+    pub(crate) async fn available(&mut self, c: &Client, sku: &str, want: i64) -> anyhow::Result<()> {
         let stock = c.stock(sku).await?;
         let got = &stock["available"];
         self.check(
@@ -82,7 +82,7 @@ impl Checks {
     }
 
     /// The order's payments: `charges` charges and `refunds` refunds; the list.
-    async fn payments(
+    pub(crate) async fn payments(
         &mut self,
         c: &Client,
         order: &str,
@@ -164,11 +164,11 @@ pub fn count_events(saga: &Value, kind: &str, step: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn kinds(list: &[Value], kind: &str) -> usize {
+pub(crate) fn kinds(list: &[Value], kind: &str) -> usize {
     list.iter().filter(|p| p["kind"] == kind).count()
 }
 
-fn statuses(list: &[Value], status: &str) -> usize {
+pub(crate) fn statuses(list: &[Value], status: &str) -> usize {
     list.iter().filter(|p| p["status"] == status).count()
 }
 
@@ -184,7 +184,7 @@ async fn start(c: &Client, input: &Value) -> anyhow::Result<Value> {
     c.settle(&id, 120).await
 }
 
-async fn seed(c: &Client, sku: &str, n: i64) -> anyhow::Result<()> {
+pub(crate) async fn seed(c: &Client, sku: &str, n: i64) -> anyhow::Result<()> {
     let r = c.set_stock(sku, n).await?;
     anyhow::ensure!(
         r.status == 200,
@@ -255,7 +255,7 @@ async fn declined(c: &Client, run: &str) -> anyhow::Result<Outcome> {
 }
 
 /// When the order's first payment of `kind` was recorded.
-fn paid_at(pay: &[Value], kind: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn paid_at(pay: &[Value], kind: &str) -> Option<DateTime<Utc>> {
     pay.iter()
         .find(|p| p["kind"] == kind)
         .and_then(|p| p["created_at"].as_str())
@@ -312,7 +312,7 @@ async fn charge_retried(
     Ok(k.outcome(scenario, saga))
 }
 
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))

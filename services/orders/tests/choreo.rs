@@ -409,7 +409,7 @@ impl Stack {
         &self,
         id: &str,
         n: usize,
-    ) -> Vec<(u64, tandem_kit::choreo::event::Event)> {
+    ) -> Vec<tandem_kit::choreo::Entry> {
         for _ in 0..200 {
             let events = tandem_kit::choreo::timeline(&self.js, id).await.unwrap();
             if events.len() >= n {
