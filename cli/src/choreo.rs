@@ -204,7 +204,7 @@ const SCENARIOS: [Scenario; 5] = [
     },
     Scenario {
         name: "lost ack",
-        what: "payment commits the charge and exits before acking: the redelivery finds the barrier's outcome",
+        what: "payment commits the charge, its ack is lost (nak instead): the redelivery finds the barrier's outcome",
         tag: "lost",
         quantity: 1,
         card: "tok_visa",

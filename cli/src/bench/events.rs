@@ -75,7 +75,7 @@ pub fn costs(a: EventCounts, b: EventCounts, n: f64) -> EventCosts {
 /// (at most 30 s).
 pub async fn settled(js: &async_nats::jetstream::Context) -> anyhow::Result<EventCounts> {
     use async_nats::jetstream::consumer::pull;
-    let mut stream = js
+    let stream = js
         .get_stream(tandem_kit::choreo::STREAM)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -140,7 +140,8 @@ impl Stack {
         oc.listen_addr = l.local_addr()?;
         (cfg.orchestrator)(&mut oc);
         let app = orchestrator::build(oc).await?;
-        tasks.push(tokio::spawn(async move { Ok(app.run(l, stop()).await?) }));
+        let run = app.run(l, stop());
+        tasks.push(tokio::spawn(async move { Ok(run.await?) }));
 
         let mut orders_url = None;
         if let Some(nats) = &cfg.nats_url {
@@ -149,8 +150,8 @@ impl Stack {
             c.listen_addr = l.local_addr()?;
             c.db_pool_size = cfg.service_pool_size;
             c.step_timeout_ms = cfg.step_timeout_ms;
-            let app = orders::build(c).await?;
-            tasks.push(tokio::spawn(async move { Ok(app.run(l, stop()).await?) }));
+            let run = orders::build(c).await?.run(l, stop());
+            tasks.push(tokio::spawn(async move { Ok(run.await?) }));
             orders_url = Some(url);
         }
 
