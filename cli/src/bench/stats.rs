@@ -185,7 +185,13 @@ pub async fn snapshot(t: &Target, server: &str) -> anyhow::Result<Snapshot> {
     }
     for c in t.components() {
         let v = t.get_json(c, "/stats").await?;
-        s.by_component.insert(c.to_string(), counted(c, &v));
+        let mut counted = counted(c, &v);
+        if counted.database.is_empty()
+            && let Some(layout) = &t.layout
+        {
+            counted.database = layout.database(c);
+        }
+        s.by_component.insert(c.to_string(), counted);
     }
     Ok(s)
 }

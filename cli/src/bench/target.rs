@@ -21,6 +21,9 @@ pub struct Target {
     pub in_process: Option<Stack>,
     /// NATS, when the choreographed checkout runs (its events are counted there).
     pub nats: Option<async_nats::jetstream::Context>,
+    /// The bench's own stack's layout (for a component whose `/stats` names no database of
+    /// its own: orders, whose writes only `pg_stat_database` counts).
+    pub layout: Option<Layout>,
 }
 
 impl Target {
@@ -53,6 +56,7 @@ impl Target {
             _children: vec![],
             in_process: None,
             nats: None,
+            layout: None,
         }
     }
 }
@@ -78,10 +82,12 @@ pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
     }
     let layout = Layout::new(&args.database_url, &args.db_prefix);
     layout.drop_databases().await?;
+    tandem_kit::db::drop_database(&layout.server_url, &layout.database(ORDERS)).await?;
     let mut t = match args.stack {
-        StackMode::InProcess => in_process(http, layout, args, nats.clone()).await?,
+        StackMode::InProcess => in_process(http, layout.clone(), args, nats.clone()).await?,
         StackMode::Processes => processes(http, &layout, args, nats.as_deref())?,
     };
+    t.layout = Some(layout);
     if let Some(url) = &nats {
         t.nats = Some(crate::choreo::connect(url).await?);
     }
