@@ -235,7 +235,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     cfg.nats_url = Some(args.nats_url.clone());
     let stack = Stack::start(cfg).await?;
     let client = Client::for_stack(&stack);
-    let orders = stack.orders_url.clone().context("the stack has no orders")?;
+    let orders = stack
+        .orders_url
+        .clone()
+        .context("the stack has no orders")?;
     let run_id = format!("cdemo-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     println!(
         "Running {} choreographed checkout scenarios (run {run_id}) …",
@@ -264,7 +267,10 @@ async fn scenario(
     run: &str,
     s: &'static Scenario,
 ) -> anyhow::Result<Outcome> {
-    let (order, sku) = (format!("{run}-{}", s.tag), format!("{run}-widget-{}", s.tag));
+    let (order, sku) = (
+        format!("{run}-{}", s.tag),
+        format!("{run}-widget-{}", s.tag),
+    );
     seed(c, &sku, 10).await?;
     if let Some((kind, times)) = s.fault {
         let fault = json!({ "order_id": order, "kind": kind, "times": times });
@@ -327,7 +333,14 @@ async fn scenario(
         _ => events_are(&DONE),
     }
     let completed = s.completes;
-    k.status(&view, if completed { "completed" } else { "compensated" });
+    k.status(
+        &view,
+        if completed {
+            "completed"
+        } else {
+            "compensated"
+        },
+    );
     k.available(c, &sku, if completed { 10 - s.quantity } else { 10 })
         .await?;
     let res = c.reservations(&order).await?;

@@ -44,7 +44,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  shipping      {}", stack.shipping_url);
     let mut components = crate::launch::COMPONENTS.to_vec();
     if let Some(orders) = &stack.orders_url {
-        println!("  orders        {orders}  (choreographed checkout, NATS {})", args.nats_url);
+        println!(
+            "  orders        {orders}  (choreographed checkout, NATS {})",
+            args.nats_url
+        );
         components.push(crate::launch::ORDERS);
     }
     let dbs: Vec<String> = components.iter().map(|c| layout.database_url(c)).collect();

@@ -71,7 +71,12 @@ impl Checks {
         self.check(ok, format!("status is {}, expected {want}", saga["status"]));
     }
 
-    pub(crate) async fn available(&mut self, c: &Client, sku: &str, want: i64) -> anyhow::Result<()> {
+    pub(crate) async fn available(
+        &mut self,
+        c: &Client,
+        sku: &str,
+        want: i64,
+    ) -> anyhow::Result<()> {
         let stock = c.stock(sku).await?;
         let got = &stock["available"];
         self.check(

@@ -137,13 +137,8 @@ impl Cluster {
         let mut names = layout.databases();
         if let Some(nats) = &cfg.nats_url {
             let port = free_port();
-            let env = launch::orders_env(
-                &layout,
-                port,
-                cfg.service_pool,
-                nats,
-                cfg.step_timeout_ms,
-            );
+            let env =
+                launch::orders_env(&layout, port, cfg.service_pool, nats, cfg.step_timeout_ms);
             nodes.push(Node::new(launch::ORDERS.into(), "orders", port, env));
             names.push(layout.database(launch::ORDERS));
         }

@@ -27,7 +27,11 @@ fn orders_count() -> usize {
 /// address undeliverable.
 fn order(i: usize) -> (String, Value) {
     let id = format!("ck-{i}");
-    let card = if i % 5 == 4 { "tok_decline" } else { "tok_visa" };
+    let card = if i % 5 == 4 {
+        "tok_decline"
+    } else {
+        "tok_visa"
+    };
     let country = if i % 7 == 6 { "ZZ" } else { "GB" };
     let input = checkout_input(&id, "ck-sku", 1, card, country);
     (id, input)
@@ -37,7 +41,12 @@ fn order(i: usize) -> (String, Value) {
 /// order placed before its answer was lost).
 async fn place(http: &reqwest::Client, orders: &str, body: &Value) {
     for _ in 0..200 {
-        if let Ok(r) = http.post(format!("{orders}/orders")).json(body).send().await {
+        if let Ok(r) = http
+            .post(format!("{orders}/orders"))
+            .json(body)
+            .send()
+            .await
+        {
             let status = r.status().as_u16();
             assert!(status == 201 || status == 200, "POST /orders: {status}");
             return;
@@ -85,7 +94,12 @@ async fn kill_9_of_every_process_and_a_nats_restart_leave_every_checkout_consist
         cluster.orders(),
     );
     let orders = cluster.url(ord);
-    let c = Client::new(&orders, &cluster.url(inv), &cluster.url(pay), &cluster.url(ship));
+    let c = Client::new(
+        &orders,
+        &cluster.url(inv),
+        &cluster.url(pay),
+        &cluster.url(ship),
+    );
     assert_eq!(c.set_stock("ck-sku", STOCK).await.unwrap().status, 200);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -120,7 +134,10 @@ async fn kill_9_of_every_process_and_a_nats_restart_leave_every_checkout_consist
         let res = c.reservations(id).await.unwrap();
         let pays = c.payments(id).await.unwrap();
         let ships = c.shipments(id).await.unwrap();
-        let (charges, refunds) = (count(&pays, "kind", "charge"), count(&pays, "kind", "refund"));
+        let (charges, refunds) = (
+            count(&pays, "kind", "charge"),
+            count(&pays, "kind", "refund"),
+        );
         let live = count(&ships, "status", "created");
         let ok = match status.as_str() {
             "completed" => {
