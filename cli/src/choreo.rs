@@ -16,7 +16,7 @@ use tandem_kit::choreo::Entry;
 use tandem_kit::choreo::event::Kind;
 
 use crate::client::{Client, checkout_input};
-use crate::demo::{Checks, kinds, paid_at, seed, statuses};
+use crate::demo::{Checks, kinds, paid_at, prepare, statuses};
 use crate::launch::stack::{Stack, StackConfig};
 use crate::launch::{DEFAULT_NATS, DEFAULT_SERVER, Layout, NATS_HINT};
 
@@ -156,7 +156,7 @@ struct Scenario {
     quantity: i64,
     card: &'static str,
     country: &'static str,
-    fault: Option<(&'static str, u32)>,
+    fault: Option<(&'static str, usize)>,
     /// Completed (else compensated).
     completes: bool,
 }
@@ -267,15 +267,7 @@ async fn scenario(
     run: &str,
     s: &'static Scenario,
 ) -> anyhow::Result<Outcome> {
-    let (order, sku) = (
-        format!("{run}-{}", s.tag),
-        format!("{run}-widget-{}", s.tag),
-    );
-    seed(c, &sku, 10).await?;
-    if let Some((kind, times)) = s.fault {
-        let fault = json!({ "order_id": order, "kind": kind, "times": times });
-        c.add_fault("payment", &fault).await?;
-    }
+    let (order, sku) = prepare(c, run, s.tag, s.fault).await?;
     let input = checkout_input(&order, &sku, s.quantity, s.card, s.country);
     let placed = c
         .send_json(reqwest::Method::POST, &format!("{orders}/orders"), &input)

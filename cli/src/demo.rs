@@ -133,18 +133,26 @@ impl<'a> Start<'a> {
     }
 }
 
-/// Seed a SKU of the scenario's own with 10, install the fault, run the checkout to its end:
-/// the order id, the SKU and the settled saga.
-async fn begin(c: &Client, run: &str, s: Start<'_>) -> anyhow::Result<(String, String, Value)> {
-    let (order, sku) = (
-        format!("{run}-{}", s.tag),
-        format!("{run}-widget-{}", s.tag),
-    );
+/// A scenario's order id and SKU (from the run id and its tag), the SKU seeded with 10 and
+/// payment's fault (`kind`, `times`, scoped to the order) installed.
+pub(crate) async fn prepare(
+    c: &Client,
+    run: &str,
+    tag: &str,
+    fault: Option<(&str, usize)>,
+) -> anyhow::Result<(String, String)> {
+    let (order, sku) = (format!("{run}-{tag}"), format!("{run}-widget-{tag}"));
     seed(c, &sku, 10).await?;
-    if let Some((kind, times)) = s.fault {
+    if let Some((kind, times)) = fault {
         let fault = json!({ "order_id": order, "kind": kind, "times": times });
         c.add_fault("payment", &fault).await?;
     }
+    Ok((order, sku))
+}
+
+/// [`prepare`], then run the checkout to its end: the order id, the SKU and the settled saga.
+async fn begin(c: &Client, run: &str, s: Start<'_>) -> anyhow::Result<(String, String, Value)> {
+    let (order, sku) = prepare(c, run, s.tag, s.fault).await?;
     let input = checkout_input(&order, &sku, s.quantity, s.card, s.country);
     let saga = start(c, &input).await?;
     Ok((order, sku, saga))
@@ -189,7 +197,7 @@ async fn start(c: &Client, input: &Value) -> anyhow::Result<Value> {
     c.settle(&id, 120).await
 }
 
-pub(crate) async fn seed(c: &Client, sku: &str, n: i64) -> anyhow::Result<()> {
+async fn seed(c: &Client, sku: &str, n: i64) -> anyhow::Result<()> {
     let r = c.set_stock(sku, n).await?;
     anyhow::ensure!(
         r.status == 200,
