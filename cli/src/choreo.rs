@@ -159,7 +159,12 @@ struct Scenario {
     fault: Option<(&'static str, usize)>,
     /// Completed (else compensated).
     completes: bool,
+    /// The events expected in the stream, in order, and the step a `failed` event names.
+    events: &'static [&'static str],
+    failed_step: Option<&'static str>,
 }
+
+const COMPLETED: &[&str] = &["placed", "reserved", "charged", "booked"];
 
 const SCENARIOS: [Scenario; 5] = [
     Scenario {
@@ -171,6 +176,8 @@ const SCENARIOS: [Scenario; 5] = [
         country: "GB",
         fault: None,
         completes: true,
+        events: COMPLETED,
+        failed_step: None,
     },
     Scenario {
         name: "declined card",
@@ -181,6 +188,15 @@ const SCENARIOS: [Scenario; 5] = [
         country: "GB",
         fault: None,
         completes: false,
+        events: &[
+            "placed",
+            "reserved",
+            "failed",
+            "cancelled",
+            "refunded",
+            "released",
+        ],
+        failed_step: Some("charge_payment"),
     },
     Scenario {
         name: "undeliverable address",
@@ -191,6 +207,16 @@ const SCENARIOS: [Scenario; 5] = [
         country: "ZZ",
         fault: None,
         completes: false,
+        events: &[
+            "placed",
+            "reserved",
+            "charged",
+            "failed",
+            "cancelled",
+            "refunded",
+            "released",
+        ],
+        failed_step: Some("create_shipment"),
     },
     Scenario {
         name: "transient consumer failures",
@@ -201,6 +227,8 @@ const SCENARIOS: [Scenario; 5] = [
         country: "GB",
         fault: Some(("transient", 2)),
         completes: true,
+        events: COMPLETED,
+        failed_step: None,
     },
     Scenario {
         name: "lost ack",
@@ -211,6 +239,8 @@ const SCENARIOS: [Scenario; 5] = [
         country: "GB",
         fault: Some(("effect_then_503", 1)),
         completes: true,
+        events: COMPLETED,
+        failed_step: None,
     },
 ];
 
@@ -286,94 +316,93 @@ async fn scenario(
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let mut k = Checks(vec![]);
-    // `tandem choreo show` and the entry point's GET tell the same story
-    let shown = to_json(&order, &entries);
+    check_timeline(&mut k, s, &order, &view, &entries);
+    check_records(&mut k, c, s, &order, &sku).await?;
+    Ok(Outcome {
+        scenario: s,
+        order,
+        view,
+        entries,
+        failures: k.0,
+    })
+}
+
+/// The entry point's view and the stream's timeline: the same story (what `tandem choreo
+/// show` prints is what `GET /orders/{id}` answers), the expected events in order, the
+/// expected failed step and terminal status.
+fn check_timeline(k: &mut Checks, s: &Scenario, order: &str, view: &Value, entries: &[Entry]) {
+    let shown = to_json(order, entries);
     k.check(
         shown["timeline"] == view["timeline"] && shown["status"] == view["status"],
         format!("the stream's timeline {shown} differs from GET /orders/{order}: {view}"),
     );
     let events: Vec<&str> = entries.iter().map(|e| e.event.event.as_str()).collect();
-    let failed_step = entries
+    k.check(
+        events == s.events,
+        format!("events {events:?}, expected {:?}", s.events),
+    );
+    let failed = entries
         .iter()
         .find(|e| e.event.event == Kind::Failed)
-        .and_then(|e| e.event.step.clone());
-    let mut events_are = |want: &[&str]| {
-        k.check(
-            events == want,
-            format!("events {events:?}, expected {want:?}"),
-        );
-    };
-    const DONE: [&str; 4] = ["placed", "reserved", "charged", "booked"];
-    match s.tag {
-        "declined" => events_are(&[
-            "placed",
-            "reserved",
-            "failed",
-            "cancelled",
-            "refunded",
-            "released",
-        ]),
-        "zz" => events_are(&[
-            "placed",
-            "reserved",
-            "charged",
-            "failed",
-            "cancelled",
-            "refunded",
-            "released",
-        ]),
-        _ => events_are(&DONE),
-    }
-    let completed = s.completes;
+        .and_then(|e| e.event.step.as_deref());
+    k.check(
+        failed == s.failed_step,
+        format!(
+            "the failed step is {failed:?}, expected {:?}",
+            s.failed_step
+        ),
+    );
     k.status(
-        &view,
-        if completed {
+        view,
+        if s.completes {
             "completed"
         } else {
             "compensated"
         },
     );
-    k.available(c, &sku, if completed { 10 - s.quantity } else { 10 })
+}
+
+/// The services' own records of the order: stock, reservation, shipment, payments, and the
+/// injected fault fired in full.
+async fn check_records(
+    k: &mut Checks,
+    c: &Client,
+    s: &Scenario,
+    order: &str,
+    sku: &str,
+) -> anyhow::Result<()> {
+    let completed = s.completes;
+    k.available(c, sku, if completed { 10 - s.quantity } else { 10 })
         .await?;
-    let res = c.reservations(&order).await?;
+    let res = c.reservations(order).await?;
     let want_res = if completed { "held" } else { "released" };
     k.check(
         statuses(&res, want_res) == 1 && res.len() == 1,
         format!("reservations {res:?}, expected one {want_res}"),
     );
-    let ship = c.shipments(&order).await?;
+    let ship = c.shipments(order).await?;
+    let live = usize::from(completed);
     k.check(
-        statuses(&ship, "created") == usize::from(completed),
-        format!(
-            "shipments {ship:?}, expected {} created",
-            usize::from(completed)
-        ),
+        statuses(&ship, "created") == live,
+        format!("shipments {ship:?}, expected {live} created"),
     );
-    match s.tag {
-        "declined" => {
-            k.check(
-                failed_step.as_deref() == Some("charge_payment"),
-                format!("the failed step is {failed_step:?}, expected charge_payment"),
-            );
-            let pay = c.payments(&order).await?;
-            k.check(
-                kinds(&pay, "charge") == kinds(&pay, "refund"),
-                format!("payments {pay:?}: a net charge remains"),
-            );
-        }
-        "zz" => {
-            k.check(
-                failed_step.as_deref() == Some("create_shipment"),
-                format!("the failed step is {failed_step:?}, expected create_shipment"),
-            );
-            let pay = k.payments(c, &order, (1, 1)).await?;
+    match s.failed_step {
+        Some("create_shipment") => {
+            let pay = k.payments(c, order, (1, 1)).await?;
             k.check(
                 matches!((paid_at(&pay, "charge"), paid_at(&pay, "refund")), (Some(c), Some(r)) if c <= r),
                 "the refund is not after the charge",
             );
         }
-        _ => {
-            k.payments(c, &order, (1, 0)).await?;
+        Some(_) => {
+            let pay = c.payments(order).await?;
+            k.check(
+                kinds(&pay, "charge") == kinds(&pay, "refund"),
+                format!("payments {pay:?}: a net charge remains"),
+            );
+        }
+        None => {
+            k.payments(c, order, (1, 0)).await?;
         }
     }
     if s.fault.is_some() {
@@ -389,13 +418,7 @@ async fn scenario(
             format!("the injected fault did not fire in full: {faults}"),
         );
     }
-    Ok(Outcome {
-        scenario: s,
-        order,
-        view,
-        entries,
-        failures: k.0,
-    })
+    Ok(())
 }
 
 /// Print the outcomes; true if all passed.

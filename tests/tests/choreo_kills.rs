@@ -76,6 +76,52 @@ fn count(list: &[Value], field: &str, value: &str) -> usize {
     list.iter().filter(|v| v[field] == value).count()
 }
 
+/// Every order settled at the entry point, and its effects in the services' records consistent
+/// with its status: the violations, and how many orders completed.
+async fn audit(
+    c: &Client,
+    http: &reqwest::Client,
+    orders: &str,
+    all: &[(String, Value)],
+) -> (Vec<String>, i64) {
+    let mut problems = Vec::new();
+    let mut held = 0;
+    for (id, _) in all {
+        let Some(status) = settled(http, orders, id).await else {
+            problems.push(format!("{id}: not settled"));
+            continue;
+        };
+        let res = c.reservations(id).await.unwrap();
+        let pays = c.payments(id).await.unwrap();
+        let ships = c.shipments(id).await.unwrap();
+        let (charges, refunds) = (
+            count(&pays, "kind", "charge"),
+            count(&pays, "kind", "refund"),
+        );
+        let live = count(&ships, "status", "created");
+        let ok = match status.as_str() {
+            "completed" => {
+                held += 1;
+                res.len() == 1
+                    && count(&res, "status", "held") == 1
+                    && (charges, refunds, live) == (1, 0, 1)
+            }
+            _ => {
+                count(&res, "status", "held") == 0
+                    && charges <= 1
+                    && charges == refunds
+                    && live == 0
+            }
+        };
+        if !ok {
+            problems.push(format!(
+                "{id} {status}: reservations {res:?}, payments {pays:?}, shipments {ships:?}"
+            ));
+        }
+    }
+    (problems, held)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_every_process_and_a_nats_restart_leave_every_checkout_consistent() {
     let Some(mut nats) = PrivateNats::start().await else {
@@ -124,41 +170,7 @@ async fn kill_9_of_every_process_and_a_nats_restart_leave_every_checkout_consist
         }
     }
 
-    let mut problems = Vec::new();
-    let mut held = 0;
-    for (id, _) in &all {
-        let Some(status) = settled(&http, &orders, id).await else {
-            problems.push(format!("{id}: not settled"));
-            continue;
-        };
-        let res = c.reservations(id).await.unwrap();
-        let pays = c.payments(id).await.unwrap();
-        let ships = c.shipments(id).await.unwrap();
-        let (charges, refunds) = (
-            count(&pays, "kind", "charge"),
-            count(&pays, "kind", "refund"),
-        );
-        let live = count(&ships, "status", "created");
-        let ok = match status.as_str() {
-            "completed" => {
-                held += 1;
-                res.len() == 1
-                    && count(&res, "status", "held") == 1
-                    && (charges, refunds, live) == (1, 0, 1)
-            }
-            _ => {
-                count(&res, "status", "held") == 0
-                    && charges <= 1
-                    && charges == refunds
-                    && live == 0
-            }
-        };
-        if !ok {
-            problems.push(format!(
-                "{id} {status}: reservations {res:?}, payments {pays:?}, shipments {ships:?}"
-            ));
-        }
-    }
+    let (mut problems, held) = audit(&c, &http, &orders, &all).await;
     let stock = c.stock("ck-sku").await.unwrap();
     let available = stock["available"].as_i64().unwrap();
     if available < 0 || available + held != STOCK {
