@@ -7,7 +7,7 @@ use clap::Args;
 use crate::client::Client;
 use crate::demo;
 use crate::launch::stack::{Stack, StackConfig};
-use crate::launch::{DEFAULT_SERVER, Layout, RunningStack};
+use crate::launch::{DEFAULT_NATS, DEFAULT_SERVER, Layout, RunningStack};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -17,24 +17,40 @@ pub struct UpArgs {
     /// Database name prefix: databases are `<prefix>_orchestrator`, `<prefix>_inventory`, …
     #[arg(long, default_value = "tandem")]
     pub db_prefix: String,
-    /// Orchestrator port; inventory, payment and shipping take the next three.
+    /// Orchestrator port; inventory, payment and shipping take the next three, orders +7.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// NATS with JetStream for the choreographed checkout (orders on port +7, the services'
+    /// relays and consumers). Empty: without it. Unreachable: `up` says so and starts without.
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS)]
+    pub nats_url: String,
 }
 
 /// Start the whole stack in this process (fault injection on) and serve until Ctrl-C.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let layout = Layout::new(args.database_url, &args.db_prefix);
-    let mut stack = Stack::start(StackConfig::new(layout.clone(), args.port)).await?;
+    let mut cfg = StackConfig::new(layout.clone(), args.port);
+    if !args.nats_url.is_empty() {
+        match crate::choreo::connect(&args.nats_url).await {
+            Ok(_) => cfg.nats_url = Some(args.nats_url.clone()),
+            Err(e) => println!("Without the choreographed checkout: {e}\n"),
+        }
+    }
+    let mut stack = Stack::start(cfg).await?;
     println!("Tandem is up (fault injection on: POST /faults on each service):");
     println!("  orchestrator  {}", stack.orchestrator_url);
     println!("  inventory     {}", stack.inventory_url);
     println!("  payment       {}", stack.payment_url);
     println!("  shipping      {}", stack.shipping_url);
-    let dbs: Vec<String> = crate::launch::COMPONENTS
-        .iter()
-        .map(|c| layout.database_url(c))
-        .collect();
+    let mut components = crate::launch::COMPONENTS.to_vec();
+    if let Some(orders) = &stack.orders_url {
+        println!(
+            "  orders        {orders}  (choreographed checkout, NATS {})",
+            args.nats_url
+        );
+        components.push(crate::launch::ORDERS);
+    }
+    let dbs: Vec<String> = components.iter().map(|c| layout.database_url(c)).collect();
     println!("databases: {}", dbs.join(", "));
     println!("Ctrl-C stops it (gracefully: leases are handed back).");
     tokio::select! {

@@ -57,21 +57,26 @@ pub async fn run_all(c: &Client, run_id: &str) -> anyhow::Result<Vec<Outcome>> {
 }
 
 /// The expectations of one scenario that did not hold.
-struct Checks(Vec<String>);
+pub(crate) struct Checks(pub(crate) Vec<String>);
 
 impl Checks {
-    fn check(&mut self, ok: bool, what: impl Into<String>) {
+    pub(crate) fn check(&mut self, ok: bool, what: impl Into<String>) {
         if !ok {
             self.0.push(what.into());
         }
     }
 
-    fn status(&mut self, saga: &Value, want: &str) {
+    pub(crate) fn status(&mut self, saga: &Value, want: &str) {
         let ok = saga["status"] == want;
         self.check(ok, format!("status is {}, expected {want}", saga["status"]));
     }
 
-    async fn available(&mut self, c: &Client, sku: &str, want: i64) -> anyhow::Result<()> {
+    pub(crate) async fn available(
+        &mut self,
+        c: &Client,
+        sku: &str,
+        want: i64,
+    ) -> anyhow::Result<()> {
         let stock = c.stock(sku).await?;
         let got = &stock["available"];
         self.check(
@@ -82,7 +87,7 @@ impl Checks {
     }
 
     /// The order's payments: `charges` charges and `refunds` refunds; the list.
-    async fn payments(
+    pub(crate) async fn payments(
         &mut self,
         c: &Client,
         order: &str,
@@ -128,18 +133,26 @@ impl<'a> Start<'a> {
     }
 }
 
-/// Seed a SKU of the scenario's own with 10, install the fault, run the checkout to its end:
-/// the order id, the SKU and the settled saga.
-async fn begin(c: &Client, run: &str, s: Start<'_>) -> anyhow::Result<(String, String, Value)> {
-    let (order, sku) = (
-        format!("{run}-{}", s.tag),
-        format!("{run}-widget-{}", s.tag),
-    );
+/// A scenario's order id and SKU (from the run id and its tag), the SKU seeded with 10 and
+/// payment's fault (`kind`, `times`, scoped to the order) installed.
+pub(crate) async fn prepare(
+    c: &Client,
+    run: &str,
+    tag: &str,
+    fault: Option<(&str, usize)>,
+) -> anyhow::Result<(String, String)> {
+    let (order, sku) = (format!("{run}-{tag}"), format!("{run}-widget-{tag}"));
     seed(c, &sku, 10).await?;
-    if let Some((kind, times)) = s.fault {
+    if let Some((kind, times)) = fault {
         let fault = json!({ "order_id": order, "kind": kind, "times": times });
         c.add_fault("payment", &fault).await?;
     }
+    Ok((order, sku))
+}
+
+/// [`prepare`], then run the checkout to its end: the order id, the SKU and the settled saga.
+async fn begin(c: &Client, run: &str, s: Start<'_>) -> anyhow::Result<(String, String, Value)> {
+    let (order, sku) = prepare(c, run, s.tag, s.fault).await?;
     let input = checkout_input(&order, &sku, s.quantity, s.card, s.country);
     let saga = start(c, &input).await?;
     Ok((order, sku, saga))
@@ -164,11 +177,11 @@ pub fn count_events(saga: &Value, kind: &str, step: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn kinds(list: &[Value], kind: &str) -> usize {
+pub(crate) fn kinds(list: &[Value], kind: &str) -> usize {
     list.iter().filter(|p| p["kind"] == kind).count()
 }
 
-fn statuses(list: &[Value], status: &str) -> usize {
+pub(crate) fn statuses(list: &[Value], status: &str) -> usize {
     list.iter().filter(|p| p["status"] == status).count()
 }
 
@@ -255,7 +268,7 @@ async fn declined(c: &Client, run: &str) -> anyhow::Result<Outcome> {
 }
 
 /// When the order's first payment of `kind` was recorded.
-fn paid_at(pay: &[Value], kind: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn paid_at(pay: &[Value], kind: &str) -> Option<DateTime<Utc>> {
     pay.iter()
         .find(|p| p["kind"] == kind)
         .and_then(|p| p["created_at"].as_str())
@@ -312,7 +325,7 @@ async fn charge_retried(
     Ok(k.outcome(scenario, saga))
 }
 
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))

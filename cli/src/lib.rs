@@ -5,6 +5,7 @@
 //!   (`launch::stack`); used by `tandem up`, `tandem demo`, `tandem bench` and the tests.
 //! - [`bench`]: `tandem bench`, throughput and latency against the commit ceiling and the
 //!   direct baseline (docs/benchmarks.md); one module per workload under `bench::workloads`.
+//! - [`choreo`]: `tandem choreo show ORDER | demo`, the choreographed checkout.
 //! - [`client`]: a small HTTP client for the orchestrator and the services' audit endpoints.
 //! - [`commands`]: `tandem up` and `tandem demo`.
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
@@ -14,6 +15,7 @@
 //!   operator's heuristic decision).
 
 pub mod bench;
+pub mod choreo;
 pub mod client;
 pub mod commands;
 pub mod demo;

@@ -19,8 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Start the whole checkout stack (orchestrator, inventory, payment, shipping) in one process,
-    /// with fault injection on (`/faults` on each service).
+    /// Start the whole checkout stack (orchestrator, inventory, payment, shipping, and with NATS
+    /// the choreographed checkout's orders entry point) in one process, with fault injection on
+    /// (`/faults` on each service).
     Up(tandem_cli::commands::UpArgs),
     /// Run the checkout demo scenarios and print each saga's timeline.
     Demo(tandem_cli::commands::DemoArgs),
@@ -30,6 +31,9 @@ enum Commands {
     Bench(tandem_cli::bench::BenchArgs),
     /// The transactional key-value store: up, get, put, del, tx, bench.
     Kv(kv::KvArgs),
+    /// The choreographed checkout (NATS JetStream, no orchestrator): show ORDER's timeline,
+    /// run the demo.
+    Choreo(tandem_cli::choreo::ChoreoArgs),
     /// Operators' console: list, show, cancel, retry (now) or resume sagas of a running
     /// orchestrator.
     Saga(tandem_cli::saga::SagaArgs),
@@ -50,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Commands::Commit(a) => runtime()?.block_on(commit::run(a)),
         Commands::Bench(a) => runtime()?.block_on(tandem_cli::bench::bench(a)),
         Commands::Kv(a) => runtime()?.block_on(kv::run(a)),
+        Commands::Choreo(a) => runtime()?.block_on(tandem_cli::choreo::run(a)),
         Commands::Saga(a) => runtime()?.block_on(tandem_cli::saga::run(a)),
     }
 }

@@ -1,5 +1,5 @@
 //! The real binaries as a stack: `n` orchestrators (instance ids `orch-0`, `orch-1`, …) and the
-//! three services, each with its own fresh database `<prefix>_<component>` and a fixed loopback
+//! three services (with NATS, also the choreographed checkout's `orders` entry point), each with its own fresh database `<prefix>_<component>` and a fixed loopback
 //! port, so a process can be killed (`SIGKILL`, a crash point), paused (`SIGSTOP`) and restarted
 //! in place. Each process's output is appended to `<tmp>/tandem-tests/<prefix>/<node>.log`.
 //!
@@ -31,6 +31,11 @@ pub struct ClusterConfig {
     pub orchestrator_env: Vec<(String, String)>,
     pub orchestrator_pool: u32,
     pub service_pool: u32,
+    /// NATS with JetStream: the services run their part of the choreographed checkout, and an
+    /// `orders` node (the entry point, after the orchestrators) is added.
+    pub nats_url: Option<String>,
+    /// The orders node's `STEP_TIMEOUT_MS`.
+    pub step_timeout_ms: u64,
 }
 
 impl ClusterConfig {
@@ -42,6 +47,8 @@ impl ClusterConfig {
             orchestrator_env: vec![],
             orchestrator_pool: 4,
             service_pool: 3,
+            nats_url: None,
+            step_timeout_ms: 10_000,
         }
     }
 
@@ -109,7 +116,12 @@ impl Cluster {
             .iter()
             .map(|s| {
                 let port = free_port();
-                let env = launch::service_env(&layout, s, port, cfg.service_pool);
+                let env = match &cfg.nats_url {
+                    Some(nats) => {
+                        launch::choreo_service_env(&layout, s, port, cfg.service_pool, nats)
+                    }
+                    None => launch::service_env(&layout, s, port, cfg.service_pool),
+                };
                 Node::new(s.to_string(), s, port, env)
             })
             .collect();
@@ -122,7 +134,15 @@ impl Cluster {
             env.extend(cfg.orchestrator_env.iter().cloned());
             nodes.push(Node::new(name, "orchestrator", port, env));
         }
-        let databases = TestDatabases::new(&cfg.server_url, layout.databases());
+        let mut names = layout.databases();
+        if let Some(nats) = &cfg.nats_url {
+            let port = free_port();
+            let env =
+                launch::orders_env(&layout, port, cfg.service_pool, nats, cfg.step_timeout_ms);
+            nodes.push(Node::new(launch::ORDERS.into(), "orders", port, env));
+            names.push(layout.database(launch::ORDERS));
+        }
+        let databases = TestDatabases::new(&cfg.server_url, names);
         Cluster {
             layout,
             nodes,
@@ -153,7 +173,18 @@ impl Cluster {
     }
 
     pub fn orchestrator_count(&self) -> usize {
-        self.nodes.len() - SERVICES.len()
+        self.nodes
+            .iter()
+            .filter(|n| n.bin == "orchestrator")
+            .count()
+    }
+
+    /// Node index of the orders service (a cluster with `nats_url`).
+    pub fn orders(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.bin == "orders")
+            .expect("a cluster with NATS has an orders node")
     }
 
     pub fn url(&self, node: usize) -> String {

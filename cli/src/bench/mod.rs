@@ -10,11 +10,13 @@
 //! and how long each participant held its locks.
 //!
 //! - this file: the arguments and the run;
-//! - [`workloads`]: one module per workload (`checkout`, `checkout-2pc`, `noop`);
+//! - [`workloads`]: one module per workload (`checkout`, `checkout-2pc`, `checkout-choreo`,
+//!   `noop`);
 //! - [`measure`]: the shared closed loop, latency histograms, HTTP helpers;
 //! - [`stats`]: counters, CPU and memory snapshots, the machine and Postgres settings;
 //! - [`commit`]: an atomic commit's costs (lock holds, messages, forced writes, formulas);
 //! - [`purge`]: `--purge-retention`: the checkout without and with the retention purge;
+//! - [`events`]: the choreographed checkout's messages, counted at NATS;
 //! - [`ceiling`]: the raw commit ceiling; [`target`]: the stack under test (the launcher);
 //! - [`report`]: results and their table.
 //!
@@ -24,6 +26,7 @@
 
 pub mod ceiling;
 pub mod commit;
+pub mod events;
 pub mod measure;
 pub mod purge;
 pub mod report;
@@ -114,6 +117,9 @@ pub struct BenchArgs {
     /// SKUs the checkout spreads its orders over (each seeded with ample stock).
     #[arg(long, default_value_t = 1000)]
     pub skus: usize,
+    /// NATS with JetStream, for the choreographed workload (`--workloads checkout-choreo`).
+    #[arg(long, env = "NATS_URL", default_value = crate::launch::DEFAULT_NATS)]
+    pub nats_url: String,
     /// Print the results as JSON (the progress line still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -198,9 +204,23 @@ async fn level(
     let s0 = stats::snapshot(t, &args.database_url).await?;
     let x0 = stats::xact_commits(&args.database_url).await?;
     let label = format!("{} C={clients}", workload.label());
+    let nats = t.nats.as_ref().filter(|_| load.choreographed());
+    let e0 = match nats {
+        Some(js) => Some(events::read(js).await?),
+        None => None,
+    };
     let op = load.orchestrated(t, args.request);
     let orchestrated = closed_loop(&label, clients, args.window(), op).await;
     let s1 = stats::snapshot(t, &args.database_url).await?;
+    // after the loop the last checkouts' events are still being consumed: wait until the
+    // consumers have caught up before counting
+    let events = match (nats, e0) {
+        (Some(js), Some(e0)) => {
+            let e1 = events::settled(js).await?;
+            Some(events::costs(e0, e1, orchestrated.total_ops.max(1) as f64))
+        }
+        _ => None,
+    };
     let x1 = if args.quiet > 0.0 {
         sleep_secs(args.quiet).await;
         Some(stats::xact_commits(&args.database_url).await?)
@@ -235,6 +255,7 @@ async fn level(
             .sum(),
         transactions,
         commit,
+        events,
         client_cpu_ms_per_saga: s0.client_cpu_ms(&s1, n),
         orchestrated,
         ceiling,

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::ceiling::Ceiling;
 use super::commit::CommitCosts;
+use super::events::EventCosts;
 use super::measure::{Latency, LoopResult};
 use super::stats::DbTransactions;
 use super::workloads::Workload;
@@ -22,6 +23,8 @@ pub struct Level {
     /// For an atomic commit protocol: its costs counted in the running system, beside the
     /// formulas.
     pub commit: Option<CommitCosts>,
+    /// For the choreographed checkout: its messages, counted at NATS.
+    pub events: Option<EventCosts>,
     /// CPU ms per saga of the benchmark's own clients.
     pub client_cpu_ms_per_saga: Option<f64>,
     pub ceiling: Option<Ceiling>,
@@ -152,6 +155,12 @@ fn print_level(l: &Level) {
     );
     if let Some(c) = &l.commit {
         print_commit(c);
+    }
+    if let Some(e) = &l.events {
+        println!(
+            "{:>14} events/checkout published {:.2}, delivered {:.2} (to {} durable consumers)",
+            "", e.published_per_saga, e.deliveries_per_saga, e.consumers
+        );
     }
 }
 

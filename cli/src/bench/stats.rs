@@ -8,7 +8,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::target::Target;
-use crate::launch::COMPONENTS;
 use tandem_kit::stats::DbCounts;
 
 #[derive(Debug, Clone, Default)]
@@ -91,14 +90,16 @@ impl Snapshot {
         n: f64,
     ) -> BTreeMap<String, DbTransactions> {
         let mut out = BTreeMap::new();
-        for comp in COMPONENTS {
-            let (a, b) = (&self.by_component[comp], &later.by_component[comp]);
+        for (comp, b) in &later.by_component {
+            let Some(a) = self.by_component.get(comp) else {
+                continue;
+            };
             let db = b.database.clone();
             let pg = x1.and_then(|x1| Some((x1.get(&db)? - x0.get(&db)?) as f64 / n));
             let (ca, cb) = (&a.counts, &b.counts);
             let d = |f: fn(&DbCounts) -> u64| f(cb).saturating_sub(f(ca)) as f64 / n;
             out.insert(
-                comp.to_string(),
+                comp.clone(),
                 DbTransactions {
                     process_cpu_ms_per_saga: per_op(a.cpu_ms, b.cpu_ms, n),
                     postgres_cpu_ms_per_saga: self.backend_cpu_ms(later, &db) as f64 / n,
@@ -182,9 +183,15 @@ pub async fn snapshot(t: &Target, server: &str) -> anyhow::Result<Snapshot> {
             s.backends.entry(db).or_default().insert(pid, ms);
         }
     }
-    for c in COMPONENTS {
+    for c in t.components() {
         let v = t.get_json(c, "/stats").await?;
-        s.by_component.insert(c.to_string(), counted(c, &v));
+        let mut counted = counted(c, &v);
+        if counted.database.is_empty()
+            && let Some(layout) = &t.layout
+        {
+            counted.database = layout.database(c);
+        }
+        s.by_component.insert(c.to_string(), counted);
     }
     Ok(s)
 }
@@ -233,6 +240,7 @@ pub async fn postgres_settings(server: &str) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch::COMPONENTS;
     use tandem_kit::stats::Messages;
 
     #[test]

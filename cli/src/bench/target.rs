@@ -1,6 +1,7 @@
 //! The stack under test: a running one (`--orchestrator-url`), or the bench's own, started by
 //! the launcher ([`crate::launch`]) as the real binaries or in this process, on freshly
-//! recreated databases `<prefix>_<component>`.
+//! recreated databases `<prefix>_<component>`; with a choreographed workload, also the orders
+//! entry point and the services' relays and consumers on NATS (`--nats-url`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,13 +12,18 @@ use serde_json::Value;
 use super::{BenchArgs, StackMode};
 use crate::launch::procs::{Output, Proc};
 use crate::launch::stack::{Stack, StackConfig};
-use crate::launch::{COMPONENTS, Layout, SERVICES};
+use crate::launch::{COMPONENTS, Layout, ORDERS, SERVICES};
 
 pub struct Target {
     pub http: reqwest::Client,
     urls: BTreeMap<&'static str, String>,
     _children: Vec<Proc>,
     pub in_process: Option<Stack>,
+    /// NATS, when the choreographed checkout runs (its events are counted there).
+    pub nats: Option<async_nats::jetstream::Context>,
+    /// The bench's own stack's layout (for a component whose `/stats` names no database of
+    /// its own: orders, whose writes only `pg_stat_database` counts).
+    pub layout: Option<Layout>,
 }
 
 impl Target {
@@ -37,14 +43,28 @@ impl Target {
             .with_context(|| format!("GET {component}{path}"))
     }
 
+    /// The components under test: [`COMPONENTS`], and `orders` with the choreographed
+    /// checkout.
+    pub fn components(&self) -> Vec<&'static str> {
+        self.urls.keys().copied().collect()
+    }
+
     fn new(http: reqwest::Client, urls: [String; 4]) -> Self {
         Target {
             http,
             urls: COMPONENTS.into_iter().zip(urls).collect(),
             _children: vec![],
             in_process: None,
+            nats: None,
+            layout: None,
         }
     }
+}
+
+/// The NATS server of the choreographed workloads, if any runs.
+fn nats_url(args: &BenchArgs) -> Option<String> {
+    let choreo = args.workloads.iter().any(|w| w.load(args).choreographed());
+    choreo.then(|| args.nats_url.clone())
 }
 
 pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
@@ -52,23 +72,36 @@ pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(60))
         .build()?;
+    let nats = nats_url(args);
     if let Some(urls) = args.running.urls()? {
+        anyhow::ensure!(
+            nats.is_none(),
+            "the choreographed workload runs on the bench's own stack only"
+        );
         return Ok(Target::new(http, urls));
     }
     let layout = Layout::new(&args.database_url, &args.db_prefix);
     layout.drop_databases().await?;
-    match args.stack {
-        StackMode::InProcess => in_process(http, layout, args).await,
-        StackMode::Processes => processes(http, &layout, args),
+    tandem_kit::db::drop_database(&layout.server_url, &layout.database(ORDERS)).await?;
+    let mut t = match args.stack {
+        StackMode::InProcess => in_process(http, layout.clone(), args, nats.clone()).await?,
+        StackMode::Processes => processes(http, &layout, args, nats.as_deref())?,
+    };
+    t.layout = Some(layout);
+    if let Some(url) = &nats {
+        t.nats = Some(crate::choreo::connect(url).await?);
     }
+    Ok(t)
 }
 
 async fn in_process(
     http: reqwest::Client,
     layout: Layout,
     args: &BenchArgs,
+    nats: Option<String>,
 ) -> anyhow::Result<Target> {
     let mut cfg = StackConfig::new(layout, 0);
+    cfg.nats_url = nats;
     cfg.service_pool_size = args.service_pool;
     let pool = args.orchestrator_pool;
     cfg.orchestrator = Box::new(move |c| c.db_pool_size = pool);
@@ -80,11 +113,19 @@ async fn in_process(
         s.shipping_url.clone(),
     ];
     let mut t = Target::new(http, urls);
+    if let Some(orders) = &s.orders_url {
+        t.urls.insert(ORDERS, orders.clone());
+    }
     t.in_process = Some(s);
     Ok(t)
 }
 
-fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow::Result<Target> {
+fn processes(
+    http: reqwest::Client,
+    layout: &Layout,
+    args: &BenchArgs,
+    nats: Option<&str>,
+) -> anyhow::Result<Target> {
     let ports = [
         crate::launch::free_port()?,
         crate::launch::free_port()?,
@@ -101,15 +142,23 @@ fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow
         args.orchestrator_pool,
     )];
     for (i, s) in (1..).zip(SERVICES) {
-        envs.push(crate::launch::service_env(
-            layout,
-            s,
-            ports[i],
-            args.service_pool,
-        ));
+        envs.push(match nats {
+            Some(nats) => {
+                crate::launch::choreo_service_env(layout, s, ports[i], args.service_pool, nats)
+            }
+            None => crate::launch::service_env(layout, s, ports[i], args.service_pool),
+        });
     }
     let mut t = Target::new(http, urls);
-    for (c, env) in COMPONENTS.into_iter().zip(envs) {
+    let mut components: Vec<(&str, Vec<(String, String)>)> =
+        COMPONENTS.into_iter().zip(envs).collect();
+    if let Some(nats) = nats {
+        let port = crate::launch::free_port()?;
+        let env = crate::launch::orders_env(layout, port, args.service_pool, nats, 10_000);
+        components.push((ORDERS, env));
+        t.urls.insert(ORDERS, crate::launch::loopback_url(port));
+    }
+    for (c, env) in components {
         let bin = crate::launch::binary(args.bin_dir.as_deref(), c)?;
         t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
     }
@@ -119,7 +168,7 @@ fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow
 /// Wait until every component answers `GET /healthz` (at most a minute).
 pub async fn wait_healthy(t: &Target) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    for c in COMPONENTS {
+    for c in t.components() {
         loop {
             let ok = t
                 .http

@@ -23,6 +23,16 @@ pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const SERVICES: [&str; 3] = ["inventory", "payment", "shipping"];
 /// Every component of the stack: the orchestrator, then the services.
 pub const COMPONENTS: [&str; 4] = ["orchestrator", "inventory", "payment", "shipping"];
+/// The choreographed checkout's entry point (with NATS only): its database is
+/// `<prefix>_orders`.
+pub const ORDERS: &str = "orders";
+
+/// The NATS server used when none is given (the choreographed checkout).
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+/// What to do when NATS is unreachable.
+pub const NATS_HINT: &str = "The choreographed checkout needs NATS with JetStream at NATS_URL \
+     (default nats://127.0.0.1:4222). Start one with `nats-server -js -sd /tmp/tandem-nats` \
+     (Debian: apt-get install nats-server) or `docker compose up -d nats`, or set NATS_URL.";
 
 /// Where a stack lives: one Postgres server, one database per component named
 /// `<db_prefix>_<component>` (each process creates its own if missing).
@@ -106,6 +116,37 @@ pub fn service_env(layout: &Layout, service: &str, port: u16, pool: u32) -> Vec<
         ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
         ("DB_POOL_SIZE".into(), pool.to_string()),
         ("FAULT_INJECTION".into(), "on".into()),
+    ]
+}
+
+/// Environment of a spawned service taking part in the choreographed checkout: as
+/// [`service_env`], plus `NATS_URL` (its outbox relay and durable consumer).
+pub fn choreo_service_env(
+    layout: &Layout,
+    service: &str,
+    port: u16,
+    pool: u32,
+    nats_url: &str,
+) -> Vec<(String, String)> {
+    let mut env = service_env(layout, service, port, pool);
+    env.push(("NATS_URL".into(), nats_url.into()));
+    env
+}
+
+/// Environment of a spawned orders service (the choreographed checkout's entry point).
+pub fn orders_env(
+    layout: &Layout,
+    port: u16,
+    pool: u32,
+    nats_url: &str,
+    step_timeout_ms: u64,
+) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), layout.database_url(ORDERS)),
+        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+        ("DB_POOL_SIZE".into(), pool.to_string()),
+        ("NATS_URL".into(), nats_url.into()),
+        ("STEP_TIMEOUT_MS".into(), step_timeout_ms.to_string()),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! The whole checkout stack in one process: the three services and the orchestrator, each with
 //! its own database on one Postgres server (see [`Layout`]; created if missing) and its own
-//! port.
+//! port; with NATS ([`StackConfig::nats_url`]), the choreographed checkout too: each service's
+//! outbox relay and durable consumer, and the orders entry point (orchestrator port + 7).
 
 use std::net::SocketAddr;
 
@@ -9,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Layout, SERVICES};
+use super::{Layout, NATS_HINT, ORDERS, SERVICES};
 
 /// Where and how to start the stack.
 pub struct StackConfig {
@@ -20,6 +21,11 @@ pub struct StackConfig {
     pub orchestrator: Box<dyn FnOnce(&mut orchestrator::Config) + Send>,
     /// Pool size of each service (the orchestrator's is in its config).
     pub service_pool_size: u32,
+    /// NATS with JetStream: when given, the choreographed checkout runs too (the services'
+    /// relays and consumers, and the orders service). Unreachable: `start` fails saying so.
+    pub nats_url: Option<String>,
+    /// The orders service's step timeout (its `STEP_TIMEOUT_MS`).
+    pub step_timeout_ms: u64,
 }
 
 impl StackConfig {
@@ -29,6 +35,8 @@ impl StackConfig {
             base_port,
             orchestrator: Box::new(|_| {}),
             service_pool_size: 5,
+            nats_url: None,
+            step_timeout_ms: 10_000,
         }
     }
 }
@@ -38,7 +46,11 @@ pub struct Stack {
     pub inventory_url: String,
     pub payment_url: String,
     pub shipping_url: String,
+    /// The choreographed checkout's entry point, when the stack runs with NATS.
+    pub orders_url: Option<String>,
     pub layout: Layout,
+    /// The services' relays and consumers (stopped on drop).
+    _choreo: Vec<tandem_kit::choreo::step::Worker>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -64,6 +76,18 @@ fn spec(service: &str) -> &'static tandem_kit::service::Spec {
     }
 }
 
+/// The service's step of the choreographed checkout.
+fn step(service: &str) -> &'static tandem_kit::choreo::step::Step {
+    match service {
+        "inventory" => &inventory::choreo::STEP,
+        "payment" => &payment::choreo::STEP,
+        _ => &shipping::choreo::STEP,
+    }
+}
+
+/// Port offset of the orders service from the orchestrator's (8080 → 8087).
+pub const ORDERS_OFFSET: u16 = 7;
+
 impl Stack {
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Stack> {
         let layout = cfg.layout;
@@ -76,6 +100,15 @@ impl Stack {
         };
         let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
         let mut urls = Vec::new();
+        let js = match &cfg.nats_url {
+            Some(url) => Some(
+                tandem_kit::choreo::connect(url)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}\n{}", NATS_HINT))?,
+            ),
+            None => None,
+        };
+        let mut choreo = Vec::new();
         for (i, service) in (1..).zip(SERVICES) {
             let (l, url) = bind(port(cfg.base_port, i)).await?;
             let mut c = tandem_kit::service::Config::with_database(layout.database_url(service));
@@ -83,6 +116,13 @@ impl Stack {
             // The demo, the tests and `tandem up` use the `/faults` endpoints.
             c.fault_injection = tandem_kit::faults::Switch::On;
             let app = tandem_kit::service::build(spec(service), c).await?;
+            if let Some(js) = &js {
+                choreo.push(tandem_kit::choreo::step::Worker::start(
+                    app.clone(),
+                    step(service),
+                    js.clone(),
+                ));
+            }
             let run = app.run(l, stop());
             tasks.push(tokio::spawn(async move { Ok(run.await?) }));
             urls.push(url);
@@ -100,14 +140,29 @@ impl Stack {
         oc.listen_addr = l.local_addr()?;
         (cfg.orchestrator)(&mut oc);
         let app = orchestrator::build(oc).await?;
-        tasks.push(tokio::spawn(async move { Ok(app.run(l, stop()).await?) }));
+        let run = app.run(l, stop());
+        tasks.push(tokio::spawn(async move { Ok(run.await?) }));
+
+        let mut orders_url = None;
+        if let Some(nats) = &cfg.nats_url {
+            let (l, url) = bind(port(cfg.base_port, ORDERS_OFFSET)).await?;
+            let mut c = orders::Config::with(layout.database_url(ORDERS), nats.clone());
+            c.listen_addr = l.local_addr()?;
+            c.db_pool_size = cfg.service_pool_size;
+            c.step_timeout_ms = cfg.step_timeout_ms;
+            let run = orders::build(c).await?.run(l, stop());
+            tasks.push(tokio::spawn(async move { Ok(run.await?) }));
+            orders_url = Some(url);
+        }
 
         Ok(Stack {
             orchestrator_url,
             inventory_url,
             payment_url,
             shipping_url,
+            orders_url,
             layout,
+            _choreo: choreo,
             shutdown,
             tasks,
         })

@@ -223,12 +223,7 @@ async fn show(
     let events = tandem_kit::choreo::timeline(&app.js, &id)
         .await
         .map_err(Problem::unavailable)?;
-    let timeline: Vec<Value> = events
-        .into_iter()
-        .map(|(seq, e)| {
-            json!({ "seq": seq, "event": e.event, "step": e.step, "reason": e.reason, "output": e.output })
-        })
-        .collect();
+    let timeline: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
     Ok(Json(json!({
         "order_id": id,
         "status": row.status,

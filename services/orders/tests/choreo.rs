@@ -405,11 +405,7 @@ async fn poison_events_go_to_the_dead_letter_subject_and_do_not_block_the_stream
 
 impl Stack {
     /// The order's events in the stream, once there are `n`.
-    async fn await_events(
-        &self,
-        id: &str,
-        n: usize,
-    ) -> Vec<(u64, tandem_kit::choreo::event::Event)> {
+    async fn await_events(&self, id: &str, n: usize) -> Vec<tandem_kit::choreo::Entry> {
         for _ in 0..200 {
             let events = tandem_kit::choreo::timeline(&self.js, id).await.unwrap();
             if events.len() >= n {

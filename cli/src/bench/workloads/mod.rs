@@ -7,6 +7,7 @@
 
 pub mod checkout;
 pub mod checkout_2pc;
+pub mod checkout_choreo;
 pub mod noop;
 
 use std::sync::Arc;
@@ -32,6 +33,11 @@ pub enum Workload {
     #[value(name = "checkout-2pc")]
     #[serde(rename = "checkout_2pc")]
     Checkout2pc,
+    /// The same checkout choreographed: `POST /orders` at the orders entry point, events on NATS
+    /// JetStream (needs `--nats-url`), until the entry point sees the terminal event.
+    #[value(name = "checkout-choreo")]
+    #[serde(rename = "checkout_choreo")]
+    CheckoutChoreo,
     /// Two steps calling `POST /noop` on inventory and payment (no database work).
     Noop,
 }
@@ -48,6 +54,10 @@ pub trait Load: Send + Sync {
     fn commit_participants(&self) -> Option<usize> {
         None
     }
+    /// Choreographed (events on NATS, the orders entry point) rather than orchestrated.
+    fn choreographed(&self) -> bool {
+        false
+    }
 }
 
 impl Workload {
@@ -55,6 +65,9 @@ impl Workload {
         match self {
             Workload::Checkout => Box::new(checkout::Checkout { skus: args.skus }),
             Workload::Checkout2pc => Box::new(checkout_2pc::Checkout2pc { skus: args.skus }),
+            Workload::CheckoutChoreo => {
+                Box::new(checkout_choreo::CheckoutChoreo { skus: args.skus })
+            }
             Workload::Noop => Box::new(noop::Noop),
         }
     }

@@ -67,12 +67,35 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), String> {
     Ok(())
 }
 
+/// One event of an order's timeline, as the stream holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The stream sequence (the timeline's order).
+    pub seq: u64,
+    /// When JetStream stored it.
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub event: event::Event,
+}
+
+impl Entry {
+    /// The entry as the entry point's `GET /orders/{id}` and `tandem choreo show --json` give
+    /// it (one shape for both).
+    pub fn to_json(&self) -> serde_json::Value {
+        let e = &self.event;
+        serde_json::json!({
+            "seq": self.seq,
+            "at": self.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "event": e.event,
+            "step": e.step,
+            "reason": e.reason,
+            "output": e.output,
+        })
+    }
+}
+
 /// One order's events, in stream order, read back from the stream (an ordered consumer on
 /// `checkout.<order>.>`): the timeline without a central state.
-pub async fn timeline(
-    js: &jetstream::Context,
-    order_id: &str,
-) -> Result<Vec<(u64, event::Event)>, String> {
+pub async fn timeline(js: &jetstream::Context, order_id: &str) -> Result<Vec<Entry>, String> {
     use futures::StreamExt;
     let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
     let consumer = stream
@@ -94,8 +117,12 @@ pub async fn timeline(
         };
         let info = msg.info().map_err(|e| e.to_string())?;
         let (seq, pending) = (info.stream_sequence, info.pending);
+        let nanos = info.published.unix_timestamp_nanos();
+        let at = i64::try_from(nanos)
+            .map(chrono::DateTime::from_timestamp_nanos)
+            .unwrap_or_default();
         if let Ok(event) = event::Event::from_message(&msg.subject, &msg.payload) {
-            events.push((seq, event));
+            events.push(Entry { seq, at, event });
         }
         left = pending;
     }
