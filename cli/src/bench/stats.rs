@@ -8,7 +8,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::target::Target;
-use crate::launch::COMPONENTS;
 use tandem_kit::stats::DbCounts;
 
 #[derive(Debug, Clone, Default)]
@@ -18,6 +17,8 @@ pub struct Counted {
     pub counts: DbCounts,
     pub peak_rss_kib: Option<u64>,
     pub cpu_ms: Option<u64>,
+    /// Requests the process served, by `METHOD route` (`tandem_kit::stats::exchanges`).
+    pub exchanges: BTreeMap<String, u64>,
 }
 
 /// Messages of one kind per operation.
@@ -91,8 +92,10 @@ impl Snapshot {
         n: f64,
     ) -> BTreeMap<String, DbTransactions> {
         let mut out = BTreeMap::new();
-        for comp in COMPONENTS {
-            let (a, b) = (&self.by_component[comp], &later.by_component[comp]);
+        for (comp, b) in &later.by_component {
+            let Some(a) = self.by_component.get(comp) else {
+                continue;
+            };
             let db = b.database.clone();
             let pg = x1.and_then(|x1| Some((x1.get(&db)? - x0.get(&db)?) as f64 / n));
             let (ca, cb) = (&a.counts, &b.counts);
@@ -115,6 +118,22 @@ impl Snapshot {
                     messages: message_rates(ca, cb, n),
                 },
             );
+        }
+        out
+    }
+
+    /// Requests served per operation by `METHOD route`, every component together (each is two
+    /// messages: the request and its response).
+    pub fn exchanges_per_op(&self, later: &Snapshot, n: f64) -> BTreeMap<String, f64> {
+        let mut out: BTreeMap<String, f64> = BTreeMap::new();
+        for (comp, b) in &later.by_component {
+            let a = self.by_component.get(comp);
+            for (route, after) in &b.exchanges {
+                let before = a.and_then(|a| a.exchanges.get(route)).copied().unwrap_or(0);
+                if *after > before {
+                    *out.entry(route.clone()).or_default() += (after - before) as f64 / n;
+                }
+            }
         }
         out
     }
@@ -163,6 +182,7 @@ fn counted(c: &str, v: &Value) -> Counted {
         cpu_ms: v["pid"]
             .as_u64()
             .and_then(|pid| tandem_kit::stats::cpu_ms(pid as u32)),
+        exchanges: serde_json::from_value(v["exchanges"].clone()).unwrap_or_default(),
     }
 }
 
@@ -182,7 +202,7 @@ pub async fn snapshot(t: &Target, server: &str) -> anyhow::Result<Snapshot> {
             s.backends.entry(db).or_default().insert(pid, ms);
         }
     }
-    for c in COMPONENTS {
+    for c in t.components() {
         let v = t.get_json(c, "/stats").await?;
         s.by_component.insert(c.to_string(), counted(c, &v));
     }
@@ -233,6 +253,7 @@ pub async fn postgres_settings(server: &str) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch::COMPONENTS;
     use tandem_kit::stats::Messages;
 
     #[test]
@@ -277,6 +298,7 @@ mod tests {
                 counts,
                 peak_rss_kib: None,
                 cpu_ms: Some(cpu),
+                exchanges: BTreeMap::new(),
             };
             a.by_component
                 .insert(c.into(), counted(counts(10, 0, 0, 0), 100));

@@ -15,7 +15,9 @@ use crate::launch::{COMPONENTS, Layout, SERVICES};
 
 pub struct Target {
     pub http: reqwest::Client,
-    urls: BTreeMap<&'static str, String>,
+    /// Every component's URL: the orchestrator, the services, then the acceptors
+    /// (`acceptor_0` …) if any were started.
+    urls: BTreeMap<String, String>,
     _children: Vec<Proc>,
     pub in_process: Option<Stack>,
 }
@@ -24,6 +26,11 @@ impl Target {
     /// The URL of a component (`orchestrator`, `inventory`, …).
     pub fn url(&self, component: &str) -> &str {
         &self.urls[component]
+    }
+
+    /// Every component, the acceptors included.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.urls.keys().map(String::as_str)
     }
 
     /// `GET {component}{path}`, its JSON body.
@@ -40,7 +47,7 @@ impl Target {
     fn new(http: reqwest::Client, urls: [String; 4]) -> Self {
         Target {
             http,
-            urls: COMPONENTS.into_iter().zip(urls).collect(),
+            urls: COMPONENTS.map(String::from).into_iter().zip(urls).collect(),
             _children: vec![],
             in_process: None,
         }
@@ -57,6 +64,14 @@ pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
     }
     let layout = Layout::new(&args.database_url, &args.db_prefix);
     layout.drop_databases().await?;
+    for k in 0..args.acceptors {
+        let db = layout.database(&acceptor(k));
+        tandem_kit::db::drop_database(&layout.server_url, &db).await?;
+    }
+    anyhow::ensure!(
+        args.acceptors == 0 || args.stack == StackMode::Processes,
+        "acceptors run only with --stack processes"
+    );
     match args.stack {
         StackMode::InProcess => in_process(http, layout, args).await,
         StackMode::Processes => processes(http, &layout, args),
@@ -84,6 +99,11 @@ async fn in_process(
     Ok(t)
 }
 
+/// The component name of the `k`-th acceptor (and its database's suffix).
+pub fn acceptor(k: u8) -> String {
+    format!("acceptor_{k}")
+}
+
 fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow::Result<Target> {
     let ports = [
         crate::launch::free_port()?,
@@ -93,13 +113,25 @@ fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow
     ];
     let urls = ports.map(crate::launch::loopback_url);
     let services: [String; 3] = [urls[1].clone(), urls[2].clone(), urls[3].clone()];
-    let mut envs = vec![crate::launch::orchestrator_env(
+    let mut acceptors = Vec::new();
+    for k in 0..args.acceptors {
+        acceptors.push((acceptor(k), crate::launch::free_port()?));
+    }
+    let mut orchestrator = crate::launch::orchestrator_env(
         layout,
         ports[0],
         &services,
         "bench",
         args.orchestrator_pool,
-    )];
+    );
+    if !acceptors.is_empty() {
+        let list: Vec<String> = acceptors
+            .iter()
+            .map(|(_, p)| crate::launch::loopback_url(*p))
+            .collect();
+        orchestrator.push(("ACCEPTOR_URLS".into(), list.join(",")));
+    }
+    let mut envs = vec![orchestrator];
     for (i, s) in (1..).zip(SERVICES) {
         envs.push(crate::launch::service_env(
             layout,
@@ -113,13 +145,19 @@ fn processes(http: reqwest::Client, layout: &Layout, args: &BenchArgs) -> anyhow
         let bin = crate::launch::binary(args.bin_dir.as_deref(), c)?;
         t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
     }
+    let bin = crate::launch::binary(args.bin_dir.as_deref(), "acceptor")?;
+    for (name, port) in acceptors {
+        let env = crate::launch::acceptor_env(layout, &name, port);
+        t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
+        t.urls.insert(name, crate::launch::loopback_url(port));
+    }
     Ok(t)
 }
 
 /// Wait until every component answers `GET /healthz` (at most a minute).
 pub async fn wait_healthy(t: &Target) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    for c in COMPONENTS {
+    for c in t.components() {
         loop {
             let ok = t
                 .http
