@@ -106,5 +106,9 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
         paxos("distinct")
     );
     assert!(two_pc.lock_hold_p50_ms.is_some(), "{two_pc:?}");
-    assert!(paxos("hot").lock_hold_p50_ms.is_some(), "{:?}", paxos("hot"));
+    assert!(
+        paxos("hot").lock_hold_p50_ms.is_some(),
+        "{:?}",
+        paxos("hot")
+    );
 }
