@@ -26,48 +26,7 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
     let _databases = TestDatabases::new(server_url(), live::databases(&opts).unwrap());
     let report = live::run(opts).await.expect("compare --live");
 
-    let json: Value = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["topology"]["participants"], 3, "{json}");
-    assert_eq!(json["topology"]["acceptors"], 3, "{json}");
-    let rows = json["rows"].as_array().unwrap();
-    // Every protocol on both workloads, in table order.
-    let order: Vec<(&str, &str)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["workload"].as_str().unwrap(),
-                r["protocol"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        order,
-        [
-            ("distinct", "saga"),
-            ("distinct", "2pc"),
-            ("distinct", "paxos-commit"),
-            ("hot", "saga"),
-            ("hot", "2pc"),
-            ("hot", "paxos-commit"),
-        ]
-    );
-    for r in rows {
-        for field in [
-            "clients",
-            "transactions",
-            "messages_per_txn",
-            "forced_writes_per_txn",
-            "per_sec",
-            "p50_ms",
-            "p99_ms",
-            "abort_rate",
-        ] {
-            assert!(r[field].is_number(), "{field} in {r}");
-        }
-        assert!(r["formula"]["messages"].is_u64(), "{r}");
-        assert!(r["formula"]["delays"].is_u64(), "{r}");
-        assert!(r["errors"].is_object(), "{r}");
-    }
+    check_shape(&serde_json::to_value(&report).unwrap());
 
     // One client on distinct SKUs: nothing contends, every transaction commits and costs
     // exactly the formula's messages (the last one's trailing acks may land after the counters
@@ -111,4 +70,50 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
         "{:?}",
         paxos("hot")
     );
+}
+
+/// The JSON report: its topology, every protocol on both workloads in table order, and each
+/// row's figures.
+fn check_shape(json: &Value) {
+    assert_eq!(json["topology"]["participants"], 3, "{json}");
+    assert_eq!(json["topology"]["acceptors"], 3, "{json}");
+    let rows = json["rows"].as_array().unwrap();
+    // Every protocol on both workloads, in table order.
+    let order: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap(),
+                r["protocol"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("distinct", "saga"),
+            ("distinct", "2pc"),
+            ("distinct", "paxos-commit"),
+            ("hot", "saga"),
+            ("hot", "2pc"),
+            ("hot", "paxos-commit"),
+        ]
+    );
+    for r in rows {
+        for field in [
+            "clients",
+            "transactions",
+            "messages_per_txn",
+            "forced_writes_per_txn",
+            "per_sec",
+            "p50_ms",
+            "p99_ms",
+            "abort_rate",
+        ] {
+            assert!(r[field].is_number(), "{field} in {r}");
+        }
+        assert!(r["formula"]["messages"].is_u64(), "{r}");
+        assert!(r["formula"]["delays"].is_u64(), "{r}");
+        assert!(r["errors"].is_object(), "{r}");
+    }
 }

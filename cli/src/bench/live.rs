@@ -525,9 +525,14 @@ pub fn print(r: &LiveReport) {
         "delays: the formula's (not measured). lock: the longest-held participant's lock hold, \
          vote to outcome."
     );
-    if !r.faults.is_empty() {
+    print_faults(&r.faults);
+}
+
+/// The fault scenarios' rows, if any ran.
+fn print_faults(faults: &[FaultRow]) {
+    if !faults.is_empty() {
         println!("\nfault scenarios (the scripted demos, run as they ship):");
-        for f in &r.faults {
+        for f in faults {
             println!(
                 "{:<13} {:<58} {:<10} {:>6.1} s  {}",
                 f.protocol,
