@@ -128,14 +128,7 @@ impl Demo {
             nodes.push(node(name, "orchestrator", ports[i], env));
         }
         for (k, i) in A.into_iter().enumerate() {
-            let env = vec![
-                (
-                    "DATABASE_URL".into(),
-                    layout.database_url(&format!("acceptor_{k}")),
-                ),
-                ("LISTEN_ADDR".into(), format!("127.0.0.1:{}", ports[i])),
-                ("DB_POOL_SIZE".into(), "2".into()),
-            ];
+            let env = launch::acceptor_env(layout, &format!("acceptor_{k}"), ports[i]);
             nodes.push(node(&format!("acceptor-{k}"), "acceptor", ports[i], env));
         }
         Ok(Demo {

@@ -18,7 +18,9 @@
 //! - [`purge`]: `--purge-retention`: the checkout without and with the retention purge;
 //! - [`events`]: the choreographed checkout's messages, counted at NATS;
 //! - [`ceiling`]: the raw commit ceiling; [`target`]: the stack under test (the launcher);
-//! - [`report`]: results and their table.
+//! - [`report`]: results and their table;
+//! - [`live`]: `tandem commit compare --live`, the saga and the atomic commit protocols on one
+//!   stack, side by side (each protocol one of these workloads, each row one level).
 //!
 //! By default the stack runs as the real binaries, child processes of this one (per-process RSS,
 //! per-process runtimes as deployed); `--stack in-process` runs it in this process;
@@ -27,6 +29,7 @@
 pub mod ceiling;
 pub mod commit;
 pub mod events;
+pub mod live;
 pub mod measure;
 pub mod purge;
 pub mod report;
@@ -108,6 +111,10 @@ pub struct BenchArgs {
     pub bin_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "post-wait")]
     pub request: RequestMode,
+    /// Paxos Commit acceptors to start beside the stack (2F+1; 0: none; `--stack processes`
+    /// only). `tandem commit compare --live` sets it.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=7))]
+    pub acceptors: u8,
     /// Database pool of the bench's own orchestrator.
     #[arg(long, default_value_t = 20)]
     pub orchestrator_pool: u32,
@@ -120,6 +127,10 @@ pub struct BenchArgs {
     /// NATS with JetStream, for the choreographed workload (`--workloads checkout-choreo`).
     #[arg(long, env = "NATS_URL", default_value = crate::launch::DEFAULT_NATS)]
     pub nats_url: String,
+    /// Hot SKUs: when above 0, every client orders one of the first N SKUs only (contention on
+    /// a few stock rows) instead of spreading its orders over `--skus`.
+    #[arg(long, default_value_t = 0)]
+    pub hot_skus: usize,
     /// Print the results as JSON (the progress line still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -154,7 +165,7 @@ async fn sleep_secs(s: f64) {
 /// database the first prepared statements are planned for empty tables (sequential scans) and
 /// keep those plans until autovacuum analyzes the tables, up to a minute later: measured runs
 /// would then pay scans that grow with the tables. ANALYZE invalidates those plans.
-async fn prime(
+pub async fn prime(
     t: &Target,
     args: &BenchArgs,
     loads: &[(Workload, Box<dyn Load>)],
@@ -177,7 +188,7 @@ async fn prime(
 }
 
 /// The ceiling for `clients`, measured once per client count.
-struct Ceilings(BTreeMap<usize, Ceiling>);
+pub struct Ceilings(pub BTreeMap<usize, Ceiling>);
 
 impl Ceilings {
     async fn get(&mut self, args: &BenchArgs, clients: usize) -> anyhow::Result<Option<Ceiling>> {
@@ -194,7 +205,7 @@ impl Ceilings {
 }
 
 /// One workload at one client count: orchestrated, then the ceiling and the direct baseline.
-async fn level(
+pub async fn level(
     t: &Target,
     args: &BenchArgs,
     (workload, load): &(Workload, Box<dyn Load>),
@@ -249,6 +260,7 @@ async fn level(
     Ok(compare(Level {
         workload: *workload,
         clients,
+        exchanges_per_op: s0.exchanges_per_op(&s1, n),
         forced_writes_per_saga: transactions
             .values()
             .map(|t| t.forced_writes_per_saga)
@@ -290,14 +302,19 @@ fn stack_text(args: &BenchArgs) -> String {
     }
 }
 
+/// `url` with `sslmode=disable` unless it names an `sslmode` (loopback: encryption would only
+/// add CPU on both ends).
+pub fn without_tls(url: &str) -> String {
+    if url.contains("sslmode=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode=disable")
+}
+
 pub async fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
-    if !args.db_tls && !args.database_url.contains("sslmode=") {
-        let sep = if args.database_url.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        args.database_url = format!("{}{sep}sslmode=disable", args.database_url);
+    if !args.db_tls {
+        args.database_url = without_tls(&args.database_url);
     }
     let postgres = stats::postgres_settings(&args.database_url).await?;
     let machine = stats::machine();

@@ -20,6 +20,9 @@ pub struct Level {
     pub transactions: BTreeMap<String, DbTransactions>,
     /// Durable commit points per operation, all processes together.
     pub forced_writes_per_saga: f64,
+    /// Requests served per operation by `METHOD route`, all processes together (each is two
+    /// messages), as the shared server middleware counts them.
+    pub exchanges_per_op: BTreeMap<String, f64>,
     /// For an atomic commit protocol: its costs counted in the running system, beside the
     /// formulas.
     pub commit: Option<CommitCosts>,

@@ -17,6 +17,8 @@ pub struct Counted {
     pub counts: DbCounts,
     pub peak_rss_kib: Option<u64>,
     pub cpu_ms: Option<u64>,
+    /// Requests the process served, by `METHOD route` (`tandem_kit::stats::exchanges`).
+    pub exchanges: BTreeMap<String, u64>,
 }
 
 /// Messages of one kind per operation.
@@ -120,6 +122,22 @@ impl Snapshot {
         out
     }
 
+    /// Requests served per operation by `METHOD route`, every component together (each is two
+    /// messages: the request and its response).
+    pub fn exchanges_per_op(&self, later: &Snapshot, n: f64) -> BTreeMap<String, f64> {
+        let mut out: BTreeMap<String, f64> = BTreeMap::new();
+        for (comp, b) in &later.by_component {
+            let a = self.by_component.get(comp);
+            for (route, after) in &b.exchanges {
+                let before = a.and_then(|a| a.exchanges.get(route)).copied().unwrap_or(0);
+                if *after > before {
+                    *out.entry(route.clone()).or_default() += (after - before) as f64 / n;
+                }
+            }
+        }
+        out
+    }
+
     /// CPU ms per operation of this process (the clients).
     pub fn client_cpu_ms(&self, later: &Snapshot, n: f64) -> Option<f64> {
         per_op(self.bench_cpu_ms, later.bench_cpu_ms, n)
@@ -164,6 +182,7 @@ fn counted(c: &str, v: &Value) -> Counted {
         cpu_ms: v["pid"]
             .as_u64()
             .and_then(|pid| tandem_kit::stats::cpu_ms(pid as u32)),
+        exchanges: serde_json::from_value(v["exchanges"].clone()).unwrap_or_default(),
     }
 }
 
@@ -285,6 +304,7 @@ mod tests {
                 counts,
                 peak_rss_kib: None,
                 cpu_ms: Some(cpu),
+                exchanges: BTreeMap::new(),
             };
             a.by_component
                 .insert(c.into(), counted(counts(10, 0, 0, 0), 100));

@@ -16,7 +16,9 @@ use crate::launch::{COMPONENTS, Layout, ORDERS, SERVICES};
 
 pub struct Target {
     pub http: reqwest::Client,
-    urls: BTreeMap<&'static str, String>,
+    /// Every component's URL: the orchestrator, the services, then the acceptors
+    /// (`acceptor_0` …) if any were started.
+    urls: BTreeMap<String, String>,
     _children: Vec<Proc>,
     pub in_process: Option<Stack>,
     /// NATS, when the choreographed checkout runs (its events are counted there).
@@ -30,6 +32,11 @@ impl Target {
     /// The URL of a component (`orchestrator`, `inventory`, …).
     pub fn url(&self, component: &str) -> &str {
         &self.urls[component]
+    }
+
+    /// Every component, the acceptors included.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.urls.keys().map(String::as_str)
     }
 
     /// `GET {component}{path}`, its JSON body.
@@ -52,7 +59,7 @@ impl Target {
     fn new(http: reqwest::Client, urls: [String; 4]) -> Self {
         Target {
             http,
-            urls: COMPONENTS.into_iter().zip(urls).collect(),
+            urls: COMPONENTS.map(String::from).into_iter().zip(urls).collect(),
             _children: vec![],
             in_process: None,
             nats: None,
@@ -83,6 +90,14 @@ pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
     let layout = Layout::new(&args.database_url, &args.db_prefix);
     layout.drop_databases().await?;
     tandem_kit::db::drop_database(&layout.server_url, &layout.database(ORDERS)).await?;
+    for k in 0..args.acceptors {
+        let db = layout.database(&acceptor(k));
+        tandem_kit::db::drop_database(&layout.server_url, &db).await?;
+    }
+    anyhow::ensure!(
+        args.acceptors == 0 || args.stack == StackMode::Processes,
+        "acceptors run only with --stack processes"
+    );
     let mut t = match args.stack {
         StackMode::InProcess => in_process(http, layout.clone(), args, nats.clone()).await?,
         StackMode::Processes => processes(http, &layout, args, nats.as_deref())?,
@@ -114,10 +129,15 @@ async fn in_process(
     ];
     let mut t = Target::new(http, urls);
     if let Some(orders) = &s.orders_url {
-        t.urls.insert(ORDERS, orders.clone());
+        t.urls.insert(ORDERS.to_string(), orders.clone());
     }
     t.in_process = Some(s);
     Ok(t)
+}
+
+/// The component name of the `k`-th acceptor (and its database's suffix).
+pub fn acceptor(k: u8) -> String {
+    format!("acceptor_{k}")
 }
 
 fn processes(
@@ -134,13 +154,25 @@ fn processes(
     ];
     let urls = ports.map(crate::launch::loopback_url);
     let services: [String; 3] = [urls[1].clone(), urls[2].clone(), urls[3].clone()];
-    let mut envs = vec![crate::launch::orchestrator_env(
+    let mut acceptors = Vec::new();
+    for k in 0..args.acceptors {
+        acceptors.push((acceptor(k), crate::launch::free_port()?));
+    }
+    let mut orchestrator = crate::launch::orchestrator_env(
         layout,
         ports[0],
         &services,
         "bench",
         args.orchestrator_pool,
-    )];
+    );
+    if !acceptors.is_empty() {
+        let list: Vec<String> = acceptors
+            .iter()
+            .map(|(_, p)| crate::launch::loopback_url(*p))
+            .collect();
+        orchestrator.push(("ACCEPTOR_URLS".into(), list.join(",")));
+    }
+    let mut envs = vec![orchestrator];
     for (i, s) in (1..).zip(SERVICES) {
         envs.push(match nats {
             Some(nats) => {
@@ -156,11 +188,20 @@ fn processes(
         let port = crate::launch::free_port()?;
         let env = crate::launch::orders_env(layout, port, args.service_pool, nats, 10_000);
         components.push((ORDERS, env));
-        t.urls.insert(ORDERS, crate::launch::loopback_url(port));
+        t.urls.insert(ORDERS.to_string(), crate::launch::loopback_url(port));
     }
     for (c, env) in components {
         let bin = crate::launch::binary(args.bin_dir.as_deref(), c)?;
         t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
+    }
+    if acceptors.is_empty() {
+        return Ok(t);
+    }
+    let bin = crate::launch::binary(args.bin_dir.as_deref(), "acceptor")?;
+    for (name, port) in acceptors {
+        let env = crate::launch::acceptor_env(layout, &name, port);
+        t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
+        t.urls.insert(name, crate::launch::loopback_url(port));
     }
     Ok(t)
 }

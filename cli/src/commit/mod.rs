@@ -1,6 +1,8 @@
 //! `tandem commit ...`: the atomic commit protocols.
 //!
-//! - here: `compare`, the protocol cores' costs on an in-memory network;
+//! - here: `compare`, the protocol cores' costs on an in-memory network, and `compare --live`,
+//!   the checkout under each protocol over the real services
+//!   ([`tandem_cli::bench::live`]);
 //! - [`demo`]: `demo 2pc-blocking`, 2PC's blocking case live on the real stack;
 //! - [`resolve`]: `resolve ID --commit|--abort`, an operator's heuristic decision.
 
@@ -19,18 +21,29 @@ pub struct CommitArgs {
 
 #[derive(Subcommand)]
 enum CommitCommand {
-    /// Run 2PC, 3PC and Paxos Commit failure-free on an in-memory network and compare the
-    /// measured messages, message delays and forced writes with their formulas.
+    /// Compare the protocols. By default: 2PC, 3PC and Paxos Commit failure-free on an
+    /// in-memory network, the measured messages, message delays and forced writes beside their
+    /// formulas. With --live: the checkout as an orchestrated saga, as 2PC and as Paxos Commit
+    /// against the real services (the real binaries, 3 acceptors) in one run, on two workloads
+    /// (distinct SKUs; a few hot SKUs shared by every client) at each client count: messages
+    /// per transaction counted by every process beside the formula, forced writes, p50/p99
+    /// latency, throughput, lock hold, abort rate; then the fault scenarios of the scripted
+    /// demos (2PC coordinator crash, Paxos leader crash) and what happened.
     Compare {
-        /// Number of participants (N).
+        /// Number of participants (N; in-memory only: live runs the checkout's 3 services).
         #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
         participants: u8,
-        /// Failures Paxos Commit tolerates (F): 2F+1 acceptors.
+        /// Failures Paxos Commit tolerates (F): 2F+1 acceptors (in-memory only: live runs 3).
         #[arg(long, short = 'f', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=10))]
         failures: u8,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Run over the real services instead of the in-memory network.
+        #[arg(long)]
+        live: bool,
+        #[command(flatten)]
+        live_args: LiveArgs,
     },
     /// Scripted demos of the protocols over the real services (each checks what it observes
     /// and exits non-zero otherwise).
@@ -71,6 +84,74 @@ struct PaxosDemoArgs {
     bin_dir: Option<std::path::PathBuf>,
 }
 
+/// The options of `compare --live` (ignored without it).
+#[derive(Args)]
+struct LiveArgs {
+    /// Concurrent clients, one row per value (live).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Measured seconds per row (live).
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Warm-up seconds per row, not measured (live).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// SKUs the distinct workload spreads its orders over (live).
+    #[arg(long, default_value_t = 200)]
+    skus: usize,
+    /// SKUs shared by every client in the hot workload; 0 leaves the hot workload out (live).
+    #[arg(long, default_value_t = 4)]
+    hot_skus: usize,
+    /// Protocols to run, in table order (live; default: all — saga, 2pc, paxos-commit).
+    #[arg(long, value_delimiter = ',')]
+    protocols: Vec<String>,
+    /// Leave out the fault scenarios (live; each runs its scripted demo, tens of seconds).
+    #[arg(long)]
+    no_faults: bool,
+    /// The Postgres server (live; needs `max_prepared_transactions` > 0).
+    #[arg(long, env = "DATABASE_URL", default_value = tandem_cli::launch::DEFAULT_SERVER)]
+    database_url: String,
+    /// Database name prefix of the live run's own stack (dropped and recreated at start).
+    #[arg(long, default_value = "tandem_compare")]
+    db_prefix: String,
+    /// Where the binaries are (live; default: beside this executable).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
+}
+
+async fn compare_live(a: LiveArgs, json: bool) -> anyhow::Result<()> {
+    use tandem_cli::bench::live;
+    let opts = live::LiveOptions {
+        database_url: a.database_url,
+        db_prefix: a.db_prefix,
+        bin_dir: a.bin_dir,
+        clients: a.clients,
+        warmup: a.warmup,
+        duration: a.duration,
+        skus: a.skus.max(1),
+        hot_skus: a.hot_skus,
+        protocols: a.protocols,
+    };
+    let mut report = live::run(opts.clone()).await?;
+    if !a.no_faults {
+        let protocols = live::select(&opts.protocols)?;
+        report.faults = live::run_faults(&std::env::current_exe()?, &opts, &protocols).await;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        live::print(&report);
+    }
+    for name in live::databases(&opts)? {
+        tandem_kit::db::drop_database(&opts.database_url, &name).await?;
+    }
+    anyhow::ensure!(
+        report.faults.iter().all(|f| f.passed),
+        "a fault scenario's demo failed its checks"
+    );
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct Report {
     participants: u8,
@@ -89,9 +170,16 @@ pub async fn run(args: CommitArgs) -> anyhow::Result<()> {
         } => paxos_demo(a).await,
         CommitCommand::Resolve(a) => resolve::run(a).await,
         CommitCommand::Compare {
+            live: true,
+            live_args,
+            json,
+            ..
+        } => compare_live(live_args, json).await,
+        CommitCommand::Compare {
             participants,
             failures,
             json,
+            ..
         } => {
             let rows = sim::compare(participants, failures);
             let report = Report {

@@ -5,7 +5,8 @@
 //!   `<prefix>_<component>`.
 //! - [`free_port`]: a free loopback port for a process that binds it itself.
 //! - [`binary`]: where a workspace binary is (next to this executable, or a given directory).
-//! - [`service_env`], [`orchestrator_env`]: the environment of a spawned binary.
+//! - [`service_env`], [`orchestrator_env`], [`acceptor_env`]: the environment of a spawned
+//!   binary.
 //! - [`procs`]: the real binaries as child processes (killed on drop).
 //! - [`stack`]: the whole stack in this process.
 //!
@@ -147,6 +148,16 @@ pub fn orders_env(
         ("DB_POOL_SIZE".into(), pool.to_string()),
         ("NATS_URL".into(), nats_url.into()),
         ("STEP_TIMEOUT_MS".into(), step_timeout_ms.to_string()),
+    ]
+}
+
+/// Environment of a spawned Paxos Commit acceptor named `name` (its database
+/// `<prefix>_<name>`): its port and a pool of 2 (one message is one short transaction).
+pub fn acceptor_env(layout: &Layout, name: &str, port: u16) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), layout.database_url(name)),
+        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+        ("DB_POOL_SIZE".into(), "2".into()),
     ]
 }
 

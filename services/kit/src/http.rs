@@ -295,7 +295,8 @@ pub fn finish_with(router: Router, scrape: crate::metrics::Scrape) -> Router {
 /// Around every request of every server: a span that continues the caller's `traceparent`,
 /// and the request's latency in [`crate::metrics::HTTP_REQUEST_DURATION`] under its route
 /// template (`unmatched` for the 404 fallback), so new routes are measured and traced with no
-/// code of their own.
+/// code of their own. Every request is also counted by route ([`crate::stats::exchange`]): the
+/// messages of every protocol, counted in one place.
 pub async fn observe(
     matched: Option<axum::extract::MatchedPath>,
     req: Request,
@@ -307,6 +308,7 @@ pub async fn observe(
         .map_or("unmatched", |m| m.as_str())
         .to_string();
     let method = req.method().clone();
+    crate::stats::exchange(&method, &route);
     let span = crate::telemetry::server_span(&method, &route, req.headers());
     let started = std::time::Instant::now();
     let resp = next.run(req).instrument(span.clone()).await;

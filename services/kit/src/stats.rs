@@ -13,7 +13,10 @@
 //! - `prepared`: `PREPARE TRANSACTION`s that succeeded (not a commit for Postgres' counters);
 //! - forced writes (each durable commit point) are then `writes + prepared - rollback_prepared`;
 //! - `messages`: per kind, sent and received; a request and its response are two messages
-//!   (docs/commit-protocols.md, "What one message is over HTTP").
+//!   (docs/commit-protocols.md, "What one message is over HTTP");
+//! - `exchanges`: requests this process served, by `METHOD route-template`, for every protocol
+//!   alike (counted by the shared server middleware; process-wide, not per database): each is
+//!   two messages. `tandem commit compare --live` sums them over every process.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +36,28 @@ struct Counters {
     rollback_prepared: AtomicU64,
     /// kind → (sent, received)
     messages: Mutex<BTreeMap<&'static str, (u64, u64)>>,
+}
+
+/// Requests served by this process, by `METHOD route-template` (every server counts them in
+/// [`crate::http::observe`]): each is two messages, the request and its response.
+static EXCHANGES: LazyLock<Mutex<BTreeMap<String, u64>>> =
+    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+/// This process served a request of `method` on `route` (its route template): counted once per
+/// request, whatever the protocol, so that every protocol's messages are counted the same way.
+pub fn exchange(method: &axum::http::Method, route: &str) {
+    let mut m = EXCHANGES.lock().expect("stats lock");
+    let key = format!("{method} {route}");
+    if let Some(n) = m.get_mut(&key) {
+        *n += 1;
+    } else {
+        m.insert(key, 1);
+    }
+}
+
+/// Requests served so far by `METHOD route-template` (see [`exchange`]).
+pub fn exchanges() -> BTreeMap<String, u64> {
+    EXCHANGES.lock().expect("stats lock").clone()
 }
 
 static BY_DATABASE: LazyLock<Mutex<BTreeMap<String, Arc<Counters>>>> =
@@ -191,6 +216,7 @@ pub async fn handler() -> Json<Value> {
     Json(json!({
         "pid": std::process::id(),
         "transactions": by_database(),
+        "exchanges": exchanges(),
         "rss_kib": rss,
         "peak_rss_kib": peak,
         "cpu_ms": cpu_ms(std::process::id()),

@@ -14,18 +14,39 @@ use crate::bench::target::Target;
 use crate::client::checkout_input;
 
 pub struct Checkout {
+    pub orders: Orders,
+}
+
+/// Which SKUs the orders go to: spread over `skus` (concurrent clients rarely touch the same
+/// stock row), or, with `hot` above 0, only the first `hot` of them, shared by every client.
+#[derive(Debug, Clone, Copy)]
+pub struct Orders {
     pub skus: usize,
+    pub hot: usize,
+}
+
+impl Orders {
+    pub fn of(args: &crate::bench::BenchArgs) -> Self {
+        Orders {
+            skus: args.skus,
+            hot: args.hot_skus.min(args.skus),
+        }
+    }
+
+    /// The input of client `client`'s `seq`-th checkout: one unit of a SKU that depends on
+    /// both.
+    pub fn input(self, client: usize, seq: u64) -> Value {
+        let i = if self.hot > 0 {
+            (client + seq as usize) % self.hot
+        } else {
+            (client * 7919 + seq as usize) % self.skus.max(1)
+        };
+        checkout_input(&order_id(), &sku(i), 1, "tok_visa", "GB")
+    }
 }
 
 fn sku(i: usize) -> String {
     format!("bench-sku-{i:05}")
-}
-
-/// The input of client `client`'s `seq`-th checkout: one unit of a SKU that depends on both,
-/// so concurrent clients rarely touch the same row.
-pub(super) fn input(skus: usize, client: usize, seq: u64) -> Value {
-    let s = sku((client * 7919 + seq as usize) % skus.max(1));
-    checkout_input(&order_id(), &s, 1, "tok_visa", "GB")
 }
 
 pub(super) async fn seed(t: &Target, skus: usize) -> anyhow::Result<()> {
@@ -77,24 +98,24 @@ async fn direct_checkout(
 
 impl Load for Checkout {
     fn prepare<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, anyhow::Result<()>> {
-        seed(t, self.skus).boxed()
+        seed(t, self.orders.skus).boxed()
     }
 
     fn orchestrated(&self, t: &Target, mode: RequestMode) -> Op {
-        let skus = self.skus;
+        let orders = self.orders;
         saga_op(t, mode, "checkout", move |client, seq| {
-            input(skus, client, seq)
+            orders.input(client, seq)
         })
     }
 
     fn direct(&self, t: &Target) -> Option<Op> {
-        let (http, skus) = (t.http.clone(), self.skus);
+        let (http, orders) = (t.http.clone(), self.orders);
         let urls = ["inventory", "payment", "shipping"].map(|s| t.url(s).to_string());
         Some(Arc::new(move |client, seq| {
             Box::pin(direct_checkout(
                 http.clone(),
                 urls.clone(),
-                input(skus, client, seq),
+                orders.input(client, seq),
             ))
         }))
     }

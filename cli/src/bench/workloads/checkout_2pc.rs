@@ -1,22 +1,27 @@
-//! `checkout-2pc`: the shipped checkout as one 2PC transaction (`POST /transactions`
-//! `{"protocol": "2pc", "definition": "checkout", …}`): each service runs the saga action's
-//! effect in a Postgres transaction it prepares, and commits it when the coordinator says so.
-//! The same orders and SKUs as `checkout`. Each transaction reports how long each participant
-//! held its locks ([`crate::bench::commit::lock_holds`]). No direct baseline.
+//! `checkout-2pc` and `checkout-paxos`: the shipped checkout as one atomic commit transaction
+//! (`POST /transactions` `{"protocol": "2pc" | "paxos-commit", "definition": "checkout", …}`):
+//! each service runs the saga action's effect in a Postgres transaction it prepares, and
+//! commits it when the coordinator (2PC) or the leader, once the acceptors chose (Paxos
+//! Commit), says so. The same orders and SKUs as `checkout`. Each transaction reports how long
+//! each participant held its locks ([`crate::bench::commit::lock_holds`]). No direct baseline.
+//! Paxos Commit needs acceptors beside the stack (`--acceptors 3`).
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{Load, checkout, run_op};
+use super::checkout::{self, Orders};
+use super::{Load, run_op};
 use crate::bench::RequestMode;
 use crate::bench::commit::lock_holds;
 use crate::bench::measure::{Op, Timings};
 use crate::bench::target::Target;
 use crate::launch::SERVICES;
 
-pub struct Checkout2pc {
-    pub skus: usize,
+/// The checkout as one transaction of `protocol` (the orchestrator's `"protocol"` field).
+pub struct CheckoutCommit {
+    pub protocol: &'static str,
+    pub orders: Orders,
 }
 
 /// Every service must be able to prepare (its Postgres' `max_prepared_transactions` above 0).
@@ -35,7 +40,7 @@ async fn require_prepared_transactions(t: &Target) -> anyhow::Result<()> {
 }
 
 /// A transaction's answer: Ok, with each participant's lock-hold time, only if it committed.
-fn committed(body: &Value) -> Result<Timings, String> {
+pub fn committed(body: &Value) -> Result<Timings, String> {
     match body["state"].as_str() {
         Some("committed") => Ok(lock_holds(body)),
         Some(s) => Err(format!("transaction {s}")),
@@ -44,29 +49,29 @@ fn committed(body: &Value) -> Result<Timings, String> {
 }
 
 /// The number of participants: the shipped checkout definition's steps.
-fn checkout_steps() -> usize {
+pub fn checkout_steps() -> usize {
     serde_json::from_str::<Value>(orchestrator::CHECKOUT_DEFINITION)
         .ok()
         .and_then(|d| d["steps"].as_array().map(Vec::len))
         .unwrap_or(0)
 }
 
-impl Load for Checkout2pc {
+impl Load for CheckoutCommit {
     fn prepare<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, anyhow::Result<()>> {
         async move {
             require_prepared_transactions(t).await?;
-            checkout::seed(t, self.skus).await
+            checkout::seed(t, self.orders.skus).await
         }
         .boxed()
     }
 
     fn orchestrated(&self, t: &Target, mode: RequestMode) -> Op {
-        let skus = self.skus;
+        let (orders, protocol) = (self.orders, self.protocol);
         let body = move |client, seq| {
             json!({
-                "protocol": "2pc",
+                "protocol": protocol,
                 "definition": "checkout",
-                "input": checkout::input(skus, client, seq),
+                "input": orders.input(client, seq),
             })
         };
         run_op(t, mode, "transactions", body, committed)
@@ -76,8 +81,9 @@ impl Load for Checkout2pc {
         None
     }
 
+    /// The 2PC formulas only: Paxos Commit's are `tandem commit compare --live`'s.
     fn commit_participants(&self) -> Option<usize> {
-        Some(checkout_steps())
+        (self.protocol == "2pc").then(checkout_steps)
     }
 }
 

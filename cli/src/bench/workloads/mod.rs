@@ -38,6 +38,10 @@ pub enum Workload {
     #[value(name = "checkout-choreo")]
     #[serde(rename = "checkout_choreo")]
     CheckoutChoreo,
+    /// The same checkout as one Paxos Commit transaction (needs `--acceptors 3`).
+    #[value(name = "checkout-paxos")]
+    #[serde(rename = "checkout_paxos")]
+    CheckoutPaxos,
     /// Two steps calling `POST /noop` on inventory and payment (no database work).
     Noop,
 }
@@ -63,8 +67,17 @@ pub trait Load: Send + Sync {
 impl Workload {
     pub fn load(self, args: &BenchArgs) -> Box<dyn Load> {
         match self {
-            Workload::Checkout => Box::new(checkout::Checkout { skus: args.skus }),
-            Workload::Checkout2pc => Box::new(checkout_2pc::Checkout2pc { skus: args.skus }),
+            Workload::Checkout => Box::new(checkout::Checkout {
+                orders: checkout::Orders::of(args),
+            }),
+            Workload::Checkout2pc => Box::new(checkout_2pc::CheckoutCommit {
+                protocol: "2pc",
+                orders: checkout::Orders::of(args),
+            }),
+            Workload::CheckoutPaxos => Box::new(checkout_2pc::CheckoutCommit {
+                protocol: "paxos-commit",
+                orders: checkout::Orders::of(args),
+            }),
             Workload::CheckoutChoreo => {
                 Box::new(checkout_choreo::CheckoutChoreo { skus: args.skus })
             }

@@ -1,0 +1,119 @@
+//! `tandem commit compare --live`, briefly: the checkout as a saga, as 2PC and as Paxos Commit
+//! over the real binaries (three services, an orchestrator, three acceptors) on fresh
+//! databases, one client, a second or so per row, both workloads. The messages every process
+//! counted per committed transaction must equal the formula for the topology run (each
+//! protocol's routes are different code paths: a protocol that sent one message more or less,
+//! or a counter that missed a route, fails here), and the JSON report must have its shape.
+//! Needs `max_prepared_transactions` > 0 (the 2PC and Paxos participants prepare).
+
+use serde_json::Value;
+use tandem_cli::bench::live::{self, LiveOptions};
+use tandem_kit::testing::{TestDatabases, server_url, unique_prefix};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
+    let opts = LiveOptions {
+        database_url: server_url(),
+        db_prefix: unique_prefix("cmp"),
+        bin_dir: Some(tandem_tests::procs::bin_dir()),
+        clients: vec![1],
+        warmup: 0.5,
+        duration: 1.5,
+        skus: 20,
+        hot_skus: 2,
+        protocols: vec![],
+    };
+    let _databases = TestDatabases::new(server_url(), live::databases(&opts).unwrap());
+    let report = live::run(opts).await.expect("compare --live");
+
+    check_shape(&serde_json::to_value(&report).unwrap());
+
+    // One client on distinct SKUs: nothing contends, every transaction commits and costs
+    // exactly the formula's messages (the last one's trailing acks may land after the counters
+    // are read: less than half a message per transaction over the run).
+    for r in report.rows.iter().filter(|r| r.workload == "distinct") {
+        assert!(r.transactions >= 3, "{r:?}");
+        assert_eq!(r.abort_rate, 0.0, "{r:?}");
+        assert!(
+            (r.messages_per_txn - r.formula.messages as f64).abs() < 0.5,
+            "{}: {} messages per transaction counted, the formula says {} ({:?})",
+            r.protocol,
+            r.messages_per_txn,
+            r.formula.messages,
+            r.requests_per_txn
+        );
+        assert!(r.messages_match, "{r:?}");
+        assert!(r.forced_writes_per_txn > 0.0, "{r:?}");
+    }
+    let paxos = |w: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.protocol == "paxos-commit" && r.workload == w)
+            .unwrap()
+    };
+    let two_pc = report
+        .rows
+        .iter()
+        .find(|r| r.protocol == "2pc" && r.workload == "distinct")
+        .unwrap();
+    // The acceptors force their slots: Paxos Commit writes more than 2PC, and both atomic
+    // protocols report their participants' lock holds.
+    assert!(
+        paxos("distinct").forced_writes_per_txn > two_pc.forced_writes_per_txn,
+        "{:?} vs {two_pc:?}",
+        paxos("distinct")
+    );
+    assert!(two_pc.lock_hold_p50_ms.is_some(), "{two_pc:?}");
+    assert!(
+        paxos("hot").lock_hold_p50_ms.is_some(),
+        "{:?}",
+        paxos("hot")
+    );
+}
+
+/// The JSON report: its topology, every protocol on both workloads in table order, and each
+/// row's figures.
+fn check_shape(json: &Value) {
+    assert_eq!(json["topology"]["participants"], 3, "{json}");
+    assert_eq!(json["topology"]["acceptors"], 3, "{json}");
+    let rows = json["rows"].as_array().unwrap();
+    // Every protocol on both workloads, in table order.
+    let order: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap(),
+                r["protocol"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("distinct", "saga"),
+            ("distinct", "2pc"),
+            ("distinct", "paxos-commit"),
+            ("hot", "saga"),
+            ("hot", "2pc"),
+            ("hot", "paxos-commit"),
+        ]
+    );
+    for r in rows {
+        for field in [
+            "clients",
+            "transactions",
+            "messages_per_txn",
+            "forced_writes_per_txn",
+            "per_sec",
+            "p50_ms",
+            "p99_ms",
+            "abort_rate",
+        ] {
+            assert!(r[field].is_number(), "{field} in {r}");
+        }
+        assert!(r["formula"]["messages"].is_u64(), "{r}");
+        assert!(r["formula"]["delays"].is_u64(), "{r}");
+        assert!(r["errors"].is_object(), "{r}");
+    }
+}
