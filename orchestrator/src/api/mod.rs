@@ -140,8 +140,8 @@ fn transactions_api() -> Api<Ctx> {
                     "properties": {
                         "protocol": {"type": "string", "enum": ["2pc", "paxos-commit"]},
                         "definition": {"type": "string"},
-                        "version": {"type": ["string", "null"]},
-                        "input": {"description": "checked against the definition's input JSON Schema"}
+                        "version": {"type": "string"},
+                        "input": {"type": "object", "description": "checked against the definition's input JSON Schema"}
                     },
                     "additionalProperties": false
                 })))

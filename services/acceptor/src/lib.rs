@@ -100,9 +100,9 @@ impl App {
                         "txn_id": {"type": "string", "format": "uuid"},
                         "n": {"type": "integer", "minimum": 1, "maximum": 255},
                         "acceptor": {"type": "integer", "minimum": 0, "maximum": 255},
-                        "from": {"description": "the sender's node id"},
-                        "leader_url": {"type": ["string", "null"]},
-                        "msg": {"description": "the core's Phase2a / Phase1a"}
+                        "from": {"type": "object", "description": "the sender's node id"},
+                        "leader_url": {"type": "string"},
+                        "msg": {"type": "object", "description": "the core's Phase2a / Phase1a"}
                     }
                 })))
                 .answer_schema(
