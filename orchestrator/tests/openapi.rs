@@ -11,7 +11,9 @@ async fn the_openapi_document_matches_the_router() {
     let (status, doc) = o.get("/openapi.json").await;
     assert_eq!(status, 200);
     let create = &doc["paths"]["/sagas"]["post"];
-    for code in ["201", "200", "400", "404", "405", "409", "413", "415", "422", "503"] {
+    for code in [
+        "201", "200", "400", "404", "405", "409", "413", "415", "422", "503",
+    ] {
         assert!(create["responses"].get(code).is_some(), "{code}: {create}");
     }
     assert_eq!(

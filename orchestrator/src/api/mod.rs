@@ -26,11 +26,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use tandem_kit::api::{self, Api};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tandem_kit::api::{self, Api};
 use tandem_kit::http::Json;
 use tandem_kit::problem::Problem;
 use uuid::Uuid;
@@ -55,8 +55,11 @@ pub fn router(ctx: Ctx) -> Router {
         .merge(console_api())
         .route(
             "/healthz",
-            api::get("Health: 200 when the database answers")
-                .answer_schema(200, "`{\"status\": \"ok\", \"instance\"}`", api::object()),
+            api::get("Health: 200 when the database answers").answer_schema(
+                200,
+                "`{\"status\": \"ok\", \"instance\"}`",
+                api::object(),
+            ),
             healthz,
         )
         .with_state(ctx);
@@ -71,17 +74,27 @@ fn sagas_api() -> Api<Ctx> {
             .header("Tandem-Actor", "who acts (recorded in the saga's events)")
             .answer_schema(202, "the saga, as the action left it", api::object())
             .answer_schema(200, "already so (cancel while compensating)", api::object())
-            .error(409, "not possible in the saga's state (saga-settled, not-waiting, not-failed)")
+            .error(
+                409,
+                "not possible in the saga's state (saga-settled, not-waiting, not-failed)",
+            )
     };
     Api::new()
         .route(
             "/sagas",
             api::post("Start a saga")
                 .query::<sagas::WaitParams>()
-                .header("Idempotency-Key", "1 to 255 visible ASCII characters: the same key and body answer the same saga")
+                .header(
+                    "Idempotency-Key",
+                    "1 to 255 visible ASCII characters: the same key and body answer the same saga",
+                )
                 .body::<sagas::CreateSaga>()
                 .answer_schema(201, "the new saga (`Location: /sagas/{id}`)", api::object())
-                .answer_schema(200, "the existing saga (same key and body, or same business key and input)", api::object())
+                .answer_schema(
+                    200,
+                    "the existing saga (same key and body, or same business key and input)",
+                    api::object(),
+                )
                 .error(409, "the business key is taken with another input"),
             sagas::create,
         )
@@ -100,28 +113,56 @@ fn sagas_api() -> Api<Ctx> {
                 .answer_schema(200, "the saga", api::object()),
             sagas::get_one,
         )
-        .route("/sagas/{id}/cancel", action("Cancel: compensate every step whose action was sent"), actions::cancel)
-        .route("/sagas/{id}/retry-now", action("Send the step waiting for its retry now"), actions::retry_now)
-        .route("/sagas/{id}/resume", action("Resume a failed saga's compensation"), actions::resume)
-        .route("/sagas/{id}/retry", action("Resume (the old name of /resume)"), actions::resume)
+        .route(
+            "/sagas/{id}/cancel",
+            action("Cancel: compensate every step whose action was sent"),
+            actions::cancel,
+        )
+        .route(
+            "/sagas/{id}/retry-now",
+            action("Send the step waiting for its retry now"),
+            actions::retry_now,
+        )
+        .route(
+            "/sagas/{id}/resume",
+            action("Resume a failed saga's compensation"),
+            actions::resume,
+        )
+        .route(
+            "/sagas/{id}/retry",
+            action("Resume (the old name of /resume)"),
+            actions::resume,
+        )
         .route(
             "/definitions",
             api::post("Add a saga definition (a new version, or a known one again)")
-                .body_schema(api::schema(json!({"type": "object", "description": "a definition: docs/sagas.md"})))
-                .answer_schema(201, "`{\"name\", \"version\"}`: a new version", api::object())
-                .answer_schema(200, "`{\"name\", \"version\"}`: a known version", api::object()),
+                .body_schema(api::schema(
+                    json!({"type": "object", "description": "a definition: docs/sagas.md"}),
+                ))
+                .answer_schema(
+                    201,
+                    "`{\"name\", \"version\"}`: a new version",
+                    api::object(),
+                )
+                .answer_schema(
+                    200,
+                    "`{\"name\", \"version\"}`: a known version",
+                    api::object(),
+                ),
             definitions::create,
         )
         .route(
             "/definitions",
-            api::get("The loaded definitions")
-                .answer_schema(200, "the definitions", api::object()),
+            api::get("The loaded definitions").answer_schema(200, "the definitions", api::object()),
             definitions::list,
         )
         .route(
             "/definitions/{name}",
-            api::get("A definition (its current version)")
-                .answer_schema(200, "the definition", api::object()),
+            api::get("A definition (its current version)").answer_schema(
+                200,
+                "the definition",
+                api::object(),
+            ),
             definitions::get_one,
         )
 }
@@ -197,9 +238,21 @@ fn console_api() -> Api<Ctx> {
     Api::new()
         .route("/", redirect(), dashboard::to_console)
         .route("/ui", redirect(), dashboard::to_console)
-        .route("/ui/", api::get("The operators' console").answer_media(200, "the page", "text/html"), dashboard::index)
-        .route("/ui/app.js", api::get("The console's script").answer_media(200, "JavaScript", "text/javascript"), dashboard::app_js)
-        .route("/ui/app.css", api::get("The console's style").answer_media(200, "CSS", "text/css"), dashboard::app_css)
+        .route(
+            "/ui/",
+            api::get("The operators' console").answer_media(200, "the page", "text/html"),
+            dashboard::index,
+        )
+        .route(
+            "/ui/app.js",
+            api::get("The console's script").answer_media(200, "JavaScript", "text/javascript"),
+            dashboard::app_js,
+        )
+        .route(
+            "/ui/app.css",
+            api::get("The console's style").answer_media(200, "CSS", "text/css"),
+            dashboard::app_css,
+        )
 }
 
 /// `?limit=` of a list: 1 to 500, default 50.

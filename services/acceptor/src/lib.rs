@@ -131,8 +131,11 @@ impl App {
             )
             .route(
                 "/healthz",
-                api::get("Health: 200 when the database answers")
-                    .answer_schema(200, "`{\"status\": \"ok\"}`", api::object()),
+                api::get("Health: 200 when the database answers").answer_schema(
+                    200,
+                    "`{\"status\": \"ok\"}`",
+                    api::object(),
+                ),
                 healthz,
             )
             .with_state(self.clone());

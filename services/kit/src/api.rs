@@ -24,9 +24,7 @@ use utoipa::openapi::path::{
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{Components, Schema};
-use utoipa::openapi::{
-    Content, InfoBuilder, OpenApi, OpenApiBuilder, Paths, Ref, RefOr, Required,
-};
+use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Paths, Ref, RefOr, Required};
 use utoipa::{IntoParams, ToSchema};
 
 /// The name of the problem+json schema under `#/components/schemas`.
@@ -37,7 +35,10 @@ const COMMON_ERRORS: [(u16, &str); 5] = [
     (400, "malformed request (JSON syntax, path parameter)"),
     (404, "no such resource"),
     (405, "method not allowed on this route"),
-    (422, "invalid input: `errors` names each field by JSON Pointer"),
+    (
+        422,
+        "invalid input: `errors` names each field by JSON Pointer",
+    ),
     (503, "unavailable (database, lock wait: see `Retry-After`)"),
 ];
 
@@ -55,7 +56,7 @@ pub struct Op {
     description: Option<String>,
     query: Vec<utoipa::openapi::path::Parameter>,
     path_uuid: bool,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, String, bool)>,
     body: Option<RefOr<Schema>>,
     answers: Vec<(u16, String, Answer)>,
     schemas: Vec<(String, RefOr<Schema>)>,
@@ -144,7 +145,15 @@ impl Op {
 
     /// An optional request header.
     pub fn header(mut self, name: &str, description: &str) -> Self {
-        self.headers.push((name.to_string(), description.to_string()));
+        self.headers
+            .push((name.to_string(), description.to_string(), false));
+        self
+    }
+
+    /// A required request header.
+    pub fn required_header(mut self, name: &str, description: &str) -> Self {
+        self.headers
+            .push((name.to_string(), description.to_string(), true));
         self
     }
 
@@ -233,12 +242,16 @@ impl Op {
         for p in &self.query {
             b = b.parameter(p.clone());
         }
-        for (name, description) in &self.headers {
+        for (name, description, required) in &self.headers {
             b = b.parameter(
                 ParameterBuilder::new()
                     .name(name)
                     .parameter_in(ParameterIn::Header)
-                    .required(Required::False)
+                    .required(if *required {
+                        Required::True
+                    } else {
+                        Required::False
+                    })
                     .description(Some(description.clone()))
                     .schema(Some(schema(json!({"type": "string"})))),
             );
@@ -269,10 +282,9 @@ impl Op {
             let r = match answer {
                 Answer::Json(s) => r.content("application/json", Content::new(Some(s.clone()))),
                 Answer::Problem => r.content("application/problem+json", problem_content()),
-                Answer::Media(m) => r.content(
-                    *m,
-                    Content::new(Some(schema(json!({"type": "string"})))),
-                ),
+                Answer::Media(m) => {
+                    r.content(*m, Content::new(Some(schema(json!({"type": "string"})))))
+                }
                 Answer::Empty => r,
             };
             b = b.response(status.to_string(), r.build());
@@ -506,13 +518,12 @@ mod tests {
         let v = serde_json::to_value(&doc).unwrap();
         assert_eq!(v["openapi"], "3.1.0");
         let op = &v["paths"]["/things/{id}"]["put"];
-        for s in ["200", "400", "404", "405", "409", "413", "415", "422", "503"] {
+        for s in [
+            "200", "400", "404", "405", "409", "413", "415", "422", "503",
+        ] {
             assert!(op["responses"].get(s).is_some(), "{s} missing: {op}");
         }
-        assert_eq!(
-            op["responses"]["404"]["$ref"],
-            "#/components/responses/404"
-        );
+        assert_eq!(op["responses"]["404"]["$ref"], "#/components/responses/404");
         assert_eq!(op["parameters"][0]["name"], "id");
         assert!(v["components"]["schemas"][PROBLEM].is_object());
         assert!(v["paths"]["/openapi.json"]["get"].is_object());

@@ -264,8 +264,11 @@ impl Faults {
         Api::new()
             .route(
                 "/faults",
-                api::get("The faults installed here")
-                    .answer_schema(200, "the faults", api::schema(json!({"type": "array", "items": {"type": "object"}}))),
+                api::get("The faults installed here").answer_schema(
+                    200,
+                    "the faults",
+                    api::schema(json!({"type": "array", "items": {"type": "object"}})),
+                ),
                 list,
             )
             .route(

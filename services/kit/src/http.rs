@@ -273,7 +273,7 @@ fn shared(api: Api) -> Api {
     .route(
         "/noop",
         crate::api::post("A saga step with no effect (benchmarks)")
-            .header("Idempotency-Key", "`{run}:{step}:{action|compensation}` (required)")
+            .required_header("Idempotency-Key", "`{run}:{step}:{action|compensation}`")
             .answer_schema(200, "`{\"ok\": true, \"op\"}`", crate::api::object()),
         noop,
     )

@@ -165,7 +165,10 @@ fn branch_op(summary: &str) -> api::Op {
     api::post(summary)
         .body::<BranchRequest>()
         .answer_schema(200, "the branch's outcome", api::object())
-        .error(409, "the other outcome was applied (abort after commit, commit after abort)")
+        .error(
+            409,
+            "the other outcome was applied (abort after commit, commit after abort)",
+        )
 }
 
 /// `POST /2pc/commit` (`op` commit) or `POST /2pc/abort`, under this node's faults.

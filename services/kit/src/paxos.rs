@@ -247,7 +247,12 @@ async fn outcome(
     // A branch that receives an outcome is prepared or already finished; the core writes the
     // outcome and decides, which is the local commit or abort.
     let mut rm = Rm {
-        shape: shape(u8::try_from(req.step + 1).unwrap_or(u8::MAX), 1),
+        // step 65535 overflowed `step + 1` (a panic, the connection dropped; found by
+        // schemathesis, .ci/steps/45-schemathesis.sh)
+        shape: shape(
+            u8::try_from(req.step.saturating_add(1)).unwrap_or(u8::MAX),
+            1,
+        ),
         id: 0,
         vote: Vote::Yes,
         state: RmState::Prepared,

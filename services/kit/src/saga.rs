@@ -23,14 +23,19 @@ pub fn routes(app: &App) -> Api<App> {
     let spec = app.spec;
     let mut router = Api::new().route(
         "/healthz",
-        api::get("Health: 200 when the database answers")
-            .answer_schema(200, "`{\"status\": \"ok\", \"service\"}`", api::object()),
+        api::get("Health: 200 when the database answers").answer_schema(
+            200,
+            "`{\"status\": \"ok\", \"service\"}`",
+            api::object(),
+        ),
         healthz,
     );
     for &endpoint in spec.actions {
         router = router.route(
             endpoint.path(),
-            step_op(endpoint.document(api::post("Saga action (also the 2PC prepare of this step)"))),
+            step_op(
+                endpoint.document(api::post("Saga action (also the 2PC prepare of this step)")),
+            ),
             move |State(app): State<App>, from, key, Json(body)| {
                 action(app, (from, key), body, endpoint)
             },
@@ -50,13 +55,16 @@ pub fn routes(app: &App) -> Api<App> {
 
 /// What every saga step endpoint answers (docs/sagas.md, "step result protocol").
 fn step_op(op: Doc) -> Doc {
-    op.header(
+    op.required_header(
         "Idempotency-Key",
         "`{run}:{step}:{action|compensation}` (required; duplicates replay the first answer)",
     )
     .header("Tandem-Sender", "the sending node's name (link faults)")
     .answer_schema(200, "the step's output (a replay: the same)", api::object())
-    .error(409, "business refusal (e.g. insufficient-stock), or the key reused with another body")
+    .error(
+        409,
+        "business refusal (e.g. insufficient-stock), or the key reused with another body",
+    )
     .error(425, "in progress (an injected fault): resend")
     .error(500, "an injected transient fault (fault injection on only)")
 }

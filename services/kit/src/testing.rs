@@ -518,11 +518,13 @@ fn concrete_path(template: &str, item: &serde_json::Value) -> String {
         .collect();
     template
         .split('/')
-        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            Some(name) if uuid_params.contains(&name) => uuid::Uuid::now_v7().to_string(),
-            Some(_) => "x1".to_string(),
-            None => seg.to_string(),
-        })
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) if uuid_params.contains(&name) => uuid::Uuid::now_v7().to_string(),
+                Some(_) => "x1".to_string(),
+                None => seg.to_string(),
+            },
+        )
         .collect::<Vec<_>>()
         .join("/")
 }

@@ -11,13 +11,13 @@
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde_json::json;
-use tandem_kit::api::{self, Api};
 use kv_client::wire::{
     BeginRequest, CommitRequest, CommitResponse, KeyRequest, ReadRequest, ReadResponse,
     WriteRequest,
 };
+use serde_json::json;
 use tandem_kit::Problem;
+use tandem_kit::api::{self, Api};
 use tandem_kit::http::{Json, Path};
 use uuid::Uuid;
 
@@ -31,7 +31,10 @@ fn txn_op(summary: &str, body: &str) -> api::Op {
         .path_uuid()
         .body_schema(api::schema(json!({"type": "object", "description": body})))
         .answer_schema(200, "the result", api::object())
-        .error(409, "conflict (wait-die, lock timeout: retry), or the transaction is not active")
+        .error(
+            409,
+            "conflict (wait-die, lock timeout: retry), or the transaction is not active",
+        )
         .error(421, "wrong-shard: the key lives on another shard")
         .error(429, "too-many-transactions")
 }
@@ -41,18 +44,35 @@ pub fn shard_routes(shard: Shard) -> Router {
         .route(
             "/txns",
             api::post("Begin a transaction")
-                .body_schema(api::schema(json!({"type": "object", "description": "`{\"id\"?, \"priority\"?}`"})))
+                .body_schema(api::schema(
+                    json!({"type": "object", "description": "`{\"id\"?, \"priority\"?}`"}),
+                ))
                 .answer_schema(201, "`{\"id\", \"priority\"}`", api::object())
                 .error(409, "the id is taken")
                 .error(429, "too-many-transactions"),
             begin,
         )
-        .route("/txns/{id}/read", txn_op("Read a key", "`{\"key\", \"for_update\"?}`"), read)
-        .route("/txns/{id}/write", txn_op("Write a key", "`{\"key\", \"value\"}`"), write)
-        .route("/txns/{id}/delete", txn_op("Delete a key", "`{\"key\"}`"), delete)
+        .route(
+            "/txns/{id}/read",
+            txn_op("Read a key", "`{\"key\", \"for_update\"?}`"),
+            read,
+        )
+        .route(
+            "/txns/{id}/write",
+            txn_op("Write a key", "`{\"key\", \"value\"}`"),
+            write,
+        )
+        .route(
+            "/txns/{id}/delete",
+            txn_op("Delete a key", "`{\"key\"}`"),
+            delete,
+        )
         .route(
             "/txns/{id}/commit",
-            txn_op("Commit (one shard: one phase; several: 2PC)", "`{\"participants\"}`"),
+            txn_op(
+                "Commit (one shard: one phase; several: 2PC)",
+                "`{\"participants\"}`",
+            ),
             commit,
         )
         .route(
@@ -80,7 +100,9 @@ pub fn coordinator_routes(c: Coordinator) -> Router {
 
 fn twopc_op() -> api::Op {
     api::post("A 2PC message between the coordinator and the shards")
-        .body_schema(api::schema(json!({"type": "object", "description": "an envelope (crate::net)"})))
+        .body_schema(api::schema(
+            json!({"type": "object", "description": "an envelope (crate::net)"}),
+        ))
         .answer_schema(200, "the reply", api::object())
 }
 

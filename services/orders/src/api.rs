@@ -28,8 +28,11 @@ pub fn router(app: App) -> Router {
     let own = Api::new()
         .route(
             "/healthz",
-            api::get("Health: 200 when the database answers")
-                .answer_schema(200, "`{\"status\": \"ok\"}`", api::object()),
+            api::get("Health: 200 when the database answers").answer_schema(
+                200,
+                "`{\"status\": \"ok\"}`",
+                api::object(),
+            ),
             healthz,
         )
         .route(
@@ -37,7 +40,11 @@ pub fn router(app: App) -> Router {
             api::post("Place an order: the order and its `placed` event in one transaction")
                 .body::<OrderRequest>()
                 .header("traceparent", "W3C trace context: the order's trace id")
-                .answer_schema(201, "`{\"order_id\", \"status\", \"trace_id\"}`", api::object())
+                .answer_schema(
+                    201,
+                    "`{\"order_id\", \"status\", \"trace_id\"}`",
+                    api::object(),
+                )
                 .answer_schema(200, "the same order placed again", api::object())
                 .error(409, "the order id is taken by another body"),
             place,
@@ -62,7 +69,11 @@ pub struct OrderRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub order_id: Option<String>,
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub customer_id: String,
     #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<Item>,
@@ -78,7 +89,11 @@ pub struct OrderRequest {
 #[serde(deny_unknown_fields)]
 #[schema(as = OrderPayment)]
 pub struct Payment {
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub card_token: String,
 }
 

@@ -1,11 +1,11 @@
 //! Payment HTTP handlers, validation and SQL.
 
-use tandem_kit::api::Api;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::api::Api;
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
@@ -44,15 +44,27 @@ pub fn routes() -> Api<App> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChargeRequest {
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub order_id: String,
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub customer_id: String,
     #[schema(minimum = 1, maximum = 100_000_000_000_i64)]
     pub amount_cents: i64,
     #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub card_token: String,
 }
 

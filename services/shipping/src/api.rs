@@ -1,11 +1,11 @@
 //! Shipping HTTP handlers, validation and SQL.
 
-use tandem_kit::api::Api;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::api::Api;
 pub use tandem_kit::checkout::Address;
 use tandem_kit::checkout::{Item, validate_address, validate_items};
 use tandem_kit::effect::{Action, Compensation, Origin};
@@ -47,7 +47,11 @@ pub fn routes() -> Api<App> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentRequest {
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub order_id: String,
     pub address: Address,
     #[schema(min_items = 1, max_items = 100)]
@@ -55,7 +59,11 @@ pub struct ShipmentRequest {
     /// The inventory reservation this shipment draws on (recorded, not checked: services do
     /// not read each other's databases).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub reservation_id: Option<String>,
 }
 
