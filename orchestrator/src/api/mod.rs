@@ -51,6 +51,7 @@ pub struct Ctx {
 pub fn router(ctx: Ctx) -> Router {
     let scrape = tandem_kit::metrics::Scrape::default().pool("business", &ctx.pool);
     let r = sagas_api()
+        .merge(definitions_api())
         .merge(transactions_api())
         .merge(console_api())
         .route(
@@ -66,7 +67,7 @@ pub fn router(ctx: Ctx) -> Router {
     tandem_kit::http::finish_with(r, scrape, "orchestrator")
 }
 
-/// Sagas, their operators' actions, definitions.
+/// Sagas and their operators' actions.
 fn sagas_api() -> Api<Ctx> {
     let action = |summary: &str| {
         api::post(summary)
@@ -133,6 +134,11 @@ fn sagas_api() -> Api<Ctx> {
             action("Resume (the old name of /resume)"),
             actions::resume,
         )
+}
+
+/// Saga definitions.
+fn definitions_api() -> Api<Ctx> {
+    Api::new()
         .route(
             "/definitions",
             api::post("Add a saga definition (a new version, or a known one again)")

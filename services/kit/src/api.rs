@@ -66,7 +66,7 @@ pub struct Op {
 #[derive(Debug, Clone)]
 enum Answer {
     /// `application/json` with this schema.
-    Json(RefOr<Schema>),
+    Json(Box<RefOr<Schema>>),
     /// `application/problem+json`.
     Problem,
     /// Another media type (HTML, JavaScript, Prometheus text …), a string.
@@ -173,14 +173,14 @@ impl Op {
     pub fn answer<T: ToSchema>(mut self, status: u16, description: &str) -> Self {
         let s = self.component::<T>();
         self.answers
-            .push((status, description.to_string(), Answer::Json(s)));
+            .push((status, description.to_string(), Answer::Json(Box::new(s))));
         self
     }
 
     /// A successful answer: `application/json` with this schema ([`object`], [`schema`]).
     pub fn answer_schema(mut self, status: u16, description: &str, s: RefOr<Schema>) -> Self {
         self.answers
-            .push((status, description.to_string(), Answer::Json(s)));
+            .push((status, description.to_string(), Answer::Json(Box::new(s))));
         self
     }
 
@@ -280,7 +280,9 @@ impl Op {
         for (status, description, answer) in &self.answers {
             let r = ResponseBuilder::new().description(description.clone());
             let r = match answer {
-                Answer::Json(s) => r.content("application/json", Content::new(Some(s.clone()))),
+                Answer::Json(s) => {
+                    r.content("application/json", Content::new(Some(s.as_ref().clone())))
+                }
                 Answer::Problem => r.content("application/problem+json", problem_content()),
                 Answer::Media(m) => {
                     r.content(*m, Content::new(Some(schema(json!({"type": "string"})))))

@@ -354,91 +354,6 @@ pub fn strings<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn exists(name: &str) -> bool {
-        let mut c = crate::db::admin_connection(&server_url()).await.unwrap();
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    }
-
-    async fn max_prepared_transactions(url: &str) -> i64 {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        let v: String = sqlx::query_scalar("SHOW max_prepared_transactions")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-        v.parse().unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_passing_test_drops_its_database_even_with_a_prepared_transaction() {
-        let db = fresh_database("dropcheck").await;
-        let (name, url) = (db.names()[0].clone(), db.first_url());
-        assert!(exists(&name).await);
-        if max_prepared_transactions(&url).await > 0 {
-            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-            // Prepared transaction ids are server-wide: this database's name makes it unique.
-            let sql = format!(
-                "CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION '{name}'"
-            );
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut c)
-                .await
-                .unwrap();
-            let _ = c.close().await;
-        } else {
-            missing_prerequisite(
-                "prepared transactions (max_prepared_transactions > 0)",
-                "ALTER SYSTEM SET max_prepared_transactions = 256 and restart Postgres (.ci/steps/10-postgres.sh does)",
-            );
-        }
-        drop(db);
-        // Dropped in the background after DROP_WAIT at the latest (checkpoints are slow on a
-        // busy server): wait for it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while exists(&name).await {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} was not dropped"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn a_failing_test_keeps_its_database() {
-        let db = fresh_database("keepcheck").await;
-        let name = db.names()[0].clone();
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let _db = db;
-            panic!("a failing test (on purpose)");
-        }));
-        assert!(panicked.is_err());
-        assert!(exists(&name).await, "{name} is kept after a failure");
-        crate::db::drop_database(&server_url(), &name)
-            .await
-            .unwrap();
-        assert!(!exists(&name).await);
-    }
-
-    #[test]
-    #[should_panic(expected = "missing prerequisite in CI: initdb")]
-    fn in_ci_a_missing_prerequisite_fails() {
-        missing(true, "initdb", "apt-get install postgresql");
-    }
-
-    #[test]
-    fn outside_ci_a_missing_prerequisite_skips() {
-        missing(false, "initdb", "apt-get install postgresql");
-    }
-}
-
 /// The methods a route table can serve ([`crate::api`]), as OpenAPI names them.
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
@@ -527,4 +442,89 @@ fn concrete_path(template: &str, item: &serde_json::Value) -> String {
         )
         .collect::<Vec<_>>()
         .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exists(name: &str) -> bool {
+        let mut c = crate::db::admin_connection(&server_url()).await.unwrap();
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    }
+
+    async fn max_prepared_transactions(url: &str) -> i64 {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let v: String = sqlx::query_scalar("SHOW max_prepared_transactions")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        v.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_passing_test_drops_its_database_even_with_a_prepared_transaction() {
+        let db = fresh_database("dropcheck").await;
+        let (name, url) = (db.names()[0].clone(), db.first_url());
+        assert!(exists(&name).await);
+        if max_prepared_transactions(&url).await > 0 {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            // Prepared transaction ids are server-wide: this database's name makes it unique.
+            let sql = format!(
+                "CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION '{name}'"
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            let _ = c.close().await;
+        } else {
+            missing_prerequisite(
+                "prepared transactions (max_prepared_transactions > 0)",
+                "ALTER SYSTEM SET max_prepared_transactions = 256 and restart Postgres (.ci/steps/10-postgres.sh does)",
+            );
+        }
+        drop(db);
+        // Dropped in the background after DROP_WAIT at the latest (checkpoints are slow on a
+        // busy server): wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while exists(&name).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} was not dropped"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_test_keeps_its_database() {
+        let db = fresh_database("keepcheck").await;
+        let name = db.names()[0].clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _db = db;
+            panic!("a failing test (on purpose)");
+        }));
+        assert!(panicked.is_err());
+        assert!(exists(&name).await, "{name} is kept after a failure");
+        crate::db::drop_database(&server_url(), &name)
+            .await
+            .unwrap();
+        assert!(!exists(&name).await);
+    }
+
+    #[test]
+    #[should_panic(expected = "missing prerequisite in CI: initdb")]
+    fn in_ci_a_missing_prerequisite_fails() {
+        missing(true, "initdb", "apt-get install postgresql");
+    }
+
+    #[test]
+    fn outside_ci_a_missing_prerequisite_skips() {
+        missing(false, "initdb", "apt-get install postgresql");
+    }
 }
