@@ -228,18 +228,8 @@ async fn two_pc_prepare_commit_and_a_no_vote() {
         .await;
 }
 
-/// The OpenAPI document and the router agree (tandem_kit::testing::assert_documented), with
-/// fault injection on (its `/faults` routes documented) and off (neither routed nor
-/// documented).
+/// The OpenAPI document and the router agree, fault injection on and off.
 #[tokio::test]
 async fn the_openapi_document_matches_the_router() {
-    let on = Served::with_faults(&payment::SPEC).await;
-    let n = tandem_kit::testing::assert_documented(&on.url).await;
-    let (_, doc) = on.get("/openapi.json").await;
-    assert!(doc["paths"]["/faults"]["post"].is_object(), "{doc}");
-    let off = Served::start(&payment::SPEC, |_| {}).await;
-    let m = tandem_kit::testing::assert_documented(&off.url).await;
-    assert_eq!(n, m + 3, "the fault endpoints are the difference");
-    let (_, doc) = off.get("/openapi.json").await;
-    assert!(doc["paths"].get("/faults").is_none(), "{doc}");
+    tandem_kit::service_tests::assert_documented(&payment::SPEC).await;
 }
