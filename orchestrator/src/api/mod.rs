@@ -28,9 +28,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tandem_kit::api::{self, Api};
 use tandem_kit::http::Json;
 use tandem_kit::problem::Problem;
 use uuid::Uuid;
@@ -50,34 +50,215 @@ pub struct Ctx {
 
 pub fn router(ctx: Ctx) -> Router {
     let scrape = tandem_kit::metrics::Scrape::default().pool("business", &ctx.pool);
-    let r = Router::new()
-        .route("/sagas", post(sagas::create).get(sagas::list))
-        .route("/sagas/{id}", get(sagas::get_one))
-        .route("/sagas/{id}/cancel", post(actions::cancel))
-        .route("/sagas/{id}/retry-now", post(actions::retry_now))
-        .route("/sagas/{id}/resume", post(actions::resume))
-        .route("/sagas/{id}/retry", post(actions::resume))
+    let r = sagas_api()
+        .merge(definitions_api())
+        .merge(transactions_api())
+        .merge(console_api())
+        .route(
+            "/healthz",
+            api::get("Health: 200 when the database answers").answer_schema(
+                200,
+                "`{\"status\": \"ok\", \"instance\"}`",
+                api::object(),
+            ),
+            healthz,
+        )
+        .with_state(ctx);
+    tandem_kit::http::finish_with(r, scrape, "orchestrator")
+}
+
+/// Sagas and their operators' actions.
+fn sagas_api() -> Api<Ctx> {
+    let action = |summary: &str| {
+        api::post(summary)
+            .path_uuid()
+            .header("Tandem-Actor", "who acts (recorded in the saga's events)")
+            .answer_schema(202, "the saga, as the action left it", api::object())
+            .answer_schema(200, "already so (cancel while compensating)", api::object())
+            .error(
+                409,
+                "not possible in the saga's state (saga-settled, not-waiting, not-failed)",
+            )
+    };
+    Api::new()
+        .route(
+            "/sagas",
+            api::post("Start a saga")
+                .query::<sagas::WaitParams>()
+                .header(
+                    "Idempotency-Key",
+                    "1 to 255 visible ASCII characters: the same key and body answer the same saga",
+                )
+                .body::<sagas::CreateSaga>()
+                .answer_schema(201, "the new saga (`Location: /sagas/{id}`)", api::object())
+                .answer_schema(
+                    200,
+                    "the existing saga (same key and body, or same business key and input)",
+                    api::object(),
+                )
+                .error(409, "the business key is taken with another input"),
+            sagas::create,
+        )
+        .route(
+            "/sagas",
+            api::get("List sagas, newest first")
+                .query::<sagas::ListParams>()
+                .answer_schema(200, "`{\"items\", \"next_cursor\"}`", api::object()),
+            sagas::list,
+        )
+        .route(
+            "/sagas/{id}",
+            api::get("A saga: status, input, outputs, steps, lease, events")
+                .path_uuid()
+                .query::<sagas::WaitParams>()
+                .answer_schema(200, "the saga", api::object()),
+            sagas::get_one,
+        )
+        .route(
+            "/sagas/{id}/cancel",
+            action("Cancel: compensate every step whose action was sent"),
+            actions::cancel,
+        )
+        .route(
+            "/sagas/{id}/retry-now",
+            action("Send the step waiting for its retry now"),
+            actions::retry_now,
+        )
+        .route(
+            "/sagas/{id}/resume",
+            action("Resume a failed saga's compensation"),
+            actions::resume,
+        )
+        .route(
+            "/sagas/{id}/retry",
+            action("Resume (the old name of /resume)"),
+            actions::resume,
+        )
+}
+
+/// Saga definitions.
+fn definitions_api() -> Api<Ctx> {
+    Api::new()
         .route(
             "/definitions",
-            post(definitions::create).get(definitions::list),
+            api::post("Add a saga definition (a new version, or a known one again)")
+                .body_schema(api::schema(
+                    json!({"type": "object", "description": "a definition: docs/sagas.md"}),
+                ))
+                .answer_schema(
+                    201,
+                    "`{\"name\", \"version\"}`: a new version",
+                    api::object(),
+                )
+                .answer_schema(
+                    200,
+                    "`{\"name\", \"version\"}`: a known version",
+                    api::object(),
+                ),
+            definitions::create,
         )
-        .route("/definitions/{name}", get(definitions::get_one))
+        .route(
+            "/definitions",
+            api::get("The loaded definitions").answer_schema(200, "the definitions", api::object()),
+            definitions::list,
+        )
+        .route(
+            "/definitions/{name}",
+            api::get("A definition (its current version)").answer_schema(
+                200,
+                "the definition",
+                api::object(),
+            ),
+            definitions::get_one,
+        )
+}
+
+/// Two-phase commit and Paxos Commit transactions.
+fn transactions_api() -> Api<Ctx> {
+    Api::new()
         .route(
             "/transactions",
-            post(transactions::create).get(transactions::list),
+            api::post("Run a definition as one atomic commit (2PC or Paxos Commit)")
+                .query::<sagas::WaitParams>()
+                .header("Idempotency-Key", "1 to 255 visible ASCII characters")
+                .body_schema(api::schema(json!({
+                    "type": "object",
+                    "required": ["protocol", "definition", "input"],
+                    "properties": {
+                        "protocol": {"type": "string", "enum": ["2pc", "paxos-commit"]},
+                        "definition": {"type": "string"},
+                        "version": {"type": "string"},
+                        "input": {"type": "object", "description": "checked against the definition's input JSON Schema"}
+                    },
+                    "additionalProperties": false
+                })))
+                .answer_schema(201, "the new transaction", api::object())
+                .answer_schema(200, "the existing transaction", api::object())
+                .error(409, "the business key is taken (sagas and transactions share one namespace)"),
+            transactions::create,
         )
-        .route("/transactions/{id}", get(transactions::get_one))
-        .route("/transactions/{id}/decision", get(transactions::decision))
-        .route("/transactions/{id}/resolve", post(transactions::resolve))
-        .route("/transactions/{id}/paxos", post(paxos::deliver))
-        .route("/healthz", get(healthz))
-        .route("/", get(dashboard::to_console))
-        .route("/ui", get(dashboard::to_console))
-        .route("/ui/", get(dashboard::index))
-        .route("/ui/app.js", get(dashboard::app_js))
-        .route("/ui/app.css", get(dashboard::app_css))
-        .with_state(ctx);
-    tandem_kit::http::finish_with(r, scrape)
+        .route(
+            "/transactions",
+            api::get("List transactions, newest first")
+                .query::<transactions::ListParams>()
+                .answer_schema(200, "`{\"items\", \"next_cursor\"}`", api::object()),
+            transactions::list,
+        )
+        .route(
+            "/transactions/{id}",
+            api::get("A transaction: state, decision, votes, message log")
+                .path_uuid()
+                .query::<sagas::WaitParams>()
+                .answer_schema(200, "the transaction", api::object()),
+            transactions::get_one,
+        )
+        .route(
+            "/transactions/{id}/decision",
+            api::get("What participants ask: the decision (503 `undecided` while votes come in)")
+                .path_uuid()
+                .answer_schema(200, "`{\"decision\": \"commit\"|\"abort\"}`", api::object()),
+            transactions::decision,
+        )
+        .route(
+            "/transactions/{id}/resolve",
+            api::post("An operator's heuristic decision")
+                .path_uuid()
+                .body::<transactions::ResolveBody>()
+                .answer_schema(200, "the transaction with `recorded`", api::object())
+                .error(409, "decision-conflict or not-all-yes"),
+            transactions::resolve,
+        )
+        .route(
+            "/transactions/{id}/paxos",
+            api::post("An acceptor's message for the Paxos Commit leader of this transaction")
+                .path_uuid()
+                .body_schema(api::object())
+                .answer_schema(202, "taken by the leader here", api::object()),
+            paxos::deliver,
+        )
+}
+
+/// The operators' console.
+fn console_api() -> Api<Ctx> {
+    let redirect = || api::get("To the console").answer_empty(303, "to `/ui/`");
+    Api::new()
+        .route("/", redirect(), dashboard::to_console)
+        .route("/ui", redirect(), dashboard::to_console)
+        .route(
+            "/ui/",
+            api::get("The operators' console").answer_media(200, "the page", "text/html"),
+            dashboard::index,
+        )
+        .route(
+            "/ui/app.js",
+            api::get("The console's script").answer_media(200, "JavaScript", "text/javascript"),
+            dashboard::app_js,
+        )
+        .route(
+            "/ui/app.css",
+            api::get("The console's style").answer_media(200, "CSS", "text/css"),
+            dashboard::app_css,
+        )
 }
 
 /// `?limit=` of a list: 1 to 500, default 50.

@@ -19,13 +19,14 @@ use crate::text::check_str;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub const MAX_WAIT_SECS: f64 = 60.0;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateSaga {
+pub(super) struct CreateSaga {
     definition: String,
     /// Pin a definition version (default: the current one).
     #[serde(default)]
     version: Option<String>,
+    /// Checked against the definition's input JSON Schema.
     input: Value,
 }
 
@@ -155,10 +156,12 @@ pub fn view_of(row: &SagaRow, events: &[EventRow]) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WaitParams {
     /// Long poll: wait up to this many seconds for a terminal (or parked) state.
+    #[param(minimum = 0, maximum = 60)]
     pub(super) wait: Option<f64>,
 }
 
@@ -209,8 +212,9 @@ async fn wait_settled(
     r
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     status: Option<SagaStatus>,
     definition: Option<String>,
@@ -220,7 +224,9 @@ pub(super) struct ListParams {
     from: Option<chrono::DateTime<chrono::Utc>>,
     /// Created before (RFC 3339).
     to: Option<chrono::DateTime<chrono::Utc>>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
 

@@ -170,11 +170,14 @@ async fn settled(
     view(c, id).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     state: Option<TxnState>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
 
@@ -231,13 +234,15 @@ pub(super) async fn decision(
 }
 
 /// `POST /transactions/{id}/resolve` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResolveBody {
     decision: Heuristic,
     #[serde(default)]
+    #[schema(max_length = 1000)]
     reason: String,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     operator: Option<String>,
 }
 

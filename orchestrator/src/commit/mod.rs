@@ -59,7 +59,7 @@ pub const TRANSACTIONS: LeaseKind = LeaseKind {
 };
 
 /// Where a transaction is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TxnState {
     /// Logged; Prepares out, votes coming in.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::lease::Take;
 
 /// The decision an operator forces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Heuristic {
     Commit,

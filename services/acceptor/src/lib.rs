@@ -23,10 +23,10 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post};
 use clap::Parser;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tandem_kit::api::{self, Api};
 use tandem_kit::http::{Json, Path};
 use tandem_kit::paxos::{AcceptorReply, ToAcceptor, ToLeader, call};
 use tandem_kit::problem::Problem;
@@ -91,13 +91,55 @@ pub async fn build(config: Config) -> Result<App, tandem_kit::Error> {
 
 impl App {
     pub fn router(&self) -> Router {
-        let own = Router::new()
-            .route("/paxos/phase2a", post(message))
-            .route("/paxos/phase1a", post(message))
-            .route("/paxos/{txn_id}", get(slots))
-            .route("/healthz", get(healthz))
+        let message_op = |summary| {
+            api::post(summary)
+                .body_schema(api::schema(json!({
+                    "type": "object",
+                    "required": ["txn_id", "n", "acceptor", "from", "msg"],
+                    "properties": {
+                        "txn_id": {"type": "string", "format": "uuid"},
+                        "n": {"type": "integer", "minimum": 1, "maximum": 255},
+                        "acceptor": {"type": "integer", "minimum": 0, "maximum": 255},
+                        "from": {"type": "object", "description": "the sender's node id"},
+                        "leader_url": {"type": "string"},
+                        "msg": {"type": "object", "description": "the core's Phase2a / Phase1a"}
+                    }
+                })))
+                .answer_schema(
+                    200,
+                    "`{\"reply\"}`: the core's Phase2b / Phase1b, or null (state committed first)",
+                    api::object(),
+                )
+        };
+        let own = Api::new()
+            .route(
+                "/paxos/phase2a",
+                message_op("A Phase2a message (a vote, or a leader's ballot)"),
+                message,
+            )
+            .route(
+                "/paxos/phase1a",
+                message_op("A Phase1a message (a new leader's ballot)"),
+                message,
+            )
+            .route(
+                "/paxos/{txn_id}",
+                api::get("This acceptor's slots of a transaction")
+                    .path_uuid()
+                    .answer_schema(200, "`{\"txn_id\", \"n\", \"slots\"}`", api::object()),
+                slots,
+            )
+            .route(
+                "/healthz",
+                api::get("Health: 200 when the database answers").answer_schema(
+                    200,
+                    "`{\"status\": \"ok\"}`",
+                    api::object(),
+                ),
+                healthz,
+            )
             .with_state(self.clone());
-        tandem_kit::http::finish(own)
+        tandem_kit::http::finish(own, "acceptor")
     }
 
     /// Serve on `listener` until `shutdown` resolves.

@@ -151,3 +151,12 @@ async fn tandem_tests_eventually<T>(f: impl Fn() -> Option<T>) -> T {
     }
     panic!("timed out");
 }
+
+/// The acceptor's OpenAPI document and its router agree.
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    let db = fresh_database("acceptor_openapi").await;
+    let (url, _app) = serve(&db).await;
+    let n = tandem_kit::testing::assert_documented(&url).await;
+    assert!(n >= 9, "{n} operations");
+}

@@ -2,14 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::api::{self, Api};
 use tandem_kit::checkout::validate_items;
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::http::{Json, Path};
@@ -37,22 +36,39 @@ pub static RELEASE: Compensation =
     });
 
 /// The read and setup routes (the saga endpoints come from [`RESERVE`] and [`RELEASE`]).
-pub fn routes() -> Router<App> {
-    Router::new()
-        .route("/stock/{sku}", get(get_stock).put(put_stock))
+pub fn routes() -> Api<App> {
+    let api = Api::new()
         .route(
-            "/reservations",
-            by_order::<Reservation>(
-                "SELECT id AS reservation_id, order_id, saga_id, step, txn_id, status, items, created_at, released_at
-                 FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
-            ),
+            "/stock/{sku}",
+            api::get("A SKU's stock").answer::<Stock>(200, "available and reserved"),
+            get_stock,
         )
+        .route(
+            "/stock/{sku}",
+            api::put("Set a SKU's available stock")
+                .body::<SetStock>()
+                .answer::<Stock>(200, "the stock"),
+            put_stock,
+        );
+    by_order::<Reservation>(
+        api,
+        "/reservations",
+        "An order's reservations",
+        "SELECT id AS reservation_id, order_id, saga_id, step, txn_id, status, items, created_at, released_at
+         FROM reservations WHERE order_id = $1 ORDER BY created_at, id",
+    )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub order_id: String,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<Item>,
     /// The reservation's id, when the caller allocates it (the orchestrator's `{"$id": …}`, so
     /// that a later step can name it before this one ran); a fresh one otherwise.
@@ -60,13 +76,14 @@ pub struct ReserveRequest {
     pub reservation_id: Option<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStock {
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub available: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Stock {
     pub sku: String,
     pub available: i64,

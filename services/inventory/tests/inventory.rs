@@ -655,3 +655,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
         self.clone()
     }
 }
+
+/// The OpenAPI document and the router agree, fault injection on and off.
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    tandem_kit::service_tests::assert_documented(&inventory::SPEC).await;
+}

@@ -118,9 +118,14 @@ impl Compensation {
 }
 
 /// A compensation's body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompensationRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub order_id: String,
 }
 
@@ -176,14 +181,20 @@ impl<Req: Send + 'static> Run for Bound<Req> {
 /// and the saga handler and the 2PC prepare share them.
 pub trait ActionEndpoint: Sync {
     fn path(&self) -> &'static str;
+    /// `op` with the request body's schema.
+    fn document(&self, op: crate::api::Op) -> crate::api::Op;
     /// Deserialize (422 naming the field on a shape error) and validate a request body.
     #[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
     fn accept(&self, body: Value) -> Result<Accepted, Problem>;
 }
 
-impl<Req: DeserializeOwned + Send + 'static> ActionEndpoint for Action<Req> {
+impl<Req: DeserializeOwned + utoipa::ToSchema + Send + 'static> ActionEndpoint for Action<Req> {
     fn path(&self) -> &'static str {
         self.path
+    }
+
+    fn document(&self, op: crate::api::Op) -> crate::api::Op {
+        op.body::<Req>()
     }
 
     fn accept(&self, body: Value) -> Result<Accepted, Problem> {

@@ -33,11 +33,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
+use crate::api::{self, Api};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -256,13 +255,36 @@ impl Faults {
         self.enabled
     }
 
-    /// The `/faults` endpoints (an empty router when disabled).
-    pub fn router(&self) -> Router {
+    /// The `/faults` endpoints (none when disabled: then they are neither routed nor
+    /// documented).
+    pub fn routes(&self) -> Api {
         if !self.enabled {
-            return Router::new();
+            return Api::new();
         }
-        Router::new()
-            .route("/faults", get(list).post(create).delete(delete))
+        Api::new()
+            .route(
+                "/faults",
+                api::get("The faults installed here").answer_schema(
+                    200,
+                    "the faults",
+                    api::schema(json!({"type": "array", "items": {"type": "object"}})),
+                ),
+                list,
+            )
+            .route(
+                "/faults",
+                api::post("Install a scoped fault (fault injection on only)")
+                    .body_schema(api::object())
+                    .answer_schema(201, "the fault", api::object()),
+                create,
+            )
+            .route(
+                "/faults",
+                api::delete("Clear faults (all, or those matching any field given)")
+                    .query::<DeleteFilter>()
+                    .answer_schema(200, "`{\"deleted\"}`", api::object()),
+                delete,
+            )
             .with_state(self.clone())
     }
 
@@ -528,8 +550,9 @@ async fn list(State(faults): State<Faults>) -> Json<Vec<Fault>> {
 
 /// `DELETE /faults` filter: the faults matching any of the given fields (all when none is
 /// given); `from` removes a link's faults (heals a cut).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteFilter {
     pub order_id: Option<String>,
     pub key: Option<String>,

@@ -15,6 +15,8 @@
 use std::future::Future;
 
 use axum::Router;
+
+use crate::api::Api;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, RawPathParams, Request};
@@ -259,6 +261,24 @@ async fn not_found() -> Problem {
     Problem::not_found("no such route")
 }
 
+/// The routes every server shares: `GET /stats`, `POST /noop`.
+fn shared(api: Api) -> Api {
+    api.route(
+        "/stats",
+        crate::api::get("Counters of this process")
+            .describe("write / read transactions per database, prepared transactions, 2PC messages by kind, memory (used by `tandem bench`)")
+            .answer_schema(200, "the counters", crate::api::object()),
+        crate::stats::handler,
+    )
+    .route(
+        "/noop",
+        crate::api::post("A saga step with no effect (benchmarks)")
+            .required_header("Idempotency-Key", "`{run}:{step}:{action|compensation}`")
+            .answer_schema(200, "`{\"ok\": true, \"op\"}`", crate::api::object()),
+        noop,
+    )
+}
+
 /// `POST /noop`: a saga step with no effect and no database access (DTM's "empty branch"), for
 /// benchmarking the orchestrator alone. It still requires a well-formed `Idempotency-Key`.
 async fn noop(key: crate::barrier::IdempotencyKey) -> axum::Json<serde_json::Value> {
@@ -274,18 +294,18 @@ async fn method_not_allowed() -> Problem {
     .detail("this route exists but does not accept that method")
 }
 
-/// Add the problem+json 404/405 fallbacks, the body limit, request tracing and metrics
-/// ([`observe`]), plus `GET /metrics`, `GET /stats` and `POST /noop`.
-pub fn finish(router: Router) -> Router {
-    finish_with(router, crate::metrics::Scrape::default())
+/// The router of server `title` from its route table: the problem+json 404/405 fallbacks, the
+/// body limit, request tracing and metrics ([`observe`]), plus `GET /metrics`, `GET /stats`,
+/// `POST /noop`, and its OpenAPI document at `GET /openapi.json` and `GET /docs`
+/// ([`crate::api`]).
+pub fn finish(api: Api, title: &str) -> Router {
+    finish_with(api, crate::metrics::Scrape::default(), title)
 }
 
 /// [`finish`], with what `/metrics` reads at scrape time (the server's pools …).
-pub fn finish_with(router: Router, scrape: crate::metrics::Scrape) -> Router {
-    scrape
-        .route(router)
-        .route("/stats", axum::routing::get(crate::stats::handler))
-        .route("/noop", axum::routing::post(noop))
+pub fn finish_with(api: Api, scrape: crate::metrics::Scrape, title: &str) -> Router {
+    let (router, _) = shared(scrape.route(api)).finish(title);
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))

@@ -37,6 +37,7 @@
 //! - [`error`]: the kit's error type ([`Error`]), for start-up and serving; `chain` (an error
 //!   and its sources on one line).
 
+pub mod api;
 pub mod barrier;
 pub mod checkout;
 pub mod choreo;

@@ -16,7 +16,6 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::http::{Method, header};
 use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -99,15 +98,20 @@ impl Scrape {
         self
     }
 
-    /// `GET /metrics` added to `router`.
-    pub fn route(self, router: Router) -> Router {
+    /// `GET /metrics` added to `api`.
+    pub fn route(self, api: crate::api::Api) -> crate::api::Api {
         install();
-        router.route(
+        api.route(
             "/metrics",
-            axum::routing::get(move || {
+            crate::api::get("Prometheus metrics").answer_media(
+                200,
+                "the text exposition format (docs/observability.md)",
+                "text/plain",
+            ),
+            move || {
                 let scrape = self.clone();
                 async move { scrape.render().await }
-            }),
+            },
         )
     }
 

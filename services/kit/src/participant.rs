@@ -37,17 +37,16 @@ pub mod branch;
 mod recovery;
 mod work;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_protocols::two_phase::{Msg, PartState, Participant, Record};
 use tandem_protocols::{Action, Actions, Input, NodeId, Outcome, Role, Vote};
 use uuid::Uuid;
 
+use crate::api::{self, Api};
 use crate::effect::{Accepted, Origin};
 use crate::faults::{FaultOp, Message, Sender};
 use crate::http::Json;
@@ -63,10 +62,11 @@ const COORDINATOR: NodeId = NodeId::Coordinator(0);
 pub const MAX_URL_LEN: usize = 2048;
 
 /// `POST /2pc/prepare` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareRequest {
     pub txn_id: Uuid,
+    #[schema(maximum = 65535)]
     pub step: u16,
     /// The action's path (`/reservations`): the same effect as that saga action.
     pub action: String,
@@ -76,10 +76,11 @@ pub struct PrepareRequest {
 }
 
 /// `POST /2pc/commit` and `POST /2pc/abort` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BranchRequest {
     pub txn_id: Uuid,
+    #[schema(maximum = 65535)]
     pub step: u16,
 }
 
@@ -95,21 +96,40 @@ impl BranchRequest {
 /// The participant endpoints. Prepare, commit and abort go through the receiver's faults
 /// ([`crate::faults`], scoped by `txn_id`, the prepare body's `order_id`, and the sender); each
 /// request and response is counted as a message ([`crate::stats`]).
-pub fn routes(app: &App) -> Router<App> {
-    Router::new()
+pub fn routes(app: &App) -> Api<App> {
+    Api::new()
         .route(
             "/2pc/prepare",
-            post(
-                |State(app): State<App>, from: Sender, Json(req): Json<PrepareRequest>| async move {
-                    let order = req.body.get("order_id").and_then(Value::as_str);
-                    let m = message(FaultOp::Prepare, req.txn_id, order, &from);
-                    with_faults(&app, m, prepare(&app, &req)).await
-                },
-            ),
+            api::post("2PC prepare: run the action's effect and PREPARE TRANSACTION")
+                .body::<PrepareRequest>()
+                .answer_schema(200, "`{\"vote\": \"yes\"}` or `{\"vote\": \"no\", \"reason\"}`", api::object())
+                .error(409, "this branch was already decided"),
+            |State(app): State<App>, from: Sender, Json(req): Json<PrepareRequest>| async move {
+                let order = req.body.get("order_id").and_then(Value::as_str);
+                let m = message(FaultOp::Prepare, req.txn_id, order, &from);
+                with_faults(&app, m, prepare(&app, &req)).await
+            },
         )
-        .route("/2pc/commit", branch_route(FaultOp::Commit))
-        .route("/2pc/abort", branch_route(FaultOp::Abort))
-        .route("/2pc/status", get(status))
+        .route(
+            "/2pc/commit",
+            branch_op("2PC commit: COMMIT PREPARED (idempotent)"),
+            |State(app): State<App>, from: Sender, Json(req): Json<BranchRequest>| {
+                branch(FaultOp::Commit, app, from, req)
+            },
+        )
+        .route(
+            "/2pc/abort",
+            branch_op("2PC abort: ROLLBACK PREPARED (idempotent; before its prepare: the late prepare votes no)"),
+            |State(app): State<App>, from: Sender, Json(req): Json<BranchRequest>| {
+                branch(FaultOp::Abort, app, from, req)
+            },
+        )
+        .route(
+            "/2pc/status",
+            api::get("2PC capability, prepared transactions and their age, lock waits")
+                .answer_schema(200, "the status", api::object()),
+            status,
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             count_messages,
@@ -140,18 +160,25 @@ fn message_kinds(path: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// How `POST /2pc/commit` and `POST /2pc/abort` are documented.
+fn branch_op(summary: &str) -> api::Op {
+    api::post(summary)
+        .body::<BranchRequest>()
+        .answer_schema(200, "the branch's outcome", api::object())
+        .error(
+            409,
+            "the other outcome was applied (abort after commit, commit after abort)",
+        )
+}
+
 /// `POST /2pc/commit` (`op` commit) or `POST /2pc/abort`, under this node's faults.
-fn branch_route(op: FaultOp) -> axum::routing::MethodRouter<App> {
-    post(
-        move |State(app): State<App>, from: Sender, Json(req): Json<BranchRequest>| async move {
-            let m = message(op, req.txn_id, None, &from);
-            if op == FaultOp::Commit {
-                with_faults(&app, m, commit(&app, &req)).await
-            } else {
-                with_faults(&app, m, abort(&app, &req)).await
-            }
-        },
-    )
+async fn branch(op: FaultOp, app: App, from: Sender, req: BranchRequest) -> Response {
+    let m = message(op, req.txn_id, None, &from);
+    if op == FaultOp::Commit {
+        with_faults(&app, m, commit(&app, &req)).await
+    } else {
+        with_faults(&app, m, abort(&app, &req)).await
+    }
 }
 
 /// A 2PC message as faults see it.

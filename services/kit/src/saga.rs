@@ -3,15 +3,14 @@
 //! `Idempotency-Key`, fault interception, the barrier, stats and the reply — plus the shared
 //! read endpoints (`GET /healthz`, an audit list by `order_id`).
 
-use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 
+use crate::api::{self, Api, Op as Doc};
 use crate::barrier::{self, Barrier, IdempotencyKey, Op, Prior};
 use crate::effect::{ActionEndpoint, Compensation, CompensationRequest, EffectFuture, Origin};
 use crate::faults::{Message, Sender};
@@ -20,26 +19,54 @@ use crate::problem::{Issues, Problem};
 use crate::service::App;
 
 /// The routes of every action and compensation in `app`'s spec, and `GET /healthz`.
-pub fn routes(app: &App) -> Router<App> {
+pub fn routes(app: &App) -> Api<App> {
     let spec = app.spec;
-    let mut router = Router::new().route("/healthz", get(healthz));
+    let mut router = Api::new().route(
+        "/healthz",
+        api::get("Health: 200 when the database answers").answer_schema(
+            200,
+            "`{\"status\": \"ok\", \"service\"}`",
+            api::object(),
+        ),
+        healthz,
+    );
     for &endpoint in spec.actions {
         router = router.route(
             endpoint.path(),
-            post(move |State(app): State<App>, from, key, Json(body)| {
+            step_op(
+                endpoint.document(api::post("Saga action (also the 2PC prepare of this step)")),
+            ),
+            move |State(app): State<App>, from, key, Json(body)| {
                 action(app, (from, key), body, endpoint)
-            }),
+            },
         );
     }
     for &compensation in spec.compensations {
         router = router.route(
             compensation.path,
-            post(move |State(app): State<App>, from, key, Json(body)| {
+            step_op(api::post("Saga compensation").body::<CompensationRequest>()),
+            move |State(app): State<App>, from, key, Json(body)| {
                 compensate(app, (from, key), body, compensation)
-            }),
+            },
         );
     }
     router
+}
+
+/// What every saga step endpoint answers (docs/sagas.md, "step result protocol").
+fn step_op(op: Doc) -> Doc {
+    op.required_header(
+        "Idempotency-Key",
+        "`{run}:{step}:{action|compensation}` (required; duplicates replay the first answer)",
+    )
+    .header("Tandem-Sender", "the sending node's name (link faults)")
+    .answer_schema(200, "the step's output (a replay: the same)", api::object())
+    .error(
+        409,
+        "business refusal (e.g. insufficient-stock), or the key reused with another body",
+    )
+    .error(425, "in progress (an injected fault): resend")
+    .error(500, "an injected transient fault (fault injection on only)")
 }
 
 async fn action(
@@ -128,18 +155,26 @@ async fn healthz(State(app): State<App>) -> Result<Json<Value>, Problem> {
 }
 
 /// `?order_id=` (required) of the audit lists.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ByOrder {
+    #[param(required = true)]
     order_id: Option<String>,
 }
 
-/// `GET` an audit list: the rows `sql` selects for `$1` = the required `?order_id=`.
-pub fn by_order<Row>(sql: &'static str) -> MethodRouter<App>
+/// `GET path`: an audit list, the rows `sql` selects for `$1` = the required `?order_id=`.
+pub fn by_order<Row>(api: Api<App>, path: &str, what: &str, sql: &'static str) -> Api<App>
 where
     Row: for<'r> sqlx::FromRow<'r, PgRow> + Serialize + Send + Unpin + 'static,
 {
-    get(
+    api.route(
+        path,
+        api::get(what).query::<ByOrder>().answer_schema(
+            200,
+            "the rows, oldest first",
+            api::schema(json!({"type": "array", "items": {"type": "object"}})),
+        ),
         move |State(app): State<App>, Query(q): Query<ByOrder>| async move {
             let Some(order_id) = q.order_id else {
                 return Err(Problem::invalid("/query/order_id", "is required"));

@@ -32,9 +32,9 @@ pub struct Spec {
     pub actions: &'static [&'static dyn ActionEndpoint],
     /// The saga compensations, served by [`crate::saga`].
     pub compensations: &'static [&'static Compensation],
-    /// The service's own read / setup routes (the saga endpoints, `/healthz`, the fault
-    /// endpoints and the shared ones are added by [`App::router`]).
-    pub routes: fn() -> Router<App>,
+    /// The service's own read / setup routes, documented (the saga endpoints, `/healthz`, the
+    /// fault endpoints and the shared ones are added by [`App::router`]).
+    pub routes: fn() -> crate::api::Api<App>,
 }
 
 impl std::fmt::Debug for Spec {
@@ -244,8 +244,9 @@ impl App {
             .pool("control", &self.control)
             .prepared_transactions(&self.control);
         crate::http::finish_with(
-            own.with_state(self.clone()).merge(self.faults.router()),
+            own.with_state(self.clone()).merge(self.faults.routes()),
             scrape,
+            self.spec.name,
         )
     }
 
@@ -321,7 +322,7 @@ mod tests {
         migrations: &Migrator::DEFAULT,
         actions: &[],
         compensations: &[],
-        routes: Router::new,
+        routes: crate::api::Api::new,
     };
 
     /// Defect: fault injection was on by default, so any client of a production service could

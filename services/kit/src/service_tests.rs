@@ -234,3 +234,18 @@ impl Served {
         assert!(self.list(list, "o-2").await.is_empty());
     }
 }
+
+/// The OpenAPI document and the router of `spec` agree ([`crate::testing::assert_documented`]),
+/// with fault injection on (its `/faults` routes documented) and off (neither routed nor
+/// documented).
+pub async fn assert_documented(spec: &'static crate::service::Spec) {
+    let on = Served::with_faults(spec).await;
+    let n = crate::testing::assert_documented(&on.url).await;
+    let (_, doc) = on.get("/openapi.json").await;
+    assert!(doc["paths"]["/faults"]["post"].is_object(), "{doc}");
+    let off = Served::start(spec, |_| {}).await;
+    let m = crate::testing::assert_documented(&off.url).await;
+    assert_eq!(n, m + 3, "the fault endpoints are the difference");
+    let (_, doc) = off.get("/openapi.json").await;
+    assert!(doc["paths"].get("/faults").is_none(), "{doc}");
+}

@@ -11,12 +11,13 @@
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use kv_client::wire::{
     BeginRequest, CommitRequest, CommitResponse, KeyRequest, ReadRequest, ReadResponse,
     WriteRequest,
 };
+use serde_json::json;
 use tandem_kit::Problem;
+use tandem_kit::api::{self, Api};
 use tandem_kit::http::{Json, Path};
 use uuid::Uuid;
 
@@ -24,28 +25,93 @@ use crate::coordinator::Coordinator;
 use crate::net::Envelope;
 use crate::shard::Shard;
 
+/// A key-value operation of a transaction (`kv_client::wire` has the body types).
+fn txn_op(summary: &str, body: &str) -> api::Op {
+    api::post(summary)
+        .path_uuid()
+        .body_schema(api::schema(json!({"type": "object", "description": body})))
+        .answer_schema(200, "the result", api::object())
+        .error(
+            409,
+            "conflict (wait-die, lock timeout: retry), or the transaction is not active",
+        )
+        .error(421, "wrong-shard: the key lives on another shard")
+        .error(429, "too-many-transactions")
+}
+
 pub fn shard_routes(shard: Shard) -> Router {
-    let r = Router::new()
-        .route("/txns", post(begin))
-        .route("/txns/{id}/read", post(read))
-        .route("/txns/{id}/write", post(write))
-        .route("/txns/{id}/delete", post(delete))
-        .route("/txns/{id}/commit", post(commit))
-        .route("/txns/{id}/abort", post(abort))
-        .route("/2pc", post(shard_2pc))
-        .route("/status", get(shard_status))
-        .route("/healthz", get(healthz))
+    let r = Api::new()
+        .route(
+            "/txns",
+            api::post("Begin a transaction")
+                .body_schema(api::schema(
+                    json!({"type": "object", "description": "`{\"id\"?, \"priority\"?}`"}),
+                ))
+                .answer_schema(201, "`{\"id\", \"priority\"}`", api::object())
+                .error(409, "the id is taken")
+                .error(429, "too-many-transactions"),
+            begin,
+        )
+        .route(
+            "/txns/{id}/read",
+            txn_op("Read a key", "`{\"key\", \"for_update\"?}`"),
+            read,
+        )
+        .route(
+            "/txns/{id}/write",
+            txn_op("Write a key", "`{\"key\", \"value\"}`"),
+            write,
+        )
+        .route(
+            "/txns/{id}/delete",
+            txn_op("Delete a key", "`{\"key\"}`"),
+            delete,
+        )
+        .route(
+            "/txns/{id}/commit",
+            txn_op(
+                "Commit (one shard: one phase; several: 2PC)",
+                "`{\"participants\"}`",
+            ),
+            commit,
+        )
+        .route(
+            "/txns/{id}/abort",
+            api::post("Abort")
+                .path_uuid()
+                .answer_schema(200, "`{\"outcome\"}`", api::object()),
+            abort,
+        )
+        .route("/2pc", twopc_op(), shard_2pc)
+        .route("/status", status_op(), shard_status)
+        .route("/healthz", health_op(), healthz)
         .with_state(shard);
-    tandem_kit::http::finish(r)
+    tandem_kit::http::finish(r, "kv shard")
 }
 
 pub fn coordinator_routes(c: Coordinator) -> Router {
-    let r = Router::new()
-        .route("/2pc", post(coordinator_2pc))
-        .route("/status", get(coordinator_status))
-        .route("/healthz", get(healthz))
+    let r = Api::new()
+        .route("/2pc", twopc_op(), coordinator_2pc)
+        .route("/status", status_op(), coordinator_status)
+        .route("/healthz", health_op(), healthz)
         .with_state(c);
-    tandem_kit::http::finish(r)
+    tandem_kit::http::finish(r, "kv coordinator")
+}
+
+fn twopc_op() -> api::Op {
+    api::post("A 2PC message between the coordinator and the shards")
+        .body_schema(api::schema(
+            json!({"type": "object", "description": "an envelope (crate::net)"}),
+        ))
+        .answer_schema(200, "the reply", api::object())
+}
+
+fn status_op() -> api::Op {
+    api::get("Counters and state of this process").answer_schema(200, "the status", api::object())
+}
+
+fn health_op() -> api::Op {
+    api::get("Health").answer_schema(200, "`{\"ok\": true}`", api::object())
 }
 
 type S = axum::extract::State<Shard>;

@@ -7,10 +7,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem_kit::Problem;
+use tandem_kit::api::{self, Api};
 use tandem_kit::checkout::{Address, Item, validate_address, validate_items};
 use tandem_kit::choreo::event::{Event, Kind};
 use tandem_kit::choreo::outbox;
@@ -25,38 +25,81 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 
 pub fn router(app: App) -> Router {
-    let own = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/orders", post(place))
-        .route("/orders/{id}", get(show))
+    let own = Api::new()
+        .route(
+            "/healthz",
+            api::get("Health: 200 when the database answers").answer_schema(
+                200,
+                "`{\"status\": \"ok\"}`",
+                api::object(),
+            ),
+            healthz,
+        )
+        .route(
+            "/orders",
+            api::post("Place an order: the order and its `placed` event in one transaction")
+                .body::<OrderRequest>()
+                .header("traceparent", "W3C trace context: the order's trace id")
+                .answer_schema(
+                    201,
+                    "`{\"order_id\", \"status\", \"trace_id\"}`",
+                    api::object(),
+                )
+                .answer_schema(200, "the same order placed again", api::object())
+                .error(409, "the order id is taken by another body"),
+            place,
+        )
+        .route(
+            "/orders/{id}",
+            api::get("An order's status and timeline (read back from the stream)")
+                .query::<ShowQuery>()
+                .answer_schema(200, "status and timeline", api::object()),
+            show,
+        )
         .with_state(app);
-    tandem_kit::http::finish(own)
+    tandem_kit::http::finish(own, "orders")
 }
 
 /// An order, as placed: the orchestrated checkout's input. `order_id` is optional: without
 /// it this service allocates one (UUID v7); with it, it is the business key (letters, digits,
 /// `-`, `_`: one subject token) and placing the same order again answers the existing one.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub order_id: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub customer_id: String,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<Item>,
+    #[schema(minimum = 1, maximum = 100_000_000_000_i64)]
     pub amount_cents: i64,
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
     pub payment: Payment,
     pub shipping: Shipping,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OrderPayment)]
 pub struct Payment {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub card_token: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OrderShipping)]
 pub struct Shipping {
     pub address: Address,
 }
@@ -176,9 +219,12 @@ async fn placed_before(app: &App, placed: &Event) -> Result<(StatusCode, Json<Va
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ShowQuery {
+    /// wait up to this long for a terminal status
+    #[param(maximum = 60_000)]
     wait_ms: Option<u64>,
 }
 

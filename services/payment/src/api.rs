@@ -1,11 +1,11 @@
 //! Payment HTTP handlers, validation and SQL.
 
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::api::Api;
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
@@ -31,23 +31,40 @@ pub static REFUND: Compensation = Compensation::new("/refunds", "refunded", |con
 });
 
 /// The read routes (the saga endpoints come from [`CHARGE`] and [`REFUND`]).
-pub fn routes() -> Router<App> {
-    Router::new().route(
+pub fn routes() -> Api<App> {
+    by_order::<Payment>(
+        Api::new(),
         "/payments",
-        by_order::<Payment>(
+        "An order's charges and refunds",
             "SELECT id, kind, order_id, customer_id, amount_cents, currency, saga_id, step, txn_id, charge_id, created_at
              FROM payments WHERE order_id = $1 ORDER BY created_at, id",
-        ),
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChargeRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub order_id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub customer_id: String,
+    #[schema(minimum = 1, maximum = 100_000_000_000_i64)]
     pub amount_cents: i64,
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub card_token: String,
 }
 

@@ -227,3 +227,9 @@ async fn two_pc_prepare_commit_and_a_no_vote() {
         .assert_two_pc_commit_and_refusal("/charges", "/payments", good, refused, "card-declined")
         .await;
 }
+
+/// The OpenAPI document and the router agree, fault injection on and off.
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    tandem_kit::service_tests::assert_documented(&payment::SPEC).await;
+}

@@ -1,11 +1,11 @@
 //! Shipping HTTP handlers, validation and SQL.
 
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::api::Api;
 pub use tandem_kit::checkout::Address;
 use tandem_kit::checkout::{Item, validate_address, validate_items};
 use tandem_kit::effect::{Action, Compensation, Origin};
@@ -33,26 +33,37 @@ pub static CANCEL: Compensation =
     });
 
 /// The read routes (the saga endpoints come from [`CREATE`] and [`CANCEL`]).
-pub fn routes() -> Router<App> {
-    Router::new().route(
+pub fn routes() -> Api<App> {
+    by_order::<Shipment>(
+        Api::new(),
         "/shipments",
-        by_order::<Shipment>(
+        "An order's shipments",
             "SELECT id AS shipment_id, order_id, saga_id, step, txn_id, status, address, items, reservation_id,
                     created_at, cancelled_at
              FROM shipments WHERE order_id = $1 ORDER BY created_at, id",
-        ),
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub order_id: String,
     pub address: Address,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<Item>,
     /// The inventory reservation this shipment draws on (recorded, not checked: services do
     /// not read each other's databases).
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub reservation_id: Option<String>,
 }
 

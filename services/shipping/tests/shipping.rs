@@ -212,3 +212,9 @@ async fn two_pc_prepare_commit_and_a_no_vote() {
         )
         .await;
 }
+
+/// The OpenAPI document and the router agree, fault injection on and off.
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    tandem_kit::service_tests::assert_documented(&shipping::SPEC).await;
+}
