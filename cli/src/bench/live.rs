@@ -252,6 +252,8 @@ impl LiveOptions {
             service_pool: 5,
             skus: self.skus,
             hot_skus: 0,
+            nats_url: crate::launch::DEFAULT_NATS.into(),
+            purge_retention: None,
             json: false,
             db_tls: false,
         }

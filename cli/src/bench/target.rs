@@ -34,7 +34,8 @@ impl Target {
         &self.urls[component]
     }
 
-    /// Every component, the acceptors included.
+    /// Every component under test: [`COMPONENTS`], the acceptors if any, and `orders` with the
+    /// choreographed checkout.
     pub fn components(&self) -> impl Iterator<Item = &str> {
         self.urls.keys().map(String::as_str)
     }
@@ -48,12 +49,6 @@ impl Target {
             .json()
             .await
             .with_context(|| format!("GET {component}{path}"))
-    }
-
-    /// The components under test: [`COMPONENTS`], and `orders` with the choreographed
-    /// checkout.
-    pub fn components(&self) -> Vec<&'static str> {
-        self.urls.keys().copied().collect()
     }
 
     fn new(http: reqwest::Client, urls: [String; 4]) -> Self {

@@ -16,13 +16,12 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::post;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use crate::api::{self, Api};
 use crate::barrier::MAX_KEY_LEN;
 use crate::http::Json;
 use crate::problem::{Issues, Problem};
@@ -57,9 +56,11 @@ pub const BACKSTOP_BATCH: i64 = 1000;
 pub const BACKSTOP_EVERY: Duration = Duration::from_secs(3600);
 
 /// The body of `POST /barrier/forget`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgetRequest {
+    /// The sagas' ids (1 to 1000).
+    #[schema(min_items = 1, max_items = 1000)]
     pub saga_ids: Vec<String>,
 }
 
@@ -88,8 +89,14 @@ impl ForgetRequest {
 }
 
 /// `POST /barrier/forget`.
-pub fn routes() -> Router<App> {
-    Router::new().route(FORGET_PATH, post(forget_handler))
+pub fn routes() -> Api<App> {
+    Api::new().route(
+        FORGET_PATH,
+        api::post("Forget the barrier rows of final sagas (the orchestrator, past retention)")
+            .body::<ForgetRequest>()
+            .answer_schema(200, "`{\"forgotten\": rows deleted}`", api::object()),
+        forget_handler,
+    )
 }
 
 async fn forget_handler(

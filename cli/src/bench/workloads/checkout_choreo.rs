@@ -10,28 +10,28 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::Load;
-use super::checkout::{input, seed};
+use super::checkout::{Orders, seed};
 use crate::bench::RequestMode;
 use crate::bench::measure::{Op, Timings, get, post};
 use crate::bench::target::Target;
 
 pub struct CheckoutChoreo {
-    pub skus: usize,
+    pub orders: Orders,
 }
 
 impl Load for CheckoutChoreo {
     fn prepare<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, anyhow::Result<()>> {
-        seed(t, self.skus).boxed()
+        seed(t, self.orders.skus).boxed()
     }
 
     /// One request to place the order, one long poll for its end (the entry point answers
     /// `POST /orders` at once: there is no "wait" on the placing request).
     fn orchestrated(&self, t: &Target, _mode: RequestMode) -> Op {
-        let (http, skus) = (t.http.clone(), self.skus);
+        let (http, orders) = (t.http.clone(), self.orders);
         let base = format!("{}/orders", t.url("orders"));
         Arc::new(move |client, seq| {
             let (http, base) = (http.clone(), base.clone());
-            let body = input(skus, client, seq);
+            let body = orders.input(client, seq);
             Box::pin(async move {
                 let (status, v) = post(&http, &base, None, &body).await?;
                 if status != 201 {

@@ -79,7 +79,9 @@ impl Workload {
                 orders: checkout::Orders::of(args),
             }),
             Workload::CheckoutChoreo => {
-                Box::new(checkout_choreo::CheckoutChoreo { skus: args.skus })
+                Box::new(checkout_choreo::CheckoutChoreo {
+                orders: checkout::Orders::of(args),
+            })
             }
             Workload::Noop => Box::new(noop::Noop),
         }
