@@ -7,6 +7,7 @@
 //!   direct baseline (docs/benchmarks.md); one module per workload under `bench::workloads`.
 //! - [`client`]: a small HTTP client for the orchestrator and the services' audit endpoints.
 //! - [`commands`]: `tandem up` and `tandem demo`.
+//! - [`db`]: `tandem db provision`, the least-privilege Postgres roles and databases.
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
 //! - [`saga`]: `tandem saga list | show | cancel | retry | resume` against a running orchestrator.
 //! - `commit` (in the binary): `tandem commit compare` (the atomic-commit protocol comparison),
@@ -16,6 +17,7 @@
 pub mod bench;
 pub mod client;
 pub mod commands;
+pub mod db;
 pub mod demo;
 pub mod launch;
 pub mod paxos_demo;
