@@ -60,7 +60,8 @@ async fn a_component_role_reaches_only_its_own_database() {
         assert_eq!(code(PgConnection::connect(&url).await), DENIED, "{url}");
     }
 
-    // Nor could it read a table there with CONNECT granted: its rights are on its own tables.
+    // Nor could it read a table there with CONNECT granted: its rights are on its own schema
+    // and tables (qualified, or the search path would just not see the schema).
     let admin = &mut PgConnection::connect(&p.admin_url(1)).await.unwrap();
     let grant = format!(
         "GRANT CONNECT ON DATABASE {} TO {}",
@@ -72,7 +73,7 @@ async fn a_component_role_reaches_only_its_own_database() {
         .await
         .unwrap();
     let mut intruder = PgConnection::connect(&other(&inventory_app)).await.unwrap();
-    let read = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM charges")
+    let read = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM public.charges")
         .fetch_one(&mut intruder)
         .await;
     assert_eq!(code(read), DENIED);
