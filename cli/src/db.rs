@@ -102,3 +102,46 @@ fn components(args: &ProvisionArgs) -> anyhow::Result<Vec<Component>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProvisionArgs,
+    }
+
+    fn parse(args: &[&str]) -> ProvisionArgs {
+        Cli::parse_from(std::iter::once("provision").chain(args.iter().copied())).args
+    }
+
+    /// compose's Postgres runs deploy/provision.sql: it must be what this command prints.
+    #[test]
+    fn deploy_provision_sql_is_current() {
+        let args = parse(&["--print", "--psql-passwords"]);
+        let want = provision::script(&components(&args).unwrap());
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/provision.sql");
+        let have = std::fs::read_to_string(path).unwrap();
+        assert!(
+            have == want,
+            "deploy/provision.sql is stale: cargo tandem db provision --print --psql-passwords > deploy/provision.sql"
+        );
+        assert!(!want.contains("PASSWORD '"), "no secret in the committed script");
+    }
+
+    #[test]
+    fn database_names_are_plain_identifiers() {
+        for bad in ["Tandem", "a-b", "x\"y"] {
+            let args = parse(&["--databases", bad]);
+            assert!(components(&args).is_err(), "{bad:?}");
+        }
+        let args = parse(&["--databases", "a_1,b", "--no-passwords"]);
+        let c = components(&args).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1].runtime.name, "b_app");
+        assert_eq!(c[1].runtime.password, Password::None);
+    }
+}
