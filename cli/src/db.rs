@@ -129,7 +129,10 @@ mod tests {
             have == want,
             "deploy/provision.sql is stale: cargo tandem db provision --print --psql-passwords > deploy/provision.sql"
         );
-        assert!(!want.contains("PASSWORD '"), "no secret in the committed script");
+        assert!(
+            !want.contains("PASSWORD '"),
+            "no secret in the committed script"
+        );
     }
 
     #[test]

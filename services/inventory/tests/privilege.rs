@@ -81,15 +81,18 @@ async fn a_component_role_reaches_only_its_own_database() {
 
     // PUBLIC cannot connect: a role with no grants of its own is refused.
     let nobody = format!("{}_nobody", p.components[1].database);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE ROLE {} LOGIN", ident(&nobody))))
-        .execute(&mut *admin)
-        .await
-        .unwrap();
-    let nobody_url = p.components[1].urls(&p.server_url).0.replacen(
-        &p.components[1].runtime.name,
-        &nobody,
-        1,
-    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {} LOGIN",
+        ident(&nobody)
+    )))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+    let nobody_url =
+        p.components[1]
+            .urls(&p.server_url)
+            .0
+            .replacen(&p.components[1].runtime.name, &nobody, 1);
     let refused = PgConnection::connect(&nobody_url).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE {}", ident(&nobody))))
         .execute(&mut *admin)
@@ -155,7 +158,11 @@ async fn a_service_migrates_as_owner_and_serves_as_its_runtime_role() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let (s, b) = svc
-        .compensate("/reservations/release", &format!("{saga}:0:compensation"), "o-1")
+        .compensate(
+            "/reservations/release",
+            &format!("{saga}:0:compensation"),
+            "o-1",
+        )
         .await;
     assert_eq!((s, &b["released"]), (StatusCode::OK, &json!(true)), "{b}");
 
@@ -168,9 +175,17 @@ async fn a_service_migrates_as_owner_and_serves_as_its_runtime_role() {
     let (s, vote) = svc
         .tpc_prepare("http://127.0.0.1:9", txn, "/reservations", body)
         .await;
-    assert_eq!((s, &vote["vote"]), (StatusCode::OK, &json!("yes")), "{vote}");
+    assert_eq!(
+        (s, &vote["vote"]),
+        (StatusCode::OK, &json!("yes")),
+        "{vote}"
+    );
     let (s, b) = svc.tpc_decide("commit", txn).await;
-    assert_eq!((s, &b["state"]), (StatusCode::OK, &json!("committed")), "{b}");
+    assert_eq!(
+        (s, &b["state"]),
+        (StatusCode::OK, &json!("committed")),
+        "{b}"
+    );
     let (s, stock) = svc.get("/stock/a").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(

@@ -98,7 +98,9 @@ pub async fn migrate(
             (|| async { create_database_if_missing(&opts).await })
                 .retry(startup_retry())
                 .when(is_transient)
-                .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "database not reachable yet"))
+                .notify(
+                    |e, d| tracing::warn!(error = %e, retry_in = ?d, "database not reachable yet"),
+                )
                 .await?;
             runtime_url
         }

@@ -73,9 +73,8 @@ impl Component {
     /// `DATABASE_URL` (runtime role) and `DATABASE_OWNER_URL` of this component on the server of
     /// `server_url` (its host, port and query kept; its user and password replaced).
     pub fn urls(&self, server_url: &str) -> (String, String) {
-        let url = |role: &Role| {
-            crate::db::database_url(&with_user(server_url, role), &self.database)
-        };
+        let url =
+            |role: &Role| crate::db::database_url(&with_user(server_url, role), &self.database);
         (url(&self.runtime), url(&self.owner))
     }
 }
@@ -268,9 +267,17 @@ pub async fn run(admin_url: &str, c: &Component) -> Result<(), Error> {
                 .fetch_one(&mut server)
                 .await?;
                 let sql = if exists {
-                    format!("ALTER DATABASE {} OWNER TO {}", ident(&database), ident(&owner))
+                    format!(
+                        "ALTER DATABASE {} OWNER TO {}",
+                        ident(&database),
+                        ident(&owner)
+                    )
                 } else {
-                    format!("CREATE DATABASE {} OWNER {}", ident(&database), ident(&owner))
+                    format!(
+                        "CREATE DATABASE {} OWNER {}",
+                        ident(&database),
+                        ident(&owner)
+                    )
                 };
                 execute(&mut server, sql).await?;
             }
@@ -335,7 +342,10 @@ mod tests {
     fn urls_name_each_role_on_the_same_server() {
         let c = Component::named(
             "tandem_inventory",
-            (Password::Literal("o p".into()), Password::Literal("r@x".into())),
+            (
+                Password::Literal("o p".into()),
+                Password::Literal("r@x".into()),
+            ),
         );
         let (runtime, owner) =
             c.urls("postgres://postgres:secret@db.example:5433/postgres?sslmode=require");
@@ -348,7 +358,10 @@ mod tests {
             "postgres://tandem_inventory_owner:o%20p@db.example:5433/tandem_inventory?sslmode=require"
         );
         let c = Component::named("d", (Password::None, Password::None));
-        assert_eq!(c.urls("postgres://127.0.0.1").0, "postgres://d_app@127.0.0.1/d");
+        assert_eq!(
+            c.urls("postgres://127.0.0.1").0,
+            "postgres://d_app@127.0.0.1/d"
+        );
     }
 
     #[test]
@@ -364,8 +377,12 @@ mod tests {
         let all: Vec<String> = steps.iter().map(|s| format!("{s:?}")).collect();
         let has = |needle: &str| all.iter().any(|s| s.contains(needle));
         assert!(has("REVOKE ALL ON DATABASE \\\"tandem_x\\\" FROM PUBLIC"));
-        assert!(has("GRANT CONNECT ON DATABASE \\\"tandem_x\\\" TO \\\"tandem_x_app\\\""));
-        assert!(has("FOR ROLE \\\"tandem_x_owner\\\" IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \\\"tandem_x_app\\\""));
+        assert!(has(
+            "GRANT CONNECT ON DATABASE \\\"tandem_x\\\" TO \\\"tandem_x_app\\\""
+        ));
+        assert!(has(
+            "FOR ROLE \\\"tandem_x_owner\\\" IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \\\"tandem_x_app\\\""
+        ));
         assert!(has("PASSWORD 'a''b'"), "quoted password: {all:?}");
         assert!(has("PASSWORD :'app_password'"), "{all:?}");
         assert!(!has("GRANT CREATE") && !has("SUPERUSER ") && !has(" ALL PRIVILEGES"));
@@ -378,6 +395,9 @@ mod tests {
         let script = script(&[c]);
         assert!(script.contains("\\connect \"tandem_x\"\n"), "{script}");
         assert!(script.ends_with("\\connect postgres\n"), "{script}");
-        assert_eq!(first_words("ALTER ROLE x LOGIN PASSWORD 'secret'"), "ALTER ROLE x LOGIN");
+        assert_eq!(
+            first_words("ALTER ROLE x LOGIN PASSWORD 'secret'"),
+            "ALTER ROLE x LOGIN"
+        );
     }
 }

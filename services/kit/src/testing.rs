@@ -229,7 +229,9 @@ impl Provisioned {
         for c in &provisioned.components {
             crate::provision::run(&provisioned.server_url, c)
                 .await
-                .unwrap_or_else(|e| panic!("provisioning {}: {}", c.database, crate::error::chain(&e)));
+                .unwrap_or_else(|e| {
+                    panic!("provisioning {}: {}", c.database, crate::error::chain(&e))
+                });
         }
         provisioned
     }
