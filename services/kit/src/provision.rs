@@ -385,7 +385,12 @@ mod tests {
         ));
         assert!(has("PASSWORD 'a''b'"), "quoted password: {all:?}");
         assert!(has("PASSWORD :'app_password'"), "{all:?}");
-        assert!(!has("GRANT CREATE") && !has("SUPERUSER ") && !has(" ALL PRIVILEGES"));
+        assert!(
+            !has("GRANT CREATE")
+                && !has(" SUPERUSER")
+                && !has(" CREATEDB")
+                && !has(" ALL PRIVILEGES")
+        );
         // The database exists (owned by the owner) before anything is granted on it.
         let db = steps
             .iter()
