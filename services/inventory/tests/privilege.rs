@@ -121,8 +121,7 @@ async fn a_service_migrates_as_owner_and_serves_as_its_runtime_role() {
     // Without the owner URL the runtime role cannot apply the migrations.
     let refused = tandem_kit::service::build(&inventory::SPEC, config(&p, false))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let chain = tandem_kit::error::chain(&refused);
     assert!(chain.contains("permission denied"), "{chain}");
 
@@ -138,7 +137,7 @@ async fn a_service_migrates_as_owner_and_serves_as_its_runtime_role() {
     .fetch_all(&svc.app.pool)
     .await
     .unwrap();
-    assert_eq!(&owners, &[owner.clone()]);
+    assert_eq!(owners, std::slice::from_ref(owner));
     for pool in [&svc.app.pool, &svc.app.control] {
         let user: String = sqlx::query_scalar("SELECT current_user::text")
             .fetch_one(pool)
