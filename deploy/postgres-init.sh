@@ -1,19 +1,14 @@
 #!/bin/sh
 # First start of compose.yaml's Postgres (docker-entrypoint-initdb.d runs this once, on an empty
-# data directory): the login role Tandem uses — not a superuser, no CREATEDB — and the seven
-# databases it owns. Tandem creates a missing database itself only when its role may; with the
-# databases made here it never needs to. See docs/deployment.md, "Postgres".
+# data directory): Tandem's databases, each with an owner role `<database>_owner` that runs the
+# migrations and a runtime role `<database>_app` that may only read and write rows of that
+# database; CONNECT revoked from PUBLIC. The SQL is deploy/provision.sql, the output of
+# `tandem db provision --print --psql-passwords` (a test checks it is current); the passwords
+# come from the environment as psql variables. See docs/security.md, "Least privilege in
+# Postgres".
 set -eu
-: "${TANDEM_DB_PASSWORD:?TANDEM_DB_PASSWORD must be set to the password of the tandem role}"
+: "${TANDEM_DB_PASSWORD:?TANDEM_DB_PASSWORD must be set to the password of the runtime roles}"
+: "${TANDEM_DB_OWNER_PASSWORD:?TANDEM_DB_OWNER_PASSWORD must be set to the password of the owner roles}"
 psql -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
-    -v tandem_password="$TANDEM_DB_PASSWORD" <<'SQL'
-CREATE ROLE tandem LOGIN PASSWORD :'tandem_password';
-CREATE DATABASE tandem_orchestrator OWNER tandem;
-CREATE DATABASE tandem_inventory OWNER tandem;
-CREATE DATABASE tandem_payment OWNER tandem;
-CREATE DATABASE tandem_shipping OWNER tandem;
-CREATE DATABASE tandem_acceptor_0 OWNER tandem;
-CREATE DATABASE tandem_acceptor_1 OWNER tandem;
-CREATE DATABASE tandem_acceptor_2 OWNER tandem;
-CREATE DATABASE tandem_orders OWNER tandem;
-SQL
+    -v app_password="$TANDEM_DB_PASSWORD" -v owner_password="$TANDEM_DB_OWNER_PASSWORD" \
+    -f /etc/tandem/provision.sql

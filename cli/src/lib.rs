@@ -8,6 +8,7 @@
 //! - [`choreo`]: `tandem choreo show ORDER | demo`, the choreographed checkout.
 //! - [`client`]: a small HTTP client for the orchestrator and the services' audit endpoints.
 //! - [`commands`]: `tandem up` and `tandem demo`.
+//! - [`db`]: `tandem db provision`, the least-privilege Postgres roles and databases.
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
 //! - [`saga`]: `tandem saga list | show | cancel | retry | resume` against a running orchestrator.
 //! - `commit` (in the binary): `tandem commit compare` (the atomic-commit protocol comparison),
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod choreo;
 pub mod client;
 pub mod commands;
+pub mod db;
 pub mod demo;
 pub mod launch;
 pub mod paxos_demo;

@@ -37,6 +37,9 @@ enum Commands {
     /// Operators' console: list, show, cancel, retry (now) or resume sagas of a running
     /// orchestrator.
     Saga(tandem_cli::saga::SagaArgs),
+    /// Postgres set-up: `provision` makes each component's database, owner role (migrations)
+    /// and runtime role (least privilege, docs/security.md).
+    Db(tandem_cli::db::DbArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Commands::Kv(a) => runtime()?.block_on(kv::run(a)),
         Commands::Choreo(a) => runtime()?.block_on(tandem_cli::choreo::run(a)),
         Commands::Saga(a) => runtime()?.block_on(tandem_cli::saga::run(a)),
+        Commands::Db(a) => runtime()?.block_on(tandem_cli::db::run(a)),
     }
 }

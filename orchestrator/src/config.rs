@@ -11,13 +11,18 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "orchestrator", about = "Tandem saga orchestrator")]
 pub struct Config {
-    /// The orchestrator's own database (created if missing; migrations applied at start).
+    /// The orchestrator's own database, as its runtime role (without DATABASE_OWNER_URL also
+    /// created if missing and migrated at start with this role: the privileged zero-setup path).
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/tandem_orchestrator"
     )]
     pub database_url: String,
+    /// The same database as its owner role: migrations run with it (one connection at start),
+    /// nothing is created (`tandem db provision`, docs/security.md).
+    #[arg(long, env = "DATABASE_OWNER_URL")]
+    pub database_owner_url: Option<String>,
 
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
@@ -148,6 +153,7 @@ impl Config {
     ) -> Self {
         let mut c = Config::parse_from(["orchestrator"]);
         c.database_url = database_url.into();
+        c.database_owner_url = None;
         c.inventory_url = inventory.to_string();
         c.payment_url = payment.to_string();
         c.shipping_url = shipping.to_string();

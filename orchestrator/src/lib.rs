@@ -65,14 +65,24 @@ pub struct App {
     shutdown_tx: watch::Sender<bool>,
 }
 
-/// Connect (creating the database if missing), migrate, load definitions.
+/// Migrate (as the owner role when configured, see `tandem_kit::db::migrate`), connect as the
+/// runtime role, load definitions.
 pub async fn build(config: Config) -> Result<App> {
     // Before anything records (the in-flight gauges are taken while building).
     tandem_kit::metrics::install();
-    let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size)
+    tandem_kit::db::migrate(
+        &config.database_url,
+        config.database_owner_url.as_deref(),
+        &store::MIGRATOR,
+    )
+    .await
+    .map_err(|e| match e {
+        tandem_kit::db::MigrateFailed::Migrate(e) => Error::Migrate(e),
+        other => Error::Connect(other.into()),
+    })?;
+    let pool = tandem_kit::db::open(&config.database_url, config.db_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
-    store::MIGRATOR.run(&pool).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let registry =
         Arc::new(Registry::new(pool.clone(), config.services()?).with_node(&config.node_name));

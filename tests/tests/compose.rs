@@ -11,7 +11,8 @@
 //!   its default with the reason;
 //! - addresses agree: health checks and published ports use the port the service listens on,
 //!   the orchestrators' service URLs name compose services on their ports, the orchestrator
-//!   instances share one database under distinct `INSTANCE_ID`s.
+//!   instances share one database under distinct `INSTANCE_ID`s; every binary logs in as its
+//!   database's runtime role and migrates as its owner role (least privilege).
 //!
 //! The binaries come from `cargo test --workspace --no-run` (`tandem_tests::procs::bin_dir`).
 
@@ -400,7 +401,7 @@ fn address_problems(services: &[(Service, Accepts)]) -> Vec<String> {
         for (name, url) in s
             .env
             .iter()
-            .filter(|(n, _)| n.ends_with("_URL") && *n != "DATABASE_URL")
+            .filter(|(n, _)| n.ends_with("_URL") && !n.starts_with("DATABASE_"))
         {
             if let Some(host_port) = url.strip_prefix("nats://") {
                 // Not a Tandem service: the NATS server of compose, on its client port.
@@ -426,6 +427,11 @@ fn address_problems(services: &[(Service, Accepts)]) -> Vec<String> {
             }
         }
     }
+    for (s, _) in services {
+        if let Some(problem) = least_privilege_problem(s) {
+            problems.push(format!("{}: {problem}", s.name));
+        }
+    }
     let orchestrators: Vec<&Service> = services
         .iter()
         .map(|(s, _)| s)
@@ -448,6 +454,36 @@ fn address_problems(services: &[(Service, Accepts)]) -> Vec<String> {
         problems.push("every orchestrator needs an INSTANCE_ID of its own".into());
     }
     problems
+}
+
+/// `(user, database)` of a `postgres://user:password@host:port/database?…` URL.
+fn user_and_database(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("postgres://")?;
+    let (userinfo, rest) = rest.split_once('@')?;
+    let user = userinfo.split(':').next()?;
+    let database = rest.split_once('/')?.1.split('?').next()?;
+    Some((user, database))
+}
+
+/// Least privilege (docs/security.md): the pools log in as the database's runtime role
+/// `<database>_app` and the migrations run as its owner `<database>_owner`, never one role for
+/// both.
+fn least_privilege_problem(s: &Service) -> Option<String> {
+    let runtime = s.env.get("DATABASE_URL").map(String::as_str);
+    let owner = s.env.get("DATABASE_OWNER_URL").map(String::as_str);
+    let (Some((app, db)), Some((own, owner_db))) = (
+        runtime.and_then(user_and_database),
+        owner.and_then(user_and_database),
+    ) else {
+        return Some(format!(
+            "DATABASE_URL {runtime:?} and DATABASE_OWNER_URL {owner:?} must both be postgres://user:…@host/database URLs"
+        ));
+    };
+    (db != owner_db || app != format!("{db}_app") || own != format!("{db}_owner")).then(|| {
+        format!(
+            "DATABASE_URL must log in as {db}_app and DATABASE_OWNER_URL as {db}_owner, both on {db} (got {app}@{db}, {own}@{owner_db})"
+        )
+    })
 }
 
 #[test]

@@ -40,13 +40,18 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/ac
 #[derive(Debug, Clone, Parser)]
 #[command(name = "acceptor", about = "A Paxos Commit acceptor (one of 2F+1)")]
 pub struct Config {
-    /// This acceptor's own database (created if missing; migrations applied at start).
+    /// This acceptor's own database, as its runtime role (without DATABASE_OWNER_URL also
+    /// created if missing and migrated at start with this role: the privileged zero-setup path).
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/tandem_acceptor_0"
     )]
     pub database_url: String,
+    /// The same database as its owner role: migrations run with it, nothing is created
+    /// (`tandem db provision`, docs/security.md).
+    #[arg(long, env = "DATABASE_OWNER_URL")]
+    pub database_owner_url: Option<String>,
     /// 8084, 8085, 8086 for acceptors 0, 1, 2 of the default stack.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8084")]
     pub listen_addr: SocketAddr,
@@ -60,6 +65,7 @@ impl Config {
     pub fn with_database(database_url: impl Into<String>) -> Self {
         Config {
             database_url: database_url.into(),
+            database_owner_url: None,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             db_pool_size: 3,
         }
@@ -73,16 +79,16 @@ pub struct App {
     http: reqwest::Client,
 }
 
-/// Connect (creating the database if missing) and apply the migrations.
+/// Apply the migrations (as the owner role when configured) and connect.
 pub async fn build(config: Config) -> Result<App, tandem_kit::Error> {
-    let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size).await?;
-    MIGRATIONS
-        .run(&pool)
-        .await
-        .map_err(|source| tandem_kit::Error::Migrate {
-            service: "acceptor",
-            source,
-        })?;
+    let pool = tandem_kit::db::migrate_and_open(
+        "acceptor",
+        &config.database_url,
+        config.database_owner_url.as_deref(),
+        &MIGRATIONS,
+        config.db_pool_size,
+    )
+    .await?;
     Ok(App {
         pool,
         http: reqwest::Client::new(),

@@ -1,5 +1,7 @@
 //! Database connections: create the service's own database if it does not exist, then open a
-//! bounded pool. Every process sizes its pool explicitly; the shared development server allows
+//! bounded pool; [`migrate`] applies a component's migrations, as its owner role when an owner
+//! URL is configured (least privilege, see docs/security.md) or privileged as today otherwise;
+//! [`provision`] makes the roles and databases for the least-privilege set-up. Every process sizes its pool explicitly; the shared development server allows
 //! 100 connections in all (see README, "Configuration"). Also the database URL of a name on a
 //! server ([`database_url`]) and [`drop_database`] (its prepared transactions rolled back first),
 //! which the stack launcher, the bench and the tests' cleanup share.
@@ -27,16 +29,37 @@ fn parse_url(url: &str) -> Result<PgConnectOptions> {
 /// before Postgres does still comes up).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     let opts = parse_url(url)?;
-    let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
-    let retry = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_max_times(20);
     (|| async { create_database_if_missing(&opts).await })
-        .retry(retry)
+        .retry(startup_retry())
         .when(is_transient)
         .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "database not reachable yet"))
         .await?;
+    open(url, max_connections).await
+}
+
+/// Retries while the server is not reachable yet: about 30 s.
+fn startup_retry() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(20)
+}
+
+/// Open a pool of at most `max_connections` on `url`, an existing database (nothing is
+/// created): the runtime pool of a least-privilege set-up. Retries like [`connect`] while the
+/// server is not reachable.
+pub async fn open(url: &str, max_connections: u32) -> Result<PgPool> {
+    let opts = parse_url(url)?.log_statements(tracing::log::LevelFilter::Trace);
+    let first = (|| async {
+        opts.connect()
+            .await
+            .map_err(Error::sql("connecting to the database"))
+    })
+    .retry(startup_retry())
+    .when(is_transient)
+    .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "database not reachable yet"))
+    .await?;
+    first.close().await.ok();
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -44,6 +67,105 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .await
         .map_err(Error::sql("connecting to the database"))?;
     Ok(pool)
+}
+
+/// Apply `migrator` to the database of `runtime_url`.
+///
+/// - With `owner_url` (`DATABASE_OWNER_URL`): one connection as the owner role runs the
+///   migrations and is closed; the database must exist (`tandem db provision` makes it). The
+///   runtime role then only reads and writes rows (see [`provision`]).
+/// - Without: the zero-setup path — the database is created if missing and the migrations run
+///   as `runtime_url`'s own role, which therefore may change the schema; a warning says so (and
+///   whether that role is a superuser).
+pub async fn migrate(
+    runtime_url: &str,
+    owner_url: Option<&str>,
+    migrator: &sqlx::migrate::Migrator,
+) -> std::result::Result<(), MigrateFailed> {
+    let url = match owner_url.filter(|u| !u.is_empty()) {
+        Some(owner) => {
+            let (runtime, owner_opts) = (parse_url(runtime_url)?, parse_url(owner)?);
+            if runtime.get_database() != owner_opts.get_database() {
+                return Err(MigrateFailed::Mismatch {
+                    runtime: runtime.get_database().unwrap_or("postgres").to_string(),
+                    owner: owner_opts.get_database().unwrap_or("postgres").to_string(),
+                });
+            }
+            owner
+        }
+        None => {
+            let opts = parse_url(runtime_url)?;
+            (|| async { create_database_if_missing(&opts).await })
+                .retry(startup_retry())
+                .when(is_transient)
+                .notify(
+                    |e, d| tracing::warn!(error = %e, retry_in = ?d, "database not reachable yet"),
+                )
+                .await?;
+            runtime_url
+        }
+    };
+    let pool = open(url, 1).await?;
+    if owner_url.is_none_or(str::is_empty) {
+        let (user, superuser): (String, bool) = sqlx::query_as(
+            "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if superuser {
+            tracing::warn!(
+                role = %user,
+                "running privileged: DATABASE_OWNER_URL is not set and this role is a superuser; \
+                 it creates the database if missing and applies the migrations itself. For least \
+                 privilege see docs/security.md (`tandem db provision`)"
+            );
+        } else {
+            tracing::info!(
+                role = %user,
+                "DATABASE_OWNER_URL is not set: the runtime role applies the migrations itself"
+            );
+        }
+    }
+    let run = migrator.run(&pool).await;
+    pool.close().await;
+    run.map_err(MigrateFailed::Migrate)
+}
+
+/// [`migrate`] then [`open`] a pool of `max_connections` as the runtime role: the start-up of
+/// a component with one pool (`service` names it in errors).
+pub async fn migrate_and_open(
+    service: &'static str,
+    runtime_url: &str,
+    owner_url: Option<&str>,
+    migrator: &sqlx::migrate::Migrator,
+    max_connections: u32,
+) -> Result<PgPool> {
+    migrate(runtime_url, owner_url, migrator)
+        .await
+        .map_err(|source| Error::Migrate {
+            service,
+            source: Box::new(source),
+        })?;
+    open(runtime_url, max_connections).await
+}
+
+/// Why [`migrate`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateFailed {
+    #[error(transparent)]
+    Db(#[from] Error),
+    #[error("applying the migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error(
+        "DATABASE_OWNER_URL names database {owner:?} but DATABASE_URL names {runtime:?}: both must name the component's own database"
+    )]
+    Mismatch { runtime: String, owner: String },
+}
+
+impl From<sqlx::Error> for MigrateFailed {
+    fn from(e: sqlx::Error) -> Self {
+        MigrateFailed::Db(Error::Database(e))
+    }
 }
 
 /// Worth retrying: the server is not reachable yet, or still starting up.

@@ -11,7 +11,7 @@ pub enum Error {
     Migrate {
         service: &'static str,
         #[source]
-        source: sqlx::migrate::MigrateError,
+        source: Box<crate::db::MigrateFailed>,
     },
     #[error("binding {addr}")]
     Bind {
@@ -26,6 +26,9 @@ pub enum Error {
     /// NATS unreachable, or its JetStream streams could not be made (choreography).
     #[error("{0}")]
     Nats(String),
+    /// A provisioning plan that cannot run as given.
+    #[error("provisioning: {0}")]
+    Provision(String),
     #[error("recovering 2PC branches at start-up: {0}")]
     Recovery(String),
     #[error("database")]

@@ -4,9 +4,11 @@
 //! - [`http`]: extractors with problem+json rejections (`Json`, `Path`, `Query`; any string
 //!   with a NUL — which Postgres cannot store — is a 422 naming it), 404/405 fallbacks, body
 //!   limit, `serve`, shutdown signal, tracing setup.
-//! - [`db`]: connect to Postgres, creating the service's own database if it is missing; the
+//! - [`db`]: connect to Postgres, creating the service's own database if it is missing; `migrate`
+//!   (as the owner role of `DATABASE_OWNER_URL`, or privileged on the zero-setup path); the
 //!   URL of a database on a server (`database_url`); `drop_database` (prepared transactions
-//!   rolled back first).
+//!   rolled back first); [`provision`]: the least-privilege roles and databases (`tandem db
+//!   provision`).
 //! - [`effect`]: a service's business effects declared as data (`Action`, `Compensation`): path,
 //!   request type, validation, one effect function on an open transaction.
 //! - [`saga`]: serves those declarations as saga endpoints (one handler skeleton: parse,
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod participant;
 pub mod paxos;
 pub mod problem;
+pub mod provision;
 pub mod retention;
 pub mod saga;
 pub mod service;

@@ -65,9 +65,16 @@ impl Spec {
 /// Configuration, from the environment (or flags); defaults come from the [`Spec`].
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// This service's own database (created if missing; migrations applied at start).
+    /// This service's own database, as its runtime role. Without DATABASE_OWNER_URL it is also
+    /// created if missing and migrated at start with this role (the zero-setup path, logged as
+    /// privileged).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+    /// The same database as its owner role: when set, migrations run with it (one connection at
+    /// start, then closed) and nothing is created; the runtime role only reads and writes rows.
+    /// `tandem db provision` makes both roles (docs/security.md).
+    #[arg(long, env = "DATABASE_OWNER_URL")]
+    pub database_owner_url: Option<String>,
     #[arg(long, env = "LISTEN_ADDR")]
     pub listen_addr: SocketAddr,
     /// Connections in the pool (the shared development server allows 100 in all).
@@ -137,6 +144,7 @@ impl Config {
     pub fn with_database(database_url: impl Into<String>) -> Self {
         Config {
             database_url: database_url.into(),
+            database_owner_url: None,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             db_pool_size: 5,
             control_pool_size: 2,
@@ -181,25 +189,31 @@ pub struct App {
     pub barrier_backstop: Option<std::time::Duration>,
 }
 
-/// Connect (creating the database if missing) and apply the service's migrations.
+/// Apply the service's migrations (as the owner role when configured, see [`crate::db::migrate`]),
+/// then open the runtime pools.
 pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
+    crate::db::migrate(
+        &config.database_url,
+        config.database_owner_url.as_deref(),
+        &spec.migrator(),
+    )
+    .await
+    .map_err(|source| Error::Migrate {
+        service: spec.name,
+        source: Box::new(source),
+    })?;
     let business_url = with_lock_timeout(&config.database_url, config.lock_timeout_ms);
-    let pool = crate::db::connect(&business_url, config.db_pool_size)
+    let pool = crate::db::open(&business_url, config.db_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
     // Control statements never wait on business locks by design; the timeout is a safety net
-    // that turns a mistake into a 503 instead of a hung request.
+    // that turns a mistake into a 503 instead of a hung request. Prepared transactions are
+    // finished here by the role that prepared them (the runtime role: Postgres lets only that
+    // role or a superuser run COMMIT / ROLLBACK PREPARED).
     let control_url = with_lock_timeout(&config.database_url, CONTROL_LOCK_TIMEOUT_MS);
-    let control = crate::db::connect(&control_url, config.control_pool_size)
+    let control = crate::db::open(&control_url, config.control_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
-    spec.migrator()
-        .run(&control)
-        .await
-        .map_err(|source| Error::Migrate {
-            service: spec.name,
-            source,
-        })?;
     let node = config
         .node_name
         .clone()

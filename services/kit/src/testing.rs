@@ -4,6 +4,9 @@
 //!   `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`). Dropped when
 //!   the test passes; kept when it fails, and the failure output names them.
 //! - [`fresh_database`]: one new empty database; [`Served`]: a service in-process on one.
+//! - [`Provisioned`]: least-privilege databases with their owner and runtime roles
+//!   ([`crate::provision`]), all dropped when the test ends, pass or fail (roles are
+//!   cluster-wide: none is left behind).
 //! - [`recorder`]: a stand-in peer that records what is posted to it.
 //! - [`missing_prerequisite`]: how a test reacts to a missing tool or server (skip outside CI,
 //!   fail with `CI=true`).
@@ -199,6 +202,82 @@ impl TestDatabases {
     }
 }
 
+/// Least-privilege databases a test made with [`crate::provision`]: one per name given, each
+/// `tandem_t_<name>_<random>` with roles `<database>_owner` and `<database>_app` (no
+/// passwords: the test server trusts local connections). On drop, pass or fail, the databases
+/// are dropped (their prepared transactions rolled back first) and then the roles: roles
+/// belong to the whole cluster, so unlike [`TestDatabases`] nothing is kept for inspection.
+#[derive(Debug)]
+pub struct Provisioned {
+    pub server_url: String,
+    pub components: Vec<crate::provision::Component>,
+}
+
+impl Provisioned {
+    /// Provision one database per entry of `names` on the test server.
+    pub async fn new(names: &[&str]) -> Provisioned {
+        let provisioned = Provisioned {
+            server_url: server_url(),
+            components: names
+                .iter()
+                .map(|n| {
+                    use crate::provision::{Component, Password};
+                    Component::named(&unique_prefix(n), (Password::None, Password::None))
+                })
+                .collect(),
+        };
+        for c in &provisioned.components {
+            crate::provision::run(&provisioned.server_url, c)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("provisioning {}: {}", c.database, crate::error::chain(&e))
+                });
+        }
+        provisioned
+    }
+
+    /// `DATABASE_URL` (runtime role) and `DATABASE_OWNER_URL` of component `i`.
+    pub fn urls(&self, i: usize) -> (String, String) {
+        self.components[i].urls(&self.server_url)
+    }
+
+    /// The URL of component `i`'s database as the server's (superuser) role.
+    pub fn admin_url(&self, i: usize) -> String {
+        crate::db::database_url(&self.server_url, &self.components[i].database)
+    }
+}
+
+impl Drop for Provisioned {
+    fn drop(&mut self) {
+        let server = self.server_url.clone();
+        let components = std::mem::take(&mut self.components);
+        let done = std::thread::spawn(move || -> Result<(), String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut roles = Vec::new();
+                for c in components {
+                    drop_with_retry(&server, &c.database)
+                        .await
+                        .map_err(|e| crate::error::chain(&e))?;
+                    roles.extend([c.runtime.name, c.owner.name]);
+                }
+                crate::provision::drop_roles(&server, &roles)
+                    .await
+                    .map_err(|e| crate::error::chain(&e))
+            })
+        })
+        .join();
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: dropping provisioned test databases and roles: {e}"),
+            Err(_) => eprintln!("warning: the provisioning cleanup thread panicked"),
+        }
+    }
+}
+
 /// A stand-in peer on an ephemeral port: it records the JSON body of every `POST route` (an
 /// axum path such as `/paxos/phase2a` or `/transactions/{id}/paxos`) and answers `answer`.
 /// Its URL and what it recorded, in arrival order.
@@ -264,6 +343,16 @@ impl Served {
         // `adjust`) turns it on for the tests that use the `/faults` endpoints.
         let mut config = crate::service::Config::with_database(database.first_url());
         adjust(&mut config);
+        Served::serve(spec, config, database).await
+    }
+
+    /// Build `spec` with `config` and serve it until the test ends; `database` is the guard of
+    /// its databases (empty when another guard, such as [`Provisioned`], owns them).
+    pub async fn serve(
+        spec: &'static crate::service::Spec,
+        config: crate::service::Config,
+        database: TestDatabases,
+    ) -> Served {
         let app = crate::service::build(spec, config).await.expect("build");
         let listener = crate::http::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

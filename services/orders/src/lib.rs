@@ -45,13 +45,18 @@ pub const PORT: u16 = 8087;
     about = "Tandem orders service: the choreographed checkout's entry point"
 )]
 pub struct Config {
-    /// This service's own database (created if missing; migrations applied at start).
+    /// This service's own database, as its runtime role (without DATABASE_OWNER_URL also
+    /// created if missing and migrated at start with this role: the privileged zero-setup path).
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/tandem_orders"
     )]
     pub database_url: String,
+    /// The same database as its owner role: migrations run with it, nothing is created
+    /// (`tandem db provision`, docs/security.md).
+    #[arg(long, env = "DATABASE_OWNER_URL")]
+    pub database_owner_url: Option<String>,
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8087")]
     pub listen_addr: SocketAddr,
     /// Connections in the pool (the shared development server allows 100 in all).
@@ -71,6 +76,7 @@ impl Config {
     pub fn with(database_url: impl Into<String>, nats_url: impl Into<String>) -> Self {
         Config {
             database_url: database_url.into(),
+            database_owner_url: None,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             db_pool_size: 5,
             nats_url: nats_url.into(),
@@ -100,16 +106,14 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 
 /// Connect to Postgres (creating the database if missing, applying migrations) and to NATS.
 pub async fn build(config: Config) -> Result<App, Error> {
-    let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size)
-        .await
-        .map_err(|e| tandem_kit::Error::Connect(e.into()))?;
-    migrator()
-        .run(&pool)
-        .await
-        .map_err(|source| tandem_kit::Error::Migrate {
-            service: "orders",
-            source,
-        })?;
+    let pool = tandem_kit::db::migrate_and_open(
+        "orders",
+        &config.database_url,
+        config.database_owner_url.as_deref(),
+        &migrator(),
+        config.db_pool_size,
+    )
+    .await?;
     let js = tandem_kit::choreo::connect(&config.nats_url)
         .await
         .map_err(Error::Nats)?;
