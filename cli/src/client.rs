@@ -14,6 +14,23 @@ pub struct Client {
     pub shipping: String,
 }
 
+/// The user's own token, sent as a bearer token on every call when set (see
+/// docs/security.md). An operator token can do everything the commands do.
+pub const TOKEN_ENV: &str = "TANDEM_TOKEN";
+
+/// `Authorization: Bearer $TANDEM_TOKEN`, or nothing when it is unset (an open stack).
+pub fn token_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var(TOKEN_ENV)
+        && !token.is_empty()
+        && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+    {
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    headers
+}
+
 /// Status code and JSON body of a response.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -26,6 +43,7 @@ impl Client {
         Client {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(90))
+                .default_headers(token_headers())
                 .build()
                 .expect("HTTP client"),
             orchestrator: orchestrator.trim_end_matches('/').to_string(),
@@ -33,6 +51,21 @@ impl Client {
             payment: payment.trim_end_matches('/').to_string(),
             shipping: shipping.trim_end_matches('/').to_string(),
         }
+    }
+
+    /// The same client sending `token` as its bearer token (instead of `$TANDEM_TOKEN`).
+    pub fn with_token(mut self, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        self.http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .default_headers(headers)
+            .build()
+            .expect("HTTP client");
+        self
     }
 
     pub fn for_stack(s: &crate::launch::stack::Stack) -> Self {

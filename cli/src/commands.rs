@@ -20,13 +20,24 @@ pub struct UpArgs {
     /// Orchestrator port; inventory, payment and shipping take the next three.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Bearer tokens every server of the stack accepts (see docs/security.md); unset, the
+    /// stack runs open on loopback.
+    #[command(flatten)]
+    pub auth: tandem_kit::auth::AuthConfig,
 }
 
 /// Start the whole stack in this process (fault injection on) and serve until Ctrl-C.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let layout = Layout::new(args.database_url, &args.db_prefix);
-    let mut stack = Stack::start(StackConfig::new(layout.clone(), args.port)).await?;
+    let mut cfg = StackConfig::new(layout.clone(), args.port);
+    cfg.auth = args.auth.clone();
+    let mut stack = Stack::start(cfg).await?;
     println!("Tandem is up (fault injection on: POST /faults on each service):");
+    if args.auth.tokens.is_some() || args.auth.tokens_file.is_some() {
+        println!("bearer tokens required (TANDEM_TOKENS); `tandem` commands send $TANDEM_TOKEN");
+    } else {
+        println!("OPEN: no TANDEM_TOKENS, so anyone on this machine may call every route");
+    }
     println!("  orchestrator  {}", stack.orchestrator_url);
     println!("  inventory     {}", stack.inventory_url);
     println!("  payment       {}", stack.payment_url);

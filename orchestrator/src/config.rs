@@ -112,6 +112,9 @@ pub struct Config {
     /// How long client idempotency keys of `POST /sagas` are kept (hours).
     #[arg(long, env = "IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24)]
     pub idempotency_retention_hours: u64,
+
+    #[command(flatten)]
+    pub auth: tandem_kit::auth::AuthConfig,
 }
 
 impl Config {

@@ -58,6 +58,7 @@ pub struct App {
     driver: Arc<Driver>,
     coordinator: Arc<commit::Coordinator>,
     pool: sqlx::PgPool,
+    auth: tandem_kit::auth::Auth,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -65,13 +66,18 @@ pub struct App {
 pub async fn build(config: Config) -> Result<App> {
     // Before anything records (the in-flight gauges are taken while building).
     tandem_kit::metrics::install();
+    let auth = tandem_kit::auth::Auth::load(&config.auth).map_err(|e| Error::Config(e.to_string()))?;
     let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
     store::MIGRATOR.run(&pool).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let registry =
-        Arc::new(Registry::new(pool.clone(), config.services()?).with_node(&config.node_name));
+        Arc::new(
+            Registry::new(pool.clone(), config.services()?)
+                .with_node(&config.node_name)
+                .with_auth(auth.clone()),
+        );
     registry
         .load(
             &[("built-in checkout", CHECKOUT_DEFINITION)],
@@ -111,17 +117,21 @@ pub async fn build(config: Config) -> Result<App> {
         driver,
         coordinator,
         pool,
+        auth,
         shutdown_tx,
     })
 }
 
 impl App {
     pub fn router(&self) -> axum::Router {
-        api::router(api::Ctx {
-            driver: self.driver.clone(),
-            coordinator: self.coordinator.clone(),
-            pool: self.pool.clone(),
-        })
+        api::router(
+            api::Ctx {
+                driver: self.driver.clone(),
+                coordinator: self.coordinator.clone(),
+                pool: self.pool.clone(),
+            },
+            &self.auth,
+        )
     }
 
     pub fn driver(&self) -> Arc<Driver> {
@@ -168,6 +178,10 @@ impl App {
     ) -> Result<()> {
         let d = self.driver.clone();
         let c = self.coordinator.clone();
+        let addr = listener.local_addr()?;
+        self.auth
+            .check_exposure(addr, "orchestrator")
+            .map_err(|e| Error::Config(e.to_string()))?;
         tracing::info!(instance = %d.instance_id(), addr = ?listener.local_addr().ok(), "orchestrator starting");
         c.set_public_url(match &self.config.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),

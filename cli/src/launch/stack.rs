@@ -20,6 +20,9 @@ pub struct StackConfig {
     pub orchestrator: Box<dyn FnOnce(&mut orchestrator::Config) + Send>,
     /// Pool size of each service (the orchestrator's is in its config).
     pub service_pool_size: u32,
+    /// Tokens every server of the stack accepts, and the service token they send (see
+    /// docs/security.md). Default: none — the stack runs open on loopback.
+    pub auth: tandem_kit::auth::AuthConfig,
 }
 
 impl StackConfig {
@@ -29,6 +32,7 @@ impl StackConfig {
             base_port,
             orchestrator: Box::new(|_| {}),
             service_pool_size: 5,
+            auth: tandem_kit::auth::AuthConfig::default(),
         }
     }
 }
@@ -78,7 +82,8 @@ impl Stack {
         let mut urls = Vec::new();
         for (i, service) in (1..).zip(SERVICES) {
             let (l, url) = bind(port(cfg.base_port, i)).await?;
-            let mut c = tandem_kit::service::Config::with_database(layout.database_url(service));
+            let mut c = tandem_kit::service::Config::with_database(layout.database_url(service))
+                .with_auth(cfg.auth.clone());
             c.db_pool_size = cfg.service_pool_size;
             // The demo, the tests and `tandem up` use the `/faults` endpoints.
             c.fault_injection = tandem_kit::faults::Switch::On;
@@ -98,6 +103,7 @@ impl Stack {
             &shipping_url,
         );
         oc.listen_addr = l.local_addr()?;
+        oc.auth = cfg.auth.clone();
         (cfg.orchestrator)(&mut oc);
         let app = orchestrator::build(oc).await?;
         tasks.push(tokio::spawn(async move { Ok(app.run(l, stop()).await?) }));

@@ -1,5 +1,6 @@
 //! Inventory HTTP handlers, validation and SQL.
 
+use tandem_kit::auth::{Access, rule};
 use std::collections::BTreeMap;
 
 use axum::Router;
@@ -35,6 +36,14 @@ pub static RELEASE: Compensation =
     Compensation::new("/reservations/release", "released", |conn, origin| {
         Box::pin(release(conn, origin))
     });
+
+/// Who may call [`routes`] (see `tandem_kit::auth`): reads for clients, stock seeding for
+/// operators.
+pub const ACCESS: &[tandem_kit::auth::Rule] = &[
+    rule("GET", "/stock/{sku}", Access::Client),
+    rule("PUT", "/stock/{sku}", Access::Operator),
+    rule("GET", "/reservations", Access::Client),
+];
 
 /// The read and setup routes (the saga endpoints come from [`RESERVE`] and [`RELEASE`]).
 pub fn routes() -> Router<App> {

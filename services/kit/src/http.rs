@@ -265,7 +265,8 @@ async fn noop(key: crate::barrier::IdempotencyKey) -> axum::Json<serde_json::Val
     axum::Json(serde_json::json!({ "ok": true, "op": key.op }))
 }
 
-async fn method_not_allowed() -> Problem {
+/// 405: the route exists but not with this method.
+pub fn method_not_allowed() -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
@@ -275,19 +276,27 @@ async fn method_not_allowed() -> Problem {
 }
 
 /// Add the problem+json 404/405 fallbacks, the body limit, request tracing and metrics
-/// ([`observe`]), plus `GET /metrics`, `GET /stats` and `POST /noop`.
-pub fn finish(router: Router) -> Router {
-    finish_with(router, crate::metrics::Scrape::default())
+/// ([`observe`]), plus `GET /metrics`, `GET /stats` and `POST /noop`; every route behind
+/// `guard` (tokens and the server's access table, see [`crate::auth`]).
+pub fn finish(router: Router, guard: &crate::auth::Guard) -> Router {
+    finish_with(router, crate::metrics::Scrape::default(), guard)
 }
 
 /// [`finish`], with what `/metrics` reads at scrape time (the server's pools …).
-pub fn finish_with(router: Router, scrape: crate::metrics::Scrape) -> Router {
-    scrape
+pub fn finish_with(
+    router: Router,
+    scrape: crate::metrics::Scrape,
+    guard: &crate::auth::Guard,
+) -> Router {
+    let routes = scrape
         .route(router)
         .route("/stats", axum::routing::get(crate::stats::handler))
-        .route("/noop", axum::routing::post(noop))
+        .route("/noop", axum::routing::post(noop));
+    // The guard runs inside `observe`, so refusals are traced and measured like any answer.
+    guard
+        .layer(routes)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(axum::middleware::from_fn(observe))
 }

@@ -1,5 +1,7 @@
 //! What every Tandem server shares.
 //!
+//! - [`auth`]: bearer tokens and roles (`TANDEM_TOKENS`), each server's access table, the
+//!   guard in front of every route, the service token on outgoing calls.
 //! - [`problem`]: RFC 9457 problem+json errors (`Problem`), used for every rejection.
 //! - [`http`]: extractors with problem+json rejections (`Json`, `Path`, `Query`; any string
 //!   with a NUL — which Postgres cannot store — is a 422 naming it), 404/405 fallbacks, body
@@ -35,6 +37,7 @@
 //! - [`error`]: the kit's error type ([`Error`]), for start-up and serving; `chain` (an error
 //!   and its sources on one line).
 
+pub mod auth;
 pub mod barrier;
 pub mod checkout;
 pub mod choreo;

@@ -17,6 +17,7 @@ use kv_client::wire::{
     WriteRequest,
 };
 use tandem_kit::Problem;
+use tandem_kit::auth::{Access, Rule, rule};
 use tandem_kit::http::{Json, Path};
 use uuid::Uuid;
 
@@ -24,7 +25,29 @@ use crate::coordinator::Coordinator;
 use crate::net::Envelope;
 use crate::shard::Shard;
 
+/// Who may call a shard's routes (see `tandem_kit::auth`): transactions for clients, 2PC
+/// messages for Tandem's own processes, status for them and operators.
+pub const SHARD_ACCESS: &[Rule] = &[
+    rule("POST", "/txns", Access::Client),
+    rule("POST", "/txns/{id}/read", Access::Client),
+    rule("POST", "/txns/{id}/write", Access::Client),
+    rule("POST", "/txns/{id}/delete", Access::Client),
+    rule("POST", "/txns/{id}/commit", Access::Client),
+    rule("POST", "/txns/{id}/abort", Access::Client),
+    rule("POST", "/2pc", Access::Service),
+    rule("GET", "/status", Access::ServiceOrOperator),
+    rule("GET", "/healthz", Access::Open),
+];
+
+/// Who may call the coordinator's routes.
+pub const COORDINATOR_ACCESS: &[Rule] = &[
+    rule("POST", "/2pc", Access::Service),
+    rule("GET", "/status", Access::ServiceOrOperator),
+    rule("GET", "/healthz", Access::Open),
+];
+
 pub fn shard_routes(shard: Shard) -> Router {
+    let guard = shard.net.auth().guard(SHARD_ACCESS);
     let r = Router::new()
         .route("/txns", post(begin))
         .route("/txns/{id}/read", post(read))
@@ -36,16 +59,17 @@ pub fn shard_routes(shard: Shard) -> Router {
         .route("/status", get(shard_status))
         .route("/healthz", get(healthz))
         .with_state(shard);
-    tandem_kit::http::finish(r)
+    tandem_kit::http::finish(r, &guard)
 }
 
 pub fn coordinator_routes(c: Coordinator) -> Router {
+    let guard = c.auth().guard(COORDINATOR_ACCESS);
     let r = Router::new()
         .route("/2pc", post(coordinator_2pc))
         .route("/status", get(coordinator_status))
         .route("/healthz", get(healthz))
         .with_state(c);
-    tandem_kit::http::finish(r)
+    tandem_kit::http::finish(r, &guard)
 }
 
 type S = axum::extract::State<Shard>;

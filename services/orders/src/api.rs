@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem_kit::Problem;
+use tandem_kit::auth::{Access, Rule, rule};
 use tandem_kit::checkout::{Address, Item, validate_address, validate_items};
 use tandem_kit::choreo::event::{Event, Kind};
 use tandem_kit::choreo::outbox;
@@ -24,13 +25,21 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 pub const MAX_ID_LEN: usize = 128;
 pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 
+/// Who may call each route (see `tandem_kit::auth`).
+pub const ACCESS: &[Rule] = &[
+    rule("GET", "/healthz", Access::Open),
+    rule("POST", "/orders", Access::Client),
+    rule("GET", "/orders/{id}", Access::Client),
+];
+
 pub fn router(app: App) -> Router {
+    let guard = app.auth.guard(ACCESS);
     let own = Router::new()
         .route("/healthz", get(healthz))
         .route("/orders", post(place))
         .route("/orders/{id}", get(show))
         .with_state(app);
-    tandem_kit::http::finish(own)
+    tandem_kit::http::finish(own, &guard)
 }
 
 /// An order, as placed: the orchestrated checkout's input. `order_id` is optional: without

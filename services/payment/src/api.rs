@@ -1,5 +1,6 @@
 //! Payment HTTP handlers, validation and SQL.
 
+use tandem_kit::auth::{Access, rule};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,11 @@ pub static CHARGE: Action<ChargeRequest> =
 pub static REFUND: Compensation = Compensation::new("/refunds", "refunded", |conn, origin| {
     Box::pin(refund(conn, origin))
 });
+
+/// Who may call [`routes`] (see `tandem_kit::auth`): the audit list, for clients.
+pub const ACCESS: &[tandem_kit::auth::Rule] = &[
+    rule("GET", "/payments", Access::Client),
+];
 
 /// The read routes (the saga endpoints come from [`CHARGE`] and [`REFUND`]).
 pub fn routes() -> Router<App> {

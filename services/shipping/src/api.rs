@@ -1,5 +1,6 @@
 //! Shipping HTTP handlers, validation and SQL.
 
+use tandem_kit::auth::{Access, rule};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,11 @@ pub static CANCEL: Compensation =
     Compensation::new("/shipments/cancel", "cancelled", |conn, origin| {
         Box::pin(cancel(conn, origin))
     });
+
+/// Who may call [`routes`] (see `tandem_kit::auth`): the audit list, for clients.
+pub const ACCESS: &[tandem_kit::auth::Rule] = &[
+    rule("GET", "/shipments", Access::Client),
+];
 
 /// The read routes (the saga endpoints come from [`CREATE`] and [`CANCEL`]).
 pub fn routes() -> Router<App> {
