@@ -20,15 +20,27 @@ pub const TOKEN_ENV: &str = "TANDEM_TOKEN";
 
 /// `Authorization: Bearer $TANDEM_TOKEN`, or nothing when it is unset (an open stack).
 pub fn token_headers() -> reqwest::header::HeaderMap {
+    bearer_headers(std::env::var(TOKEN_ENV).ok().as_deref())
+}
+
+/// `Authorization: Bearer <token>` (marked sensitive), or nothing for no or an empty token.
+fn bearer_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Ok(token) = std::env::var(TOKEN_ENV)
-        && !token.is_empty()
+    if let Some(token) = token.filter(|t| !t.is_empty())
         && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
     {
         v.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
     headers
+}
+
+fn http_client(headers: reqwest::header::HeaderMap) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
 }
 
 /// Status code and JSON body of a response.
@@ -41,11 +53,7 @@ pub struct Reply {
 impl Client {
     pub fn new(orchestrator: &str, inventory: &str, payment: &str, shipping: &str) -> Self {
         Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(90))
-                .default_headers(token_headers())
-                .build()
-                .expect("HTTP client"),
+            http: http_client(token_headers()),
             orchestrator: orchestrator.trim_end_matches('/').to_string(),
             inventory: inventory.trim_end_matches('/').to_string(),
             payment: payment.trim_end_matches('/').to_string(),
@@ -55,16 +63,7 @@ impl Client {
 
     /// The same client sending `token` as its bearer token (instead of `$TANDEM_TOKEN`).
     pub fn with_token(mut self, token: &str) -> Self {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
-            v.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, v);
-        }
-        self.http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(90))
-            .default_headers(headers)
-            .build()
-            .expect("HTTP client");
+        self.http = http_client(bearer_headers(Some(token)));
         self
     }
 

@@ -391,6 +391,26 @@ impl Guard {
             .map(|(_, a)| *a)
     }
 
+    /// 405 for a method the table has no rule for on `path`, with `Allow` listing those it has.
+    fn method_not_allowed(&self, path: &str) -> Response {
+        let mut allowed: Vec<&str> = self
+            .0
+            .table
+            .get(path)
+            .into_iter()
+            .flatten()
+            .map(|(m, _)| m.as_str())
+            .collect();
+        if allowed.contains(&"GET") {
+            allowed.push("HEAD");
+        }
+        let mut resp = crate::http::method_not_allowed().into_response();
+        if let Ok(v) = HeaderValue::from_str(&allowed.join(",")) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+        resp
+    }
+
     /// Whether the table has any rule for the route template `path`.
     pub fn knows(&self, path: &str) -> bool {
         self.0.table.contains_key(path)
@@ -439,7 +459,7 @@ async fn check(
     let route = matched.as_str();
     let access = match guard.access(req.method(), route) {
         Some(a) => a,
-        None if guard.knows(route) => return crate::http::method_not_allowed().into_response(),
+        None if guard.knows(route) => return guard.method_not_allowed(route),
         None => {
             tracing::error!(%route, method = %req.method(), "route has no access rule: refused");
             let mut p = Problem::new(
@@ -638,6 +658,9 @@ mod tests {
                     "application/problem+json",
                     "{method} {uri}"
                 );
+            }
+            if want == 405 {
+                assert_eq!(r.headers()[header::ALLOW], "POST,GET,HEAD");
             }
             if want == 401 {
                 let challenge = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
