@@ -66,18 +66,18 @@ pub struct App {
 pub async fn build(config: Config) -> Result<App> {
     // Before anything records (the in-flight gauges are taken while building).
     tandem_kit::metrics::install();
-    let auth = tandem_kit::auth::Auth::load(&config.auth).map_err(|e| Error::Config(e.to_string()))?;
+    let auth =
+        tandem_kit::auth::Auth::load(&config.auth).map_err(|e| Error::Config(e.to_string()))?;
     let pool = tandem_kit::db::connect(&config.database_url, config.db_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
     store::MIGRATOR.run(&pool).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let registry =
-        Arc::new(
-            Registry::new(pool.clone(), config.services()?)
-                .with_node(&config.node_name)
-                .with_auth(auth.clone()),
-        );
+    let registry = Arc::new(
+        Registry::new(pool.clone(), config.services()?)
+            .with_node(&config.node_name)
+            .with_auth(auth.clone()),
+    );
     registry
         .load(
             &[("built-in checkout", CHECKOUT_DEFINITION)],

@@ -249,7 +249,8 @@ fn parse_help(help: &str) -> Accepts {
         let flag = flag.trim_end_matches(',').to_string();
         accepts.flags.insert(flag.clone());
         // `[env: NAME=value]`, or `[env: NAME]` for a setting whose value clap hides (tokens).
-        if let Some(env) = between(&block, "[env: ", ']').map(|e| e.split('=').next().unwrap_or(e)) {
+        if let Some(env) = between(&block, "[env: ", ']').map(|e| e.split('=').next().unwrap_or(e))
+        {
             let possible = between(&block, "[possible values: ", ']')
                 .map(|v| v.split(", ").map(String::from).collect());
             accepts.settings.insert(env.to_string(), (flag, possible));

@@ -66,7 +66,11 @@ pub const ACCESS: &[Rule] = &[
     rule("GET", "/transactions", Access::Client),
     rule("GET", "/transactions/{id}", Access::Client),
     // Participants asking about an in-doubt branch (operators may look too).
-    rule("GET", "/transactions/{id}/decision", Access::ServiceOrOperator),
+    rule(
+        "GET",
+        "/transactions/{id}/decision",
+        Access::ServiceOrOperator,
+    ),
     rule("POST", "/transactions/{id}/resolve", Access::Operator),
     // Acceptors' messages to a Paxos Commit leader.
     rule("POST", "/transactions/{id}/paxos", Access::Service),

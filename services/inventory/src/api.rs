@@ -1,7 +1,7 @@
 //! Inventory HTTP handlers, validation and SQL.
 
-use tandem_kit::auth::{Access, rule};
 use std::collections::BTreeMap;
+use tandem_kit::auth::{Access, rule};
 
 use axum::Router;
 use axum::extract::State;

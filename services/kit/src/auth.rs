@@ -323,7 +323,10 @@ impl Auth {
     /// open. `server` names the process in the message.
     pub fn check_exposure(&self, addr: SocketAddr, server: &str) -> Result<(), crate::Error> {
         if !self.is_open() {
-            tracing::info!(tokens = self.0.accepted.len(), "{server}: bearer tokens required");
+            tracing::info!(
+                tokens = self.0.accepted.len(),
+                "{server}: bearer tokens required"
+            );
             return Ok(());
         }
         if addr.ip().is_loopback() {
@@ -485,7 +488,10 @@ async fn check(
         );
     };
     match guard.0.auth.role_of(token) {
-        None => unauthorized("the bearer token is not one of this server's", Some("invalid_token")),
+        None => unauthorized(
+            "the bearer token is not one of this server's",
+            Some("invalid_token"),
+        ),
         Some(role) if access.admits(role) => next.run(req).await,
         Some(role) => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
             .detail(format!(
@@ -549,7 +555,9 @@ mod tests {
     #[test]
     fn entries_parse_and_bad_ones_are_named_without_the_token() {
         let a = Auth::load(&AuthConfig {
-            tokens: Some(format!("client:{CLIENT}, operator:{OPERATOR}\nservice:{SERVICE}")),
+            tokens: Some(format!(
+                "client:{CLIENT}, operator:{OPERATOR}\nservice:{SERVICE}"
+            )),
             ..AuthConfig::default()
         })
         .unwrap();
@@ -579,7 +587,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tandem-auth-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokens");
-        std::fs::write(&path, format!("# the operators\noperator:{OPERATOR}  # alice\n\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("# the operators\noperator:{OPERATOR}  # alice\n\n"),
+        )
+        .unwrap();
         let a = Auth::load(&AuthConfig {
             tokens: Some(format!("client:{CLIENT}")),
             tokens_file: Some(path.clone()),
@@ -612,20 +624,32 @@ mod tests {
             own.client_headers("x")["authorization"],
             "Bearer another-service-token"
         );
-        assert!(Auth::open().client_headers("x").get("authorization").is_none());
+        assert!(
+            Auth::open()
+                .client_headers("x")
+                .get("authorization")
+                .is_none()
+        );
     }
 
     #[test]
     fn open_only_on_loopback() {
         let open = Auth::open();
-        assert!(open.check_exposure("127.0.0.1:1".parse().unwrap(), "t").is_ok());
+        assert!(
+            open.check_exposure("127.0.0.1:1".parse().unwrap(), "t")
+                .is_ok()
+        );
         assert!(open.check_exposure("[::1]:1".parse().unwrap(), "t").is_ok());
         let e = open
             .check_exposure("0.0.0.0:1".parse().unwrap(), "t")
             .unwrap_err()
             .to_string();
         assert!(e.contains(TOKENS_ENV) && e.contains("0.0.0.0:1"), "{e}");
-        assert!(auth().check_exposure("0.0.0.0:1".parse().unwrap(), "t").is_ok());
+        assert!(
+            auth()
+                .check_exposure("0.0.0.0:1".parse().unwrap(), "t")
+                .is_ok()
+        );
     }
 
     #[tokio::test]

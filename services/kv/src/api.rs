@@ -47,7 +47,7 @@ pub const COORDINATOR_ACCESS: &[Rule] = &[
 ];
 
 pub fn shard_routes(shard: Shard) -> Router {
-    let guard = shard.net.auth().guard(SHARD_ACCESS);
+    let guard = shard.inner.net.auth().guard(SHARD_ACCESS);
     let r = Router::new()
         .route("/txns", post(begin))
         .route("/txns/{id}/read", post(read))

@@ -268,7 +268,7 @@ impl App {
         };
         let addr = listener.local_addr()?;
         let auth = match &self {
-            App::Shard(s) => s.net.auth(),
+            App::Shard(s) => s.inner.net.auth(),
             App::Coordinator(c) => c.auth(),
         };
         auth.check_exposure(addr, "kv")

@@ -1,12 +1,12 @@
 //! Payment HTTP handlers, validation and SQL.
 
-use tandem_kit::auth::{Access, rule};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::auth::{Access, rule};
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
@@ -32,9 +32,7 @@ pub static REFUND: Compensation = Compensation::new("/refunds", "refunded", |con
 });
 
 /// Who may call [`routes`] (see `tandem_kit::auth`): the audit list, for clients.
-pub const ACCESS: &[tandem_kit::auth::Rule] = &[
-    rule("GET", "/payments", Access::Client),
-];
+pub const ACCESS: &[tandem_kit::auth::Rule] = &[rule("GET", "/payments", Access::Client)];
 
 /// The read routes (the saga endpoints come from [`CHARGE`] and [`REFUND`]).
 pub fn routes() -> Router<App> {

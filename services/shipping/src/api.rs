@@ -1,12 +1,12 @@
 //! Shipping HTTP handlers, validation and SQL.
 
-use tandem_kit::auth::{Access, rule};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
+use tandem_kit::auth::{Access, rule};
 pub use tandem_kit::checkout::Address;
 use tandem_kit::checkout::{Item, validate_address, validate_items};
 use tandem_kit::effect::{Action, Compensation, Origin};
@@ -34,9 +34,7 @@ pub static CANCEL: Compensation =
     });
 
 /// Who may call [`routes`] (see `tandem_kit::auth`): the audit list, for clients.
-pub const ACCESS: &[tandem_kit::auth::Rule] = &[
-    rule("GET", "/shipments", Access::Client),
-];
+pub const ACCESS: &[tandem_kit::auth::Rule] = &[rule("GET", "/shipments", Access::Client)];
 
 /// The read routes (the saga endpoints come from [`CREATE`] and [`CANCEL`]).
 pub fn routes() -> Router<App> {
