@@ -3,11 +3,9 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tandem_cli::client::{Client, Reply, checkout_input};
-use tandem_cli::launch::Layout;
-use tandem_cli::launch::stack::{Stack, StackConfig};
+use tandem_cli::client::{Reply, checkout_input};
 use tandem_kit::auth::{AuthConfig, Role};
-use tandem_kit::testing::TestDatabases;
+use tandem_tests::in_process_with_auth;
 
 const CLIENT: &str = "test-client-token-4f1c2a";
 const OPERATOR: &str = "test-operator-token-9b7e3d";
@@ -19,24 +17,6 @@ fn tokens() -> AuthConfig {
         (Role::Operator, OPERATOR),
         (Role::Service, SERVICE),
     ])
-}
-
-async fn stack(name: &str) -> (Stack, TestDatabases, Client) {
-    let layout = Layout::new(
-        tandem_kit::testing::server_url(),
-        tandem_kit::testing::unique_prefix(name),
-    );
-    let databases = TestDatabases::new(&layout.server_url, layout.databases());
-    let mut cfg = StackConfig::new(layout, 0);
-    cfg.service_pool_size = 3;
-    cfg.auth = tokens();
-    cfg.orchestrator = Box::new(|c| {
-        c.db_pool_size = 6;
-        c.poll_interval_ms = 100;
-    });
-    let stack = Stack::start(cfg).await.expect("the stack starts");
-    let client = Client::for_stack(&stack);
-    (stack, databases, client)
 }
 
 /// Status of `method url` with `token` (none: no Authorization header), checking that every
@@ -65,11 +45,9 @@ async fn status(method: Method, url: &str, token: Option<&str>, body: Option<&Va
     s
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_role_gets_its_routes_and_a_checkout_completes_with_service_tokens() {
-    let (stack, databases, anonymous) = stack("auth").await;
-    let operator = anonymous.clone().with_token(OPERATOR);
-    let client = anonymous.clone().with_token(CLIENT);
+/// Representative routes of the orchestrator and a service, each called with no token and
+/// with a client, an operator and a service token.
+async fn check_routes(stack: &tandem_cli::launch::stack::Stack) {
     let o = &stack.orchestrator_url;
     let inv = &stack.inventory_url;
     let pay = &stack.payment_url;
@@ -148,6 +126,15 @@ async fn each_role_gets_its_routes_and_a_checkout_completes_with_service_tokens(
             assert_eq!(got, want, "{method} {url} with {token:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_gets_its_routes_and_a_checkout_completes_with_service_tokens() {
+    let (stack, anonymous) = in_process_with_auth("auth", tokens(), |_| {}).await;
+    let operator = anonymous.clone().with_token(OPERATOR);
+    let client = anonymous.clone().with_token(CLIENT);
+    check_routes(&stack).await;
+    let o = &stack.orchestrator_url;
     // A token that is not one of ours is a 401 too.
     assert_eq!(
         status(
@@ -176,7 +163,6 @@ async fn each_role_gets_its_routes_and_a_checkout_completes_with_service_tokens(
     assert!(anonymous.wait_saga(&id, 0).await.is_err());
 
     stack.stop().await.unwrap();
-    drop(databases);
 }
 
 /// Without tokens a server refuses a non-loopback address, naming the setting, and serves
