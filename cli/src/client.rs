@@ -14,6 +14,35 @@ pub struct Client {
     pub shipping: String,
 }
 
+/// The user's own token, sent as a bearer token on every call when set (see
+/// docs/security.md). An operator token can do everything the commands do.
+pub const TOKEN_ENV: &str = "TANDEM_TOKEN";
+
+/// `Authorization: Bearer $TANDEM_TOKEN`, or nothing when it is unset (an open stack).
+pub fn token_headers() -> reqwest::header::HeaderMap {
+    bearer_headers(std::env::var(TOKEN_ENV).ok().as_deref())
+}
+
+/// `Authorization: Bearer <token>` (marked sensitive), or nothing for no or an empty token.
+fn bearer_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token.filter(|t| !t.is_empty())
+        && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+    {
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    headers
+}
+
+fn http_client(headers: reqwest::header::HeaderMap) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
+}
+
 /// Status code and JSON body of a response.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -24,15 +53,18 @@ pub struct Reply {
 impl Client {
     pub fn new(orchestrator: &str, inventory: &str, payment: &str, shipping: &str) -> Self {
         Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(90))
-                .build()
-                .expect("HTTP client"),
+            http: http_client(token_headers()),
             orchestrator: orchestrator.trim_end_matches('/').to_string(),
             inventory: inventory.trim_end_matches('/').to_string(),
             payment: payment.trim_end_matches('/').to_string(),
             shipping: shipping.trim_end_matches('/').to_string(),
         }
+    }
+
+    /// The same client sending `token` as its bearer token (instead of `$TANDEM_TOKEN`).
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.http = http_client(bearer_headers(Some(token)));
+        self
     }
 
     pub fn for_stack(s: &crate::launch::stack::Stack) -> Self {

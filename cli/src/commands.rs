@@ -24,6 +24,10 @@ pub struct UpArgs {
     /// relays and consumers). Empty: without it. Unreachable: `up` says so and starts without.
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS)]
     pub nats_url: String,
+    /// Bearer tokens every server of the stack accepts (see docs/security.md); unset, the
+    /// stack runs open on loopback.
+    #[command(flatten)]
+    pub auth: tandem_kit::auth::AuthConfig,
 }
 
 /// Start the whole stack in this process (fault injection on) and serve until Ctrl-C.
@@ -36,8 +40,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             Err(e) => println!("Without the choreographed checkout: {e}\n"),
         }
     }
+    cfg.auth = args.auth.clone();
     let mut stack = Stack::start(cfg).await?;
     println!("Tandem is up (fault injection on: POST /faults on each service):");
+    if args.auth.tokens.is_some() || args.auth.tokens_file.is_some() {
+        println!("bearer tokens required (TANDEM_TOKENS); `tandem` commands send $TANDEM_TOKEN");
+    } else {
+        println!("OPEN: no TANDEM_TOKENS, so anyone on this machine may call every route");
+    }
     println!("  orchestrator  {}", stack.orchestrator_url);
     println!("  inventory     {}", stack.inventory_url);
     println!("  payment       {}", stack.payment_url);

@@ -141,6 +141,8 @@ pub struct Config {
     #[arg(long, env = "PURGE_INTERVAL_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub purge_interval_ms: u64,
+    #[command(flatten)]
+    pub auth: tandem_kit::auth::AuthConfig,
 }
 
 impl Config {

@@ -62,6 +62,7 @@ pub struct App {
     coordinator: Arc<commit::Coordinator>,
     pool: sqlx::PgPool,
     retention: Arc<retention::Retention>,
+    auth: tandem_kit::auth::Auth,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -70,6 +71,8 @@ pub struct App {
 pub async fn build(config: Config) -> Result<App> {
     // Before anything records (the in-flight gauges are taken while building).
     tandem_kit::metrics::install();
+    let auth =
+        tandem_kit::auth::Auth::load(&config.auth).map_err(|e| Error::Config(e.to_string()))?;
     tandem_kit::db::migrate(
         &config.database_url,
         config.database_owner_url.as_deref(),
@@ -84,8 +87,11 @@ pub async fn build(config: Config) -> Result<App> {
         .await
         .map_err(|e| Error::Connect(e.into()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let registry =
-        Arc::new(Registry::new(pool.clone(), config.services()?).with_node(&config.node_name));
+    let registry = Arc::new(
+        Registry::new(pool.clone(), config.services()?)
+            .with_node(&config.node_name)
+            .with_auth(auth.clone()),
+    );
     registry
         .load(
             &[("built-in checkout", CHECKOUT_DEFINITION)],
@@ -132,17 +138,21 @@ pub async fn build(config: Config) -> Result<App> {
         coordinator,
         pool,
         retention,
+        auth,
         shutdown_tx,
     })
 }
 
 impl App {
     pub fn router(&self) -> axum::Router {
-        api::router(api::Ctx {
-            driver: self.driver.clone(),
-            coordinator: self.coordinator.clone(),
-            pool: self.pool.clone(),
-        })
+        api::router(
+            api::Ctx {
+                driver: self.driver.clone(),
+                coordinator: self.coordinator.clone(),
+                pool: self.pool.clone(),
+            },
+            &self.auth,
+        )
     }
 
     pub fn driver(&self) -> Arc<Driver> {
@@ -193,6 +203,10 @@ impl App {
     ) -> Result<()> {
         let d = self.driver.clone();
         let c = self.coordinator.clone();
+        let addr = listener.local_addr()?;
+        self.auth
+            .check_exposure(addr, "orchestrator")
+            .map_err(|e| Error::Config(e.to_string()))?;
         tracing::info!(instance = %d.instance_id(), addr = ?listener.local_addr().ok(), "orchestrator starting");
         c.set_public_url(match &self.config.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),

@@ -26,6 +26,8 @@ pub struct Registry {
     services: BTreeMap<String, String>,
     /// This node's name, sent as `Tandem-Sender` on every call to a service.
     node: String,
+    /// This node's service token, sent on every call it makes (see `tandem_kit::auth`).
+    auth: tandem_kit::auth::Auth,
     loaded: RwLock<Loaded>,
 }
 
@@ -44,9 +46,16 @@ impl Registry {
         self
     }
 
-    /// The default headers of this node's HTTP clients (`Tandem-Sender`).
+    /// This registry with `auth`, whose service token the calls made with it carry.
+    pub fn with_auth(mut self, auth: tandem_kit::auth::Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The default headers of this node's HTTP clients (`Tandem-Sender`, and
+    /// `Authorization` when a service token is configured).
     pub fn sender_headers(&self) -> reqwest::header::HeaderMap {
-        tandem_kit::faults::sender_headers(&self.node)
+        self.auth.client_headers(&self.node)
     }
 
     pub fn new(pool: PgPool, services: BTreeMap<String, String>) -> Self {
@@ -54,6 +63,7 @@ impl Registry {
             pool,
             services,
             node: "orchestrator".into(),
+            auth: tandem_kit::auth::Auth::open(),
             loaded: RwLock::new(Loaded::default()),
         }
     }

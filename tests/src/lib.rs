@@ -50,6 +50,16 @@ pub async fn in_process(
     name: &str,
     tweak: impl FnOnce(&mut orchestrator::Config) + Send + 'static,
 ) -> (TestStack, Client) {
+    in_process_with_auth(name, tandem_kit::auth::AuthConfig::default(), tweak).await
+}
+
+/// [`in_process`] with bearer tokens on every server (see docs/security.md); the client sends
+/// none (give it one with `Client::with_token`).
+pub async fn in_process_with_auth(
+    name: &str,
+    auth: tandem_kit::auth::AuthConfig,
+    tweak: impl FnOnce(&mut orchestrator::Config) + Send + 'static,
+) -> (TestStack, Client) {
     let layout = Layout::new(
         tandem_kit::testing::server_url(),
         tandem_kit::testing::unique_prefix(name),
@@ -57,6 +67,7 @@ pub async fn in_process(
     let databases = TestDatabases::new(&layout.server_url, layout.databases());
     let mut cfg = StackConfig::new(layout, 0);
     cfg.service_pool_size = 3;
+    cfg.auth = auth;
     cfg.orchestrator = Box::new(move |c| {
         c.db_pool_size = 6;
         c.poll_interval_ms = 100;

@@ -42,8 +42,14 @@ const OUTSIDE_CLAP: &[(&str, &str)] = &[
     ),
 ];
 
-/// Settings compose.yaml may leave at their defaults: (binary, variable, why).
+/// Settings compose.yaml may leave at their defaults: (binary — `*` for every one — variable,
+/// why).
 const LEFT_AT_DEFAULT: &[(&str, &str, &str)] = &[
+    (
+        "*",
+        "TANDEM_TOKENS_FILE",
+        "compose passes the tokens in TANDEM_TOKENS; mount a file and set it to keep them out of the environment",
+    ),
     (
         "orchestrator",
         "DEFINITIONS_DIR",
@@ -224,7 +230,7 @@ fn between<'a>(text: &'a str, open: &str, close: char) -> Option<&'a str> {
 }
 
 /// Parse clap's `--help`: each option starts a block (a line beginning with `-`); its
-/// description carries `[env: NAME=]` and, for enums, `[possible values: a, b]`.
+/// description carries `[env: NAME=]` (`[env: NAME]` when the value is hidden) and, for enums, `[possible values: a, b]`.
 fn parse_help(help: &str) -> Accepts {
     let mut accepts = Accepts::default();
     let mut blocks: Vec<String> = Vec::new();
@@ -243,7 +249,9 @@ fn parse_help(help: &str) -> Accepts {
         };
         let flag = flag.trim_end_matches(',').to_string();
         accepts.flags.insert(flag.clone());
-        if let Some(env) = between(&block, "[env: ", '=') {
+        // `[env: NAME=value]`, or `[env: NAME]` for a setting whose value clap hides (tokens).
+        if let Some(env) = between(&block, "[env: ", ']').map(|e| e.split('=').next().unwrap_or(e))
+        {
             let possible = between(&block, "[possible values: ", ']')
                 .map(|v| v.split(", ").map(String::from).collect());
             accepts.settings.insert(env.to_string(), (flag, possible));
@@ -357,7 +365,7 @@ fn every_setting_is_spelled_out() {
         for name in a.settings.keys() {
             let defaulted = LEFT_AT_DEFAULT
                 .iter()
-                .any(|(bin, n, _)| *bin == s.binary() && n == name);
+                .any(|(bin, n, _)| (*bin == s.binary() || *bin == "*") && n == name);
             if !defaulted && !s.env.contains_key(name) {
                 missing.push(format!("{}: {name}", s.name));
             }

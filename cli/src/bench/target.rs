@@ -71,6 +71,8 @@ fn nats_url(args: &BenchArgs) -> Option<String> {
 
 pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
     let http = reqwest::Client::builder()
+        // Against a running stack with tokens: $TANDEM_TOKEN (its own stacks run open).
+        .default_headers(crate::client::token_headers())
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(60))
         .build()?;

@@ -26,6 +26,9 @@ pub struct StackConfig {
     pub nats_url: Option<String>,
     /// The orders service's step timeout (its `STEP_TIMEOUT_MS`).
     pub step_timeout_ms: u64,
+    /// Tokens every server of the stack accepts, and the service token they send (see
+    /// docs/security.md). Default: none — the stack runs open on loopback.
+    pub auth: tandem_kit::auth::AuthConfig,
 }
 
 impl StackConfig {
@@ -37,6 +40,7 @@ impl StackConfig {
             service_pool_size: 5,
             nats_url: None,
             step_timeout_ms: 10_000,
+            auth: tandem_kit::auth::AuthConfig::default(),
         }
     }
 }
@@ -111,7 +115,8 @@ impl Stack {
         let mut choreo = Vec::new();
         for (i, service) in (1..).zip(SERVICES) {
             let (l, url) = bind(port(cfg.base_port, i)).await?;
-            let mut c = tandem_kit::service::Config::with_database(layout.database_url(service));
+            let mut c = tandem_kit::service::Config::with_database(layout.database_url(service))
+                .with_auth(cfg.auth.clone());
             c.db_pool_size = cfg.service_pool_size;
             // The demo, the tests and `tandem up` use the `/faults` endpoints.
             c.fault_injection = tandem_kit::faults::Switch::On;
@@ -138,6 +143,7 @@ impl Stack {
             &shipping_url,
         );
         oc.listen_addr = l.local_addr()?;
+        oc.auth = cfg.auth.clone();
         (cfg.orchestrator)(&mut oc);
         let app = orchestrator::build(oc).await?;
         let run = app.run(l, stop());
@@ -150,6 +156,7 @@ impl Stack {
             c.listen_addr = l.local_addr()?;
             c.db_pool_size = cfg.service_pool_size;
             c.step_timeout_ms = cfg.step_timeout_ms;
+            c.auth = cfg.auth.clone();
             let run = orders::build(c).await?.run(l, stop());
             tasks.push(tokio::spawn(async move { Ok(run.await?) }));
             orders_url = Some(url);

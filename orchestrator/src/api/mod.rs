@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tandem_kit::api::{self, Api};
+use tandem_kit::auth::{Access, Auth, Rule, rule};
 use tandem_kit::http::Json;
 use tandem_kit::problem::Problem;
 use uuid::Uuid;
@@ -48,7 +49,41 @@ pub struct Ctx {
     pub pool: PgPool,
 }
 
-pub fn router(ctx: Ctx) -> Router {
+/// Who may call each route (see `tandem_kit::auth`; `/metrics`, `/stats` and `/noop` are the
+/// kit's). A route missing here answers 500 (`no-access-rule`) in every configuration.
+pub const ACCESS: &[Rule] = &[
+    rule("POST", "/sagas", Access::Client),
+    rule("GET", "/sagas", Access::Client),
+    rule("GET", "/sagas/{id}", Access::Client),
+    rule("POST", "/sagas/{id}/cancel", Access::Operator),
+    rule("POST", "/sagas/{id}/retry-now", Access::Operator),
+    rule("POST", "/sagas/{id}/resume", Access::Operator),
+    rule("POST", "/sagas/{id}/retry", Access::Operator),
+    rule("POST", "/definitions", Access::Operator),
+    rule("GET", "/definitions", Access::Client),
+    rule("GET", "/definitions/{name}", Access::Client),
+    rule("POST", "/transactions", Access::Client),
+    rule("GET", "/transactions", Access::Client),
+    rule("GET", "/transactions/{id}", Access::Client),
+    // Participants asking about an in-doubt branch (operators may look too).
+    rule(
+        "GET",
+        "/transactions/{id}/decision",
+        Access::ServiceOrOperator,
+    ),
+    rule("POST", "/transactions/{id}/resolve", Access::Operator),
+    // Acceptors' messages to a Paxos Commit leader.
+    rule("POST", "/transactions/{id}/paxos", Access::Service),
+    rule("GET", "/healthz", Access::Open),
+    // The console's static files (its API calls carry the operator's token).
+    rule("GET", "/", Access::Open),
+    rule("GET", "/ui", Access::Open),
+    rule("GET", "/ui/", Access::Open),
+    rule("GET", "/ui/app.js", Access::Open),
+    rule("GET", "/ui/app.css", Access::Open),
+];
+
+pub fn router(ctx: Ctx, auth: &Auth) -> Router {
     let scrape = tandem_kit::metrics::Scrape::default().pool("business", &ctx.pool);
     let r = sagas_api()
         .merge(definitions_api())
@@ -64,7 +99,7 @@ pub fn router(ctx: Ctx) -> Router {
             healthz,
         )
         .with_state(ctx);
-    tandem_kit::http::finish_with(r, scrape, "orchestrator")
+    tandem_kit::http::finish_with(r, scrape, "orchestrator", &auth.guard(ACCESS))
 }
 
 /// Sagas and their operators' actions.

@@ -27,6 +27,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tandem_kit::api::{self, Api};
+use tandem_kit::auth::{Access, Auth, AuthConfig, Rule, rule};
 use tandem_kit::http::{Json, Path};
 use tandem_kit::paxos::{AcceptorReply, ToAcceptor, ToLeader, call};
 use tandem_kit::problem::Problem;
@@ -58,6 +59,8 @@ pub struct Config {
     /// Connections in the pool (one message holds one, briefly).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 3)]
     pub db_pool_size: u32,
+    #[command(flatten)]
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -68,6 +71,7 @@ impl Config {
             database_owner_url: None,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             db_pool_size: 3,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -76,11 +80,23 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct App {
     pub pool: PgPool,
+    /// Carries this acceptor's service token to the leader.
     http: reqwest::Client,
+    auth: Auth,
 }
+
+/// Who may call each route (see `tandem_kit::auth`): the leader's messages need a service
+/// token; the slots are for audits (service or operator).
+pub const ACCESS: &[Rule] = &[
+    rule("POST", "/paxos/phase2a", Access::Service),
+    rule("POST", "/paxos/phase1a", Access::Service),
+    rule("GET", "/paxos/{txn_id}", Access::ServiceOrOperator),
+    rule("GET", "/healthz", Access::Open),
+];
 
 /// Apply the migrations (as the owner role when configured) and connect.
 pub async fn build(config: Config) -> Result<App, tandem_kit::Error> {
+    let auth = Auth::load(&config.auth)?;
     let pool = tandem_kit::db::migrate_and_open(
         "acceptor",
         &config.database_url,
@@ -89,10 +105,11 @@ pub async fn build(config: Config) -> Result<App, tandem_kit::Error> {
         config.db_pool_size,
     )
     .await?;
-    Ok(App {
-        pool,
-        http: reqwest::Client::new(),
-    })
+    let http = reqwest::Client::builder()
+        .default_headers(auth.client_headers("acceptor"))
+        .build()
+        .map_err(|e| tandem_kit::Error::Connect(e.into()))?;
+    Ok(App { pool, http, auth })
 }
 
 impl App {
@@ -145,7 +162,7 @@ impl App {
                 healthz,
             )
             .with_state(self.clone());
-        tandem_kit::http::finish(own, "acceptor")
+        tandem_kit::http::finish(own, "acceptor", &self.auth.guard(ACCESS))
     }
 
     /// Serve on `listener` until `shutdown` resolves.
@@ -153,9 +170,13 @@ impl App {
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        tracing::info!(addr = %listener.local_addr()?, "acceptor listening");
-        tandem_kit::http::serve(listener, self.router(), shutdown).await
+    ) -> Result<(), tandem_kit::Error> {
+        let addr = listener.local_addr().map_err(tandem_kit::Error::Serve)?;
+        self.auth.check_exposure(addr, "acceptor")?;
+        tracing::info!(%addr, "acceptor listening");
+        tandem_kit::http::serve(listener, self.router(), shutdown)
+            .await
+            .map_err(tandem_kit::Error::Serve)
     }
 }
 

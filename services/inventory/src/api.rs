@@ -1,6 +1,7 @@
 //! Inventory HTTP handlers, validation and SQL.
 
 use std::collections::BTreeMap;
+use tandem_kit::auth::{Access, rule};
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -34,6 +35,14 @@ pub static RELEASE: Compensation =
     Compensation::new("/reservations/release", "released", |conn, origin| {
         Box::pin(release(conn, origin))
     });
+
+/// Who may call [`routes`] (see `tandem_kit::auth`): reads for clients, stock seeding for
+/// operators.
+pub const ACCESS: &[tandem_kit::auth::Rule] = &[
+    rule("GET", "/stock/{sku}", Access::Client),
+    rule("PUT", "/stock/{sku}", Access::Operator),
+    rule("GET", "/reservations", Access::Client),
+];
 
 /// The read and setup routes (the saga endpoints come from [`RESERVE`] and [`RELEASE`]).
 pub fn routes() -> Api<App> {

@@ -29,6 +29,7 @@ pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
     actions: &[&api::RESERVE],
     compensations: &[&api::RELEASE],
     routes: api::routes,
+    access: api::ACCESS,
 };
 
 /// Connect (creating the database if missing) and apply the migrations.

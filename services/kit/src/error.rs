@@ -19,6 +19,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// No tokens configured and a non-loopback address (see [`crate::auth`]).
+    #[error(
+        "refusing to serve on {addr} without bearer tokens: set TANDEM_TOKENS or \
+         TANDEM_TOKENS_FILE (see docs/security.md), or listen on a loopback address"
+    )]
+    Unprotected { addr: SocketAddr },
+    /// TANDEM_TOKENS / TANDEM_TOKENS_FILE / TANDEM_SERVICE_TOKEN refused.
+    #[error("token settings: {0}")]
+    Tokens(#[from] crate::auth::ConfigError),
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
     #[error("{0}")]

@@ -285,7 +285,8 @@ async fn noop(key: crate::barrier::IdempotencyKey) -> axum::Json<serde_json::Val
     axum::Json(serde_json::json!({ "ok": true, "op": key.op }))
 }
 
-async fn method_not_allowed() -> Problem {
+/// 405: the route exists but not with this method.
+pub fn method_not_allowed() -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
@@ -297,17 +298,25 @@ async fn method_not_allowed() -> Problem {
 /// The router of server `title` from its route table: the problem+json 404/405 fallbacks, the
 /// body limit, request tracing and metrics ([`observe`]), plus `GET /metrics`, `GET /stats`,
 /// `POST /noop`, and its OpenAPI document at `GET /openapi.json` and `GET /docs`
-/// ([`crate::api`]).
-pub fn finish(api: Api, title: &str) -> Router {
-    finish_with(api, crate::metrics::Scrape::default(), title)
+/// ([`crate::api`]); every route behind `guard` (tokens and the server's access table, see
+/// [`crate::auth`]).
+pub fn finish(api: Api, title: &str, guard: &crate::auth::Guard) -> Router {
+    finish_with(api, crate::metrics::Scrape::default(), title, guard)
 }
 
 /// [`finish`], with what `/metrics` reads at scrape time (the server's pools …).
-pub fn finish_with(api: Api, scrape: crate::metrics::Scrape, title: &str) -> Router {
+pub fn finish_with(
+    api: Api,
+    scrape: crate::metrics::Scrape,
+    title: &str,
+    guard: &crate::auth::Guard,
+) -> Router {
     let (router, _) = shared(scrape.route(api)).finish(title);
-    router
+    // The guard runs inside `observe`, so refusals are traced and measured like any answer.
+    guard
+        .layer(router)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(axum::middleware::from_fn(observe))
 }

@@ -1,5 +1,7 @@
 //! What every Tandem server shares.
 //!
+//! - [`auth`]: bearer tokens and roles (`TANDEM_TOKENS`), each server's access table, the
+//!   guard in front of every route, the service token on outgoing calls.
 //! - [`problem`]: RFC 9457 problem+json errors (`Problem`), used for every rejection.
 //! - [`http`]: extractors with problem+json rejections (`Json`, `Path`, `Query`; any string
 //!   with a NUL — which Postgres cannot store — is a 422 naming it), 404/405 fallbacks, body
@@ -40,6 +42,7 @@
 //!   and its sources on one line).
 
 pub mod api;
+pub mod auth;
 pub mod barrier;
 pub mod checkout;
 pub mod choreo;

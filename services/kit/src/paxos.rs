@@ -207,7 +207,10 @@ async fn prepare(
         from: NodeId::Coordinator(0),
         msg: Msg::Prepare,
     });
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .default_headers(app.client_headers())
+        .build()
+        .unwrap_or_default();
     let mut sends = Vec::new();
     for a in actions {
         if let Action::Send {

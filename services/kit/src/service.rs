@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 use crate::Error;
+use crate::auth::{Access, Auth, AuthConfig, Rule, rule};
 use crate::effect::{ActionEndpoint, Compensation};
 use crate::faults::{Faults, Switch};
 use crate::hooks::TestHooks;
@@ -35,7 +36,30 @@ pub struct Spec {
     /// The service's own read / setup routes, documented (the saga endpoints, `/healthz`, the
     /// fault endpoints and the shared ones are added by [`App::router`]).
     pub routes: fn() -> crate::api::Api<App>,
+    /// Who may call [`Spec::routes`] (see [`crate::auth`]); the rules of the kit's own routes
+    /// are in [`KIT_RULES`] and the saga endpoints need a service token.
+    pub access: &'static [Rule],
 }
+
+/// The access table of the routes every service gets from the kit (its saga endpoints, built
+/// from [`Spec::actions`] and [`Spec::compensations`], need [`Access::Service`] too).
+pub const KIT_RULES: &[Rule] = &[
+    rule("GET", "/healthz", Access::Open),
+    // 2PC: the coordinator's messages; status also for operators' audits.
+    rule("POST", "/2pc/prepare", Access::Service),
+    rule("POST", "/2pc/commit", Access::Service),
+    rule("POST", "/2pc/abort", Access::Service),
+    rule("GET", "/2pc/status", Access::ServiceOrOperator),
+    // Paxos Commit: the leader's messages to a participant.
+    rule("POST", "/paxos/prepare", Access::Service),
+    rule("POST", "/paxos/outcome", Access::Service),
+    // Fault injection (mounted only when FAULT_INJECTION=on).
+    rule("GET", "/faults", Access::Operator),
+    rule("POST", "/faults", Access::Operator),
+    rule("DELETE", "/faults", Access::Operator),
+    // Retention: the orchestrator telling the service which sagas are final and past retention.
+    rule("POST", "/barrier/forget", Access::Service),
+];
 
 impl std::fmt::Debug for Spec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +135,8 @@ pub struct Config {
     /// is the safe path; see docs/security.md, "Retention".
     #[arg(long, env = "BARRIER_BACKSTOP_DAYS", default_value_t = 90)]
     pub barrier_backstop_days: u64,
+    #[command(flatten)]
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -154,7 +180,14 @@ impl Config {
             nats_url: None,
             node_name: None,
             barrier_backstop_days: 90,
+            auth: AuthConfig::default(),
         }
+    }
+
+    /// The same with these token settings (see [`crate::auth`]).
+    pub fn with_auth(mut self, auth: AuthConfig) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// The same with fault injection switched on or off (demos and tests turn it on).
@@ -187,6 +220,8 @@ pub struct App {
     pub in_doubt_after: std::time::Duration,
     /// See [`Config::barrier_backstop_days`]; `None`: off.
     pub barrier_backstop: Option<std::time::Duration>,
+    /// Accepted tokens and this service's own (see [`crate::auth`]).
+    pub auth: Auth,
 }
 
 /// Apply the service's migrations (as the owner role when configured, see [`crate::db::migrate`]),
@@ -202,6 +237,7 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
         service: spec.name,
         source: Box::new(source),
     })?;
+    let auth = Auth::load(&config.auth)?;
     let business_url = with_lock_timeout(&config.database_url, config.lock_timeout_ms);
     let pool = crate::db::open(&business_url, config.db_pool_size)
         .await
@@ -228,6 +264,7 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
         in_doubt_after: std::time::Duration::from_millis(config.in_doubt_after_ms),
         barrier_backstop: (config.barrier_backstop_days > 0)
             .then(|| std::time::Duration::from_secs(config.barrier_backstop_days * 86_400)),
+        auth,
     };
     crate::participant::recover_at_start(&app)
         .await
@@ -261,7 +298,30 @@ impl App {
             own.with_state(self.clone()).merge(self.faults.routes()),
             scrape,
             self.spec.name,
+            &self.auth.guard(self.rules().iter()),
         )
+    }
+
+    /// This service's access table: the kit's routes, its saga endpoints, its own routes.
+    pub fn rules(&self) -> Vec<Rule> {
+        let saga = self
+            .spec
+            .actions
+            .iter()
+            .map(|a| a.path())
+            .chain(self.spec.compensations.iter().map(|c| c.path))
+            .map(|path| rule("POST", path, Access::Service));
+        KIT_RULES
+            .iter()
+            .cloned()
+            .chain(saga)
+            .chain(self.spec.access.iter().cloned())
+            .collect()
+    }
+
+    /// Default headers of this service's HTTP clients (sender and service token).
+    pub fn client_headers(&self) -> axum::http::HeaderMap {
+        self.auth.client_headers(&self.node)
     }
 
     /// Serve on `listener` until `shutdown` resolves.
@@ -271,6 +331,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::Serve)?;
+        self.auth.check_exposure(addr, self.spec.name)?;
         tracing::info!(%addr, faults = self.faults.enabled(), "{} listening", self.spec.name);
         let resolver = tokio::spawn(crate::participant::resolve_in_doubt(
             self.clone(),
@@ -337,6 +398,7 @@ mod tests {
         actions: &[],
         compensations: &[],
         routes: crate::api::Api::new,
+        access: &[],
     };
 
     /// Defect: fault injection was on by default, so any client of a production service could

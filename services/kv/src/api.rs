@@ -18,12 +18,34 @@ use kv_client::wire::{
 use serde_json::json;
 use tandem_kit::Problem;
 use tandem_kit::api::{self, Api};
+use tandem_kit::auth::{Access, Rule, rule};
 use tandem_kit::http::{Json, Path};
 use uuid::Uuid;
 
 use crate::coordinator::Coordinator;
 use crate::net::Envelope;
 use crate::shard::Shard;
+
+/// Who may call a shard's routes (see `tandem_kit::auth`): transactions for clients, 2PC
+/// messages for Tandem's own processes, status for them and operators.
+pub const SHARD_ACCESS: &[Rule] = &[
+    rule("POST", "/txns", Access::Client),
+    rule("POST", "/txns/{id}/read", Access::Client),
+    rule("POST", "/txns/{id}/write", Access::Client),
+    rule("POST", "/txns/{id}/delete", Access::Client),
+    rule("POST", "/txns/{id}/commit", Access::Client),
+    rule("POST", "/txns/{id}/abort", Access::Client),
+    rule("POST", "/2pc", Access::Service),
+    rule("GET", "/status", Access::ServiceOrOperator),
+    rule("GET", "/healthz", Access::Open),
+];
+
+/// Who may call the coordinator's routes.
+pub const COORDINATOR_ACCESS: &[Rule] = &[
+    rule("POST", "/2pc", Access::Service),
+    rule("GET", "/status", Access::ServiceOrOperator),
+    rule("GET", "/healthz", Access::Open),
+];
 
 /// A key-value operation of a transaction (`kv_client::wire` has the body types).
 fn txn_op(summary: &str, body: &str) -> api::Op {
@@ -40,6 +62,7 @@ fn txn_op(summary: &str, body: &str) -> api::Op {
 }
 
 pub fn shard_routes(shard: Shard) -> Router {
+    let guard = shard.inner.net.auth().guard(SHARD_ACCESS);
     let r = Api::new()
         .route(
             "/txns",
@@ -86,16 +109,17 @@ pub fn shard_routes(shard: Shard) -> Router {
         .route("/status", status_op(), shard_status)
         .route("/healthz", health_op(), healthz)
         .with_state(shard);
-    tandem_kit::http::finish(r, "kv shard")
+    tandem_kit::http::finish(r, "kv shard", &guard)
 }
 
 pub fn coordinator_routes(c: Coordinator) -> Router {
+    let guard = c.auth().guard(COORDINATOR_ACCESS);
     let r = Api::new()
         .route("/2pc", twopc_op(), coordinator_2pc)
         .route("/status", status_op(), coordinator_status)
         .route("/healthz", health_op(), healthz)
         .with_state(c);
-    tandem_kit::http::finish(r, "kv coordinator")
+    tandem_kit::http::finish(r, "kv coordinator", &guard)
 }
 
 fn twopc_op() -> api::Op {

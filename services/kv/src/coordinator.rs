@@ -71,6 +71,11 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// The token settings of this process.
+    pub(crate) fn auth(&self) -> &tandem_kit::auth::Auth {
+        self.inner.net.auth()
+    }
+
     /// Open the log and rebuild every committed, unacknowledged transaction.
     pub(crate) fn recover(config: &Config, store: Store) -> Result<Self, Error> {
         let logged = store.commits()?;
@@ -79,7 +84,7 @@ impl Coordinator {
                 store,
                 shards: config.shards.clone(),
                 timing: config.timing(),
-                net: Net::default(),
+                net: Net::new(config.auth()?),
                 slots: Slots::default(),
                 counters: Mutex::new(Counters::default()),
             }),

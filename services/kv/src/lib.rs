@@ -124,9 +124,16 @@ pub struct Config {
     /// Test-only weakening (reads take no lock): never reachable from flags or the API.
     #[arg(skip = true)]
     lock_reads: bool,
+    #[command(flatten)]
+    pub auth: tandem_kit::auth::AuthConfig,
 }
 
 impl Config {
+    /// The loaded token settings (see `tandem_kit::auth`).
+    pub fn auth(&self) -> Result<tandem_kit::auth::Auth, Error> {
+        tandem_kit::auth::Auth::load(&self.auth).map_err(|e| Error::Config(e.to_string()))
+    }
+
     /// A shard on an ephemeral port (tests, `tandem kv up`).
     pub fn shard(
         index: u16,
@@ -259,7 +266,14 @@ impl App {
             App::Shard(s) => s.start(),
             App::Coordinator(c) => c.start(),
         };
-        tracing::info!(addr = %listener.local_addr()?, "kv listening");
+        let addr = listener.local_addr()?;
+        let auth = match &self {
+            App::Shard(s) => s.inner.net.auth(),
+            App::Coordinator(c) => c.auth(),
+        };
+        auth.check_exposure(addr, "kv")
+            .map_err(|e| Error::Config(e.to_string()))?;
+        tracing::info!(%addr, "kv listening");
         let served = tandem_kit::http::serve(listener, router, shutdown).await;
         background.abort();
         served?;

@@ -28,21 +28,35 @@ pub struct Envelope {
 #[derive(Clone, Debug)]
 pub struct Net {
     http: reqwest::Client,
+    /// Accepted tokens and this process's own (carried by every message it sends).
+    auth: tandem_kit::auth::Auth,
 }
 
 impl Default for Net {
     fn default() -> Self {
-        Net {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
-        }
+        Net::new(tandem_kit::auth::Auth::open())
     }
 }
 
 impl Net {
+    /// A sender whose messages carry `auth`'s service token.
+    pub fn new(auth: tandem_kit::auth::Auth) -> Self {
+        Net {
+            http: reqwest::Client::builder()
+                .default_headers(auth.client_headers("kv"))
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            auth,
+        }
+    }
+
+    /// The token settings of this process.
+    pub fn auth(&self) -> &tandem_kit::auth::Auth {
+        &self.auth
+    }
+
     /// Fire and forget `env` to the process at `base_url`.
     pub fn send(&self, base_url: &str, env: Envelope) {
         let http = self.http.clone();

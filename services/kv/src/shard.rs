@@ -208,7 +208,7 @@ impl Shard {
             lock_reads: config.lock_reads,
             state: Mutex::new(State::default()),
             released: Notify::new(),
-            net: Net::default(),
+            net: Net::new(config.auth()?),
             coordinator_url: config.coordinator_url.clone(),
             parts: Parts::default(),
             counters: Mutex::new(Counters::default()),

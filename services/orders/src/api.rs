@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem_kit::Problem;
 use tandem_kit::api::{self, Api};
+use tandem_kit::auth::{Access, Rule, rule};
 use tandem_kit::checkout::{Address, Item, validate_address, validate_items};
 use tandem_kit::choreo::event::{Event, Kind};
 use tandem_kit::choreo::outbox;
@@ -24,7 +25,15 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 pub const MAX_ID_LEN: usize = 128;
 pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 
+/// Who may call each route (see `tandem_kit::auth`).
+pub const ACCESS: &[Rule] = &[
+    rule("GET", "/healthz", Access::Open),
+    rule("POST", "/orders", Access::Client),
+    rule("GET", "/orders/{id}", Access::Client),
+];
+
 pub fn router(app: App) -> Router {
+    let guard = app.auth.guard(ACCESS);
     let own = Api::new()
         .route(
             "/healthz",
@@ -57,7 +66,7 @@ pub fn router(app: App) -> Router {
             show,
         )
         .with_state(app);
-    tandem_kit::http::finish(own, "orders")
+    tandem_kit::http::finish(own, "orders", &guard)
 }
 
 /// An order, as placed: the orchestrated checkout's input. `order_id` is optional: without

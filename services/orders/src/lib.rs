@@ -69,6 +69,8 @@ pub struct Config {
     /// this service's timer, which starts the compensations.
     #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = 10_000)]
     pub step_timeout_ms: u64,
+    #[command(flatten)]
+    pub auth: tandem_kit::auth::AuthConfig,
 }
 
 impl Config {
@@ -81,6 +83,7 @@ impl Config {
             db_pool_size: 5,
             nats_url: nats_url.into(),
             step_timeout_ms: 10_000,
+            auth: tandem_kit::auth::AuthConfig::default(),
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct App {
     pub step_timeout: Duration,
     /// Woken whenever an order reaches a terminal status (long polls wait on it).
     pub settled: Arc<Notify>,
+    /// Accepted tokens (see `tandem_kit::auth`).
+    pub auth: tandem_kit::auth::Auth,
 }
 
 /// The migrations of the orders database: its own plus the kit's outbox.
@@ -106,6 +111,7 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 
 /// Connect to Postgres (creating the database if missing, applying migrations) and to NATS.
 pub async fn build(config: Config) -> Result<App, Error> {
+    let auth = tandem_kit::auth::Auth::load(&config.auth).map_err(tandem_kit::Error::from)?;
     let pool = tandem_kit::db::migrate_and_open(
         "orders",
         &config.database_url,
@@ -123,6 +129,7 @@ pub async fn build(config: Config) -> Result<App, Error> {
         js,
         step_timeout: Duration::from_millis(config.step_timeout_ms),
         settled: Arc::new(Notify::new()),
+        auth,
     })
 }
 
@@ -145,6 +152,7 @@ impl App {
     ) -> Result<(), Error> {
         let _worker = self.start_worker();
         let addr = listener.local_addr().map_err(tandem_kit::Error::Serve)?;
+        self.auth.check_exposure(addr, "orders")?;
         tracing::info!(%addr, "orders listening");
         tandem_kit::http::serve(listener, api::router(self), shutdown)
             .await

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
 use tandem_kit::api::Api;
+use tandem_kit::auth::{Access, rule};
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
@@ -29,6 +30,9 @@ pub static CHARGE: Action<ChargeRequest> =
 pub static REFUND: Compensation = Compensation::new("/refunds", "refunded", |conn, origin| {
     Box::pin(refund(conn, origin))
 });
+
+/// Who may call [`routes`] (see `tandem_kit::auth`): the audit list, for clients.
+pub const ACCESS: &[tandem_kit::auth::Rule] = &[rule("GET", "/payments", Access::Client)];
 
 /// The read routes (the saga endpoints come from [`CHARGE`] and [`REFUND`]).
 pub fn routes() -> Api<App> {

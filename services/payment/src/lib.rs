@@ -27,6 +27,7 @@ pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
     actions: &[&api::CHARGE],
     compensations: &[&api::REFUND],
     routes: api::routes,
+    access: api::ACCESS,
 };
 
 /// Connect (creating the database if missing) and apply the migrations.

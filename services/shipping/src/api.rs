@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tandem_kit::Problem;
 use tandem_kit::api::Api;
+use tandem_kit::auth::{Access, rule};
 pub use tandem_kit::checkout::Address;
 use tandem_kit::checkout::{Item, validate_address, validate_items};
 use tandem_kit::effect::{Action, Compensation, Origin};
@@ -31,6 +32,9 @@ pub static CANCEL: Compensation =
     Compensation::new("/shipments/cancel", "cancelled", |conn, origin| {
         Box::pin(cancel(conn, origin))
     });
+
+/// Who may call [`routes`] (see `tandem_kit::auth`): the audit list, for clients.
+pub const ACCESS: &[tandem_kit::auth::Rule] = &[rule("GET", "/shipments", Access::Client)];
 
 /// The read routes (the saga endpoints come from [`CREATE`] and [`CANCEL`]).
 pub fn routes() -> Api<App> {

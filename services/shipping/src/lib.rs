@@ -26,6 +26,7 @@ pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
     actions: &[&api::CREATE],
     compensations: &[&api::CANCEL],
     routes: api::routes,
+    access: api::ACCESS,
 };
 
 /// Connect (creating the database if missing) and apply the migrations.

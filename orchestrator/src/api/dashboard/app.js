@@ -32,8 +32,20 @@ function actor() {
   return localStorage.getItem("tandem-actor") || "dashboard";
 }
 
-async function api(path, options) {
-  const r = await fetch(path, options);
+// Bearer token (docs/security.md): kept for this tab only; asked for when the server answers
+// 401, then the request is sent once more. An open server never asks.
+async function api(path, options, asked) {
+  const opts = Object.assign({}, options);
+  const token = sessionStorage.getItem("tandem-token");
+  if (token) opts.headers = Object.assign({}, opts.headers, { Authorization: "Bearer " + token });
+  const r = await fetch(path, opts);
+  if (r.status === 401 && !asked) {
+    const entered = window.prompt("This Tandem server needs a token (operator, or client to read):");
+    if (entered) {
+      sessionStorage.setItem("tandem-token", entered.trim());
+      return api(path, options, true);
+    }
+  }
   const body = await r.json().catch(() => null);
   if (!r.ok) {
     const msg = body && (body.detail || body.title) ? body.detail || body.title : r.statusText;

@@ -32,7 +32,7 @@ pub async fn recover_at_start(app: &App) -> Result<usize, Problem> {
 pub async fn resolve_in_doubt(app: App, every: Duration) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .default_headers(crate::faults::sender_headers(&app.node))
+        .default_headers(app.client_headers())
         .build()
         .unwrap_or_default();
     let mut min_age_ms = 0;
