@@ -97,6 +97,9 @@ pub async fn build(config: Config) -> Result<App> {
         config.acceptors()?,
         Duration::from_millis(config.paxos_progress_ms),
     );
+    coordinator
+        .three_pc
+        .configure(Duration::from_millis(config.three_pc_timeout_ms));
     let driver = Arc::new(Driver::new(
         work(store::SAGAS),
         registry,

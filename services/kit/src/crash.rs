@@ -36,6 +36,8 @@ pub const POINTS: &[&str] = &[
     "orchestrator.2pc.mid_broadcast",
     // orchestrator Paxos Commit leader (orchestrator/src/commit/paxos.rs)
     "orchestrator.paxos.after_votes",
+    // orchestrator 3PC coordinator (orchestrator/src/commit/three_phase.rs)
+    "orchestrator.3pc.after_precommit",
     // Paxos Commit acceptor (services/acceptor)
     "acceptor.after_force",
     // services (the kit's barrier, so every service has them)

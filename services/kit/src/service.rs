@@ -51,8 +51,8 @@ impl Spec {
     /// own.
     pub fn migrator(&self) -> Migrator {
         let own = Migrator::with_migrations(self.migrations.migrations.to_vec());
-        crate::choreo::outbox::migrator(crate::participant::branch::with_branch_table(
-            crate::barrier::migrator(own),
+        crate::three_phase::with_table(crate::choreo::outbox::migrator(
+            crate::participant::branch::with_branch_table(crate::barrier::migrator(own)),
         ))
     }
 
@@ -226,7 +226,8 @@ impl App {
         let own = (self.spec.routes)()
             .merge(crate::saga::routes(self))
             .merge(crate::participant::routes(self))
-            .merge(crate::paxos::routes());
+            .merge(crate::paxos::routes())
+            .merge(crate::three_phase::routes());
         let scrape = crate::metrics::Scrape::default()
             .pool("business", &self.pool)
             .pool("control", &self.control)
