@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use tandem_kit::three_phase::{Envelope, Replies, Setup, post};
+use tandem_kit::three_phase::{Envelope, Replies, Setup, send};
 use tandem_protocols::three_phase::{self, CState, Msg, Record, ThreePc, Timer};
 use tandem_protocols::{Action, Input, NodeId, Outcome, Role, Start, Vote};
 use tokio::sync::mpsc;
@@ -320,7 +320,7 @@ impl Coordinator {
         let msg = msg.unwrap_or(Msg::BeginCommit);
         tokio::spawn(async move {
             tandem_kit::stats::message_sent(&pool, kind);
-            let ev = match post(&http, &base, &env, timeout).await {
+            let ev = match send(&http, &base, &env, timeout).await {
                 Ok(replies) => Event::Replied { p, msg, replies },
                 Err(error) => {
                     tracing::info!(txn = %id, error, "3pc: a message was not delivered");

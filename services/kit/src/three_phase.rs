@@ -162,7 +162,7 @@ pub fn kind(msg: Option<&Msg>) -> &'static str {
 }
 
 /// POST an envelope to `{base}/3pc/msg`: the receiver's replies, or what went wrong.
-pub async fn post(
+pub async fn send(
     http: &reqwest::Client,
     base: &str,
     env: &Envelope,
@@ -331,7 +331,6 @@ fn submit(app: &App, txn: Uuid, p: u8, job: Job) {
 struct Row {
     n: i32,
     peers: sqlx::types::Json<Vec<String>>,
-    coordinator_url: String,
     timeout_ms: i64,
     state: String,
 }
@@ -414,7 +413,7 @@ impl<'a> Branch<'a> {
             .build()
             .map_err(Problem::internal)?;
         let row: Option<Row> = sqlx::query_as(
-            "SELECT n, peers, coordinator_url, timeout_ms, state FROM tpc3_branch
+            "SELECT n, peers, timeout_ms, state FROM tpc3_branch
              WHERE txn_id = $1 AND step = $2",
         )
         .bind(id.txn_id)
@@ -645,7 +644,7 @@ impl<'a> Branch<'a> {
         let id = self.id;
         tokio::spawn(async move {
             crate::stats::message_sent(&app, kind(env.msg.as_ref()));
-            match post(&http, &base, &env, timeout).await {
+            match send(&http, &base, &env, timeout).await {
                 Ok(r) => {
                     for msg in r.replies {
                         let _ = tx.send(Job {
