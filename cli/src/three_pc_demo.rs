@@ -28,7 +28,7 @@ use crate::paxos_demo::{Demo, Node, Options, node};
 const CRASH_3PC: &str = "orchestrator.3pc.after_precommit";
 const CRASH_2PC: &str = "orchestrator.2pc.after_votes";
 /// Every 3PC timer of the demo (`THREE_PC_TIMEOUT_MS`).
-pub const TIMEOUT_MS: u64 = 1500;
+pub const TIMEOUT_MS: u64 = 3000;
 
 /// Node indices: services 0–2, then the two orchestrators.
 const O2PC: usize = 3;
