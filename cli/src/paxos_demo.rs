@@ -250,10 +250,8 @@ impl Demo {
         let r = self
             .http
             .post(format!("{}/transactions", self.url(o)))
-            .json(
-                &json!({ "protocol": protocol, "definition": "checkout",
-                           "input": checkout_input(order, SKU, 1, card, "FR") }),
-            )
+            .json(&json!({ "protocol": protocol, "definition": "checkout",
+                           "input": checkout_input(order, SKU, 1, card, "FR") }))
             .send()
             .await?;
         let status = r.status();

@@ -112,7 +112,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             "tpc2-1: a 2PC participant let go of its prepared transaction without a coordinator"
         );
         let e = d.effects("tpc2-1").await?;
-        ensure!(e == [0, 0, 0], "tpc2-1 undecided, yet effects {e:?} are visible");
+        ensure!(
+            e == [0, 0, 0],
+            "tpc2-1 undecided, yet effects {e:?} are visible"
+        );
     }
     report.two_pc_blocked_secs = crashed.elapsed().as_secs_f64();
     let held = oldest_prepared_ms(&d).await?;
@@ -146,10 +149,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let t3 = d.settled(O3PC, &id3).await?;
     d.committed_everywhere(&t3, "tpc3-1").await?;
     d.say("   tpc3-1: the restarted orch-3pc finds it committed by its participants");
-    ensure!(
-        d.stock().await? == 9,
-        "stock is not 10 - 1 committed unit"
-    );
+    ensure!(d.stock().await? == 9, "stock is not 10 - 1 committed unit");
     d.say("every check passed");
     Ok(report)
 }

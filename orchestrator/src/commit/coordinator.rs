@@ -119,8 +119,12 @@ impl Coordinator {
         if !issues.is_empty() {
             return Err(Error::Invalid(issues));
         }
-        if !["2pc", super::paxos::PAXOS_COMMIT, super::three_phase::THREE_PC]
-            .contains(&begin.protocol.as_str())
+        if ![
+            "2pc",
+            super::paxos::PAXOS_COMMIT,
+            super::three_phase::THREE_PC,
+        ]
+        .contains(&begin.protocol.as_str())
         {
             return Err(Error::invalid(
                 "/protocol",

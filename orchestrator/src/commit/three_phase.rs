@@ -192,7 +192,12 @@ impl Coordinator {
                         Msg::Ack { .. } => part.state = "precommitted".into(),
                         _ => {}
                     }
-                    t.log(p, "in", tandem_kit::three_phase::kind(Some(&reply)), json!(reply));
+                    t.log(
+                        p,
+                        "in",
+                        tandem_kit::three_phase::kind(Some(&reply)),
+                        json!(reply),
+                    );
                     actions.extend(t.core.handle(Input::Receive {
                         from: NodeId::Participant(p),
                         msg: reply,
@@ -311,7 +316,12 @@ impl Coordinator {
             setup,
         };
         let kind = tandem_kit::three_phase::kind(msg.as_ref());
-        t.log(p, "out", kind, msg.as_ref().map_or(Value::Null, |m| json!(m)));
+        t.log(
+            p,
+            "out",
+            kind,
+            msg.as_ref().map_or(Value::Null, |m| json!(m)),
+        );
         let base = t.peers[p as usize].clone();
         let (http, tx, id) = (self.http.clone(), t.tx.clone(), t.id);
         let timeout = self.three_pc.timeout();

@@ -57,8 +57,8 @@ pub mod service;
 pub mod service_tests;
 pub mod stats;
 pub mod telemetry;
-pub mod three_phase;
 pub mod testing;
+pub mod three_phase;
 
 pub use error::Error;
 pub use problem::Problem;

@@ -656,7 +656,9 @@ impl<'a> Branch<'a> {
                         });
                     }
                 }
-                Err(e) => tracing::info!(branch = %id, error = %e, "3pc: a message was not delivered"),
+                Err(e) => {
+                    tracing::info!(branch = %id, error = %e, "3pc: a message was not delivered")
+                }
             }
         });
     }
@@ -695,5 +697,7 @@ async fn view(State(app): State<App>, Path(txn_id): Path<Uuid>) -> Result<Json<V
             "prepared": seen == Seen::Prepared,
         }));
     }
-    Ok(Json(json!({ "txn_id": txn_id, "service": app.spec.name, "branches": branches })))
+    Ok(Json(
+        json!({ "txn_id": txn_id, "service": app.spec.name, "branches": branches }),
+    ))
 }
