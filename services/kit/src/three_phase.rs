@@ -535,7 +535,10 @@ impl<'a> Branch<'a> {
         };
         let actions = self.core.handle(input);
         let mut replies = vec![];
-        let done = self.execute(actions, Some(job.from), &mut replies).await;
+        // Only a request waiting for its answer takes replies: to the sender of a reply fed
+        // back (a StateRep, an Ack) the core's messages go out as messages of their own.
+        let sender = job.answer.is_some().then_some(job.from);
+        let done = self.execute(actions, sender, &mut replies).await;
         if let Some(answer) = job.answer {
             let _ = answer.send(done.map(|()| Replies {
                 replies,
