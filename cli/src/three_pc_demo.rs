@@ -70,10 +70,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     d.put_stock(10).await?;
     let mut report = Report::default();
+    let id3 = three_pc(&mut d, &mut report).await?;
+    let (id2, crashed) = two_pc(&mut d, &mut report).await?;
+    restart(&mut d, &mut report, &id2, crashed, &id3).await?;
+    d.say("every check passed");
+    Ok(report)
+}
 
+/// Step 1: the 3PC coordinator dies after PreCommit; the participants commit without it.
+async fn three_pc(d: &mut Demo, report: &mut Report) -> anyhow::Result<String> {
     d.say("1. 3PC: the coordinator (orch-3pc) crashes after PreCommit");
     let id3 = d.begin_with("3pc", O3PC, "tpc3-1", "tok_visa").await?;
-    let crashed = crash(&mut d, O3PC, CRASH_3PC).await?;
+    let crashed = crash(d, O3PC, CRASH_3PC).await?;
     d.say(&format!(
         "   orch-3pc crashed at {CRASH_3PC}; the participants wait {TIMEOUT_MS} ms for it"
     ));
@@ -91,7 +99,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     report.three_pc_secs = crashed.elapsed().as_secs_f64();
-    report.three_pc_term = terminated_by(&d, &id3).await?;
+    report.three_pc_term = terminated_by(d, &id3).await?;
     d.say(&format!(
         "   tpc3-1: committed in inventory, payment and shipping {:.1} s after the crash, \
          decided by participant {} in term {} (termination protocol)",
@@ -99,10 +107,14 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         report.three_pc_term - 1,
         report.three_pc_term
     ));
+    Ok(id3)
+}
 
+/// Step 2: the 2PC coordinator dies after the votes; the participants stay blocked.
+async fn two_pc(d: &mut Demo, report: &mut Report) -> anyhow::Result<(String, Instant)> {
     d.say("2. 2PC: the coordinator (orch-2pc) crashes after the votes");
     let id2 = d.begin_with("2pc", O2PC, "tpc2-1", "tok_visa").await?;
-    let crashed = crash(&mut d, O2PC, CRASH_2PC).await?;
+    let crashed = crash(d, O2PC, CRASH_2PC).await?;
     d.say(&format!("   orch-2pc crashed at {CRASH_2PC}"));
     let watch = Duration::from_secs_f64((report.three_pc_secs * 2.0).max(3.0));
     while crashed.elapsed() < watch {
@@ -118,7 +130,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         );
     }
     report.two_pc_blocked_secs = crashed.elapsed().as_secs_f64();
-    let held = oldest_prepared_ms(&d).await?;
+    let held = oldest_prepared_ms(d).await?;
     d.say(&format!(
         "   tpc2-1: still blocked {:.1} s after the crash — prepared in all three services \
          (locks held for {:.1} s), nothing visible; 3PC needed {:.1} s",
@@ -126,14 +138,25 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         held as f64 / 1000.0,
         report.three_pc_secs
     ));
+    Ok((id2, crashed))
+}
 
+/// Step 3: both coordinators restart; 2PC's finishes (presumed abort), 3PC's records the
+/// participants' commit.
+async fn restart(
+    d: &mut Demo,
+    report: &mut Report,
+    id2: &str,
+    crashed: Instant,
+    id3: &str,
+) -> anyhow::Result<()> {
     d.say("3. both coordinators restart");
     d.start(O2PC, None)?;
     d.start(O3PC, None)?;
     let restarted = Instant::now();
     d.wait_healthy(O2PC).await?;
     d.wait_healthy(O3PC).await?;
-    let t2 = d.settled(O2PC, &id2).await?;
+    let t2 = d.settled(O2PC, id2).await?;
     report.two_pc_after_restart_secs = restarted.elapsed().as_secs_f64();
     ensure!(t2["state"] == "aborted", "tpc2-1: {}", t2["state"]);
     ensure!(
@@ -146,12 +169,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         report.two_pc_after_restart_secs,
         crashed.elapsed().as_secs_f64()
     ));
-    let t3 = d.settled(O3PC, &id3).await?;
+    let t3 = d.settled(O3PC, id3).await?;
     d.committed_everywhere(&t3, "tpc3-1").await?;
     d.say("   tpc3-1: the restarted orch-3pc finds it committed by its participants");
     ensure!(d.stock().await? == 9, "stock is not 10 - 1 committed unit");
-    d.say("every check passed");
-    Ok(report)
+    Ok(())
 }
 
 fn demo(opts: Options) -> anyhow::Result<Demo> {
@@ -207,19 +229,14 @@ async fn crash(d: &mut Demo, o: usize, point: &str) -> anyhow::Result<Instant> {
 /// (≥ 1: a participant led the decision).
 async fn terminated_by(d: &Demo, id: &str) -> anyhow::Result<u64> {
     let mut terms = Vec::new();
-    for i in 0..SERVICES.len() {
+    for (i, service) in SERVICES.iter().enumerate() {
         let v = d.get(format!("{}/3pc/{id}", d.url(i))).await?;
         let b = v["branches"]
             .as_array()
             .and_then(|b| b.first())
             .cloned()
             .unwrap_or(Value::Null);
-        ensure!(
-            b["state"] == "committed",
-            "{}: 3PC branch {}",
-            SERVICES[i],
-            b
-        );
+        ensure!(b["state"] == "committed", "{service}: 3PC branch {b}");
         terms.push(b["term"].as_u64().unwrap_or(0));
     }
     let leader_term = terms.iter().copied().max().unwrap_or(0);
