@@ -12,8 +12,10 @@
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
 //! - [`saga`]: `tandem saga list | show | cancel | retry | resume` against a running orchestrator.
 //! - `commit` (in the binary): `tandem commit compare` (the atomic-commit protocol comparison),
-//!   `demo 2pc-blocking` / `demo paxos` (the protocols on the real processes), `resolve` (an
-//!   operator's heuristic decision).
+//!   `demo 2pc-blocking` / `demo paxos` / `demo 3pc-unblocks` (the protocols on the real
+//!   processes), `resolve` (an operator's heuristic decision).
+//! - [`paxos_demo`], [`three_pc_demo`]: the scripted demos of Paxos Commit and of 3PC beside
+//!   2PC over the real binaries (the end-to-end tests run them too).
 
 pub mod bench;
 pub mod choreo;
@@ -24,3 +26,4 @@ pub mod demo;
 pub mod launch;
 pub mod paxos_demo;
 pub mod saga;
+pub mod three_pc_demo;

@@ -23,7 +23,7 @@ use crate::client::checkout_input;
 use crate::launch::procs::{Output, Proc};
 use crate::launch::{self, Layout, SERVICES};
 
-const SKU: &str = "paxos-demo-sku";
+pub(crate) const SKU: &str = "paxos-demo-sku";
 const CRASH: &str = "orchestrator.paxos.after_votes";
 
 /// What the demo runs on.
@@ -48,18 +48,19 @@ pub struct Report {
     pub takeover_secs: Vec<f64>,
 }
 
-struct Node {
-    name: String,
+/// A process of a demo (the 3PC demo, `crate::three_pc_demo`, shares these helpers).
+pub(crate) struct Node {
+    pub(crate) name: String,
     bin: &'static str,
     port: u16,
     env: Vec<(String, String)>,
-    proc: Option<Proc>,
+    pub(crate) proc: Option<Proc>,
 }
 
-struct Demo {
-    opts: Options,
+pub(crate) struct Demo {
+    pub(crate) opts: Options,
     http: reqwest::Client,
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
     started: Instant,
     report: Report,
 }
@@ -131,6 +132,11 @@ impl Demo {
             let env = launch::acceptor_env(layout, &format!("acceptor_{k}"), ports[i]);
             nodes.push(node(&format!("acceptor-{k}"), "acceptor", ports[i], env));
         }
+        Demo::from_nodes(opts, nodes)
+    }
+
+    /// A demo of `nodes`.
+    pub(crate) fn from_nodes(opts: Options, nodes: Vec<Node>) -> anyhow::Result<Demo> {
         Ok(Demo {
             opts,
             http: reqwest::Client::builder()
@@ -142,17 +148,17 @@ impl Demo {
         })
     }
 
-    fn say(&self, line: &str) {
+    pub(crate) fn say(&self, line: &str) {
         if self.opts.verbose {
             println!("[{:6.2}s] {line}", self.started.elapsed().as_secs_f64());
         }
     }
 
-    fn url(&self, i: usize) -> String {
+    pub(crate) fn url(&self, i: usize) -> String {
         launch::loopback_url(self.nodes[i].port)
     }
 
-    fn start(&mut self, i: usize, crash: Option<&str>) -> anyhow::Result<()> {
+    pub(crate) fn start(&mut self, i: usize, crash: Option<&str>) -> anyhow::Result<()> {
         let n = &mut self.nodes[i];
         let bin = self.opts.bin_dir.join(n.bin);
         ensure!(
@@ -172,14 +178,14 @@ impl Demo {
         Ok(())
     }
 
-    fn stop(&mut self, i: usize) {
+    pub(crate) fn stop(&mut self, i: usize) {
         if let Some(p) = self.nodes[i].proc.as_mut() {
             p.kill9();
         }
         self.say(&format!("   kill -9 {}", self.nodes[i].name));
     }
 
-    async fn wait_healthy(&self, i: usize) -> anyhow::Result<()> {
+    pub(crate) async fn wait_healthy(&self, i: usize) -> anyhow::Result<()> {
         let url = format!("{}/healthz", self.url(i));
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self
@@ -199,13 +205,13 @@ impl Demo {
         Ok(())
     }
 
-    async fn get(&self, url: String) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, url: String) -> anyhow::Result<Value> {
         let r = self.http.get(&url).send().await?;
         ensure!(r.status().is_success(), "GET {url}: {}", r.status());
         Ok(r.json().await?)
     }
 
-    async fn put_stock(&self, n: i64) -> anyhow::Result<()> {
+    pub(crate) async fn put_stock(&self, n: i64) -> anyhow::Result<()> {
         let r = self
             .http
             .put(format!("{}/stock/{SKU}", self.url(0)))
@@ -216,20 +222,29 @@ impl Demo {
         Ok(())
     }
 
-    async fn stock(&self) -> anyhow::Result<i64> {
+    pub(crate) async fn stock(&self) -> anyhow::Result<i64> {
         let s = self.get(format!("{}/stock/{SKU}", self.url(0))).await?;
         s["available"].as_i64().context("no stock figure")
     }
 
     /// `POST /transactions` (Paxos Commit checkout of one unit) to orchestrator node `o`.
     async fn begin(&self, o: usize, order: &str, card: &str) -> anyhow::Result<String> {
+        self.begin_with("paxos-commit", o, order, card).await
+    }
+
+    /// `POST /transactions` (a `protocol` checkout of one unit) to orchestrator node `o`.
+    pub(crate) async fn begin_with(
+        &self,
+        protocol: &str,
+        o: usize,
+        order: &str,
+        card: &str,
+    ) -> anyhow::Result<String> {
         let r = self
             .http
             .post(format!("{}/transactions", self.url(o)))
-            .json(
-                &json!({ "protocol": "paxos-commit", "definition": "checkout",
-                           "input": checkout_input(order, SKU, 1, card, "FR") }),
-            )
+            .json(&json!({ "protocol": protocol, "definition": "checkout",
+                           "input": checkout_input(order, SKU, 1, card, "FR") }))
             .send()
             .await?;
         let status = r.status();
@@ -244,7 +259,7 @@ impl Demo {
     }
 
     /// The transaction once committed or aborted, read from orchestrator node `o`.
-    async fn settled(&self, o: usize, id: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn settled(&self, o: usize, id: &str) -> anyhow::Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let t = self
@@ -258,7 +273,7 @@ impl Demo {
     }
 
     /// Each service's committed records of `order`: (reservations, payments, shipments).
-    async fn effects(&self, order: &str) -> anyhow::Result<[usize; 3]> {
+    pub(crate) async fn effects(&self, order: &str) -> anyhow::Result<[usize; 3]> {
         let mut out = [0; 3];
         for (i, path) in ["reservations", "payments", "shipments"].iter().enumerate() {
             let list = self
@@ -270,7 +285,7 @@ impl Demo {
     }
 
     /// Which services hold transaction `id` prepared (None: any transaction).
-    async fn prepared_in(&self, id: Option<&str>) -> anyhow::Result<Vec<bool>> {
+    pub(crate) async fn prepared_in(&self, id: Option<&str>) -> anyhow::Result<Vec<bool>> {
         let mut out = Vec::new();
         for i in 0..SERVICES.len() {
             let s = self.get(format!("{}/2pc/status", self.url(i))).await?;
@@ -283,7 +298,7 @@ impl Demo {
     }
 
     /// Committed once in all three services, nothing left prepared; the view says so too.
-    async fn committed_everywhere(&self, t: &Value, order: &str) -> anyhow::Result<()> {
+    pub(crate) async fn committed_everywhere(&self, t: &Value, order: &str) -> anyhow::Result<()> {
         ensure!(t["state"] == "committed", "{order}: {}", t["state"]);
         let e = self.effects(order).await?;
         ensure!(
@@ -407,7 +422,7 @@ impl Demo {
     }
 }
 
-fn node(name: &str, bin: &'static str, port: u16, env: Vec<(String, String)>) -> Node {
+pub(crate) fn node(name: &str, bin: &'static str, port: u16, env: Vec<(String, String)>) -> Node {
     Node {
         name: name.to_string(),
         bin,

@@ -110,6 +110,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub paxos_progress_ms: u64,
 
+    /// Every 3PC timer: how long the coordinator waits for a vote or an ack, and a participant
+    /// for its leader before it suspects it and runs the termination protocol. 3PC is correct
+    /// only if this is far above the worst message delay (a timeout is its failure detector).
+    #[arg(long, env = "THREE_PC_TIMEOUT_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub three_pc_timeout_ms: u64,
+
     /// Extra definition files (`*.json`) loaded at start, besides the built-in checkout.
     #[arg(long, env = "DEFINITIONS_DIR")]
     pub definitions_dir: Option<PathBuf>,

@@ -123,6 +123,9 @@ pub async fn build(config: Config) -> Result<App> {
         registry.sender_headers(),
         config.retention(),
     )?);
+    coordinator
+        .three_pc
+        .configure(Duration::from_millis(config.three_pc_timeout_ms));
     let driver = Arc::new(Driver::new(
         work(store::SAGAS),
         registry,

@@ -6,6 +6,8 @@
 //! Failure-free path: BeginCommit → CanCommit → Vote(YES) → PreCommit → Ack → DoCommit.
 //! Forced writes: a participant forces [`Record::Prepared`] before voting YES and
 //! [`Record::Committed`] on commit; the coordinator forces [`Record::Commit`] before DoCommit.
+//! A participant also writes (unforced) [`Record::PreCommitted`] when it becomes
+//! pre-committed, so that a driver's restarted participant reports that state truthfully.
 //!
 //! Timeouts: every timer is [`Timer::Peer`]`(x)` — "I am waiting for `x`". 3PC is correct
 //! only if such a timer fires when `x` has really failed (synchronous system, perfect failure
@@ -73,6 +75,8 @@ pub enum Msg {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Record {
     Prepared,
+    /// The participant moved from uncertain to pre-committed (not forced).
+    PreCommitted,
     Committed,
     Aborted,
     Commit,
@@ -144,7 +148,12 @@ impl Participant {
         } else if log.contains(&Record::Aborted) {
             (p, vec![])
         } else if log.contains(&Record::Prepared) {
-            p.state = PState::Uncertain;
+            // Passive either way: 3PC's termination is correct only under crash-stop.
+            p.state = if log.contains(&Record::PreCommitted) {
+                PState::PreCommitted
+            } else {
+                PState::Uncertain
+            };
             p.vote = Vote::Yes;
             (p, vec![])
         } else {
@@ -210,6 +219,15 @@ impl Participant {
         out
     }
 
+    /// Become pre-committed (written once, on the move from uncertain).
+    fn pre_commit(&mut self) -> Actions<Self> {
+        if self.state == PState::PreCommitted {
+            return vec![];
+        }
+        self.state = PState::PreCommitted;
+        vec![Action::Write(Record::PreCommitted)]
+    }
+
     fn vote_yes(&mut self, first: Msg) -> Actions<Self> {
         self.state = PState::Uncertain;
         vec![
@@ -255,8 +273,7 @@ impl Participant {
                         .filter(|(q, s)| **s == PState::Uncertain && **q != self.id)
                         .map(|(q, _)| *q)
                         .collect();
-                    self.state = PState::PreCommitted;
-                    let mut out = vec![];
+                    let mut out = self.pre_commit();
                     for q in &uncertain {
                         let to = NodeId::Participant(*q);
                         out.push(Action::send(to, Msg::PreCommit { term: self.term }));
@@ -339,7 +356,7 @@ impl Role for Participant {
                     && matches!(self.state, PState::Uncertain | PState::PreCommitted) =>
             {
                 let mut out = self.follow(term);
-                self.state = PState::PreCommitted;
+                out.extend(self.pre_commit());
                 out.push(Action::send(from, Msg::Ack { term }));
                 out
             }

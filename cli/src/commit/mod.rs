@@ -3,7 +3,8 @@
 //! - here: `compare`, the protocol cores' costs on an in-memory network, and `compare --live`,
 //!   the checkout under each protocol over the real services
 //!   ([`tandem_cli::bench::live`]);
-//! - [`demo`]: `demo 2pc-blocking`, 2PC's blocking case live on the real stack;
+//! - [`demo`]: `demo 2pc-blocking`, 2PC's blocking case live on the real stack; `demo paxos`
+//!   and `demo 3pc-unblocks` run `tandem_cli::paxos_demo` / `tandem_cli::three_pc_demo`;
 //! - [`resolve`]: `resolve ID --commit|--abort`, an operator's heuristic decision.
 
 mod demo;
@@ -67,6 +68,13 @@ enum DemoCommand {
     /// acceptor down as well (it still commits), two of three down (it waits, then finishes).
     /// Starts the real binaries (two orchestrators, three services, three acceptors).
     Paxos(PaxosDemoArgs),
+    /// 3PC unblocks 2PC's case: the coordinator crashes after PreCommit — 3PC's participants
+    /// time out, run the termination protocol and commit without it — beside 2PC's coordinator
+    /// crashing after the votes (its participants stay blocked until it returns); with times.
+    /// Starts the real binaries (three services, two orchestrators). Databases
+    /// `tandem_demo_3pc_*`.
+    #[command(name = "3pc-unblocks")]
+    ThreePcUnblocks(PaxosDemoArgs),
 }
 
 #[derive(Args)]
@@ -168,6 +176,9 @@ pub async fn run(args: CommitArgs) -> anyhow::Result<()> {
         CommitCommand::Demo {
             demo: DemoCommand::Paxos(a),
         } => paxos_demo(a).await,
+        CommitCommand::Demo {
+            demo: DemoCommand::ThreePcUnblocks(a),
+        } => three_pc_demo(a).await,
         CommitCommand::Resolve(a) => resolve::run(a).await,
         CommitCommand::Compare {
             live: true,
@@ -245,9 +256,16 @@ fn print_table(r: &Report) {
     );
 }
 
-async fn paxos_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
-    use tandem_cli::launch::Layout;
-    use tandem_cli::paxos_demo::{Options, databases, run};
+/// A scripted demo's options on databases `<prefix>_*` (dropped first), and a function that
+/// drops them again.
+async fn demo_options(
+    a: PaxosDemoArgs,
+    prefix: &str,
+    databases: fn(&tandem_cli::launch::Layout) -> Vec<String>,
+) -> anyhow::Result<(
+    tandem_cli::paxos_demo::Options,
+    impl AsyncFn() -> anyhow::Result<()>,
+)> {
     let bin_dir = match a.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()?
@@ -255,20 +273,40 @@ async fn paxos_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("the executable has no directory"))?
             .to_path_buf(),
     };
-    let layout = Layout::new(&a.server_url, "tandem_demo_paxos");
-    let drop_all = || async {
-        for name in databases(&layout) {
-            tandem_kit::db::drop_database(&layout.server_url, &name).await?;
+    let layout = tandem_cli::launch::Layout::new(&a.server_url, prefix);
+    let names = databases(&layout);
+    let server = layout.server_url.clone();
+    let drop_all = async move || {
+        for name in &names {
+            tandem_kit::db::drop_database(&server, name).await?;
         }
         anyhow::Ok(())
     };
     drop_all().await?;
-    let opts = Options {
-        layout: layout.clone(),
+    let opts = tandem_cli::paxos_demo::Options {
+        layout,
         bin_dir,
         log_dir: None,
         verbose: true,
     };
+    Ok((opts, drop_all))
+}
+
+async fn three_pc_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
+    use tandem_cli::three_pc_demo::{databases, run};
+    let (opts, drop_all) = demo_options(a, "tandem_demo_3pc", databases).await?;
+    let r = run(opts).await?;
+    println!(
+        "coordinator crashed: 3PC committed in {:.1} s (term {}); 2PC blocked {:.1} s until its \
+         coordinator returned, then finished in {:.1} s",
+        r.three_pc_secs, r.three_pc_term, r.two_pc_blocked_secs, r.two_pc_after_restart_secs
+    );
+    drop_all().await
+}
+
+async fn paxos_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
+    use tandem_cli::paxos_demo::{databases, run};
+    let (opts, drop_all) = demo_options(a, "tandem_demo_paxos", databases).await?;
     let report = run(opts).await?;
     println!(
         "takeovers finished under epochs {:?} in {:?} s; {} ballots while a majority was down",

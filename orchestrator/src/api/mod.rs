@@ -213,14 +213,14 @@ fn transactions_api() -> Api<Ctx> {
     Api::new()
         .route(
             "/transactions",
-            api::post("Run a definition as one atomic commit (2PC or Paxos Commit)")
+            api::post("Run a definition as one atomic commit (2PC, 3PC or Paxos Commit)")
                 .query::<sagas::WaitParams>()
                 .header("Idempotency-Key", "1 to 255 visible ASCII characters")
                 .body_schema(api::schema(json!({
                     "type": "object",
                     "required": ["protocol", "definition", "input"],
                     "properties": {
-                        "protocol": {"type": "string", "enum": ["2pc", "paxos-commit"]},
+                        "protocol": {"type": "string", "enum": ["2pc", "3pc", "paxos-commit"]},
                         "definition": {"type": "string"},
                         "version": {"type": "string"},
                         "input": {"type": "object", "description": "checked against the definition's input JSON Schema"}

@@ -60,6 +60,8 @@ pub struct Coordinator {
     capable: Mutex<HashMap<String, Instant>>,
     /// The Paxos Commit leaders of this instance ([`super::paxos`]).
     pub paxos: super::paxos::Leaders,
+    /// The 3PC settings of this instance ([`super::three_phase`]).
+    pub three_pc: super::three_phase::Settings,
 }
 
 impl Coordinator {
@@ -80,6 +82,7 @@ impl Coordinator {
             public_url: OnceLock::new(),
             capable: Mutex::new(HashMap::new()),
             paxos: Default::default(),
+            three_pc: Default::default(),
         })
     }
 
@@ -116,11 +119,17 @@ impl Coordinator {
         if !issues.is_empty() {
             return Err(Error::Invalid(issues));
         }
-        if begin.protocol != "2pc" && begin.protocol != super::paxos::PAXOS_COMMIT {
+        if ![
+            "2pc",
+            super::paxos::PAXOS_COMMIT,
+            super::three_phase::THREE_PC,
+        ]
+        .contains(&begin.protocol.as_str())
+        {
             return Err(Error::invalid(
                 "/protocol",
                 format!(
-                    "unknown protocol {:?}; supported: \"2pc\", \"paxos-commit\"",
+                    "unknown protocol {:?}; supported: \"2pc\", \"paxos-commit\", \"3pc\"",
                     begin.protocol
                 ),
             ));
@@ -295,9 +304,12 @@ impl Coordinator {
             if let Some(d) = &row.decision {
                 return Ok(Some(outcome_of(d)));
             }
-            if row.protocol == super::paxos::PAXOS_COMMIT {
+            if row.protocol == super::paxos::PAXOS_COMMIT
+                || row.protocol == super::three_phase::THREE_PC
+            {
                 // A Paxos Commit leader answers a query only once it decided; nobody presumes
-                // abort (the acceptors may already have chosen Prepared everywhere).
+                // abort (the acceptors may already have chosen Prepared everywhere). Nor for
+                // 3PC: its participants may have terminated with commit without us.
                 return Ok(None);
             }
             if self.work.slots.contains(id) {
@@ -359,6 +371,8 @@ impl Coordinator {
             let id = row.id;
             if row.protocol == super::paxos::PAXOS_COMMIT {
                 me.lead(row, fresh).await;
+            } else if row.protocol == super::three_phase::THREE_PC {
+                me.run_three_phase(row, fresh).await;
             } else {
                 me.drive(row, fresh).await;
             }

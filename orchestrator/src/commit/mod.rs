@@ -13,6 +13,8 @@
 //! - [`drive`]: one transaction's loop: feed the core, execute its actions (write, send, timers)
 //!   and nothing else; `send`: the messages over HTTP.
 //!
+//! - [`three_phase`]: the 3PC coordinator (`"protocol": "3pc"`), same rows and leases; the
+//!   participants' timeouts and termination protocol run in the services.
 //! - [`paxos`]: the Paxos Commit leader (`"protocol": "paxos-commit"`), on the same rows and
 //!   leases, its ballots derived from the lease epoch.
 //!
@@ -26,6 +28,7 @@ pub mod paxos;
 pub mod resolve;
 mod send;
 pub mod store;
+pub mod three_phase;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

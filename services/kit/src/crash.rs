@@ -38,6 +38,8 @@ pub const POINTS: &[&str] = &[
     "orchestrator.paxos.after_votes",
     // orchestrator retention (orchestrator/src/retention.rs)
     "orchestrator.retention.after_forget",
+    // orchestrator 3PC coordinator (orchestrator/src/commit/three_phase.rs)
+    "orchestrator.3pc.after_precommit",
     // Paxos Commit acceptor (services/acceptor)
     "acceptor.after_force",
     // services (the kit's barrier, so every service has them)

@@ -104,8 +104,13 @@ pub enum FaultOp {
     Prepare,
     /// `POST /2pc/commit`.
     Commit,
-    /// `POST /2pc/abort`.
+    /// `POST /2pc/abort` (and a 3PC Abort).
     Abort,
+    /// A 3PC PreCommit from the coordinator (and its Ack).
+    Precommit,
+    /// 3PC's termination protocol between participants: Suspect, StateReq, StateRep, and a
+    /// recovery leader's PreCommit / Ack.
+    Termination,
 }
 
 impl FaultOp {

@@ -57,6 +57,10 @@ pub const KIT_RULES: &[Rule] = &[
     rule("GET", "/faults", Access::Operator),
     rule("POST", "/faults", Access::Operator),
     rule("DELETE", "/faults", Access::Operator),
+    // 3PC: the core's messages between coordinator and participants (the termination
+    // protocol too); the branches' state for audits.
+    rule("POST", "/3pc/msg", Access::Service),
+    rule("GET", "/3pc/{txn_id}", Access::ServiceOrOperator),
     // Retention: the orchestrator telling the service which sagas are final and past retention.
     rule("POST", "/barrier/forget", Access::Service),
 ];
@@ -75,8 +79,10 @@ impl Spec {
     /// own.
     pub fn migrator(&self) -> Migrator {
         let own = Migrator::with_migrations(self.migrations.migrations.to_vec());
-        crate::retention::with_backstop_index(crate::choreo::outbox::migrator(
-            crate::participant::branch::with_branch_table(crate::barrier::migrator(own)),
+        crate::three_phase::with_table(crate::retention::with_backstop_index(
+            crate::choreo::outbox::migrator(crate::participant::branch::with_branch_table(
+                crate::barrier::migrator(own),
+            )),
         ))
     }
 
@@ -289,7 +295,8 @@ impl App {
             .merge(crate::saga::routes(self))
             .merge(crate::participant::routes(self))
             .merge(crate::paxos::routes())
-            .merge(crate::retention::routes());
+            .merge(crate::retention::routes())
+            .merge(crate::three_phase::routes());
         let scrape = crate::metrics::Scrape::default()
             .pool("business", &self.pool)
             .pool("control", &self.control)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# 3PC unblocks 2PC's case on the real processes (docs/commit-protocols.md, "3PC over the
+# services"): the 3PC coordinator dies after PreCommit and the services commit without it, while
+# a 2PC coordinator dying after the votes leaves its services blocked until it returns. Exits
+# non-zero when it observes anything else. Uses the binaries 30-test built (target/debug).
+set -euo pipefail
+cargo tandem commit demo 3pc-unblocks

@@ -1,0 +1,733 @@
+//! 3PC over the services: the participant of every service, driven by the pure
+//! `tandem_protocols::three_phase::Participant` core — its states, its timeouts and its
+//! termination protocol (Skeen's rule) — and the wire format the coordinator (the
+//! orchestrator) and the participants share.
+//!
+//! Every 3PC message is one `POST /3pc/msg` ([`Envelope`]: the transaction, the receiving
+//! participant's index, the sender as a core `NodeId`, and the core's own `Msg`). The answer
+//! carries what the receiver's core sent back to the sender while handling it ([`Replies`]);
+//! whatever it sends to anyone else goes out as a `POST /3pc/msg` of its own, whose replies are
+//! fed back to the core. So participants reach one another directly: the first message of a
+//! transaction (the coordinator's `Begin` to participant 0, or its `CanCommit`) carries a
+//! [`Setup`] with every participant's base URL (`peers`, in the leader order), the action and its
+//! body, and the timeout.
+//!
+//! One task per branch (`(txn_id, step)`) owns its core, its timers and its inbox while the
+//! branch is undecided; it executes the core's actions in order and nothing else:
+//!
+//! | core action | here |
+//! |---|---|
+//! | `ForceWrite(Prepared)` | the branch's local prepare, exactly as `POST /2pc/prepare` runs it (the effect, then `PREPARE TRANSACTION`: [`crate::participant`]); it runs first, because the effect decides the vote the core is built with |
+//! | `Write(PreCommitted)` | `tpc3_branch.state = 'precommitted'` |
+//! | `ForceWrite(Committed)` | `COMMIT PREPARED` (the 2PC participant's commit) |
+//! | `Write(Aborted)`, `Decide(Abort)` | `ROLLBACK PREPARED` / the unprepared work dropped (the 2PC participant's abort) |
+//! | `Send(m)` to the sender | the HTTP answer's `replies` |
+//! | `Send(m)` to participant `q` | `POST {peers[q]}/3pc/msg`, its replies fed back |
+//! | `SetTimer(Peer(x))` | fires after the transaction's `timeout_ms` unless cancelled |
+//!
+//! `tpc3_branch` (the kit's migration) keeps the branch's setup and its core's last state; the
+//! records themselves are Postgres's (`pg_prepared_xacts`, `tpc_committed`). A participant
+//! that restarts is outside the core's crash-stop model: it is rebuilt with the core's
+//! `recover` from those records — uncertain or pre-committed, but **passive** (no timer: it
+//! answers state requests and decisions, it never starts a termination itself).
+//!
+//! Faults ([`crate::faults`]) apply to every 3PC message, scoped by `txn_id` and the sender
+//! (`Tandem-Sender`): `op` `prepare` (Begin / CanCommit), `precommit` (PreCommit), `commit`
+//! (DoCommit), `abort`, and `termination` (Suspect, StateReq, StateRep, Ack of a later term).
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::migrate::Migrator;
+use tandem_protocols::three_phase::{Msg, PState, Participant, Record, Timer};
+use tandem_protocols::{Action, Actions, Input, NodeId, Outcome, Role, Vote};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::api::{self, Api};
+use crate::faults::{FaultOp, Message, Sender};
+use crate::http::{Json, Path};
+use crate::participant::branch::{self, BranchId, Seen};
+use crate::participant::{self, BranchRequest, MAX_URL_LEN, PrepareRequest};
+use crate::problem::Problem;
+use crate::service::App;
+
+/// Migration version of the 3PC branch table in every service.
+pub const MIGRATION_VERSION: i64 = 20_261_201_021_721;
+
+pub const DDL: &str = r#"
+CREATE TABLE tpc3_branch (
+    txn_id          uuid        NOT NULL,
+    step            integer     NOT NULL CHECK (step BETWEEN 0 AND 63),
+    n               integer     NOT NULL CHECK (n BETWEEN 1 AND 64),
+    -- every participant's base URL, in the leader order (index = step)
+    peers           jsonb       NOT NULL,
+    coordinator_url text        NOT NULL,
+    timeout_ms      bigint      NOT NULL,
+    -- the core's state after its last write: working, uncertain, precommitted, committed, aborted
+    state           text        NOT NULL,
+    -- the core's term (0: the coordinator leads; k: participant k-1 leads)
+    term            integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (txn_id, step)
+);
+"#;
+
+/// `migrator` plus the 3PC branch table as version [`MIGRATION_VERSION`].
+pub fn with_table(migrator: Migrator) -> Migrator {
+    crate::barrier::with_migration(migrator, MIGRATION_VERSION, "tandem kit 3pc branches", DDL)
+}
+
+/// Longest accepted participant timeout.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Most participants in a 3PC transaction.
+pub const MAX_PARTICIPANTS: u8 = 64;
+
+/// What the first message of a branch carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setup {
+    /// The action's path (`/reservations`): the same effect as that saga action.
+    pub action: String,
+    pub body: Value,
+    /// The coordinator (the orchestrator's base URL).
+    pub coordinator_url: String,
+    /// Every participant's base URL, index = step (the leader order after the coordinator).
+    pub peers: Vec<String>,
+    /// How long a participant waits for its leader (and a recovery leader for a reply).
+    pub timeout_ms: u64,
+}
+
+/// `POST /3pc/msg` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub txn_id: Uuid,
+    /// The receiving participant (its step index).
+    pub to: u8,
+    /// Participants of the transaction.
+    pub n: u8,
+    pub from: NodeId,
+    /// The core's message; `null` is the initiator's `Begin` (to participant 0, with `setup`).
+    pub msg: Option<Msg>,
+    #[serde(default)]
+    pub setup: Option<Setup>,
+}
+
+/// `POST /3pc/msg` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replies {
+    /// What the receiver's core sent back to the sender.
+    pub replies: Vec<Msg>,
+    /// The receiver's state afterwards.
+    pub state: PState,
+    /// A NO vote's problem.
+    #[serde(default)]
+    pub reason: Option<Value>,
+}
+
+/// The fault `op` of a 3PC message.
+pub fn fault_op(msg: Option<&Msg>) -> FaultOp {
+    match msg {
+        None | Some(Msg::BeginCommit | Msg::CanCommit | Msg::Vote(_)) => FaultOp::Prepare,
+        Some(Msg::PreCommit { term: 0 } | Msg::Ack { term: 0 }) => FaultOp::Precommit,
+        Some(Msg::DoCommit) => FaultOp::Commit,
+        Some(Msg::Abort) => FaultOp::Abort,
+        Some(_) => FaultOp::Termination,
+    }
+}
+
+/// The message kind counted in `/stats`.
+pub fn kind(msg: Option<&Msg>) -> &'static str {
+    match msg {
+        None => "3pc_begin",
+        Some(Msg::BeginCommit) => "3pc_begin_commit",
+        Some(Msg::CanCommit) => "3pc_can_commit",
+        Some(Msg::Vote(_)) => "3pc_vote",
+        Some(Msg::PreCommit { .. }) => "3pc_pre_commit",
+        Some(Msg::Ack { .. }) => "3pc_ack",
+        Some(Msg::DoCommit) => "3pc_do_commit",
+        Some(Msg::Abort) => "3pc_abort",
+        Some(Msg::StateReq { .. }) => "3pc_state_req",
+        Some(Msg::StateRep { .. }) => "3pc_state_rep",
+        Some(Msg::Suspect { .. }) => "3pc_suspect",
+    }
+}
+
+/// POST an envelope to `{base}/3pc/msg`: the receiver's replies, or what went wrong.
+pub async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    env: &Envelope,
+    timeout: Duration,
+) -> Result<Replies, String> {
+    let url = format!("{}/3pc/msg", base.trim_end_matches('/'));
+    let r = http
+        .post(&url)
+        .json(env)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = r.status();
+    if !status.is_success() {
+        let text = r.text().await.unwrap_or_default();
+        return Err(format!("POST {url}: {status} {text}"));
+    }
+    r.json().await.map_err(|e| format!("POST {url}: {e}"))
+}
+
+/// The 3PC participant endpoints.
+pub fn routes() -> Api<App> {
+    Api::new()
+        .route(
+            "/3pc/msg",
+            api::post("A 3PC message (the core's, between coordinator and participants)")
+                .body_schema(api::schema(json!({
+                    "type": "object",
+                    "required": ["txn_id", "to", "n", "from"],
+                    "properties": {
+                        "txn_id": {"type": "string", "format": "uuid"},
+                        "to": {"type": "integer", "minimum": 0, "maximum": 255},
+                        "n": {"type": "integer", "minimum": 1, "maximum": 255},
+                        "from": {"type": "object", "description": "the sender's node id"},
+                        "msg": {"description": "the core's message; null: participant 0's Begin"},
+                        "setup": {"type": "object", "description": "peers, action, body, timeout"}
+                    },
+                    "additionalProperties": false
+                })))
+                .answer_schema(
+                    200,
+                    "`{\"replies\", \"state\"}`: what the receiver's core sent back",
+                    api::object(),
+                ),
+            receive,
+        )
+        .route(
+            "/3pc/{txn_id}",
+            api::get("This service's 3PC branches of a transaction")
+                .path_uuid()
+                .answer_schema(200, "the branches' states", api::object()),
+            view,
+        )
+}
+
+#[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
+fn check(env: &Envelope) -> Result<(), Problem> {
+    if env.n == 0 || env.n > MAX_PARTICIPANTS {
+        return Err(Problem::invalid(
+            "/n",
+            format!("must be 1 to {MAX_PARTICIPANTS}"),
+        ));
+    }
+    if env.to >= env.n {
+        return Err(Problem::invalid("/to", "must be below n"));
+    }
+    if env.msg.is_none() && (env.to != 0 || env.setup.is_none()) {
+        return Err(Problem::invalid(
+            "/msg",
+            "null (Begin) goes to participant 0 with a setup",
+        ));
+    }
+    if let Some(s) = &env.setup {
+        if s.peers.len() != usize::from(env.n) {
+            return Err(Problem::invalid("/setup/peers", "must list n base URLs"));
+        }
+        let urls = s
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("/setup/peers/{i}"), u))
+            .chain(std::iter::once((
+                "/setup/coordinator_url".to_string(),
+                &s.coordinator_url,
+            )));
+        for (pointer, url) in urls {
+            let ok = url.len() <= MAX_URL_LEN
+                && reqwest::Url::parse(url)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return Err(Problem::invalid(pointer, "must be an http(s) URL"));
+            }
+        }
+        if s.timeout_ms == 0 || s.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(Problem::invalid(
+                "/setup/timeout_ms",
+                format!("must be 1 to {MAX_TIMEOUT_MS}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn receive(
+    State(app): State<App>,
+    from: Sender,
+    Json(env): Json<Envelope>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let m = Message {
+        op: fault_op(env.msg.as_ref()),
+        key: None,
+        order_id: env
+            .setup
+            .as_ref()
+            .and_then(|s| s.body.get("order_id"))
+            .and_then(Value::as_str),
+        txn_id: Some(env.txn_id),
+        from: from.0.as_deref(),
+    };
+    let injection = match app.faults.intercept(m).await {
+        Err(refused) => return refused,
+        Ok(injection) => injection,
+    };
+    crate::stats::message_received(&app.control, kind(env.msg.as_ref()));
+    let answer = match check(&env) {
+        Err(p) => p.into_response(),
+        Ok(()) => match deliver(&app, env).await {
+            Ok(r) => Json(r).into_response(),
+            Err(p) => p.into_response(),
+        },
+    };
+    injection.finish(answer)
+}
+
+/// What reaches a branch's task.
+struct Job {
+    from: NodeId,
+    msg: Option<Msg>,
+    setup: Option<Setup>,
+    n: u8,
+    /// The HTTP request waiting for the replies (none for a reply fed back).
+    answer: Option<oneshot::Sender<Result<Replies, Problem>>>,
+}
+
+type Key = (&'static str, Uuid, u8);
+
+/// The running branch tasks of this process.
+static BRANCHES: LazyLock<Mutex<HashMap<Key, mpsc::UnboundedSender<Job>>>> =
+    LazyLock::new(Default::default);
+
+/// Hand the message to its branch's task (starting one if none runs) and wait for the replies.
+async fn deliver(app: &App, env: Envelope) -> Result<Replies, Problem> {
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        from: env.from,
+        msg: env.msg,
+        setup: env.setup,
+        n: env.n,
+        answer: Some(tx),
+    };
+    submit(app, env.txn_id, env.to, job);
+    rx.await
+        .unwrap_or_else(|_| Err(Problem::unavailable("the branch's task ended; resend")))
+}
+
+/// Queue `job` for branch `(txn, p)`, starting its task if none runs.
+fn submit(app: &App, txn: Uuid, p: u8, job: Job) {
+    let key = (app.spec.name, txn, p);
+    let mut map = BRANCHES.lock().expect("3pc branches lock");
+    let job = match map.get(&key) {
+        Some(tx) => match tx.send(job) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(job)) => job,
+        },
+        None => job,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(job);
+    map.insert(key, tx);
+    let app = app.clone();
+    tokio::spawn(async move {
+        run(&app, txn, p, rx).await;
+        let mut map = BRANCHES.lock().expect("3pc branches lock");
+        if map.get(&key).is_some_and(|tx| tx.is_closed()) {
+            map.remove(&key);
+        }
+    });
+}
+
+/// The branch's setup as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Row {
+    n: i32,
+    peers: sqlx::types::Json<Vec<String>>,
+    timeout_ms: i64,
+    state: String,
+}
+
+/// One branch: its core, timers and where its messages go.
+struct Branch<'a> {
+    app: &'a App,
+    id: BranchId,
+    p: u8,
+    core: Participant,
+    peers: Vec<String>,
+    timeout: Duration,
+    timers: HashMap<Timer, Instant>,
+    reason: Option<Value>,
+    http: reqwest::Client,
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+/// A branch's task: open it with its first job, then handle jobs and timers until it decided.
+async fn run(app: &App, txn: Uuid, p: u8, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let Some(first) = rx.recv().await else { return };
+    let id = BranchId {
+        txn_id: txn,
+        step: u16::from(p),
+    };
+    let key = (app.spec.name, txn, p);
+    let tx = match BRANCHES.lock().expect("3pc branches lock").get(&key) {
+        Some(tx) => tx.clone(),
+        None => return,
+    };
+    let mut b = match Branch::open(app, id, p, &first, tx).await {
+        Ok(b) => b,
+        Err(problem) => {
+            if let Some(answer) = first.answer {
+                let _ = answer.send(Err(problem));
+            }
+            return;
+        }
+    };
+    b.handle(first).await;
+    while !b.finished() {
+        let next = b.timers.iter().min_by_key(|(_, at)| **at);
+        let next = next.map(|(t, at)| (t.clone(), *at));
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => b.handle(job).await,
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next.as_ref().map_or(far, |n| n.1)), if next.is_some() => {
+                let timer = next.expect("armed").0;
+                b.timers.remove(&timer);
+                tracing::info!(branch = %b.id, ?timer, "3pc: timeout");
+                let actions = b.core.handle(Input::Timeout(timer));
+                let mut replies = vec![];
+                if let Err(p) = b.execute(actions, None, &mut replies).await {
+                    tracing::warn!(branch = %b.id, problem = %p, "3pc: executing a timeout failed");
+                }
+            }
+        }
+    }
+    // Decided: later messages (a state request, a duplicate decision) rebuild the branch from
+    // the database. Jobs already queued are answered first.
+    rx.close();
+    while let Some(job) = rx.recv().await {
+        b.handle(job).await;
+    }
+}
+
+impl<'a> Branch<'a> {
+    async fn open(
+        app: &'a App,
+        id: BranchId,
+        p: u8,
+        first: &Job,
+        tx: mpsc::UnboundedSender<Job>,
+    ) -> Result<Branch<'a>, Problem> {
+        let http = reqwest::Client::builder()
+            .default_headers(crate::faults::sender_headers(&app.node))
+            .build()
+            .map_err(Problem::internal)?;
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT n, peers, timeout_ms, state FROM tpc3_branch
+             WHERE txn_id = $1 AND step = $2",
+        )
+        .bind(id.txn_id)
+        .bind(i32::from(id.step))
+        .fetch_optional(&app.control)
+        .await?;
+        crate::stats::read_committed(&app.control);
+        let mut b = Branch {
+            app,
+            id,
+            p,
+            core: Participant::recover(p, first.n, &[]).0,
+            peers: vec![],
+            timeout: Duration::from_secs(1),
+            timers: HashMap::new(),
+            reason: None,
+            http,
+            tx,
+        };
+        match (row, &first.setup) {
+            (Some(row), _) => {
+                // Seen before by a task of this process that ended, or before a restart.
+                b.peers = row.peers.0;
+                b.timeout = Duration::from_millis(u64::try_from(row.timeout_ms).unwrap_or(1000));
+                let n = u8::try_from(row.n).unwrap_or(first.n);
+                let seen = branch::seen(&mut *app.control.acquire().await?, id).await?;
+                crate::stats::read_committed(&app.control);
+                let log: &[Record] = match (&seen, row.state.as_str()) {
+                    (Seen::Committed, _) => &[Record::Prepared, Record::Committed],
+                    (Seen::Aborted { .. }, _) => &[Record::Aborted],
+                    (Seen::Prepared, "precommitted") => &[Record::Prepared, Record::PreCommitted],
+                    (Seen::Prepared, _) => &[Record::Prepared],
+                    (Seen::Unknown | Seen::Preparing, _) => &[],
+                };
+                if let Seen::Aborted { reason } = &seen {
+                    b.reason.clone_from(reason);
+                }
+                let (core, actions) = Participant::recover(p, n, log);
+                b.core = core;
+                b.execute(actions, None, &mut vec![]).await?;
+            }
+            (None, Some(setup)) => {
+                b.peers.clone_from(&setup.peers);
+                b.timeout = Duration::from_millis(setup.timeout_ms);
+                b.log_setup(first.n, setup).await?;
+                let vote = b.prepare_locally(setup).await?;
+                let (core, actions) = Participant::new(p, first.n, vote);
+                b.core = core;
+                b.execute(actions, None, &mut vec![]).await?;
+            }
+            (None, None) => {
+                // Never asked to vote (its CanCommit lost or not yet arrived): a core that has
+                // not voted; it aborts when asked for its state or told to abort.
+                let (core, actions) = Participant::new(p, first.n, Vote::No);
+                b.core = core;
+                b.execute(actions, None, &mut vec![]).await?;
+            }
+        }
+        Ok(b)
+    }
+
+    /// Whether the core decided (nothing more to wait for).
+    fn finished(&self) -> bool {
+        matches!(self.core.state, PState::Committed | PState::Aborted)
+    }
+
+    /// The branch row (its setup), committed before the effect runs.
+    async fn log_setup(&self, n: u8, s: &Setup) -> Result<(), Problem> {
+        sqlx::query(
+            "INSERT INTO tpc3_branch (txn_id, step, n, peers, coordinator_url, timeout_ms, state)
+             VALUES ($1, $2, $3, $4, $5, $6, 'working') ON CONFLICT DO NOTHING",
+        )
+        .bind(self.id.txn_id)
+        .bind(i32::from(self.id.step))
+        .bind(i32::from(n))
+        .bind(sqlx::types::Json(&s.peers))
+        .bind(&s.coordinator_url)
+        .bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
+        .execute(&self.app.control)
+        .await?;
+        crate::stats::write_committed(&self.app.control);
+        Ok(())
+    }
+
+    /// The core's `ForceWrite(Prepared)` is the 2PC participant's local prepare; it runs before
+    /// the core is built, because the effect decides the vote.
+    async fn prepare_locally(&mut self, s: &Setup) -> Result<Vote, Problem> {
+        let req = PrepareRequest {
+            txn_id: self.id.txn_id,
+            step: self.id.step,
+            action: s.action.clone(),
+            body: s.body.clone(),
+            coordinator_url: s.coordinator_url.clone(),
+        };
+        let answer = participant::prepare_branch(self.app, &req)
+            .await
+            .map_err(|mut p| {
+                for issue in &mut p.errors {
+                    issue.pointer = format!("/setup{}", issue.pointer);
+                }
+                p
+            })?;
+        if answer["vote"] == "yes" {
+            Ok(Vote::Yes)
+        } else {
+            self.reason = answer.get("reason").cloned();
+            Ok(Vote::No)
+        }
+    }
+
+    /// Feed one message to the core and answer its sender.
+    async fn handle(&mut self, job: Job) {
+        let input = match job.msg {
+            None => Input::Begin,
+            Some(msg) => Input::Receive {
+                from: job.from,
+                msg,
+            },
+        };
+        let actions = self.core.handle(input);
+        let mut replies = vec![];
+        // Only a request waiting for its answer takes replies: to the sender of a reply fed
+        // back (a StateRep, an Ack) the core's messages go out as messages of their own.
+        let sender = job.answer.is_some().then_some(job.from);
+        let done = self.execute(actions, sender, &mut replies).await;
+        if let Some(answer) = job.answer {
+            let _ = answer.send(done.map(|()| Replies {
+                replies,
+                state: self.core.state,
+                reason: self.reason.clone(),
+            }));
+        } else if let Err(p) = done {
+            tracing::warn!(branch = %self.id, problem = %p, "3pc: executing a reply failed");
+        }
+    }
+
+    /// Execute the core's actions in order; sends to `sender` become `replies`.
+    async fn execute(
+        &mut self,
+        actions: Actions<Participant>,
+        sender: Option<NodeId>,
+        replies: &mut Vec<Msg>,
+    ) -> Result<(), Problem> {
+        let branch = BranchRequest {
+            txn_id: self.id.txn_id,
+            step: self.id.step,
+        };
+        for action in actions {
+            match action {
+                // Done by the local prepare, before the core was built.
+                Action::ForceWrite(Record::Prepared) => self.write_state().await?,
+                Action::Write(Record::PreCommitted) => self.write_state().await?,
+                Action::ForceWrite(Record::Committed) => {
+                    participant::commit(self.app, &branch).await?;
+                    tracing::info!(branch = %self.id, term = self.core.term, "3pc: committed");
+                    self.write_state().await?;
+                }
+                Action::Write(Record::Aborted) => {
+                    participant::abort(self.app, &branch).await?;
+                    tracing::info!(branch = %self.id, term = self.core.term, "3pc: aborted");
+                    self.write_state().await?;
+                }
+                Action::Decide(Outcome::Abort) => {
+                    // After a NO vote or a recovery that finds no prepared work, the abort is
+                    // the decision itself (idempotent after `Write(Aborted)`).
+                    participant::abort(self.app, &branch).await?;
+                    self.write_state().await?;
+                }
+                Action::Decide(Outcome::Commit) | Action::Forget => {}
+                Action::Send { to, msg } if Some(to) == sender => replies.push(msg),
+                Action::Send {
+                    to: NodeId::Participant(q),
+                    msg,
+                } => self.send(q, msg),
+                Action::Send { to, msg } => {
+                    tracing::warn!(branch = %self.id, ?to, ?msg, "3pc: no route to this node outside a reply");
+                }
+                Action::SetTimer(t) => {
+                    self.timers.insert(t, Instant::now() + self.timeout);
+                }
+                Action::CancelTimer(t) => {
+                    self.timers.remove(&t);
+                }
+                Action::ForceWrite(r) | Action::Write(r) => {
+                    return Err(Problem::internal(format!(
+                        "branch {}: the 3PC participant core asked to write {r:?}",
+                        self.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `tpc3_branch.state` and `term` from the core (no-op for a branch without a row).
+    async fn write_state(&self) -> Result<(), Problem> {
+        sqlx::query(
+            "UPDATE tpc3_branch SET state = $3, term = $4, updated_at = now()
+             WHERE txn_id = $1 AND step = $2",
+        )
+        .bind(self.id.txn_id)
+        .bind(i32::from(self.id.step))
+        .bind(state_name(self.core.state))
+        .bind(i32::from(self.core.term))
+        .execute(&self.app.control)
+        .await?;
+        crate::stats::write_committed(&self.app.control);
+        Ok(())
+    }
+
+    /// `POST {peers[q]}/3pc/msg` in the background; its replies come back as messages from `q`.
+    fn send(&self, q: u8, msg: Msg) {
+        let Some(base) = self.peers.get(usize::from(q)).cloned() else {
+            tracing::warn!(branch = %self.id, q, "3pc: no address for participant");
+            return;
+        };
+        let env = Envelope {
+            txn_id: self.id.txn_id,
+            to: q,
+            n: self.core.n,
+            from: NodeId::Participant(self.p),
+            msg: Some(msg),
+            setup: None,
+        };
+        let (http, timeout, tx, app) = (
+            self.http.clone(),
+            self.timeout,
+            self.tx.clone(),
+            self.app.control.clone(),
+        );
+        let id = self.id;
+        tokio::spawn(async move {
+            crate::stats::message_sent(&app, kind(env.msg.as_ref()));
+            match send(&http, &base, &env, timeout).await {
+                Ok(r) => {
+                    for msg in r.replies {
+                        let _ = tx.send(Job {
+                            from: NodeId::Participant(q),
+                            msg: Some(msg),
+                            setup: None,
+                            n: env.n,
+                            answer: None,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(branch = %id, error = %e, "3pc: a message was not delivered")
+                }
+            }
+        });
+    }
+}
+
+/// The state's name in `tpc3_branch` and the view.
+pub fn state_name(s: PState) -> &'static str {
+    match s {
+        PState::Working => "working",
+        PState::Uncertain => "uncertain",
+        PState::PreCommitted => "precommitted",
+        PState::Committed => "committed",
+        PState::Aborted => "aborted",
+    }
+}
+
+/// `GET /3pc/{txn_id}`: this service's branches of a transaction (state, term, and whether
+/// Postgres still holds a prepared transaction for it).
+async fn view(State(app): State<App>, Path(txn_id): Path<Uuid>) -> Result<Json<Value>, Problem> {
+    let rows: Vec<(i32, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT step, state, term, updated_at FROM tpc3_branch WHERE txn_id = $1 ORDER BY step",
+    )
+    .bind(txn_id)
+    .fetch_all(&app.control)
+    .await?;
+    crate::stats::read_committed(&app.control);
+    let mut branches = vec![];
+    for (step, state, term, updated_at) in rows {
+        let id = BranchId {
+            txn_id,
+            step: u16::try_from(step).unwrap_or(0),
+        };
+        let seen = branch::seen(&mut *app.control.acquire().await?, id).await?;
+        branches.push(json!({
+            "step": step, "state": state, "term": term, "updated_at": updated_at,
+            "prepared": seen == Seen::Prepared,
+        }));
+    }
+    Ok(Json(
+        json!({ "txn_id": txn_id, "service": app.spec.name, "branches": branches }),
+    ))
+}
