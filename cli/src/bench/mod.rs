@@ -15,7 +15,8 @@
 //! - [`stats`]: counters, CPU and memory snapshots, the machine and Postgres settings;
 //! - [`commit`]: an atomic commit's costs (lock holds, messages, forced writes, formulas);
 //! - [`ceiling`]: the raw commit ceiling; [`target`]: the stack under test (the launcher);
-//! - [`report`]: results and their table.
+//! - [`report`]: results and their table;
+//! - [`console`]: `tandem saga bench-console`, the console's reads over 100,000 stored sagas.
 //!
 //! By default the stack runs as the real binaries, child processes of this one (per-process RSS,
 //! per-process runtimes as deployed); `--stack in-process` runs it in this process;
@@ -23,6 +24,7 @@
 
 pub mod ceiling;
 pub mod commit;
+pub mod console;
 pub mod measure;
 pub mod report;
 pub mod stats;

@@ -6,8 +6,10 @@
 //!   saga is completed, compensated or failed), `GET /sagas/{id}` (`?wait=` long-polls),
 //!   `GET /sagas?status=&definition=&limit=&cursor=`;
 //! - [`actions`]: `POST /sagas/{id}/cancel`, `/retry-now`, `/resume` (`/retry`: its old name);
-//! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`;
-//! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`, `GET /transactions`,
+//! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`,
+//!   `GET /definitions/{name}/versions` (every stored version, newest first);
+//! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`,
+//!   `GET /transactions?state=&protocol=&limit=&cursor=`,
 //!   `GET /transactions/{id}/decision` (participants ask "what was decided?"),
 //!   `POST /transactions/{id}/resolve` (an operator's heuristic decision);
 //! - [`paxos`]: `POST /transactions/{id}/paxos` (an acceptor's message for a Paxos Commit
@@ -62,6 +64,7 @@ pub fn router(ctx: Ctx) -> Router {
             post(definitions::create).get(definitions::list),
         )
         .route("/definitions/{name}", get(definitions::get_one))
+        .route("/definitions/{name}/versions", get(definitions::versions))
         .route(
             "/transactions",
             post(transactions::create).get(transactions::list),
