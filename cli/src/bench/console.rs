@@ -61,14 +61,14 @@ async fn real_sagas(c: &Client) -> anyhow::Result<Vec<Template>> {
     let mut short: Value = serde_json::from_str(orchestrator::CHECKOUT_DEFINITION)?;
     short["name"] = json!("checkout-short-budget");
     short["policy"]["compensation_max_attempts"] = json!(2);
-    let r = c
-        .send_json(
-            reqwest::Method::POST,
-            &format!("{}/definitions", c.orchestrator),
-            &short,
-        )
-        .await?;
-    ensure!(r.status < 300, "POST /definitions: {} {}", r.status, r.body);
+    // And one no saga uses: the console's definition filter offers it too.
+    let mut unused = short.clone();
+    unused["name"] = json!("checkout-unused");
+    for def in [&short, &unused] {
+        let url = format!("{}/definitions", c.orchestrator);
+        let r = c.send_json(reqwest::Method::POST, &url, def).await?;
+        ensure!(r.status < 300, "POST /definitions: {} {}", r.status, r.body);
+    }
     ensure!(c.set_stock("sku-bench", 1000).await?.status == 200);
     c.add_fault(
         "payment",
@@ -238,6 +238,10 @@ fn probes(sample: Vec<(Uuid, String)>, middle: Uuid, from: String, to: String) -
         list(
             "filter: definition=checkout-short-budget",
             "definition=checkout-short-budget".into(),
+        ),
+        list(
+            "filter: definition no saga uses",
+            "definition=checkout-unused".into(),
         ),
         list(
             "filter: status=compensated&definition=checkout",
