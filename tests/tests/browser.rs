@@ -297,6 +297,11 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
         json!([[new_version, "true", 3], [old_version, "false", 3]]),
     )
     .await;
+    js(
+        &b,
+        "document.querySelector(\"[data-definition='checkout-short-budget']\").scrollIntoView()",
+    )
+    .await;
     screenshot(&b, "console-definitions.png").await;
 
     b.close().await.unwrap();

@@ -48,7 +48,7 @@ async function api(path, options) {
 
 function show(...nodes) {
   const view = document.getElementById("view");
-  view.replaceChildren(...nodes.flat());
+  view.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function setNav(which) {
