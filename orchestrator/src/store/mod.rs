@@ -183,7 +183,7 @@ pub async fn definition_versions(
     name: &str,
     limit: i64,
 ) -> Result<Vec<(String, Value, DateTime<Utc>)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as(
         "SELECT version, body, created_at FROM definitions WHERE name = $1 \
          ORDER BY seq DESC LIMIT $2",
     )
@@ -192,15 +192,7 @@ pub async fn definition_versions(
     .fetch_all(pool)
     .await?;
     tandem_kit::stats::read_committed(pool);
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("version")?,
-                r.try_get("body")?,
-                r.try_get("created_at")?,
-            ))
-        })
-        .collect()
+    Ok(rows)
 }
 
 pub async fn definition(
