@@ -395,6 +395,17 @@ async fn transactions(c: &Client) -> (String, String) {
         assert_eq!(r.body["state"], want, "{}", r.body);
         ids.push(r.body["id"].as_str().unwrap().to_string());
     }
+    // The list's protocol filter (what the page's select asks for).
+    for (protocol, want) in [("2pc", 2), ("paxos-commit", 0)] {
+        let url = format!("{}/transactions?protocol={protocol}", c.orchestrator);
+        let r = c.get(&url).await.unwrap();
+        assert_eq!(
+            r.body["items"].as_array().map(Vec::len),
+            Some(want),
+            "{}",
+            r.body
+        );
+    }
     (ids[0].clone(), ids[1].clone())
 }
 
