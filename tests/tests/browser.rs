@@ -278,31 +278,7 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
 
     transactions_pages(&b, &committed, &aborted).await;
 
-    // The definitions page draws every version's steps and compensations: a second version of
-    // checkout-short-budget (the failed saga stays on the first) makes two, the newer current.
-    let mut def: Value = serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();
-    def["name"] = json!("checkout-short-budget");
-    def["policy"]["compensation_max_attempts"] = json!(3);
-    let r = tandem_tests::post_definition(&c, &def).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let new_version = r.body["version"].as_str().unwrap().to_string();
-    open(&b, "#/definitions").await;
-    let versions = "[...document.querySelectorAll(\"[data-definition='checkout-short-budget'] .version\")]\
-                    .map(v => [v.dataset.version, v.dataset.current, v.querySelectorAll('.node.comp').length])";
-    let old_version = c.wait_saga(&failed, 0).await.unwrap()["version"].clone();
-    until(
-        &b,
-        "both versions, newest first, each with its three compensations",
-        versions,
-        json!([[new_version, "true", 3], [old_version, "false", 3]]),
-    )
-    .await;
-    js(
-        &b,
-        "document.querySelector(\"[data-definition='checkout-short-budget']\").scrollIntoView()",
-    )
-    .await;
-    screenshot(&b, "console-definitions.png").await;
+    definitions_page(&b, &c, &failed).await;
 
     b.close().await.unwrap();
     drop(driver);
@@ -450,4 +426,34 @@ async fn transactions_pages(b: &Browser, committed: &str, aborted: &str) {
         );
     }
     screenshot(b, "console-transaction.png").await;
+}
+
+/// The definitions page draws every version's steps and compensations: a second version of
+/// checkout-short-budget (the failed saga stays on the first) makes two, the newer current.
+async fn definitions_page(b: &Browser, c: &Client, failed: &str) {
+    // The definitions page draws every version's steps and compensations: a second version of
+    // checkout-short-budget (the failed saga stays on the first) makes two, the newer current.
+    let mut def: Value = serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();
+    def["name"] = json!("checkout-short-budget");
+    def["policy"]["compensation_max_attempts"] = json!(3);
+    let r = tandem_tests::post_definition(c, &def).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let new_version = r.body["version"].as_str().unwrap().to_string();
+    open(b, "#/definitions").await;
+    let versions = "[...document.querySelectorAll(\"[data-definition='checkout-short-budget'] .version\")]\
+                    .map(v => [v.dataset.version, v.dataset.current, v.querySelectorAll('.node.comp').length])";
+    let old_version = c.wait_saga(failed, 0).await.unwrap()["version"].clone();
+    until(
+        b,
+        "both versions, newest first, each with its three compensations",
+        versions,
+        json!([[new_version, "true", 3], [old_version, "false", 3]]),
+    )
+    .await;
+    js(
+        b,
+        "document.querySelector(\"[data-definition='checkout-short-budget']\").scrollIntoView()",
+    )
+    .await;
+    screenshot(b, "console-definitions.png").await;
 }

@@ -316,6 +316,69 @@ async fn run_probe(c: &Client, p: &Probe, requests: usize) -> anyhow::Result<Pro
 }
 
 /// Run the bench; `json`: print the figures as JSON instead of a table.
+/// Run the real sagas, store the copies, time the probes: the report.
+async fn run(
+    c: &Client,
+    layout: &Layout,
+    a: &ConsoleBenchArgs,
+    machine: Value,
+) -> anyhow::Result<Value> {
+    let pool = tandem_kit::db::connect(&layout.database_url("orchestrator"), 2).await?;
+    eprintln!("running real sagas to copy …");
+    let templates = real_sagas(c).await?;
+    let started = Instant::now();
+    eprintln!("storing {} sagas …", a.sagas);
+    store_copies(&pool, &templates, a.sagas, a.days).await?;
+    let stored_secs = started.elapsed().as_secs_f64();
+    let (total, events): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM sagas), (SELECT count(*) FROM saga_events)")
+            .fetch_one(&pool)
+            .await?;
+    let sample: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, business_key FROM sagas TABLESAMPLE BERNOULLI (1) \
+         WHERE business_key LIKE 'bench-%' LIMIT 500",
+    )
+    .fetch_all(&pool)
+    .await?;
+    ensure!(!sample.is_empty(), "no stored saga sampled");
+    let middle: Uuid = sqlx::query_scalar("SELECT id FROM sagas ORDER BY id OFFSET $1 LIMIT 1")
+        .bind(total / 2)
+        .fetch_one(&pool)
+        .await?;
+    let day = chrono::Utc::now() - chrono::Duration::days(i64::from(a.days) / 2);
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let (from, to) = (fmt(day), fmt(day + chrono::Duration::days(1)));
+    let mut results = Vec::new();
+    for p in probes(sample, middle, from, to) {
+        // A few untimed requests first (connections, plans, caches).
+        run_probe(c, &p, 5).await?;
+        let r = run_probe(c, &p, a.requests).await?;
+        eprintln!(
+            "{:<50} p50 {:>7.2} ms  p95 {:>7.2} ms  (target {:>3}) {}",
+            r.name,
+            r.latency.p50_ms,
+            r.latency.p95_ms,
+            r.target_p95_ms,
+            if r.met { "ok" } else { "MISSED" }
+        );
+        results.push(r);
+    }
+    let pg = postgres_settings(&a.database_url).await?;
+    let size: String = sqlx::query_scalar(
+        "SELECT pg_size_pretty(pg_total_relation_size('sagas') + \
+         pg_total_relation_size('saga_events'))",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    Ok(json!({
+        "sagas": total, "events": events, "stored_in_secs": stored_secs,
+        "tables_size": size, "requests_per_probe": a.requests,
+        "machine": machine, "loadavg_at_end": load.trim(), "postgres": pg,
+        "results": results,
+    }))
+}
+
 pub async fn bench_console(a: ConsoleBenchArgs, json: bool) -> anyhow::Result<()> {
     ensure!(a.sagas >= 1000, "--sagas: at least 1000");
     ensure!(a.requests >= 20, "--requests: at least 20");
@@ -326,64 +389,7 @@ pub async fn bench_console(a: ConsoleBenchArgs, json: bool) -> anyhow::Result<()
     cfg.orchestrator = Box::new(|c| c.db_pool_size = 8);
     let stack = Stack::start(cfg).await?;
     let c = Client::for_stack(&stack);
-    let r = async {
-        let pool = tandem_kit::db::connect(&layout.database_url("orchestrator"), 2).await?;
-        eprintln!("running real sagas to copy …");
-        let templates = real_sagas(&c).await?;
-        let started = Instant::now();
-        eprintln!("storing {} sagas …", a.sagas);
-        store_copies(&pool, &templates, a.sagas, a.days).await?;
-        let stored_secs = started.elapsed().as_secs_f64();
-        let (total, events): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM sagas), (SELECT count(*) FROM saga_events)",
-        )
-        .fetch_one(&pool)
-        .await?;
-        let sample: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, business_key FROM sagas TABLESAMPLE BERNOULLI (1) \
-             WHERE business_key LIKE 'bench-%' LIMIT 500",
-        )
-        .fetch_all(&pool)
-        .await?;
-        ensure!(!sample.is_empty(), "no stored saga sampled");
-        let middle: Uuid = sqlx::query_scalar("SELECT id FROM sagas ORDER BY id OFFSET $1 LIMIT 1")
-            .bind((total / 2) as i64)
-            .fetch_one(&pool)
-            .await?;
-        let day = chrono::Utc::now() - chrono::Duration::days(i64::from(a.days) / 2);
-        let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let (from, to) = (fmt(day), fmt(day + chrono::Duration::days(1)));
-        let mut results = Vec::new();
-        for p in probes(sample, middle, from, to) {
-            // A few untimed requests first (connections, plans, caches).
-            run_probe(&c, &p, 5).await?;
-            let r = run_probe(&c, &p, a.requests).await?;
-            eprintln!(
-                "{:<50} p50 {:>7.2} ms  p95 {:>7.2} ms  (target {:>3}) {}",
-                r.name,
-                r.latency.p50_ms,
-                r.latency.p95_ms,
-                r.target_p95_ms,
-                if r.met { "ok" } else { "MISSED" }
-            );
-            results.push(r);
-        }
-        let pg = postgres_settings(&a.database_url).await?;
-        let size: String = sqlx::query_scalar(
-            "SELECT pg_size_pretty(pg_total_relation_size('sagas') + \
-             pg_total_relation_size('saga_events'))",
-        )
-        .fetch_one(&pool)
-        .await?;
-        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        Ok::<_, anyhow::Error>(json!({
-            "sagas": total, "events": events, "stored_in_secs": stored_secs,
-            "tables_size": size, "requests_per_probe": a.requests,
-            "machine": machine, "loadavg_at_end": load.trim(), "postgres": pg,
-            "results": results,
-        }))
-    }
-    .await;
+    let r = run(&c, &layout, &a, machine).await;
     stack.stop().await?;
     if !a.keep {
         layout.drop_databases().await?;
