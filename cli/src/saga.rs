@@ -58,6 +58,10 @@ pub enum SagaCommand {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Benchmark the console's reads with 100,000 sagas stored: starts its own stack on
+    /// throwaway databases (not `--orchestrator-url`), prints p50/p95 of the list, its filters
+    /// and a saga's page against the targets; exits non-zero if a target is missed.
+    BenchConsole(crate::bench::console::ConsoleBenchArgs),
 }
 
 /// Text styles, empty when colour is off.
@@ -216,6 +220,9 @@ pub async fn run(args: SagaArgs) -> anyhow::Result<()> {
     let c = Client::new(&base, "", "", "");
     let style = Style::new(!args.json && std::io::stdout().is_terminal());
     let (reply, single) = match args.command {
+        SagaCommand::BenchConsole(a) => {
+            return crate::bench::console::bench_console(a, args.json).await;
+        }
         SagaCommand::List {
             status,
             definition,

@@ -2,7 +2,9 @@
 //! (WebDriver, the `fantoccini` client). From the URL `tandem up` prints (the orchestrator's),
 //! open the saga list, filter to compensated, open one and see its compensations in reverse
 //! order, cancel a running saga and watch it compensate, resume a failed one and watch it
-//! finish. Screenshots of the main pages go to `docs/img/` (the README and docs use them).
+//! finish; then the transactions list (filtered to aborted) and one committed 2PC transaction's
+//! page, and the definitions page with every version of a definition. Screenshots of the main
+//! pages go to `docs/img/` (the README and docs use them).
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/steps` installs them): skipped without
 //! them outside CI, a failure with `CI=true`.
@@ -214,6 +216,7 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
     }
     let (stack, c) = in_process("browser", |_| {}).await;
     let (declined, running, failed) = sagas(&c).await;
+    let (committed, aborted) = transactions(&c).await;
     let driver = start_driver().await;
     let profile = std::env::temp_dir().join(format!("tandem-chromium-{}", uuid::Uuid::now_v7()));
     let b = open_browser(&driver, &profile).await;
@@ -273,16 +276,9 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
     cancel_and_watch(&b, &c, &running).await;
     resume_and_watch(&b, &failed).await;
 
-    // The definitions page draws each version's steps and compensations.
-    open(&b, "#/definitions").await;
-    until(
-        &b,
-        "definitions",
-        "document.querySelectorAll('[data-definition]').length >= 2",
-        json!(true),
-    )
-    .await;
-    screenshot(&b, "console-definitions.png").await;
+    transactions_pages(&b, &committed, &aborted).await;
+
+    definitions_page(&b, &c, &failed).await;
 
     b.close().await.unwrap();
     drop(driver);
@@ -355,4 +351,109 @@ async fn resume_and_watch(b: &Browser, failed: &str) {
     click(b, "#action-resume").await;
     click(b, "#confirm-yes").await;
     until(b, "the resumed saga finishes", status, json!("compensated")).await;
+}
+
+/// A committed and an aborted (declined card) 2PC checkout: (committed id, aborted id).
+async fn transactions(c: &Client) -> (String, String) {
+    let mut ids = Vec::new();
+    for (order, card, want) in [
+        ("ui-2pc-ok", "tok_visa", "committed"),
+        ("ui-2pc-declined", "tok_decline", "aborted"),
+    ] {
+        let input = checkout_input(order, "sku-ui", 1, card, "GB");
+        let body = json!({ "protocol": "2pc", "definition": "checkout", "input": input });
+        let url = format!("{}/transactions?wait=20", c.orchestrator);
+        let r = c
+            .send_json(reqwest::Method::POST, &url, &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body["state"], want, "{}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    // The list's protocol filter (what the page's select asks for).
+    for (protocol, want) in [("2pc", 2), ("paxos-commit", 0)] {
+        let url = format!("{}/transactions?protocol={protocol}", c.orchestrator);
+        let r = c.get(&url).await.unwrap();
+        assert_eq!(
+            r.body["items"].as_array().map(Vec::len),
+            Some(want),
+            "{}",
+            r.body
+        );
+    }
+    (ids[0].clone(), ids[1].clone())
+}
+
+/// The Transactions page (shown because transactions exist): both listed, the state filter
+/// leaves the aborted one; the committed one's page shows three YES votes, the decision and the
+/// coordinator's log.
+async fn transactions_pages(b: &Browser, committed: &str, aborted: &str) {
+    until(
+        b,
+        "the Transactions link",
+        "document.getElementById('nav-transactions').hidden",
+        json!(false),
+    )
+    .await;
+    click(b, "#nav-transactions").await;
+    let rows = "[...document.querySelectorAll('#txn-rows tr')].map(r => r.dataset.txn)";
+    until(b, "the transactions", rows, json!([aborted, committed])).await;
+    screenshot(b, "console-transactions.png").await;
+    b.find(Locator::Css("#filter-state"))
+        .await
+        .unwrap()
+        .select_by_value("aborted")
+        .await
+        .unwrap();
+    until(b, "the state filter", rows, json!([aborted])).await;
+    open(b, &format!("#/transaction/{committed}")).await;
+    let votes = "[...document.querySelectorAll('#txn-participants tr')].map(r => r.dataset.vote)";
+    until(b, "three YES votes", votes, json!(["yes", "yes", "yes"])).await;
+    until(
+        b,
+        "the decision",
+        "document.getElementById('txn-decision').innerText.startsWith('commit at')",
+        json!(true),
+    )
+    .await;
+    let log = "[...document.querySelectorAll('#txn-messages tr')].map(r => r.dataset.kind)";
+    let kinds = js(b, log).await;
+    for kind in ["prepare", "vote", "commit"] {
+        assert!(
+            kinds.as_array().unwrap().iter().any(|k| k == kind),
+            "the coordinator's log shows {kind}: {kinds}"
+        );
+    }
+    screenshot(b, "console-transaction.png").await;
+}
+
+/// The definitions page draws every version's steps and compensations: a second version of
+/// checkout-short-budget (the failed saga stays on the first) makes two, the newer current.
+async fn definitions_page(b: &Browser, c: &Client, failed: &str) {
+    // The definitions page draws every version's steps and compensations: a second version of
+    // checkout-short-budget (the failed saga stays on the first) makes two, the newer current.
+    let mut def: Value = serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();
+    def["name"] = json!("checkout-short-budget");
+    def["policy"]["compensation_max_attempts"] = json!(3);
+    let r = tandem_tests::post_definition(c, &def).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let new_version = r.body["version"].as_str().unwrap().to_string();
+    open(b, "#/definitions").await;
+    let versions = "[...document.querySelectorAll(\"[data-definition='checkout-short-budget'] .version\")]\
+                    .map(v => [v.dataset.version, v.dataset.current, v.querySelectorAll('.node.comp').length])";
+    let old_version = c.wait_saga(failed, 0).await.unwrap()["version"].clone();
+    until(
+        b,
+        "both versions, newest first, each with its three compensations",
+        versions,
+        json!([[new_version, "true", 3], [old_version, "false", 3]]),
+    )
+    .await;
+    js(
+        b,
+        "document.querySelector(\"[data-definition='checkout-short-budget']\").scrollIntoView()",
+    )
+    .await;
+    screenshot(b, "console-definitions.png").await;
 }

@@ -21,6 +21,7 @@
 //! - [`report`]: results and their table;
 //! - [`live`]: `tandem commit compare --live`, the saga and the atomic commit protocols on one
 //!   stack, side by side (each protocol one of these workloads, each row one level).
+//! - [`console`]: `tandem saga bench-console`, the console's reads over 100,000 stored sagas.
 //!
 //! By default the stack runs as the real binaries, child processes of this one (per-process RSS,
 //! per-process runtimes as deployed); `--stack in-process` runs it in this process;
@@ -30,6 +31,7 @@ pub mod ceiling;
 pub mod commit;
 pub mod events;
 pub mod live;
+pub mod console;
 pub mod measure;
 pub mod purge;
 pub mod report;

@@ -6,8 +6,10 @@
 //!   saga is completed, compensated or failed), `GET /sagas/{id}` (`?wait=` long-polls),
 //!   `GET /sagas?status=&definition=&limit=&cursor=`;
 //! - [`actions`]: `POST /sagas/{id}/cancel`, `/retry-now`, `/resume` (`/retry`: its old name);
-//! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`;
-//! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`, `GET /transactions`,
+//! - [`definitions`]: `POST /definitions`, `GET /definitions`, `GET /definitions/{name}`,
+//!   `GET /definitions/{name}/versions` (every stored version, newest first);
+//! - [`transactions`]: `POST /transactions` (2PC), `GET /transactions/{id}`,
+//!   `GET /transactions?state=&protocol=&limit=&cursor=`,
 //!   `GET /transactions/{id}/decision` (participants ask "what was decided?"),
 //!   `POST /transactions/{id}/resolve` (an operator's heuristic decision);
 //! - [`paxos`]: `POST /transactions/{id}/paxos` (an acceptor's message for a Paxos Commit
@@ -62,6 +64,7 @@ pub const ACCESS: &[Rule] = &[
     rule("POST", "/definitions", Access::Operator),
     rule("GET", "/definitions", Access::Client),
     rule("GET", "/definitions/{name}", Access::Client),
+    rule("GET", "/definitions/{name}/versions", Access::Client),
     rule("POST", "/transactions", Access::Client),
     rule("GET", "/transactions", Access::Client),
     rule("GET", "/transactions/{id}", Access::Client),
@@ -199,12 +202,17 @@ fn definitions_api() -> Api<Ctx> {
         )
         .route(
             "/definitions/{name}",
-            api::get("A definition (its current version)").answer_schema(
-                200,
-                "the definition",
-                api::object(),
-            ),
+            api::get("A definition: its current version, or `?version=` that one")
+                .query::<definitions::OneParams>()
+                .answer_schema(200, "the definition", api::object()),
             definitions::get_one,
+        )
+        .route(
+            "/definitions/{name}/versions",
+            api::get("Every stored version of a definition, newest first")
+                .query::<definitions::VersionsParams>()
+                .answer_schema(200, "the versions", api::object()),
+            definitions::versions,
         )
 }
 

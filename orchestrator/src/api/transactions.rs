@@ -175,10 +175,34 @@ async fn settled(
 #[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     state: Option<TxnState>,
+    /// A protocol's name (`2pc`, `3pc`, `paxos-commit`, …).
+    #[param(pattern = "^[a-z0-9-]{1,32}$")]
+    protocol: Option<String>,
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
+}
+
+/// `?protocol=`: a protocol's name (`2pc`, `paxos-commit`, …): 1–32 lowercase letters, digits
+/// and dashes. A name no transaction uses lists nothing.
+#[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+fn protocol_filter(p: Option<&str>) -> Result<Option<&str>, Problem> {
+    match p {
+        Some(p)
+            if p.is_empty()
+                || p.len() > 32
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Err(Problem::invalid(
+                "/query/protocol",
+                "a protocol name such as \"2pc\" or \"paxos-commit\" (1-32 of a-z, 0-9, -)",
+            ))
+        }
+        p => Ok(p),
+    }
 }
 
 pub(super) async fn list(
@@ -186,7 +210,14 @@ pub(super) async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Json<Value>, Problem> {
     let limit = super::list_limit(p.limit)?;
-    let rows = store::list(&c.pool, p.state, super::read_ahead(limit, p.cursor)).await?;
+    let protocol = protocol_filter(p.protocol.as_deref())?;
+    let rows = store::list(
+        &c.pool,
+        p.state,
+        protocol,
+        super::read_ahead(limit, p.cursor),
+    )
+    .await?;
     Ok(Json(super::page(
         &rows,
         limit,
@@ -203,6 +234,7 @@ pub(super) async fn list(
             json!({
                 "id": r.id, "protocol": r.protocol, "definition": r.run.definition, "state": r.state,
                 "decision": r.decision, "business_key": r.run.business_key, "created_at": r.created_at,
+                "decided_at": r.decided_at, "participants": r.participants.len(),
                 "holding_locks_since": since,
                 "holding_locks_ms": since.map(|t| (chrono::Utc::now() - t).num_milliseconds()),
             })

@@ -221,19 +221,22 @@ pub async fn messages(pool: &PgPool, id: Uuid) -> Result<Vec<(i64, Message)>, sq
 pub async fn list(
     pool: &PgPool,
     state: Option<TxnState>,
+    protocol: Option<&str>,
     page: Page,
 ) -> Result<Vec<TxnRow>, sqlx::Error> {
     let q = sqlx::query(concat!(
         "SELECT ",
         txn_columns!(),
         " FROM transactions WHERE ($1::text IS NULL OR state = $1) \
+           AND ($4::text IS NULL OR protocol = $4) \
            AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
     ));
     read_rows(
         pool,
         q.bind(state.map(|s| s.as_str()))
             .bind(page.before)
-            .bind(page.limit),
+            .bind(page.limit)
+            .bind(protocol),
     )
     .await
 }

@@ -177,6 +177,24 @@ pub async fn all_definitions(pool: &PgPool) -> Result<Vec<(String, String, Value
         .collect()
 }
 
+/// The stored versions of `name`, newest first, at most `limit`: (version, body, created_at).
+pub async fn definition_versions(
+    pool: &PgPool,
+    name: &str,
+    limit: i64,
+) -> Result<Vec<(String, Value, DateTime<Utc>)>, sqlx::Error> {
+    let rows = sqlx::query_as(
+        "SELECT version, body, created_at FROM definitions WHERE name = $1 \
+         ORDER BY seq DESC LIMIT $2",
+    )
+    .bind(name)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    tandem_kit::stats::read_committed(pool);
+    Ok(rows)
+}
+
 pub async fn definition(
     pool: &PgPool,
     name: &str,

@@ -1,9 +1,13 @@
 // Tandem console: a small single-page app over the orchestrator's own API (no build step, no
-// library). Routes: #/sagas?filters, #/saga/<id>, #/definitions. Live updates by polling.
+// library). Routes: #/sagas?filters, #/saga/<id>, #/transactions?filters, #/transaction/<id>,
+// #/definitions. Live updates by polling.
 "use strict";
 
 const SETTLED = ["completed", "compensated", "failed"];
 const STATUSES = ["running", "compensating", "completed", "compensated", "failed"];
+const TXN_SETTLED = ["committed", "aborted"];
+const TXN_STATES = ["preparing", "committing", "aborting", "committed", "aborted"];
+const PROTOCOLS = ["2pc", "paxos-commit"];
 let timer = null;
 
 // h("tag.class", {attr: value}, child, …): an element; strings become text (never HTML).
@@ -56,13 +60,22 @@ async function api(path, options, asked) {
 
 function show(...nodes) {
   const view = document.getElementById("view");
-  view.replaceChildren(...nodes.flat());
+  view.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function setNav(which) {
-  for (const n of ["sagas", "definitions"]) {
+  for (const n of ["sagas", "transactions", "definitions"]) {
     document.getElementById("nav-" + n).classList.toggle("active", n === which);
   }
+}
+
+// The Transactions page appears once a transaction (2PC, Paxos Commit, …) exists.
+async function revealTransactions() {
+  const nav = document.getElementById("nav-transactions");
+  if (!nav.hidden) return;
+  try {
+    if ((await api("/transactions?limit=1")).items.length) nav.hidden = false;
+  } catch (e) { /* stays hidden */ }
 }
 
 // Poll `fn` every `ms` while this view is shown.
@@ -83,53 +96,41 @@ function listQuery(params) {
   return q;
 }
 
-async function sagasView(params) {
-  setNav("sagas");
-  let defs = [];
-  try {
-    defs = (await api("/definitions")).items.map((d) => d.name);
-  } catch (e) { /* the list still works */ }
-  const field = (name, label, input) => h("label", {}, label, input);
-  const select = (name, options) =>
-    h("select", { name, id: "filter-" + name },
-      h("option", { value: "" }, "any"),
-      options.map((o) => h("option", { value: o, selected: params.get(name) === o }, o)));
+const field = (name, label, input) => h("label", {}, label, input);
+// A filter's <select>: "any" or one of `options`, the current one from `params`.
+const filterSelect = (params, name, options) =>
+  h("select", { name, id: "filter-" + name },
+    h("option", { value: "" }, "any"),
+    options.map((o) => h("option", { value: o, selected: params.get(name) === o }, o)));
+
+// A filter form that routes to `#/<route>?<its fields>`; changing a select applies it at once.
+function filterForm(route, ...fields) {
   const form = h("form.filters", { id: "filters", onsubmit: (ev) => {
       ev.preventDefault();
       const q = new URLSearchParams();
       for (const [k, v] of new FormData(form)) if (v) q.set(k, v);
-      location.hash = "#/sagas?" + q.toString();
-    } },
-    field("status", "status", select("status", STATUSES)),
-    field("definition", "definition", select("definition", defs)),
-    field("from", "created from", h("input", { type: "datetime-local", name: "from", value: params.get("from") || "" })),
-    field("to", "created before", h("input", { type: "datetime-local", name: "to", value: params.get("to") || "" })),
-    field("q", "saga id or business key", h("input", { name: "q", id: "filter-q", size: 30, value: params.get("q") || "" })),
-    h("button.primary", { type: "submit", id: "apply" }, "Apply"));
-  // Changing a select applies it at once.
+      location.hash = "#/" + route + "?" + q.toString();
+    } }, ...fields);
   form.querySelectorAll("select").forEach((s) => s.addEventListener("change", () => form.requestSubmit()));
-  const body = h("tbody", { id: "saga-rows" });
+  return form;
+}
+
+// A newest-first, cursor-paged list of `path?query` into `body` (rows made by `row`), with its
+// "Load more" button and a message line; refreshed every 2 s while only the first page shows.
+async function pagedList(path, query, body, row, empty) {
   const more = h("button", { id: "more", hidden: true }, "Load more");
   const info = h("p.muted", { id: "list-info" });
-  show(h("h1", {}, "Sagas"), h("div.card", {}, form),
-    h("table", {}, h("thead", {}, h("tr", {}, ["Saga", "Definition", "Status", "Business key", "Created", "Updated"].map((t) => h("th", {}, t)))), body),
-    info, more);
-  const base = listQuery(params);
   let cursor = null;
-  const row = (s) => h("tr", { "data-saga": s.id },
-    h("td.mono", {}, h("a", { href: "#/saga/" + s.id, title: s.id }, short(s.id))),
-    h("td", {}, s.definition), h("td", {}, badge(s.status)),
-    h("td.mono", {}, s.business_key || "–"), h("td", {}, fmtTime(s.created_at)), h("td", {}, fmtTime(s.updated_at)));
   async function load(append) {
-    const q = new URLSearchParams(base);
+    const q = new URLSearchParams(query);
     if (append && cursor) q.set("cursor", cursor);
     try {
-      const page = await api("/sagas?" + q.toString());
+      const page = await api(path + "?" + q.toString());
       if (append) body.append(...page.items.map(row));
       else body.replaceChildren(...page.items.map(row));
       if (!append || page.next_cursor) cursor = page.next_cursor;
       more.hidden = !cursor;
-      info.textContent = body.children.length ? "" : "No sagas match.";
+      info.textContent = body.children.length ? "" : empty;
       info.classList.remove("error");
     } catch (e) {
       info.textContent = String(e.message || e);
@@ -137,9 +138,116 @@ async function sagasView(params) {
     }
   }
   more.addEventListener("click", () => load(true));
-  await load(false);
-  // Live: refresh the first page while nothing more was loaded.
-  poll(() => { if (body.children.length <= 50) load(false); }, 2000);
+  return { nodes: [info, more], start: async () => {
+    await load(false);
+    poll(() => { if (body.children.length <= 50) load(false); }, 2000);
+  } };
+}
+
+const table = (headers, body) =>
+  h("table", {}, h("thead", {}, h("tr", {}, headers.map((t) => h("th", {}, t)))), body);
+
+async function sagasView(params) {
+  setNav("sagas");
+  let defs = [];
+  try {
+    defs = (await api("/definitions")).items.map((d) => d.name);
+  } catch (e) { /* the list still works */ }
+  const select = (name, options) => filterSelect(params, name, options);
+  const form = filterForm("sagas",
+    field("status", "status", select("status", STATUSES)),
+    field("definition", "definition", select("definition", defs)),
+    field("from", "created from", h("input", { type: "datetime-local", name: "from", value: params.get("from") || "" })),
+    field("to", "created before", h("input", { type: "datetime-local", name: "to", value: params.get("to") || "" })),
+    field("q", "saga id or business key", h("input", { name: "q", id: "filter-q", size: 30, value: params.get("q") || "" })),
+    h("button.primary", { type: "submit", id: "apply" }, "Apply"));
+  const body = h("tbody", { id: "saga-rows" });
+  const row = (s) => h("tr", { "data-saga": s.id },
+    h("td.mono", {}, h("a", { href: "#/saga/" + s.id, title: s.id }, short(s.id))),
+    h("td", {}, s.definition), h("td", {}, badge(s.status)),
+    h("td.mono", {}, s.business_key || "–"), h("td", {}, fmtTime(s.created_at)), h("td", {}, fmtTime(s.updated_at)));
+  const list = await pagedList("/sagas", listQuery(params), body, row, "No sagas match.");
+  show(h("h1", {}, "Sagas"), h("div.card", {}, form),
+    table(["Saga", "Definition", "Status", "Business key", "Created", "Updated"], body), list.nodes);
+  await list.start();
+}
+
+// ---- transactions (2PC, Paxos Commit, …) --------------------------------------------------
+
+const fmtMs = (ms) => (ms === null || ms === undefined ? "–" : ms < 1000 ? ms + " ms" : (ms / 1000).toFixed(1) + " s");
+
+async function transactionsView(params) {
+  setNav("transactions");
+  const protocols = PROTOCOLS.concat(params.get("protocol") && !PROTOCOLS.includes(params.get("protocol")) ? [params.get("protocol")] : []);
+  const form = filterForm("transactions",
+    field("protocol", "protocol", filterSelect(params, "protocol", protocols)),
+    field("state", "state", filterSelect(params, "state", TXN_STATES)));
+  const query = new URLSearchParams();
+  for (const k of ["protocol", "state"]) if (params.get(k)) query.set(k, params.get(k));
+  query.set("limit", "50");
+  const body = h("tbody", { id: "txn-rows" });
+  const row = (t) => h("tr", { "data-txn": t.id },
+    h("td.mono", {}, h("a", { href: "#/transaction/" + t.id, title: t.id }, short(t.id))),
+    h("td.mono", {}, t.protocol), h("td", {}, t.definition), h("td", {}, badge(t.state)),
+    h("td", {}, t.decision || "–"), h("td.mono", {}, t.business_key || "–"), h("td", {}, t.participants),
+    h("td", {}, fmtTime(t.created_at)),
+    h("td" + (t.holding_locks_ms ? ".error" : ""), {}, t.holding_locks_ms ? "for " + fmtMs(t.holding_locks_ms) : "–"));
+  const list = await pagedList("/transactions", query, body, row, "No transactions match.");
+  show(h("h1", {}, "Transactions"), h("div.card", {}, form),
+    table(["Transaction", "Protocol", "Definition", "State", "Decision", "Business key", "Participants", "Created", "Holding locks"], body),
+    list.nodes);
+  await list.start();
+}
+
+async function transactionView(id) {
+  setNav("transactions");
+  async function render() {
+    let t;
+    try {
+      t = await api("/transactions/" + encodeURIComponent(id));
+    } catch (e) {
+      show(h("h1", {}, "Transaction"), h("p.error", {}, String(e.message || e)));
+      clearInterval(timer);
+      return;
+    }
+    const lease = t.lease || {};
+    const hz = t.heuristic;
+    const participants = table(["#", "Step", "Service", "Vote", "State", "Prepared", "Finished", "Lock hold", "Last error"],
+      h("tbody", { id: "txn-participants" }, t.participants.map((p) =>
+        h("tr", { "data-step": p.step, "data-vote": p.vote || "" },
+          h("td", {}, p.index), h("td.mono", {}, p.step), h("td.mono", {}, p.service + " " + p.action),
+          h("td", {}, p.vote ? h("span.badge.v-" + p.vote, {}, p.vote) : "–"), h("td", {}, badge(p.state)),
+          h("td", {}, fmtTime(p.prepared_at)), h("td", {}, fmtTime(p.finished_at)),
+          h("td" + (p.holding_locks ? ".error" : ""), {}, fmtMs(p.lock_hold_ms) + (p.holding_locks ? " (holding)" : "")),
+          h("td.mono", {}, p.last_error || "")))));
+    const log = table(["#", "at", "peer", "", "message", "detail"],
+      h("tbody", { id: "txn-messages" }, t.messages.map((m) =>
+        h("tr", { "data-kind": m.kind },
+          h("td", {}, m.seq), h("td", {}, fmtTime(m.at)), h("td.mono", {}, m.peer),
+          h("td", {}, m.dir === "out" ? "→" : "←"), h("td.mono", {}, m.kind),
+          h("td.mono", {}, m.detail && Object.keys(m.detail).length ? JSON.stringify(m.detail) : "")))));
+    show(
+      h("h1", {}, "Transaction ", h("span.mono", {}, t.id), " ", h("span", { id: "txn-state" }, badge(t.state))),
+      h("div.card", {},
+        h("dl.kv", {},
+          h("dt", {}, "protocol"), h("dd.mono", { id: "txn-protocol" }, t.protocol),
+          h("dt", {}, "definition"), h("dd", {}, t.definition + " @ " + t.version.slice(0, 12)),
+          h("dt", {}, "business key"), h("dd.mono", {}, t.business_key || "–"),
+          h("dt", {}, "decision"), h("dd", { id: "txn-decision" }, t.decision ? t.decision + " at " + fmtTime(t.decided_at) : "none logged (presumed abort if asked)"),
+          h("dt", {}, "created"), h("dd", {}, fmtTime(t.created_at)),
+          h("dt", {}, "updated"), h("dd", {}, fmtTime(t.updated_at)),
+          h("dt", {}, "messages"), h("dd", {}, t.counts.messages + " · coordinator forced writes " + t.counts.coordinator_forced_writes),
+          h("dt", {}, "lease"), h("dd.mono", {},
+            (lease.owner || "free") + " · epoch " + lease.epoch + (lease.until ? " · until " + fmtTime(lease.until) : "")))),
+      hz ? h("div.card.heuristic", { id: "txn-heuristic" }, h("h2", {}, "Heuristic decision by an operator"),
+        h("p", {}, fmtTime(hz.at) + ": " + JSON.stringify(hz.detail))) : null,
+      h("h2", {}, "Participants"), participants,
+      h("h2", {}, "Coordinator's log"), log,
+      h("h2", {}, "Input"), h("pre", { id: "txn-input" }, JSON.stringify(t.input, null, 2)));
+    if (TXN_SETTLED.includes(t.state)) clearInterval(timer);
+  }
+  await render();
+  poll(render, 1000);
 }
 
 // ---- one saga -----------------------------------------------------------------------------
@@ -229,8 +337,8 @@ async function sagaView(id) {
     }
     if (!def) {
       try {
-        def = (await api("/definitions/" + encodeURIComponent(s.definition))).definition;
-        if (def.version !== undefined && def.version !== s.version) def = null;
+        // The saga's own version (it stays on the one it started with).
+        def = (await api("/definitions/" + encodeURIComponent(s.definition) + "?version=" + encodeURIComponent(s.version))).definition;
       } catch (e) { def = null; }
     }
     const actions = ACTIONS.filter((a) => a.when(s)).map((a) =>
@@ -274,6 +382,25 @@ async function sagaView(id) {
 
 // ---- definitions --------------------------------------------------------------------------
 
+// One version's steps and compensations as a graph: the actions left to right, and under
+// them the compensations in the order they run (the reverse), a dashed node where a step has
+// none.
+function definitionGraph(def) {
+  const call = (c) => (c ? c.method + " " + c.service + c.path : "no compensation");
+  const fwd = [], back = [];
+  def.steps.forEach((st, i) => {
+    if (i) fwd.push(h("span.arrow", {}, "→"));
+    fwd.push(h("div.node", { "data-step": st.name }, h("div.name", {}, st.name), h("div.meta.mono", {}, call(st.action))));
+  });
+  def.steps.slice().reverse().forEach((st, i) => {
+    if (i) back.push(h("span.arrow", {}, "→"));
+    back.push(h("div.node" + (st.compensation ? ".comp" : ".none"), { "data-undo": st.name },
+      h("div.name", {}, "undo " + st.name), h("div.meta.mono", {}, call(st.compensation))));
+  });
+  return [h("div.lane", {}, h("span.label", {}, "actions"), fwd),
+    h("div.lane", {}, h("span.label", {}, "on failure"), back)];
+}
+
 async function definitionsView() {
   setNav("definitions");
   clearInterval(timer);
@@ -286,26 +413,23 @@ async function definitionsView() {
   }
   const cards = [];
   for (const d of items) {
-    let full = null;
-    try { full = (await api("/definitions/" + encodeURIComponent(d.name))).definition; } catch (e) { /* shown without */ }
-    const steps = full ? full.steps : d.steps.map((name) => ({ name }));
-    const call = (c) => (c ? c.method + " " + c.service + c.path : "no compensation");
-    const fwd = [], back = [];
-    steps.forEach((st, i) => {
-      if (i) fwd.push(h("span.arrow", {}, "→"));
-      fwd.push(h("div.node", {}, h("div.name", {}, st.name), h("div.meta.mono", {}, call(st.action))));
-    });
-    steps.slice().reverse().forEach((st, i) => {
-      if (i) back.push(h("span.arrow", {}, "→"));
-      back.push(h("div.node" + (st.compensation ? ".comp" : ".none"), {}, h("div.name", {}, "undo " + st.name),
-        h("div.meta.mono", {}, call(st.compensation))));
-    });
+    // Every stored version (runs stay on the version they started with), newest first.
+    let versions;
+    try {
+      versions = (await api("/definitions/" + encodeURIComponent(d.name) + "/versions")).items;
+    } catch (e) {
+      versions = [{ version: d.version, current: true, definition: { steps: d.steps.map((name) => ({ name })) } }];
+    }
+    const sections = versions.map((v) => h("div.version", { "data-version": v.version, "data-current": v.current ? "true" : "false" },
+      h("h3", {}, h("span.mono", {}, v.version.slice(0, 12)), " ",
+        v.current ? h("span.badge.s-completed", {}, "current") : h("span.badge", {}, "older"),
+        v.created_at ? h("span.muted", {}, " loaded " + fmtTime(v.created_at)) : null),
+      definitionGraph(v.definition),
+      v.definition.business_key ? h("p.muted", {}, "business key: " + v.definition.business_key) : null));
     cards.push(h("div.card", { "data-definition": d.name },
-      h("h2", {}, d.name, " ", h("span.muted.mono", {}, d.version.slice(0, 12))),
+      h("h2", {}, d.name, " ", h("span.muted", {}, versions.length + (versions.length === 1 ? " version" : " versions"))),
       d.description ? h("p.muted", {}, d.description) : null,
-      h("div.lane", {}, h("span.label", {}, "actions"), fwd),
-      h("div.lane", {}, h("span.label", {}, "on failure"), back),
-      full && full.business_key ? h("p.muted", {}, "business key: " + full.business_key) : null));
+      sections));
   }
   show(h("h1", {}, "Definitions"), ...(cards.length ? cards : [h("p.muted", {}, "No definitions.")]));
 }
@@ -318,6 +442,8 @@ function route() {
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");
   if (path.startsWith("/saga/")) return sagaView(decodeURIComponent(path.slice(6)));
+  if (path.startsWith("/transaction/")) return transactionView(decodeURIComponent(path.slice(13)));
+  if (path === "/transactions") return transactionsView(params);
   if (path === "/definitions") return definitionsView();
   return sagasView(params);
 }
@@ -327,5 +453,7 @@ document.addEventListener("DOMContentLoaded", () => {
   a.value = actor();
   a.addEventListener("change", () => localStorage.setItem("tandem-actor", a.value.trim() || "dashboard"));
   window.addEventListener("hashchange", route);
+  revealTransactions();
+  setInterval(revealTransactions, 5000);
   route();
 });
