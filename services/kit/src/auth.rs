@@ -510,7 +510,6 @@ async fn check(
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::routing::{get, post};
     use tower::ServiceExt;
 
     const CLIENT: &str = "client-token-0123456789";
@@ -535,13 +534,17 @@ mod tests {
     ];
 
     fn app(guard: &Guard) -> Router {
-        let r = Router::new()
-            .route("/open", get(|| async { "ok" }).post(|| async { "ok" }))
-            .route("/things", get(|| async { "ok" }).post(|| async { "ok" }))
-            .route("/admin", post(|| async { "ok" }))
-            .route("/internal", post(|| async { "ok" }))
-            .route("/forgotten", get(|| async { "ok" }));
-        crate::http::finish_with(r, crate::metrics::Scrape::default(), guard)
+        use crate::api::{self, Api};
+        let ok = || async { "ok" };
+        let r = Api::new()
+            .route("/open", api::get("open"), ok)
+            .route("/open", api::post("open"), ok)
+            .route("/things", api::get("list"), ok)
+            .route("/things", api::post("add"), ok)
+            .route("/admin", api::post("admin"), ok)
+            .route("/internal", api::post("internal"), ok)
+            .route("/forgotten", api::get("no rule"), ok);
+        crate::http::finish_with(r, crate::metrics::Scrape::default(), "test", guard)
     }
 
     async fn call(app: &Router, method: &str, uri: &str, token: Option<&str>) -> Response {
