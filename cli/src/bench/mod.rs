@@ -29,9 +29,9 @@
 
 pub mod ceiling;
 pub mod commit;
+pub mod console;
 pub mod events;
 pub mod live;
-pub mod console;
 pub mod measure;
 pub mod purge;
 pub mod report;

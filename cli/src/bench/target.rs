@@ -185,7 +185,8 @@ fn processes(
         let port = crate::launch::free_port()?;
         let env = crate::launch::orders_env(layout, port, args.service_pool, nats, 10_000);
         components.push((ORDERS, env));
-        t.urls.insert(ORDERS.to_string(), crate::launch::loopback_url(port));
+        t.urls
+            .insert(ORDERS.to_string(), crate::launch::loopback_url(port));
     }
     for (c, env) in components {
         let bin = crate::launch::binary(args.bin_dir.as_deref(), c)?;

@@ -197,7 +197,7 @@ pub fn routes() -> Api<App> {
                         "to": {"type": "integer", "minimum": 0, "maximum": 255},
                         "n": {"type": "integer", "minimum": 1, "maximum": 255},
                         "from": {"type": "object", "description": "the sender's node id"},
-                        "msg": {"description": "the core's message; null: participant 0's Begin"},
+                        "msg": {"type": ["object", "string", "null"], "description": "the core's message; null: participant 0's Begin"},
                         "setup": {"type": "object", "description": "peers, action, body, timeout"}
                     },
                     "additionalProperties": false

@@ -78,11 +78,9 @@ impl Workload {
                 protocol: "paxos-commit",
                 orders: checkout::Orders::of(args),
             }),
-            Workload::CheckoutChoreo => {
-                Box::new(checkout_choreo::CheckoutChoreo {
+            Workload::CheckoutChoreo => Box::new(checkout_choreo::CheckoutChoreo {
                 orders: checkout::Orders::of(args),
-            })
-            }
+            }),
             Workload::Noop => Box::new(noop::Noop),
         }
     }
