@@ -97,7 +97,7 @@ async fn bad_requests_are_refused_and_store_nothing() {
     assert_eq!(s, 201, "{b}");
     let cases = [
         (
-            json!({"protocol": "3pc", "definition": "order", "input": {"order_id": "x"}}),
+            json!({"protocol": "4pc", "definition": "order", "input": {"order_id": "x"}}),
             "/protocol",
         ),
         (

@@ -102,6 +102,33 @@ where
 /// The shipped checkout with a policy for chaos: 1 s call timeout (a slower answer is a
 /// transient failure), quick retries, a short 425 deadline, and budgets large enough that the
 /// kills never exhaust a compensation (nothing parks).
+/// A scripted demo (`tandem_cli::paxos_demo`, `tandem_cli::three_pc_demo`) run as a test: its
+/// options on fresh databases named by `databases` (dropped with the returned guard when the
+/// test passes) and the real binaries, with the processes' logs in `<tmp>/tandem-tests/<prefix>/`.
+pub fn demo_options(
+    name: &str,
+    databases: fn(&Layout) -> Vec<String>,
+) -> (
+    tandem_cli::paxos_demo::Options,
+    TestDatabases,
+    std::path::PathBuf,
+) {
+    let server = tandem_kit::testing::server_url();
+    let layout = Layout::new(server.clone(), tandem_kit::testing::unique_prefix(name));
+    let guard = TestDatabases::new(server, databases(&layout));
+    let log_dir = std::env::temp_dir()
+        .join("tandem-tests")
+        .join(&layout.db_prefix);
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let opts = tandem_cli::paxos_demo::Options {
+        layout,
+        bin_dir: procs::bin_dir(),
+        log_dir: Some(log_dir.clone()),
+        verbose: true,
+    };
+    (opts, guard, log_dir)
+}
+
 pub fn write_chaos_definition(dir: &std::path::Path, name: &str, deadline_ms: u64) {
     let mut def: serde_json::Value =
         serde_json::from_str(orchestrator::CHECKOUT_DEFINITION).unwrap();

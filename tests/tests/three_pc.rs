@@ -7,25 +7,11 @@
 //! every step against the services' own records and fails naming the step; here its report
 //! is checked too. Process logs: `<tmp>/tandem-tests/<prefix>/`.
 
-use tandem_cli::launch::Layout;
-use tandem_cli::paxos_demo::Options;
 use tandem_cli::three_pc_demo::{TIMEOUT_MS, databases, run};
-use tandem_kit::testing::{TestDatabases, server_url, unique_prefix};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pc_participants_commit_without_their_coordinator_while_2pc_blocks() {
-    let layout = Layout::new(server_url(), unique_prefix("threepc"));
-    let _databases = TestDatabases::new(server_url(), databases(&layout));
-    let log_dir = std::env::temp_dir()
-        .join("tandem-tests")
-        .join(&layout.db_prefix);
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let opts = Options {
-        layout,
-        bin_dir: tandem_tests::procs::bin_dir(),
-        log_dir: Some(log_dir.clone()),
-        verbose: true,
-    };
+    let (opts, _databases, log_dir) = tandem_tests::demo_options("threepc", databases);
     let report = run(opts)
         .await
         .unwrap_or_else(|e| panic!("{e:#} (process logs in {})", log_dir.display()));

@@ -109,10 +109,20 @@ pub async fn call<B: Serialize, R: DeserializeOwned>(
     url: &str,
     body: &B,
 ) -> Result<R, String> {
+    call_within(http, url, body, CALL_TIMEOUT).await
+}
+
+/// [`call`] with its own timeout (3PC's messages use the transaction's).
+pub async fn call_within<B: Serialize, R: DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    body: &B,
+    timeout: std::time::Duration,
+) -> Result<R, String> {
     let r = http
         .post(url)
         .json(body)
-        .timeout(CALL_TIMEOUT)
+        .timeout(timeout)
         .send()
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;

@@ -168,19 +168,7 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<Replies, String> {
     let url = format!("{}/3pc/msg", base.trim_end_matches('/'));
-    let r = http
-        .post(&url)
-        .json(env)
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let status = r.status();
-    if !status.is_success() {
-        let text = r.text().await.unwrap_or_default();
-        return Err(format!("POST {url}: {status} {text}"));
-    }
-    r.json().await.map_err(|e| format!("POST {url}: {e}"))
+    crate::paxos::call_within(http, &url, env, timeout).await
 }
 
 /// The 3PC participant endpoints.
