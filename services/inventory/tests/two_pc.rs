@@ -325,6 +325,61 @@ async fn a_restarted_service_recovers_its_branches() {
     assert_problem(s, &b, StatusCode::CONFLICT, "already-aborted");
 }
 
+/// A branch a crash left `preparing` whose row is still locked when the service restarts (the
+/// killed process's Postgres session had not ended yet: seen under `kill -9` chaos, where it
+/// made start-up fail): the service starts anyway, and aborts the branch once the lock is gone.
+#[tokio::test]
+async fn a_lost_prepare_still_locked_at_restart_is_aborted_once_released() {
+    let Some((svc, _cleanup)) = spawn_with_a(10).await else {
+        return;
+    };
+    let lost_txn = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO tpc_branch (txn_id, step, action, coordinator_url, state)
+         VALUES ($1, 0, '/reservations', $2, 'preparing')",
+    )
+    .bind(lost_txn)
+    .bind(NO_COORDINATOR)
+    .execute(&svc.app.control)
+    .await
+    .unwrap();
+    // The dead process's session, still holding the row as its prepare did.
+    let mut zombie = svc.app.control.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM tpc_branch WHERE txn_id = $1 FOR UPDATE")
+        .bind(lost_txn)
+        .execute(&mut *zombie)
+        .await
+        .unwrap();
+
+    let mut config = inventory::Config::with_database(svc.database.first_url());
+    config.in_doubt_after_ms = 100;
+    let app = inventory::build(config)
+        .await
+        .expect("a locked lost branch does not stop the start");
+    let listener = tandem_kit::http::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    tokio::spawn(app.run(listener, std::future::pending()));
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM tpc_branch WHERE txn_id = $1")
+            .bind(lost_txn)
+            .fetch_one(&svc.app.control)
+            .await
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state().await, "preparing", "not aborted while a session holds it");
+
+    zombie.rollback().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state().await != "aborted" {
+        assert!(Instant::now() < deadline, "the lost branch is never aborted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, b) = decide(&svc, "commit", lost_txn).await;
+    assert_problem(s, &b, StatusCode::CONFLICT, "already-aborted");
+}
+
 /// A coordinator that answers `commit` for `commit_txn` and `abort` for anything else.
 async fn stub_coordinator(commit_txn: Uuid) -> String {
     use axum::extract::Path;

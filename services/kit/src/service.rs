@@ -228,6 +228,9 @@ pub struct App {
     pub barrier_backstop: Option<std::time::Duration>,
     /// Accepted tokens and this service's own (see [`crate::auth`]).
     pub auth: Auth,
+    /// Branches a crash left `preparing` that start-up could not abort yet: their row was still
+    /// locked (the killed process's Postgres session had not ended). The in-doubt timer retries.
+    pub lost_at_start: std::sync::Arc<std::sync::Mutex<Vec<crate::participant::branch::BranchId>>>,
 }
 
 /// Apply the service's migrations (as the owner role when configured, see [`crate::db::migrate`]),
@@ -271,6 +274,7 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
         barrier_backstop: (config.barrier_backstop_days > 0)
             .then(|| std::time::Duration::from_secs(config.barrier_backstop_days * 86_400)),
         auth,
+        lost_at_start: std::sync::Arc::default(),
     };
     crate::participant::recover_at_start(&app)
         .await

@@ -1,5 +1,7 @@
 //! Branches that nobody finishes by a request: at start-up, those left `preparing` by a crash
-//! (their work was lost: the core's `recover` with an empty log decides abort), and the
+//! (their work was lost: the core's `recover` with an empty log decides abort; one whose row is
+//! still locked — the killed process's Postgres session has not ended yet, or another instance
+//! is preparing it — is skipped and tried again by the timer below, never fatal), and the
 //! prepared ones whose outcome never arrived — the core's in-doubt timer: every
 //! `in_doubt_after`, each branch prepared for longer asks its coordinator
 //! (`GET {coordinator_url}/transactions/{txn_id}/decision`) and is finished with the answer.
@@ -7,6 +9,7 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use serde::Deserialize;
 use tandem_protocols::Outcome;
 use tandem_protocols::two_phase::Msg;
@@ -17,14 +20,59 @@ use crate::problem::Problem;
 use crate::service::App;
 
 /// Abort the branches a crash left `preparing` (no prepared transaction). Run before serving.
+/// Returns how many were aborted; those whose row is still locked are left to the timer.
 pub async fn recover_at_start(app: &App) -> Result<usize, Problem> {
     let lost = branch::lost_at_start(&app.control).await?;
-    for &id in &lost {
+    let n = lost.len();
+    let left = abort_lost(app, lost).await?;
+    let aborted = n - left.len();
+    app.lost_at_start
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend(left);
+    Ok(aborted)
+}
+
+/// Abort each of `lost` (branches left `preparing` by a crash); returns those skipped because
+/// their row is locked (503: a session still holds it). Any other failure is returned.
+async fn abort_lost(app: &App, lost: Vec<BranchId>) -> Result<Vec<BranchId>, Problem> {
+    let mut left = Vec::new();
+    for id in lost {
         let mut driver = Driver::new(app, id);
-        driver.restart().await?;
-        tracing::info!(branch = %id, "2pc: a prepare lost in a crash is aborted");
+        match driver.restart().await {
+            Ok(_) => tracing::info!(branch = %id, "2pc: a prepare lost in a crash is aborted"),
+            Err(p) if p.status == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::info!(branch = %id, problem = %p, "2pc: a prepare lost in a crash is still locked; trying again later");
+                left.push(id);
+            }
+            Err(p) => return Err(p),
+        }
     }
-    Ok(lost.len())
+    Ok(left)
+}
+
+/// The lost prepares start-up had to skip: try them again; keep those still locked (or failing).
+async fn retry_lost(app: &App) {
+    let lost = std::mem::take(
+        &mut *app
+            .lost_at_start
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if lost.is_empty() {
+        return;
+    }
+    let left = match abort_lost(app, lost.clone()).await {
+        Ok(left) => left,
+        Err(p) => {
+            tracing::warn!(problem = %p, "2pc: could not abort the prepares lost in a crash; trying again later");
+            lost
+        }
+    };
+    app.lost_at_start
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend(left);
 }
 
 /// The in-doubt timer: until `shutdown`, ask the coordinator about prepared branches (all of
@@ -37,6 +85,7 @@ pub async fn resolve_in_doubt(app: App, every: Duration) {
         .unwrap_or_default();
     let mut min_age_ms = 0;
     loop {
+        retry_lost(&app).await;
         match branch::prepared(&app.control, min_age_ms).await {
             Ok(branches) => {
                 for b in branches {
