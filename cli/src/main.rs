@@ -28,7 +28,7 @@ enum Commands {
     /// Atomic commit protocols (2PC, 3PC, Paxos Commit).
     Commit(commit::CommitArgs),
     /// Benchmark sagas/s and latency against the Postgres commit ceiling and direct calls.
-    Bench(tandem_cli::bench::BenchArgs),
+    Bench(tandem_cli::bench::BenchCommand),
     /// The transactional key-value store: up, get, put, del, tx, bench.
     Kv(kv::KvArgs),
     /// The choreographed checkout (NATS JetStream, no orchestrator): show ORDER's timeline,

@@ -33,6 +33,14 @@ const OUTSIDE_CLAP: &[(&str, &str)] = &[
         "OTLP trace export, off when unset (tandem_kit::telemetry); standard OpenTelemetry SDK variables (OTEL_SERVICE_NAME, OTEL_BSP_*) tune it",
     ),
     (
+        "TANDEM_METRICS",
+        "the metrics switch, `off` records nothing (tandem_kit::metrics::enabled)",
+    ),
+    (
+        "OTEL_SDK_DISABLED",
+        "the standard OpenTelemetry switch, `true` installs no tracing layer (tandem_kit::telemetry::disabled)",
+    ),
+    (
         "OTEL_SERVICE_NAME",
         "the service.name of exported spans, default the binary's name (tandem_kit::telemetry)",
     ),

@@ -16,6 +16,7 @@
 //! - [`stats`]: counters, CPU and memory snapshots, the machine and Postgres settings;
 //! - [`commit`]: an atomic commit's costs (lock holds, messages, forced writes, formulas);
 //! - [`purge`]: `--purge-retention`: the checkout without and with the retention purge;
+//! - [`observe`]: `--observability-cost`: each workload with metrics and tracing off, then on;
 //! - [`events`]: the choreographed checkout's messages, counted at NATS;
 //! - [`ceiling`]: the raw commit ceiling; [`target`]: the stack under test (the launcher);
 //! - [`report`]: results and their table;
@@ -33,6 +34,7 @@ pub mod console;
 pub mod events;
 pub mod live;
 pub mod measure;
+pub mod observe;
 pub mod purge;
 pub mod report;
 pub mod stats;
@@ -146,6 +148,20 @@ pub struct BenchArgs {
     /// to the services, then deletes): throughput and p99 side by side.
     #[arg(long)]
     pub purge_retention: Option<f64>,
+}
+
+/// `tandem bench`'s arguments: [`BenchArgs`] (which other commands build too) and the
+/// switches only this command has.
+#[derive(Debug, Args)]
+pub struct BenchCommand {
+    #[command(flatten)]
+    pub bench: BenchArgs,
+    /// Instead of the usual report: what metrics and tracing cost. For each of `--workloads`
+    /// and `--clients`, a fresh stack with both off (`TANDEM_METRICS=off`,
+    /// `OTEL_SDK_DISABLED=true`) and one with both on (spans exported over OTLP to a sink this
+    /// process serves), in the same run: throughput and p50/p99 side by side.
+    #[arg(long)]
+    pub observability_cost: bool,
 }
 
 impl BenchArgs {
@@ -314,12 +330,19 @@ pub fn without_tls(url: &str) -> String {
     format!("{url}{sep}sslmode=disable")
 }
 
-pub async fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
+pub async fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand {
+        bench: mut args,
+        observability_cost,
+    } = cmd;
     if !args.db_tls {
         args.database_url = without_tls(&args.database_url);
     }
     let postgres = stats::postgres_settings(&args.database_url).await?;
     let machine = stats::machine();
+    if observability_cost {
+        return observe::report(&args, machine, postgres).await;
+    }
     eprintln!("starting the stack …");
     let t = target::start(&args).await?;
     target::wait_healthy(&t).await?;

@@ -70,6 +70,15 @@ fn nats_url(args: &BenchArgs) -> Option<String> {
 }
 
 pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
+    start_with_env(args, &[]).await
+}
+
+/// [`start`], with `extra` added to every spawned process's environment (`--stack processes`;
+/// ignored otherwise).
+pub async fn start_with_env(
+    args: &BenchArgs,
+    extra: &[(String, String)],
+) -> anyhow::Result<Target> {
     let http = reqwest::Client::builder()
         // Against a running stack with tokens: $TANDEM_TOKEN (its own stacks run open).
         .default_headers(crate::client::token_headers())
@@ -97,7 +106,7 @@ pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
     );
     let mut t = match args.stack {
         StackMode::InProcess => in_process(http, layout.clone(), args, nats.clone()).await?,
-        StackMode::Processes => processes(http, &layout, args, nats.as_deref())?,
+        StackMode::Processes => processes(http, &layout, args, nats.as_deref(), extra)?,
     };
     t.layout = Some(layout);
     if let Some(url) = &nats {
@@ -142,6 +151,7 @@ fn processes(
     layout: &Layout,
     args: &BenchArgs,
     nats: Option<&str>,
+    extra: &[(String, String)],
 ) -> anyhow::Result<Target> {
     let ports = [
         crate::launch::free_port()?,
@@ -188,7 +198,8 @@ fn processes(
         t.urls
             .insert(ORDERS.to_string(), crate::launch::loopback_url(port));
     }
-    for (c, env) in components {
+    for (c, mut env) in components {
+        env.extend_from_slice(extra);
         let bin = crate::launch::binary(args.bin_dir.as_deref(), c)?;
         t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
     }
@@ -197,7 +208,8 @@ fn processes(
     }
     let bin = crate::launch::binary(args.bin_dir.as_deref(), "acceptor")?;
     for (name, port) in acceptors {
-        let env = crate::launch::acceptor_env(layout, &name, port);
+        let mut env = crate::launch::acceptor_env(layout, &name, port);
+        env.extend_from_slice(extra);
         t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
         t.urls.insert(name, crate::launch::loopback_url(port));
     }

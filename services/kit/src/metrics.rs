@@ -47,9 +47,23 @@ const COUNT_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The switch: `TANDEM_METRICS=off` records nothing (no recorder is installed, so every
+/// `metrics::` call is a no-op) and `/metrics` answers an empty text; `on` (the default)
+/// records. Read once, outside clap like the OpenTelemetry variables, so every binary has it.
+pub const SWITCH_VAR: &str = "TANDEM_METRICS";
+
+/// Whether this process records metrics ([`SWITCH_VAR`]; anything but `off` is on).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var(SWITCH_VAR).map_or(true, |v| !v.trim().eq_ignore_ascii_case("off"))
+    })
+}
+
 /// The process's recorder, installed on first use (metrics recorded before it are lost, so
 /// every server installs it while building its router). Histograms are drained every 5 s by a
-/// small thread, so an unscraped process does not grow.
+/// small thread, so an unscraped process does not grow. With metrics switched off
+/// ([`enabled`]) the recorder is built but not installed: it stays empty.
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
@@ -58,6 +72,9 @@ pub fn install() -> &'static PrometheusHandle {
             .expect("buckets are not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
+        if !enabled() {
+            return handle;
+        }
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!(
                 "another metrics recorder is installed: /metrics shows only what this one records"
@@ -148,7 +165,9 @@ impl Scrape {
     }
 
     async fn render(&self) -> axum::response::Response {
-        self.sample().await;
+        if enabled() {
+            self.sample().await;
+        }
         (
             [(
                 header::CONTENT_TYPE,

@@ -6,9 +6,13 @@
 //!   calls carry `traceparent`); they leave the process only when an endpoint is set.
 //! - [`server_span`]: the span of one HTTP request, a child of the caller's `traceparent` (the
 //!   kit's middleware opens it for every route of every server).
-//! - [`inject`]: the current span's `traceparent` on an outgoing request; [`current`] /
+//! - [`inject`] / [`traced`]: the current span's `traceparent` on an outgoing request (every
+//!   protocol's sender goes through [`traced`]); [`current`] /
 //!   [`with_parent`]: the same context kept as a string (a saga carries its creator's trace to
 //!   every step it runs later).
+//!
+//! `OTEL_SDK_DISABLED=true` ([`disabled`]) installs the logs alone: no OpenTelemetry context,
+//! nothing propagated or exported (what the bench's `--observability-cost` compares against).
 //!
 //! Without [`init`] (tests in one process) spans have no OpenTelemetry context and nothing is
 //! propagated.
@@ -26,6 +30,15 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// The standard variable that switches the SDK off: `true` installs no OpenTelemetry layer —
+/// spans get no trace ids, no `traceparent` is read or sent, nothing is exported (logs stay).
+pub const DISABLED_VAR: &str = "OTEL_SDK_DISABLED";
+
+/// Whether tracing is switched off ([`DISABLED_VAR`] is `true`).
+pub fn disabled() -> bool {
+    std::env::var(DISABLED_VAR).is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 /// The standard variable naming the OTLP collector (`http://host:4318`; spans go to
 /// `…/v1/traces`). Unset: no export.
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -38,6 +51,13 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 pub fn init(service: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    if disabled() {
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer())
+            .try_init();
+        return;
+    }
     let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
     let mut builder = SdkTracerProvider::builder().with_resource(
         opentelemetry_sdk::Resource::builder_empty()
@@ -151,6 +171,18 @@ pub fn record_trace_id(span: &Span) {
 pub fn inject(headers: &mut HeaderMap) {
     let cx = Span::current().context();
     propagator().inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
+}
+
+/// `request` with the current span's `traceparent`: the one way every protocol's sender (saga
+/// steps, 2PC, 3PC and Paxos Commit messages) carries the trace to the process it calls.
+pub fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let mut headers = HeaderMap::new();
+    inject(&mut headers);
+    if headers.is_empty() {
+        request
+    } else {
+        request.headers(headers)
+    }
 }
 
 /// The current span's trace context as a `traceparent` value, if it has one.
