@@ -361,3 +361,163 @@ fn assert_checkout_spans(spans: &[Got], id: &str) {
     assert!(server("payment", "/charges"), "{spans:#?}");
     assert!(server("shipping", "/shipments"), "{spans:#?}");
 }
+
+/// The spans of trace `trace_id` received so far, once `done` holds for them (at most 30 s).
+async fn trace_spans(
+    got: &std::sync::Arc<std::sync::Mutex<Vec<Got>>>,
+    trace_id: &str,
+    what: &str,
+    done: impl Fn(&[Got]) -> bool,
+) -> Vec<Got> {
+    let done = &done;
+    eventually(Duration::from_secs(30), what, || async move {
+        let spans: Vec<Got> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect();
+        done(&spans).then_some(spans)
+    })
+    .await
+}
+
+/// The 2PC's messages carry the trace too: a checkout as one 2PC transaction, begun with a
+/// client's `traceparent`, is one trace holding the orchestrator's request and transaction spans
+/// and each service's `/2pc/prepare` and `/2pc/commit` requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_2pc_checkout_is_one_trace_across_all_processes() {
+    use tandem_tests::cluster::{Cluster, ClusterConfig};
+    let (endpoint, got) = otlp_receiver().await;
+    let mut cluster = Cluster::new(ClusterConfig::new("traces_2pc", 1));
+    cluster.env_all("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+    cluster.env_all("OTEL_BSP_SCHEDULE_DELAY", "100");
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(60)).await;
+    let c = cluster.client(0);
+    c.set_stock("trace-2pc-widget", 5).await.unwrap();
+    let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/transactions?wait=30", c.orchestrator))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({
+            "protocol": "2pc",
+            "definition": "checkout",
+            "input": checkout_input("trace-2pc-1", "trace-2pc-widget", 1, "tok_visa", "GB"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let txn: serde_json::Value = resp.json().await.unwrap();
+    assert!(status.is_success(), "{status} {txn}");
+    assert_eq!(txn["state"], "committed", "{txn}");
+
+    let services = ["inventory", "payment", "shipping"];
+    let server = |spans: &[Got], service: &str, route: &str| {
+        spans.iter().any(|s| {
+            s.service == service
+                && s.name == "request"
+                && s.attributes.get("route").map(String::as_str) == Some(route)
+        })
+    };
+    let spans = trace_spans(&got, &trace_id, "2PC spans from every process", |spans| {
+        services.iter().all(|s| server(spans, s, "/2pc/commit"))
+    })
+    .await;
+    assert!(
+        server(&spans, "orchestrator", "/transactions"),
+        "{spans:#?}"
+    );
+    let txn_span = spans
+        .iter()
+        .find(|s| s.service == "orchestrator" && s.name == "transaction")
+        .unwrap_or_else(|| panic!("no transaction span: {spans:#?}"));
+    assert_eq!(txn_span.attributes["txn"], txn["id"].as_str().unwrap());
+    assert_eq!(txn_span.attributes["protocol"], "2pc");
+    for s in services {
+        assert!(server(&spans, s, "/2pc/prepare"), "{s}: {spans:#?}");
+    }
+}
+
+/// Choreographed events carry the trace through NATS: an order placed with a client's
+/// `traceparent` is one trace holding the orders service's request and an `event` span in each
+/// of the three services that handled its events (the outbox keeps the context, the relay
+/// sends it as a header, the consumer continues it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_choreographed_checkout_is_one_trace_through_nats() {
+    use tandem_kit::choreo::nats_testing::PrivateNats;
+    use tandem_tests::cluster::{Cluster, ClusterConfig};
+    let Some(nats) = PrivateNats::start().await else {
+        return;
+    };
+    let (endpoint, got) = otlp_receiver().await;
+    let mut cfg = ClusterConfig::new("traces_choreo", 0);
+    cfg.nats_url = Some(nats.url.clone());
+    let mut cluster = Cluster::new(cfg);
+    cluster.env_all("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+    cluster.env_all("OTEL_BSP_SCHEDULE_DELAY", "100");
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(60)).await;
+    let orders = cluster.url(cluster.orders());
+    let c = tandem_cli::client::Client::new(
+        &orders,
+        &cluster.url(cluster.service("inventory")),
+        &cluster.url(cluster.service("payment")),
+        &cluster.url(cluster.service("shipping")),
+    );
+    assert_eq!(
+        c.set_stock("trace-choreo-widget", 5).await.unwrap().status,
+        200
+    );
+    let http = reqwest::Client::new();
+    let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
+    let resp = http
+        .post(format!("{orders}/orders"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&checkout_input(
+            "trace-choreo-1",
+            "trace-choreo-widget",
+            1,
+            "tok_visa",
+            "GB",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let order = eventually(Duration::from_secs(60), "the order completed", || {
+        let url = format!("{orders}/orders/trace-choreo-1?wait_ms=2000");
+        let http = http.clone();
+        async move {
+            let v: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+            (v["status"] == "completed").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(order["status"], "completed");
+
+    let handlers = ["inventory", "payment", "shipping"];
+    let spans = trace_spans(&got, &trace_id, "event spans in every service", |spans| {
+        handlers
+            .iter()
+            .all(|h| spans.iter().any(|s| s.service == *h && s.name == "event"))
+    })
+    .await;
+    assert!(
+        spans.iter().any(|s| s.service == "orders"
+            && s.name == "request"
+            && s.attributes.get("route").map(String::as_str) == Some("/orders")),
+        "{spans:#?}"
+    );
+    let subjects: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.name == "event")
+        .filter_map(|s| s.attributes.get("subject").map(String::as_str))
+        .collect();
+    assert!(
+        subjects.iter().any(|s| s.ends_with("placed")),
+        "{subjects:?}"
+    );
+}

@@ -367,7 +367,17 @@ impl Coordinator {
             return;
         };
         let me = self.clone();
-        tokio::spawn(async move {
+        // One span per transaction run, a child of the request that began it (a recovered one
+        // starts a trace of its own): every message it sends carries it as `traceparent`.
+        let span = tracing::info_span!(
+            "transaction",
+            txn = %row.id,
+            protocol = %row.protocol,
+            recovered = !fresh,
+            trace_id = tracing::field::Empty,
+        );
+        tandem_kit::telemetry::record_trace_id(&span);
+        let run = async move {
             let id = row.id;
             if row.protocol == super::paxos::PAXOS_COMMIT {
                 me.lead(row, fresh).await;
@@ -377,7 +387,8 @@ impl Coordinator {
                 me.drive(row, fresh).await;
             }
             me.work.finish(id, permit);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(run, span));
     }
 }
 

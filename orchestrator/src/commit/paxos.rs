@@ -322,7 +322,7 @@ impl Coordinator {
                     leader_url: Some(self.public_url().to_string()),
                     msg,
                 };
-                tokio::spawn(async move {
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
                     let url = format!("{base}/paxos/{path}");
                     match call::<_, AcceptorReply>(&http, &url, &body).await {
                         Ok(AcceptorReply { reply: Some(msg) }) => {
@@ -334,7 +334,7 @@ impl Coordinator {
                             tracing::info!(txn = %id, error = %e, "paxos: acceptor unreachable")
                         }
                     }
-                });
+                }));
             }
             NodeId::Participant(p) => self.send_to_participant(t, p, msg),
             NodeId::Coordinator(_) => {}
@@ -369,7 +369,7 @@ impl Coordinator {
         t.log(format!("P{p}"), "out", kind(&msg), Value::Null);
         let (http, tx, id) = (self.http.clone(), t.tx.clone(), t.id);
         let prepare = msg == Msg::Prepare;
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut delay = Duration::from_millis(100);
             // A Prepare is retried a few times (the core's next ballot covers a participant
             // that never prepares); an outcome until it is applied.
@@ -394,7 +394,7 @@ impl Coordinator {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-        });
+        }));
     }
 
     /// An acceptor's message for transaction `id` (its ballot-0 bundle): true if its leader runs

@@ -39,9 +39,7 @@ struct Call {
 /// request, and the response if one came, are counted as a message each.
 async fn post(c: &Call) -> Result<(u16, Option<u64>, Value), String> {
     tandem_kit::stats::message_sent(&c.pool, c.kinds.0);
-    let r = c
-        .http
-        .post(&c.url)
+    let r = tandem_kit::telemetry::traced(c.http.post(&c.url))
         .json(&c.body)
         .timeout(c.timeout)
         .send()
@@ -213,7 +211,7 @@ impl Coordinator {
         if inline {
             fut.await;
         } else {
-            tokio::spawn(fut);
+            tokio::spawn(tracing::Instrument::in_current_span(fut));
         }
     }
 }

@@ -15,12 +15,10 @@ impl Driver {
         let Ok(method) = reqwest::Method::from_bytes(r.method.as_bytes()) else {
             return transport(format!("bad method {:?}", r.method));
         };
-        let mut req = self
-            .http
-            .request(method, format!("{base}{}", r.path))
-            .header("Idempotency-Key", &r.idempotency_key)
-            .headers(trace_headers())
-            .timeout(r.timeout);
+        let mut req =
+            tandem_kit::telemetry::traced(self.http.request(method, format!("{base}{}", r.path)))
+                .header("Idempotency-Key", &r.idempotency_key)
+                .timeout(r.timeout);
         if !r.body.is_null() {
             req = req.json(&r.body);
         }
@@ -41,13 +39,6 @@ impl Driver {
             Err(e) => transport(tandem_kit::error::chain(&e)),
         }
     }
-}
-
-/// The current span's `traceparent` (the step attempt's span), for the service.
-fn trace_headers() -> reqwest::header::HeaderMap {
-    let mut h = reqwest::header::HeaderMap::new();
-    tandem_kit::telemetry::inject(&mut h);
-    h
 }
 
 /// A transport error, its message storable (Postgres refuses U+0000 in text).

@@ -119,8 +119,7 @@ pub async fn call_within<B: Serialize, R: DeserializeOwned>(
     body: &B,
     timeout: std::time::Duration,
 ) -> Result<R, String> {
-    let r = http
-        .post(url)
+    let r = crate::telemetry::traced(http.post(url))
         .json(body)
         .timeout(timeout)
         .send()

@@ -1,5 +1,6 @@
 //! A durable JetStream consumer with explicit acks on every checkout event (`checkout.>`: one
-//! filter subject, as NATS 2.9 allows), handled concurrently. Each handler answers a
+//! filter subject, as NATS 2.9 allows), handled concurrently, each in an `event` span that
+//! continues the message's `traceparent` header. Each handler answers a
 //! [`Disposition`]; an event that does not parse (malformed, unknown type, subject and payload
 //! disagreeing) is **poison**: published to `checkout_dead.<consumer>` with the reason in a
 //! header, then terminated, so it never blocks the stream.
@@ -105,8 +106,22 @@ async fn deliver<H, Fut>(
     Fut: Future<Output = Disposition>,
 {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    // The delivery's span: a child of the trace context the event was written in.
+    let span = tracing::info_span!(
+        "event",
+        subject = %msg.subject,
+        consumer = %durable,
+        delivered,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(super::TRACEPARENT))
+        .map(|v| v.as_str().to_string());
+    crate::telemetry::with_parent(&span, parent.as_deref());
     let ack = match Event::from_message(&msg.subject, &msg.payload) {
-        Ok(event) => match handle(event, delivered).await {
+        Ok(event) => match tracing::Instrument::instrument(handle(event, delivered), span).await {
             Disposition::Ack => AckKind::Ack,
             Disposition::Retry(after) => AckKind::Nak(Some(after)),
         },

@@ -36,6 +36,8 @@ pub const DEAD_SUBJECTS: &str = "checkout_dead.>";
 /// Header naming why an event was dead-lettered, and the subject it came on.
 pub const DEAD_REASON: &str = "Tandem-Dead-Reason";
 pub const DEAD_SUBJECT: &str = "Tandem-Original-Subject";
+/// Header carrying the W3C trace context of the span that wrote the event (the outbox row's).
+pub const TRACEPARENT: &str = "traceparent";
 
 /// Connect to NATS and make sure both streams exist.
 pub async fn connect(url: &str) -> Result<jetstream::Context, String> {

@@ -8,6 +8,11 @@
 //! ([`Relay::wake`]), and the relay also polls, so a row committed by a process that died
 //! before waking anyone is published by the next poll (of any relay on that database).
 //!
+//! Trace context: a row keeps the `traceparent` of the span that wrote it (the request or the
+//! event handler that caused it), and the relay sends it as the message's `traceparent` header;
+//! the consumer's span for the delivery is its child ([`super::consumer`]), so a choreographed
+//! checkout is one trace across the services, as an orchestrated one is.
+//!
 //! A crash between JetStream's ack and the `UPDATE … published_at` republishes the row: within
 //! the stream's duplicate window ([`super::DUPLICATE_WINDOW`]) JetStream drops it by its
 //! message id; after it, consumers get it twice and the barrier absorbs it.
@@ -45,17 +50,32 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_unpublished ON outbox (created_at) WHERE published_at IS NULL;
 "#;
 
-/// `migrator` plus the outbox table.
+/// Version of the migration that gives each outbox row the trace context it was written in.
+pub const TRACE_MIGRATION_VERSION: i64 = 20_261_201_052_000;
+
+/// The trace context column: the `traceparent` of the span that wrote the row (null when there
+/// was none), sent as the NATS message's `traceparent` header.
+pub const TRACE_DDL: &str = "ALTER TABLE outbox ADD COLUMN traceparent text;";
+
+/// `migrator` plus the outbox table (and its trace context column).
 pub fn migrator(migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
-    crate::barrier::with_migration(migrator, MIGRATION_VERSION, "tandem kit outbox", DDL)
+    let m = crate::barrier::with_migration(migrator, MIGRATION_VERSION, "tandem kit outbox", DDL);
+    crate::barrier::with_migration(
+        m,
+        TRACE_MIGRATION_VERSION,
+        "tandem kit outbox trace context",
+        TRACE_DDL,
+    )
 }
 
-/// Write `event` into the outbox on `conn` (inside the caller's transaction). `false` when this
-/// database already holds that order's event of that kind.
+/// Write `event` into the outbox on `conn` (inside the caller's transaction), with the current
+/// span's trace context. `false` when this database already holds that order's event of that
+/// kind.
 pub async fn emit(conn: &mut PgConnection, event: &Event) -> Result<bool, sqlx::Error> {
     let payload = serde_json::to_value(event).unwrap_or(Value::Null);
     let done = sqlx::query(
-        "INSERT INTO outbox (id, subject, payload, order_id, event) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO outbox (id, subject, payload, order_id, event, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (order_id, event) DO NOTHING",
     )
     .bind(Uuid::now_v7())
@@ -63,6 +83,7 @@ pub async fn emit(conn: &mut PgConnection, event: &Event) -> Result<bool, sqlx::
     .bind(payload)
     .bind(&event.order_id)
     .bind(event.event.as_str())
+    .bind(crate::telemetry::current())
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -112,17 +133,20 @@ impl Relay {
     /// do not publish the same row at the same time.
     pub async fn round(&self) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, String, Value)> = sqlx::query_as(
-            "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL
+        let rows: Vec<(Uuid, String, Value, Option<String>)> = sqlx::query_as(
+            "SELECT id, subject, payload, traceparent FROM outbox WHERE published_at IS NULL
              ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH)
         .fetch_all(&mut *tx)
         .await?;
         let mut acks = Vec::with_capacity(rows.len());
-        for (id, subject, payload) in &rows {
+        for (id, subject, payload, traceparent) in &rows {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", id.to_string().as_str());
+            if let Some(tp) = traceparent {
+                headers.insert(super::TRACEPARENT, tp.as_str());
+            }
             let body = serde_json::to_vec(payload).unwrap_or_default();
             let ack = self
                 .js
