@@ -110,7 +110,16 @@ fn sagas_api() -> Api<Ctx> {
     let action = |summary: &str| {
         api::post(summary)
             .path_uuid()
-            .header("Tandem-Actor", "who acts (recorded in the saga's events)")
+            .header_schema(
+                "Tandem-Actor",
+                "who acts (recorded in the saga's events): 1 to 100 visible ASCII characters",
+                false,
+                serde_json::json!({
+                    "type": "string",
+                    // trimmed, 1 to 100 visible ASCII characters (MAX_ACTOR_LEN)
+                    "pattern": "^[ \t]*[!-~]([\t -~]{0,98}[!-~])?[ \t]*$",
+                }),
+            )
             .answer_schema(202, "the saga, as the action left it", api::object())
             .answer_schema(200, "already so (cancel while compensating)", api::object())
             .error(

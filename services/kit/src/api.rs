@@ -56,7 +56,8 @@ pub struct Op {
     description: Option<String>,
     query: Vec<utoipa::openapi::path::Parameter>,
     path_uuid: bool,
-    headers: Vec<(String, String, bool)>,
+    /// Name, description, required, schema.
+    headers: Vec<(String, String, bool, serde_json::Value)>,
     body: Option<RefOr<Schema>>,
     answers: Vec<(u16, String, Answer)>,
     schemas: Vec<(String, RefOr<Schema>)>,
@@ -144,16 +145,26 @@ impl Op {
     }
 
     /// An optional request header.
-    pub fn header(mut self, name: &str, description: &str) -> Self {
-        self.headers
-            .push((name.to_string(), description.to_string(), false));
-        self
+    pub fn header(self, name: &str, description: &str) -> Self {
+        self.header_schema(name, description, false, json!({"type": "string"}))
     }
 
     /// A required request header.
-    pub fn required_header(mut self, name: &str, description: &str) -> Self {
+    pub fn required_header(self, name: &str, description: &str) -> Self {
+        self.header_schema(name, description, true, json!({"type": "string"}))
+    }
+
+    /// A request header with the schema its handler enforces (a `pattern`, a `maxLength` …),
+    /// so a client — or a fuzzer — knows which values are accepted.
+    pub fn header_schema(
+        mut self,
+        name: &str,
+        description: &str,
+        required: bool,
+        schema: serde_json::Value,
+    ) -> Self {
         self.headers
-            .push((name.to_string(), description.to_string(), true));
+            .push((name.to_string(), description.to_string(), required, schema));
         self
     }
 
@@ -242,7 +253,7 @@ impl Op {
         for p in &self.query {
             b = b.parameter(p.clone());
         }
-        for (name, description, required) in &self.headers {
+        for (name, description, required, header_schema) in &self.headers {
             b = b.parameter(
                 ParameterBuilder::new()
                     .name(name)
@@ -253,7 +264,7 @@ impl Op {
                         Required::False
                     })
                     .description(Some(description.clone()))
-                    .schema(Some(schema(json!({"type": "string"})))),
+                    .schema(Some(schema(header_schema.clone()))),
             );
         }
         if let Some(body) = &self.body {

@@ -126,6 +126,19 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
+    /// The header's schema in the API documents: what [`Self::parse`] accepts, in visible
+    /// ASCII (what a header carries) — the run id without `:`, spaces or control characters —
+    /// ending in `side` when the endpoint is one side of a step (None: either).
+    pub fn schema(side: Option<Op>) -> serde_json::Value {
+        let last = side.map_or("(action|compensation)", Op::as_str);
+        serde_json::json!({
+            "type": "string",
+            "maxLength": MAX_KEY_LEN,
+            // surrounding spaces or tabs are not part of a header's value (HTTP strips them)
+            "pattern": format!("^[ \t]*[!-9;-~]+:[a-z0-9_]+:{last}[ \t]*$"),
+        })
+    }
+
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.len() > MAX_KEY_LEN {
             return Err(format!("must be at most {MAX_KEY_LEN} characters"));

@@ -273,7 +273,12 @@ fn shared(api: Api) -> Api {
     .route(
         "/noop",
         crate::api::post("A saga step with no effect (benchmarks)")
-            .required_header("Idempotency-Key", "`{run}:{step}:{action|compensation}`")
+            .header_schema(
+                "Idempotency-Key",
+                "`{run}:{step}:{action|compensation}`",
+                true,
+                crate::barrier::IdempotencyKey::schema(None),
+            )
             .answer_schema(200, "`{\"ok\": true, \"op\"}`", crate::api::object()),
         noop,
     )

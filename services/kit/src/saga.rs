@@ -35,6 +35,7 @@ pub fn routes(app: &App) -> Api<App> {
             endpoint.path(),
             step_op(
                 endpoint.document(api::post("Saga action (also the 2PC prepare of this step)")),
+                Some(crate::barrier::Op::Action),
             ),
             move |State(app): State<App>, from, key, Json(body)| {
                 action(app, (from, key), body, endpoint)
@@ -44,7 +45,10 @@ pub fn routes(app: &App) -> Api<App> {
     for &compensation in spec.compensations {
         router = router.route(
             compensation.path,
-            step_op(api::post("Saga compensation").body::<CompensationRequest>()),
+            step_op(
+                api::post("Saga compensation").body::<CompensationRequest>(),
+                Some(crate::barrier::Op::Compensation),
+            ),
             move |State(app): State<App>, from, key, Json(body)| {
                 compensate(app, (from, key), body, compensation)
             },
@@ -53,11 +57,14 @@ pub fn routes(app: &App) -> Api<App> {
     router
 }
 
-/// What every saga step endpoint answers (docs/sagas.md, "step result protocol").
-fn step_op(op: Doc) -> Doc {
-    op.required_header(
+/// What every saga step endpoint answers (docs/sagas.md, "step result protocol"); `side`: the
+/// side its key must name (an action's key ends in `:action`).
+fn step_op(op: Doc, side: Option<crate::barrier::Op>) -> Doc {
+    op.header_schema(
         "Idempotency-Key",
         "`{run}:{step}:{action|compensation}` (required; duplicates replay the first answer)",
+        true,
+        crate::barrier::IdempotencyKey::schema(side),
     )
     .header("Tandem-Sender", "the sending node's name (link faults)")
     .answer_schema(200, "the step's output (a replay: the same)", api::object())
