@@ -422,8 +422,15 @@ async fn one_2pc_checkout_is_one_trace_across_all_processes() {
                 && s.attributes.get("route").map(String::as_str) == Some(route)
         })
     };
+    // every span awaited: the orchestrator's request span ends (and is exported) last
     let spans = trace_spans(&got, &trace_id, "2PC spans from every process", |spans| {
-        services.iter().all(|s| server(spans, s, "/2pc/commit"))
+        server(spans, "orchestrator", "/transactions")
+            && spans
+                .iter()
+                .any(|s| s.service == "orchestrator" && s.name == "transaction")
+            && services
+                .iter()
+                .all(|s| server(spans, s, "/2pc/prepare") && server(spans, s, "/2pc/commit"))
     })
     .await;
     assert!(
