@@ -79,6 +79,11 @@ impl Client {
         }
     }
 
+    /// Its HTTP client (with its bearer token, if any), for requests the methods do not make.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The same client sending `token` as its bearer token (instead of `$TANDEM_TOKEN`).
     pub fn with_token(mut self, token: &str) -> Self {
         self.http = http_client(bearer_headers(Some(token)));
