@@ -325,7 +325,9 @@ pub fn finish_with(
 /// and the request's latency in [`crate::metrics::HTTP_REQUEST_DURATION`] under its route
 /// template (`unmatched` for the 404 fallback), so new routes are measured and traced with no
 /// code of their own. Every request is also counted by route ([`crate::stats::exchange`]): the
-/// messages of every protocol, counted in one place.
+/// messages of every protocol, counted in one place. The handler runs in the request's hop clock
+/// ([`crate::hop::serve`]: from its `Tandem-Hop`, 0 for a client's) and the answer carries the
+/// clock at its end plus one: every protocol's message delays, measured in one place.
 pub async fn observe(
     matched: Option<axum::extract::MatchedPath>,
     req: Request,
@@ -340,7 +342,11 @@ pub async fn observe(
     crate::stats::exchange(&method, &route);
     let span = crate::telemetry::server_span(&method, &route, req.headers());
     let started = std::time::Instant::now();
-    let resp = next.run(req).instrument(span.clone()).await;
+    let incoming = crate::hop::of(req.headers());
+    let (mut resp, hops) =
+        crate::hop::serve(incoming, next.run(req).instrument(span.clone())).await;
+    resp.headers_mut()
+        .insert(crate::hop::HEADER, axum::http::HeaderValue::from(hops + 1));
     let status = resp.status().as_u16();
     span.record("status", status);
     crate::metrics::http_request(&method, &route, status, started.elapsed());
