@@ -586,6 +586,12 @@ pub fn print(r: &LiveReport) {
         );
     }
     println!();
+    print_legend(r);
+    print_faults(&r.faults);
+}
+
+/// Each protocol's formulas and locks, and what the columns are.
+fn print_legend(r: &LiveReport) {
     let mut seen = Vec::new();
     for row in &r.rows {
         if !seen.contains(&row.protocol) {
@@ -608,7 +614,6 @@ pub fn print(r: &LiveReport) {
         "delays: measured, the hop count every message carries (its longest chain per transaction, \
          averaged) [the formula]. lock: the longest-held participant's lock hold, vote to outcome."
     );
-    print_faults(&r.faults);
 }
 
 /// The fault scenarios' rows, if any ran.

@@ -501,6 +501,46 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn every_answer_carries_the_request_s_hop_count_plus_its_handler_s() {
+        use axum::routing::get;
+        use tower::ServiceExt;
+        // A handler that heard an answer at hop 5 (as `hop::send` records it).
+        let app = Router::new()
+            .route(
+                "/seen",
+                get(|| async { crate::hop::now().unwrap().to_string() }),
+            )
+            .route(
+                "/calls",
+                get(|| async {
+                    crate::hop::witness(5);
+                    "ok"
+                }),
+            )
+            .layer(axum::middleware::from_fn(observe));
+        for (uri, hop, body, answer) in [
+            ("/seen", Some("3"), "3", "4"),
+            ("/seen", None, "0", "1"),
+            ("/calls", Some("1"), "ok", "6"),
+        ] {
+            let mut req = Request::get(uri);
+            if let Some(h) = hop {
+                req = req.header(crate::hop::HEADER, h);
+            }
+            let resp = app
+                .clone()
+                .oneshot(req.body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.headers()[crate::hop::HEADER], answer, "{uri} {hop:?}");
+            let got = axum::body::to_bytes(resp.into_body(), 1 << 10)
+                .await
+                .unwrap();
+            assert_eq!(got, body.as_bytes(), "{uri} {hop:?}");
+        }
+    }
+
     #[test]
     fn syntax_errors_are_400() {
         let p = parse_json::<Body>(b"{nope").unwrap_err();
