@@ -367,7 +367,8 @@ impl Coordinator {
             return;
         };
         let me = self.clone();
-        tokio::spawn(async move {
+        // One hop clock per transaction: its `POST /transactions`'s, or a new root on recovery.
+        tandem_kit::hop::spawn(async move {
             let id = row.id;
             if row.protocol == super::paxos::PAXOS_COMMIT {
                 me.lead(row, fresh).await;

@@ -39,12 +39,8 @@ struct Call {
 /// request, and the response if one came, are counted as a message each.
 async fn post(c: &Call) -> Result<(u16, Option<u64>, Value), String> {
     tandem_kit::stats::message_sent(&c.pool, c.kinds.0);
-    let r = c
-        .http
-        .post(&c.url)
-        .json(&c.body)
-        .timeout(c.timeout)
-        .send()
+    let req = c.http.post(&c.url).json(&c.body).timeout(c.timeout);
+    let r = tandem_kit::hop::send(req)
         .await
         .map_err(|e| e.to_string())?;
     tandem_kit::stats::message_received(&c.pool, c.kinds.1);
@@ -213,7 +209,8 @@ impl Coordinator {
         if inline {
             fut.await;
         } else {
-            tokio::spawn(fut);
+            // The transaction's clock: the answers advance it for its next sends.
+            tandem_kit::hop::spawn(fut);
         }
     }
 }

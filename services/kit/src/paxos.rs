@@ -119,11 +119,7 @@ pub async fn call_within<B: Serialize, R: DeserializeOwned>(
     body: &B,
     timeout: std::time::Duration,
 ) -> Result<R, String> {
-    let r = http
-        .post(url)
-        .json(body)
-        .timeout(timeout)
-        .send()
+    let r = crate::hop::send(http.post(url).json(body).timeout(timeout))
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;
     let status = r.status();
