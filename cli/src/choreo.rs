@@ -410,9 +410,12 @@ async fn check_records(
             .get(&format!("{}/faults?order_id={order}", c.payment))
             .await?
             .body;
-        let fired = faults
-            .as_array()
-            .is_some_and(|a| !a.is_empty() && a.iter().all(|f| f["remaining"] == 0));
+        // Only this order's faults: the other scenarios run at the same time, and theirs may
+        // not have fired yet when this one ends.
+        let fired = faults.as_array().is_some_and(|a| {
+            let own: Vec<_> = a.iter().filter(|f| f["order_id"] == order).collect();
+            !own.is_empty() && own.iter().all(|f| f["remaining"] == 0)
+        });
         k.check(
             fired,
             format!("the injected fault did not fire in full: {faults}"),

@@ -18,13 +18,31 @@ pub struct Client {
 /// docs/security.md). An operator token can do everything the commands do.
 pub const TOKEN_ENV: &str = "TANDEM_TOKEN";
 
-/// `Authorization: Bearer $TANDEM_TOKEN`, or nothing when it is unset (an open stack).
+/// The token given by `tandem --token` (it wins over `$TANDEM_TOKEN`).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Use `token` instead of `$TANDEM_TOKEN` on every call of this process (`tandem --token`).
+/// Only the first call counts.
+pub fn set_token(token: String) {
+    let _ = TOKEN.set(token);
+}
+
+/// The user's token: `tandem --token`, else `$TANDEM_TOKEN`, else none.
+pub fn user_token() -> Option<String> {
+    TOKEN
+        .get()
+        .cloned()
+        .or_else(|| std::env::var(TOKEN_ENV).ok())
+        .filter(|t| !t.is_empty())
+}
+
+/// `Authorization: Bearer <the user's token>`, or nothing when there is none (an open stack).
 pub fn token_headers() -> reqwest::header::HeaderMap {
-    bearer_headers(std::env::var(TOKEN_ENV).ok().as_deref())
+    bearer_headers(user_token().as_deref())
 }
 
 /// `Authorization: Bearer <token>` (marked sensitive), or nothing for no or an empty token.
-fn bearer_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
+pub fn bearer_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token.filter(|t| !t.is_empty())
         && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -61,19 +79,29 @@ impl Client {
         }
     }
 
+    /// Its HTTP client (with its bearer token, if any), for requests the methods do not make.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The same client sending `token` as its bearer token (instead of `$TANDEM_TOKEN`).
     pub fn with_token(mut self, token: &str) -> Self {
         self.http = http_client(bearer_headers(Some(token)));
         self
     }
 
+    /// A client of `s`, sending its operator token when it has tokens of its own.
     pub fn for_stack(s: &crate::launch::stack::Stack) -> Self {
-        Client::new(
+        let c = Client::new(
             &s.orchestrator_url,
             &s.inventory_url,
             &s.payment_url,
             &s.shipping_url,
-        )
+        );
+        match &s.tokens {
+            Some(t) => c.with_token(&t.operator),
+            None => c,
+        }
     }
 
     async fn reply(resp: reqwest::Response) -> anyhow::Result<Reply> {

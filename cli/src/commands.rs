@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 
 use crate::client::Client;
@@ -24,29 +25,75 @@ pub struct UpArgs {
     /// relays and consumers). Empty: without it. Unreachable: `up` says so and starts without.
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS)]
     pub nats_url: String,
-    /// Bearer tokens every server of the stack accepts (see docs/security.md); unset, the
-    /// stack runs open on loopback.
+    /// Bearer tokens every server of the stack accepts (see docs/security.md). Unset (and no
+    /// --open): `up` generates one token per role and writes them to --tokens-out.
     #[command(flatten)]
     pub auth: tandem_kit::auth::AuthConfig,
+    /// Without TANDEM_TOKENS / TANDEM_TOKENS_FILE: run open (no tokens; loopback only)
+    /// instead of generating tokens.
+    #[arg(long)]
+    pub open: bool,
+    /// Where the generated tokens go (a TANDEM_TOKENS_FILE, mode 0600, removed when `up`
+    /// stops). Default: `<temp dir>/tandem-<db prefix>/tokens`.
+    #[arg(long)]
+    pub tokens_out: Option<std::path::PathBuf>,
+}
+
+/// Where `tandem up` writes the tokens it generated, unless told.
+pub fn default_tokens_path(db_prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(format!("tandem-{db_prefix}"))
+        .join("tokens")
 }
 
 /// Start the whole stack in this process (fault injection on) and serve until Ctrl-C.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let layout = Layout::new(args.database_url, &args.db_prefix);
     let mut cfg = StackConfig::new(layout.clone(), args.port);
+    let user_tokens = args.auth.tokens.is_some() || args.auth.tokens_file.is_some();
+    if user_tokens || args.open {
+        cfg = cfg.with_auth(args.auth.clone());
+    }
+    let tokens_path = match &cfg.tokens {
+        Some(t) => {
+            let path = args
+                .tokens_out
+                .clone()
+                .unwrap_or_else(|| default_tokens_path(&args.db_prefix));
+            t.write_file(&path)
+                .with_context(|| format!("writing the tokens to {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     if !args.nats_url.is_empty() {
         match crate::choreo::connect(&args.nats_url).await {
             Ok(_) => cfg.nats_url = Some(args.nats_url.clone()),
             Err(e) => println!("Without the choreographed checkout: {e}\n"),
         }
     }
-    cfg.auth = args.auth.clone();
     let mut stack = Stack::start(cfg).await?;
     println!("Tandem is up (fault injection on: POST /faults on each service):");
-    if args.auth.tokens.is_some() || args.auth.tokens_file.is_some() {
-        println!("bearer tokens required (TANDEM_TOKENS); `tandem` commands send $TANDEM_TOKEN");
-    } else {
-        println!("OPEN: no TANDEM_TOKENS, so anyone on this machine may call every route");
+    match (&stack.tokens, &tokens_path) {
+        (Some(t), Some(path)) => {
+            println!(
+                "bearer tokens required: generated for this run (client, operator, service) in {}",
+                path.display()
+            );
+            println!(
+                "  export TANDEM_TOKEN={}   # the operator token",
+                t.operator
+            );
+            println!(
+                "  then `tandem saga list`, or curl -H \"Authorization: Bearer $TANDEM_TOKEN\" {}/sagas",
+                stack.orchestrator_url
+            );
+        }
+        _ if user_tokens => println!(
+            "bearer tokens required (TANDEM_TOKENS / TANDEM_TOKENS_FILE); `tandem` commands send \
+             --token or $TANDEM_TOKEN"
+        ),
+        _ => println!("OPEN (--open): anyone on this machine may call every route"),
     }
     println!("  orchestrator  {}", stack.orchestrator_url);
     println!("  inventory     {}", stack.inventory_url);
@@ -63,11 +110,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let dbs: Vec<String> = components.iter().map(|c| layout.database_url(c)).collect();
     println!("databases: {}", dbs.join(", "));
     println!("Ctrl-C stops it (gracefully: leases are handed back).");
-    tokio::select! {
-        e = stack.wait_for_failure() => return Err(e),
-        _ = tandem_kit::http::shutdown_signal() => {}
+    let failed = tokio::select! {
+        e = stack.wait_for_failure() => Some(e),
+        _ = tandem_kit::http::shutdown_signal() => None,
+    };
+    // The tokens die with the stack.
+    if let Some(path) = &tokens_path {
+        let _ = std::fs::remove_file(path);
     }
-    stack.stop().await
+    match failed {
+        Some(e) => Err(e),
+        None => stack.stop().await,
+    }
 }
 
 #[derive(Debug, Args)]

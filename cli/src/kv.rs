@@ -22,6 +22,7 @@ use kv_client::Client;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
+use tandem_cli::launch::Tokens;
 
 #[derive(Debug, Args)]
 pub struct KvArgs {
@@ -38,6 +39,13 @@ enum KvCommand {
     Up {
         #[arg(long, default_value = "data/kv")]
         data_dir: PathBuf,
+        /// Run open (no tokens; loopback only) instead of generating one token per role.
+        #[arg(long)]
+        open: bool,
+        /// Where the generated tokens go (mode 0600, removed at stop). Default:
+        /// `<temp dir>/tandem-kv/tokens`.
+        #[arg(long)]
+        tokens_out: Option<PathBuf>,
     },
     /// Read one key.
     Get { key: String },
@@ -53,9 +61,14 @@ enum KvCommand {
 
 /// Entry point of `tandem kv`.
 pub async fn run(args: KvArgs) -> anyhow::Result<()> {
-    let client = Client::new(args.shards.clone());
+    // The user's token (`tandem --token`, $TANDEM_TOKEN), if any.
+    let client = connect(args.shards.clone(), crate_token().as_deref());
     match args.command {
-        KvCommand::Up { data_dir } => up(data_dir).await,
+        KvCommand::Up {
+            data_dir,
+            open,
+            tokens_out,
+        } => up(data_dir, open, tokens_out).await,
         KvCommand::Get { key } => {
             let v = client.get(&key).await?;
             println!("{}", v.as_deref().unwrap_or("(none)"));
@@ -73,14 +86,45 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn up(data_dir: PathBuf) -> anyhow::Result<()> {
+fn crate_token() -> Option<String> {
+    tandem_cli::client::user_token()
+}
+
+/// A client of the shards at `shards`, sending `token` if given.
+fn connect(shards: Vec<String>, token: Option<&str>) -> Client {
+    match token {
+        Some(t) => Client::with_token(shards, t),
+        None => Client::new(shards),
+    }
+}
+
+/// `config` accepting `tokens` (and sending their service token), or as it is.
+fn with_tokens(mut config: ::kv::Config, tokens: Option<&Tokens>) -> ::kv::Config {
+    if let Some(t) = tokens {
+        config.auth = t.auth_config();
+    }
+    config
+}
+
+async fn up(data_dir: PathBuf, open: bool, tokens_out: Option<PathBuf>) -> anyhow::Result<()> {
     let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let shards = (0..3).map(|i| addr(::kv::FIRST_SHARD_PORT + i)).collect();
+    let tokens = (!open).then(Tokens::generate);
+    let tokens_path = match &tokens {
+        Some(t) => {
+            let path =
+                tokens_out.unwrap_or_else(|| std::env::temp_dir().join("tandem-kv").join("tokens"));
+            t.write_file(&path)
+                .with_context(|| format!("writing the tokens to {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     let local = ::kv::local::Local::start(
         3,
         &data_dir,
         Some((addr(::kv::COORDINATOR_PORT), shards)),
-        |c| c,
+        |c| with_tokens(c, tokens.as_ref()),
     )
     .await
     .context("starting the store")?;
@@ -90,7 +134,23 @@ async fn up(data_dir: PathBuf) -> anyhow::Result<()> {
         local.shard_urls.join(" "),
         data_dir.display()
     );
+    match (&tokens, &tokens_path) {
+        (Some(t), Some(path)) => {
+            println!(
+                "bearer tokens required: generated for this run in {}",
+                path.display()
+            );
+            println!(
+                "  export TANDEM_TOKEN={}   # the operator token",
+                t.operator
+            );
+        }
+        _ => println!("OPEN (--open): anyone on this machine may call every route"),
+    }
     tandem_kit::http::shutdown_signal().await;
+    if let Some(path) = &tokens_path {
+        let _ = std::fs::remove_file(path);
+    }
     local.stop().await;
     Ok(())
 }
@@ -190,10 +250,18 @@ struct Row {
 
 async fn bench(shards: Vec<String>, args: BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tandem-kv-bench-{}", uuid::Uuid::now_v7()));
+    // Its own store has tokens of its own; an external one gets the user's token.
+    let tokens = (!args.external).then(Tokens::generate);
+    let token = match &tokens {
+        Some(t) => Some(t.operator.clone()),
+        None => crate_token(),
+    };
+    let token = token.as_deref();
     let (local, urls) = if args.external {
         (None, shards)
     } else {
-        let local = ::kv::local::Local::start(3, &dir, None, |c| c).await?;
+        let local =
+            ::kv::local::Local::start(3, &dir, None, |c| with_tokens(c, tokens.as_ref())).await?;
         let mut urls = local.shard_urls.clone();
         urls.push(local.coordinator_url.clone());
         (Some(local), urls)
@@ -202,7 +270,7 @@ async fn bench(shards: Vec<String>, args: BenchArgs) -> anyhow::Result<()> {
         Some(l) => l.shard_urls.clone(),
         None => urls.clone(),
     };
-    let client = Client::new(shard_urls);
+    let client = connect(shard_urls, token);
     let raw_dir = dir.join("raw");
     let raw =
         tokio::task::spawn_blocking(move || ::kv::store::Store::raw_commit_rate(&raw_dir, 300))
@@ -210,13 +278,14 @@ async fn bench(shards: Vec<String>, args: BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for workload in [Workload::Single, Workload::Cross] {
         for &clients in &args.clients {
-            rows.push(measure(&client, &urls, workload, clients, args.seconds).await?);
+            rows.push(measure(&client, &urls, token, workload, clients, args.seconds).await?);
         }
     }
     rows.push(
         measure(
             &client,
             &urls,
+            token,
             Workload::Hot,
             args.hot_clients,
             args.seconds,
@@ -259,8 +328,11 @@ fn print_rows(rows: &[Row], raw: f64) {
 }
 
 /// Durable write transactions counted by every process (`GET /status`).
-async fn durable_writes(urls: &[String]) -> u64 {
-    let http = reqwest::Client::new();
+async fn durable_writes(urls: &[String], token: Option<&str>) -> u64 {
+    let http = reqwest::Client::builder()
+        .default_headers(tandem_cli::client::bearer_headers(token))
+        .build()
+        .unwrap_or_default();
     let mut sum = 0;
     for u in urls {
         if let Ok(r) = http.get(format!("{u}/status")).send().await
@@ -302,6 +374,7 @@ struct Tally {
 async fn measure(
     client: &Client,
     urls: &[String],
+    token: Option<&str>,
     workload: Workload,
     clients: usize,
     seconds: u64,
@@ -312,7 +385,7 @@ async fn measure(
         committed: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
-    let before = durable_writes(urls).await;
+    let before = durable_writes(urls, token).await;
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..clients)
@@ -322,7 +395,7 @@ async fn measure(
         t.await?;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let durable = durable_writes(urls).await.saturating_sub(before);
+    let durable = durable_writes(urls, token).await.saturating_sub(before);
     let committed = tally.committed.load(Ordering::Relaxed);
     let attempts = tally.attempts.load(Ordering::Relaxed);
     let hist = tally.hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;

@@ -13,6 +13,10 @@ mod kv;
     about = "Tandem: transactions that span microservices"
 )]
 struct Cli {
+    /// Bearer token sent on every call to a running stack (see docs/security.md; an operator
+    /// token can do everything the commands do). `tandem up` prints the one it generated.
+    #[arg(long, global = true, env = tandem_cli::client::TOKEN_ENV, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Commands,
 }
@@ -51,7 +55,11 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()
     };
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(t) = cli.token {
+        tandem_cli::client::set_token(t);
+    }
+    match cli.command {
         Commands::Up(a) => runtime()?.block_on(tandem_cli::commands::up(a)),
         Commands::Demo(a) => runtime()?.block_on(tandem_cli::commands::demo(a)),
         Commands::Commit(a) => runtime()?.block_on(commit::run(a)),

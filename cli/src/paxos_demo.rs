@@ -59,7 +59,10 @@ pub(crate) struct Node {
 
 pub(crate) struct Demo {
     pub(crate) opts: Options,
+    /// The demo's own calls: the operator token of the demo's tokens.
     http: reqwest::Client,
+    /// Calls made as a participant would (the in-doubt query): the service token.
+    service_http: reqwest::Client,
     pub(crate) nodes: Vec<Node>,
     started: Instant,
     report: Report,
@@ -136,12 +139,22 @@ impl Demo {
     }
 
     /// A demo of `nodes`.
-    pub(crate) fn from_nodes(opts: Options, nodes: Vec<Node>) -> anyhow::Result<Demo> {
+    /// Every node runs with tokens of the demo's own (docs/security.md).
+    pub(crate) fn from_nodes(opts: Options, mut nodes: Vec<Node>) -> anyhow::Result<Demo> {
+        let tokens = launch::Tokens::generate();
+        for n in &mut nodes {
+            n.env.extend(tokens.env());
+        }
+        let http = |token: &str| {
+            reqwest::Client::builder()
+                .default_headers(crate::client::bearer_headers(Some(token)))
+                .timeout(Duration::from_secs(40))
+                .build()
+        };
         Ok(Demo {
             opts,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(40))
-                .build()?,
+            http: http(&tokens.operator)?,
+            service_http: http(&tokens.service)?,
             nodes,
             started: Instant::now(),
             report: Report::default(),
@@ -386,7 +399,7 @@ impl Demo {
             "pd-3 undecided, yet effects {e:?} are visible"
         );
         let q = self
-            .http
+            .service_http
             .get(format!("{}/transactions/{id}/decision", self.url(O1)))
             .send()
             .await?;

@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, Row};
 use tandem_cli::client::Client;
-use tandem_cli::launch::{self, Layout};
+use tandem_cli::launch::{self, Layout, Tokens};
+use tandem_kit::auth::Role;
 use tandem_kit::testing::TestDatabases;
 
 use crate::procs::{Proc, free_port};
@@ -36,6 +37,9 @@ pub struct ClusterConfig {
     pub nats_url: Option<String>,
     /// The orders node's `STEP_TIMEOUT_MS`.
     pub step_timeout_ms: u64,
+    /// Every node's bearer tokens (one per role, given as `TANDEM_TOKENS` and
+    /// `TANDEM_SERVICE_TOKEN`); `None`: the nodes run open (on loopback).
+    pub tokens: Option<Tokens>,
 }
 
 impl ClusterConfig {
@@ -49,7 +53,14 @@ impl ClusterConfig {
             service_pool: 3,
             nats_url: None,
             step_timeout_ms: 10_000,
+            tokens: Some(Tokens::generate()),
         }
+    }
+
+    /// Nodes without tokens (open, on loopback).
+    pub fn open(mut self) -> Self {
+        self.tokens = None;
+        self
     }
 
     pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
@@ -99,6 +110,8 @@ pub struct Cluster {
     pub log_dir: PathBuf,
     /// Dropped when the test passes, kept (and named) when it fails.
     pub databases: TestDatabases,
+    /// The nodes' tokens ([`ClusterConfig::tokens`]).
+    pub tokens: Option<Tokens>,
 }
 
 impl Cluster {
@@ -142,12 +155,18 @@ impl Cluster {
             nodes.push(Node::new(launch::ORDERS.into(), "orders", port, env));
             names.push(layout.database(launch::ORDERS));
         }
+        if let Some(t) = &cfg.tokens {
+            for n in &mut nodes {
+                n.env.extend(t.env());
+            }
+        }
         let databases = TestDatabases::new(&cfg.server_url, names);
         Cluster {
             layout,
             nodes,
             log_dir,
             databases,
+            tokens: cfg.tokens,
         }
     }
 
@@ -195,14 +214,23 @@ impl Cluster {
         self.layout.database_url(component)
     }
 
-    /// A client talking to orchestrator `i`.
+    /// A client talking to orchestrator `i`, sending the operator token.
     pub fn client(&self, i: usize) -> Client {
-        Client::new(
+        let c = Client::new(
             &self.url(self.orchestrator(i)),
             &self.url(0),
             &self.url(1),
             &self.url(2),
-        )
+        );
+        match &self.tokens {
+            Some(t) => c.with_token(&t.operator),
+            None => c,
+        }
+    }
+
+    /// A plain HTTP client sending the nodes' token of `role` (none when they run open).
+    pub fn http(&self, role: Role) -> reqwest::Client {
+        crate::http_as(self.tokens.as_ref().map(|t| t.get(role)))
     }
 
     pub fn log_path(&self, node: usize) -> PathBuf {

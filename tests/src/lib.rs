@@ -16,8 +16,9 @@ pub mod cluster;
 pub mod pgcluster;
 
 use tandem_cli::client::Client;
-use tandem_cli::launch::Layout;
 use tandem_cli::launch::stack::{Stack, StackConfig};
+use tandem_cli::launch::{Layout, Tokens};
+use tandem_kit::auth::Role;
 use tandem_kit::testing::TestDatabases;
 
 /// An in-process stack and the databases it owns for the test.
@@ -45,19 +46,66 @@ impl std::ops::Deref for TestStack {
     }
 }
 
-/// A fresh stack: new databases `tandem_t_<name>_<random>_*`, ephemeral ports, small pools.
+impl TestStack {
+    /// The stack's tokens (every [`in_process`] stack has its own; none for
+    /// [`in_process_with_auth`]).
+    pub fn tokens(&self) -> &Tokens {
+        self.stack
+            .tokens
+            .as_ref()
+            .expect("a stack with tokens of its own (in_process)")
+    }
+
+    /// A plain HTTP client sending the stack's token of `role` (none on a stack without
+    /// tokens of its own).
+    pub fn http(&self, role: Role) -> reqwest::Client {
+        http_as(self.stack.tokens.as_ref().map(|t| t.get(role)))
+    }
+
+    /// A plain HTTP client as an operator (audits, faults, stock, definitions).
+    pub fn operator(&self) -> reqwest::Client {
+        self.http(Role::Operator)
+    }
+}
+
+/// `Authorization: Bearer <token>` (none: no header).
+pub fn http_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
+    tandem_cli::client::bearer_headers(token)
+}
+
+/// A plain HTTP client sending `token` as its bearer token (none: no header).
+pub fn http_as(token: Option<&str>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(http_headers(token))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// A fresh stack: new databases `tandem_t_<name>_<random>_*`, ephemeral ports, small pools,
+/// bearer tokens of its own on every server (one per role, [`TestStack::tokens`]); the client
+/// sends the operator's.
 pub async fn in_process(
     name: &str,
     tweak: impl FnOnce(&mut orchestrator::Config) + Send + 'static,
 ) -> (TestStack, Client) {
-    in_process_with_auth(name, tandem_kit::auth::AuthConfig::default(), tweak).await
+    start_stack(name, None, tweak).await
 }
 
-/// [`in_process`] with bearer tokens on every server (see docs/security.md); the client sends
-/// none (give it one with `Client::with_token`).
+/// [`in_process`] with `auth` instead of tokens of its own (the default [`AuthConfig`]: open,
+/// for the tests of open mode); the client sends none (give it one with `Client::with_token`).
+///
+/// [`AuthConfig`]: tandem_kit::auth::AuthConfig
 pub async fn in_process_with_auth(
     name: &str,
     auth: tandem_kit::auth::AuthConfig,
+    tweak: impl FnOnce(&mut orchestrator::Config) + Send + 'static,
+) -> (TestStack, Client) {
+    start_stack(name, Some(auth), tweak).await
+}
+
+async fn start_stack(
+    name: &str,
+    auth: Option<tandem_kit::auth::AuthConfig>,
     tweak: impl FnOnce(&mut orchestrator::Config) + Send + 'static,
 ) -> (TestStack, Client) {
     let layout = Layout::new(
@@ -67,7 +115,9 @@ pub async fn in_process_with_auth(
     let databases = TestDatabases::new(&layout.server_url, layout.databases());
     let mut cfg = StackConfig::new(layout, 0);
     cfg.service_pool_size = 3;
-    cfg.auth = auth;
+    if let Some(auth) = auth {
+        cfg = cfg.with_auth(auth);
+    }
     cfg.orchestrator = Box::new(move |c| {
         c.db_pool_size = 6;
         c.poll_interval_ms = 100;
@@ -282,6 +332,9 @@ impl OtherOrchestrator {
         c.db_pool_size = 4;
         c.poll_interval_ms = 100;
         c.instance_id = Some(instance.to_string());
+        if let Some(t) = &stack.tokens {
+            c.auth = t.auth_config();
+        }
         let listener = tandem_kit::http::bind(([127, 0, 0, 1], 0).into())
             .await
             .expect("a free port");
@@ -300,6 +353,10 @@ impl OtherOrchestrator {
             &stack.payment_url,
             &stack.shipping_url,
         );
+        let client = match &stack.tokens {
+            Some(t) => client.with_token(&t.operator),
+            None => client,
+        };
         OtherOrchestrator {
             url,
             client,

@@ -218,3 +218,40 @@ async fn open_servers_refuse_non_loopback_addresses() {
     let _ = tx.send(());
     served.await.unwrap().unwrap();
 }
+
+/// The harness's default stack (what every other test runs on) has tokens of its own: nothing
+/// is served without one, its client sends the operator's, and each role keeps to its routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_stack_runs_with_tokens_of_its_own() {
+    let (stack, c) = tandem_tests::in_process("authdefault", |_| {}).await;
+    let sagas = format!("{}/sagas", stack.orchestrator_url);
+    let faults = format!("{}/faults", stack.inventory_url);
+    assert_eq!(status(Method::GET, &sagas, None, None).await, 401);
+    let t = stack.tokens().clone();
+    assert_eq!(
+        status(Method::GET, &sagas, Some(&t.client), None).await,
+        200
+    );
+    assert_eq!(
+        status(Method::GET, &sagas, Some(&t.service), None).await,
+        403
+    );
+    assert_eq!(
+        status(Method::GET, &faults, Some(&t.client), None).await,
+        403
+    );
+    assert_eq!(
+        status(Method::GET, &faults, Some(&t.operator), None).await,
+        200
+    );
+    // The returned client is the operator: it may read faults and seed stock.
+    let r = c.get(&faults).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(c.set_stock("auth-default", 1).await.unwrap().status, 200);
+    // `http(role)` sends that role's token.
+    let r = stack.http(Role::Client).get(&faults).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = stack.operator().get(&faults).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    stack.stop().await.unwrap();
+}

@@ -17,7 +17,7 @@ use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tandem_cli::client::{Client, checkout_input};
 use tandem_cli::demo;
-use tandem_tests::{eventually, in_process, saga_reaches, start};
+use tandem_tests::{eventually, in_process_with_auth, saga_reaches, start};
 
 /// The compensation nodes of a saga's page, in the order shown (the order they ran).
 const COMPS: &str =
@@ -214,7 +214,10 @@ async fn the_console_lists_filters_shows_cancels_and_resumes_sagas() {
     if browser_binaries().is_none() {
         return;
     }
-    let (stack, c) = in_process("browser", |_| {}).await;
+    // Open (no tokens): this test is about the console's pages, not its token prompt (the
+    // guard's answers are tests/tests/auth.rs').
+    let (stack, c) =
+        in_process_with_auth("browser", tandem_kit::auth::AuthConfig::default(), |_| {}).await;
     let (declined, running, failed) = sagas(&c).await;
     let (committed, aborted) = transactions(&c).await;
     let driver = start_driver().await;

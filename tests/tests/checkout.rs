@@ -173,8 +173,7 @@ async fn raw(
     ctype: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, String, Value) {
-    let http = reqwest::Client::new();
-    let mut req = http.request(
+    let mut req = c.http().request(
         reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
         format!("{}{path}", c.orchestrator),
     );
@@ -362,7 +361,8 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
     let (s, _, p) = raw(&c, "GET", "/sagas?status=bogus", None, vec![]).await;
     assert_eq!(s, 422, "{p}");
     let long_key = "k".repeat(256);
-    let r = reqwest::Client::new()
+    let r = c
+        .http()
         .post(format!("{}/sagas", c.orchestrator))
         .header("Idempotency-Key", long_key)
         .json(&json!({"definition": "checkout", "input": good}))

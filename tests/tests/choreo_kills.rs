@@ -145,9 +145,13 @@ async fn kill_9_of_every_process_and_a_nats_restart_leave_every_checkout_consist
         &cluster.url(inv),
         &cluster.url(pay),
         &cluster.url(ship),
-    );
+    )
+    .with_token(&cluster.tokens.as_ref().expect("tokens").operator);
     assert_eq!(c.set_stock("ck-sku", STOCK).await.unwrap().status, 200);
     let http = reqwest::Client::builder()
+        .default_headers(tandem_tests::http_headers(
+            cluster.tokens.as_ref().map(|t| t.client.as_str()),
+        ))
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();

@@ -1,17 +1,28 @@
-//! `tandem commit compare --live`, briefly: the checkout as a saga, as 2PC and as Paxos Commit
-//! over the real binaries (three services, an orchestrator, three acceptors) on fresh
+//! `tandem commit compare --live`, briefly: the checkout as an orchestrated saga, as a
+//! choreographed saga (events on a private NATS), as 2PC, 3PC and Paxos Commit over the real
+//! binaries (three services, an orchestrator, the orders entry point, three acceptors) on fresh
 //! databases, one client, a second or so per row, both workloads. The messages every process
-//! counted per committed transaction must equal the formula for the topology run (each
-//! protocol's routes are different code paths: a protocol that sent one message more or less,
-//! or a counter that missed a route, fails here), and the JSON report must have its shape.
-//! Needs `max_prepared_transactions` > 0 (the 2PC and Paxos participants prepare).
+//! (or NATS, for the events) counted per committed transaction must equal the formula for the
+//! topology run (each protocol's routes are different code paths: a protocol that sent one
+//! message more or less, or a counter that missed a route, fails here); the message delays on
+//! the critical path, measured by the hop count every message carries, must equal the formula's
+//! for every transaction; and the JSON report must have its shape.
+//! Needs `max_prepared_transactions` > 0 (the 2PC, 3PC and Paxos participants prepare) and
+//! `nats-server`.
 
 use serde_json::Value;
 use tandem_cli::bench::live::{self, LiveOptions};
+use tandem_kit::choreo::nats_testing::PrivateNats;
 use tandem_kit::testing::{TestDatabases, server_url, unique_prefix};
+
+const ORDER: [&str; 5] = ["saga", "saga-choreo", "2pc", "3pc", "paxos-commit"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
+    // A private NATS: the event counts are read from its stream, which nobody else shares.
+    let Some(nats) = PrivateNats::start().await else {
+        return;
+    };
     let opts = LiveOptions {
         database_url: server_url(),
         db_prefix: unique_prefix("cmp"),
@@ -22,6 +33,7 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
         skus: 20,
         hot_skus: 2,
         protocols: vec![],
+        nats_url: nats.url.clone(),
     };
     let _databases = TestDatabases::new(server_url(), live::databases(&opts).unwrap());
     let report = live::run(opts).await.expect("compare --live");
@@ -44,6 +56,27 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
         );
         assert!(r.messages_match, "{r:?}");
         assert!(r.forced_writes_per_txn > 0.0, "{r:?}");
+        // Every transaction that ended had the formula's message delays on its critical
+        // path, as the hop counts its messages carried measured them. Paxos Commit's may count
+        // one more: a participant answers the leader's Prepare after its 2a are answered (hop
+        // 4), and when that answer reaches the leader before it sends the outcome (decided on
+        // the acceptors' bundles, hop 3) the clock merges it (a Lamport clock counts what
+        // happened before, not what the outcome depends on): 5 or 6.
+        let ended: u64 = r.critical_paths.values().sum();
+        assert!(ended >= 1, "{r:?}");
+        let formula = r.formula.delays as u32;
+        let allowed = if r.protocol == "paxos-commit" {
+            vec![formula, formula + 1]
+        } else {
+            vec![formula]
+        };
+        assert!(
+            r.critical_paths.keys().all(|h| allowed.contains(h)),
+            "{}: critical paths {:?}, the formula says {} delays",
+            r.protocol,
+            r.critical_paths,
+            r.formula.delays
+        );
     }
     let paxos = |w: &str| {
         report
@@ -65,6 +98,17 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
         paxos("distinct")
     );
     assert!(two_pc.lock_hold_p50_ms.is_some(), "{two_pc:?}");
+    // 3PC's extra round: more messages and more delays than 2PC, measured.
+    let three_pc = report
+        .rows
+        .iter()
+        .find(|r| r.protocol == "3pc" && r.workload == "distinct")
+        .unwrap();
+    assert!(
+        three_pc.messages_per_txn > two_pc.messages_per_txn
+            && three_pc.delays_measured > two_pc.delays_measured,
+        "{three_pc:?} vs {two_pc:?}"
+    );
     assert!(
         paxos("hot").lock_hold_p50_ms.is_some(),
         "{:?}",
@@ -88,17 +132,11 @@ fn check_shape(json: &Value) {
             )
         })
         .collect();
-    assert_eq!(
-        order,
-        [
-            ("distinct", "saga"),
-            ("distinct", "2pc"),
-            ("distinct", "paxos-commit"),
-            ("hot", "saga"),
-            ("hot", "2pc"),
-            ("hot", "paxos-commit"),
-        ]
-    );
+    let want: Vec<(&str, &str)> = ["distinct", "hot"]
+        .into_iter()
+        .flat_map(|w| ORDER.map(|p| (w, p)))
+        .collect();
+    assert_eq!(order, want);
     for r in rows {
         for field in [
             "clients",
@@ -114,6 +152,7 @@ fn check_shape(json: &Value) {
         }
         assert!(r["formula"]["messages"].is_u64(), "{r}");
         assert!(r["formula"]["delays"].is_u64(), "{r}");
+        assert!(r["critical_paths"].is_object(), "{r}");
         assert!(r["errors"].is_object(), "{r}");
     }
 }

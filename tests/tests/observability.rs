@@ -9,8 +9,13 @@ use tandem_cli::client::checkout_input;
 use tandem_tests::{eventually, in_process};
 
 /// `/metrics` of `base`, as text.
-async fn scrape(base: &str) -> String {
-    let resp = reqwest::get(format!("{base}/metrics")).await.unwrap();
+async fn scrape(c: &tandem_cli::client::Client, base: &str) -> String {
+    let resp = c
+        .http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("text/plain"), "{ct}");
@@ -71,7 +76,7 @@ impl Delta {
 async fn metrics_count_a_checkout() {
     let (stack, c) = in_process("metrics", |_| {}).await;
     c.set_stock("metrics-widget", 10).await.unwrap();
-    let before = scrape(&c.orchestrator).await;
+    let before = scrape(&c, &c.orchestrator).await;
     let mut ids = Vec::new();
     for (order, card, status) in [
         ("m-ok", "tok_visa", "completed"),
@@ -93,7 +98,7 @@ async fn metrics_count_a_checkout() {
     }
     // A saga's task leaves the in-flight set just after its final state is written.
     let after = eventually(Duration::from_secs(10), "no saga in flight", || async {
-        let text = scrape(&c.orchestrator).await;
+        let text = scrape(&c, &c.orchestrator).await;
         (value(&text, "tandem_runs_in_flight", &[("kind", "sagas")]) == 0.0).then_some(text)
     })
     .await;
@@ -160,10 +165,13 @@ async fn assert_http_and_pool_metrics(
     assert_eq!(http("POST", "/reservations/release", "200"), 1.0);
     assert!(http("GET", "/sagas/{id}", "200") >= 2.0);
     // Unknown paths are one series, not one per path.
-    let _ = reqwest::get(format!("{}/no/such/{}", c.orchestrator, ids[0]))
+    let _ = c
+        .http()
+        .get(format!("{}/no/such/{}", c.orchestrator, ids[0]))
+        .send()
         .await
         .unwrap();
-    let text = scrape(&c.orchestrator).await;
+    let text = scrape(c, &c.orchestrator).await;
     assert!(
         value(
             &text,
@@ -185,7 +193,7 @@ async fn assert_http_and_pool_metrics(
         ),
         6.0
     );
-    let inv = scrape(&c.inventory).await;
+    let inv = scrape(c, &c.inventory).await;
     let inv_db = stack.layout.database("inventory");
     assert_eq!(
         value(
@@ -292,7 +300,8 @@ async fn one_checkout_is_one_trace_across_all_processes() {
     let c = cluster.client(0);
     c.set_stock("trace-widget", 5).await.unwrap();
     let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
-    let resp = reqwest::Client::new()
+    let resp = c
+        .http()
         .post(format!("{}/sagas", c.orchestrator))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .json(&serde_json::json!({

@@ -89,7 +89,7 @@ fn purger(stack: &TestStack, dbs: &Dbs, keep: Duration) -> Retention {
     Retention::new(
         dbs.orchestrator.clone(),
         services,
-        Default::default(),
+        tandem_tests::http_headers(Some(&stack.tokens().service)),
         Settings {
             sagas: Some(keep),
             keys: Duration::from_secs(86_400),
@@ -251,11 +251,13 @@ async fn a_crash_between_forget_and_delete_repeats_the_forget_harmlessly() {
     // The next pass forgets again (nothing left to forget: fine) and deletes.
     assert_eq!(p.pass().await.unwrap().sagas, 1);
     assert_eq!(dbs.saga_rows(&id).await, [0, 0, 0, 0]);
-    // Forgetting a saga no service knows, twice: 200, nothing deleted.
+    // Forgetting a saga no service knows, twice: 200, nothing deleted (as the orchestrator:
+    // the service token).
     let unknown = uuid::Uuid::now_v7().to_string();
+    let orchestrator = c.clone().with_token(&stack.tokens().service);
     for _ in 0..2 {
         for url in [&c.inventory, &c.payment, &c.shipping] {
-            let r = c
+            let r = orchestrator
                 .send_json(
                     reqwest::Method::POST,
                     &format!("{url}/barrier/forget"),
@@ -336,7 +338,7 @@ async fn bad_forget_calls_are_problems_and_delete_nothing() {
     let id = checkout(&c, "checkout", "rx-1", "sku-rx", "GB").await;
     settled(&c, &id, "completed").await;
     let url = format!("{}/barrier/forget", c.payment);
-    let http = reqwest::Client::new();
+    let http = stack.http(tandem_kit::auth::Role::Service);
     let too_many: Vec<String> = (0..1001).map(|i| format!("s{i}")).collect();
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("{\"saga_ids\": [", "application/json".into(), 400, ""),

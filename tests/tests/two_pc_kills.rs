@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use tandem_cli::client::checkout_input;
+use tandem_kit::auth::Role;
 use tandem_tests::cluster::{Cluster, ClusterConfig};
 use tandem_tests::pgcluster::PgCluster;
 
@@ -167,7 +168,7 @@ async fn restarted_and_committed(
     cluster.start(node, None);
     cluster.wait_healthy(node, HEALTHY).await;
     let base = cluster.url(cluster.orchestrator(0));
-    let t = settled(&reqwest::Client::new(), &base, id).await;
+    let t = settled(&cluster.http(Role::Operator), &base, id).await;
     assert_eq!(t["state"], "committed", "{t}");
     none_prepared(cluster).await;
     let effects = effects_by_txn(cluster).await;
@@ -185,7 +186,7 @@ async fn a_participant_killed_after_prepare_keeps_its_prepared_transaction_and_f
     }
     cluster.wait_all_healthy(HEALTHY).await;
     cluster.client(0).set_stock("pk-sku", 10).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cluster.http(Role::Operator);
 
     let base = cluster.url(orch);
     let id = begin(
@@ -287,7 +288,7 @@ async fn randomized_2pc_checkouts_with_kills_stay_all_or_nothing() {
 
     // The checkouts, all at once; about one in five with a declined card.
     let base = cluster.url(orch);
-    let http = reqwest::Client::new();
+    let http = cluster.http(Role::Operator);
     let mut runs = tokio::task::JoinSet::new();
     for i in 0..n {
         let card = if rng.random_bool(0.2) {
@@ -358,7 +359,7 @@ async fn prepared_transactions_survive_a_postgres_restart_and_are_finished() {
     cluster.start(orch, Some("orchestrator.2pc.after_decision".into()));
     cluster.wait_all_healthy(HEALTHY).await;
     cluster.client(0).set_stock("pg-sku", 10).await.unwrap();
-    let (http, base) = (reqwest::Client::new(), cluster.url(orch));
+    let (http, base) = (cluster.http(Role::Operator), cluster.url(orch));
     let input = checkout_input("pgr-1", "pg-sku", 3, "tok_visa", "FR");
     let id = begin(&http, &base, &input).await;
     died(&mut cluster, orch).await;

@@ -14,7 +14,7 @@ const ORCH: &str = "orch-links";
 
 async fn start(name: &str) -> (TestStack, reqwest::Client) {
     let (stack, _) = tandem_tests::in_process(name, |c| c.node_name = ORCH.to_string()).await;
-    let http = reqwest::Client::new();
+    let http = stack.operator();
     let r = http
         .put(format!("{}/stock/widget", stack.inventory_url))
         .json(&json!({ "available": 10 }))
@@ -71,7 +71,8 @@ async fn effects(http: &reqwest::Client, stack: &TestStack, order: &str) -> [usi
     n
 }
 
-/// POST a reservation as node `from`: the status, or None when no answer came back.
+/// POST a reservation as node `from` (with the service token: `http`): the status, or None
+/// when no answer came back.
 async fn reserve(http: &reqwest::Client, base: &str, from: &str, order: &str) -> Option<u16> {
     let r = http
         .post(format!("{base}/reservations"))
@@ -108,15 +109,33 @@ async fn drop_request_is_never_handled_and_drop_reply_loses_only_the_answer() {
     }
     // Another sender's message is not on the faulted link.
     assert_eq!(
-        reserve(&http, &inv, "someone-else", "l-other").await,
+        reserve(
+            &stack.http(tandem_kit::auth::Role::Service),
+            &inv,
+            "someone-else",
+            "l-other"
+        )
+        .await,
         Some(201)
     );
 
-    let lost = reserve(&http, &inv, ORCH, "l-req").await;
+    let lost = reserve(
+        &stack.http(tandem_kit::auth::Role::Service),
+        &inv,
+        ORCH,
+        "l-req",
+    )
+    .await;
     assert!(matches!(lost, None | Some(503)), "{lost:?}");
     assert_eq!(effects(&http, &stack, "l-req").await[0], 0, "never handled");
 
-    let lost = reserve(&http, &inv, ORCH, "l-rep").await;
+    let lost = reserve(
+        &stack.http(tandem_kit::auth::Role::Service),
+        &inv,
+        ORCH,
+        "l-rep",
+    )
+    .await;
     assert!(matches!(lost, None | Some(503)), "{lost:?}");
     assert_eq!(
         effects(&http, &stack, "l-rep").await[0],
@@ -124,7 +143,16 @@ async fn drop_request_is_never_handled_and_drop_reply_loses_only_the_answer() {
         "handled, answer lost"
     );
     // The resend gets the stored outcome: still one reservation.
-    assert_eq!(reserve(&http, &inv, ORCH, "l-rep").await, Some(201));
+    assert_eq!(
+        reserve(
+            &stack.http(tandem_kit::auth::Role::Service),
+            &inv,
+            ORCH,
+            "l-rep"
+        )
+        .await,
+        Some(201)
+    );
     assert_eq!(effects(&http, &stack, "l-rep").await[0], 1);
     let available = get(&http, format!("{inv}/stock/widget")).await["available"].clone();
     assert_eq!(available, 8, "l-other and l-rep hold one each");

@@ -14,8 +14,13 @@
 //!   by the shared server middleware (`tandem_kit::stats::exchange`), times two (the request and
 //!   its response), next to the formula for the topology actually run ([`Formula`]).
 //!
-//! Message delays on the critical path are the formula's (`delays`): they are not measured in
-//! the running system (docs/commit-protocols.md, "The comparison on the real services").
+//! - message delays on the critical path, measured: every protocol message carries a hop count
+//!   (`tandem_kit::hop`, set by the shared server middleware and outgoing call), and the
+//!   process that started a transaction counts its longest chain (`GET /stats` →
+//!   `critical_paths`); the choreographed saga carries it in its events. Beside the formula.
+//!
+//! The choreographed saga's messages are its events, counted at NATS ([`super::events`]): a
+//! publish and JetStream's acknowledgement, a delivery and the consumer's ack, two each.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -69,12 +74,37 @@ fn saga_formula(t: Topology) -> Formula {
     }
 }
 
+fn choreo_formula(t: Topology) -> Formula {
+    // N+1 events (placed, one per step), each delivered to N+1 durable consumers (the orders
+    // entry point and every service).
+    let events = t.participants + 1;
+    Formula {
+        messages: 2 * events + 2 * events * events,
+        messages_formula: "2E+2E(N+1), E = N+1 events: each published and acknowledged, \
+                           delivered to every one of the N+1 consumers and acknowledged",
+        delays: 2 * events,
+        delays_formula: "2(N+1): each event published, then delivered, one after another",
+    }
+}
+
+fn three_pc_formula(t: Topology) -> Formula {
+    Formula {
+        messages: 6 * t.participants,
+        messages_formula: "6N: Begin and P0's BeginCommit, CanCommit and vote to the N-1 others, \
+                           PreCommit and ack, DoCommit and its answer",
+        delays: 8,
+        delays_formula: "8: Begin, BeginCommit, CanCommit, vote, PreCommit, ack, DoCommit, answer",
+    }
+}
+
 fn two_pc_formula(t: Topology) -> Formula {
     Formula {
         messages: 4 * t.participants,
         messages_formula: "4N: Prepare, vote, Commit, ack",
-        delays: 4,
-        delays_formula: "4: Prepare, vote, Commit, ack",
+        delays: 6,
+        delays_formula: "6 as built: Prepare, vote, the first Commit and its ack (awaited: the \
+                         mid-broadcast crash point sits after it), the others' Commit and ack \
+                         (4 if the first were not awaited)",
     }
 }
 
@@ -89,8 +119,8 @@ fn paxos_commit_formula(t: Topology) -> Formula {
     }
 }
 
-/// The compared protocols, in table order. 3PC and quorum 3PC join with one entry each (and
-/// their bench workload) once they run over the services.
+/// The compared protocols, in table order. Quorum 3PC joins with one entry (and its bench
+/// workload) once it runs over the services.
 pub const PROTOCOLS: &[Protocol] = &[
     Protocol {
         name: "saga",
@@ -100,11 +130,25 @@ pub const PROTOCOLS: &[Protocol] = &[
         locks: "each step's local transaction only (no lock held between steps)",
     },
     Protocol {
+        name: "saga-choreo",
+        workload: Workload::CheckoutChoreo,
+        acceptors: 0,
+        formula: choreo_formula,
+        locks: "each step's local transaction only (no coordinator, no lock between steps)",
+    },
+    Protocol {
         name: "2pc",
         workload: Workload::Checkout2pc,
         acceptors: 0,
         formula: two_pc_formula,
         locks: "every participant from its vote until the coordinator's Commit arrives",
+    },
+    Protocol {
+        name: "3pc",
+        workload: Workload::Checkout3pc,
+        acceptors: 0,
+        formula: three_pc_formula,
+        locks: "every participant from its vote until DoCommit arrives",
     },
     Protocol {
         name: "paxos-commit",
@@ -136,8 +180,9 @@ pub fn select(names: &[String]) -> anyhow::Result<Vec<&'static Protocol>> {
 
 /// Requests that are not protocol messages: the client's own (start a run, long-poll it) and
 /// the stack's housekeeping. Every other `POST` a process serves during a level is one.
-const NOT_PROTOCOL: [&str; 4] = [
+const NOT_PROTOCOL: [&str; 5] = [
     "POST /sagas",
+    "POST /orders",
     "POST /transactions",
     "POST /definitions",
     "POST /noop",
@@ -170,6 +215,8 @@ pub struct LiveOptions {
     pub hot_skus: usize,
     /// Protocol names (empty: all of [`PROTOCOLS`]).
     pub protocols: Vec<String>,
+    /// NATS with JetStream, for the choreographed saga.
+    pub nats_url: String,
 }
 
 /// One (protocol, workload, clients): measured in the running system, beside the formula.
@@ -184,6 +231,13 @@ pub struct Row {
     /// Protocol messages per transaction, counted by every process.
     pub messages_per_txn: f64,
     pub formula: Formula,
+    /// Message delays on the critical path, measured (the hop count every message carries),
+    /// averaged over the transactions that ended in the row; None if none was measured.
+    pub delays_measured: Option<f64>,
+    /// The longest critical path measured in the row.
+    pub delays_measured_max: Option<u32>,
+    /// Transactions ended in the row by their critical path's delays (hops → how many).
+    pub critical_paths: BTreeMap<u32, u64>,
     /// The counted messages round to the formula (meaningful failure-free: aborts and retries
     /// change the count).
     pub messages_match: bool,
@@ -232,7 +286,8 @@ pub struct LiveReport {
 }
 
 impl LiveOptions {
-    fn bench_args(&self, acceptors: usize) -> BenchArgs {
+    fn bench_args(&self, protocols: &[&Protocol]) -> BenchArgs {
+        let acceptors = protocols.iter().map(|p| p.acceptors).max().unwrap_or(0);
         BenchArgs {
             running: RunningStack::default(),
             database_url: super::without_tls(&self.database_url),
@@ -241,7 +296,8 @@ impl LiveOptions {
             duration: self.duration,
             warmup: self.warmup,
             quiet: 0.0,
-            workloads: vec![],
+            // The stack serves them all (NATS and the orders entry point for the choreography).
+            workloads: protocols.iter().map(|p| p.workload).collect(),
             no_ceiling: true,
             no_direct: true,
             stack: StackMode::Processes,
@@ -252,7 +308,7 @@ impl LiveOptions {
             service_pool: 5,
             skus: self.skus,
             hot_skus: 0,
-            nats_url: crate::launch::DEFAULT_NATS.into(),
+            nats_url: self.nats_url.clone(),
             purge_retention: None,
             json: false,
             db_tls: false,
@@ -275,7 +331,17 @@ pub fn databases(opts: &LiveOptions) -> anyhow::Result<Vec<String>> {
 
 fn row(p: &Protocol, workload: &'static str, topology: Topology, l: &Level) -> Row {
     let o = &l.orchestrated;
-    let messages = protocol_messages(&l.exchanges_per_op);
+    // The choreography's events: publish and ack, each delivery and its ack.
+    let events = l.events.as_ref().map_or(0.0, |e| {
+        2.0 * e.published_per_saga + 2.0 * e.deliveries_per_saga
+    });
+    let messages = protocol_messages(&l.exchanges_per_op) + events;
+    let ended: u64 = l.critical_paths.values().sum();
+    let hops: u64 = l
+        .critical_paths
+        .iter()
+        .map(|(h, n)| u64::from(*h) * n)
+        .sum();
     let formula = (p.formula)(topology);
     let failed: u64 = o.errors.values().sum();
     let measured = o.completed + failed;
@@ -294,6 +360,9 @@ fn row(p: &Protocol, workload: &'static str, topology: Topology, l: &Level) -> R
         messages_per_txn: messages,
         messages_match: (messages - formula.messages as f64).abs() < 0.5,
         formula,
+        delays_measured: (ended > 0).then(|| hops as f64 / ended as f64),
+        delays_measured_max: l.critical_paths.keys().next_back().copied(),
+        critical_paths: l.critical_paths.clone(),
         forced_writes_per_txn: l.forced_writes_per_saga,
         forced_writes_by_component: l
             .transactions
@@ -320,7 +389,7 @@ fn row(p: &Protocol, workload: &'static str, topology: Topology, l: &Level) -> R
 pub async fn run(opts: LiveOptions) -> anyhow::Result<LiveReport> {
     let protocols = select(&opts.protocols)?;
     let acceptors = protocols.iter().map(|p| p.acceptors).max().unwrap_or(0);
-    let mut args = opts.bench_args(acceptors);
+    let mut args = opts.bench_args(&protocols);
     let postgres = stats::postgres_settings(&args.database_url).await?;
     let machine = stats::machine();
     eprintln!("starting the stack …");
@@ -386,6 +455,13 @@ pub const FAULT_SCENARIOS: &[FaultScenario] = &[
         outcome: "blocked",
         command: &["commit", "demo", "2pc-blocking"],
         server_flag: "--database-url",
+    },
+    FaultScenario {
+        protocol: "3pc",
+        scenario: "coordinator crashes after PreCommit (beside 2PC's crash)",
+        outcome: "terminated",
+        command: &["commit", "demo", "3pc-unblocks"],
+        server_flag: "--server-url",
     },
     FaultScenario {
         protocol: "paxos-commit",
@@ -465,7 +541,7 @@ pub fn print(r: &LiveReport) {
         r.topology.participants, r.topology.acceptors, r.warmup_secs, r.duration_secs, r.hot_skus
     );
     println!(
-        "{:<13} {:<8} {:>3} {:>20} {:>6} {:>8} {:>8} {:>8} {:>8} {:>13} {:>7}",
+        "{:<13} {:<8} {:>3} {:>20} {:>11} {:>8} {:>8} {:>8} {:>8} {:>13} {:>7}",
         "protocol",
         "workload",
         "C",
@@ -481,7 +557,7 @@ pub fn print(r: &LiveReport) {
     for row in &r.rows {
         let f = &row.formula;
         println!(
-            "{:<13} {:<8} {:>3} {:>20} {:>6} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>13} {:>6.1}%",
+            "{:<13} {:<8} {:>3} {:>20} {:>11} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>13} {:>6.1}%",
             row.protocol,
             row.workload,
             row.clients,
@@ -491,7 +567,12 @@ pub fn print(r: &LiveReport) {
                 f.messages,
                 if row.messages_match { "" } else { "*" }
             ),
-            format!("[{}]", f.delays),
+            format!(
+                "{} [{}]",
+                row.delays_measured
+                    .map_or_else(|| "-".to_string(), |d| format!("{d:.2}")),
+                f.delays
+            ),
             row.forced_writes_per_txn,
             row.per_sec,
             row.p50_ms,
@@ -505,6 +586,12 @@ pub fn print(r: &LiveReport) {
         );
     }
     println!();
+    print_legend(r);
+    print_faults(&r.faults);
+}
+
+/// Each protocol's formulas and locks, and what the columns are.
+fn print_legend(r: &LiveReport) {
     let mut seen = Vec::new();
     for row in &r.rows {
         if !seen.contains(&row.protocol) {
@@ -524,10 +611,9 @@ pub fn print(r: &LiveReport) {
          per transaction started; * = differs from the formula (aborts and retries add messages)."
     );
     println!(
-        "delays: the formula's (not measured). lock: the longest-held participant's lock hold, \
-         vote to outcome."
+        "delays: measured, the hop count every message carries (its longest chain per transaction, \
+         averaged) [the formula]. lock: the longest-held participant's lock hold, vote to outcome."
     );
-    print_faults(&r.faults);
 }
 
 /// The fault scenarios' rows, if any ran.
@@ -568,7 +654,7 @@ mod tests {
             .iter()
             .map(|p| ((p.formula)(t).messages, (p.formula)(t).delays))
             .collect();
-        assert_eq!(m, vec![(6, 6), (12, 4), (36, 5)]);
+        assert_eq!(m, vec![(6, 6), (40, 8), (12, 6), (18, 8), (36, 5)]);
     }
 
     #[test]

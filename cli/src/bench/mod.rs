@@ -279,6 +279,7 @@ pub async fn level(
         workload: *workload,
         clients,
         exchanges_per_op: s0.exchanges_per_op(&s1, n),
+        critical_paths: s0.critical_paths(&s1),
         forced_writes_per_saga: transactions
             .values()
             .map(|t| t.forced_writes_per_saga)

@@ -23,6 +23,9 @@ pub struct Level {
     /// Requests served per operation by `METHOD route`, all processes together (each is two
     /// messages), as the shared server middleware counts them.
     pub exchanges_per_op: BTreeMap<String, f64>,
+    /// Transactions that ended in the level by the message delays on their critical path,
+    /// measured by the hop count on every message (hops → how many).
+    pub critical_paths: BTreeMap<u32, u64>,
     /// For an atomic commit protocol: its costs counted in the running system, beside the
     /// formulas.
     pub commit: Option<CommitCosts>,

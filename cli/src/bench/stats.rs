@@ -19,6 +19,9 @@ pub struct Counted {
     pub cpu_ms: Option<u64>,
     /// Requests the process served, by `METHOD route` (`tandem_kit::stats::exchanges`).
     pub exchanges: BTreeMap<String, u64>,
+    /// Requests it started by message delays on their critical path
+    /// (`tandem_kit::stats::critical_paths`).
+    pub critical_paths: BTreeMap<u32, u64>,
 }
 
 /// Messages of one kind per operation.
@@ -138,6 +141,25 @@ impl Snapshot {
         out
     }
 
+    /// Transactions that ended between the two readings by the message delays on their
+    /// critical path (hops → how many), every component together.
+    pub fn critical_paths(&self, later: &Snapshot) -> BTreeMap<u32, u64> {
+        let mut out = BTreeMap::new();
+        for (comp, b) in &later.by_component {
+            let a = self.by_component.get(comp);
+            for (hops, after) in &b.critical_paths {
+                let before = a
+                    .and_then(|a| a.critical_paths.get(hops))
+                    .copied()
+                    .unwrap_or(0);
+                if *after > before {
+                    *out.entry(*hops).or_default() += after - before;
+                }
+            }
+        }
+        out
+    }
+
     /// CPU ms per operation of this process (the clients).
     pub fn client_cpu_ms(&self, later: &Snapshot, n: f64) -> Option<f64> {
         per_op(self.bench_cpu_ms, later.bench_cpu_ms, n)
@@ -183,6 +205,7 @@ fn counted(c: &str, v: &Value) -> Counted {
             .as_u64()
             .and_then(|pid| tandem_kit::stats::cpu_ms(pid as u32)),
         exchanges: serde_json::from_value(v["exchanges"].clone()).unwrap_or_default(),
+        critical_paths: serde_json::from_value(v["critical_paths"].clone()).unwrap_or_default(),
     }
 }
 
@@ -305,6 +328,7 @@ mod tests {
                 peak_rss_kib: None,
                 cpu_ms: Some(cpu),
                 exchanges: BTreeMap::new(),
+                critical_paths: BTreeMap::new(),
             };
             a.by_component
                 .insert(c.into(), counted(counts(10, 0, 0, 0), 100));

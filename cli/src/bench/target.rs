@@ -10,12 +10,19 @@ use anyhow::Context;
 use serde_json::Value;
 
 use super::{BenchArgs, StackMode};
+use crate::client::bearer_headers;
 use crate::launch::procs::{Output, Proc};
 use crate::launch::stack::{Stack, StackConfig};
-use crate::launch::{COMPONENTS, Layout, ORDERS, SERVICES};
+use crate::launch::{COMPONENTS, Layout, ORDERS, SERVICES, Tokens};
 
 pub struct Target {
+    /// Calls as a user: the operator token of the bench's own stack, or the user's token
+    /// (`--token` / `$TANDEM_TOKEN`) against a running one.
     pub http: reqwest::Client,
+    /// Calls as the orchestrator (the direct baselines call the services' saga endpoints,
+    /// which need a service token): the bench's own stack's, or `$TANDEM_SERVICE_TOKEN`
+    /// (else the user's token) against a running one.
+    pub direct_http: reqwest::Client,
     /// Every component's URL: the orchestrator, the services, then the acceptors
     /// (`acceptor_0` …) if any were started.
     urls: BTreeMap<String, String>,
@@ -51,9 +58,10 @@ impl Target {
             .with_context(|| format!("GET {component}{path}"))
     }
 
-    fn new(http: reqwest::Client, urls: [String; 4]) -> Self {
+    fn new((http, direct_http): Clients, urls: [String; 4]) -> Self {
         Target {
             http,
+            direct_http,
             urls: COMPONENTS.map(String::from).into_iter().zip(urls).collect(),
             _children: vec![],
             in_process: None,
@@ -69,6 +77,25 @@ fn nats_url(args: &BenchArgs) -> Option<String> {
     choreo.then(|| args.nats_url.clone())
 }
 
+/// The user's and the orchestrator's HTTP clients ([`Target::http`], [`Target::direct_http`]).
+type Clients = (reqwest::Client, reqwest::Client);
+
+fn http_client(headers: reqwest::header::HeaderMap) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+/// The clients of a stack with `tokens`.
+fn clients(tokens: &Tokens) -> anyhow::Result<Clients> {
+    Ok((
+        http_client(bearer_headers(Some(&tokens.operator)))?,
+        http_client(bearer_headers(Some(&tokens.service)))?,
+    ))
+}
+
 pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
     start_with_env(args, &[]).await
 }
@@ -79,20 +106,28 @@ pub async fn start_with_env(
     args: &BenchArgs,
     extra: &[(String, String)],
 ) -> anyhow::Result<Target> {
-    let http = reqwest::Client::builder()
-        // Against a running stack with tokens: $TANDEM_TOKEN (its own stacks run open).
-        .default_headers(crate::client::token_headers())
-        .pool_max_idle_per_host(1024)
-        .timeout(Duration::from_secs(60))
-        .build()?;
     let nats = nats_url(args);
     if let Some(urls) = args.running.urls()? {
         anyhow::ensure!(
             nats.is_none(),
             "the choreographed workload runs on the bench's own stack only"
         );
+        let service = std::env::var(tandem_kit::auth::SERVICE_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let direct = match service {
+            Some(t) => bearer_headers(Some(&t)),
+            None => crate::client::token_headers(),
+        };
+        let http = (
+            http_client(crate::client::token_headers())?,
+            http_client(direct)?,
+        );
         return Ok(Target::new(http, urls));
     }
+    // The bench's own stack: tokens of its own, like `tandem up`.
+    let tokens = Tokens::generate();
+    let http = clients(&tokens)?;
     let layout = Layout::new(&args.database_url, &args.db_prefix);
     layout.drop_databases().await?;
     tandem_kit::db::drop_database(&layout.server_url, &layout.database(ORDERS)).await?;
@@ -105,8 +140,10 @@ pub async fn start_with_env(
         "acceptors run only with --stack processes"
     );
     let mut t = match args.stack {
-        StackMode::InProcess => in_process(http, layout.clone(), args, nats.clone()).await?,
-        StackMode::Processes => processes(http, &layout, args, nats.as_deref(), extra)?,
+        StackMode::InProcess => {
+            in_process(http, &tokens, layout.clone(), args, nats.clone()).await?
+        }
+        StackMode::Processes => processes(http, &tokens, &layout, args, nats.as_deref(), extra)?,
     };
     t.layout = Some(layout);
     if let Some(url) = &nats {
@@ -116,12 +153,14 @@ pub async fn start_with_env(
 }
 
 async fn in_process(
-    http: reqwest::Client,
+    http: Clients,
+    tokens: &Tokens,
     layout: Layout,
     args: &BenchArgs,
     nats: Option<String>,
 ) -> anyhow::Result<Target> {
     let mut cfg = StackConfig::new(layout, 0);
+    cfg.tokens = Some(tokens.clone());
     cfg.nats_url = nats;
     cfg.service_pool_size = args.service_pool;
     let pool = args.orchestrator_pool;
@@ -147,7 +186,8 @@ pub fn acceptor(k: u8) -> String {
 }
 
 fn processes(
-    http: reqwest::Client,
+    http: Clients,
+    tokens: &Tokens,
     layout: &Layout,
     args: &BenchArgs,
     nats: Option<&str>,
@@ -199,6 +239,7 @@ fn processes(
             .insert(ORDERS.to_string(), crate::launch::loopback_url(port));
     }
     for (c, mut env) in components {
+        env.extend(tokens.env());
         env.extend_from_slice(extra);
         let bin = crate::launch::binary(args.bin_dir.as_deref(), c)?;
         t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
@@ -209,6 +250,7 @@ fn processes(
     let bin = crate::launch::binary(args.bin_dir.as_deref(), "acceptor")?;
     for (name, port) in acceptors {
         let mut env = crate::launch::acceptor_env(layout, &name, port);
+        env.extend(tokens.env());
         env.extend_from_slice(extra);
         t._children.push(Proc::spawn(&bin, &env, &Output::Stderr)?);
         t.urls.insert(name, crate::launch::loopback_url(port));

@@ -135,9 +135,13 @@ impl Demo {
         }
         let [coord, runner, inv, pay, ship] = ports.map(launch::loopback_url);
         let services = [inv, pay, ship];
+        // Tokens of the demo's own (docs/security.md): every process accepts them, the demo
+        // sends the operator's.
+        let tokens = launch::Tokens::generate();
         let mut others = Vec::new();
         for (i, s) in SERVICES.iter().enumerate() {
             let mut env = launch::service_env(&layout, s, ports[2 + i], 3);
+            env.extend(tokens.env());
             env.push(("LOCK_TIMEOUT_MS".into(), args.lock_timeout_ms.to_string()));
             env.push(("TANDEM_CRASH".into(), String::new()));
             let bin = launch::binary(args.bin_dir.as_deref(), s)?;
@@ -149,6 +153,7 @@ impl Demo {
             // transaction over (and presumes abort) while it is down.
             env.push(("LEASE_TTL_MS".into(), "60000".into()));
             env.push(("POLL_INTERVAL_MS".into(), "100".into()));
+            env.extend(tokens.env());
             env
         };
         let bin = launch::binary(args.bin_dir.as_deref(), "orchestrator")?;
@@ -156,7 +161,7 @@ impl Demo {
         env.push(("TANDEM_CRASH".into(), String::new()));
         others.push(Proc::spawn(&bin, &env, &output)?);
         let [inv, pay, ship] = &services;
-        let client = Client::new(&runner, inv, pay, ship);
+        let client = Client::new(&runner, inv, pay, ship).with_token(&tokens.operator);
         let coordinator = Coordinator {
             bin,
             env: orchestrator(ports[0], "coordinator"),

@@ -110,7 +110,8 @@ struct LiveArgs {
     /// SKUs shared by every client in the hot workload; 0 leaves the hot workload out (live).
     #[arg(long, default_value_t = 4)]
     hot_skus: usize,
-    /// Protocols to run, in table order (live; default: all — saga, 2pc, paxos-commit).
+    /// Protocols to run, in table order (live; default: all — saga, saga-choreo, 2pc, 3pc,
+    /// paxos-commit).
     #[arg(long, value_delimiter = ',')]
     protocols: Vec<String>,
     /// Leave out the fault scenarios (live; each runs its scripted demo, tens of seconds).
@@ -125,6 +126,9 @@ struct LiveArgs {
     /// Where the binaries are (live; default: beside this executable).
     #[arg(long)]
     bin_dir: Option<std::path::PathBuf>,
+    /// NATS with JetStream, for the choreographed saga (live).
+    #[arg(long, env = "NATS_URL", default_value = tandem_cli::launch::DEFAULT_NATS)]
+    nats_url: String,
 }
 
 async fn compare_live(a: LiveArgs, json: bool) -> anyhow::Result<()> {
@@ -139,6 +143,7 @@ async fn compare_live(a: LiveArgs, json: bool) -> anyhow::Result<()> {
         skus: a.skus.max(1),
         hot_skus: a.hot_skus,
         protocols: a.protocols,
+        nats_url: a.nats_url,
     };
     let mut report = live::run(opts.clone()).await?;
     if !a.no_faults {

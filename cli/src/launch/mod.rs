@@ -9,6 +9,7 @@
 //!   binary.
 //! - [`procs`]: the real binaries as child processes (killed on drop).
 //! - [`stack`]: the whole stack in this process.
+//! - [`tokens`]: random bearer tokens for a stack it starts (one per role).
 //!
 //! Fault injection is switched on explicitly here (`FAULT_INJECTION=on` for a spawned service,
 //! `Switch::On` in-process): the demo, the tests, the bench and `tandem up` use the `/faults`
@@ -16,6 +17,9 @@
 
 pub mod procs;
 pub mod stack;
+pub mod tokens;
+
+pub use tokens::Tokens;
 
 /// The Postgres server used when none is given.
 pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Layout, NATS_HINT, ORDERS, SERVICES};
+use super::{Layout, NATS_HINT, ORDERS, SERVICES, Tokens};
 
 /// Where and how to start the stack.
 pub struct StackConfig {
@@ -26,8 +26,12 @@ pub struct StackConfig {
     pub nats_url: Option<String>,
     /// The orders service's step timeout (its `STEP_TIMEOUT_MS`).
     pub step_timeout_ms: u64,
-    /// Tokens every server of the stack accepts, and the service token they send (see
-    /// docs/security.md). Default: none — the stack runs open on loopback.
+    /// The stack's own tokens (one per role, see docs/security.md): every server accepts them
+    /// and sends the service token; [`crate::client::Client::for_stack`] sends the operator's.
+    /// Default: freshly generated. `None`: the servers take [`StackConfig::auth`] instead.
+    pub tokens: Option<Tokens>,
+    /// Token settings when [`StackConfig::tokens`] is `None` (`tandem up` with the user's
+    /// `TANDEM_TOKENS`); left at its default, the stack runs open on loopback.
     pub auth: tandem_kit::auth::AuthConfig,
 }
 
@@ -40,7 +44,26 @@ impl StackConfig {
             service_pool_size: 5,
             nats_url: None,
             step_timeout_ms: 10_000,
+            tokens: Some(Tokens::generate()),
             auth: tandem_kit::auth::AuthConfig::default(),
+        }
+    }
+
+    /// No tokens of the stack's own: the servers take `auth` (the default [`AuthConfig`]:
+    /// open, on loopback).
+    ///
+    /// [`AuthConfig`]: tandem_kit::auth::AuthConfig
+    pub fn with_auth(mut self, auth: tandem_kit::auth::AuthConfig) -> Self {
+        self.tokens = None;
+        self.auth = auth;
+        self
+    }
+
+    /// The settings every server of the stack gets.
+    fn server_auth(&self) -> tandem_kit::auth::AuthConfig {
+        match &self.tokens {
+            Some(t) => t.auth_config(),
+            None => self.auth.clone(),
         }
     }
 }
@@ -53,6 +76,8 @@ pub struct Stack {
     /// The choreographed checkout's entry point, when the stack runs with NATS.
     pub orders_url: Option<String>,
     pub layout: Layout,
+    /// The stack's own tokens, if it was started with them ([`StackConfig::tokens`]).
+    pub tokens: Option<Tokens>,
     /// The services' relays and consumers (stopped on drop).
     _choreo: Vec<tandem_kit::choreo::step::Worker>,
     shutdown: watch::Sender<bool>,
@@ -94,6 +119,7 @@ pub const ORDERS_OFFSET: u16 = 7;
 
 impl Stack {
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Stack> {
+        let auth = cfg.server_auth();
         let layout = cfg.layout;
         let (shutdown, rx) = watch::channel(false);
         let stop = move || {
@@ -116,7 +142,7 @@ impl Stack {
         for (i, service) in (1..).zip(SERVICES) {
             let (l, url) = bind(port(cfg.base_port, i)).await?;
             let mut c = tandem_kit::service::Config::with_database(layout.database_url(service))
-                .with_auth(cfg.auth.clone());
+                .with_auth(auth.clone());
             c.db_pool_size = cfg.service_pool_size;
             // The demo, the tests and `tandem up` use the `/faults` endpoints.
             c.fault_injection = tandem_kit::faults::Switch::On;
@@ -143,7 +169,7 @@ impl Stack {
             &shipping_url,
         );
         oc.listen_addr = l.local_addr()?;
-        oc.auth = cfg.auth.clone();
+        oc.auth = auth.clone();
         (cfg.orchestrator)(&mut oc);
         let app = orchestrator::build(oc).await?;
         let run = app.run(l, stop());
@@ -156,7 +182,7 @@ impl Stack {
             c.listen_addr = l.local_addr()?;
             c.db_pool_size = cfg.service_pool_size;
             c.step_timeout_ms = cfg.step_timeout_ms;
-            c.auth = cfg.auth.clone();
+            c.auth = auth.clone();
             let run = orders::build(c).await?.run(l, stop());
             tasks.push(tokio::spawn(async move { Ok(run.await?) }));
             orders_url = Some(url);
@@ -169,6 +195,7 @@ impl Stack {
             shipping_url,
             orders_url,
             layout,
+            tokens: cfg.tokens,
             _choreo: choreo,
             shutdown,
             tasks,

@@ -388,7 +388,8 @@ impl Coordinator {
             }
             me.work.finish(id, permit);
         };
-        tokio::spawn(tracing::Instrument::instrument(run, span));
+        // One hop clock per transaction: its `POST /transactions`'s, or a new root on recovery.
+        tandem_kit::hop::spawn(tracing::Instrument::instrument(run, span));
     }
 }
 

@@ -67,10 +67,10 @@ impl Leaders {
     pub fn deliver(&self, id: Uuid, m: ToLeader) -> bool {
         let inbox = self.inbox.lock().expect("inbox lock");
         inbox.get(&id).is_some_and(|tx| {
-            tx.send(Event::Msg {
-                from: NodeId::Acceptor(m.acceptor),
-                msg: m.msg,
-            })
+            tx.send(Event::Delivered(tandem_kit::hop::carry((
+                NodeId::Acceptor(m.acceptor),
+                m.msg,
+            ))))
             .is_ok()
         })
     }
@@ -80,6 +80,9 @@ impl Leaders {
 pub enum Event {
     /// A protocol message for the core.
     Msg { from: NodeId, msg: Msg },
+    /// A protocol message that reached this process on another request (an acceptor's
+    /// bundle), with that request's hop count.
+    Delivered(tandem_kit::hop::Carried<(NodeId, Msg)>),
     /// A participant answered its Prepare (the view only).
     Voted { p: u8, answer: Value },
     /// A participant applied the outcome.
@@ -202,6 +205,11 @@ impl Coordinator {
 
     async fn on_leader_event(&self, t: &mut Led, ev: Event) -> Vec<Action<Msg, Record, Timer>> {
         match ev {
+            Event::Delivered(m) => {
+                let (from, msg) = m.open();
+                t.log(format!("{from:?}"), "in", kind(&msg), json!(msg));
+                t.core.handle(Input::Receive { from, msg })
+            }
             Event::Msg { from, msg } => {
                 t.log(format!("{from:?}"), "in", kind(&msg), json!(msg));
                 t.core.handle(Input::Receive { from, msg })
@@ -322,7 +330,7 @@ impl Coordinator {
                     leader_url: Some(self.public_url().to_string()),
                     msg,
                 };
-                tokio::spawn(tracing::Instrument::in_current_span(async move {
+                tandem_kit::hop::spawn(tracing::Instrument::in_current_span(async move {
                     let url = format!("{base}/paxos/{path}");
                     match call::<_, AcceptorReply>(&http, &url, &body).await {
                         Ok(AcceptorReply { reply: Some(msg) }) => {
@@ -369,7 +377,7 @@ impl Coordinator {
         t.log(format!("P{p}"), "out", kind(&msg), Value::Null);
         let (http, tx, id) = (self.http.clone(), t.tx.clone(), t.id);
         let prepare = msg == Msg::Prepare;
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
+        tandem_kit::hop::spawn(tracing::Instrument::in_current_span(async move {
             let mut delay = Duration::from_millis(100);
             // A Prepare is retried a few times (the core's next ballot covers a participant
             // that never prepares); an outcome until it is applied.

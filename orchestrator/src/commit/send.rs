@@ -39,10 +39,10 @@ struct Call {
 /// request, and the response if one came, are counted as a message each.
 async fn post(c: &Call) -> Result<(u16, Option<u64>, Value), String> {
     tandem_kit::stats::message_sent(&c.pool, c.kinds.0);
-    let r = tandem_kit::telemetry::traced(c.http.post(&c.url))
+    let req = tandem_kit::telemetry::traced(c.http.post(&c.url))
         .json(&c.body)
-        .timeout(c.timeout)
-        .send()
+        .timeout(c.timeout);
+    let r = tandem_kit::hop::send(req)
         .await
         .map_err(|e| e.to_string())?;
     tandem_kit::stats::message_received(&c.pool, c.kinds.1);
@@ -211,7 +211,8 @@ impl Coordinator {
         if inline {
             fut.await;
         } else {
-            tokio::spawn(tracing::Instrument::in_current_span(fut));
+            // The transaction's clock: the answers advance it for its next sends.
+            tandem_kit::hop::spawn(tracing::Instrument::in_current_span(fut));
         }
     }
 }

@@ -22,7 +22,7 @@ impl Driver {
         if !r.body.is_null() {
             req = req.json(&r.body);
         }
-        let resp = match req.send().await {
+        let resp = match tandem_kit::hop::send(req).await {
             Ok(resp) => resp,
             Err(e) if e.is_timeout() => return CallOutcome::Timeout,
             Err(e) => return transport(tandem_kit::error::chain(&e)),

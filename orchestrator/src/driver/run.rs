@@ -63,7 +63,8 @@ impl Driver {
         permit: OwnedSemaphorePermit,
     ) {
         let me = self.clone();
-        tokio::spawn(async move {
+        // The saga's run shares the clock of whoever started it (its `POST /sagas`).
+        tandem_kit::hop::spawn(async move {
             let id = a.id;
             me.run(a, command).await;
             me.work.finish(id, permit);
@@ -76,7 +77,7 @@ impl Driver {
             return;
         };
         let me = self.clone();
-        tokio::spawn(async move {
+        tandem_kit::hop::spawn(async move {
             let id = row.id;
             match me.registry.get(&row.run.definition, &row.run.version).await {
                 Ok(Some(def)) => {

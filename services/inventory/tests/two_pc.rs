@@ -368,12 +368,19 @@ async fn a_lost_prepare_still_locked_at_restart_is_aborted_once_released() {
             .unwrap()
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(state().await, "preparing", "not aborted while a session holds it");
+    assert_eq!(
+        state().await,
+        "preparing",
+        "not aborted while a session holds it"
+    );
 
     zombie.rollback().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while state().await != "aborted" {
-        assert!(Instant::now() < deadline, "the lost branch is never aborted");
+        assert!(
+            Instant::now() < deadline,
+            "the lost branch is never aborted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (s, b) = decide(&svc, "commit", lost_txn).await;

@@ -330,7 +330,9 @@ pub fn finish_with(
 /// and the request's latency in [`crate::metrics::HTTP_REQUEST_DURATION`] under its route
 /// template (`unmatched` for the 404 fallback), so new routes are measured and traced with no
 /// code of their own. Every request is also counted by route ([`crate::stats::exchange`]): the
-/// messages of every protocol, counted in one place.
+/// messages of every protocol, counted in one place. The handler runs in the request's hop clock
+/// ([`crate::hop::serve`]: from its `Tandem-Hop`, 0 for a client's) and the answer carries the
+/// clock at its end plus one: every protocol's message delays, measured in one place.
 pub async fn observe(
     matched: Option<axum::extract::MatchedPath>,
     req: Request,
@@ -345,7 +347,11 @@ pub async fn observe(
     crate::stats::exchange(&method, &route);
     let span = crate::telemetry::server_span(&method, &route, req.headers());
     let started = std::time::Instant::now();
-    let resp = next.run(req).instrument(span.clone()).await;
+    let incoming = crate::hop::of(req.headers());
+    let (mut resp, hops) =
+        crate::hop::serve(incoming, next.run(req).instrument(span.clone())).await;
+    resp.headers_mut()
+        .insert(crate::hop::HEADER, axum::http::HeaderValue::from(hops + 1));
     let status = resp.status().as_u16();
     span.record("status", status);
     crate::metrics::http_request(&method, &route, status, started.elapsed());
@@ -497,6 +503,46 @@ mod tests {
                     assert_eq!(v["errors"][0]["pointer"], pointer, "{uri}: {v}");
                 }
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_the_request_s_hop_count_plus_its_handler_s() {
+        use axum::routing::get;
+        use tower::ServiceExt;
+        // A handler that heard an answer at hop 5 (as `hop::send` records it).
+        let app = Router::new()
+            .route(
+                "/seen",
+                get(|| async { crate::hop::now().unwrap().to_string() }),
+            )
+            .route(
+                "/calls",
+                get(|| async {
+                    crate::hop::witness(5);
+                    "ok"
+                }),
+            )
+            .layer(axum::middleware::from_fn(observe));
+        for (uri, hop, body, answer) in [
+            ("/seen", Some("3"), "3", "4"),
+            ("/seen", None, "0", "1"),
+            ("/calls", Some("1"), "ok", "6"),
+        ] {
+            let mut req = Request::get(uri);
+            if let Some(h) = hop {
+                req = req.header(crate::hop::HEADER, h);
+            }
+            let resp = app
+                .clone()
+                .oneshot(req.body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.headers()[crate::hop::HEADER], answer, "{uri} {hop:?}");
+            let got = axum::body::to_bytes(resp.into_body(), 1 << 10)
+                .await
+                .unwrap();
+            assert_eq!(got, body.as_bytes(), "{uri} {hop:?}");
         }
     }
 

@@ -37,6 +37,8 @@
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`), HTTP request metrics, pool and prepared
 //!   transaction gauges, timed pool waits; [`telemetry`]: the tracing subscriber, W3C trace
 //!   context in and out, OTLP export.
+//! - [`hop`]: the `Tandem-Hop` count on every protocol message (set by the shared middleware
+//!   and [`hop::send`]), measuring message delays on the critical path.
 //! - [`stats`]: per-database transaction counters and memory, served at `GET /stats`.
 //! - [`testing`]: test databases dropped when a test passes and kept when it fails
 //!   (`TestDatabases`), `Served` (a service on an ephemeral port), `missing_prerequisite`
@@ -55,6 +57,7 @@ pub mod effect;
 pub mod error;
 pub mod faults;
 pub mod hooks;
+pub mod hop;
 pub mod http;
 pub mod metrics;
 pub mod participant;

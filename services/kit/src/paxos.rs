@@ -119,12 +119,13 @@ pub async fn call_within<B: Serialize, R: DeserializeOwned>(
     body: &B,
     timeout: std::time::Duration,
 ) -> Result<R, String> {
-    let r = crate::telemetry::traced(http.post(url))
-        .json(body)
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
+    let r = crate::hop::send(
+        crate::telemetry::traced(http.post(url))
+            .json(body)
+            .timeout(timeout),
+    )
+    .await
+    .map_err(|e| format!("POST {url}: {e}"))?;
     let status = r.status();
     if !status.is_success() {
         let text = r.text().await.unwrap_or_default();

@@ -16,7 +16,10 @@
 //!   (docs/commit-protocols.md, "What one message is over HTTP");
 //! - `exchanges`: requests this process served, by `METHOD route-template`, for every protocol
 //!   alike (counted by the shared server middleware; process-wide, not per database): each is
-//!   two messages. `tandem commit compare --live` sums them over every process.
+//!   two messages. `tandem commit compare --live` sums them over every process;
+//! - `critical_paths`: requests this process started (a client's, or a background run's) by the
+//!   message delays on their longest chain, measured by the hop count every protocol message
+//!   carries ([`crate::hop`]): hops → how many.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +61,26 @@ pub fn exchange(method: &axum::http::Method, route: &str) {
 /// Requests served so far by `METHOD route-template` (see [`exchange`]).
 pub fn exchanges() -> BTreeMap<String, u64> {
     EXCHANGES.lock().expect("stats lock").clone()
+}
+
+/// Transactions this process started (a root clock of [`crate::hop`]) by the message delays on
+/// their critical path: hops → how many.
+static CRITICAL_PATHS: LazyLock<Mutex<BTreeMap<u32, u64>>> =
+    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+/// A request (or background run) this process started ended with `hops` message delays on its
+/// longest chain (see [`crate::hop`]).
+pub fn critical_path(hops: u32) {
+    *CRITICAL_PATHS
+        .lock()
+        .expect("stats lock")
+        .entry(hops)
+        .or_default() += 1;
+}
+
+/// How many started requests ended with each critical-path length so far.
+pub fn critical_paths() -> BTreeMap<u32, u64> {
+    CRITICAL_PATHS.lock().expect("stats lock").clone()
 }
 
 static BY_DATABASE: LazyLock<Mutex<BTreeMap<String, Arc<Counters>>>> =
@@ -217,6 +240,7 @@ pub async fn handler() -> Json<Value> {
         "pid": std::process::id(),
         "transactions": by_database(),
         "exchanges": exchanges(),
+        "critical_paths": critical_paths(),
         "rss_kib": rss,
         "peak_rss_kib": peak,
         "cpu_ms": cpu_ms(std::process::id()),

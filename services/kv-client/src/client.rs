@@ -85,9 +85,28 @@ pub const DEFAULT_MAX_ATTEMPTS: usize = 50;
 const COMMIT_TRIES: usize = 6;
 
 impl Client {
-    /// `shards[i]` is the base URL of shard `i` (`http://127.0.0.1:8091`).
+    /// `shards[i]` is the base URL of shard `i` (`http://127.0.0.1:8091`). Sends no token: a
+    /// store that runs open (see [`Client::with_token`]).
     pub fn new(shards: Vec<String>) -> Self {
+        Client::build(shards, None)
+    }
+
+    /// `shards[i]` is the base URL of shard `i`; every request carries `Authorization: Bearer
+    /// <token>` (a client or operator token of the store, docs/security.md).
+    pub fn with_token(shards: Vec<String>, token: &str) -> Self {
+        Client::build(shards, Some(token))
+    }
+
+    fn build(shards: Vec<String>, token: Option<&str>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token.filter(|t| !t.is_empty())
+            && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+        {
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(256)

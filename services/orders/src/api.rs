@@ -173,6 +173,7 @@ async fn place(
         step: None,
         reason: None,
         output: None,
+        hop: tandem_kit::choreo::event::FIRST_HOP,
     };
     let mut tx = app.pool.begin().await?;
     let inserted = sqlx::query(

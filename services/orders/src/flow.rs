@@ -56,6 +56,8 @@ async fn seen(app: &App, event: &Event) -> Result<(), sqlx::Error> {
     .await?
     .rows_affected();
     if moved == 1 && matches!(status, "completed" | "compensated") {
+        // The terminal event's hops: the choreography's critical path (`GET /stats`).
+        tandem_kit::stats::critical_path(event.hop);
         app.settled.notify_waiters();
     }
     Ok(())
@@ -108,6 +110,8 @@ pub async fn expire(app: &App) -> Result<usize, sqlx::Error> {
             step: Some(awaited_step(last).to_string()),
             reason: Some("timeout".to_string()),
             output: None,
+            // A timer, not a message, starts it: counted from the timeout on.
+            hop: tandem_kit::choreo::event::FIRST_HOP,
         };
         outbox::emit(&mut tx, &failed).await?;
         sqlx::query(

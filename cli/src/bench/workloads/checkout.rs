@@ -109,7 +109,7 @@ impl Load for Checkout {
     }
 
     fn direct(&self, t: &Target) -> Option<Op> {
-        let (http, orders) = (t.http.clone(), self.orders);
+        let (http, orders) = (t.direct_http.clone(), self.orders);
         let urls = ["inventory", "payment", "shipping"].map(|s| t.url(s).to_string());
         Some(Arc::new(move |client, seq| {
             Box::pin(direct_checkout(

@@ -1,5 +1,6 @@
-//! `checkout-2pc` and `checkout-paxos`: the shipped checkout as one atomic commit transaction
-//! (`POST /transactions` `{"protocol": "2pc" | "paxos-commit", "definition": "checkout", …}`):
+//! `checkout-2pc`, `checkout-3pc` and `checkout-paxos`: the shipped checkout as one atomic commit
+//! transaction (`POST /transactions` `{"protocol": "2pc" | "3pc" | "paxos-commit",
+//! "definition": "checkout", …}`):
 //! each service runs the saga action's effect in a Postgres transaction it prepares, and
 //! commits it when the coordinator (2PC) or the leader, once the acceptors chose (Paxos
 //! Commit), says so. The same orders and SKUs as `checkout`. Each transaction reports how long

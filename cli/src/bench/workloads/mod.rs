@@ -33,6 +33,11 @@ pub enum Workload {
     #[value(name = "checkout-2pc")]
     #[serde(rename = "checkout_2pc")]
     Checkout2pc,
+    /// The same checkout as one 3PC transaction (CanCommit, PreCommit, DoCommit; the
+    /// participants' termination protocol among the services).
+    #[value(name = "checkout-3pc")]
+    #[serde(rename = "checkout_3pc")]
+    Checkout3pc,
     /// The same checkout choreographed: `POST /orders` at the orders entry point, events on NATS
     /// JetStream (needs `--nats-url`), until the entry point sees the terminal event.
     #[value(name = "checkout-choreo")]
@@ -72,6 +77,10 @@ impl Workload {
             }),
             Workload::Checkout2pc => Box::new(checkout_2pc::CheckoutCommit {
                 protocol: "2pc",
+                orders: checkout::Orders::of(args),
+            }),
+            Workload::Checkout3pc => Box::new(checkout_2pc::CheckoutCommit {
+                protocol: "3pc",
                 orders: checkout::Orders::of(args),
             }),
             Workload::CheckoutPaxos => Box::new(checkout_2pc::CheckoutCommit {

@@ -59,7 +59,7 @@ impl Load for Noop {
     }
 
     fn direct(&self, t: &Target) -> Option<Op> {
-        let http = t.http.clone();
+        let http = t.direct_http.clone();
         let steps = [
             (format!("{}/noop", t.url("inventory")), "first"),
             (format!("{}/noop", t.url("payment")), "second"),

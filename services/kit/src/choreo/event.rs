@@ -91,7 +91,15 @@ pub struct Event {
     /// The output of the effect this event reports (the action's reply body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// Message delays from the order's placing to this event's delivery (the choreography's
+    /// [`crate::hop`] count): each event is two (its publish and its delivery), so `placed` is
+    /// [`FIRST_HOP`] and every next event two more. Absent (older events): 0.
+    #[serde(default)]
+    pub hop: u32,
 }
+
+/// The hop count of an order's first event (`placed`: published, then delivered).
+pub const FIRST_HOP: u32 = 2;
 
 impl Event {
     /// The event `kind` that follows `self` for the same order (same trace, same order body).
@@ -104,6 +112,7 @@ impl Event {
             step: None,
             reason: None,
             output: None,
+            hop: self.hop + 2,
         }
     }
 
@@ -176,6 +185,7 @@ mod tests {
             step: None,
             reason: None,
             output: None,
+            hop: FIRST_HOP,
         };
         let bytes = serde_json::to_vec(&ok).unwrap();
         assert_eq!(
