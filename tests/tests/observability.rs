@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tandem_cli::client::checkout_input;
+use tandem_kit::auth::Role;
 use tandem_tests::{eventually, in_process};
 
 /// `/metrics` of `base`, as text.
@@ -407,7 +408,8 @@ async fn one_2pc_checkout_is_one_trace_across_all_processes() {
     let c = cluster.client(0);
     c.set_stock("trace-2pc-widget", 5).await.unwrap();
     let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
-    let resp = reqwest::Client::new()
+    let resp = cluster
+        .http(Role::Client)
         .post(format!("{}/transactions?wait=30", c.orchestrator))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .json(&serde_json::json!({
@@ -482,12 +484,13 @@ async fn one_choreographed_checkout_is_one_trace_through_nats() {
         &cluster.url(cluster.service("inventory")),
         &cluster.url(cluster.service("payment")),
         &cluster.url(cluster.service("shipping")),
-    );
+    )
+    .with_token(&cluster.tokens.as_ref().expect("tokens").operator);
     assert_eq!(
         c.set_stock("trace-choreo-widget", 5).await.unwrap().status,
         200
     );
-    let http = reqwest::Client::new();
+    let http = cluster.http(Role::Client);
     let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
     let resp = http
         .post(format!("{orders}/orders"))
