@@ -236,8 +236,12 @@ pub struct Row {
     pub delays_measured: Option<f64>,
     /// The longest critical path measured in the row.
     pub delays_measured_max: Option<u32>,
-    /// Transactions ended in the row by their critical path's delays (hops → how many).
+    /// Transactions ended in the row by their critical path's delays (hops → how many), those
+    /// where no message was lost and no timer fired: what `delays_measured` averages.
     pub critical_paths: BTreeMap<u32, u64>,
+    /// Transactions ended in the row where a message was lost or a timer fired (a timeout on
+    /// a slow machine, a resend), by their delays: kept out of the failure-free figures.
+    pub critical_paths_disturbed: BTreeMap<u32, u64>,
     /// The counted messages round to the formula (meaningful failure-free: aborts and retries
     /// change the count).
     pub messages_match: bool,
@@ -363,6 +367,7 @@ fn row(p: &Protocol, workload: &'static str, topology: Topology, l: &Level) -> R
         delays_measured: (ended > 0).then(|| hops as f64 / ended as f64),
         delays_measured_max: l.critical_paths.keys().next_back().copied(),
         critical_paths: l.critical_paths.clone(),
+        critical_paths_disturbed: l.critical_paths_disturbed.clone(),
         forced_writes_per_txn: l.forced_writes_per_saga,
         forced_writes_by_component: l
             .transactions
@@ -541,7 +546,7 @@ pub fn print(r: &LiveReport) {
         r.topology.participants, r.topology.acceptors, r.warmup_secs, r.duration_secs, r.hot_skus
     );
     println!(
-        "{:<13} {:<8} {:>3} {:>20} {:>11} {:>8} {:>8} {:>8} {:>8} {:>13} {:>7}",
+        "{:<13} {:<8} {:>3} {:>20} {:>14} {:>8} {:>8} {:>8} {:>8} {:>13} {:>7}",
         "protocol",
         "workload",
         "C",
@@ -557,7 +562,7 @@ pub fn print(r: &LiveReport) {
     for row in &r.rows {
         let f = &row.formula;
         println!(
-            "{:<13} {:<8} {:>3} {:>20} {:>11} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>13} {:>6.1}%",
+            "{:<13} {:<8} {:>3} {:>20} {:>14} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>13} {:>6.1}%",
             row.protocol,
             row.workload,
             row.clients,
@@ -568,10 +573,14 @@ pub fn print(r: &LiveReport) {
                 if row.messages_match { "" } else { "*" }
             ),
             format!(
-                "{} [{}]",
+                "{} [{}]{}",
                 row.delays_measured
                     .map_or_else(|| "-".to_string(), |d| format!("{d:.2}")),
-                f.delays
+                f.delays,
+                match row.critical_paths_disturbed.values().sum::<u64>() {
+                    0 => String::new(),
+                    n => format!(" +{n}"),
+                }
             ),
             row.forced_writes_per_txn,
             row.per_sec,
@@ -612,7 +621,9 @@ fn print_legend(r: &LiveReport) {
     );
     println!(
         "delays: measured, the hop count every message carries (its longest chain per transaction, \
-         averaged) [the formula]. lock: the longest-held participant's lock hold, vote to outcome."
+         averaged) [the formula]; +N: transactions where a message was lost or a timer fired, \
+         left out of the average (a resend costs two delays more). lock: the longest-held \
+         participant's lock hold, vote to outcome."
     );
 }
 

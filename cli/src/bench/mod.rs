@@ -275,11 +275,13 @@ pub async fn level(
         }
         None => None,
     };
+    let (critical_paths, critical_paths_disturbed) = s0.critical_paths(&s1);
     Ok(compare(Level {
         workload: *workload,
         clients,
         exchanges_per_op: s0.exchanges_per_op(&s1, n),
-        critical_paths: s0.critical_paths(&s1),
+        critical_paths,
+        critical_paths_disturbed,
         forced_writes_per_saga: transactions
             .values()
             .map(|t| t.forced_writes_per_saga)

@@ -24,8 +24,11 @@ pub struct Level {
     /// messages), as the shared server middleware counts them.
     pub exchanges_per_op: BTreeMap<String, f64>,
     /// Transactions that ended in the level by the message delays on their critical path,
-    /// measured by the hop count on every message (hops → how many).
+    /// measured by the hop count on every message (hops → how many); failure-free ones only.
     pub critical_paths: BTreeMap<u32, u64>,
+    /// The same for transactions where a message was lost or a timer fired (a resend costs
+    /// more delays than the formula's failure-free path).
+    pub critical_paths_disturbed: BTreeMap<u32, u64>,
     /// For an atomic commit protocol: its costs counted in the running system, beside the
     /// formulas.
     pub commit: Option<CommitCosts>,

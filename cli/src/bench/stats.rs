@@ -22,6 +22,9 @@ pub struct Counted {
     /// Requests it started by message delays on their critical path
     /// (`tandem_kit::stats::critical_paths`).
     pub critical_paths: BTreeMap<u32, u64>,
+    /// The same for paths where a message was lost or a timer fired
+    /// (`tandem_kit::stats::critical_paths_disturbed`).
+    pub critical_paths_disturbed: BTreeMap<u32, u64>,
 }
 
 /// Messages of one kind per operation.
@@ -142,16 +145,25 @@ impl Snapshot {
     }
 
     /// Transactions that ended between the two readings by the message delays on their
-    /// critical path (hops → how many), every component together.
-    pub fn critical_paths(&self, later: &Snapshot) -> BTreeMap<u32, u64> {
+    /// critical path (hops → how many), every component together: the failure-free ones, and
+    /// apart those where a message was lost or a timer fired.
+    pub fn critical_paths(&self, later: &Snapshot) -> (BTreeMap<u32, u64>, BTreeMap<u32, u64>) {
+        (
+            self.paths_since(later, |c| &c.critical_paths),
+            self.paths_since(later, |c| &c.critical_paths_disturbed),
+        )
+    }
+
+    fn paths_since(
+        &self,
+        later: &Snapshot,
+        paths: fn(&Counted) -> &BTreeMap<u32, u64>,
+    ) -> BTreeMap<u32, u64> {
         let mut out = BTreeMap::new();
         for (comp, b) in &later.by_component {
             let a = self.by_component.get(comp);
-            for (hops, after) in &b.critical_paths {
-                let before = a
-                    .and_then(|a| a.critical_paths.get(hops))
-                    .copied()
-                    .unwrap_or(0);
+            for (hops, after) in paths(b) {
+                let before = a.and_then(|a| paths(a).get(hops)).copied().unwrap_or(0);
                 if *after > before {
                     *out.entry(*hops).or_default() += after - before;
                 }
@@ -206,6 +218,8 @@ fn counted(c: &str, v: &Value) -> Counted {
             .and_then(|pid| tandem_kit::stats::cpu_ms(pid as u32)),
         exchanges: serde_json::from_value(v["exchanges"].clone()).unwrap_or_default(),
         critical_paths: serde_json::from_value(v["critical_paths"].clone()).unwrap_or_default(),
+        critical_paths_disturbed: serde_json::from_value(v["critical_paths_disturbed"].clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -329,6 +343,7 @@ mod tests {
                 cpu_ms: Some(cpu),
                 exchanges: BTreeMap::new(),
                 critical_paths: BTreeMap::new(),
+                critical_paths_disturbed: BTreeMap::new(),
             };
             a.by_component
                 .insert(c.into(), counted(counts(10, 0, 0, 0), 100));

@@ -189,6 +189,7 @@ impl Coordinator {
                 _ = tokio::time::sleep_until(next.as_ref().map_or(far, |n| n.1)), if next.is_some() => {
                     let timer = next.expect("armed").0;
                     t.timers.remove(&timer);
+                    tandem_kit::hop::disturbed();
                     Input::Timeout(timer)
                 }
                 _ = crate::until_shutdown(&mut shutdown) => {

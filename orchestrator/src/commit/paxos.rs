@@ -192,6 +192,7 @@ impl Coordinator {
                 Some(ev) = rx.recv() => self.on_leader_event(&mut t, ev).await,
                 _ = tokio::time::sleep_until(t.progress.unwrap_or(far)), if t.progress.is_some() => {
                     t.progress = None;
+                    tandem_kit::hop::disturbed();
                     t.core.handle(Input::Timeout(Timer::Progress))
                 }
                 _ = crate::until_shutdown(&mut shutdown) => {

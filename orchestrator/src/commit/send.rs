@@ -102,6 +102,8 @@ impl Call {
                 Ok((_, Some(s), _)) => Duration::from_secs(*s).min(Duration::from_secs(2)),
                 _ => delay,
             };
+            // Sent again after this answer: not the failure-free path.
+            tandem_kit::hop::disturbed();
             let _ = self.tx.send(Event::Failed {
                 p: self.p,
                 error: describe(&r),

@@ -152,6 +152,7 @@ impl Coordinator {
                     let timer = next.expect("armed").0;
                     t.timers.remove(&timer);
                     tracing::info!(txn = %t.id, ?timer, "3pc: coordinator timeout");
+                    tandem_kit::hop::disturbed();
                     t.core.handle(Input::Timeout(timer))
                 }
                 _ = crate::until_shutdown(&mut shutdown) => {

@@ -19,10 +19,17 @@
 //! merging with `max` may count a concurrent branch as the critical one, never less than the
 //! longest chain. The choreographed saga carries the same count in its events
 //! ([`crate::choreo::event::Event::hop`]).
+//!
+//! A protocol's delay formula describes a run where no message is lost and no timer fires. A
+//! clock whose sends failed (a transport error or a timeout in [`send`]) or whose holder saw a
+//! timer fire ([`disturbed`]: the coordinators' timers, a retried prepare) took another path — a
+//! resend after later answers moved the clock on costs two hops more — so its root is counted
+//! apart ([`crate::stats::critical_path`]'s `disturbed`), never mixed into the failure-free
+//! figures.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use axum::http::HeaderMap;
 
@@ -32,13 +39,15 @@ pub const HEADER: &str = "tandem-hop";
 struct Inner {
     hops: AtomicU32,
     root: bool,
+    /// A message was lost or a timer fired on this clock's path.
+    disturbed: AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let hops = *self.hops.get_mut();
         if self.root && hops > 0 {
-            crate::stats::critical_path(hops);
+            crate::stats::critical_path(hops, *self.disturbed.get_mut());
         }
     }
 }
@@ -52,6 +61,7 @@ impl Clock {
         Clock(Arc::new(Inner {
             hops: AtomicU32::new(hops),
             root,
+            disturbed: AtomicBool::new(false),
         }))
     }
 
@@ -81,6 +91,14 @@ pub fn now() -> Option<u32> {
 pub fn witness(hops: u32) {
     if let Some(c) = current() {
         c.witness(hops);
+    }
+}
+
+/// A timer fired, or a message is sent again, for the current clock's request: its path is not
+/// the failure-free one the formulas describe (counted apart when its root ends).
+pub fn disturbed() {
+    if let Some(c) = current() {
+        c.0.disturbed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -117,8 +135,13 @@ pub fn outgoing() -> u32 {
 }
 
 /// Send a protocol request with its `Tandem-Hop`; its answer's `Tandem-Hop` advances the clock.
+/// A request that got no answer (transport error, timeout) marks the clock [`disturbed`].
 pub async fn send(req: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
-    let resp = req.header(HEADER, outgoing()).send().await?;
+    let resp = req
+        .header(HEADER, outgoing())
+        .send()
+        .await
+        .inspect_err(|_| disturbed())?;
     if let Some(h) = of(resp.headers()) {
         witness(h);
     }
@@ -188,6 +211,48 @@ mod tests {
         // Outside any clock: a request carries 1, and nothing is counted.
         assert_eq!(now(), None);
         assert_eq!(outgoing(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_path_with_a_lost_message_or_a_fired_timer_is_counted_apart() {
+        let apart_of = |hops| {
+            crate::stats::critical_paths_disturbed()
+                .get(&hops)
+                .copied()
+                .unwrap_or(0)
+        };
+        let (clean, apart) = (recorded(3_000_011), apart_of(3_000_011));
+        // A timer fired in a task of the request: the root is counted apart.
+        serve(None, async {
+            spawn(async {
+                witness(3_000_011);
+                disturbed();
+            })
+            .await
+            .unwrap();
+        })
+        .await;
+        assert_eq!(
+            (recorded(3_000_011), apart_of(3_000_011)),
+            (clean, apart + 1)
+        );
+        // A send that got no answer (nothing listens on port 1) marks it too.
+        let (clean, apart) = (recorded(3_000_013), apart_of(3_000_013));
+        serve(None, async {
+            witness(3_000_012);
+            let http = reqwest::Client::new();
+            assert!(send(http.get("http://127.0.0.1:1/")).await.is_err());
+            witness(3_000_013);
+        })
+        .await;
+        assert_eq!(
+            (recorded(3_000_013), apart_of(3_000_013)),
+            (clean, apart + 1)
+        );
+        // The failure-free path is not.
+        let clean = recorded(3_000_015);
+        serve(None, async { witness(3_000_015) }).await;
+        assert_eq!(recorded(3_000_015), clean + 1);
     }
 
     #[tokio::test]

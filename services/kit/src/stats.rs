@@ -19,7 +19,8 @@
 //!   two messages. `tandem commit compare --live` sums them over every process;
 //! - `critical_paths`: requests this process started (a client's, or a background run's) by the
 //!   message delays on their longest chain, measured by the hop count every protocol message
-//!   carries ([`crate::hop`]): hops → how many.
+//!   carries ([`crate::hop`]): hops → how many; `critical_paths_disturbed` the same for those
+//!   whose path saw a lost message or a timer fire (not the failure-free path a formula counts).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,19 +69,29 @@ pub fn exchanges() -> BTreeMap<String, u64> {
 static CRITICAL_PATHS: LazyLock<Mutex<BTreeMap<u32, u64>>> =
     LazyLock::new(|| Mutex::new(BTreeMap::new()));
 
+/// The same for paths that saw a lost message or a timer fire ([`crate::hop::disturbed`]).
+static CRITICAL_PATHS_DISTURBED: LazyLock<Mutex<BTreeMap<u32, u64>>> =
+    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
 /// A request (or background run) this process started ended with `hops` message delays on its
-/// longest chain (see [`crate::hop`]).
-pub fn critical_path(hops: u32) {
-    *CRITICAL_PATHS
-        .lock()
-        .expect("stats lock")
-        .entry(hops)
-        .or_default() += 1;
+/// longest chain (see [`crate::hop`]); `disturbed`: a message on it was lost or a timer fired.
+pub fn critical_path(hops: u32, disturbed: bool) {
+    let map = if disturbed {
+        &CRITICAL_PATHS_DISTURBED
+    } else {
+        &CRITICAL_PATHS
+    };
+    *map.lock().expect("stats lock").entry(hops).or_default() += 1;
 }
 
-/// How many started requests ended with each critical-path length so far.
+/// How many started requests ended with each critical-path length so far (failure-free ones).
 pub fn critical_paths() -> BTreeMap<u32, u64> {
     CRITICAL_PATHS.lock().expect("stats lock").clone()
+}
+
+/// The same for the disturbed ones ([`critical_path`]).
+pub fn critical_paths_disturbed() -> BTreeMap<u32, u64> {
+    CRITICAL_PATHS_DISTURBED.lock().expect("stats lock").clone()
 }
 
 static BY_DATABASE: LazyLock<Mutex<BTreeMap<String, Arc<Counters>>>> =
@@ -241,6 +252,7 @@ pub async fn handler() -> Json<Value> {
         "transactions": by_database(),
         "exchanges": exchanges(),
         "critical_paths": critical_paths(),
+        "critical_paths_disturbed": critical_paths_disturbed(),
         "rss_kib": rss,
         "peak_rss_kib": peak,
         "cpu_ms": cpu_ms(std::process::id()),

@@ -57,7 +57,7 @@ async fn seen(app: &App, event: &Event) -> Result<(), sqlx::Error> {
     .rows_affected();
     if moved == 1 && matches!(status, "completed" | "compensated") {
         // The terminal event's hops: the choreography's critical path (`GET /stats`).
-        tandem_kit::stats::critical_path(event.hop);
+        tandem_kit::stats::critical_path(event.hop, false);
         app.settled.notify_waiters();
     }
     Ok(())
