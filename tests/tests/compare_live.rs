@@ -56,31 +56,7 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
         );
         assert!(r.messages_match, "{r:?}");
         assert!(r.forced_writes_per_txn > 0.0, "{r:?}");
-        // Every transaction that ended without a lost message or a fired timer had the
-        // formula's message delays on its critical path, as the hop counts its messages carried
-        // measured them (a timeout on a slow machine resends after later answers moved the
-        // clock on: CI once saw a 3PC transaction at 10; such paths are counted apart, and are
-        // a small minority). Paxos Commit's may count
-        // one more: a participant answers the leader's Prepare after its 2a are answered (hop
-        // 4), and when that answer reaches the leader before it sends the outcome (decided on
-        // the acceptors' bundles, hop 3) the clock merges it (a Lamport clock counts what
-        // happened before, not what the outcome depends on): 5 or 6.
-        let ended: u64 = r.critical_paths.values().sum();
-        let disturbed: u64 = r.critical_paths_disturbed.values().sum();
-        assert!(ended >= 1 && disturbed * 4 <= ended, "{r:?}");
-        let formula = r.formula.delays as u32;
-        let allowed = if r.protocol == "paxos-commit" {
-            vec![formula, formula + 1]
-        } else {
-            vec![formula]
-        };
-        assert!(
-            r.critical_paths.keys().all(|h| allowed.contains(h)),
-            "{}: critical paths {:?}, the formula says {} delays",
-            r.protocol,
-            r.critical_paths,
-            r.formula.delays
-        );
+        check_delays(r);
     }
     let paxos = |w: &str| {
         report
@@ -117,6 +93,34 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
         paxos("hot").lock_hold_p50_ms.is_some(),
         "{:?}",
         paxos("hot")
+    );
+}
+
+/// Every transaction of row `r` that ended without a lost message or a fired timer had the
+/// formula's message delays on its critical path.
+fn check_delays(r: &live::Row) {
+    // As the hop counts its messages carried measured them. A timeout on a slow machine
+    // resends after later answers moved the clock on (CI once saw a 3PC transaction at 10):
+    // such paths are counted apart, and must stay a small minority. Paxos Commit's may count
+    // one more: a participant answers the leader's Prepare after its 2a are answered (hop 4),
+    // and when that answer reaches the leader before it sends the outcome (decided on the
+    // acceptors' bundles, hop 3) the clock merges it (a Lamport clock counts what happened
+    // before, not what the outcome depends on): 5 or 6.
+    let ended: u64 = r.critical_paths.values().sum();
+    let disturbed: u64 = r.critical_paths_disturbed.values().sum();
+    assert!(ended >= 1 && disturbed * 4 <= ended, "{r:?}");
+    let formula = r.formula.delays as u32;
+    let allowed = if r.protocol == "paxos-commit" {
+        vec![formula, formula + 1]
+    } else {
+        vec![formula]
+    };
+    assert!(
+        r.critical_paths.keys().all(|h| allowed.contains(h)),
+        "{}: critical paths {:?}, the formula says {} delays",
+        r.protocol,
+        r.critical_paths,
+        r.formula.delays
     );
 }
 
