@@ -8,8 +8,8 @@
 //!   deletes the sagas, so a crash in between only repeats the call;
 //! - a long age **backstop** ([`purge_backstop`], `BARRIER_BACKSTOP_DAYS`, default 90, 0 = off)
 //!   deletes barrier rows older than it whatever their saga — unsafe for a saga parked longer
-//!   than that (and the only purge of the choreography's rows, whose sagas no orchestrator
-//!   tracks): documented in docs/security.md, "Retention".
+//!   than that: documented in docs/security.md, "Retention". (The choreography's rows are
+//!   forgotten on the orders service's `forgotten` event: [`crate::choreo::forget_order`].)
 //!
 //! Both delete only `saga_barrier` rows; business rows (reservations, payments, shipments) and
 //! 2PC branch rows are never touched.

@@ -26,7 +26,15 @@ pub async fn follow(app: App) {
     consumer::run(js, DURABLE.to_string(), move |event, delivered| {
         let app = app.clone();
         async move {
-            match seen(&app, &event).await {
+            let done = if event.event == Kind::Forgotten {
+                // This service's own published events of the order (it has no barrier).
+                tandem_kit::choreo::forget_order(&app.pool, &event.order_id, false)
+                    .await
+                    .map(drop)
+            } else {
+                seen(&app, &event).await
+            };
+            match done {
                 Ok(()) => Disposition::Ack,
                 Err(e) => {
                     tracing::warn!(order = %event.order_id, error = %e, "orders: event not recorded; redelivery");
@@ -125,4 +133,64 @@ pub async fn expire(app: &App) -> Result<usize, sqlx::Error> {
     }
     tx.commit().await?;
     Ok(overdue.len())
+}
+
+/// Retention passes every [`crate::Retention::every`] until the task is dropped (nothing when
+/// retention is off).
+pub async fn retention(app: App) {
+    let Some(age) = app.retention.orders else {
+        return;
+    };
+    loop {
+        loop {
+            match purge(&app, age, app.retention.batch).await {
+                Ok(n) if n as i64 == app.retention.batch => continue,
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(orders = n, "retention: orders forgotten"),
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one retries"),
+            }
+            break;
+        }
+        tokio::time::sleep(app.retention.every).await;
+    }
+}
+
+/// One batch of retention: at most `batch` completed or compensated orders unchanged for `age`
+/// are deleted and, in the same transaction, each gets its `forgotten` event (the outbox keeps
+/// one per order), which tells every service to delete the order's barrier and outbox rows
+/// (`tandem_kit::choreo::forget_order`). A crash before the commit deletes nothing; after it,
+/// the relay publishes the events. Orders deleted.
+pub async fn purge(app: &App, age: Duration, batch: i64) -> Result<usize, sqlx::Error> {
+    let mut tx = app.pool.begin().await?;
+    let due: Vec<(String, String)> = sqlx::query_as(
+        "DELETE FROM orders WHERE id = ANY(ARRAY(
+             SELECT id FROM orders
+             WHERE status IN ('completed', 'compensated')
+               AND updated_at < now() - make_interval(secs => $1)
+             ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+         RETURNING id, trace_id",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch.max(1))
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, trace_id) in &due {
+        let forgotten = Event {
+            order_id: id.clone(),
+            event: Kind::Forgotten,
+            trace_id: trace_id.clone(),
+            order: Value::Null,
+            step: None,
+            reason: None,
+            output: None,
+            hop: tandem_kit::choreo::event::FIRST_HOP,
+        };
+        outbox::emit(&mut tx, &forgotten).await?;
+    }
+    tx.commit().await?;
+    if !due.is_empty() {
+        tandem_kit::stats::write_committed(&app.pool);
+        app.relay.wake();
+    }
+    Ok(due.len())
 }

@@ -7,7 +7,7 @@
 //!
 //! - this file: configuration, start-up, serving, `main`;
 //! - [`api`]: the HTTP handlers and the order's validation;
-//! - [`flow`]: the consumer that follows the events and the step timer;
+//! - [`flow`]: the consumer that follows the events, the step timer and retention;
 //! - `migrations/orders/`: the schema (the outbox table comes from the kit).
 //!
 //! Default port 8087, database `tandem_orders`, pool `DB_POOL_SIZE` (5), NATS at `NATS_URL`.
@@ -69,6 +69,24 @@ pub struct Config {
     /// this service's timer, which starts the compensations.
     #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = 10_000)]
     pub step_timeout_ms: u64,
+    /// `off`: finished orders are kept forever. `on` (default): completed and compensated
+    /// orders unchanged for ORDER_RETENTION_SECS are deleted, and a `forgotten` event tells
+    /// every service to delete the order's barrier and outbox rows (docs/security.md,
+    /// "Retention"). Running and compensating orders are never deleted.
+    #[arg(long, env = "ORDER_PURGE", value_enum, default_value = "on")]
+    pub order_purge: tandem_kit::faults::Switch,
+    /// How long a finished order is kept after its last change (seconds; default 30 days).
+    #[arg(long, env = "ORDER_RETENTION_SECS", default_value_t = 30 * 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub order_retention_secs: u64,
+    /// Orders deleted (and `forgotten` events written) per transaction (1 to 1000).
+    #[arg(long, env = "PURGE_BATCH", default_value_t = 500,
+          value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub purge_batch: i64,
+    /// Time between retention passes.
+    #[arg(long, env = "PURGE_INTERVAL_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub purge_interval_ms: u64,
     #[command(flatten)]
     pub auth: tandem_kit::auth::AuthConfig,
 }
@@ -76,16 +94,35 @@ pub struct Config {
 impl Config {
     /// Defaults with another database, NATS server and an ephemeral port (tests).
     pub fn with(database_url: impl Into<String>, nats_url: impl Into<String>) -> Self {
-        Config {
-            database_url: database_url.into(),
-            database_owner_url: None,
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            db_pool_size: 5,
-            nats_url: nats_url.into(),
-            step_timeout_ms: 10_000,
-            auth: tandem_kit::auth::AuthConfig::default(),
+        let mut c = Config::parse_from(["orders"]);
+        c.database_url = database_url.into();
+        c.database_owner_url = None;
+        c.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.nats_url = nats_url.into();
+        c.auth = tandem_kit::auth::AuthConfig::default();
+        c
+    }
+
+    /// What retention keeps how long ([`flow::purge`]).
+    pub fn retention(&self) -> Retention {
+        Retention {
+            orders: (self.order_purge == tandem_kit::faults::Switch::On)
+                .then(|| Duration::from_secs(self.order_retention_secs)),
+            batch: self.purge_batch,
+            every: Duration::from_millis(self.purge_interval_ms),
         }
     }
+}
+
+/// The entry point's retention of finished orders.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Completed and compensated orders unchanged for this long are deleted; `None`: never.
+    pub orders: Option<Duration>,
+    /// Orders per transaction.
+    pub batch: i64,
+    /// Time between passes.
+    pub every: Duration,
 }
 
 /// A ready orders service.
@@ -99,6 +136,7 @@ pub struct App {
     pub settled: Arc<Notify>,
     /// Accepted tokens (see `tandem_kit::auth`).
     pub auth: tandem_kit::auth::Auth,
+    pub retention: Retention,
 }
 
 /// The migrations of the orders database: its own plus the kit's outbox.
@@ -130,6 +168,7 @@ pub async fn build(config: Config) -> Result<App, Error> {
         step_timeout: Duration::from_millis(config.step_timeout_ms),
         settled: Arc::new(Notify::new()),
         auth,
+        retention: config.retention(),
     })
 }
 
@@ -141,6 +180,7 @@ impl App {
             tokio::spawn(self.relay.clone().run()),
             tokio::spawn(flow::follow(self.clone())),
             tokio::spawn(flow::timer(self.clone())),
+            tokio::spawn(flow::retention(self.clone())),
         ])
     }
 

@@ -17,12 +17,21 @@ struct Stack {
     payment: Served,
     shipping: Served,
     orders: String,
+    /// The orders database (what its retention deleted).
+    orders_pool: sqlx::PgPool,
     http: reqwest::Client,
     _workers: Vec<Worker>,
     _orders_db: TestDatabases,
 }
 
 async fn stack(step_timeout_ms: u64) -> Option<Stack> {
+    stack_with(step_timeout_ms, |_| {}).await
+}
+
+async fn stack_with(
+    step_timeout_ms: u64,
+    adjust: impl FnOnce(&mut orders::Config),
+) -> Option<Stack> {
     let nats = PrivateNats::start().await?;
     let js = tandem_kit::choreo::connect(&nats.url).await.unwrap();
     let inventory = Served::with_faults(&inventory::SPEC).await;
@@ -36,7 +45,9 @@ async fn stack(step_timeout_ms: u64) -> Option<Stack> {
     let orders_db = fresh_database("orders").await;
     let mut config = orders::Config::with(orders_db.first_url(), nats.url.clone());
     config.step_timeout_ms = step_timeout_ms;
+    adjust(&mut config);
     let app = orders::build(config).await.unwrap();
+    let orders_pool = app.pool.clone();
     let listener = tandem_kit::http::bind(([127, 0, 0, 1], 0).into())
         .await
         .unwrap();
@@ -49,6 +60,7 @@ async fn stack(step_timeout_ms: u64) -> Option<Stack> {
         payment,
         shipping,
         orders,
+        orders_pool,
         http: reqwest::Client::new(),
         _workers: workers,
         _orders_db: orders_db,
@@ -487,4 +499,97 @@ async fn checkouts_complete_across_a_restart_of_the_nats_server() {
         );
     }
     assert_eq!(s.available("sku-n").await, 100 - 2 * 8);
+}
+
+/// Rows of `order` in a database's barrier (None: no barrier table there) and outbox.
+async fn kept(pool: &sqlx::PgPool, order: &str, barrier: bool) -> (Option<i64>, i64) {
+    let count = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .bind(order)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    let b = if barrier {
+        Some(count("SELECT count(*) FROM saga_barrier WHERE saga_id = $1").await)
+    } else {
+        None
+    };
+    (
+        b,
+        count("SELECT count(*) FROM outbox WHERE order_id = $1").await,
+    )
+}
+
+#[tokio::test]
+async fn finished_orders_past_retention_are_forgotten_by_every_service_and_their_effects_stay() {
+    // Retention of three seconds, a pass every 100 ms.
+    let Some(s) = stack_with(10_000, |c| {
+        c.order_retention_secs = 3;
+        c.purge_interval_ms = 100;
+    })
+    .await
+    else {
+        return;
+    };
+    s.stock("sku-f", 10).await;
+    let (status, _) = s.place(&order("keep-1", "sku-f", "tok_visa", "FR")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = s
+        .place(&order("gone-1", "sku-f", "tok_decline", "FR"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(s.settled("keep-1").await["status"], "completed");
+    assert_eq!(s.settled("gone-1").await["status"], "compensated");
+    let services = [
+        ("inventory", &s.inventory.app.pool),
+        ("payment", &s.payment.app.pool),
+        ("shipping", &s.shipping.app.pool),
+    ];
+    // Right after settling, every service still has the orders' barrier rows (the charge was
+    // refused: payment recorded the refusal; shipping never acted on the declined one).
+    for (name, pool) in services {
+        let (barrier, _) = kept(pool, "keep-1", true).await;
+        assert!(barrier.unwrap() >= 1, "{name}");
+    }
+    // Then retention: the orders are deleted, the `forgotten` events reach every service, and
+    // every barrier and outbox row of both orders goes, in every database.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut left = vec![];
+        for id in ["keep-1", "gone-1"] {
+            for (name, pool) in services {
+                let k = kept(pool, id, true).await;
+                if k != (Some(0), 0) {
+                    left.push(format!("{name} {id} {k:?}"));
+                }
+            }
+            let k = kept(&s.orders_pool, id, false).await;
+            if k != (None, 0) {
+                left.push(format!("orders {id} {k:?}"));
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not forgotten within 30 s: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = s
+        .http
+        .get(format!("{}/orders/keep-1", s.orders))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // The business rows are not the barrier's: the completed order's effects stay.
+    let (reservations, payments, shipments) = s.effects("keep-1").await;
+    assert_eq!(
+        (reservations.len(), payments.len(), shipments.len()),
+        (1, 1, 1)
+    );
+    assert_eq!(s.available("sku-f").await, 8);
 }

@@ -21,10 +21,13 @@ pub enum Kind {
     Cancelled,
     Refunded,
     Released,
+    /// The order is final and past the entry point's retention: every service deletes its
+    /// barrier rows and published outbox rows of the order ([`super::forget_order`]).
+    Forgotten,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Placed,
         Kind::Reserved,
         Kind::Charged,
@@ -33,6 +36,7 @@ impl Kind {
         Kind::Cancelled,
         Kind::Refunded,
         Kind::Released,
+        Kind::Forgotten,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Kind {
             Kind::Cancelled => "cancelled",
             Kind::Refunded => "refunded",
             Kind::Released => "released",
+            Kind::Forgotten => "forgotten",
         }
     }
 
@@ -62,11 +67,12 @@ impl Kind {
             .unwrap_or(i16::MAX)
     }
 
-    /// The order's status once this event is seen.
+    /// The order's status once this event is seen (`forgotten`: the order is gone).
     pub fn status(self) -> &'static str {
         match self {
             Kind::Booked => "completed",
             Kind::Released => "compensated",
+            Kind::Forgotten => "forgotten",
             Kind::Failed | Kind::Cancelled | Kind::Refunded => "compensating",
             Kind::Placed | Kind::Reserved | Kind::Charged => "running",
         }

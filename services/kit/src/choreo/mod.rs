@@ -10,6 +10,12 @@
 //!   `(order, step, action|compensation)`;
 //! - [`nats_testing`]: a private `nats-server -js` for tests.
 //!
+//! Retention ([`forget_order`]): the entry point deletes an order that is final and past its
+//! retention and, in the same transaction, writes a `forgotten` event; every service's consumer
+//! then deletes that order's barrier rows and its published outbox rows — the choreography's
+//! "forget" call (docs/security.md, "Retention"), told by the only party that knows the order
+//! is final, as the orchestrator tells the services for its sagas.
+//!
 //! The stream ([`STREAM`]) keeps every `checkout.>` event for [`MAX_AGE`], with a duplicate
 //! window of [`DUPLICATE_WINDOW`]; dead letters go to [`DEAD_STREAM`]. Everything here uses
 //! only what NATS 2.9 has (one filter subject per consumer, no 2.10 features).
@@ -67,6 +73,41 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), String> {
         .map_err(|e| format!("JetStream stream {name}: {e}"))?;
     }
     Ok(())
+}
+
+/// Forget `order_id` in the database of `pool`: delete its barrier rows (if `barrier`: the
+/// services have a barrier table, the entry point has none) and its outbox rows that were
+/// published (an unpublished one stays until its relay publishes it: it cannot be the
+/// `forgotten` event's own row, which was delivered, hence published). Rows deleted; 0 for an
+/// order unknown here or forgotten already (a redelivery).
+pub async fn forget_order(
+    pool: &sqlx::PgPool,
+    order_id: &str,
+    barrier: bool,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut n = 0;
+    if barrier {
+        n += sqlx::query("DELETE FROM saga_barrier WHERE saga_id = $1")
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    }
+    // The delivered `forgotten` event was published even if its relay has not marked it yet.
+    n += sqlx::query(
+        "DELETE FROM outbox WHERE order_id = $1 \
+         AND (published_at IS NOT NULL OR event = 'forgotten')",
+    )
+    .bind(order_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if n > 0 {
+        crate::stats::write_committed(pool);
+    }
+    Ok(n)
 }
 
 /// One event of an order's timeline, as the stream holds it.

@@ -120,6 +120,15 @@ enum Transient {
 
 impl Handler {
     async fn handle(&self, event: Event, delivered: i64) -> Disposition {
+        if event.event == Kind::Forgotten {
+            return match super::forget_order(&self.app.pool, &event.order_id, true).await {
+                Ok(_) => Disposition::Ack,
+                Err(e) => {
+                    tracing::warn!(order = %event.order_id, error = %e, "forget not done; redelivery");
+                    Disposition::Retry(consumer::backoff(delivered))
+                }
+            };
+        }
         let result = if event.event == self.step.on {
             self.act(&event).await
         } else if event.event == self.step.undo_on {
