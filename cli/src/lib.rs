@@ -12,10 +12,11 @@
 //! - [`demo`]: the checkout demo's scenarios, their expected outcomes and the timeline printer.
 //! - [`saga`]: `tandem saga list | show | cancel | retry | resume` against a running orchestrator.
 //! - `commit` (in the binary): `tandem commit compare` (the atomic-commit protocol comparison),
-//!   `demo 2pc-blocking` / `demo paxos` / `demo 3pc-unblocks` (the protocols on the real
-//!   processes), `resolve` (an operator's heuristic decision).
-//! - [`paxos_demo`], [`three_pc_demo`]: the scripted demos of Paxos Commit and of 3PC beside
-//!   2PC over the real binaries (the end-to-end tests run them too).
+//!   `demo 2pc-blocking` / `demo paxos` / `demo 3pc-unblocks` / `demo 3pc-partition` (the
+//!   protocols on the real processes), `resolve` (an operator's heuristic decision).
+//! - [`paxos_demo`], [`three_pc_demo`], [`three_pc_partition_demo`]: the scripted demos of Paxos
+//!   Commit, of 3PC beside 2PC, and of 3PC split by a partition, over the real binaries (the
+//!   end-to-end tests run them too).
 
 pub mod bench;
 pub mod choreo;
@@ -27,3 +28,4 @@ pub mod launch;
 pub mod paxos_demo;
 pub mod saga;
 pub mod three_pc_demo;
+pub mod three_pc_partition_demo;

@@ -224,6 +224,22 @@ impl Demo {
         Ok(r.json().await?)
     }
 
+    /// `POST {url}` with a JSON body as the operator: the answer's body, or which status it got.
+    pub(crate) async fn post(&self, url: String, body: &Value) -> anyhow::Result<Value> {
+        let r = self.http.post(&url).json(body).send().await?;
+        let status = r.status();
+        let answer: Value = r.json().await.unwrap_or(Value::Null);
+        ensure!(status.is_success(), "POST {url}: {status} {answer}");
+        Ok(answer)
+    }
+
+    /// `DELETE {url}` as the operator.
+    pub(crate) async fn delete(&self, url: String) -> anyhow::Result<()> {
+        let r = self.http.delete(&url).send().await?;
+        ensure!(r.status().is_success(), "DELETE {url}: {}", r.status());
+        Ok(())
+    }
+
     pub(crate) async fn put_stock(&self, n: i64) -> anyhow::Result<()> {
         let r = self
             .http

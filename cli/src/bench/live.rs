@@ -469,6 +469,13 @@ pub const FAULT_SCENARIOS: &[FaultScenario] = &[
         server_flag: "--server-url",
     },
     FaultScenario {
+        protocol: "3pc",
+        scenario: "partition {coordinator, P0} | {P1, P2} from PreCommit on",
+        outcome: "split",
+        command: &["commit", "demo", "3pc-partition"],
+        server_flag: "--server-url",
+    },
+    FaultScenario {
         protocol: "paxos-commit",
         scenario: "leader crashes after the votes; +1 acceptor down; 2 of 3 down",
         outcome: "completed",

@@ -4,7 +4,8 @@
 //!   the checkout under each protocol over the real services
 //!   ([`tandem_cli::bench::live`]);
 //! - [`demo`]: `demo 2pc-blocking`, 2PC's blocking case live on the real stack; `demo paxos`
-//!   and `demo 3pc-unblocks` run `tandem_cli::paxos_demo` / `tandem_cli::three_pc_demo`;
+//!   `demo 3pc-unblocks` and `demo 3pc-partition` run `tandem_cli::paxos_demo` /
+//!   `tandem_cli::three_pc_demo` / `tandem_cli::three_pc_partition_demo`;
 //! - [`resolve`]: `resolve ID --commit|--abort`, an operator's heuristic decision.
 
 mod demo;
@@ -75,6 +76,13 @@ enum DemoCommand {
     /// `tandem_demo_3pc_*`.
     #[command(name = "3pc-unblocks")]
     ThreePcUnblocks(PaxosDemoArgs),
+    /// A partition splits plain 3PC: {orchestrator, inventory} | {payment, shipping} from
+    /// PreCommit on — the coordinator's side commits, the other side's termination protocol
+    /// aborts — and an invariant scan over the three services' read endpoints finds and prints
+    /// the split. Starts the real binaries (three services, one orchestrator). Databases
+    /// `tandem_demo_3pc_split_*`.
+    #[command(name = "3pc-partition")]
+    ThreePcPartition(PaxosDemoArgs),
 }
 
 #[derive(Args)]
@@ -184,6 +192,9 @@ pub async fn run(args: CommitArgs) -> anyhow::Result<()> {
         CommitCommand::Demo {
             demo: DemoCommand::ThreePcUnblocks(a),
         } => three_pc_demo(a).await,
+        CommitCommand::Demo {
+            demo: DemoCommand::ThreePcPartition(a),
+        } => three_pc_partition_demo(a).await,
         CommitCommand::Resolve(a) => resolve::run(a).await,
         CommitCommand::Compare {
             live: true,
@@ -305,6 +316,27 @@ async fn three_pc_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
         "coordinator crashed: 3PC committed in {:.1} s (term {}); 2PC blocked {:.1} s until its \
          coordinator returned, then finished in {:.1} s",
         r.three_pc_secs, r.three_pc_term, r.two_pc_blocked_secs, r.two_pc_after_restart_secs
+    );
+    drop_all().await
+}
+
+async fn three_pc_partition_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
+    use tandem_cli::three_pc_partition_demo::{databases, run};
+    let (opts, drop_all) = demo_options(a, "tandem_demo_3pc_split", databases).await?;
+    let r = run(opts).await?;
+    let branches: Vec<String> = r
+        .branches
+        .iter()
+        .map(|(s, t)| format!("{s} (term {t})"))
+        .collect();
+    println!(
+        "partition: inventory, payment, shipping {}; the coordinator says {}; {} messages \
+         dropped; decided in {:.1} s; the scan found: {}",
+        branches.join(", "),
+        r.coordinator_state,
+        r.dropped,
+        r.decided_secs,
+        r.violations.join("; ")
     );
     drop_all().await
 }

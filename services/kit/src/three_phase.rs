@@ -424,7 +424,7 @@ impl<'a> Branch<'a> {
         tx: mpsc::UnboundedSender<Job>,
     ) -> Result<Branch<'a>, Problem> {
         let http = reqwest::Client::builder()
-            .default_headers(crate::faults::sender_headers(&app.node))
+            .default_headers(app.client_headers())
             .build()
             .map_err(Problem::internal)?;
         let row: Option<Row> = sqlx::query_as(
