@@ -695,3 +695,39 @@ const TABLE_FULL: &str = "cannot-prepare";
 fn core_id(id: BranchId) -> u8 {
     u8::try_from(id.step).unwrap_or(u8::MAX)
 }
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    /// What [`HTTP_URL_PATTERN`] admits, [`is_http_url`] takes (the pattern is a subset); the
+    /// refusals it cannot state are outside it too.
+    #[test]
+    fn the_url_pattern_admits_only_what_is_taken() {
+        let schema =
+            jsonschema::validator_for(&json!({"type": "string", "pattern": HTTP_URL_PATTERN}))
+                .unwrap();
+        for url in [
+            "http://127.0.0.1:8080",
+            "HTTPS://Inventory.internal/",
+            "http://a-b.c9/x?y=1#z",
+            "http://255.255.255.255:9999/",
+            "http://x1.y2:0",
+        ] {
+            assert!(schema.is_valid(&json!(url)), "{url}");
+            assert!(is_http_url(url), "{url}");
+        }
+        for url in [
+            "ftp://host/",
+            "http://",
+            "http://1.2.3.999/",
+            "http://host:99999/",
+            "http://a b/",
+            "http://host/\u{0}",
+            "mailto:x@y",
+        ] {
+            assert!(!schema.is_valid(&json!(url)), "{url}");
+        }
+        assert!(!is_http_url("ftp://host/") && !is_http_url("http://1.2.3.999/"));
+    }
+}

@@ -397,3 +397,70 @@ async fn outcome(
     }
     Err(Problem::internal("the participant core decided nothing"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_protocols::paxos_commit::{Ballot, Value as V};
+
+    /// The document of `POST /transactions/{id}/paxos` admits every message the acceptors send
+    /// (each variant, as serde writes it) and what it admits, serde reads.
+    #[test]
+    fn to_leader_schema_is_what_serde_reads() {
+        let schema = jsonschema::validator_for(&to_leader_schema()).unwrap();
+        let b = Ballot {
+            epoch: u64::MAX,
+            round: 7,
+        };
+        for msg in [
+            Msg::BeginCommit,
+            Msg::Prepare,
+            Msg::Query,
+            Msg::Phase2a {
+                ballot: b,
+                values: vec![(0, V::Prepared)],
+            },
+            Msg::Phase2b {
+                accepted: vec![(255, b, V::Aborted)],
+            },
+            Msg::Phase1a {
+                ballot: b,
+                instances: vec![0, 1],
+            },
+            Msg::Phase1b {
+                ballot: b,
+                reports: vec![(0, None), (1, Some((b, V::Prepared)))],
+            },
+            Msg::Outcome(Outcome::Abort),
+        ] {
+            let v = serde_json::to_value(ToLeader { acceptor: 2, msg }).unwrap();
+            assert!(schema.is_valid(&v), "{v}");
+            serde_json::from_value::<ToLeader>(v).unwrap();
+        }
+        for bad in [
+            json!({"acceptor": 256, "msg": "Query"}),
+            json!({"acceptor": 0, "msg": "Nope"}),
+            json!({"acceptor": 0}),
+            json!({"acceptor": 0, "msg": {"Phase2b": {"accepted": [[0, {"epoch": 0, "round": 0}]]}}}),
+            json!({"acceptor": 0, "msg": {"Outcome": "Commit", "Query": null}}),
+        ] {
+            assert!(!schema.is_valid(&bad), "{bad}");
+            assert!(serde_json::from_value::<ToLeader>(bad).is_err());
+        }
+    }
+
+    /// Acceptor counts: 1, 3, 5 or 7, as `check` takes them.
+    #[test]
+    fn prepare_schema_admits_what_check_takes() {
+        let schema = jsonschema::validator_for(&prepare_schema()).unwrap();
+        for k in 0..=8 {
+            let body = json!({
+                "txn_id": Uuid::nil(), "step": 0, "action": "/reservations", "body": {},
+                "leader_url": "http://127.0.0.1:8080",
+                "acceptors": vec!["https://acceptor-1.example:9000/"; k], "n": 1
+            });
+            let req: PaxosPrepare = serde_json::from_value(body.clone()).unwrap();
+            assert_eq!(schema.is_valid(&body), check(&req).is_ok(), "{k} acceptors");
+        }
+    }
+}
