@@ -55,7 +55,9 @@ fn unknown(name: &str) -> Problem {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct OneParams {
-    /// A version's hash (a saga's own version, `GET /definitions/{name}/versions`).
+    /// A version's hash (a saga's own version, `GET /definitions/{name}/versions`): 64 hex
+    /// digits; any other is no stored version (404).
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
     version: Option<String>,
 }
 

@@ -89,7 +89,9 @@ pub const ACCESS: &[Rule] = &[
 pub fn router(ctx: Ctx, auth: &Auth) -> Router {
     let scrape = tandem_kit::metrics::Scrape::default().pool("business", &ctx.pool);
     let r = sagas_api()
-        .merge(definitions_api())
+        .merge(definitions_api(
+            ctx.driver.registry().services().keys().cloned().collect(),
+        ))
         .merge(transactions_api())
         .merge(console_api())
         .route(
@@ -105,6 +107,17 @@ pub fn router(ctx: Ctx, auth: &Auth) -> Router {
     tandem_kit::http::finish_with(r, scrape, "orchestrator", &auth.guard(ACCESS))
 }
 
+/// A client's `Idempotency-Key` as [`sagas::idempotency_key`] takes it: 1 to 255 visible ASCII
+/// characters, spaces and tabs between them (around them, HTTP trims them: no client sends
+/// them, and schemathesis's HTTP client refuses to).
+fn client_key_schema() -> Value {
+    json!({
+        "type": "string",
+        "maxLength": sagas::MAX_IDEMPOTENCY_KEY_LEN,
+        "pattern": "^[!-~]([\t -~]*[!-~])?$",
+    })
+}
+
 /// Sagas and their operators' actions.
 fn sagas_api() -> Api<Ctx> {
     let action = |summary: &str| {
@@ -116,8 +129,9 @@ fn sagas_api() -> Api<Ctx> {
                 false,
                 serde_json::json!({
                     "type": "string",
-                    // trimmed, 1 to 100 visible ASCII characters (MAX_ACTOR_LEN)
-                    "pattern": "^[ \t]*[!-~]([\t -~]{0,98}[!-~])?[ \t]*$",
+                    // 1 to 100 visible ASCII characters (MAX_ACTOR_LEN) with spaces and tabs
+                    // between them (around them, HTTP trims them: no client sends them)
+                    "pattern": "^[!-~]([\t -~]{0,98}[!-~])?$",
                 }),
             )
             .answer_schema(202, "the saga, as the action left it", api::object())
@@ -132,9 +146,11 @@ fn sagas_api() -> Api<Ctx> {
             "/sagas",
             api::post("Start a saga")
                 .query::<sagas::WaitParams>()
-                .header(
+                .header_schema(
                     "Idempotency-Key",
                     "1 to 255 visible ASCII characters: the same key and body answer the same saga",
+                    false,
+                    client_key_schema(),
                 )
                 .body::<sagas::CreateSaga>()
                 .answer_schema(201, "the new saga (`Location: /sagas/{id}`)", api::object())
@@ -183,15 +199,89 @@ fn sagas_api() -> Api<Ctx> {
         )
 }
 
-/// Saga definitions.
-fn definitions_api() -> Api<Ctx> {
+/// A definition's document as `POST /definitions` takes it (docs/sagas.md): its fields, their
+/// shapes and bounds, `service` one of this orchestrator's `services` — what
+/// [`crate::saga::definition::Definition::parse`] and the registry check field by field. What it
+/// also checks across fields (step names unique, `$from` naming an earlier step, an
+/// `input_schema` that compiles, a policy's `deadline_ms` over its `timeout_ms` …) a schema
+/// cannot state: those are 422s of a body this schema admits.
+fn definition_schema(services: Vec<String>) -> Value {
+    use crate::saga::definition::{
+        MAX_ATTEMPTS, MAX_DEFINITION_NAME, MAX_DURATION_MS, MAX_STEP_NAME,
+    };
+    let ms = json!({"type": "integer", "minimum": 1, "maximum": MAX_DURATION_MS});
+    let attempts = json!({"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS});
+    let policy = json!({
+        "type": "object",
+        "description": "retry and timeout policy (docs/sagas.md); a step's fields override the definition's",
+        "properties": {
+            "timeout_ms": ms,
+            "max_attempts": attempts,
+            "poll_interval_ms": ms,
+            "deadline_ms": ms,
+            "compensation_max_attempts": attempts,
+            "max_retry_after_ms": ms,
+            "backoff": {
+                "type": "object",
+                "properties": {
+                    "initial_ms": ms,
+                    "multiplier": {"type": "number", "minimum": 1, "maximum": 100},
+                    "max_ms": ms,
+                    "jitter": {"type": "number", "minimum": 0, "maximum": 1}
+                },
+                "additionalProperties": false
+            }
+        },
+        "additionalProperties": false
+    });
+    let call = json!({
+        "type": "object",
+        "required": ["service", "method", "path"],
+        "properties": {
+            "service": {"type": "string", "enum": services},
+            "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
+            "path": {"type": "string", "pattern": r"^/[^\s\u0000-\u001F\u007F-\u009F]*$"},
+            "body": {"description": "a template: `{\"$from\": pointer}` and `{\"$id\": step}` are replaced"}
+        },
+        "additionalProperties": false
+    });
+    json!({
+        "type": "object",
+        "description": "a definition: docs/sagas.md",
+        "required": ["name", "steps"],
+        "properties": {
+            "name": {"type": "string", "pattern": format!("^[A-Za-z0-9_.-]{{1,{MAX_DEFINITION_NAME}}}$")},
+            "description": {"type": "string"},
+            "business_key": {"type": ["string", "null"], "description": "a JSON Pointer into the input (`/order_id`)"},
+            "input_schema": {"description": "a JSON Schema (2020-12) of the input"},
+            "policy": policy,
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "action"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": format!("^[a-z0-9_]{{1,{MAX_STEP_NAME}}}$")},
+                        "action": call,
+                        "compensation": {"anyOf": [call, {"type": "null"}]},
+                        "policy": {"anyOf": [policy, {"type": "null"}]}
+                    },
+                    "additionalProperties": false
+                }
+            }
+        },
+        "additionalProperties": false
+    })
+}
+
+/// Saga definitions (`services`: those configured here, what a step may call).
+fn definitions_api(services: Vec<String>) -> Api<Ctx> {
     Api::new()
         .route(
             "/definitions",
             api::post("Add a saga definition (a new version, or a known one again)")
-                .body_schema(api::schema(
-                    json!({"type": "object", "description": "a definition: docs/sagas.md"}),
-                ))
+                .body_json(definition_schema(services))
                 .answer_schema(
                     201,
                     "`{\"name\", \"version\"}`: a new version",
@@ -232,7 +322,12 @@ fn transactions_api() -> Api<Ctx> {
             "/transactions",
             api::post("Run a definition as one atomic commit (2PC, 3PC or Paxos Commit)")
                 .query::<sagas::WaitParams>()
-                .header("Idempotency-Key", "1 to 255 visible ASCII characters")
+                .header_schema(
+                    "Idempotency-Key",
+                    "1 to 255 visible ASCII characters: the same key and body answer the same transaction",
+                    false,
+                    client_key_schema(),
+                )
                 .body_schema(api::schema(json!({
                     "type": "object",
                     "required": ["protocol", "definition", "input"],
@@ -284,7 +379,7 @@ fn transactions_api() -> Api<Ctx> {
             "/transactions/{id}/paxos",
             api::post("An acceptor's message for the Paxos Commit leader of this transaction")
                 .path_uuid()
-                .body_schema(api::object())
+                .body_json(tandem_kit::paxos::to_leader_schema())
                 .answer_schema(202, "taken by the leader here", api::object()),
             paxos::deliver,
         )

@@ -216,6 +216,8 @@ async fn wait_settled(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
+    /// (inline: the document has no component of this name)
+    #[param(inline)]
     status: Option<SagaStatus>,
     definition: Option<String>,
     /// A saga id or a business key.

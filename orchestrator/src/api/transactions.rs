@@ -174,6 +174,8 @@ async fn settled(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
+    /// (inline: the document has no component of this name)
+    #[param(inline)]
     state: Option<TxnState>,
     /// A protocol's name (`2pc`, `3pc`, `paxos-commit`, …).
     #[param(pattern = "^[a-z0-9-]{1,32}$")]

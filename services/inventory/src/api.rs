@@ -46,15 +46,25 @@ pub const ACCESS: &[tandem_kit::auth::Rule] = &[
 
 /// The read and setup routes (the saga endpoints come from [`RESERVE`] and [`RELEASE`]).
 pub fn routes() -> Api<App> {
+    // What `validate_sku` takes: 1 to 64 characters, no control character.
+    let sku = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_SKU_LEN,
+        "pattern": r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    });
     let api = Api::new()
         .route(
             "/stock/{sku}",
-            api::get("A SKU's stock").answer::<Stock>(200, "available and reserved"),
+            api::get("A SKU's stock")
+                .path_schema("sku", sku.clone())
+                .answer::<Stock>(200, "available and reserved"),
             get_stock,
         )
         .route(
             "/stock/{sku}",
             api::put("Set a SKU's available stock")
+                .path_schema("sku", sku)
                 .body::<SetStock>()
                 .answer::<Stock>(200, "the stock"),
             put_stock,

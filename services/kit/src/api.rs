@@ -56,9 +56,13 @@ pub struct Op {
     description: Option<String>,
     query: Vec<utoipa::openapi::path::Parameter>,
     path_uuid: bool,
+    /// Path parameters whose handler enforces more than the default schema.
+    path_schemas: Vec<(String, Value)>,
     /// Name, description, required, schema.
     headers: Vec<(String, String, bool, serde_json::Value)>,
     body: Option<RefOr<Schema>>,
+    /// A body schema kept as written ([`Op::body_json`]).
+    raw_body: Option<Value>,
     answers: Vec<(u16, String, Answer)>,
     schemas: Vec<(String, RefOr<Schema>)>,
 }
@@ -119,8 +123,10 @@ impl Op {
             description: None,
             query: Vec::new(),
             path_uuid: false,
+            path_schemas: Vec::new(),
             headers: Vec::new(),
             body: None,
+            raw_body: None,
             answers: Vec::new(),
             schemas: Vec::new(),
         }
@@ -132,15 +138,39 @@ impl Op {
         self
     }
 
-    /// Query parameters, from the handler's `Query` type.
+    /// Query parameters, from the handler's `Query` type. A string parameter without a
+    /// pattern, format or enum of its own is documented without U+0000, as
+    /// [`crate::http::Query`] refuses it (422).
     pub fn query<Q: IntoParams>(mut self) -> Self {
-        self.query = Q::into_params(|| Some(ParameterIn::Query));
+        self.query = Q::into_params(|| Some(ParameterIn::Query))
+            .into_iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(&p).expect("a parameter serializes");
+                if let Some(s) = v.get_mut("schema").and_then(Value::as_object_mut) {
+                    let plain_string = s.get("type") == Some(&json!("string"))
+                        && !["pattern", "format", "enum"]
+                            .iter()
+                            .any(|k| s.contains_key(*k));
+                    if plain_string {
+                        s.insert("pattern".into(), json!(NO_NUL));
+                    }
+                }
+                serde_json::from_value(v).expect("a parameter utoipa reads back")
+            })
+            .collect();
         self
     }
 
     /// The path parameters are UUIDs (they are strings otherwise).
     pub fn path_uuid(mut self) -> Self {
         self.path_uuid = true;
+        self
+    }
+
+    /// Path parameter `name` has this schema (what its handler enforces: a length, a
+    /// pattern …) instead of the default (a non-empty string without U+0000).
+    pub fn path_schema(mut self, name: &str, schema: Value) -> Self {
+        self.path_schemas.push((name.to_string(), schema));
         self
     }
 
@@ -177,6 +207,14 @@ impl Op {
     /// A required JSON body with this schema ([`schema`]).
     pub fn body_schema(mut self, schema: RefOr<Schema>) -> Self {
         self.body = Some(schema);
+        self
+    }
+
+    /// A required JSON body with this JSON Schema, served as written (a component of its own,
+    /// `<operationId>Body`): for what utoipa's schema model does not carry (`prefixItems`,
+    /// `anyOf` beside `type`, schemas of any type …), which [`schema`] would drop or refuse.
+    pub fn body_json(mut self, schema: Value) -> Self {
+        self.raw_body = Some(schema);
         self
     }
 
@@ -240,16 +278,23 @@ impl Op {
         for name in path_parameters(path) {
             b = b.parameter(
                 ParameterBuilder::new()
-                    .name(name)
+                    .name(&name)
                     .parameter_in(ParameterIn::Path)
                     .required(Required::True)
-                    .schema(Some(if self.path_uuid {
-                        schema(json!({"type": "string", "format": "uuid"}))
-                    } else {
-                        schema(json!({"type": "string", "minLength": 1}))
-                    })),
+                    .schema(Some(
+                        match self.path_schemas.iter().find(|(n, _)| *n == name) {
+                            Some((_, s)) => schema(s.clone()),
+                            None if self.path_uuid => {
+                                schema(json!({"type": "string", "format": "uuid"}))
+                            }
+                            None => {
+                                schema(json!({"type": "string", "minLength": 1, "pattern": NO_NUL}))
+                            }
+                        },
+                    )),
             );
         }
+        b = b.parameter(hop_parameter());
         for p in &self.query {
             b = b.parameter(p.clone());
         }
@@ -289,7 +334,9 @@ impl Op {
             }
         }
         for (status, description, answer) in &self.answers {
-            let r = ResponseBuilder::new().description(description.clone());
+            let r = ResponseBuilder::new()
+                .description(description.clone())
+                .header(HOP_HEADER, hop_response_header());
             let r = match answer {
                 Answer::Json(s) => {
                     r.content("application/json", Content::new(Some(s.as_ref().clone())))
@@ -304,6 +351,41 @@ impl Op {
         }
         b.build()
     }
+}
+
+/// A pattern for strings without U+0000 (Postgres stores none; the kit's extractors refuse
+/// it: [`crate::http`]).
+pub const NO_NUL: &str = r"^[^\u0000]*$";
+
+/// `Tandem-Hop` as documented ([`crate::hop`]).
+const HOP_HEADER: &str = "Tandem-Hop";
+
+/// `Tandem-Hop` on every request: optional; what is not a count is ignored, as if absent.
+fn hop_parameter() -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name(HOP_HEADER)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "message delays so far (a count, 0 to 4294967295): protocol messages between \
+             Tandem's servers carry it; a client sends none (a value that is not a count is \
+             ignored, as if absent). See docs/commit-protocols.md",
+        ))
+        .schema(Some(schema(json!({"type": "string"}))))
+        .build()
+}
+
+/// `Tandem-Hop` on every answer: the request's count (0 if none) at the handler's end, plus one.
+fn hop_response_header() -> utoipa::openapi::header::Header {
+    let mut h = utoipa::openapi::header::Header::new(schema(
+        json!({"type": "string", "pattern": "^[0-9]{1,10}$"}),
+    ));
+    h.description = Some(
+        "message delays until this answer: the request's `Tandem-Hop` (0 if none), advanced by \
+         the answers its handler received, plus one"
+            .to_string(),
+    );
+    h
 }
 
 fn problem_content() -> Content {
@@ -336,6 +418,8 @@ pub struct Api<S = ()> {
     router: Router<S>,
     paths: Paths,
     schemas: BTreeMap<String, RefOr<Schema>>,
+    /// Schemas kept as written ([`Op::body_json`]), added to the served document.
+    raw_schemas: BTreeMap<String, Value>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Default for Api<S> {
@@ -350,6 +434,7 @@ impl<S: Clone + Send + Sync + 'static> Api<S> {
             router: Router::new(),
             paths: Paths::new(),
             schemas: BTreeMap::new(),
+            raw_schemas: BTreeMap::new(),
         }
     }
 
@@ -357,11 +442,17 @@ impl<S: Clone + Send + Sync + 'static> Api<S> {
     ///
     /// # Panics
     /// As axum does when the method is already routed on `path`.
-    pub fn route<H, T>(mut self, path: &str, op: Op, handler: H) -> Self
+    pub fn route<H, T>(mut self, path: &str, mut op: Op, handler: H) -> Self
     where
         H: Handler<T, S>,
         T: 'static,
     {
+        if let Some(raw) = op.raw_body.take() {
+            let id = operation_id(&op.method, path);
+            let name = format!("{}{}Body", id[..1].to_ascii_uppercase(), &id[1..]);
+            op.body = Some(RefOr::Ref(Ref::from_schema_name(&name)));
+            self.raw_schemas.insert(name, raw);
+        }
         self.router = self.router.route(path, on(op.filter(), handler));
         self.paths
             .add_path_operation(path, vec![op.method.clone()], op.operation(path));
@@ -374,6 +465,7 @@ impl<S: Clone + Send + Sync + 'static> Api<S> {
         self.router = self.router.merge(other.router);
         self.paths.merge(other.paths);
         self.schemas.extend(other.schemas);
+        self.raw_schemas.extend(other.raw_schemas);
         self
     }
 
@@ -398,14 +490,15 @@ impl<S: Clone + Send + Sync + 'static> Api<S> {
             router: self.router.with_state(state),
             paths: self.paths,
             schemas: self.schemas,
+            raw_schemas: self.raw_schemas,
         }
     }
 }
 
 impl Api<()> {
-    /// The router and the OpenAPI 3.1 document of `title`, with `GET /openapi.json` (the
-    /// document) and `GET /docs` (the page) routed and documented.
-    pub fn finish(mut self, title: &str) -> (Router, OpenApi) {
+    /// The router and the OpenAPI 3.1 document of `title` (as served), with
+    /// `GET /openapi.json` (the document) and `GET /docs` (the page) routed and documented.
+    pub fn finish(mut self, title: &str) -> (Router, Value) {
         let doc_op = get("This OpenAPI 3.1 document").answer_schema(200, "the document", object());
         let page_op = get("This document, rendered (HTML, no external assets)").answer_media(
             200,
@@ -416,7 +509,12 @@ impl Api<()> {
             self.paths
                 .add_path_operation(path, vec![op.method.clone()], op.operation(path));
         }
-        let doc = document(title, self.paths, self.schemas);
+        let mut doc = serde_json::to_value(document(title, self.paths, self.schemas))
+            .expect("a document serializes");
+        let components = doc["components"]["schemas"]
+            .as_object_mut()
+            .expect("the document has component schemas (Problem)");
+        components.extend(self.raw_schemas);
         let json = std::sync::Arc::new(serde_json::to_vec(&doc).expect("a document serializes"));
         let router = self
             .router
@@ -450,6 +548,7 @@ fn document(title: &str, paths: Paths, mut schemas: BTreeMap<String, RefOr<Schem
             RefOr::T(
                 ResponseBuilder::new()
                     .description(*description)
+                    .header(HOP_HEADER, hop_response_header())
                     .content("application/problem+json", problem_content())
                     .build(),
             ),
@@ -528,7 +627,7 @@ mod tests {
                 || async { "" },
             )
             .finish("test");
-        let v = serde_json::to_value(&doc).unwrap();
+        let v = doc;
         assert_eq!(v["openapi"], "3.1.0");
         let op = &v["paths"]["/things/{id}"]["put"];
         for s in [
@@ -540,5 +639,39 @@ mod tests {
         assert_eq!(op["parameters"][0]["name"], "id");
         assert!(v["components"]["schemas"][PROBLEM].is_object());
         assert!(v["paths"]["/openapi.json"]["get"].is_object());
+        // every answer documents `Tandem-Hop`; every operation takes it
+        assert!(op["responses"]["200"]["headers"]["Tandem-Hop"].is_object());
+        assert!(v["components"]["responses"]["404"]["headers"]["Tandem-Hop"].is_object());
+        assert!(
+            op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "Tandem-Hop" && p["in"] == "header")
+        );
+        // a path parameter: no U+0000 (the kit's `Path` refuses it)
+        assert_eq!(op["parameters"][0]["schema"]["pattern"], NO_NUL);
+    }
+
+    /// A body schema given as JSON is served as written, keywords utoipa's model lacks
+    /// included, under `<operationId>Body`.
+    #[test]
+    fn json_bodies_are_served_as_written() {
+        let body = json!({
+            "type": "array",
+            "prefixItems": [{"type": "integer"}],
+            "anyOf": [{"minItems": 1, "maxItems": 1}, {"minItems": 3, "maxItems": 3}]
+        });
+        let (_, v) = Api::<()>::new()
+            .route("/things", post("Add").body_json(body.clone()), || async {
+                ""
+            })
+            .finish("test");
+        let op = &v["paths"]["/things"]["post"];
+        assert_eq!(
+            op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/PostThingsBody"
+        );
+        assert_eq!(v["components"]["schemas"]["PostThingsBody"], body);
     }
 }

@@ -131,7 +131,7 @@ where
 
 /// The hop an outgoing request carries: the clock plus one (1 outside any clock).
 pub fn outgoing() -> u32 {
-    now().unwrap_or(0) + 1
+    now().unwrap_or(0).saturating_add(1)
 }
 
 /// Send a protocol request with its `Tandem-Hop`; its answer's `Tandem-Hop` advances the clock.

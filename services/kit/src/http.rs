@@ -3,7 +3,9 @@
 //!
 //! - [`Json`] accepts `application/json` (or `*+json`) only: wrong or missing content type → 415,
 //!   a body over the limit → 413, bad syntax → 400, a well-formed body of the wrong shape → 422
-//!   naming the field by JSON Pointer (`/items/0/quantity`).
+//!   naming the field by JSON Pointer (`/items/0/quantity`). A number written as an integral
+//!   float (`5.0`) is taken as that integer ([`integral_floats_to_integers`]), as the documents'
+//!   JSON Schema `integer` says.
 //! - [`Path`] and [`Query`] wrap axum's, turning their rejections into 400 / 422 problems.
 //! - Postgres stores no NUL character (`\u0000`) in `text` or `jsonb`: every string these
 //!   extractors hand out — body values and object keys, query and path parameters — is
@@ -75,7 +77,35 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     if let Some(pointer) = nul_in(&value, String::new()) {
         return Err(Problem::invalid(pointer, NUL_MESSAGE));
     }
+    let mut value = value;
+    integral_floats_to_integers(&mut value);
     from_value(value)
+}
+
+/// Rewrite every number written as an integral float (`5.0`, `1e3`) that an `i64` or `u64`
+/// holds exactly as that integer, in place. JSON Schema's `integer` — what every document
+/// says of an integer field — admits `5.0` (it is the number 5), and serde's integer types
+/// refuse a float: with this, what a document admits the handler takes, on every server and
+/// in hand-checked `Value` bodies alike. A JSON number is its value, so `5.0` and `5` are also
+/// one body to the idempotency checks, and an opaque value (a saga's input) is kept as `5`.
+/// Fractions, and integral floats beyond the integer types (`1e300`), stay floats.
+pub fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                // `as` saturates: the range checks make the conversions exact.
+                if (-(2f64.powi(63))..2f64.powi(63)).contains(&f) {
+                    *value = Value::from(f as i64);
+                } else if (0.0..2f64.powi(64)).contains(&f) {
+                    *value = Value::from(f as u64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(members) => members.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 /// What a field with a NUL character is told.
@@ -351,7 +381,11 @@ pub async fn observe(
     let (mut resp, hops) =
         crate::hop::serve(incoming, next.run(req).instrument(span.clone())).await;
     resp.headers_mut()
-        .insert(crate::hop::HEADER, axum::http::HeaderValue::from(hops + 1));
+        // `saturating_add`: a client may send any u32 (`Tandem-Hop: 4294967295`).
+        .insert(
+            crate::hop::HEADER,
+            axum::http::HeaderValue::from(hops.saturating_add(1)),
+        );
     let status = resp.status().as_u16();
     span.record("status", status);
     crate::metrics::http_request(&method, &route, status, started.elapsed());
@@ -528,6 +562,9 @@ mod tests {
             ("/seen", Some("3"), "3", "4"),
             ("/seen", None, "0", "1"),
             ("/calls", Some("1"), "ok", "6"),
+            // the largest count a client can send, and a malformed one (ignored: a root)
+            ("/seen", Some("4294967295"), "4294967295", "4294967295"),
+            ("/seen", Some("x"), "0", "1"),
         ] {
             let mut req = Request::get(uri);
             if let Some(h) = hop {
@@ -544,6 +581,39 @@ mod tests {
                 .unwrap();
             assert_eq!(got, body.as_bytes(), "{uri} {hop:?}");
         }
+    }
+
+    /// What the documents' `integer` admits, the handlers take: `5.0` is 5 (in typed fields,
+    /// nested ones and opaque values); a fraction or an integral float no integer type holds is
+    /// still refused where an integer is wanted.
+    #[test]
+    fn integral_floats_are_integers() {
+        let b = parse_json::<Body>(
+            br#"{"order_id":"o","items":[{"sku":"a","quantity":5.0},{"sku":"b","quantity":2e1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(b.items[0].quantity, 5);
+        assert_eq!(b.items[1].quantity, 20);
+        let v = parse_json::<serde_json::Value>(
+            br#"{"a":-0.0,"b":[1.0,1.5],"c":{"d":-9007199254740992.0},"e":1e+300,"f":1.8446744073709552e+19}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v.to_string(),
+            r#"{"a":0,"b":[1,1.5],"c":{"d":-9007199254740992},"e":1e+300,"f":1.8446744073709552e+19}"#
+        );
+        assert_eq!(
+            parse_json::<serde_json::Value>(br#"[9.223372036854776e18]"#)
+                .unwrap()
+                .to_string(),
+            "[9223372036854775808]"
+        );
+        let p = parse_json::<Body>(br#"{"order_id":"o","items":[{"sku":"a","quantity":1.5}]}"#)
+            .unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/items/0/quantity");
+        let p = parse_json::<Body>(br#"{"order_id":"o","items":[{"sku":"a","quantity":1e300}]}"#)
+            .unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/items/0/quantity");
     }
 
     #[test]

@@ -61,17 +61,29 @@ const COORDINATOR: NodeId = NodeId::Coordinator(0);
 /// Longest accepted coordinator URL.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// `POST /2pc/prepare` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// What the documents say of a URL field ([`is_http_url`]): a subset of what is taken —
+/// `http` or `https` (any case), a host name whose last label begins with a letter or a dotted
+/// IPv4 address, an optional port, an optional path of visible ASCII.
+pub const HTTP_URL_PATTERN: &str = r"^[Hh][Tt][Tt][Pp][Ss]?://(([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*|((25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9]))(:[0-9]{1,4})?(/[!-~]*)?$";
+
+/// An http(s) URL with a host, of at most [`MAX_URL_LEN`] bytes: what a participant calls back.
+pub fn is_http_url(url: &str) -> bool {
+    url.len() <= MAX_URL_LEN
+        && reqwest::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+}
+
+/// `POST /2pc/prepare` body (its document: [`prepare_schema`]).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareRequest {
     pub txn_id: Uuid,
-    #[schema(maximum = 65535)]
     pub step: u16,
     /// The action's path (`/reservations`): the same effect as that saga action.
     pub action: String,
     /// The action's request body.
     pub body: Value,
+    /// Where the participant asks for the decision: an http(s) URL.
     pub coordinator_url: String,
 }
 
@@ -93,6 +105,24 @@ impl BranchRequest {
     }
 }
 
+/// [`PrepareRequest`] as [`accept`] takes it: `action` one of `actions` (this service's action
+/// paths), `coordinator_url` an http(s) URL ([`HTTP_URL_PATTERN`]). `body` is checked as that
+/// action's request (422 naming `/body/…`), which this schema leaves to the action's own.
+fn prepare_schema(actions: Vec<&'static str>) -> Value {
+    json!({
+        "type": "object",
+        "required": ["txn_id", "step", "action", "body", "coordinator_url"],
+        "properties": {
+            "txn_id": {"type": "string", "format": "uuid"},
+            "step": {"type": "integer", "minimum": 0, "maximum": 65535},
+            "action": {"type": "string", "enum": actions, "description": "the action's path: the same effect as that saga action"},
+            "body": {"description": "the action's request body"},
+            "coordinator_url": {"type": "string", "maxLength": MAX_URL_LEN, "pattern": HTTP_URL_PATTERN}
+        },
+        "additionalProperties": false
+    })
+}
+
 /// The participant endpoints. Prepare, commit and abort go through the receiver's faults
 /// ([`crate::faults`], scoped by `txn_id`, the prepare body's `order_id`, and the sender); each
 /// request and response is counted as a message ([`crate::stats`]).
@@ -101,7 +131,7 @@ pub fn routes(app: &App) -> Api<App> {
         .route(
             "/2pc/prepare",
             api::post("2PC prepare: run the action's effect and PREPARE TRANSACTION")
-                .body::<PrepareRequest>()
+                .body_json(prepare_schema(app.spec.actions.iter().map(|a| a.path()).collect()))
                 .answer_schema(200, "`{\"vote\": \"yes\"}` or `{\"vote\": \"no\", \"reason\"}`", api::object())
                 .error(409, "this branch was already decided"),
             |State(app): State<App>, from: Sender, Json(req): Json<PrepareRequest>| async move {
@@ -250,10 +280,7 @@ pub(crate) async fn prepare_branch(app: &App, req: &PrepareRequest) -> Result<Va
 /// `/body`).
 #[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
 fn accept(app: &App, req: &PrepareRequest) -> Result<Accepted, Problem> {
-    let url_ok = req.coordinator_url.len() <= MAX_URL_LEN
-        && reqwest::Url::parse(&req.coordinator_url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-    if !url_ok {
+    if !is_http_url(&req.coordinator_url) {
         return Err(Problem::invalid(
             "/coordinator_url",
             format!("must be an http(s) URL of at most {MAX_URL_LEN} bytes"),
@@ -667,4 +694,40 @@ const TABLE_FULL: &str = "cannot-prepare";
 /// The core's participant id: informational only (the driver runs one branch at a time).
 fn core_id(id: BranchId) -> u8 {
     u8::try_from(id.step).unwrap_or(u8::MAX)
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    /// What [`HTTP_URL_PATTERN`] admits, [`is_http_url`] takes (the pattern is a subset); the
+    /// refusals it cannot state are outside it too.
+    #[test]
+    fn the_url_pattern_admits_only_what_is_taken() {
+        let schema =
+            jsonschema::validator_for(&json!({"type": "string", "pattern": HTTP_URL_PATTERN}))
+                .unwrap();
+        for url in [
+            "http://127.0.0.1:8080",
+            "HTTPS://Inventory.internal/",
+            "http://a-b.c9/x?y=1#z",
+            "http://255.255.255.255:9999/",
+            "http://x1.y2:0",
+        ] {
+            assert!(schema.is_valid(&json!(url)), "{url}");
+            assert!(is_http_url(url), "{url}");
+        }
+        for url in [
+            "ftp://host/",
+            "http://",
+            "http://1.2.3.999/",
+            "http://host:99999/",
+            "http://a b/",
+            "http://host/\u{0}",
+            "mailto:x@y",
+        ] {
+            assert!(!schema.is_valid(&json!(url)), "{url}");
+        }
+        assert!(!is_http_url("ftp://host/") && !is_http_url("http://1.2.3.999/"));
+    }
 }

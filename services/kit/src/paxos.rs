@@ -64,12 +64,85 @@ pub struct ToLeader {
     pub msg: Msg,
 }
 
-/// `POST /paxos/prepare` body: a 2PC prepare's fields, the acceptors and the shape.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// The JSON Schema of [`ToLeader`] as serde reads it (`POST /transactions/{id}/paxos` on the
+/// orchestrator): `acceptor` and `msg` required; `msg` one of the core's messages, externally
+/// tagged (`"Query"`, `{"Phase2b": {"accepted": [[instance, ballot, value]]}}` …). Closed
+/// objects throughout (serde would skip an unknown field of a ballot or a message: the
+/// document does not offer them).
+pub fn to_leader_schema() -> serde_json::Value {
+    let byte = json!({"type": "integer", "minimum": 0, "maximum": 255});
+    let ballot = json!({
+        "type": "object",
+        "required": ["epoch", "round"],
+        "properties": {
+            "epoch": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
+            "round": {"type": "integer", "minimum": 0, "maximum": u32::MAX}
+        },
+        "additionalProperties": false
+    });
+    let value = json!({"type": "string", "enum": ["Prepared", "Aborted"]});
+    let tuple = |items: Vec<serde_json::Value>| {
+        let n = items.len();
+        json!({"type": "array", "prefixItems": items, "minItems": n, "maxItems": n})
+    };
+    let variant = |name: &str, fields: serde_json::Value| {
+        let required: Vec<&String> = fields
+            .as_object()
+            .map(|f| f.keys().collect())
+            .unwrap_or_default();
+        json!({
+            "type": "object",
+            "required": [name],
+            "properties": {name: {
+                "type": "object",
+                "required": required,
+                "properties": fields,
+                "additionalProperties": false
+            }},
+            "additionalProperties": false
+        })
+    };
+    let msg = json!({"oneOf": [
+        {"type": "string", "enum": ["BeginCommit", "Prepare", "Query"]},
+        variant("Phase2a", json!({
+            "ballot": ballot,
+            "values": {"type": "array", "items": tuple(vec![byte.clone(), value.clone()])}
+        })),
+        variant("Phase2b", json!({
+            "accepted": {"type": "array", "items": tuple(vec![byte.clone(), ballot.clone(), value.clone()])}
+        })),
+        variant("Phase1a", json!({
+            "ballot": ballot,
+            "instances": {"type": "array", "items": byte}
+        })),
+        variant("Phase1b", json!({
+            "ballot": ballot,
+            "reports": {"type": "array", "items": tuple(vec![
+                byte.clone(),
+                json!({"anyOf": [{"type": "null"}, tuple(vec![ballot.clone(), value.clone()])]}),
+            ])}
+        })),
+        {
+            "type": "object",
+            "required": ["Outcome"],
+            "properties": {"Outcome": {"type": "string", "enum": ["Commit", "Abort"]}},
+            "additionalProperties": false
+        }
+    ]});
+    json!({
+        "type": "object",
+        "required": ["acceptor", "msg"],
+        "properties": {"acceptor": byte, "msg": msg},
+        "additionalProperties": false
+    })
+}
+
+/// `POST /paxos/prepare` body: a 2PC prepare's fields, the acceptors and the shape (its
+/// document: [`prepare_schema`]).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaxosPrepare {
     pub txn_id: Uuid,
-    #[schema(maximum = 65535)]
     pub step: u16,
     pub action: String,
     pub body: Value,
@@ -77,7 +150,6 @@ pub struct PaxosPrepare {
     /// The 2F+1 acceptors' base URLs, in the leader's order.
     pub acceptors: Vec<String>,
     /// Participants of the transaction.
-    #[schema(maximum = 255)]
     pub n: u8,
 }
 
@@ -134,13 +206,47 @@ pub async fn call_within<B: Serialize, R: DeserializeOwned>(
     r.json().await.map_err(|e| format!("POST {url}: {e}"))
 }
 
+/// [`PaxosPrepare`] as [`check`] and the 2PC prepare take it: 1, 3, 5 or 7 acceptors, http(s)
+/// URLs ([`participant::HTTP_URL_PATTERN`]), `n` at least 1. Also checked, beyond a schema:
+/// `n` above `step`, `action` one of this service's and `body` valid for it (422).
+fn prepare_schema() -> Value {
+    let url = json!({
+        "type": "string",
+        "maxLength": participant::MAX_URL_LEN,
+        "pattern": participant::HTTP_URL_PATTERN
+    });
+    let counts: Vec<Value> = (1..=MAX_ACCEPTORS)
+        .step_by(2)
+        .map(|k| json!({"minItems": k, "maxItems": k}))
+        .collect();
+    json!({
+        "type": "object",
+        "required": ["txn_id", "step", "action", "body", "leader_url", "acceptors", "n"],
+        "properties": {
+            "txn_id": {"type": "string", "format": "uuid"},
+            "step": {"type": "integer", "minimum": 0, "maximum": 65535},
+            "action": {"type": "string", "description": "the action's path (`/reservations`)"},
+            "body": {"description": "the action's request body"},
+            "leader_url": url,
+            "acceptors": {
+                "type": "array",
+                "description": "the 2F+1 acceptors' base URLs, in the leader's order",
+                "items": url,
+                "anyOf": counts
+            },
+            "n": {"type": "integer", "minimum": 1, "maximum": 255, "description": "participants of the transaction"}
+        },
+        "additionalProperties": false
+    })
+}
+
 /// The participant endpoints of Paxos Commit.
 pub fn routes() -> Api<App> {
     Api::new()
         .route(
             "/paxos/prepare",
             api::post("Paxos Commit prepare: the 2PC prepare, then the vote to every acceptor")
-                .body::<PaxosPrepare>()
+                .body_json(prepare_schema())
                 .answer_schema(200, "`{\"vote\", \"acceptors_reached\"}`", api::object())
                 .error(409, "this branch was already decided"),
             prepare,
@@ -165,7 +271,7 @@ fn check(req: &PaxosPrepare) -> Result<(), Problem> {
         ));
     }
     for (i, url) in req.acceptors.iter().enumerate() {
-        if url.len() > participant::MAX_URL_LEN || reqwest::Url::parse(url).is_err() {
+        if !participant::is_http_url(url) {
             return Err(Problem::invalid(
                 format!("/acceptors/{i}"),
                 "must be an http(s) URL",
@@ -290,4 +396,71 @@ async fn outcome(
         }
     }
     Err(Problem::internal("the participant core decided nothing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_protocols::paxos_commit::{Ballot, Value as V};
+
+    /// The document of `POST /transactions/{id}/paxos` admits every message the acceptors send
+    /// (each variant, as serde writes it) and what it admits, serde reads.
+    #[test]
+    fn to_leader_schema_is_what_serde_reads() {
+        let schema = jsonschema::validator_for(&to_leader_schema()).unwrap();
+        let b = Ballot {
+            epoch: u64::MAX,
+            round: 7,
+        };
+        for msg in [
+            Msg::BeginCommit,
+            Msg::Prepare,
+            Msg::Query,
+            Msg::Phase2a {
+                ballot: b,
+                values: vec![(0, V::Prepared)],
+            },
+            Msg::Phase2b {
+                accepted: vec![(255, b, V::Aborted)],
+            },
+            Msg::Phase1a {
+                ballot: b,
+                instances: vec![0, 1],
+            },
+            Msg::Phase1b {
+                ballot: b,
+                reports: vec![(0, None), (1, Some((b, V::Prepared)))],
+            },
+            Msg::Outcome(Outcome::Abort),
+        ] {
+            let v = serde_json::to_value(ToLeader { acceptor: 2, msg }).unwrap();
+            assert!(schema.is_valid(&v), "{v}");
+            serde_json::from_value::<ToLeader>(v).unwrap();
+        }
+        for bad in [
+            json!({"acceptor": 256, "msg": "Query"}),
+            json!({"acceptor": 0, "msg": "Nope"}),
+            json!({"acceptor": 0}),
+            json!({"acceptor": 0, "msg": {"Phase2b": {"accepted": [[0, {"epoch": 0, "round": 0}]]}}}),
+            json!({"acceptor": 0, "msg": {"Outcome": "Commit", "Query": null}}),
+        ] {
+            assert!(!schema.is_valid(&bad), "{bad}");
+            assert!(serde_json::from_value::<ToLeader>(bad).is_err());
+        }
+    }
+
+    /// Acceptor counts: 1, 3, 5 or 7, as `check` takes them.
+    #[test]
+    fn prepare_schema_admits_what_check_takes() {
+        let schema = jsonschema::validator_for(&prepare_schema()).unwrap();
+        for k in 0..=8 {
+            let body = json!({
+                "txn_id": Uuid::nil(), "step": 0, "action": "/reservations", "body": {},
+                "leader_url": "http://127.0.0.1:8080",
+                "acceptors": vec!["https://acceptor-1.example:9000/"; k], "n": 1
+            });
+            let req: PaxosPrepare = serde_json::from_value(body.clone()).unwrap();
+            assert_eq!(schema.is_valid(&body), check(&req).is_ok(), "{k} acceptors");
+        }
+    }
 }

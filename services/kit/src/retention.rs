@@ -93,7 +93,25 @@ pub fn routes() -> Api<App> {
     Api::new().route(
         FORGET_PATH,
         api::post("Forget the barrier rows of final sagas (the orchestrator, past retention)")
-            .body::<ForgetRequest>()
+            .body_json(json!({
+                "type": "object",
+                "required": ["saga_ids"],
+                "properties": {
+                    "saga_ids": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_FORGET,
+                        "description": "the sagas' ids, as in their steps' `Idempotency-Key`s",
+                        "items": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": crate::barrier::MAX_KEY_LEN,
+                            "pattern": r"^[^\s\u0000-\u001F\u007F-\u009F]*$"
+                        }
+                    }
+                },
+                "additionalProperties": false
+            }))
             .answer_schema(200, "`{\"forgotten\": rows deleted}`", api::object()),
         forget_handler,
     )

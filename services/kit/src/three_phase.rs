@@ -177,19 +177,27 @@ pub fn routes() -> Api<App> {
         .route(
             "/3pc/msg",
             api::post("A 3PC message (the core's, between coordinator and participants)")
-                .body_schema(api::schema(json!({
+                .body_json(json!({
                     "type": "object",
                     "required": ["txn_id", "to", "n", "from"],
                     "properties": {
                         "txn_id": {"type": "string", "format": "uuid"},
                         "to": {"type": "integer", "minimum": 0, "maximum": 255},
                         "n": {"type": "integer", "minimum": 1, "maximum": 255},
-                        "from": {"type": "object", "description": "the sender's node id"},
+                        "from": {
+                            "description": "the sender's node id",
+                            "oneOf": (["Coordinator", "Participant", "Acceptor"].map(|k| json!({
+                                "type": "object",
+                                "required": [k],
+                                "properties": {k: {"type": "integer", "minimum": 0, "maximum": 255}},
+                                "additionalProperties": false
+                            })))
+                        },
                         "msg": {"type": ["object", "string", "null"], "description": "the core's message; null: participant 0's Begin"},
                         "setup": {"type": "object", "description": "peers, action, body, timeout"}
                     },
                     "additionalProperties": false
-                })))
+                }))
                 .answer_schema(
                     200,
                     "`{\"replies\", \"state\"}`: what the receiver's core sent back",
