@@ -100,8 +100,9 @@ async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {
 /// formula's message delays on its critical path.
 fn check_delays(r: &live::Row) {
     // As the hop counts its messages carried measured them. A timeout on a slow machine
-    // resends after later answers moved the clock on (CI once saw a 3PC transaction at 10):
-    // such paths are counted apart, and must stay a small minority. Paxos Commit's may count
+    // resends after later answers moved the clock on: such paths are counted apart, and must
+    // stay a small minority. (CI twice saw a 3PC transaction at 10 without one: a parallel
+    // send stamped when its task ran, not when it was decided; `hop::spawn_send` fixed it.) Paxos Commit's may count
     // one more: a participant answers the leader's Prepare after its 2a are answered (hop 4),
     // and when that answer reaches the leader before it sends the outcome (decided on the
     // acceptors' bundles, hop 3) the clock merges it (a Lamport clock counts what happened

@@ -331,7 +331,7 @@ impl Coordinator {
                     leader_url: Some(self.public_url().to_string()),
                     msg,
                 };
-                tandem_kit::hop::spawn(tracing::Instrument::in_current_span(async move {
+                tandem_kit::hop::spawn_send(tracing::Instrument::in_current_span(async move {
                     let url = format!("{base}/paxos/{path}");
                     match call::<_, AcceptorReply>(&http, &url, &body).await {
                         Ok(AcceptorReply { reply: Some(msg) }) => {
@@ -378,7 +378,7 @@ impl Coordinator {
         t.log(format!("P{p}"), "out", kind(&msg), Value::Null);
         let (http, tx, id) = (self.http.clone(), t.tx.clone(), t.id);
         let prepare = msg == Msg::Prepare;
-        tandem_kit::hop::spawn(tracing::Instrument::in_current_span(async move {
+        tandem_kit::hop::spawn_send(tracing::Instrument::in_current_span(async move {
             let mut delay = Duration::from_millis(100);
             // A Prepare is retried a few times (the core's next ballot covers a participant
             // that never prepares); an outcome until it is applied.

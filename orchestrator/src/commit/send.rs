@@ -214,7 +214,7 @@ impl Coordinator {
             fut.await;
         } else {
             // The transaction's clock: the answers advance it for its next sends.
-            tandem_kit::hop::spawn(tracing::Instrument::in_current_span(fut));
+            tandem_kit::hop::spawn_send(tracing::Instrument::in_current_span(fut));
         }
     }
 }

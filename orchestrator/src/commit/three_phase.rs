@@ -329,7 +329,7 @@ impl Coordinator {
         let pool = self.work.leases.pool().clone();
         // A Begin is answered by participant 0's BeginCommit.
         let msg = msg.unwrap_or(Msg::BeginCommit);
-        tandem_kit::hop::spawn(tracing::Instrument::in_current_span(async move {
+        tandem_kit::hop::spawn_send(tracing::Instrument::in_current_span(async move {
             tandem_kit::stats::message_sent(&pool, kind);
             let ev = match send(&http, &base, &env, timeout).await {
                 Ok(replies) => Event::Replied { p, msg, replies },

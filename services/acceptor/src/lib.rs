@@ -312,7 +312,7 @@ async fn message(
             msg,
         };
         let http = app.http.clone();
-        tandem_kit::hop::spawn(async move {
+        tandem_kit::hop::spawn_send(async move {
             if let Err(e) = call::<_, Value>(&http, &url, &body).await {
                 tracing::info!(error = %e, "paxos: the bundle did not reach the leader (its next ballot will ask)");
             }

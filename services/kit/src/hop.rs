@@ -6,9 +6,12 @@
 //!   client's request); its answer carries the clock at the end plus one.
 //! - Every outgoing protocol call goes through [`send`]: the request carries the clock plus
 //!   one, and the answer's `Tandem-Hop` moves the clock forward to it (never back).
-//! - A task that works for the request (a transaction's coordinator, its parallel sends) is
-//!   started with [`spawn`]: it shares the clock of the task that started it, so the answers
-//!   any of them receive advance the one clock of the transaction.
+//! - A task that works for the request (a transaction's coordinator, a saga's run) is started
+//!   with [`spawn`]: it shares the clock of the task that started it, so the answers any of
+//!   them receive advance the one clock of the transaction. A task that sends one message the
+//!   starter just decided (a coordinator's parallel sends) is started with [`spawn_send`]: it
+//!   shares the clock too, but its request carries the count of the moment it was decided,
+//!   however late the runtime runs it.
 //! - A message handed from one task to another inside a process (an acceptor's bundle
 //!   delivered to the leader's loop) travels as [`Carried`]: opened, it advances the receiver.
 //!
@@ -27,6 +30,7 @@
 //! apart ([`crate::stats::critical_path`]'s `disturbed`), never mixed into the failure-free
 //! figures.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -76,22 +80,31 @@ impl Clock {
 
 tokio::task_local! {
     static CLOCK: Clock;
+    /// A send task's own count ([`spawn_send`]): the clock when its message was decided, then
+    /// what its own answers carried.
+    static PINNED: Cell<u32>;
 }
 
 fn current() -> Option<Clock> {
     CLOCK.try_with(Clock::clone).ok()
 }
 
-/// The current task's hop count (None outside any clock).
+/// The current task's hop count (None outside any clock): a send task's own
+/// ([`spawn_send`]), otherwise its clock's.
 pub fn now() -> Option<u32> {
-    current().map(|c| c.get())
+    PINNED
+        .try_with(Cell::get)
+        .ok()
+        .or_else(|| current().map(|c| c.get()))
 }
 
-/// A message arrived carrying `hops`: the current clock moves forward to it.
+/// A message arrived carrying `hops`: the current clock (and a send task's own count) moves
+/// forward to it.
 pub fn witness(hops: u32) {
     if let Some(c) = current() {
         c.witness(hops);
     }
+    let _ = PINNED.try_with(|p| p.set(p.get().max(hops)));
 }
 
 /// A timer fired, or a message is sent again, for the current clock's request: its path is not
@@ -127,6 +140,22 @@ where
 {
     let clock = current().unwrap_or_else(|| Clock::new(0, true));
     tokio::spawn(CLOCK.scope(clock, fut))
+}
+
+/// Spawn a task that sends a message the current task decided to send now (with its answer
+/// and any retries): it shares the clock, so its answers advance the transaction's, but its
+/// requests carry the count of **this** moment — not of whenever the runtime gets to run it.
+/// With [`spawn`], a send task that ran after another participant's answer had moved the
+/// shared clock on stamped its message two hops later than the decision it carries (CI saw a
+/// 3PC checkout measure 10 delays, not 8, on a loaded machine).
+pub fn spawn_send<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let clock = current().unwrap_or_else(|| Clock::new(0, true));
+    let at = now().unwrap_or(0);
+    tokio::spawn(CLOCK.scope(clock, PINNED.scope(Cell::new(at), fut)))
 }
 
 /// The hop an outgoing request carries: the clock plus one (1 outside any clock).
@@ -211,6 +240,28 @@ mod tests {
         // Outside any clock: a request carries 1, and nothing is counted.
         assert_eq!(now(), None);
         assert_eq!(outgoing(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_task_stamps_the_hop_of_its_decision_however_late_it_runs() {
+        let ((), end) = serve(Some(4), async {
+            // Decided at 4: the task runs only after another answer (at 6) moved the clock.
+            let (go, wait) = tokio::sync::oneshot::channel::<()>();
+            let task = spawn_send(async move {
+                wait.await.unwrap();
+                let first = outgoing();
+                witness(9);
+                (first, outgoing())
+            });
+            witness(6);
+            go.send(()).unwrap();
+            assert_eq!(task.await.unwrap(), (5, 10));
+            // Its answer advanced the shared clock too.
+            assert_eq!(now(), Some(9));
+            assert_eq!(outgoing(), 10);
+        })
+        .await;
+        assert_eq!(end, 9);
     }
 
     #[tokio::test]
