@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command.
+# The README's test command: every test through cargo-nextest (.config/nextest.toml), then the
+# doc tests (nextest does not run those).
 set -euo pipefail
-cargo test --workspace --locked
+cargo nextest run --workspace --locked
+cargo test --workspace --doc --locked
