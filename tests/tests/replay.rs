@@ -103,14 +103,15 @@ fn logged_2pc(msg: &Msg2) -> Value {
     json!([kind, null])
 }
 
-fn sends_2pc(actions: &[Action<Msg2, two_phase::Record, two_phase::Timer>]) -> Vec<(u8, Value)> {
+/// What a core sent to participants, as (participant, the message as the log shows it).
+fn sends<M, R, T>(actions: &[Action<M, R, T>], logged: impl Fn(&M) -> Value) -> Vec<(u8, Value)> {
     actions
         .iter()
         .filter_map(|a| match a {
             Action::Send {
                 to: NodeId::Participant(p),
                 msg,
-            } => Some((*p, logged_2pc(msg))),
+            } => Some((*p, logged(msg))),
             _ => None,
         })
         .collect()
@@ -133,7 +134,7 @@ fn replay_2pc(view: &Value) -> Option<Outcome> {
     let first = core.handle(Input::Begin);
     decided(&first);
     let log = view["messages"].as_array().unwrap();
-    replay(log, sends_2pc(&first).into(), |m| {
+    replay(log, sends(&first, logged_2pc).into(), |m| {
         let from = NodeId::Participant(peer(m));
         let msg = match (m["kind"].as_str().unwrap(), &m["detail"]) {
             ("vote", d) if d["vote"] == "yes" => Msg2::Vote(Vote::Yes),
@@ -145,7 +146,7 @@ fn replay_2pc(view: &Value) -> Option<Outcome> {
         };
         let actions = core.handle(Input::Receive { from, msg });
         decided(&actions);
-        Some(sends_2pc(&actions))
+        Some(sends(&actions, logged_2pc))
     });
     decision
 }
@@ -155,26 +156,12 @@ fn replay_3pc(view: &Value) -> CState {
     let n = view["participants"].as_array().unwrap().len() as u8;
     let (mut core, first) =
         three_phase::Coordinator::start(&ThreePc { n }, NodeId::Coordinator(0), Vote::Yes);
-    let sends =
-        |actions: &[Action<three_phase::Msg, three_phase::Record, three_phase::Timer>]| {
-            actions
-                .iter()
-                .filter_map(|a| match a {
-                    Action::Send {
-                        to: NodeId::Participant(p),
-                        msg,
-                    } => Some((
-                        *p,
-                        json!([tandem_kit::three_phase::kind(Some(msg)), json!(msg)]),
-                    )),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        };
+    let logged =
+        |msg: &three_phase::Msg| json!([tandem_kit::three_phase::kind(Some(msg)), json!(msg)]);
     // The initiator's Begin to participant 0 (no core message: the driver's), then the core's.
     let mut expected: VecDeque<(u8, Value)> =
         [(0, json!([tandem_kit::three_phase::kind(None), null]))].into();
-    expected.extend(sends(&first));
+    expected.extend(sends(&first, logged));
     let log = view["messages"].as_array().unwrap();
     replay(log, expected, |m| {
         let msg: three_phase::Msg = serde_json::from_value(m["detail"].clone())
@@ -183,7 +170,7 @@ fn replay_3pc(view: &Value) -> CState {
             from: NodeId::Participant(peer(m)),
             msg,
         });
-        Some(sends(&actions))
+        Some(sends(&actions, logged))
     });
     core.state
 }
