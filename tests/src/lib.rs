@@ -130,6 +130,23 @@ async fn start_stack(
     (TestStack { stack, databases }, client)
 }
 
+/// A randomized run's setting: the environment variable `name` parsed, or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A randomized run's card: declined (`tok_decline`) one time in five, else `tok_visa`.
+pub fn random_card(rng: &mut impl rand::Rng) -> &'static str {
+    if rng.random_bool(0.2) {
+        "tok_decline"
+    } else {
+        "tok_visa"
+    }
+}
+
 /// Poll `f` until it returns Some, or panic after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

@@ -37,13 +37,6 @@ const SERVICES: [(&str, &str); 3] = [
     ("shipping", "shipments"),
 ];
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// What one service's records say of one transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -147,11 +140,7 @@ async fn start_wave(
     );
     let mut runs = tokio::task::JoinSet::new();
     for i in 0..n {
-        let card = if rng.random_bool(0.2) {
-            "tok_decline"
-        } else {
-            "tok_visa"
-        };
+        let card = tandem_tests::random_card(rng);
         let sku = format!("w{wave}-{i}-sku");
         cluster.client(0).set_stock(&sku, 10).await.unwrap();
         let input = checkout_input(&format!("w{wave}-{i}"), &sku, 1, card, "FR");
@@ -223,9 +212,9 @@ async fn checked(cluster: &Cluster, txn: &str, up: &[bool]) -> [Verdict; 3] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_3pc_under_crash_stop_never_splits() {
-    let waves: usize = env_or("TANDEM_3PC_CHAOS_WAVES", 3);
-    let n: usize = env_or("TANDEM_3PC_CHAOS_TXNS", 4);
-    let seed: u64 = env_or("TANDEM_3PC_CHAOS_SEED", rand::random());
+    let waves: usize = tandem_tests::env_or("TANDEM_3PC_CHAOS_WAVES", 3);
+    let n: usize = tandem_tests::env_or("TANDEM_3PC_CHAOS_TXNS", 4);
+    let seed: u64 = tandem_tests::env_or("TANDEM_3PC_CHAOS_SEED", rand::random());
     eprintln!(
         "TANDEM_3PC_CHAOS_SEED={seed} TANDEM_3PC_CHAOS_WAVES={waves} TANDEM_3PC_CHAOS_TXNS={n}"
     );
@@ -298,8 +287,8 @@ async fn randomized_3pc_under_crash_stop_never_splits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_3pc_outside_its_model_reports_its_splits() {
-    let n: usize = env_or("TANDEM_3PC_LOOSE_TXNS", 8);
-    let seed: u64 = env_or("TANDEM_3PC_CHAOS_SEED", rand::random());
+    let n: usize = tandem_tests::env_or("TANDEM_3PC_LOOSE_TXNS", 8);
+    let seed: u64 = tandem_tests::env_or("TANDEM_3PC_CHAOS_SEED", rand::random());
     eprintln!("TANDEM_3PC_CHAOS_SEED={seed} TANDEM_3PC_LOOSE_TXNS={n}");
     let mut rng = StdRng::seed_from_u64(seed);
     // A timeout shorter than the delays below: suspicion of live nodes is the point.

@@ -26,13 +26,6 @@ use tandem_tests::pgcluster::PgCluster;
 
 const HEALTHY: Duration = Duration::from_secs(60);
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// POST the 2PC checkout to the orchestrator at `base` until it is accepted (the orchestrator may
 /// be down; the order id is the Idempotency-Key, so a resend is the same transaction): its id.
 async fn begin(http: &reqwest::Client, base: &str, input: &Value) -> String {
@@ -266,9 +259,9 @@ fn nemesis(cluster: &mut Cluster, rng: &mut StdRng, p: f64, chaos: bool) -> (u32
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_2pc_checkouts_with_kills_stay_all_or_nothing() {
-    let n: usize = env_or("TANDEM_2PC_CHAOS_TXNS", 12);
-    let p: f64 = env_or("TANDEM_2PC_CHAOS_P", 0.15);
-    let seed: u64 = env_or("TANDEM_2PC_CHAOS_SEED", rand::random());
+    let n: usize = tandem_tests::env_or("TANDEM_2PC_CHAOS_TXNS", 12);
+    let p: f64 = tandem_tests::env_or("TANDEM_2PC_CHAOS_P", 0.15);
+    let seed: u64 = tandem_tests::env_or("TANDEM_2PC_CHAOS_SEED", rand::random());
     eprintln!("TANDEM_2PC_CHAOS_SEED={seed} TANDEM_2PC_CHAOS_TXNS={n} TANDEM_2PC_CHAOS_P={p}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::new(ClusterConfig::new("tpc_chaos", 1).quick_takeover());
@@ -291,11 +284,7 @@ async fn randomized_2pc_checkouts_with_kills_stay_all_or_nothing() {
     let http = cluster.http(Role::Operator);
     let mut runs = tokio::task::JoinSet::new();
     for i in 0..n {
-        let card = if rng.random_bool(0.2) {
-            "tok_decline"
-        } else {
-            "tok_visa"
-        };
+        let card = tandem_tests::random_card(&mut rng);
         let input = checkout_input(&format!("tc-{i}"), "chaos-sku", 1, card, "FR");
         let (http, base) = (http.clone(), base.clone());
         runs.spawn(async move {
