@@ -53,6 +53,13 @@ pub struct Config {
     #[arg(long, env = "NODE_NAME", default_value = "orchestrator")]
     pub node_name: String,
 
+    /// `on` mounts the `/faults` endpoints (the kit's scoped fault injection) on what
+    /// participants and acceptors send this node — the in-doubt decision query and the
+    /// acceptors' Paxos messages — so links to it can be cut per transaction and healed. Any
+    /// client could then make it lose them: for demos and tests only. Off by default.
+    #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "off")]
+    pub fault_injection: tandem_kit::faults::Switch,
+
     /// How long a claim on a saga lasts without renewal (each persisted transition renews it).
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 15_000)]
     pub lease_ttl_ms: u64,

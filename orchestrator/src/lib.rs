@@ -63,6 +63,8 @@ pub struct App {
     pool: sqlx::PgPool,
     retention: Arc<retention::Retention>,
     auth: tandem_kit::auth::Auth,
+    /// What participants and acceptors send here goes through these (`FAULT_INJECTION`).
+    faults: tandem_kit::faults::Faults,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -135,6 +137,7 @@ pub async fn build(config: Config) -> Result<App> {
         },
         shutdown_rx,
     )?);
+    let faults = tandem_kit::faults::Faults::for_node(config.fault_injection, &config.node_name);
     Ok(App {
         config,
         driver,
@@ -142,6 +145,7 @@ pub async fn build(config: Config) -> Result<App> {
         pool,
         retention,
         auth,
+        faults,
         shutdown_tx,
     })
 }
@@ -153,6 +157,7 @@ impl App {
                 driver: self.driver.clone(),
                 coordinator: self.coordinator.clone(),
                 pool: self.pool.clone(),
+                faults: self.faults.clone(),
             },
             &self.auth,
         )
@@ -210,7 +215,7 @@ impl App {
         self.auth
             .check_exposure(addr, "orchestrator")
             .map_err(|e| Error::Config(e.to_string()))?;
-        tracing::info!(instance = %d.instance_id(), addr = ?listener.local_addr().ok(), "orchestrator starting");
+        tracing::info!(instance = %d.instance_id(), addr = ?listener.local_addr().ok(), faults = self.faults.enabled(), "orchestrator starting");
         c.set_public_url(match &self.config.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => format!("http://{}", listener.local_addr()?),

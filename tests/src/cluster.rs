@@ -1,6 +1,7 @@
-//! The real binaries as a stack: `n` orchestrators (instance ids `orch-0`, `orch-1`, …) and the
-//! three services (with NATS, also the choreographed checkout's `orders` entry point), each with its own fresh database `<prefix>_<component>` and a fixed loopback
-//! port, so a process can be killed (`SIGKILL`, a crash point), paused (`SIGSTOP`) and restarted
+//! The real binaries as a stack: `n` orchestrators (instance ids and node names `orch-0`,
+//! `orch-1`, …), the three services, optionally 2F+1 Paxos Commit acceptors (`acceptor-0` …)
+//! and, with NATS, the choreographed checkout's `orders` entry point — each with its own fresh
+//! database `<prefix>_<component>` and a fixed loopback port, fault injection on everywhere, so a process can be killed (`SIGKILL`, a crash point), paused (`SIGSTOP`) and restarted
 //! in place. Each process's output is appended to `<tmp>/tandem-tests/<prefix>/<node>.log`.
 //!
 //! [`Audit`] reads the services' own tables (and the orchestrator's saga rows) and lists every
@@ -37,6 +38,9 @@ pub struct ClusterConfig {
     pub nats_url: Option<String>,
     /// The orders node's `STEP_TIMEOUT_MS`.
     pub step_timeout_ms: u64,
+    /// Paxos Commit acceptors (`acceptor-0` …, after the orchestrators, each with its database
+    /// `<prefix>_acceptor_<k>`), given to every orchestrator as `ACCEPTOR_URLS`; 0: none.
+    pub acceptors: usize,
     /// Every node's bearer tokens (one per role, given as `TANDEM_TOKENS` and
     /// `TANDEM_SERVICE_TOKEN`); `None`: the nodes run open (on loopback).
     pub tokens: Option<Tokens>,
@@ -54,7 +58,14 @@ impl ClusterConfig {
             nats_url: None,
             step_timeout_ms: 10_000,
             tokens: Some(Tokens::generate()),
+            acceptors: 0,
         }
+    }
+
+    /// With `n` (2F+1) Paxos Commit acceptors.
+    pub fn acceptors(mut self, n: usize) -> Self {
+        self.acceptors = n;
+        self
     }
 
     /// Nodes without tokens (open, on loopback).
@@ -105,7 +116,7 @@ impl Node {
 
 pub struct Cluster {
     pub layout: Layout,
-    /// Services first (in [`SERVICES`] order), then the orchestrators.
+    /// Services first (in [`SERVICES`] order), then the orchestrators, the acceptors, orders.
     pub nodes: Vec<Node>,
     pub log_dir: PathBuf,
     /// Dropped when the test passes, kept (and named) when it fails.
@@ -139,15 +150,29 @@ impl Cluster {
             })
             .collect();
         let services = [0, 1, 2].map(|i| launch::loopback_url(nodes[i].port));
+        let acceptor_ports: Vec<u16> = (0..cfg.acceptors).map(|_| free_port()).collect();
+        let acceptor_urls: Vec<String> = acceptor_ports
+            .iter()
+            .map(|p| launch::loopback_url(*p))
+            .collect();
         for i in 0..cfg.orchestrators {
             let port = free_port();
             let name = format!("orch-{i}");
             let mut env =
                 launch::orchestrator_env(&layout, port, &services, &name, cfg.orchestrator_pool);
+            if !acceptor_urls.is_empty() {
+                env.push(("ACCEPTOR_URLS".into(), acceptor_urls.join(",")));
+            }
             env.extend(cfg.orchestrator_env.iter().cloned());
             nodes.push(Node::new(name, "orchestrator", port, env));
         }
         let mut names = layout.databases();
+        for (k, port) in acceptor_ports.into_iter().enumerate() {
+            let component = format!("acceptor_{k}");
+            let env = launch::acceptor_env(&layout, &component, port);
+            names.push(layout.database(&component));
+            nodes.push(Node::new(format!("acceptor-{k}"), "acceptor", port, env));
+        }
         if let Some(nats) = &cfg.nats_url {
             let port = free_port();
             let env =
@@ -196,6 +221,15 @@ impl Cluster {
             .iter()
             .filter(|n| n.bin == "orchestrator")
             .count()
+    }
+
+    /// Node index of acceptor `k` (a cluster with [`ClusterConfig::acceptors`]).
+    pub fn acceptor(&self, k: usize) -> usize {
+        let name = format!("acceptor-{k}");
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no {name} in this cluster"))
     }
 
     /// Node index of the orders service (a cluster with `nats_url`).

@@ -3,9 +3,11 @@
 //!
 //! - [`in_process`]: the whole stack in this process on ephemeral ports, with fresh databases.
 //! - [`procs`]: the real binaries, built on demand, as child processes (for `kill -9`).
-//! - [`cluster`]: the real binaries as a stack (n orchestrators + 3 services) that tests can kill,
+//! - [`cluster`]: the real binaries as a stack (n orchestrators + 3 services, optionally the
+//!   Paxos Commit acceptors) that tests can kill,
 //!   pause and restart, with fresh databases and the services' tables at hand for audits.
 //! - [`pgcluster`]: a throwaway Postgres cluster of the test's own (for restarting Postgres).
+//! - [`faults`]: any node's `/faults` API (install, count firings, heal).
 //!
 //! Every database a test makes is dropped when the test passes and kept, named in the failure
 //! output, when it fails (`tandem_kit::testing::TestDatabases`).
@@ -13,6 +15,7 @@
 use std::time::Duration;
 
 pub mod cluster;
+pub mod faults;
 pub mod pgcluster;
 
 use tandem_cli::client::Client;

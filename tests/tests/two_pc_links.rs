@@ -2,12 +2,18 @@
 //! a `drop_request` is never handled (no effect, no record), a `drop_reply` is handled and
 //! committed and only its answer is lost — on a saga call and on a 2PC prepare — and a 2PC
 //! transaction stays all-or-nothing under either, in the prepare and in the commit phase.
+//! With the real binaries: the link from an in-doubt participant to the coordinator cut at the
+//! orchestrator for one transaction — the participant keeps asking and decides nothing, another
+//! transaction's query gets through; healed, it finishes.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tandem_cli::client::checkout_input;
+use tandem_kit::auth::Role;
 use tandem_tests::TestStack;
+use tandem_tests::cluster::{Cluster, ClusterConfig};
+use tandem_tests::faults::{self, FOREVER};
 
 /// The stack's orchestrator names itself this (`NODE_NAME`).
 const ORCH: &str = "orch-links";
@@ -262,4 +268,144 @@ async fn lost_2pc_messages_keep_the_transaction_all_or_nothing() {
     let available = get(&http, format!("{inv}/stock/widget")).await["available"].clone();
     assert_eq!(available, 6, "two committed checkouts of 2");
     stack.stop().await.unwrap();
+}
+
+/// Payment's committed effects of `order` and whether it holds transaction `id` prepared.
+async fn payment_side(http: &reqwest::Client, pay: &str, order: &str, id: &str) -> (usize, bool) {
+    let rows = get(http, format!("{pay}/payments?order_id={order}")).await;
+    let status = get(http, format!("{pay}/2pc/status")).await;
+    let prepared = status["prepared"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|b| b["txn_id"] == id));
+    (rows.as_array().map_or(0, Vec::len), prepared)
+}
+
+/// Start the 2PC checkout of `order` (one unit) at `base`: the transaction's id.
+async fn begin_2pc(http: &reqwest::Client, base: &str, order: &str) -> String {
+    let input = checkout_input(order, "q-sku", 1, "tok_visa", "FR");
+    let r = http
+        .post(format!("{base}/transactions"))
+        .json(&json!({ "protocol": "2pc", "definition": "checkout", "input": input }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let t: Value = r.json().await.unwrap();
+    t["id"].as_str().unwrap().to_string()
+}
+
+/// The real binaries, participants in doubt after 300 ms (they ask often), stock of `q-sku`:
+/// the cluster, an operator's client, the orchestrator's and payment's URLs.
+async fn query_cluster() -> (Cluster, reqwest::Client, String, String) {
+    let mut cluster = Cluster::new(ClusterConfig::new("links_query", 1).quick_takeover());
+    cluster.env_all("TPC_IN_DOUBT_AFTER_MS", "300");
+    cluster.start_all();
+    cluster.wait_all_healthy(Duration::from_secs(60)).await;
+    cluster.client(0).set_stock("q-sku", 10).await.unwrap();
+    let http = cluster.http(Role::Operator);
+    let (orch, pay) = (
+        cluster.url(cluster.orchestrator(0)),
+        cluster.url(cluster.service("payment")),
+    );
+    (cluster, http, orch, pay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_query_link_keeps_the_participant_in_doubt_until_healed() {
+    let (mut cluster, http, orch, pay) = query_cluster().await;
+    // Payment never hears the coordinator's COMMIT (a cut at payment, every transaction): once
+    // prepared it is in doubt, and only its own query can finish it.
+    let commit_cut = json!({ "from": "orch-0", "to": "payment", "op": "commit",
+                             "kind": "drop_request", "times": FOREVER });
+    faults::add(&http, &pay, commit_cut).await;
+    // Its queries are lost at the orchestrator: first on the whole link (the transaction's id is
+    // not known before it begins), then for transaction T only.
+    let query_cut = |scope: Value| {
+        let mut f = json!({ "from": "payment", "to": "orch-0", "op": "query",
+                            "kind": "drop_request", "times": FOREVER });
+        if let Some(t) = scope.as_str() {
+            f["txn_id"] = json!(t);
+        }
+        f
+    };
+    let link = faults::add(&http, &orch, query_cut(Value::Null)).await;
+    let t = begin_2pc(&http, &orch, "q-t").await;
+    let cut = faults::add(&http, &orch, query_cut(json!(t))).await;
+    assert_eq!(
+        faults::delete(
+            &http,
+            &orch,
+            &format!("id={}", link["id"].as_str().unwrap())
+        )
+        .await,
+        1
+    );
+
+    // T commits in the log; inventory and shipping apply it; payment keeps asking and is
+    // never answered, so it holds T prepared — nothing visible, nothing decided on its own.
+    let view = |id: String| {
+        let (http, orch) = (http.clone(), orch.clone());
+        async move { get(&http, format!("{orch}/transactions/{id}")).await }
+    };
+    tandem_tests::eventually(Duration::from_secs(30), "T decided", || async {
+        (view(t.clone()).await["decision"] == "commit").then_some(())
+    })
+    .await;
+    tandem_tests::eventually(Duration::from_secs(30), "payment asking", || async {
+        (faults::fired(&http, &orch, &cut["id"]).await? >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(payment_side(&http, &pay, "q-t", &t).await, (0, true));
+    assert_eq!(effects_of(&cluster, &http, "q-t").await, [1, 0, 1]);
+    assert_eq!(view(t.clone()).await["state"], "committing");
+
+    // The cut is T's alone: U, in doubt at payment the same way, is finished by its query.
+    let u = begin_2pc(&http, &orch, "q-u").await;
+    tandem_tests::eventually(
+        Duration::from_secs(30),
+        "U finished by its query",
+        || async { (payment_side(&http, &pay, "q-u", &u).await == (1, false)).then_some(()) },
+    )
+    .await;
+    assert_eq!(payment_side(&http, &pay, "q-t", &t).await, (0, true));
+
+    // Healed: payment's next query is answered, and it commits T.
+    assert_eq!(
+        faults::delete(&http, &orch, &format!("txn_id={t}")).await,
+        1
+    );
+    tandem_tests::eventually(
+        Duration::from_secs(30),
+        "T finished by its query",
+        || async { (payment_side(&http, &pay, "q-t", &t).await == (1, false)).then_some(()) },
+    )
+    .await;
+    // The coordinator's COMMIT gets through again: both transactions settle, all three effects.
+    faults::delete(&http, &pay, "from=orch-0").await;
+    for id in [&t, &u] {
+        tandem_tests::eventually(Duration::from_secs(30), "committed", || async {
+            (view(id.clone()).await["state"] == "committed").then_some(())
+        })
+        .await;
+    }
+    for order in ["q-t", "q-u"] {
+        assert_eq!(
+            effects_of(&cluster, &http, order).await,
+            [1, 1, 1],
+            "{order}"
+        );
+    }
+    let stock = get(&http, format!("{}/stock/q-sku", cluster.url(0))).await;
+    assert_eq!(stock["available"], 8);
+    cluster.assert_all_running();
+}
+
+/// [`effects`] on a cluster.
+async fn effects_of(cluster: &Cluster, http: &reqwest::Client, order: &str) -> [usize; 3] {
+    let mut n = [0; 3];
+    for (i, path) in ["reservations", "payments", "shipments"].iter().enumerate() {
+        let rows = get(http, format!("{}/{path}?order_id={order}", cluster.url(i))).await;
+        n[i] = rows.as_array().map_or(0, Vec::len);
+    }
+    n
 }

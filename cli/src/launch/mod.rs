@@ -155,18 +155,23 @@ pub fn orders_env(
     ]
 }
 
-/// Environment of a spawned Paxos Commit acceptor named `name` (its database
-/// `<prefix>_<name>`): its port and a pool of 2 (one message is one short transaction).
+/// Environment of a spawned Paxos Commit acceptor named `name` (`acceptor_0` …: its database
+/// `<prefix>_<name>`; its node name, the `Tandem-Sender` of what it sends, with a dash:
+/// `acceptor-0`): its port, a pool of 2 (one message is one short transaction), fault
+/// injection on.
 pub fn acceptor_env(layout: &Layout, name: &str, port: u16) -> Vec<(String, String)> {
     vec![
         ("DATABASE_URL".into(), layout.database_url(name)),
         ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
         ("DB_POOL_SIZE".into(), "2".into()),
+        ("NODE_NAME".into(), name.replace('_', "-")),
+        ("FAULT_INJECTION".into(), "on".into()),
     ]
 }
 
 /// Environment of a spawned orchestrator: its database, its port, the services' URLs (in
-/// [`SERVICES`] order), its instance id and pool.
+/// [`SERVICES`] order), its instance id (also its node name, the `Tandem-Sender` of its calls)
+/// and pool, fault injection on.
 pub fn orchestrator_env(
     layout: &Layout,
     port: u16,
@@ -181,7 +186,9 @@ pub fn orchestrator_env(
         ("PAYMENT_URL".into(), services[1].clone()),
         ("SHIPPING_URL".into(), services[2].clone()),
         ("INSTANCE_ID".into(), instance.into()),
+        ("NODE_NAME".into(), instance.into()),
         ("DB_POOL_SIZE".into(), pool.to_string()),
+        ("FAULT_INJECTION".into(), "on".into()),
     ]
 }
 

@@ -170,6 +170,7 @@ impl Stack {
         );
         oc.listen_addr = l.local_addr()?;
         oc.auth = auth.clone();
+        oc.fault_injection = tandem_kit::faults::Switch::On;
         (cfg.orchestrator)(&mut oc);
         let app = orchestrator::build(oc).await?;
         let run = app.run(l, stop());

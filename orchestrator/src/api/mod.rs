@@ -15,7 +15,8 @@
 //! - [`paxos`]: `POST /transactions/{id}/paxos` (an acceptor's message for a Paxos Commit
 //!   leader);
 //! - [`dashboard`]: the operators' console at `/ui/` (embedded HTML/CSS/JS);
-//! - here: the router, `GET /healthz`.
+//! - here: the router, `GET /healthz`; with `FAULT_INJECTION=on` the kit's `/faults`
+//!   (`tandem_kit::faults`), which the decision query and the acceptors' messages go through.
 
 pub mod actions;
 mod dashboard;
@@ -49,6 +50,9 @@ pub struct Ctx {
     pub coordinator: Arc<crate::commit::Coordinator>,
     /// For reads.
     pub pool: PgPool,
+    /// The participants' decision queries and the acceptors' messages go through these
+    /// (`FAULT_INJECTION`; `tandem_kit::faults`).
+    pub faults: tandem_kit::faults::Faults,
 }
 
 /// Who may call each route (see `tandem_kit::auth`; `/metrics`, `/stats` and `/noop` are the
@@ -103,8 +107,10 @@ pub fn router(ctx: Ctx, auth: &Auth) -> Router {
             ),
             healthz,
         )
-        .with_state(ctx);
-    tandem_kit::http::finish_with(r, scrape, "orchestrator", &auth.guard(ACCESS))
+        .with_state(ctx.clone())
+        .merge(ctx.faults.routes());
+    let rules = ACCESS.iter().chain(tandem_kit::faults::ACCESS);
+    tandem_kit::http::finish_with(r, scrape, "orchestrator", &auth.guard(rules))
 }
 
 /// A client's `Idempotency-Key` as [`sagas::idempotency_key`] takes it: 1 to 255 visible ASCII

@@ -5,7 +5,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde_json::{Value, json};
+use tandem_kit::faults::{FaultOp, Message, Sender};
 use tandem_kit::http::{Json, Path};
 use tandem_kit::paxos::ToLeader;
 use tandem_kit::problem::Problem;
@@ -13,11 +15,19 @@ use uuid::Uuid;
 
 use super::Ctx;
 
+/// Under this node's faults: op `phase2b` (whatever the acceptor sends), scoped by the
+/// transaction, and the sender (`acceptor-k`).
 pub(super) async fn deliver(
     State(c): State<Ctx>,
     Path(id): Path<Uuid>,
+    from: Sender,
     Json(m): Json<ToLeader>,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+) -> Response {
+    let fm = Message::txn(FaultOp::Phase2b, id, &from);
+    c.faults.apply(fm, take(&c, id, m)).await
+}
+
+async fn take(c: &Ctx, id: Uuid, m: ToLeader) -> Result<(StatusCode, Json<Value>), Problem> {
     if c.coordinator.paxos_deliver(id, m) {
         Ok((StatusCode::ACCEPTED, Json(json!({ "transaction_id": id }))))
     } else {

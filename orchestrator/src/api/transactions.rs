@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tandem_kit::faults::{FaultOp, Message, Sender};
 use tandem_kit::http::{Json, Path, Query};
 use tandem_kit::problem::Problem;
 use tandem_protocols::Outcome;
@@ -244,12 +245,16 @@ pub(super) async fn list(
     )))
 }
 
-/// `GET /transactions/{id}/decision`: 200 `{"decision": "commit"|"abort"}`, or 503 with
-/// `Retry-After` while this instance is still collecting votes.
-pub(super) async fn decision(
-    State(c): State<Ctx>,
-    Path(id): Path<Uuid>,
-) -> Result<Json<Value>, Problem> {
+/// `GET /transactions/{id}/decision`, under this node's faults (op `query`, scoped by the
+/// transaction, and the sender: an in-doubt participant).
+pub(super) async fn decision(State(c): State<Ctx>, Path(id): Path<Uuid>, from: Sender) -> Response {
+    let m = Message::txn(FaultOp::Query, id, &from);
+    c.faults.apply(m, decide(&c, id)).await
+}
+
+/// The decision: 200 `{"decision": "commit"|"abort"}`, or 503 with `Retry-After` while this
+/// instance is still collecting votes.
+async fn decide(c: &Ctx, id: Uuid) -> Result<Json<Value>, Problem> {
     match c.coordinator.decision(id).await? {
         Some(o) => Ok(Json(json!({
             "transaction_id": id,

@@ -17,17 +17,22 @@
 //!
 //! Endpoints: `POST /paxos/phase2a`, `POST /paxos/phase1a` (body
 //! [`tandem_kit::paxos::ToAcceptor`], answer [`tandem_kit::paxos::AcceptorReply`]),
-//! `GET /paxos/{txn_id}` (the slots, for audits and tests), `GET /healthz`, `GET /stats`.
+//! `GET /paxos/{txn_id}` (the slots, for audits and tests), `GET /healthz`, `GET /stats`; with
+//! `FAULT_INJECTION=on` also the kit's `/faults` ([`tandem_kit::faults`]): the messages it
+//! receives from a leader or a participant can be lost, delayed or lose their answer, per
+//! transaction and per sender (`Tandem-Sender`; its own is `NODE_NAME`).
 
 use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tandem_kit::api::{self, Api};
 use tandem_kit::auth::{Access, Auth, AuthConfig, Rule, rule};
+use tandem_kit::faults::{FaultOp, Faults, Message, Sender, Switch};
 use tandem_kit::http::{Json, Path};
 use tandem_kit::paxos::{AcceptorReply, ToAcceptor, ToLeader, call};
 use tandem_kit::problem::Problem;
@@ -59,6 +64,15 @@ pub struct Config {
     /// Connections in the pool (one message holds one, briefly).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 3)]
     pub db_pool_size: u32,
+    /// This node's name: sent in the `Tandem-Sender` header of what it sends a leader, and the
+    /// receiver named by its link faults. Give each acceptor its own (`acceptor-0` …).
+    #[arg(long, env = "NODE_NAME", default_value = "acceptor")]
+    pub node_name: String,
+    /// `on` mounts the `/faults` endpoints (scoped fault injection on the messages it receives:
+    /// any client can then make it lose or delay them — for demos and tests only). Off by
+    /// default.
+    #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "off")]
+    pub fault_injection: Switch,
     #[command(flatten)]
     pub auth: AuthConfig,
 }
@@ -71,6 +85,8 @@ impl Config {
             database_owner_url: None,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             db_pool_size: 3,
+            node_name: "acceptor".into(),
+            fault_injection: Switch::Off,
             auth: AuthConfig::default(),
         }
     }
@@ -83,6 +99,8 @@ pub struct App {
     /// Carries this acceptor's service token to the leader.
     http: reqwest::Client,
     auth: Auth,
+    /// The messages it receives go through these (`FAULT_INJECTION`, [`tandem_kit::faults`]).
+    pub faults: Faults,
 }
 
 /// Who may call each route (see `tandem_kit::auth`): the leader's messages need a service
@@ -106,10 +124,16 @@ pub async fn build(config: Config) -> Result<App, tandem_kit::Error> {
     )
     .await?;
     let http = reqwest::Client::builder()
-        .default_headers(auth.client_headers("acceptor"))
+        .default_headers(auth.client_headers(&config.node_name))
         .build()
         .map_err(|e| tandem_kit::Error::Connect(e.into()))?;
-    Ok(App { pool, http, auth })
+    let faults = Faults::for_node(config.fault_injection, &config.node_name);
+    Ok(App {
+        pool,
+        http,
+        auth,
+        faults,
+    })
 }
 
 impl App {
@@ -161,8 +185,10 @@ impl App {
                 ),
                 healthz,
             )
-            .with_state(self.clone());
-        tandem_kit::http::finish(own, "acceptor", &self.auth.guard(ACCESS))
+            .with_state(self.clone())
+            .merge(self.faults.routes());
+        let rules = ACCESS.iter().chain(tandem_kit::faults::ACCESS);
+        tandem_kit::http::finish(own, "acceptor", &self.auth.guard(rules))
     }
 
     /// Serve on `listener` until `shutdown` resolves.
@@ -173,7 +199,7 @@ impl App {
     ) -> Result<(), tandem_kit::Error> {
         let addr = listener.local_addr().map_err(tandem_kit::Error::Serve)?;
         self.auth.check_exposure(addr, "acceptor")?;
-        tracing::info!(%addr, "acceptor listening");
+        tracing::info!(%addr, faults = self.faults.enabled(), "acceptor listening");
         tandem_kit::http::serve(listener, self.router(), shutdown)
             .await
             .map_err(tandem_kit::Error::Serve)
@@ -233,12 +259,22 @@ fn check(req: &ToAcceptor) -> Result<(), Problem> {
     Ok(())
 }
 
+/// `POST /paxos/phase2a` and `/paxos/phase1a`: checked, then handled under this acceptor's
+/// faults (op `phase2a` / `phase1a`, scoped by `txn_id`, and the sender).
+async fn message(State(app): State<App>, from: Sender, Json(req): Json<ToAcceptor>) -> Response {
+    if let Err(p) = check(&req) {
+        return p.into_response();
+    }
+    let op = match req.msg {
+        Msg::Phase1a { .. } => FaultOp::Phase1a,
+        _ => FaultOp::Phase2a,
+    };
+    let m = Message::txn(op, req.txn_id, &from);
+    app.faults.apply(m, handle(&app, req)).await
+}
+
 /// One message, one database transaction: lock, rebuild, handle, force, commit, then answer.
-async fn message(
-    State(app): State<App>,
-    Json(req): Json<ToAcceptor>,
-) -> Result<Json<AcceptorReply>, Problem> {
-    check(&req)?;
+async fn handle(app: &App, req: ToAcceptor) -> Result<Json<AcceptorReply>, Problem> {
     let shape = tandem_kit::paxos::shape(req.n, 1);
     let fresh = sqlx::types::Json(Acceptor::new(shape, req.acceptor).slots);
     let mut tx = app.pool.begin().await?;

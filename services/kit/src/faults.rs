@@ -1,13 +1,22 @@
 //! Scoped fault injection for demos and tests, in memory (per process, lost on restart),
-//! applied by the receiver of a message.
+//! applied by the receiver of a message. One mechanism for every node: the services mount it
+//! ([`crate::service`]), and so do the orchestrator (what participants and acceptors send it:
+//! the in-doubt `GET /transactions/{id}/decision`, the acceptors' `POST
+//! /transactions/{id}/paxos`) and the Paxos Commit acceptors (`POST /paxos/phase2a`,
+//! `/paxos/phase1a`). Each node's handlers say what a message is ([`Message`]) and run under
+//! [`Faults::apply`].
 //!
 //! A fault is scoped to one order (`order_id`, as in the request body), one exact
-//! `Idempotency-Key` or one 2PC transaction (`txn_id`), and to one kind of message (`op`:
-//! `action`, `compensation`, `any` saga call, or the 2PC `prepare`, `commit`, `abort`), so
-//! parallel tests do not disturb each other. It may also name a link: `from` (the sender's node
-//! name, which every Tandem client sends in the [`SENDER_HEADER`] header) and `to` (this node's
-//! name, checked when the fault is installed). A fault with `from` may leave the scope out: it
-//! then applies to every message of its `op` on that link (a cut; `times` up to [`MAX_TIMES`]).
+//! `Idempotency-Key` or one transaction (`txn_id`: 2PC, 3PC, Paxos Commit), and to one kind of
+//! message (`op`: `action`, `compensation`, `any` saga call, the 2PC `prepare`, `commit`,
+//! `abort`, 3PC's `precommit` and `termination`, a participant's decision `query`, Paxos
+//! Commit's `phase1a`, `phase2a` (to an acceptor) and `phase2b` (an acceptor's bundle to the
+//! leader), or `all`: every message), so parallel tests do not disturb each other. It may also
+//! name a link: `from` (the sender's node name, which every Tandem client sends in the
+//! [`SENDER_HEADER`] header) and `to` (this node's name, checked when the fault is installed).
+//! A fault with `from` may leave the scope out: it then applies to every message of its `op` on
+//! that link (with `op: all` and `drop_request`, the link is cut; `times` up to [`MAX_TIMES`]).
+//! Cutting a link both ways is two faults, one at each end; deleting them heals it.
 //!
 //! - `transient`: answer 500 (problem `injected-fault`) before anything happens: no effect, no
 //!   barrier row;
@@ -23,17 +32,18 @@
 //!
 //! Each firing decrements `times`; an exhausted fault stays listed (with `remaining: 0`) until
 //! deleted. Endpoints: `POST /faults` → 201 with the fault, `GET /faults`, `DELETE /faults`
-//! (all, or `?order_id=` / `?key=`).
+//! (all, or those matching `?order_id=` / `?key=` / `?txn_id=` / `?from=` / `?id=`).
 //!
-//! **Off by default**: unless `FAULT_INJECTION=on` (or [`crate::service::Config::with_fault_injection`])
-//! the endpoints are not mounted (404) and nothing is ever injected — any client of a service
-//! with faults on can make it fail or stall. The demo, the tests, the bench and `tandem up`
+//! **Off by default**: unless `FAULT_INJECTION=on` (or [`crate::service::Config::with_fault_injection`];
+//! the orchestrator and the acceptor take the same variable) the endpoints are not mounted (404)
+//! and nothing is ever injected — any client of a node with faults on can make it fail or stall. The demo, the tests, the bench and `tandem up`
 //! switch it on.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::api::{self, Api};
+use crate::auth::{Access, Rule, rule};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -56,6 +66,13 @@ pub enum Switch {
     #[default]
     Off,
 }
+
+/// Who may call the `/faults` endpoints (operators), on every node that mounts them.
+pub const ACCESS: &[Rule] = &[
+    rule("GET", "/faults", Access::Operator),
+    rule("POST", "/faults", Access::Operator),
+    rule("DELETE", "/faults", Access::Operator),
+];
 
 /// The header naming the sender of a message: every Tandem client sets it to its node name
 /// (`orchestrator`, `inventory`, … — `NODE_NAME` of each process).
@@ -111,11 +128,25 @@ pub enum FaultOp {
     /// 3PC's termination protocol between participants: Suspect, StateReq, StateRep, and a
     /// recovery leader's PreCommit / Ack.
     Termination,
+    /// An in-doubt participant asking the coordinator or leader for the decision
+    /// (`GET /transactions/{id}/decision`, at the orchestrator).
+    Query,
+    /// A Paxos Commit `Phase1a` (a leader's new ballot), at an acceptor.
+    Phase1a,
+    /// A Paxos Commit `Phase2a`, at an acceptor: a participant's ballot-0 vote or a leader's
+    /// ballot.
+    Phase2a,
+    /// What an acceptor sends the leader (`POST /transactions/{id}/paxos`: its ballot-0
+    /// `Phase2b` bundle), at the orchestrator.
+    Phase2b,
+    /// Every message (with `from`: the whole link).
+    All,
 }
 
 impl FaultOp {
     fn matches(self, op: FaultOp) -> bool {
         self == op
+            || self == FaultOp::All
             || (self == FaultOp::Any && matches!(op, FaultOp::Action | FaultOp::Compensation))
     }
 }
@@ -143,6 +174,17 @@ pub struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
+    /// A message of transaction `txn_id` (2PC, 3PC, Paxos Commit) from `from`.
+    pub fn txn(op: FaultOp, txn_id: Uuid, from: &'a Sender) -> Self {
+        Message {
+            op,
+            key: None,
+            order_id: None,
+            txn_id: Some(txn_id),
+            from: from.0.as_deref(),
+        }
+    }
+
     /// A saga call (action or compensation, from its key).
     pub fn saga(key: &'a IdempotencyKey, order_id: Option<&'a str>, from: &'a Sender) -> Self {
         Message {
@@ -396,15 +438,18 @@ impl Faults {
         let all = filter.order_id.is_none()
             && filter.key.is_none()
             && filter.txn_id.is_none()
-            && filter.from.is_none();
+            && filter.from.is_none()
+            && filter.id.is_none();
         faults.retain(|f| {
             let hit = |want: Option<&str>, have: Option<&str>| want.is_some() && want == have;
             let hit_txn = filter.txn_id.is_some() && filter.txn_id == f.txn_id;
+            let hit_id = filter.id == Some(f.id);
             !(all
                 || hit(filter.order_id.as_deref(), f.order_id.as_deref())
                 || hit(filter.key.as_deref(), f.key.as_deref())
                 || hit(filter.from.as_deref(), f.from.as_deref())
-                || hit_txn)
+                || hit_txn
+                || hit_id)
         });
         before - faults.len()
     }
@@ -470,6 +515,19 @@ impl Faults {
             return Err(response);
         }
         Ok(after)
+    }
+
+    /// Run `handler` under this node's faults for the message `m`: refused, delayed, or handled
+    /// and then its answer replaced or lost ([`Faults::intercept`], [`Injection::finish`]).
+    pub async fn apply<T: IntoResponse>(
+        &self,
+        m: Message<'_>,
+        handler: impl Future<Output = T>,
+    ) -> Response {
+        match self.intercept(m).await {
+            Err(refused) => refused,
+            Ok(injection) => injection.finish(handler.await.into_response()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Fault>> {
@@ -563,6 +621,8 @@ pub struct DeleteFilter {
     pub key: Option<String>,
     pub txn_id: Option<Uuid>,
     pub from: Option<String>,
+    /// One fault, by the id `POST /faults` answered.
+    pub id: Option<Uuid>,
 }
 
 async fn delete(State(faults): State<Faults>, Query(filter): Query<DeleteFilter>) -> Response {
@@ -674,6 +734,60 @@ mod tests {
             ..DeleteFilter::default()
         };
         assert_eq!(f.remove(&healed), 2);
+    }
+
+    /// A cut (`op: all`) takes every message of the link — a decision query, an acceptor's
+    /// messages — of its transaction only; one fault is healed by its id, leaving the others.
+    #[tokio::test]
+    async fn a_cut_takes_every_message_of_its_link_and_transaction_and_heals_by_id() {
+        let f = Faults::for_node(Switch::On, "acceptor-1");
+        let (t1, t2) = (Uuid::now_v7(), Uuid::now_v7());
+        let cut: FaultSpec = serde_json::from_value(json!({
+            "from": "orch-0", "to": "acceptor-1", "txn_id": t1, "op": "all",
+            "kind": "drop_request", "times": MAX_TIMES
+        }))
+        .unwrap();
+        let cut = f.add(cut).unwrap();
+        let other: FaultSpec = serde_json::from_value(json!({
+            "from": "payment", "op": "query", "kind": "drop_request"
+        }))
+        .unwrap();
+        f.add(other).unwrap();
+        let (leader, stranger) = (Sender(Some("orch-0".into())), Sender(Some("orch-1".into())));
+        for op in [
+            FaultOp::Phase1a,
+            FaultOp::Phase2a,
+            FaultOp::Query,
+            FaultOp::Commit,
+        ] {
+            let lost = f
+                .intercept(Message::txn(op, t1, &leader))
+                .await
+                .unwrap_err();
+            assert_eq!(lost.status(), StatusCode::SERVICE_UNAVAILABLE, "{op:?}");
+            assert!(f.intercept(Message::txn(op, t2, &leader)).await.is_ok());
+            assert!(f.intercept(Message::txn(op, t1, &stranger)).await.is_ok());
+        }
+        let served = f
+            .apply(Message::txn(FaultOp::Phase2a, t1, &leader), async {
+                StatusCode::OK
+            })
+            .await;
+        assert_eq!(
+            served.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not handled"
+        );
+        let one = DeleteFilter {
+            id: Some(cut.id),
+            ..DeleteFilter::default()
+        };
+        assert_eq!(f.remove(&one), 1);
+        assert_eq!(f.list().len(), 1, "the other fault stays");
+        let healed = f.apply(Message::txn(FaultOp::Phase2a, t1, &leader), async {
+            StatusCode::OK
+        });
+        assert_eq!(healed.await.status(), StatusCode::OK);
     }
 
     #[test]

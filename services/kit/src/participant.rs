@@ -233,10 +233,7 @@ async fn with_faults<T: IntoResponse>(
     m: Message<'_>,
     handler: impl Future<Output = T>,
 ) -> Response {
-    match app.faults.intercept(m).await {
-        Err(refused) => refused,
-        Ok(injection) => injection.finish(handler.await.into_response()),
-    }
+    app.faults.apply(m, handler).await
 }
 
 async fn prepare(app: &App, req: &PrepareRequest) -> Result<Json<Value>, Problem> {

@@ -12,7 +12,9 @@
 //!
 //! Endpoints: `POST /paxos/prepare` ([`PaxosPrepare`]) → `{"vote", "acceptors_reached"}` (the
 //! vote is for the view: the leader's core learns it from the acceptors), `POST /paxos/outcome`
-//! ([`PaxosOutcome`]) → `{"state"}`.
+//! ([`PaxosOutcome`]) → `{"state"}`; both under the service's faults ([`crate::faults`]: ops
+//! `prepare`, and `commit` / `abort` by the outcome, scoped by `txn_id` or the body's
+//! `order_id`, and the sender).
 
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use tandem_protocols::{Action, Input, NodeId, Outcome, Role, Vote};
 use uuid::Uuid;
 
 use crate::api::{self, Api};
+use crate::faults::{FaultOp, Message, Sender};
 use crate::http::Json;
 use crate::participant::{self, BranchRequest, PrepareRequest};
 use crate::problem::Problem;
@@ -249,7 +252,11 @@ pub fn routes() -> Api<App> {
                 .body_json(prepare_schema())
                 .answer_schema(200, "`{\"vote\", \"acceptors_reached\"}`", api::object())
                 .error(409, "this branch was already decided"),
-            prepare,
+            |State(app): State<App>, from: Sender, Json(req): Json<PaxosPrepare>| async move {
+                let mut m = Message::txn(FaultOp::Prepare, req.txn_id, &from);
+                m.order_id = req.body.get("order_id").and_then(Value::as_str);
+                app.faults.apply(m, prepare(&app, &req)).await
+            },
         )
         .route(
             "/paxos/outcome",
@@ -257,7 +264,14 @@ pub fn routes() -> Api<App> {
                 .body::<PaxosOutcome>()
                 .answer_schema(200, "the branch's outcome", api::object())
                 .error(409, "the other outcome was applied"),
-            outcome,
+            |State(app): State<App>, from: Sender, Json(req): Json<PaxosOutcome>| async move {
+                let op = match req.outcome {
+                    Outcome::Commit => FaultOp::Commit,
+                    Outcome::Abort => FaultOp::Abort,
+                };
+                let m = Message::txn(op, req.txn_id, &from);
+                app.faults.apply(m, outcome(&app, &req)).await
+            },
         )
 }
 
@@ -284,11 +298,8 @@ fn check(req: &PaxosPrepare) -> Result<(), Problem> {
     Ok(())
 }
 
-async fn prepare(
-    State(app): State<App>,
-    Json(req): Json<PaxosPrepare>,
-) -> Result<Json<Value>, Problem> {
-    check(&req)?;
+async fn prepare(app: &App, req: &PaxosPrepare) -> Result<Json<Value>, Problem> {
+    check(req)?;
     // The core's `ForceWrite(Prepared)` (or, on a NO, its abort) is the 2PC participant's local
     // prepare: run it first, because the effect decides the vote the core is built with.
     let local = PrepareRequest {
@@ -298,7 +309,7 @@ async fn prepare(
         body: req.body.clone(),
         coordinator_url: req.leader_url.clone(),
     };
-    let answer = participant::prepare_branch(&app, &local)
+    let answer = participant::prepare_branch(app, &local)
         .await
         .map_err(|mut p| {
             for issue in &mut p.errors {
@@ -359,10 +370,7 @@ async fn prepare(
     Ok(Json(answer))
 }
 
-async fn outcome(
-    State(app): State<App>,
-    Json(req): Json<PaxosOutcome>,
-) -> Result<Json<Value>, Problem> {
+async fn outcome(app: &App, req: &PaxosOutcome) -> Result<Json<Value>, Problem> {
     // A branch that receives an outcome is prepared or already finished; the core writes the
     // outcome and decides, which is the local commit or abort.
     let mut rm = Rm {
@@ -387,10 +395,10 @@ async fn outcome(
     for a in actions {
         match a {
             Action::Decide(Outcome::Commit) => {
-                return participant::commit(&app, &branch).await;
+                return participant::commit(app, &branch).await;
             }
             Action::Decide(Outcome::Abort) => {
-                return participant::abort(&app, &branch).await;
+                return participant::abort(app, &branch).await;
             }
             _ => {}
         }

@@ -42,7 +42,8 @@ pub struct Spec {
 }
 
 /// The access table of the routes every service gets from the kit (its saga endpoints, built
-/// from [`Spec::actions`] and [`Spec::compensations`], need [`Access::Service`] too).
+/// from [`Spec::actions`] and [`Spec::compensations`], need [`Access::Service`] too; the
+/// `/faults` endpoints, mounted only when FAULT_INJECTION=on, are [`crate::faults::ACCESS`]).
 pub const KIT_RULES: &[Rule] = &[
     rule("GET", "/healthz", Access::Open),
     // 2PC: the coordinator's messages; status also for operators' audits.
@@ -53,10 +54,6 @@ pub const KIT_RULES: &[Rule] = &[
     // Paxos Commit: the leader's messages to a participant.
     rule("POST", "/paxos/prepare", Access::Service),
     rule("POST", "/paxos/outcome", Access::Service),
-    // Fault injection (mounted only when FAULT_INJECTION=on).
-    rule("GET", "/faults", Access::Operator),
-    rule("POST", "/faults", Access::Operator),
-    rule("DELETE", "/faults", Access::Operator),
     // 3PC: the core's messages between coordinator and participants (the termination
     // protocol too); the branches' state for audits.
     rule("POST", "/3pc/msg", Access::Service),
@@ -324,6 +321,7 @@ impl App {
             .map(|path| rule("POST", path, Access::Service));
         KIT_RULES
             .iter()
+            .chain(crate::faults::ACCESS)
             .cloned()
             .chain(saga)
             .chain(self.spec.access.iter().cloned())
