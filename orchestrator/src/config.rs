@@ -145,16 +145,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub saga_retention_secs: u64,
 
-    /// Rows per purge statement: sagas per forget call and per delete, keys per delete
-    /// (1 to 1000, the services' limit per forget call).
-    #[arg(long, env = "PURGE_BATCH", default_value_t = 500,
-          value_parser = clap::value_parser!(i64).range(1..=1000))]
-    pub purge_batch: i64,
-
-    /// Time between retention passes (one instance at a time purges, whatever their number).
-    #[arg(long, env = "PURGE_INTERVAL_MS", default_value_t = 60_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub purge_interval_ms: u64,
+    #[command(flatten)]
+    pub purge: tandem_kit::retention::PurgePace,
     #[command(flatten)]
     pub auth: tandem_kit::auth::AuthConfig,
 }
@@ -182,8 +174,8 @@ impl Config {
             sagas: (self.saga_purge == tandem_kit::faults::Switch::On)
                 .then(|| Duration::from_secs(self.saga_retention_secs)),
             keys: Duration::from_secs(self.idempotency_retention_hours * 3600),
-            batch: self.purge_batch,
-            every: Duration::from_millis(self.purge_interval_ms),
+            batch: self.purge.purge_batch,
+            every: self.purge.every(),
         }
     }
 

@@ -275,7 +275,7 @@ async fn a_crash_between_forget_and_delete_repeats_the_forget_harmlessly() {
 async fn the_orchestrators_own_loop_purges_finished_sagas_after_their_retention() {
     let (stack, c) = in_process("retloop", |c| {
         c.saga_retention_secs = 1;
-        c.purge_interval_ms = 100;
+        c.purge.purge_interval_ms = 100;
     })
     .await;
     let dbs = Dbs::of(&stack).await;

@@ -27,6 +27,28 @@ use crate::http::Json;
 use crate::problem::{Issues, Problem};
 use crate::service::App;
 
+/// How a retention pass runs (the orchestrator's sagas, the orders service's orders): rows per
+/// purge statement and time between passes. Flattened into each binary's settings.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PurgePace {
+    /// Rows per purge statement, 1 to 1000 (the services' limit per forget call): sagas per
+    /// forget call and per delete, orders deleted (with their `forgotten` events) per
+    /// transaction, idempotency keys per delete.
+    #[arg(long, env = "PURGE_BATCH", default_value_t = 500,
+          value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub purge_batch: i64,
+    /// Time between retention passes (one instance at a time purges, whatever their number).
+    #[arg(long, env = "PURGE_INTERVAL_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub purge_interval_ms: u64,
+}
+
+impl PurgePace {
+    pub fn every(&self) -> Duration {
+        Duration::from_millis(self.purge_interval_ms)
+    }
+}
+
 /// The path of the forget call.
 pub const FORGET_PATH: &str = "/barrier/forget";
 

@@ -79,14 +79,8 @@ pub struct Config {
     #[arg(long, env = "ORDER_RETENTION_SECS", default_value_t = 30 * 86_400,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub order_retention_secs: u64,
-    /// Orders deleted (and `forgotten` events written) per transaction (1 to 1000).
-    #[arg(long, env = "PURGE_BATCH", default_value_t = 500,
-          value_parser = clap::value_parser!(i64).range(1..=1000))]
-    pub purge_batch: i64,
-    /// Time between retention passes.
-    #[arg(long, env = "PURGE_INTERVAL_MS", default_value_t = 60_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub purge_interval_ms: u64,
+    #[command(flatten)]
+    pub purge: tandem_kit::retention::PurgePace,
     #[command(flatten)]
     pub auth: tandem_kit::auth::AuthConfig,
 }
@@ -108,8 +102,8 @@ impl Config {
         Retention {
             orders: (self.order_purge == tandem_kit::faults::Switch::On)
                 .then(|| Duration::from_secs(self.order_retention_secs)),
-            batch: self.purge_batch,
-            every: Duration::from_millis(self.purge_interval_ms),
+            batch: self.purge.purge_batch,
+            every: self.purge.every(),
         }
     }
 }

@@ -526,7 +526,7 @@ async fn finished_orders_past_retention_are_forgotten_by_every_service_and_their
     // Retention of three seconds, a pass every 100 ms.
     let Some(s) = stack_with(10_000, |c| {
         c.order_retention_secs = 3;
-        c.purge_interval_ms = 100;
+        c.purge.purge_interval_ms = 100;
     })
     .await
     else {
