@@ -121,7 +121,7 @@ struct LiveArgs {
     #[arg(long, default_value_t = 4)]
     hot_skus: usize,
     /// Protocols to run, in table order (live; default: all — saga, saga-choreo, 2pc, 3pc,
-    /// paxos-commit).
+    /// 3pc-quorum, paxos-commit).
     #[arg(long, value_delimiter = ',')]
     protocols: Vec<String>,
     /// Leave out the fault scenarios (live; each runs its scripted demo, tens of seconds).
