@@ -9,7 +9,8 @@
 //! Aborted (or Working/Uncertain → Aborted on an explicit abort). A participant moves from
 //! Uncertain to PreCommitted or to PreAborted, never between those two.
 //!
-//! - Coordinator: collects votes (a silent participant ⇒ abort, nobody is pre-committed yet);
+//! - Coordinator: waits for P0's `BeginCommit` and collects votes (a silent participant ⇒
+//!   abort, nobody is pre-committed yet);
 //!   on all YES sends `PreCommit` to everyone and commits once everyone acknowledged — or, when
 //!   its ack timer fires, **only if a commit quorum acknowledged** (else it waits: blocked).
 //! - Termination (an undecided participant that suspects the coordinator, at most
@@ -529,7 +530,8 @@ impl Role for Coordinator {
 
     fn on_timeout(&mut self, Timer::Peer(x): Timer) -> Actions<Self> {
         match &mut self.state {
-            CState::Collecting { .. } => self.decide(Outcome::Abort),
+            // No BeginCommit (P0 voted NO, or its message was lost), or a vote missing.
+            CState::Fresh | CState::Collecting { .. } => self.decide(Outcome::Abort),
             CState::PreCommitting { silent, .. } => {
                 silent.insert(x.index());
                 self.check()
@@ -540,8 +542,11 @@ impl Role for Coordinator {
 }
 
 impl Start<QuorumThreePc> for Coordinator {
+    /// The coordinator waits for the initiator, as in plain 3PC: if P0 never asks to commit
+    /// (it voted NO and aborted alone, or it is gone), the transaction is aborted.
     fn start(sys: &QuorumThreePc, _: NodeId, _: Vote) -> (Self, Actions<Self>) {
-        (Coordinator::new(sys.q), vec![])
+        let timer = Action::SetTimer(Timer::Peer(NodeId::Participant(0)));
+        (Coordinator::new(sys.q), vec![timer])
     }
     /// Crash-stop: never restarted by the checks; a restarted coordinator stays passive.
     fn restart(sys: &QuorumThreePc, _: NodeId, log: &[Record]) -> (Self, Actions<Self>) {

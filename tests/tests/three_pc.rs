@@ -47,7 +47,12 @@ mod quorum {
 
     /// A checkout as one quorum 3PC transaction, waiting up to 20 s for it to settle.
     async fn checkout(c: &Client, order: &str, card: &str, country: &str) -> Value {
-        let input = checkout_input(order, "widget", 2, card, country);
+        checkout_of(c, order, 2, card, country).await
+    }
+
+    /// [`checkout`] of `qty` widgets.
+    async fn checkout_of(c: &Client, order: &str, qty: i64, card: &str, country: &str) -> Value {
+        let input = checkout_input(order, "widget", qty, card, country);
         let body = json!({ "protocol": "3pc-quorum", "definition": "checkout", "input": input });
         let url = format!("{}/transactions?wait=20", c.orchestrator);
         let r = c.send_json(Method::POST, &url, &body).await.unwrap();
@@ -155,6 +160,12 @@ mod quorum {
         let t = checkout(&c, "q-3", "tok_visa", "ZZ").await;
         assert_eq!(t["state"], "aborted", "{t}");
         assert_eq!(effects(&c, "q-3").await, [0, 0, 0]);
+        assert_eq!(c.stock("widget").await.unwrap()["available"], 10);
+        // Inventory — participant 0, the initiator — votes NO (short of stock): it aborts
+        // alone and sends nothing; the coordinator's timer on it aborts the transaction.
+        let t = checkout_of(&c, "q-4", 50, "tok_visa", "FR").await;
+        assert_eq!(t["state"], "aborted", "{t}");
+        assert_eq!(effects(&c, "q-4").await, [0, 0, 0]);
         assert_eq!(c.stock("widget").await.unwrap()["available"], 10);
         nothing_prepared(&c).await;
         stack.stop().await.unwrap();
