@@ -3,7 +3,9 @@
 # services"): the 3PC coordinator dies after PreCommit and the services commit without it, while
 # a 2PC coordinator dying after the votes leaves its services blocked until it returns. Then a
 # partition splits 3PC ({coordinator, inventory} | {payment, shipping} from PreCommit on) and the
-# invariant scan over the services finds the split (about 10 s more). Each exits non-zero when it
+# invariant scan over the services finds the split; then the same partition under quorum 3PC
+# (3pc-quorum): the minority blocks, holding its prepared transaction, and aborts once the
+# partition heals (about 19 s for both halves). Each exits non-zero when it
 # observes anything else. Uses the binaries 30-test built (target/debug).
 set -euo pipefail
 cargo tandem commit demo 3pc-unblocks

@@ -9,7 +9,8 @@
 //! Aborted (or Working/Uncertain → Aborted on an explicit abort). A participant moves from
 //! Uncertain to PreCommitted or to PreAborted, never between those two.
 //!
-//! - Coordinator: collects votes (a silent participant ⇒ abort, nobody is pre-committed yet);
+//! - Coordinator: waits for P0's `BeginCommit` and collects votes (a silent participant ⇒
+//!   abort, nobody is pre-committed yet);
 //!   on all YES sends `PreCommit` to everyone and commits once everyone acknowledged — or, when
 //!   its ack timer fires, **only if a commit quorum acknowledged** (else it waits: blocked).
 //! - Termination (an undecided participant that suspects the coordinator, at most
@@ -29,7 +30,9 @@
 //! Fault model: reliable links cut by partitions that change (cut, re-cut, heal), timeouts that
 //! may be wrong (a suspected node may be alive and reachable again later). Every timer waits
 //! for one peer ([`Timer::Peer`]); the model fires it while that peer is cut off. Pre-commit and
-//! pre-abort are not forced to the log: crash-recovery is not covered, as in plain 3PC.
+//! pre-abort are written to the log lazily ([`Record::PreCommitted`], [`Record::PreAborted`]),
+//! so that a driver's restarted participant reports them; crash-recovery is not covered, as in
+//! plain 3PC (a restarted node is passive: [`Coordinator::recover`], `Start::restart`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -155,16 +158,25 @@ impl Participant {
         out
     }
 
+    /// Move from uncertain to `target` (pre-committed or pre-aborted), written once.
+    fn move_to(&mut self, target: QState) -> Actions<Self> {
+        if self.state != QState::Uncertain {
+            return vec![];
+        }
+        self.state = target;
+        vec![Action::Write(match target {
+            QState::PreCommitted => Record::PreCommitted,
+            _ => Record::PreAborted,
+        })]
+    }
+
     /// Follow a pre-commit or pre-abort if the state allows it, and acknowledge.
     fn follow(&mut self, from: NodeId, attempt: Attempt, target: QState) -> Actions<Self> {
-        if self.state == QState::Uncertain {
-            self.state = target;
-        }
+        let mut out = self.move_to(target);
         if self.state == target {
-            vec![Action::send(from, Msg::Ack(attempt))]
-        } else {
-            vec![]
+            out.push(Action::send(from, Msg::Ack(attempt)));
         }
+        out
     }
 
     /// Ask `to` and wait for it.
@@ -206,9 +218,7 @@ impl Participant {
         } else {
             return self.give_up(); // blocked until the partition changes
         };
-        if self.state == u {
-            self.state = target;
-        }
+        let mut out = self.move_to(target);
         // Already there (they can only move on to the decision), plus the leader.
         let mut there: BTreeSet<u8> = states
             .iter()
@@ -227,7 +237,7 @@ impl Participant {
             QState::PreCommitted => Msg::PreCommit(self.me()),
             _ => Msg::PreAbort(self.me()),
         };
-        let mut out = Self::ask(&waiting, &msg);
+        out.extend(Self::ask(&waiting, &msg));
         self.lead = Some(Lead::Moving {
             target,
             waiting,
@@ -393,6 +403,9 @@ pub enum CState {
     },
     Committed,
     Aborted,
+    /// Restarted without a commit record: stays out of the way (crash-recovery is outside the
+    /// model; the participants' termination decides).
+    Passive,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -405,6 +418,29 @@ impl Coordinator {
     pub fn new(q: Quorums) -> Self {
         let state = CState::Fresh;
         Coordinator { q, state }
+    }
+
+    /// Rebuilt from the log after a restart: with a commit record it resends `DoCommit`;
+    /// without one it stays passive (it never decides: the participants may have terminated
+    /// either way).
+    pub fn recover(q: Quorums, log: &[Record]) -> (Self, Actions<Self>) {
+        if log.contains(&Record::Commit) {
+            let c = Coordinator {
+                q,
+                state: CState::Committed,
+            };
+            let out = c.all().map(|p| Action::send(p, Msg::DoCommit)).collect();
+            (c, out)
+        } else {
+            let state = CState::Passive;
+            (Coordinator { q, state }, vec![])
+        }
+    }
+
+    /// Pre-committing with every timer fired and fewer than `vc` acks: waiting for nothing.
+    pub fn blocked(&self) -> bool {
+        matches!(&self.state, CState::PreCommitting { acked, silent }
+            if acked.len() + silent.len() == self.q.n as usize && acked.len() < self.q.vc as usize)
     }
 
     fn all(&self) -> impl Iterator<Item = NodeId> + use<> {
@@ -494,7 +530,8 @@ impl Role for Coordinator {
 
     fn on_timeout(&mut self, Timer::Peer(x): Timer) -> Actions<Self> {
         match &mut self.state {
-            CState::Collecting { .. } => self.decide(Outcome::Abort),
+            // No BeginCommit (P0 voted NO, or its message was lost), or a vote missing.
+            CState::Fresh | CState::Collecting { .. } => self.decide(Outcome::Abort),
             CState::PreCommitting { silent, .. } => {
                 silent.insert(x.index());
                 self.check()
@@ -505,17 +542,15 @@ impl Role for Coordinator {
 }
 
 impl Start<QuorumThreePc> for Coordinator {
+    /// The coordinator waits for the initiator, as in plain 3PC: if P0 never asks to commit
+    /// (it voted NO and aborted alone, or it is gone), the transaction is aborted.
     fn start(sys: &QuorumThreePc, _: NodeId, _: Vote) -> (Self, Actions<Self>) {
-        (Coordinator::new(sys.q), vec![])
+        let timer = Action::SetTimer(Timer::Peer(NodeId::Participant(0)));
+        (Coordinator::new(sys.q), vec![timer])
     }
     /// Crash-stop: never restarted by the checks; a restarted coordinator stays passive.
     fn restart(sys: &QuorumThreePc, _: NodeId, log: &[Record]) -> (Self, Actions<Self>) {
-        let state = if log.contains(&Record::Commit) {
-            CState::Committed
-        } else {
-            CState::Aborted
-        };
-        (Coordinator { q: sys.q, state }, vec![])
+        Coordinator::recover(sys.q, log)
     }
 }
 
@@ -538,7 +573,14 @@ impl Start<QuorumThreePc> for Participant {
         p.state = if log.contains(&Record::Committed) {
             QState::Committed
         } else if log.contains(&Record::Prepared) && !log.contains(&Record::Aborted) {
-            QState::Uncertain
+            // What it acknowledged stays true: it counted towards a quorum.
+            if log.contains(&Record::PreCommitted) {
+                QState::PreCommitted
+            } else if log.contains(&Record::PreAborted) {
+                QState::PreAborted
+            } else {
+                QState::Uncertain
+            }
         } else {
             QState::Aborted
         };

@@ -77,6 +77,8 @@ pub enum Record {
     Prepared,
     /// The participant moved from uncertain to pre-committed (not forced).
     PreCommitted,
+    /// Quorum 3PC only: the participant moved from uncertain to pre-aborted (not forced).
+    PreAborted,
     Committed,
     Aborted,
     Commit,

@@ -1,5 +1,5 @@
 //! `tandem commit compare --live`, briefly: the checkout as an orchestrated saga, as a
-//! choreographed saga (events on a private NATS), as 2PC, 3PC and Paxos Commit over the real
+//! choreographed saga (events on a private NATS), as 2PC, 3PC, quorum 3PC and Paxos Commit over the real
 //! binaries (three services, an orchestrator, the orders entry point, three acceptors) on fresh
 //! databases, one client, a second or so per row, both workloads. The messages every process
 //! (or NATS, for the events) counted per committed transaction must equal the formula for the
@@ -15,7 +15,14 @@ use tandem_cli::bench::live::{self, LiveOptions};
 use tandem_kit::choreo::nats_testing::PrivateNats;
 use tandem_kit::testing::{TestDatabases, server_url, unique_prefix};
 
-const ORDER: [&str; 5] = ["saga", "saga-choreo", "2pc", "3pc", "paxos-commit"];
+const ORDER: [&str; 6] = [
+    "saga",
+    "saga-choreo",
+    "2pc",
+    "3pc",
+    "3pc-quorum",
+    "paxos-commit",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_comparison_counts_each_protocols_messages_as_its_formula_says() {

@@ -79,8 +79,10 @@ enum DemoCommand {
     /// A partition splits plain 3PC: {orchestrator, inventory} | {payment, shipping} from
     /// PreCommit on — the coordinator's side commits, the other side's termination protocol
     /// aborts — and an invariant scan over the three services' read endpoints finds and prints
-    /// the split. Starts the real binaries (three services, one orchestrator). Databases
-    /// `tandem_demo_3pc_split_*`.
+    /// the split. Then the same partition under quorum 3PC (`3pc-quorum`, quorums 2 and 2 of
+    /// 3): payment and shipping abort, inventory blocks holding its prepared transaction until
+    /// the partition heals, then aborts too; no split. Starts the real binaries (three
+    /// services, one orchestrator). Databases `tandem_demo_3pc_split_*`.
     #[command(name = "3pc-partition")]
     ThreePcPartition(PaxosDemoArgs),
 }
@@ -119,7 +121,7 @@ struct LiveArgs {
     #[arg(long, default_value_t = 4)]
     hot_skus: usize,
     /// Protocols to run, in table order (live; default: all — saga, saga-choreo, 2pc, 3pc,
-    /// paxos-commit).
+    /// 3pc-quorum, paxos-commit).
     #[arg(long, value_delimiter = ',')]
     protocols: Vec<String>,
     /// Leave out the fault scenarios (live; each runs its scripted demo, tens of seconds).
@@ -268,7 +270,8 @@ fn print_table(r: &Report) {
     }
     println!("topology: every node on its own host; P0 initiates and its first message counts;");
     println!(
-        "          a delay is one network hop on the path until the last participant learns the outcome."
+        " \
+         a delay is one network hop on the path until the last participant learns the outcome."
     );
 }
 
@@ -337,6 +340,20 @@ async fn three_pc_partition_demo(a: PaxosDemoArgs) -> anyhow::Result<()> {
         r.dropped,
         r.decided_secs,
         r.violations.join("; ")
+    );
+    let q = &r.quorum;
+    println!(
+        "quorum 3PC, same partition: payment and shipping aborted in {:.1} s; inventory blocked \
+         {} with its transaction prepared ({:.1} s old), the coordinator {}; after the heal \
+         inventory {} in {:.1} s, the coordinator says {}; the scans found {} violation(s)",
+        q.other_side_secs,
+        q.during.first().map_or("?", |(s, _)| s.as_str()),
+        q.blocked_age_secs,
+        q.coordinator_blocked,
+        q.after.first().map_or("?", |(s, _)| s.as_str()),
+        q.heal_to_decided_secs,
+        q.coordinator_after,
+        q.violations.len()
     );
     drop_all().await
 }

@@ -326,7 +326,7 @@ fn transactions_api() -> Api<Ctx> {
     Api::new()
         .route(
             "/transactions",
-            api::post("Run a definition as one atomic commit (2PC, 3PC or Paxos Commit)")
+            api::post("Run a definition as one atomic commit (2PC, 3PC, quorum 3PC or Paxos Commit)")
                 .query::<sagas::WaitParams>()
                 .header_schema(
                     "Idempotency-Key",
@@ -338,7 +338,7 @@ fn transactions_api() -> Api<Ctx> {
                     "type": "object",
                     "required": ["protocol", "definition", "input"],
                     "properties": {
-                        "protocol": {"type": "string", "enum": ["2pc", "3pc", "paxos-commit"]},
+                        "protocol": {"type": "string", "enum": ["2pc", "3pc", "3pc-quorum", "paxos-commit"]},
                         "definition": {"type": "string"},
                         "version": {"type": "string"},
                         "input": {"type": "object", "description": "checked against the definition's input JSON Schema"}

@@ -178,7 +178,7 @@ pub(super) struct ListParams {
     /// (inline: the document has no component of this name)
     #[param(inline)]
     state: Option<TxnState>,
-    /// A protocol's name (`2pc`, `3pc`, `paxos-commit`, …).
+    /// A protocol's name (`2pc`, `3pc`, `3pc-quorum`, `paxos-commit`, …).
     #[param(pattern = "^[a-z0-9-]{1,32}$")]
     protocol: Option<String>,
     #[param(minimum = 1, maximum = 500)]

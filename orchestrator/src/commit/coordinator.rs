@@ -123,13 +123,14 @@ impl Coordinator {
             "2pc",
             super::paxos::PAXOS_COMMIT,
             super::three_phase::THREE_PC,
+            super::three_phase::THREE_PC_QUORUM,
         ]
         .contains(&begin.protocol.as_str())
         {
             return Err(Error::invalid(
                 "/protocol",
                 format!(
-                    "unknown protocol {:?}; supported: \"2pc\", \"paxos-commit\", \"3pc\"",
+                    "unknown protocol {:?}; supported: \"2pc\", \"paxos-commit\", \"3pc\", \"3pc-quorum\"",
                     begin.protocol
                 ),
             ));
@@ -306,6 +307,7 @@ impl Coordinator {
             }
             if row.protocol == super::paxos::PAXOS_COMMIT
                 || row.protocol == super::three_phase::THREE_PC
+                || row.protocol == super::three_phase::THREE_PC_QUORUM
             {
                 // A Paxos Commit leader answers a query only once it decided; nobody presumes
                 // abort (the acceptors may already have chosen Prepared everywhere). Nor for
@@ -382,7 +384,11 @@ impl Coordinator {
             if row.protocol == super::paxos::PAXOS_COMMIT {
                 me.lead(row, fresh).await;
             } else if row.protocol == super::three_phase::THREE_PC {
-                me.run_three_phase(row, fresh).await;
+                me.run_three_phase::<tandem_protocols::three_phase::Coordinator>(row, fresh)
+                    .await;
+            } else if row.protocol == super::three_phase::THREE_PC_QUORUM {
+                me.run_three_phase::<tandem_protocols::quorum_three_phase::Coordinator>(row, fresh)
+                    .await;
             } else {
                 me.drive(row, fresh).await;
             }

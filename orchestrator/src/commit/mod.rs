@@ -13,8 +13,9 @@
 //! - [`drive`]: one transaction's loop: feed the core, execute its actions (write, send, timers)
 //!   and nothing else; `send`: the messages over HTTP.
 //!
-//! - [`three_phase`]: the 3PC coordinator (`"protocol": "3pc"`), same rows and leases; the
-//!   participants' timeouts and termination protocol run in the services.
+//! - [`three_phase`]: the 3PC coordinator (`"protocol": "3pc"`, and quorum-based 3PC:
+//!   `"3pc-quorum"`; one driver over both cores), same rows and leases; the participants'
+//!   timeouts and termination protocol run in the services.
 //! - [`paxos`]: the Paxos Commit leader (`"protocol": "paxos-commit"`), on the same rows and
 //!   leases, its ballots derived from the lease epoch.
 //!

@@ -22,9 +22,10 @@
 //!   same effects in prepared transactions, driven by `tandem_protocols::two_phase`.
 //! - [`paxos`]: Paxos Commit's wire format (leader, participants, acceptors) and the
 //!   participant's `/paxos/prepare|outcome`, driven by `tandem_protocols::paxos_commit::Rm`.
-//! - [`three_phase`]: 3PC's wire format and the participant's `/3pc/msg` (`GET /3pc/{txn}`),
-//!   driven by `tandem_protocols::three_phase::Participant`: timeouts and the termination
-//!   protocol between the services themselves.
+//! - [`three_phase`]: 3PC's wire format and the participant's `/3pc/msg` and
+//!   `/3pc-quorum/msg` (`GET /3pc/{txn}`), one driver over two cores
+//!   (`tandem_protocols::three_phase::Participant`, `quorum_three_phase::Participant`):
+//!   timeouts and the termination protocol between the services themselves.
 //! - [`barrier`]: the idempotency barrier (duplicate / null compensation / hanging), in the same
 //!   local transaction as the business effect.
 //! - [`retention`]: forgetting barrier rows — `POST /barrier/forget` (the orchestrator names

@@ -57,6 +57,7 @@ pub const KIT_RULES: &[Rule] = &[
     // 3PC: the core's messages between coordinator and participants (the termination
     // protocol too); the branches' state for audits.
     rule("POST", "/3pc/msg", Access::Service),
+    rule("POST", "/3pc-quorum/msg", Access::Service),
     rule("GET", "/3pc/{txn_id}", Access::ServiceOrOperator),
     // Retention: the orchestrator telling the service which sagas are final and past retention.
     rule("POST", "/barrier/forget", Access::Service),

@@ -1,5 +1,6 @@
-//! `checkout-2pc`, `checkout-3pc` and `checkout-paxos`: the shipped checkout as one atomic commit
-//! transaction (`POST /transactions` `{"protocol": "2pc" | "3pc" | "paxos-commit",
+//! `checkout-2pc`, `checkout-3pc`, `checkout-3pc-quorum` and `checkout-paxos`: the shipped
+//! checkout as one atomic commit transaction (`POST /transactions` `{"protocol": "2pc" | "3pc" |
+//! "3pc-quorum" | "paxos-commit",
 //! "definition": "checkout", …}`):
 //! each service runs the saga action's effect in a Postgres transaction it prepares, and
 //! commits it when the coordinator (2PC) or the leader, once the acceptors chose (Paxos

@@ -38,6 +38,11 @@ pub enum Workload {
     #[value(name = "checkout-3pc")]
     #[serde(rename = "checkout_3pc")]
     Checkout3pc,
+    /// The same checkout as one quorum-based 3PC transaction (`3pc-quorum`: PreAbort, commit
+    /// and abort quorums of 2 of 3).
+    #[value(name = "checkout-3pc-quorum")]
+    #[serde(rename = "checkout_3pc_quorum")]
+    Checkout3pcQuorum,
     /// The same checkout choreographed: `POST /orders` at the orders entry point, events on NATS
     /// JetStream (needs `--nats-url`), until the entry point sees the terminal event.
     #[value(name = "checkout-choreo")]
@@ -81,6 +86,10 @@ impl Workload {
             }),
             Workload::Checkout3pc => Box::new(checkout_2pc::CheckoutCommit {
                 protocol: "3pc",
+                orders: checkout::Orders::of(args),
+            }),
+            Workload::Checkout3pcQuorum => Box::new(checkout_2pc::CheckoutCommit {
+                protocol: "3pc-quorum",
                 orders: checkout::Orders::of(args),
             }),
             Workload::CheckoutPaxos => Box::new(checkout_2pc::CheckoutCommit {

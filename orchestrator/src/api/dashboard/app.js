@@ -7,7 +7,7 @@ const SETTLED = ["completed", "compensated", "failed"];
 const STATUSES = ["running", "compensating", "completed", "compensated", "failed"];
 const TXN_SETTLED = ["committed", "aborted"];
 const TXN_STATES = ["preparing", "committing", "aborting", "committed", "aborted"];
-const PROTOCOLS = ["2pc", "3pc", "paxos-commit"];
+const PROTOCOLS = ["2pc", "3pc", "3pc-quorum", "paxos-commit"];
 let timer = null;
 
 // h("tag.class", {attr: value}, child, …): an element; strings become text (never HTML).
