@@ -487,3 +487,45 @@ async fn a_failed_prepare_transaction_votes_no() {
     let (s, _) = decide(&first, "abort", txn).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// 3PC over this service: a Begin whose local prepare waits past `lock_timeout` (the SKU's row
+/// is held by a prepared 2PC transaction) votes NO and aborts the branch at once. It used to
+/// answer 503 and leave the branch `working`, waiting for a resend that a coordinator which died
+/// meanwhile never makes (found by tests/tests/three_pc_random.rs).
+#[tokio::test]
+async fn a_3pc_begin_that_waits_past_lock_timeout_votes_no_and_aborts_its_branch() {
+    let Some((svc, _cleanup)) = spawn_with_lock_timeout(300).await else {
+        return;
+    };
+    set_stock(&svc, "a", 10).await;
+    let holder = Uuid::now_v7();
+    ok_with(prepare(&svc, holder, "o-1", "a", 2).await, "vote", "yes");
+
+    let txn = Uuid::now_v7();
+    let begin = json!({
+        "txn_id": txn, "to": 0, "n": 3, "from": { "Coordinator": 0 }, "msg": null,
+        "setup": {
+            "action": "/reservations",
+            "body": { "order_id": "o-2", "items": [{ "sku": "a", "quantity": 1 }] },
+            "coordinator_url": NO_COORDINATOR,
+            "peers": [svc.url, NO_COORDINATOR, NO_COORDINATOR],
+            "timeout_ms": 60_000
+        }
+    });
+    let (s, b) = svc.post("/3pc/msg", None, begin).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "Aborted", "{b}");
+    assert_eq!(
+        b["reason"]["type"], "lock-timeout",
+        "the lock wait is the reason: {b}"
+    );
+    let (s, view) = svc.get(&format!("/3pc/{txn}")).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    assert_eq!(view["branches"][0]["state"], "aborted", "{view}");
+    assert_eq!(view["branches"][0]["prepared"], false, "{view}");
+
+    // The holder is untouched and still commits; the aborted branch reserved nothing.
+    let (s, _) = decide(&svc, "commit", holder).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(stock(&svc, "a").await, (8, 2));
+}

@@ -28,7 +28,7 @@
 //!
 //! | core action | here |
 //! |---|---|
-//! | `ForceWrite(Prepared)` | the branch's local prepare, exactly as `POST /2pc/prepare` runs it (the effect, then `PREPARE TRANSACTION`: [`crate::participant`]); it runs first, because the effect decides the vote the core is built with |
+//! | `ForceWrite(Prepared)` | the branch's local prepare, exactly as `POST /2pc/prepare` runs it (the effect, then `PREPARE TRANSACTION`: [`crate::participant`]); it runs first, because the effect decides the vote the core is built with (a business refusal, or work that cannot run now — a lock wait past `lock_timeout` — is a NO vote) |
 //! | `Write(PreCommitted)`, `Write(PreAborted)` (quorum) | `tpc3_branch.state = 'precommitted'` / `'preaborted'` |
 //! | `ForceWrite(Committed)` | `COMMIT PREPARED` (the 2PC participant's commit) |
 //! | `Write(Aborted)`, `Decide(Abort)` | `ROLLBACK PREPARED` / the unprepared work dropped (the 2PC participant's abort) |
@@ -725,7 +725,19 @@ impl<'a, C: Core> Branch<'a, C> {
                 b.timeout = Duration::from_millis(setup.timeout_ms);
                 let q = setup.quorums.unwrap_or(default_q);
                 b.log_setup(first.n, setup, q).await?;
-                let vote = b.prepare_locally(setup).await?;
+                let vote = match b.prepare_locally(setup).await {
+                    Ok(vote) => vote,
+                    // The local work could not run now (a lock wait past `lock_timeout`,
+                    // prepared transactions unavailable): vote NO at once. Waiting for a resend
+                    // would leave the branch `working` for good when the coordinator is gone,
+                    // and a resend would find no prepared work and abort anyway.
+                    Err(p) if p.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                        b.reason =
+                            Some(json!({ "type": p.slug, "title": p.title, "detail": p.detail }));
+                        Vote::No
+                    }
+                    Err(p) => return Err(p),
+                };
                 let (core, actions) = C::start(p, first.n, q, vote);
                 b.core = core;
                 b.execute(actions, None, &mut vec![]).await?;
