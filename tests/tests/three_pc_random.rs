@@ -9,6 +9,13 @@
 //!   while another aborted, every participant that stayed up decided, and the coordinator's
 //!   decision, when it recorded one, is the participants'. Size: `TANDEM_3PC_CHAOS_WAVES`
 //!   (default 3) × `TANDEM_3PC_CHAOS_TXNS` (default 4); `TANDEM_3PC_CHAOS_SEED` replays a run.
+//! - **Quorum 3PC under changing partitions — asserted.** Its model: links cut by partitions
+//!   that change (cut, re-cut, heal) and timeouts that may be wrong. Waves of concurrent
+//!   `3pc-quorum` checkouts while random partitions of {coordinator, inventory, payment,
+//!   shipping} come and go (every link between the two sides cut at its receiver, both ways);
+//!   then everything heals. Per transaction: no split, and after the heal every service decided
+//!   and the coordinator recorded the same decision. Size: `TANDEM_3PC_CHAOS_WAVES` ×
+//!   `TANDEM_3PC_CHAOS_TXNS`, as above.
 //! - **Outside the model — reported, not asserted.** Crash-recovery (a killed node restarts at
 //!   once) and a timeout (400 ms) shorter than the delays (200–900 ms) injected on random links. 3PC promises
 //!   nothing here: the run prints how many transactions split (committed in one service,
@@ -91,11 +98,16 @@ fn split(v: &[Verdict; 3]) -> bool {
     v.contains(&Verdict::Committed) && v.contains(&Verdict::Aborted)
 }
 
-/// POST one 3PC checkout (the order id is its Idempotency-Key): its transaction id, or None when
+/// POST one 3PC (`protocol`: `3pc` or `3pc-quorum`) checkout (the order id is its Idempotency-Key): its transaction id, or None when
 /// the orchestrator did not answer (it may be down).
-async fn begin(http: &reqwest::Client, base: &str, input: &Value) -> Option<String> {
+async fn begin(
+    http: &reqwest::Client,
+    base: &str,
+    protocol: &str,
+    input: &Value,
+) -> Option<String> {
     let key = input["order_id"].as_str().unwrap().to_string();
-    let body = json!({ "protocol": "3pc", "definition": "checkout", "input": input });
+    let body = json!({ "protocol": protocol, "definition": "checkout", "input": input });
     let r = http
         .post(format!("{base}/transactions"))
         .header("Idempotency-Key", &key)
@@ -131,6 +143,7 @@ async fn recorded(http: &reqwest::Client, base: &str, txn: &str) -> Option<Strin
 async fn start_wave(
     cluster: &Cluster,
     rng: &mut StdRng,
+    protocol: &'static str,
     wave: usize,
     n: usize,
 ) -> (Vec<String>, Vec<Value>) {
@@ -145,7 +158,7 @@ async fn start_wave(
         cluster.client(0).set_stock(&sku, 10).await.unwrap();
         let input = checkout_input(&format!("w{wave}-{i}"), &sku, 1, card, "FR");
         let (http, base) = (http.clone(), base.clone());
-        runs.spawn(async move { (begin(&http, &base, &input).await, input) });
+        runs.spawn(async move { (begin(&http, &base, protocol, &input).await, input) });
     }
     let (mut ids, mut unanswered) = (vec![], vec![]);
     while let Some(done) = runs.join_next().await {
@@ -229,7 +242,7 @@ async fn randomized_3pc_under_crash_stop_never_splits() {
     let mut verdict_of: BTreeMap<String, [Verdict; 3]> = BTreeMap::new();
     let (mut kills, mut dead_branches) = (0, 0);
     for wave in 0..waves {
-        let (txns, unanswered) = start_wave(&cluster, &mut rng, wave, n).await;
+        let (txns, unanswered) = start_wave(&cluster, &mut rng, "3pc", wave, n).await;
         assert!(unanswered.is_empty(), "every node is up at a wave's start");
         // The victims: the coordinator half the time, and up to two participants.
         let mut victims = vec![];
@@ -321,7 +334,7 @@ async fn randomized_3pc_outside_its_model_reports_its_splits() {
         }
     }
 
-    let (mut txns, mut late) = start_wave(&cluster, &mut rng, 0, n).await;
+    let (mut txns, mut late) = start_wave(&cluster, &mut rng, "3pc", 0, n).await;
     // Crash-recovery: a random node is killed and restarted at once, a few times.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
@@ -330,7 +343,7 @@ async fn randomized_3pc_outside_its_model_reports_its_splits() {
     }
     cluster.wait_all_healthy(HEALTHY).await;
     for input in late.drain(..) {
-        if let Some(id) = begin(&http, &cluster.url(orch), &input).await {
+        if let Some(id) = begin(&http, &cluster.url(orch), "3pc", &input).await {
             txns.push(id);
         }
     }
@@ -356,4 +369,113 @@ async fn randomized_3pc_outside_its_model_reports_its_splits() {
     // Reported, not asserted: only that the run ran and its accounting adds up.
     assert_eq!(splits + blocked + consistent, txns.len());
     assert!(!txns.is_empty());
+}
+
+/// Cut every link between the two sides of a random partition of the four nodes (at each
+/// receiving service; the coordinator receives no 3PC message): the cuts installed.
+async fn random_partition(cluster: &Cluster, rng: &mut StdRng) -> Vec<(String, String)> {
+    let names: Vec<String> = (0..=3).map(|i| cluster.nodes[i].name.clone()).collect();
+    // A side for each node, both sides non-empty.
+    let sides: Vec<bool> = loop {
+        let s: Vec<bool> = (0..4).map(|_| rng.random_bool(0.5)).collect();
+        if s.iter().any(|x| *x) && s.iter().any(|x| !*x) {
+            break s;
+        }
+    };
+    let http = cluster.http(Role::Operator);
+    let mut cuts = vec![];
+    for to in 0..3 {
+        for from in 0..4 {
+            if sides[to] == sides[from] {
+                continue;
+            }
+            let fault = json!({ "from": names[from], "op": "all", "kind": "drop_request",
+                                "times": 1_000_000 });
+            let r = http
+                .post(format!("{}/faults", cluster.url(to)))
+                .json(&fault)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{fault}: {}", r.status());
+            cuts.push((names[from].clone(), names[to].clone()));
+        }
+    }
+    cuts
+}
+
+/// Heal every link: each service's faults deleted.
+async fn heal(cluster: &Cluster) {
+    let http = cluster.http(Role::Operator);
+    for to in 0..3 {
+        let r = http
+            .delete(format!("{}/faults", cluster.url(to)))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "heal {}: {}",
+            cluster.nodes[to].name,
+            r.status()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_quorum_3pc_under_changing_partitions_never_splits() {
+    let waves: usize = tandem_tests::env_or("TANDEM_3PC_CHAOS_WAVES", 3);
+    let n: usize = tandem_tests::env_or("TANDEM_3PC_CHAOS_TXNS", 4);
+    let seed: u64 = tandem_tests::env_or("TANDEM_3PC_CHAOS_SEED", rand::random());
+    eprintln!(
+        "TANDEM_3PC_CHAOS_SEED={seed} TANDEM_3PC_CHAOS_WAVES={waves} TANDEM_3PC_CHAOS_TXNS={n}"
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Timeouts may be wrong in this model: short ones make suspicion (and termination
+    // attempts on both sides of a cut) frequent.
+    let cfg = ClusterConfig::new("tpc3q_parts", 1).env("THREE_PC_TIMEOUT_MS", "500");
+    let mut cluster = Cluster::new(cfg);
+    cluster.start_all();
+    cluster.wait_all_healthy(HEALTHY).await;
+    let up = vec![true; cluster.nodes.len()];
+
+    let (mut verdict_of, mut partitions) = (BTreeMap::new(), 0);
+    for wave in 0..waves {
+        let (txns, unanswered) = start_wave(&cluster, &mut rng, "3pc-quorum", wave, n).await;
+        assert!(unanswered.is_empty(), "{unanswered:?}");
+        // Two partitions, one after the other at random moments, then the heal.
+        for max_ms in [300, 800] {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..max_ms))).await;
+            heal(&cluster).await;
+            let cuts = random_partition(&cluster, &mut rng).await;
+            eprintln!("wave {wave}: cut {cuts:?}");
+            partitions += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
+        heal(&cluster).await;
+        settle(
+            &cluster,
+            &txns,
+            &up,
+            &format!("wave {wave} to settle after the heal"),
+        )
+        .await;
+        for txn in &txns {
+            let v = checked(&cluster, txn, &up).await;
+            assert!(
+                v.iter().all(|x| x.decided()),
+                "{txn}: all decide after the heal: {v:?}"
+            );
+            verdict_of.insert(txn.clone(), v);
+        }
+    }
+    let committed = verdict_of
+        .values()
+        .filter(|v| v.contains(&Verdict::Committed))
+        .count();
+    eprintln!(
+        "quorum 3PC: {} transactions under {partitions} partitions: {committed} committed, {} aborted, none split",
+        verdict_of.len(),
+        verdict_of.len() - committed
+    );
 }
