@@ -702,7 +702,7 @@ mod tests {
             .iter()
             .map(|p| ((p.formula)(t).messages, (p.formula)(t).delays))
             .collect();
-        assert_eq!(m, vec![(6, 6), (40, 8), (12, 6), (18, 8), (36, 5)]);
+        assert_eq!(m, vec![(6, 6), (40, 8), (12, 6), (18, 8), (18, 8), (36, 5)]);
     }
 
     #[test]
