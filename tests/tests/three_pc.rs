@@ -7,7 +7,7 @@
 //! every step against the services' own records and fails naming the step; here its report
 //! is checked too. Process logs: `<tmp>/tandem-tests/<prefix>/`.
 
-use tandem_cli::three_pc_demo::{TIMEOUT_MS, databases, run};
+use tandem_cli::three_pc_demo::{databases, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pc_participants_commit_without_their_coordinator_while_2pc_blocks() {
@@ -15,12 +15,10 @@ async fn three_pc_participants_commit_without_their_coordinator_while_2pc_blocks
     let report = run(opts)
         .await
         .unwrap_or_else(|e| panic!("{e:#} (process logs in {})", log_dir.display()));
-    // The participants waited out their timeout before suspecting the coordinator, and a
-    // participant (term ≥ 1), not the coordinator (term 0), led the decision.
-    assert!(
-        report.three_pc_secs * 1000.0 >= TIMEOUT_MS as f64,
-        "{report:?}"
-    );
+    // A participant (term ≥ 1), not the coordinator (term 0), led the decision: the
+    // termination protocol ran. (How long after the crash is reported, not asserted: the
+    // participants' timers start at PreCommit, a little before the demo sees the crash, so the
+    // seconds it measures can fall just under TIMEOUT_MS.)
     assert!(report.three_pc_term >= 1, "{report:?}");
     // 2PC stayed blocked for longer than 3PC needed to finish.
     assert!(
