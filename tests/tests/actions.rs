@@ -181,7 +181,15 @@ async fn cancel_through_the_owner_while_a_call_is_in_flight() {
     // is fenced; the new one compensates.
     let r = c.saga_action(&id, "cancel", "erin").await.unwrap();
     assert_eq!(r.status, 202, "{}", r.body);
-    assert_eq!(r.body["lease"]["owner"], before["lease"]["owner"]);
+    // The answer is the saga's view right after: its lease, when it shows one, is still the
+    // owner's (no other instance exists). It may show none for a moment while the owner's new
+    // task takes over (CI saw `null` once with three tests running at once).
+    let owner = &r.body["lease"]["owner"];
+    assert!(
+        owner.is_null() || *owner == before["lease"]["owner"],
+        "{}",
+        r.body
+    );
     let s = c.settle(&id, 60).await.unwrap();
     assert_eq!(s["status"], "compensated", "{}", demo::timeline(&s));
     let order: Vec<usize> = ["create_shipment", "charge_payment", "reserve_inventory"]
