@@ -11,6 +11,8 @@
 //!   URL of a database on a server (`database_url`); `drop_database` (prepared transactions
 //!   rolled back first); [`provision`]: the least-privilege roles and databases (`tandem db
 //!   provision`).
+//! - [`sqlite`]: the embedded store (zero set-up): SQLite connections (WAL, `synchronous =
+//!   FULL`, busy timeout), `BEGIN IMMEDIATE` write transactions, the data directory's lock file.
 //! - [`effect`]: a service's business effects declared as data (`Action`, `Compensation`): path,
 //!   request type, validation, one effect function on an open transaction.
 //! - [`saga`]: serves those declarations as saga endpoints (one handler skeleton: parse,
@@ -69,6 +71,7 @@ pub mod retention;
 pub mod saga;
 pub mod service;
 pub mod service_tests;
+pub mod sqlite;
 pub mod stats;
 pub mod telemetry;
 pub mod testing;
