@@ -8,16 +8,61 @@ use clap::Args;
 use crate::client::Client;
 use crate::demo;
 use crate::launch::stack::{Stack, StackConfig};
-use crate::launch::{DEFAULT_NATS, DEFAULT_SERVER, Layout, RunningStack};
+use crate::launch::{DEFAULT_NATS, Layout, RunningStack};
+
+/// Where a stack started by `up` or `demo` keeps its data: SQLite files in a data directory
+/// unless a Postgres URL is given (never auto-detected).
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// A Postgres server (any database URL on it; the stack creates its own databases
+    /// `<prefix>_*`). Not given: the embedded store (SQLite files in --data-dir).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// With --database-url: database name prefix (`<prefix>_orchestrator`, …).
+    #[arg(long)]
+    pub db_prefix: Option<String>,
+    /// Without --database-url: the directory of the SQLite files (one per component).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+impl StoreArgs {
+    /// The layout: Postgres databases `<prefix>_*` (default `prefix`) when a URL is given,
+    /// else SQLite files in `--data-dir` (default `.tandem/<name>`).
+    pub fn layout(&self, name: &str, prefix: &str) -> anyhow::Result<Layout> {
+        match &self.database_url {
+            Some(url) => {
+                anyhow::ensure!(
+                    self.data_dir.is_none(),
+                    "--data-dir is for the embedded store: drop it, or drop --database-url"
+                );
+                anyhow::ensure!(
+                    !tandem_kit::sqlite::is_sqlite(url),
+                    "--database-url is a Postgres server; for SQLite give --data-dir instead"
+                );
+                let prefix = self.db_prefix.as_deref().unwrap_or(prefix);
+                Ok(Layout::new(url, prefix))
+            }
+            None => {
+                anyhow::ensure!(
+                    self.db_prefix.is_none(),
+                    "--db-prefix names Postgres databases: give --database-url too"
+                );
+                let dir = self
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| std::path::Path::new(".tandem").join(name));
+                Layout::sqlite(&dir)
+                    .with_context(|| format!("the data directory {}", dir.display()))
+            }
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// The Postgres server (any database URL on it; the stack creates its own databases).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SERVER)]
-    pub database_url: String,
-    /// Database name prefix: databases are `<prefix>_orchestrator`, `<prefix>_inventory`, …
-    #[arg(long, default_value = "tandem")]
-    pub db_prefix: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Orchestrator port; inventory, payment and shipping take the next three, orders +7.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -46,9 +91,32 @@ pub fn default_tokens_path(db_prefix: &str) -> std::path::PathBuf {
         .join("tokens")
 }
 
+/// The NATS URL the stack's choreographed checkout uses, or None (and why, printed): none
+/// given, the embedded store (the outbox needs Postgres), or NATS unreachable.
+async fn choreography(layout: &Layout, nats_url: &str) -> Option<String> {
+    if nats_url.is_empty() {
+        return None;
+    }
+    if layout.data_dir.is_some() {
+        println!(
+            "Without the choreographed checkout: its transactional outbox needs Postgres \
+             (give --database-url postgres://…)\n"
+        );
+        return None;
+    }
+    match crate::choreo::connect(nats_url).await {
+        Ok(_) => Some(nats_url.to_string()),
+        Err(e) => {
+            println!("Without the choreographed checkout: {e}\n");
+            None
+        }
+    }
+}
+
 /// Start the whole stack in this process (fault injection on) and serve until Ctrl-C.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let layout = Layout::new(args.database_url, &args.db_prefix);
+    let layout = args.store.layout("data", "tandem")?;
+    let db_prefix = layout.db_prefix.clone();
     let mut cfg = StackConfig::new(layout.clone(), args.port);
     let user_tokens = args.auth.tokens.is_some() || args.auth.tokens_file.is_some();
     if user_tokens || args.open {
@@ -59,19 +127,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             let path = args
                 .tokens_out
                 .clone()
-                .unwrap_or_else(|| default_tokens_path(&args.db_prefix));
+                .unwrap_or_else(|| default_tokens_path(&db_prefix));
             t.write_file(&path)
                 .with_context(|| format!("writing the tokens to {}", path.display()))?;
             Some(path)
         }
         None => None,
     };
-    if !args.nats_url.is_empty() {
-        match crate::choreo::connect(&args.nats_url).await {
-            Ok(_) => cfg.nats_url = Some(args.nats_url.clone()),
-            Err(e) => println!("Without the choreographed checkout: {e}\n"),
-        }
-    }
+    cfg.nats_url = choreography(&layout, &args.nats_url).await;
     let mut stack = Stack::start(cfg).await?;
     println!("Tandem is up (fault injection on: POST /faults on each service):");
     match (&stack.tokens, &tokens_path) {
@@ -108,6 +171,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         components.push(crate::launch::ORDERS);
     }
     let dbs: Vec<String> = components.iter().map(|c| layout.database_url(c)).collect();
+    println!("store: {}", layout.describe());
     println!("databases: {}", dbs.join(", "));
     println!("Ctrl-C stops it (gracefully: leases are handed back).");
     let failed = tokio::select! {
@@ -129,12 +193,9 @@ pub struct DemoArgs {
     /// Run against a stack that is already up (e.g. `tandem up`, with fault injection on).
     #[command(flatten)]
     pub running: RunningStack,
-    /// Without --orchestrator-url: the Postgres server the demo's own stack uses.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_SERVER)]
-    pub database_url: String,
-    /// Without --orchestrator-url: database name prefix of the demo's own stack.
-    #[arg(long, default_value = "tandem_demo")]
-    pub db_prefix: String,
+    /// Without --orchestrator-url: where the demo's own stack keeps its data.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Run the checkout scenarios, print their timelines; Err if any outcome is unexpected.
@@ -142,11 +203,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (client, stack) = match args.running.urls()? {
         Some([o, inv, pay, ship]) => (Client::new(&o, &inv, &pay, &ship), None),
         None => {
+            let layout = args.store.layout("demo", "tandem_demo")?;
             println!(
-                "Starting the stack in this process (databases {}_*) …",
-                args.db_prefix
+                "Starting the stack in this process ({}) …",
+                layout.describe()
             );
-            let layout = Layout::new(&args.database_url, &args.db_prefix);
             let stack = Stack::start(StackConfig::new(layout, 0)).await?;
             (Client::for_stack(&stack), Some(stack))
         }

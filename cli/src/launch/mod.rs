@@ -37,33 +37,63 @@ pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 /// What to do when NATS is unreachable.
 pub const NATS_HINT: &str = "The choreographed checkout needs NATS with JetStream at NATS_URL \
      (default nats://127.0.0.1:4222). Start one with `nats-server -js -sd /tmp/tandem-nats` \
-     (Debian: apt-get install nats-server) or `docker compose up -d nats`, or set NATS_URL.";
+     (Debian: apt-get install nats-server) or `docker compose --profile dev up -d nats-dev`, or set NATS_URL.";
 
-/// Where a stack lives: one Postgres server, one database per component named
-/// `<db_prefix>_<component>` (each process creates its own if missing).
+/// Where a stack lives: one Postgres server with one database per component named
+/// `<db_prefix>_<component>` (each process creates its own if missing), or — the embedded
+/// store — one SQLite file per component, `<data_dir>/<component>.db`.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    /// Any database URL of the server (its database name is ignored).
+    /// Any database URL of the server (its database name is ignored); unused on SQLite.
     pub server_url: String,
     pub db_prefix: String,
+    /// Some: the embedded store, in this directory.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Layout {
+    /// Postgres: one database per component on the server of `server_url`.
     pub fn new(server_url: impl Into<String>, db_prefix: impl Into<String>) -> Self {
         Layout {
             server_url: server_url.into(),
             db_prefix: db_prefix.into(),
+            data_dir: None,
         }
     }
 
-    /// The database name of `component`.
+    /// SQLite: one file per component in `dir` (made absolute, so that the URLs name the
+    /// same files whatever directory a process starts in).
+    pub fn sqlite(dir: impl Into<std::path::PathBuf>) -> std::io::Result<Self> {
+        let dir = std::path::absolute(dir.into())?;
+        Ok(Layout {
+            server_url: String::new(),
+            db_prefix: String::new(),
+            data_dir: Some(dir),
+        })
+    }
+
+    /// The database name of `component` (Postgres), or its file name (SQLite).
     pub fn database(&self, component: &str) -> String {
-        format!("{}_{component}", self.db_prefix)
+        match &self.data_dir {
+            None => format!("{}_{component}", self.db_prefix),
+            Some(_) => format!("{component}.db"),
+        }
     }
 
     /// The database URL of `component`.
     pub fn database_url(&self, component: &str) -> String {
-        tandem_kit::db::database_url(&self.server_url, &self.database(component))
+        match &self.data_dir {
+            None => tandem_kit::db::database_url(&self.server_url, &self.database(component)),
+            Some(dir) => tandem_kit::sqlite::url(&dir.join(self.database(component))),
+        }
+    }
+
+    /// What a person reads: `SQLite files in <dir>` or `Postgres databases <prefix>_* on <host>`.
+    pub fn describe(&self) -> String {
+        match &self.data_dir {
+            Some(dir) => format!("SQLite, one file per component in {}", dir.display()),
+            None => format!("Postgres, databases {}_*", self.db_prefix),
+        }
     }
 
     /// Every component's database name.
@@ -71,10 +101,28 @@ impl Layout {
         COMPONENTS.iter().map(|c| self.database(c)).collect()
     }
 
-    /// Drop every component's database (their prepared transactions rolled back first).
+    /// Drop every component's database (their prepared transactions rolled back first), or
+    /// remove its SQLite files.
     pub async fn drop_databases(&self) -> anyhow::Result<()> {
-        for name in self.databases() {
-            tandem_kit::db::drop_database(&self.server_url, &name).await?;
+        match &self.data_dir {
+            None => {
+                for name in self.databases() {
+                    tandem_kit::db::drop_database(&self.server_url, &name).await?;
+                }
+            }
+            Some(dir) => {
+                for name in self.databases() {
+                    for suffix in ["", "-wal", "-shm"] {
+                        let file = dir.join(format!("{name}{suffix}"));
+                        match std::fs::remove_file(&file) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                return Err(anyhow::anyhow!("removing {}: {e}", file.display()));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -254,6 +302,14 @@ mod tests {
             "http://127.0.0.1:8083"
         );
         assert!(next_port("nothing", 1).is_err());
+        let lite = Layout::sqlite("/tmp/tandem-x").unwrap();
+        assert_eq!(
+            lite.database_url("payment"),
+            "sqlite:///tmp/tandem-x/payment.db"
+        );
+        assert!(tandem_kit::sqlite::is_sqlite(
+            &lite.database_url("orchestrator")
+        ));
         let env = service_env(&l, "payment", 7, 3);
         assert!(
             env.contains(&("FAULT_INJECTION".into(), "on".into())),
