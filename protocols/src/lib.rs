@@ -19,10 +19,11 @@
 //!   PreAborted state): safe under partitions that change, blocking instead of splitting.
 //! - [`paxos_commit`]: Gray & Lamport's Paxos Commit (resource managers, 2F+1 acceptors,
 //!   leaders with higher ballots).
-//! - [`model`]: the stateright model that drives any [`System`] under a fault model
+//! - `model` (feature `model`): the stateright model that drives any [`System`] under a fault model
 //!   (crash-stop / crash-recovery, loss, duplication, reordering, partitions, synchronous or
 //!   asynchronous timers), its state-space reductions (acceptor symmetry) and readable traces.
-//!   Only the model knows the checker: no core module imports it. The checks themselves are
+//!   Only the model knows the checker: no core module imports it (the `model` feature, which
+//!   this crate's tests switch on; servers do not compile the checker). The checks themselves are
 //!   in `tests/model_check.rs`.
 //! - [`sim`]: the deterministic in-memory network that runs the failure-free path and counts
 //!   messages, message delays and forced writes; [`sim::compare`] backs
@@ -79,6 +80,7 @@
 //! ```
 
 pub mod core;
+#[cfg(feature = "model")]
 pub mod model;
 pub mod paxos_commit;
 pub mod quorum_three_phase;
