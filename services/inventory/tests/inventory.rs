@@ -517,6 +517,49 @@ async fn healthz_answers(store: Store) {
     assert_problem(s, &b, StatusCode::NOT_FOUND, "not-found");
 }
 
+/// Retention on either store: `POST /barrier/forget` deletes the named sagas' barrier rows only
+/// (the array bound portably), and the age backstop deletes rows older than its age only (times
+/// compared portably), business rows untouched.
+async fn retention_forgets_named_sagas_and_old_rows(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
+    for i in 1..=3 {
+        let (s, b) = reserve(
+            &svc,
+            &format!("s{i}:reserve:action"),
+            "o-1",
+            one_line("a", 1),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    let (s, b) = svc
+        .post(
+            "/barrier/forget",
+            None,
+            json!({ "saga_ids": ["s1", "nobody"] }),
+        )
+        .await;
+    assert_eq!((s, &b["forgotten"]), (StatusCode::OK, &json!(1)), "{b}");
+    assert_eq!(svc.counts(["saga_barrier", "reservations"]).await, [2, 3]);
+    // s2's row is two days old, s3's is new: a one-day backstop takes s2's alone.
+    tandem_kit::store::query("UPDATE saga_barrier SET created_at = $1 WHERE saga_id = $2")
+        .bind(chrono::Utc::now() - chrono::Duration::days(2))
+        .bind("s2")
+        .execute(&svc.app.db)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    let n = tandem_kit::retention::purge_backstop(svc.app.db.clone(), day, 1000)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(svc.counts(["saga_barrier", "reservations"]).await, [1, 3]);
+    // s3 is still known: its duplicate replays.
+    let (s, _) = reserve(&svc, "s3:reserve:action", "o-1", one_line("a", 1)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_held(&svc, "a", (7, 3), 3).await;
+}
+
 /// Defect: a NUL character (which Postgres cannot store) answered 500 where it reached the
 /// database unchecked. Every string — query and path parameters, body values — is a 422 naming
 /// it, and nothing is stored.
@@ -663,5 +706,6 @@ tandem_kit::on_both_stores!(
     fault_endpoints_validate_list_and_delete,
     fifty_concurrent_reservations_never_oversell,
     healthz_answers,
+    retention_forgets_named_sagas_and_old_rows,
     a_nul_anywhere_is_422_naming_it_and_stores_nothing,
 );
