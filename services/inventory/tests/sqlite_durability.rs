@@ -201,3 +201,53 @@ async fn what_needs_postgres_says_so_on_sqlite() {
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
 }
+
+/// The binary on SQLite refuses at start what needs Postgres, naming why: the choreography
+/// (`NATS_URL`: its outbox relay) and `DATABASE_OWNER_URL` (Postgres roles).
+#[tokio::test]
+async fn the_binary_on_sqlite_refuses_what_needs_postgres() {
+    let files = TempFiles::new("refusals");
+    for (var, value, says) in [
+        ("NATS_URL", "nats://127.0.0.1:4222", "needs Postgres"),
+        (
+            "DATABASE_OWNER_URL",
+            "postgres://postgres@127.0.0.1:5432/x",
+            "DATABASE_OWNER_URL",
+        ),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inventory"))
+            .env("DATABASE_URL", files.sqlite_url("refused.db"))
+            .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env_remove("DATABASE_OWNER_URL")
+            .env_remove("NATS_URL")
+            .env_remove("TANDEM_TOKENS")
+            .env_remove("TANDEM_TOKENS_FILE")
+            .env(var, value)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{var} on SQLite: the binary did not refuse to start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!status.success(), "{var}: {text}");
+        assert!(
+            text.contains(says) && text.contains("SQLite"),
+            "{var}: {text}"
+        );
+    }
+}

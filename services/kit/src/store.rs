@@ -537,6 +537,36 @@ mod tests {
         (dir, Db::Sqlite(pool))
     }
 
+    /// SQLite's "database is locked" (the busy timeout ran out behind another writer) is a 503
+    /// to retry, as Postgres's lock timeout is.
+    #[tokio::test]
+    async fn a_busy_sqlite_is_a_503_to_retry() {
+        let (dir, db) = sqlite_db().await;
+        let Db::Sqlite(pool) = &db else {
+            unreachable!()
+        };
+        let held = crate::sqlite::begin(pool).await.unwrap();
+        let mut c = pool.acquire().await.unwrap();
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        let busy = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *c)
+            .await
+            .unwrap_err();
+        let p = crate::Problem::from(busy);
+        assert_eq!(
+            (p.status.as_u16(), p.slug.as_str()),
+            (503, "lock-timeout"),
+            "{p:?}"
+        );
+        drop(c);
+        held.rollback().await.unwrap();
+        db.close().await;
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     /// Every translation and every bound type, on SQLite (the Postgres side is exercised by
     /// every Postgres test of the services).
     #[tokio::test]
