@@ -7,7 +7,6 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 use tandem_kit::Problem;
 use tandem_kit::api::{self, Api};
 use tandem_kit::checkout::validate_items;
@@ -15,6 +14,7 @@ use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::http::{Json, Path};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
+use tandem_kit::store::{Conn, query};
 use uuid::Uuid;
 
 use crate::App;
@@ -125,11 +125,10 @@ async fn get_stock(
     Path(sku): Path<String>,
 ) -> Result<Json<Stock>, Problem> {
     validate_sku(&sku)?;
-    let stock: Option<Stock> =
-        sqlx::query_as("SELECT sku, available, reserved FROM stock WHERE sku = $1")
-            .bind(&sku)
-            .fetch_optional(&app.pool)
-            .await?;
+    let stock: Option<Stock> = query("SELECT sku, available, reserved FROM stock WHERE sku = $1")
+        .bind(&sku)
+        .fetch_optional(&app.db)
+        .await?;
     stock
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("unknown sku {sku:?}")))
@@ -147,21 +146,21 @@ async fn put_stock(
             format!("must be between 0 and {MAX_AVAILABLE}"),
         ));
     }
-    let stock: Stock = sqlx::query_as(
+    let stock: Stock = query(
         "INSERT INTO stock (sku, available) VALUES ($1, $2)
          ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, updated_at = now()
          RETURNING sku, available, reserved",
     )
     .bind(&sku)
     .bind(body.available)
-    .fetch_one(&app.pool)
+    .fetch_one(&app.db)
     .await?;
     tracing::info!(sku = %stock.sku, available = stock.available, "stock set");
     Ok(Json(stock))
 }
 
 async fn reserve(
-    conn: &mut PgConnection,
+    mut conn: Conn<'_>,
     origin: &Origin,
     req: ReserveRequest,
 ) -> Result<Value, Problem> {
@@ -171,21 +170,20 @@ async fn reserve(
         *wanted.entry(item.sku).or_default() += item.quantity;
     }
     for (sku, &quantity) in &wanted {
-        let updated: Option<i64> = sqlx::query_scalar(
+        let updated: Option<i64> = query(
             "UPDATE stock SET available = available - $2, reserved = reserved + $2, updated_at = now()
              WHERE sku = $1 AND available >= $2
              RETURNING available",
         )
         .bind(sku)
         .bind(quantity)
-        .fetch_optional(&mut *conn)
+        .scalar_optional(&mut conn)
         .await?;
         if updated.is_none() {
-            let available: Option<i64> =
-                sqlx::query_scalar("SELECT available FROM stock WHERE sku = $1")
-                    .bind(sku)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+            let available: Option<i64> = query("SELECT available FROM stock WHERE sku = $1")
+                .bind(sku)
+                .scalar_optional(&mut conn)
+                .await?;
             let detail = match available {
                 Some(a) => format!("sku {sku:?}: {quantity} requested, {a} available"),
                 None => format!("sku {sku:?} is unknown (no stock)"),
@@ -204,7 +202,7 @@ async fn reserve(
         .map(|(sku, quantity)| Item { sku, quantity })
         .collect();
     let id = req.reservation_id.unwrap_or_else(Uuid::now_v7);
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
+    let created_at: DateTime<Utc> = query(
         "INSERT INTO reservations (id, order_id, saga_id, step, txn_id, status, items)
          VALUES ($1, $2, $3, $4, $5, 'held', $6)
          RETURNING created_at",
@@ -215,7 +213,7 @@ async fn reserve(
     .bind(&origin.step)
     .bind(origin.txn_id)
     .bind(sqlx::types::Json(&items))
-    .fetch_one(&mut *conn)
+    .scalar(&mut conn)
     .await?;
     tracing::info!(%origin, reservation_id = %id, order_id = %req.order_id, "reservation held");
     Ok(json!({
@@ -227,28 +225,28 @@ async fn reserve(
     }))
 }
 
-async fn release(conn: &mut PgConnection, origin: &Origin) -> Result<Option<Value>, Problem> {
-    let row: Option<(Uuid, String, sqlx::types::Json<Vec<Item>>)> = sqlx::query_as(
+async fn release(mut conn: Conn<'_>, origin: &Origin) -> Result<Option<Value>, Problem> {
+    let row: Option<(Uuid, String, sqlx::types::Json<Vec<Item>>)> = query(
         "UPDATE reservations SET status = 'released', released_at = now()
          WHERE saga_id = $1 AND step = $2 AND status = 'held'
          RETURNING id, order_id, items",
     )
     .bind(&origin.run_id)
     .bind(&origin.step)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut conn)
     .await?;
     let Some((id, order_id, sqlx::types::Json(items))) = row else {
         return Ok(None);
     };
     // Items are stored sorted by SKU: the same lock order as reservations.
     for item in &items {
-        sqlx::query(
+        query(
             "UPDATE stock SET available = available + $2, reserved = reserved - $2, updated_at = now()
              WHERE sku = $1",
         )
         .bind(&item.sku)
         .bind(item.quantity)
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await?;
     }
     tracing::info!(%origin, reservation_id = %id, %order_id, "reservation released");

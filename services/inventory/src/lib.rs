@@ -26,6 +26,7 @@ pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
     about: "Tandem inventory service: stock per SKU, reservations",
     port: 8081,
     migrations: &sqlx::migrate!("../../migrations/inventory"),
+    sqlite_migrations: &sqlx::migrate!("../../migrations/sqlite/inventory"),
     actions: &[&api::RESERVE],
     compensations: &[&api::RELEASE],
     routes: api::routes,

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tandem_kit::testing::{Served, assert_problem};
+use tandem_kit::testing::{Served, Store, assert_problem};
 
-async fn spawn() -> Served {
-    Served::with_faults(&inventory::SPEC).await
+async fn spawn(store: Store) -> Served {
+    Served::with_faults_on(store, &inventory::SPEC).await
 }
 
 /// The service with `available` units of SKU `a`.
-async fn spawn_with_a(available: i64) -> Served {
-    let svc = spawn().await;
+async fn spawn_with_a(store: Store, available: i64) -> Served {
+    let svc = spawn(store).await;
     set_stock(&svc, "a", available).await;
     svc
 }
@@ -68,9 +68,8 @@ async fn release(svc: &Served, key: &str, order: &str) -> (StatusCode, Value) {
     svc.compensate("/reservations/release", key, order).await
 }
 
-#[tokio::test]
-async fn stock_is_set_and_read() {
-    let svc = spawn().await;
+async fn stock_is_set_and_read(store: Store) {
+    let svc = spawn(store).await;
     set_stock(&svc, "apple", 7).await;
     assert_eq!(stock(&svc, "apple").await, (7, 0));
     set_stock(&svc, "apple", 3).await;
@@ -92,9 +91,8 @@ async fn stock_is_set_and_read() {
     assert_eq!(stock(&svc, "apple").await, (3, 0));
 }
 
-#[tokio::test]
-async fn reservation_holds_stock_and_is_listed() {
-    let svc = spawn_with_a(10).await;
+async fn reservation_holds_stock_and_is_listed(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     set_stock(&svc, "b", 5).await;
     let items = json!([{"sku": "b", "quantity": 2}, {"sku": "a", "quantity": 3}, {"sku": "b", "quantity": 1}]);
     let (s, b) = reserve(&svc, "s1:reserve_inventory:action", "o-1", items).await;
@@ -138,9 +136,8 @@ async fn reservation_holds_stock_and_is_listed() {
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
 }
 
-#[tokio::test]
-async fn shortage_is_409_naming_the_sku_with_no_partial_effect() {
-    let svc = spawn_with_a(10).await;
+async fn shortage_is_409_naming_the_sku_with_no_partial_effect(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     set_stock(&svc, "b", 1).await;
     let items = json!([{"sku": "a", "quantity": 3}, {"sku": "b", "quantity": 2}]);
     let (s, b) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
@@ -172,9 +169,8 @@ async fn shortage_is_409_naming_the_sku_with_no_partial_effect() {
     assert_eq!(stock(&svc, "b").await, (100, 0));
 }
 
-#[tokio::test]
-async fn bad_requests_are_4xx_problems_and_store_nothing() {
-    let svc = spawn_with_a(10).await;
+async fn bad_requests_are_4xx_problems_and_store_nothing(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     let good = json!({ "order_id": "o-1", "items": [{"sku": "a", "quantity": 1}] });
 
     svc.assert_keys_checked("/reservations", &good, "/reservations/release")
@@ -249,9 +245,8 @@ async fn bad_requests_are_4xx_problems_and_store_nothing() {
     assert_eq!(s, StatusCode::CREATED);
 }
 
-#[tokio::test]
-async fn duplicate_action_replays_the_first_outcome() {
-    let svc = spawn_with_a(10).await;
+async fn duplicate_action_replays_the_first_outcome(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     let post_raw = async || {
         let body = json!({ "order_id": "o-1", "items": one_line("a", 2) });
         let url = format!("{}/reservations", svc.url);
@@ -277,9 +272,8 @@ async fn duplicate_action_replays_the_first_outcome() {
 /// a duplicate's effect may see a world the first request changed. The answer must still be the
 /// first outcome: the success after the first took the last units, the shortage after the
 /// stock was refilled.
-#[tokio::test]
-async fn duplicate_replays_the_first_outcome_even_when_its_effect_would_differ() {
-    let svc = spawn_with_a(3).await;
+async fn duplicate_replays_the_first_outcome_even_when_its_effect_would_differ(store: Store) {
+    let svc = spawn_with_a(store, 3).await;
     let items = one_line("a", 3);
     let (s, first) = reserve(&svc, "s1:reserve:action", "o-1", items.clone()).await;
     assert_eq!(s, StatusCode::CREATED, "{first}");
@@ -297,9 +291,8 @@ async fn duplicate_replays_the_first_outcome_even_when_its_effect_would_differ()
     assert_held(&svc, "a", (10, 3), 1).await;
 }
 
-#[tokio::test]
-async fn concurrent_duplicates_make_one_effect() {
-    let svc = spawn_with_a(100).await;
+async fn concurrent_duplicates_make_one_effect(store: Store) {
+    let svc = spawn_with_a(store, 100).await;
     let calls = (0..12).map(|_| reserve(&svc, "s1:reserve:action", "o-1", one_line("a", 5)));
     let results = join_all(calls).await;
     let first = &results[0].1;
@@ -310,9 +303,8 @@ async fn concurrent_duplicates_make_one_effect() {
     assert_held(&svc, "a", (95, 5), 1).await;
 }
 
-#[tokio::test]
-async fn null_compensation_then_hanging_action_is_refused() {
-    let svc = spawn_with_a(10).await;
+async fn null_compensation_then_hanging_action_is_refused(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     assert_eq!(
         released(&svc, "s1:reserve:compensation", "o-1").await,
         false
@@ -332,9 +324,8 @@ async fn null_compensation_then_hanging_action_is_refused() {
     assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 
-#[tokio::test]
-async fn effect_then_503_retried_makes_one_effect() {
-    let svc = spawn_with_a(10).await;
+async fn effect_then_503_retried_makes_one_effect(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     svc.fault(json!({ "order_id": "o-1", "kind": "effect_then_503" }))
         .await;
     let items = one_line("a", 4);
@@ -358,9 +349,8 @@ async fn effect_then_503_retried_makes_one_effect() {
     assert_eq!(stock(&svc, "a").await, (10, 0));
 }
 
-#[tokio::test]
-async fn transient_and_in_progress_faults_are_scoped_and_counted() {
-    let svc = spawn_with_a(10).await;
+async fn transient_and_in_progress_faults_are_scoped_and_counted(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     svc.fault(json!({ "order_id": "o-1", "kind": "transient", "times": 2 }))
         .await;
     svc.fault(json!({ "key": "s3:reserve:action", "kind": "in_progress", "times": 2 }))
@@ -399,9 +389,8 @@ async fn transient_and_in_progress_faults_are_scoped_and_counted() {
     assert!(faults.iter().all(|f| f["remaining"] == 0));
 }
 
-#[tokio::test]
-async fn latency_fault_delays_only_its_scope() {
-    let svc = spawn_with_a(10).await;
+async fn latency_fault_delays_only_its_scope(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     svc.fault(json!({ "order_id": "o-slow", "kind": "latency", "latency_ms": 400 }))
         .await;
     let items = one_line("a", 1);
@@ -421,9 +410,8 @@ async fn latency_fault_delays_only_its_scope() {
     assert!(started.elapsed() < Duration::from_millis(400));
 }
 
-#[tokio::test]
-async fn fault_endpoints_validate_list_and_delete() {
-    let svc = spawn().await;
+async fn fault_endpoints_validate_list_and_delete(store: Store) {
+    let svc = spawn(store).await;
     for (spec, pointer) in [
         (json!({ "kind": "transient" }), "/order_id"),
         (
@@ -466,7 +454,7 @@ async fn fault_endpoints_validate_list_and_delete() {
     let (_, list) = svc.get("/faults").await;
     assert_eq!(list, json!([]));
 
-    let off = Served::start(&inventory::SPEC, |_| {}).await;
+    let off = Served::start_on(store, &inventory::SPEC, |_| {}).await;
     let (s, _) = off
         .post(
             "/faults",
@@ -477,9 +465,8 @@ async fn fault_endpoints_validate_list_and_delete() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn fifty_concurrent_reservations_never_oversell() {
-    let svc = spawn().await;
+async fn fifty_concurrent_reservations_never_oversell(store: Store) {
+    let svc = spawn(store).await;
     set_stock(&svc, "scarce", 10).await;
     let watcher = {
         let http = svc.http.clone();
@@ -522,21 +509,62 @@ async fn fifty_concurrent_reservations_never_oversell() {
     assert!(watcher.await.unwrap() >= 1);
 }
 
-#[tokio::test]
-async fn healthz_answers() {
-    let svc = spawn().await;
+async fn healthz_answers(store: Store) {
+    let svc = spawn(store).await;
     let (s, b) = svc.get("/healthz").await;
     assert_eq!((s, &b["status"]), (StatusCode::OK, &json!("ok")));
     let (s, b) = svc.get("/no/such/route").await;
     assert_problem(s, &b, StatusCode::NOT_FOUND, "not-found");
 }
 
+/// Retention on either store: `POST /barrier/forget` deletes the named sagas' barrier rows only
+/// (the array bound portably), and the age backstop deletes rows older than its age only (times
+/// compared portably), business rows untouched.
+async fn retention_forgets_named_sagas_and_old_rows(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
+    for i in 1..=3 {
+        let (s, b) = reserve(
+            &svc,
+            &format!("s{i}:reserve:action"),
+            "o-1",
+            one_line("a", 1),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    let (s, b) = svc
+        .post(
+            "/barrier/forget",
+            None,
+            json!({ "saga_ids": ["s1", "nobody"] }),
+        )
+        .await;
+    assert_eq!((s, &b["forgotten"]), (StatusCode::OK, &json!(1)), "{b}");
+    assert_eq!(svc.counts(["saga_barrier", "reservations"]).await, [2, 3]);
+    // s2's row is two days old, s3's is new: a one-day backstop takes s2's alone.
+    tandem_kit::store::query("UPDATE saga_barrier SET created_at = $1 WHERE saga_id = $2")
+        .bind(chrono::Utc::now() - chrono::Duration::days(2))
+        .bind("s2")
+        .execute(&svc.app.db)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    let n = tandem_kit::retention::purge_backstop(svc.app.db.clone(), day, 1000)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(svc.counts(["saga_barrier", "reservations"]).await, [1, 3]);
+    // s3 is still known: its duplicate replays.
+    let (s, _) = reserve(&svc, "s3:reserve:action", "o-1", one_line("a", 1)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_held(&svc, "a", (7, 3), 3).await;
+}
+
 /// Defect: a NUL character (which Postgres cannot store) answered 500 where it reached the
 /// database unchecked. Every string — query and path parameters, body values — is a 422 naming
 /// it, and nothing is stored.
-#[tokio::test]
-async fn a_nul_anywhere_is_422_naming_it_and_stores_nothing() {
-    let svc = spawn_with_a(10).await;
+async fn a_nul_anywhere_is_422_naming_it_and_stores_nothing(store: Store) {
+    let svc = spawn_with_a(store, 10).await;
     for (path, pointer) in [
         ("/reservations?order_id=%00", "/query/order_id"),
         ("/reservations?order_id=o%00-1", "/query/order_id"),
@@ -615,7 +643,7 @@ async fn wait_for_a_lock_wait(svc: &Served) {
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        .fetch_one(&svc.app.pool)
+        .fetch_one(&svc.app.postgres().unwrap().pool)
         .await
         .unwrap();
         if waiting > 0 {
@@ -661,3 +689,23 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
 async fn the_openapi_document_matches_the_router() {
     tandem_kit::service_tests::assert_documented(&inventory::SPEC).await;
 }
+
+// The conformance suite: each test above that takes a `Store`, on Postgres and on SQLite.
+tandem_kit::on_both_stores!(
+    stock_is_set_and_read,
+    reservation_holds_stock_and_is_listed,
+    shortage_is_409_naming_the_sku_with_no_partial_effect,
+    bad_requests_are_4xx_problems_and_store_nothing,
+    duplicate_action_replays_the_first_outcome,
+    duplicate_replays_the_first_outcome_even_when_its_effect_would_differ,
+    concurrent_duplicates_make_one_effect,
+    null_compensation_then_hanging_action_is_refused,
+    effect_then_503_retried_makes_one_effect,
+    transient_and_in_progress_faults_are_scoped_and_counted,
+    latency_fault_delays_only_its_scope,
+    fault_endpoints_validate_list_and_delete,
+    fifty_concurrent_reservations_never_oversell,
+    healthz_answers,
+    retention_forgets_named_sagas_and_old_rows,
+    a_nul_anywhere_is_422_naming_it_and_stores_nothing,
+);

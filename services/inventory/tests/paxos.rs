@@ -113,7 +113,7 @@ async fn bad_prepares_are_problems_and_store_nothing() {
         assert_eq!(b["errors"][0]["pointer"], pointer, "{b}");
     }
     let branches: i64 = sqlx::query_scalar("SELECT count(*) FROM tpc_branch")
-        .fetch_one(&svc.app.control)
+        .fetch_one(&svc.app.postgres().unwrap().control)
         .await
         .unwrap();
     assert_eq!(branches, 0);

@@ -134,11 +134,14 @@ async fn a_service_migrates_as_owner_and_serves_as_its_runtime_role() {
     let owners: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT tableowner::text FROM pg_tables WHERE schemaname = 'public'",
     )
-    .fetch_all(&svc.app.pool)
+    .fetch_all(&svc.app.postgres().unwrap().pool)
     .await
     .unwrap();
     assert_eq!(owners, std::slice::from_ref(owner));
-    for pool in [&svc.app.pool, &svc.app.control] {
+    for pool in [
+        &svc.app.postgres().unwrap().pool,
+        &svc.app.postgres().unwrap().control,
+    ] {
         let user: String = sqlx::query_scalar("SELECT current_user::text")
             .fetch_one(pool)
             .await

@@ -294,7 +294,7 @@ async fn a_restarted_service_recovers_its_branches() {
     )
     .bind(lost_txn)
     .bind(&coordinator)
-    .execute(&svc.app.control)
+    .execute(&svc.app.postgres().unwrap().control)
     .await
     .unwrap();
 
@@ -340,11 +340,11 @@ async fn a_lost_prepare_still_locked_at_restart_is_aborted_once_released() {
     )
     .bind(lost_txn)
     .bind(NO_COORDINATOR)
-    .execute(&svc.app.control)
+    .execute(&svc.app.postgres().unwrap().control)
     .await
     .unwrap();
     // The dead process's session, still holding the row as its prepare did.
-    let mut zombie = svc.app.control.begin().await.unwrap();
+    let mut zombie = svc.app.postgres().unwrap().control.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM tpc_branch WHERE txn_id = $1 FOR UPDATE")
         .bind(lost_txn)
         .execute(&mut *zombie)
@@ -363,7 +363,7 @@ async fn a_lost_prepare_still_locked_at_restart_is_aborted_once_released() {
     let state = || async {
         sqlx::query_scalar::<_, String>("SELECT state FROM tpc_branch WHERE txn_id = $1")
             .bind(lost_txn)
-            .fetch_one(&svc.app.control)
+            .fetch_one(&svc.app.postgres().unwrap().control)
             .await
             .unwrap()
     };

@@ -1,5 +1,6 @@
 //! The saga barrier (DTM's semantics): makes every saga call to a service idempotent and safe
-//! against reordering, in the **same local Postgres transaction** as the business effect.
+//! against reordering, in the **same local transaction** as the business effect (Postgres or
+//! SQLite, through [`crate::store`]).
 //!
 //! Every mutating saga endpoint takes an `Idempotency-Key: {saga_id}:{step}:{action|compensation}`
 //! header ([`IdempotencyKey`], an axum extractor; a missing or malformed key is a 400).
@@ -35,12 +36,13 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{PgConnection, PgPool, SqlSafeStr};
 
 use crate::effect::{EffectFuture, Origin};
 use crate::hooks::TestHooks;
 use crate::problem::Problem;
+use crate::store::{Conn, Db, Target, query};
 
 /// The header every mutating saga endpoint requires.
 pub const HEADER: &str = "idempotency-key";
@@ -70,6 +72,36 @@ CREATE TABLE saga_barrier (
     PRIMARY KEY (saga_id, step, op)
 );
 "#;
+
+/// The barrier table on SQLite (the embedded store, see [`crate::store`]): the same columns,
+/// the body as JSON text, `created_at` as UTC text in the format every SQLite time has.
+pub const SQLITE_DDL: &str = r#"
+CREATE TABLE saga_barrier (
+    saga_id    TEXT    NOT NULL,
+    step       TEXT    NOT NULL,
+    op         TEXT    NOT NULL CHECK (op IN ('action', 'compensation')),
+    status     INTEGER,
+    body       TEXT,
+    origin     TEXT    NOT NULL DEFAULT 'request' CHECK (origin IN ('request', 'compensation')),
+    created_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    PRIMARY KEY (saga_id, step, op)
+);
+"#;
+
+/// [`migrator`] for SQLite: `service` (`migrations/sqlite/<service>/`) plus [`SQLITE_DDL`] as
+/// version [`MIGRATION_VERSION`].
+pub fn sqlite_migrator(service: Migrator) -> Migrator {
+    assert!(
+        !service.version_exists(MIGRATION_VERSION),
+        "migration version {MIGRATION_VERSION} is reserved for the saga barrier"
+    );
+    with_migration(
+        service,
+        MIGRATION_VERSION,
+        "tandem kit saga barrier (sqlite)",
+        SQLITE_DDL,
+    )
+}
 
 /// `service` (e.g. `sqlx::migrate!("../../migrations/inventory")`) plus the barrier table as
 /// version [`MIGRATION_VERSION`]. Panics if the service's own migrations use that version (a
@@ -277,10 +309,11 @@ pub enum Prior {
     Absent,
 }
 
-/// Where the barrier runs: the service's pool and its test hooks.
+/// Where the barrier runs: the service's database (Postgres or SQLite, see [`crate::store`])
+/// and its test hooks.
 #[derive(Debug, Clone, Copy)]
 pub struct Barrier<'a> {
-    pub pool: &'a PgPool,
+    pub db: &'a Db,
     pub hooks: &'a TestHooks,
 }
 
@@ -306,7 +339,7 @@ impl Barrier<'_> {
     /// first, and a savepoint).
     pub async fn action<F>(self, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
     where
-        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin) -> EffectFuture<'c>,
+        F: for<'c> FnOnce(Conn<'c>, &'c Origin) -> EffectFuture<'c>,
     {
         key.expect(Op::Action)?;
         self.run(key, effect).await
@@ -322,15 +355,13 @@ impl Barrier<'_> {
     /// and the first outcome answered, so the effect is committed exactly once per key.
     pub async fn compensation<F>(self, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
     where
-        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin, Prior) -> EffectFuture<'c>
-            + Send
-            + 'static,
+        F: for<'c> FnOnce(Conn<'c>, &'c Origin, Prior) -> EffectFuture<'c> + Send + 'static,
     {
         key.expect(Op::Compensation)?;
         let key_in_tx = key.clone();
-        self.run(key, move |conn, origin| {
+        self.run(key, move |mut conn, origin| {
             Box::pin(async move {
-                let prior = prior(conn, &key_in_tx).await?;
+                let prior = prior(conn.reborrow(), &key_in_tx).await?;
                 effect(conn, origin, prior).await
             })
         })
@@ -341,11 +372,11 @@ impl Barrier<'_> {
     /// stored one replayed); an action's 409 is recorded on its own.
     async fn run<F>(self, key: &IdempotencyKey, effect: F) -> Result<Outcome, Problem>
     where
-        F: for<'c> FnOnce(&'c mut PgConnection, &'c Origin) -> EffectFuture<'c>,
+        F: for<'c> FnOnce(Conn<'c>, &'c Origin) -> EffectFuture<'c>,
     {
         let origin = Origin::saga(key);
-        let mut tx = crate::metrics::begin(self.pool).await?;
-        let problem = match effect(&mut tx, &origin).await {
+        let mut tx = self.db.begin().await?;
+        let problem = match effect(tx.conn(), &origin).await {
             Ok(body) => return self.commit(tx, key, body).await,
             Err(problem) => problem,
         };
@@ -358,14 +389,14 @@ impl Barrier<'_> {
                 .record_alone(key, problem.status, &problem.to_json())
                 .await;
         }
-        replay_instead(self.pool, key, problem).await
+        replay_instead(self.db, key, problem).await
     }
 
     /// After a successful effect: insert the outcome and commit, or (the key is taken) roll
     /// the effect back and answer the stored outcome.
     async fn commit(
         self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        mut tx: crate::store::Tx,
         key: &IdempotencyKey,
         body: Value,
     ) -> Result<Outcome, Problem> {
@@ -375,7 +406,7 @@ impl Barrier<'_> {
         };
         if !insert_outcome(&mut tx, key, status, &body).await? {
             tx.rollback().await?;
-            let outcome = stored(self.pool, key).await?;
+            let outcome = stored(self.db, key).await?;
             tracing::info!(%key, status = outcome.status.as_u16(), "barrier: replaying the stored outcome");
             return Ok(outcome);
         }
@@ -385,7 +416,7 @@ impl Barrier<'_> {
             Op::Compensation => "service.compensation.before_commit",
         });
         tx.commit().await?;
-        crate::stats::write_committed(self.pool);
+        crate::stats::write_committed(self.db);
         crate::crash::point(match key.op {
             Op::Action => "service.action.after_commit",
             Op::Compensation => "service.compensation.after_commit",
@@ -405,16 +436,15 @@ impl Barrier<'_> {
         status: StatusCode,
         body: &Value,
     ) -> Result<Outcome, Problem> {
-        let mut conn = crate::metrics::acquire(self.pool).await?;
-        if insert_outcome(&mut conn, key, status, body).await? {
-            crate::stats::write_committed(self.pool);
+        if insert_outcome(self.db, key, status, body).await? {
+            crate::stats::write_committed(self.db);
             Ok(Outcome {
                 status,
                 body: body.clone(),
                 replayed: false,
             })
         } else {
-            stored(&mut *conn, key).await
+            stored(self.db, key).await
         }
     }
 }
@@ -423,8 +453,8 @@ impl Barrier<'_> {
 /// that succeeds, the action never ran (null compensation) and the row, recorded as a 409
 /// `hanging`, refuses the action if it comes late. If the action is in flight, this waits for
 /// it to commit or roll back.
-async fn prior(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<Prior, Problem> {
-    let null_compensation = sqlx::query(
+async fn prior(mut conn: Conn<'_>, key: &IdempotencyKey) -> Result<Prior, Problem> {
+    let null_compensation = query(
         "INSERT INTO saga_barrier (saga_id, step, op, status, body, origin)
          VALUES ($1, $2, 'action', 409, $3, 'compensation')
          ON CONFLICT DO NOTHING",
@@ -432,9 +462,8 @@ async fn prior(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<Prior, P
     .bind(&key.saga_id)
     .bind(&key.step)
     .bind(hanging_problem(key).to_json())
-    .execute(&mut *conn)
+    .execute(&mut conn)
     .await?
-    .rows_affected()
         == 1;
     if null_compensation {
         tracing::info!(%key, "barrier: null compensation (no action ran); the action is now refused");
@@ -444,7 +473,7 @@ async fn prior(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<Prior, P
         op: Op::Action,
         ..key.clone()
     };
-    let action = stored(&mut *conn, &action_key).await?;
+    let action = stored(&mut conn, &action_key).await?;
     Ok(if action.status.is_success() {
         Prior::Applied(action.body)
     } else {
@@ -465,13 +494,13 @@ pub fn hanging_problem(key: &IdempotencyKey) -> Problem {
 
 /// Insert the barrier row for `key` with its outcome; `false` if the key was already taken
 /// (after waiting for a concurrent inserter to commit or roll back).
-async fn insert_outcome(
-    conn: &mut PgConnection,
+async fn insert_outcome<'e>(
+    on: impl Target<'e>,
     key: &IdempotencyKey,
     status: StatusCode,
     body: &Value,
 ) -> Result<bool, Problem> {
-    let done = sqlx::query(
+    let done = query(
         "INSERT INTO saga_barrier (saga_id, step, op, status, body) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT DO NOTHING",
     )
@@ -480,19 +509,19 @@ async fn insert_outcome(
     .bind(key.op.as_str())
     .bind(status.as_u16() as i16)
     .bind(body)
-    .execute(&mut *conn)
+    .execute(on)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// After a failed effect: the outcome stored under the key if there is one (the request was a
 /// duplicate, and the effect failed because the first one's rows exist), else the problem.
 async fn replay_instead(
-    pool: &PgPool,
+    db: &Db,
     key: &IdempotencyKey,
     problem: Problem,
 ) -> Result<Outcome, Problem> {
-    match stored(pool, key).await {
+    match stored(db, key).await {
         Ok(outcome) => {
             tracing::info!(%key, "barrier: the effect failed on a duplicate; replaying the stored outcome");
             Ok(outcome)
@@ -502,18 +531,14 @@ async fn replay_instead(
 }
 
 /// The committed outcome under `key`.
-async fn stored<'e, E>(conn: E, key: &IdempotencyKey) -> Result<Outcome, Problem>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    let row: Option<(Option<i16>, Option<Value>)> = sqlx::query_as(
-        "SELECT status, body FROM saga_barrier WHERE saga_id = $1 AND step = $2 AND op = $3",
-    )
-    .bind(&key.saga_id)
-    .bind(&key.step)
-    .bind(key.op.as_str())
-    .fetch_optional(conn)
-    .await?;
+async fn stored<'e>(on: impl Target<'e>, key: &IdempotencyKey) -> Result<Outcome, Problem> {
+    let row: Option<(Option<i16>, Option<Value>)> =
+        query("SELECT status, body FROM saga_barrier WHERE saga_id = $1 AND step = $2 AND op = $3")
+            .bind(&key.saga_id)
+            .bind(&key.step)
+            .bind(key.op.as_str())
+            .fetch_optional(on)
+            .await?;
     match row {
         Some((Some(status), Some(body))) => Ok(Outcome::from_row(status, body, true)),
         other => Err(Problem::internal(format!(

@@ -3,7 +3,8 @@
 //! per compensation. The kit serves them ([`crate::saga`]: barrier, faults, stats, reply) and
 //! the 2PC participant runs the *same* action effect inside a transaction it then prepares.
 //!
-//! An effect runs on the open transaction's connection. It never commits, rolls back or
+//! An effect runs on the open transaction's connection ([`Conn`]: Postgres or SQLite, see
+//! [`crate::store`]; the 2PC participants pass their Postgres connection wrapped). It never commits, rolls back or
 //! NOTIFYs (whoever opened the transaction decides: the barrier commits, the 2PC participant
 //! prepares), and answers its JSON output or a [`Problem`] — 409 is a business refusal, any other
 //! status aborts the call (it may be retried with the same key).
@@ -14,11 +15,11 @@ use std::pin::Pin;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::barrier::IdempotencyKey;
 use crate::problem::{Issues, Problem};
+use crate::store::Conn;
 
 /// Longest `order_id` a compensation body may carry (the services' own bound).
 pub const MAX_ORDER_ID_LEN: usize = 128;
@@ -66,12 +67,11 @@ impl std::fmt::Display for Origin {
 }
 
 /// An action's effect: `(transaction, origin, validated request)` → output or problem.
-pub type ActionEffect<Req> = for<'c> fn(&'c mut PgConnection, &'c Origin, Req) -> EffectFuture<'c>;
+pub type ActionEffect<Req> = for<'c> fn(Conn<'c>, &'c Origin, Req) -> EffectFuture<'c>;
 
 /// A compensation's effect, run only when its action's effect was applied: undo it and answer
 /// what was undone, or `None` if it had been undone already.
-pub type UndoEffect =
-    for<'c> fn(&'c mut PgConnection, &'c Origin) -> EffectFuture<'c, Option<Value>>;
+pub type UndoEffect = for<'c> fn(Conn<'c>, &'c Origin) -> EffectFuture<'c, Option<Value>>;
 
 /// A saga action (and the 2PC prepare of the same step), declared as data.
 pub struct Action<Req: 'static> {
@@ -144,7 +144,7 @@ pub struct Accepted {
 
 impl Accepted {
     /// Run the effect on `conn` (an open transaction).
-    pub fn run<'c>(self, conn: &'c mut PgConnection, origin: &'c Origin) -> EffectFuture<'c> {
+    pub fn run<'c>(self, conn: Conn<'c>, origin: &'c Origin) -> EffectFuture<'c> {
         self.run.run(conn, origin)
     }
 }
@@ -158,8 +158,7 @@ impl std::fmt::Debug for Accepted {
 }
 
 trait Run: Send {
-    fn run<'c>(self: Box<Self>, conn: &'c mut PgConnection, origin: &'c Origin)
-    -> EffectFuture<'c>;
+    fn run<'c>(self: Box<Self>, conn: Conn<'c>, origin: &'c Origin) -> EffectFuture<'c>;
 }
 
 struct Bound<Req: 'static> {
@@ -168,11 +167,7 @@ struct Bound<Req: 'static> {
 }
 
 impl<Req: Send + 'static> Run for Bound<Req> {
-    fn run<'c>(
-        self: Box<Self>,
-        conn: &'c mut PgConnection,
-        origin: &'c Origin,
-    ) -> EffectFuture<'c> {
+    fn run<'c>(self: Box<Self>, conn: Conn<'c>, origin: &'c Origin) -> EffectFuture<'c> {
         (self.effect)(conn, origin, self.req)
     }
 }

@@ -174,9 +174,9 @@ async fn count_messages(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let (request, response) = message_kinds(req.uri().path());
-    crate::stats::message_received(&app.control, request);
+    crate::stats::message_received(&app.db, request);
     let answer = next.run(req).await;
-    crate::stats::message_sent(&app.control, response);
+    crate::stats::message_sent(&app.db, response);
     answer
 }
 
@@ -250,7 +250,13 @@ pub(crate) async fn prepare_branch(app: &App, req: &PrepareRequest) -> Result<Va
         txn_id: req.txn_id,
         step: req.step,
     };
-    branch::log_preparing(&app.control, id, &req.action, &req.coordinator_url).await?;
+    branch::log_preparing(
+        &app.postgres()?.control,
+        id,
+        &req.action,
+        &req.coordinator_url,
+    )
+    .await?;
     let mut driver = Driver::new(app, id);
     driver.prepare(accepted).await?;
     let vote = driver.sent.iter().find_map(|m| match m {
@@ -300,6 +306,8 @@ fn accept(app: &App, req: &PrepareRequest) -> Result<Accepted, Problem> {
 
 /// 503 naming the setting when this server cannot prepare transactions.
 async fn require_capability(app: &App) -> Result<(), Problem> {
+    // On SQLite: the same answer, naming the SQLite file.
+    app.postgres()?;
     if max_prepared_transactions(app).await? > 0 {
         return Ok(());
     }
@@ -314,9 +322,9 @@ async fn require_capability(app: &App) -> Result<(), Problem> {
 
 async fn max_prepared_transactions(app: &App) -> Result<i64, Problem> {
     let v: String = sqlx::query_scalar("SELECT current_setting('max_prepared_transactions')")
-        .fetch_one(&app.control)
+        .fetch_one(&app.postgres()?.control)
         .await?;
-    crate::stats::read_committed(&app.control);
+    crate::stats::read_committed(&app.db);
     Ok(v.parse().unwrap_or(0))
 }
 
@@ -371,8 +379,8 @@ pub(crate) async fn abort(app: &App, req: &BranchRequest) -> Result<Json<Value>,
 
 /// What the database says about branch `id` now (a read on the control pool).
 async fn seen_now(app: &App, id: BranchId) -> Result<Seen, Problem> {
-    let seen = branch::seen(&mut *app.control.acquire().await?, id).await?;
-    crate::stats::read_committed(&app.control);
+    let seen = branch::seen(&mut *app.postgres()?.control.acquire().await?, id).await?;
+    crate::stats::read_committed(&app.db);
     Ok(seen)
 }
 
@@ -388,7 +396,7 @@ fn unknown(id: BranchId) -> Problem {
 /// `GET /2pc/status`.
 async fn status(State(app): State<App>) -> Result<Json<Value>, Problem> {
     let max = max_prepared_transactions(&app).await?;
-    let prepared = branch::prepared(&app.control, 0).await?;
+    let prepared = branch::prepared(&app.postgres()?.control, 0).await?;
     let waits: Vec<(i32, i64, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT a.pid, (extract(epoch FROM now() - a.query_start) * 1000)::bigint,
                 left(a.query, 200),
@@ -399,9 +407,9 @@ async fn status(State(app): State<App>) -> Result<Json<Value>, Problem> {
          WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
          ORDER BY a.query_start",
     )
-    .fetch_all(&app.control)
+    .fetch_all(&app.postgres()?.control)
     .await?;
-    crate::stats::read_committed(&app.control);
+    crate::stats::read_committed(&app.db);
     let lock_waits: Vec<Value> = waits
         .into_iter()
         .map(|(pid, waiting_ms, query, gid)| {
@@ -514,7 +522,7 @@ impl<'a> Driver<'a> {
     /// Claim the branch and run the effect in a fresh transaction: the vote, or `None` when
     /// the branch is not `preparing` (a duplicate, or aborted meanwhile).
     async fn run_effect(&mut self, accepted: Accepted) -> Result<Option<Vote>, Problem> {
-        let mut work = Work::begin(&self.app.pool).await?;
+        let mut work = Work::begin(&self.app.postgres()?.pool).await?;
         match branch::claim_for_prepare(work.conn(), self.id).await {
             Ok(true) => {}
             Ok(false) => {
@@ -538,7 +546,9 @@ impl<'a> Driver<'a> {
             }
         }
         let origin = Origin::transaction(self.id.txn_id, self.id.step);
-        let outcome = accepted.run(work.conn(), &origin).await;
+        let outcome = accepted
+            .run(crate::store::Conn::Postgres(work.conn()), &origin)
+            .await;
         match outcome {
             Ok(_) => {
                 self.work = Some(work);
@@ -601,7 +611,7 @@ impl<'a> Driver<'a> {
                 Problem::from(e)
             }
         })?;
-        crate::stats::prepared(&self.app.control);
+        crate::stats::prepared(&self.app.db);
         tracing::info!(branch = %self.id, "2pc: prepared");
         crate::crash::point("service.2pc.after_prepare");
         Ok(())
@@ -616,7 +626,7 @@ impl<'a> Driver<'a> {
 
     async fn rollback_prepared(&mut self) -> Result<(), Problem> {
         self.finish_prepared("ROLLBACK PREPARED", false).await?;
-        branch::mark_aborted(&self.app.control, self.id, self.reason.as_ref()).await?;
+        branch::mark_aborted(&self.app.postgres()?.control, self.id, self.reason.as_ref()).await?;
         tracing::info!(branch = %self.id, "2pc: rolled back");
         Ok(())
     }
@@ -625,17 +635,17 @@ impl<'a> Driver<'a> {
     /// concurrent duplicate may have finished the branch first (done), or be finishing it now
     /// (503 busy: resend).
     async fn finish_prepared(&self, verb: &str, commit: bool) -> Result<(), Problem> {
-        let mut conn = self.app.control.acquire().await?;
+        let mut conn = self.app.postgres()?.control.acquire().await?;
         let Err(e) = self.id.run(&mut conn, verb).await else {
             if commit {
-                crate::stats::commit_prepared(&self.app.control);
+                crate::stats::commit_prepared(&self.app.db);
             } else {
-                crate::stats::rollback_prepared(&self.app.control);
+                crate::stats::rollback_prepared(&self.app.db);
             }
             return Ok(());
         };
         let (id, seen) = (self.id, branch::seen(&mut conn, self.id).await?);
-        crate::stats::read_committed(&self.app.control);
+        crate::stats::read_committed(&self.app.db);
         match (seen, commit) {
             (Seen::Prepared, _) => Err(busy(id, &e)),
             (Seen::Committed, true) => Ok(()),
@@ -660,7 +670,7 @@ impl<'a> Driver<'a> {
         if let Some(work) = self.work.take() {
             work.rollback().await?;
         }
-        branch::mark_aborted(&self.app.control, self.id, self.reason.as_ref()).await
+        branch::mark_aborted(&self.app.postgres()?.control, self.id, self.reason.as_ref()).await
     }
 }
 

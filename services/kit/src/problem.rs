@@ -272,12 +272,16 @@ impl IntoResponse for Problem {
 }
 
 /// Database errors: connection trouble, a lock wait past `lock_timeout` (or a `NOWAIT` lock
-/// that is held), a deadlock or a serialization failure are 503 (retry); anything else 500.
+/// that is held), a deadlock or a serialization failure are 503 (retry); so is SQLite's
+/// "database is locked" (`SQLITE_BUSY` and its extended codes, `SQLITE_LOCKED`: the busy
+/// timeout ran out behind another writer). Anything else 500.
 impl From<sqlx::Error> for Problem {
     fn from(e: sqlx::Error) -> Self {
         let code = e.as_database_error().and_then(|d| d.code());
-        if let Some(code @ ("55P03" | "40P01" | "40001")) = code.as_deref() {
-            let slug = if code == "55P03" {
+        if let Some(code @ ("55P03" | "40P01" | "40001" | "5" | "6" | "261" | "517" | "773")) =
+            code.as_deref()
+        {
+            let slug = if matches!(code, "55P03" | "5" | "6" | "261" | "517" | "773") {
                 "lock-timeout"
             } else {
                 "conflict-retry"

@@ -16,10 +16,10 @@
 
 use std::time::Duration;
 
+use crate::store::{Db, query, query_each};
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 use crate::api::{self, Api};
 use crate::barrier::MAX_KEY_LEN;
@@ -144,49 +144,60 @@ async fn forget_handler(
     Json(req): Json<ForgetRequest>,
 ) -> Result<axum::Json<Value>, Problem> {
     req.validate()?;
-    let forgotten = forget(&app.pool, &req.saga_ids).await?;
+    let forgotten = forget(&app.db, &req.saga_ids).await?;
     Ok(axum::Json(json!({ "forgotten": forgotten })))
 }
 
 /// Delete every barrier row of `saga_ids`; the number of rows deleted (0 for sagas unknown here
 /// or already forgotten).
-pub async fn forget(pool: &PgPool, saga_ids: &[String]) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query("DELETE FROM saga_barrier WHERE saga_id = ANY($1)")
+pub async fn forget(db: &Db, saga_ids: &[String]) -> Result<u64, sqlx::Error> {
+    let n = query("DELETE FROM saga_barrier WHERE saga_id = ANY($1)")
         .bind(saga_ids)
-        .execute(pool)
+        .execute(db)
         .await?;
-    if r.rows_affected() > 0 {
-        crate::stats::write_committed(pool);
+    if n > 0 {
+        crate::stats::write_committed(db);
     }
-    Ok(r.rows_affected())
+    Ok(n)
 }
 
 /// One batch of the backstop: delete at most `batch` barrier rows created more than `age` ago
-/// (rows another transaction holds are skipped). The number deleted.
-pub async fn purge_backstop(pool: &PgPool, age: Duration, batch: i64) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+/// (on Postgres rows another transaction holds are skipped; SQLite has one writer at a time).
+/// The number deleted. `db`: the service's [`Db`], or a Postgres pool.
+pub async fn purge_backstop(
+    db: impl Into<Db>,
+    age: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let db = db.into();
+    // Postgres by ctid with SKIP LOCKED (no portable form: each dialect its statement).
+    let n = query_each(
         "DELETE FROM saga_barrier WHERE ctid = ANY(ARRAY( \
              SELECT ctid FROM saga_barrier \
              WHERE created_at < now() - make_interval(secs => $1) \
              LIMIT $2 FOR UPDATE SKIP LOCKED))",
+        "DELETE FROM saga_barrier WHERE rowid IN ( \
+             SELECT rowid FROM saga_barrier \
+             WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('-%f seconds', $1)) \
+             LIMIT $2)",
     )
     .bind(age.as_secs_f64())
     .bind(batch)
-    .execute(pool)
+    .execute(&db)
     .await?;
-    if r.rows_affected() > 0 {
-        crate::stats::write_committed(pool);
+    if n > 0 {
+        crate::stats::write_committed(&db);
     }
-    Ok(r.rows_affected())
+    Ok(n)
 }
 
 /// Every [`BACKSTOP_EVERY`], the backstop in batches until a batch comes back short. Runs until
 /// the task is dropped or aborted.
-pub async fn backstop_loop(pool: PgPool, age: Duration) {
+pub async fn backstop_loop(pool: Db, age: Duration) {
     loop {
         let mut total = 0;
         loop {
-            match purge_backstop(&pool, age, BACKSTOP_BATCH).await {
+            match purge_backstop(pool.clone(), age, BACKSTOP_BATCH).await {
                 Ok(n) => {
                     total += n;
                     if n < BACKSTOP_BATCH as u64 {

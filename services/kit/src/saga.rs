@@ -7,8 +7,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::PgConnection;
-use sqlx::postgres::PgRow;
 
 use crate::api::{self, Api, Op as Doc};
 use crate::barrier::{self, Barrier, IdempotencyKey, Op, Prior};
@@ -17,6 +15,7 @@ use crate::faults::{Message, Sender};
 use crate::http::{Json, Query};
 use crate::problem::{Issues, Problem};
 use crate::service::App;
+use crate::store::{Conn, FromBoth, query};
 
 /// The routes of every action and compensation in `app`'s spec, and `GET /healthz`.
 pub fn routes(app: &App) -> Api<App> {
@@ -126,7 +125,7 @@ fn parse_compensation(key: &IdempotencyKey, body: Value) -> Result<CompensationR
 /// Run the compensation's effect when its action was applied; either way answer with its
 /// `undone` member saying whether something was undone.
 fn undo<'c>(
-    conn: &'c mut PgConnection,
+    conn: Conn<'c>,
     origin: &'c Origin,
     prior: Prior,
     compensation: &'static Compensation,
@@ -146,10 +145,10 @@ fn undo<'c>(
 }
 
 impl App {
-    /// The barrier on this service's pool.
+    /// The barrier on this service's database.
     pub fn barrier(&self) -> Barrier<'_> {
         Barrier {
-            pool: &self.pool,
+            db: &self.db,
             hooks: &self.hooks,
         }
     }
@@ -157,7 +156,7 @@ impl App {
 
 /// `GET /healthz`: 200 when the database answers.
 async fn healthz(State(app): State<App>) -> Result<Json<Value>, Problem> {
-    sqlx::query("SELECT 1").execute(&app.pool).await?;
+    query("SELECT 1").execute(&app.db).await?;
     Ok(Json(json!({ "status": "ok", "service": app.spec.name })))
 }
 
@@ -170,10 +169,11 @@ struct ByOrder {
     order_id: Option<String>,
 }
 
-/// `GET path`: an audit list, the rows `sql` selects for `$1` = the required `?order_id=`.
+/// `GET path`: an audit list, the rows `sql` selects for `$1` = the required `?order_id=`
+/// (portable SQL, see [`crate::store`]; `Row` decodes from both backends' rows).
 pub fn by_order<Row>(api: Api<App>, path: &str, what: &str, sql: &'static str) -> Api<App>
 where
-    Row: for<'r> sqlx::FromRow<'r, PgRow> + Serialize + Send + Unpin + 'static,
+    Row: FromBoth + Serialize + 'static,
 {
     api.route(
         path,
@@ -186,10 +186,7 @@ where
             let Some(order_id) = q.order_id else {
                 return Err(Problem::invalid("/query/order_id", "is required"));
             };
-            let rows: Vec<Row> = sqlx::query_as(sql)
-                .bind(&order_id)
-                .fetch_all(&app.pool)
-                .await?;
+            let rows: Vec<Row> = query(sql).bind(&order_id).fetch_all(&app.db).await?;
             Ok::<_, Problem>(Json(rows))
         },
     )

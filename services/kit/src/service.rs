@@ -2,11 +2,20 @@
 //! Inventory, payment and shipping differ only in their [`Spec`] (name, port, migrations, their
 //! actions and compensations as data, their read routes); everything else about running them
 //! is here, once.
+//!
+//! The store is chosen here, once, by the URL ([`build`]): Postgres (the default) or an
+//! embedded SQLite file (`DATABASE_URL=sqlite:///path/x.db`, see [`crate::sqlite`]). Either
+//! way the saga endpoints, the barrier, retention, the reads, `/healthz`, `/metrics`, `/stats`
+//! and `/faults` run on [`App::db`] ([`crate::store`]). What needs Postgres itself — the 2PC,
+//! 3PC and Paxos participants (prepared transactions), their start-up recovery and gauges,
+//! the choreography's outbox relay, `DATABASE_OWNER_URL` — asks [`App::postgres`], which on
+//! SQLite is one clear refusal.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::http::StatusCode;
 use clap::{Args, FromArgMatches};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -16,6 +25,8 @@ use crate::auth::{Access, Auth, AuthConfig, Rule, rule};
 use crate::effect::{ActionEndpoint, Compensation};
 use crate::faults::{Faults, Switch};
 use crate::hooks::TestHooks;
+use crate::problem::Problem;
+use crate::store::Db;
 
 /// What makes a service this service.
 pub struct Spec {
@@ -29,6 +40,9 @@ pub struct Spec {
     /// The service's own migrations (`sqlx::migrate!`); the kit adds the barrier table (see
     /// [`crate::barrier::migrator`]).
     pub migrations: &'static Migrator,
+    /// The same schema for SQLite (`migrations/sqlite/<service>/`, numbered from 2 too); the
+    /// kit adds its SQLite barrier table ([`Spec::sqlite_migrator`]).
+    pub sqlite_migrations: &'static Migrator,
     /// The saga actions (each also a 2PC prepare), served by [`crate::saga`].
     pub actions: &'static [&'static dyn ActionEndpoint],
     /// The saga compensations, served by [`crate::saga`].
@@ -84,6 +98,13 @@ impl Spec {
         ))
     }
 
+    /// The migrations of this service's SQLite database: the barrier table (and its backstop
+    /// index) plus its own. The 2PC / 3PC tables and the outbox are Postgres only.
+    pub fn sqlite_migrator(&self) -> Migrator {
+        let own = Migrator::with_migrations(self.sqlite_migrations.migrations.to_vec());
+        crate::retention::with_backstop_index(crate::barrier::sqlite_migrator(own))
+    }
+
     /// Connect (creating the database if missing) and apply the migrations.
     pub async fn build(&'static self, config: Config) -> Result<App, Error> {
         build(self, config).await
@@ -95,7 +116,8 @@ impl Spec {
 pub struct Config {
     /// This service's own database, as its runtime role. Without DATABASE_OWNER_URL it is also
     /// created if missing and migrated at start with this role (the zero-setup path, logged as
-    /// privileged).
+    /// privileged). `sqlite:///path/file.db`: an embedded SQLite file instead (created if
+    /// missing; no 2PC / 3PC / Paxos participant, no choreography).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
     /// The same database as its owner role: when set, migrations run with it (one connection at
@@ -210,10 +232,11 @@ fn leak(s: String) -> &'static str {
 /// A ready service: connected, migrated.
 #[derive(Debug, Clone)]
 pub struct App {
-    /// Business statements (with `lock_timeout`).
-    pub pool: PgPool,
-    /// Commit / abort / recovery of prepared transactions only (no `lock_timeout`).
-    pub control: PgPool,
+    /// Business statements, on either store ([`crate::store`]; on Postgres with
+    /// `lock_timeout`).
+    pub db: Db,
+    /// On Postgres, its pools (see [`App::postgres`]); `None` on SQLite.
+    pg: Option<Postgres>,
     pub faults: Faults,
     /// This node's name ([`Config::node_name`]).
     pub node: String,
@@ -231,9 +254,83 @@ pub struct App {
     pub lost_at_start: std::sync::Arc<std::sync::Mutex<Vec<crate::participant::branch::BranchId>>>,
 }
 
-/// Apply the service's migrations (as the owner role when configured, see [`crate::db::migrate`]),
-/// then open the runtime pools.
+/// The pools of a service on Postgres.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    /// Business statements (with `lock_timeout`): the same pool as [`App::db`]'s.
+    pub pool: PgPool,
+    /// Commit / abort / recovery of prepared transactions only (no `lock_timeout`).
+    pub control: PgPool,
+}
+
+/// Open the store `config.database_url` names (the one place the backend is chosen), migrated.
+/// Then, on Postgres, recover the 2PC branches a crash left.
 pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
+    let (db, pg) = if crate::sqlite::is_sqlite(&config.database_url) {
+        (open_sqlite(spec, &config).await?, None)
+    } else {
+        let pg = open_postgres(spec, &config).await?;
+        (Db::Postgres(pg.pool.clone()), Some(pg))
+    };
+    let auth = Auth::load(&config.auth)?;
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| spec.name.to_string());
+    let app = App {
+        db,
+        pg,
+        faults: Faults::for_node(config.fault_injection, &node),
+        node,
+        hooks: TestHooks::default(),
+        spec,
+        in_doubt_after: std::time::Duration::from_millis(config.in_doubt_after_ms),
+        barrier_backstop: (config.barrier_backstop_days > 0)
+            .then(|| std::time::Duration::from_secs(config.barrier_backstop_days * 86_400)),
+        auth,
+        lost_at_start: std::sync::Arc::default(),
+    };
+    if app.pg.is_some() {
+        crate::participant::recover_at_start(&app)
+            .await
+            .map_err(|p| Error::Recovery(p.to_string()))?;
+    }
+    Ok(app)
+}
+
+/// SQLite: open the file (created if missing) and apply the SQLite schema. There is no owner
+/// role to migrate as: `DATABASE_OWNER_URL` is refused.
+async fn open_sqlite(spec: &'static Spec, config: &Config) -> Result<Db, Error> {
+    let migrate_err = |source: crate::db::MigrateFailed| Error::Migrate {
+        service: spec.name,
+        source: Box::new(source),
+    };
+    if config
+        .database_owner_url
+        .as_deref()
+        .is_some_and(|u| !u.is_empty())
+    {
+        return Err(Error::Connect(
+            format!(
+                "DATABASE_OWNER_URL is set but DATABASE_URL names a SQLite file ({}): the owner \
+                 and runtime roles are Postgres's (docs/security.md); unset it, or use Postgres",
+                config.database_url
+            )
+            .into(),
+        ));
+    }
+    let pool = crate::sqlite::open(&config.database_url, config.db_pool_size).await?;
+    spec.sqlite_migrator()
+        .run(&pool)
+        .await
+        .map_err(|e| migrate_err(crate::db::MigrateFailed::Migrate(e)))?;
+    tracing::info!(url = %config.database_url, "{}: on SQLite (embedded store)", spec.name);
+    Ok(Db::Sqlite(pool))
+}
+
+/// Postgres: migrate (as the owner role when configured, see [`crate::db::migrate`]), then
+/// open the runtime pools.
+async fn open_postgres(spec: &'static Spec, config: &Config) -> Result<Postgres, Error> {
     crate::db::migrate(
         &config.database_url,
         config.database_owner_url.as_deref(),
@@ -244,7 +341,6 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
         service: spec.name,
         source: Box::new(source),
     })?;
-    let auth = Auth::load(&config.auth)?;
     let business_url = with_lock_timeout(&config.database_url, config.lock_timeout_ms);
     let pool = crate::db::open(&business_url, config.db_pool_size)
         .await
@@ -257,27 +353,7 @@ pub async fn build(spec: &'static Spec, config: Config) -> Result<App, Error> {
     let control = crate::db::open(&control_url, config.control_pool_size)
         .await
         .map_err(|e| Error::Connect(e.into()))?;
-    let node = config
-        .node_name
-        .clone()
-        .unwrap_or_else(|| spec.name.to_string());
-    let app = App {
-        pool,
-        control,
-        faults: Faults::for_node(config.fault_injection, &node),
-        node,
-        hooks: TestHooks::default(),
-        spec,
-        in_doubt_after: std::time::Duration::from_millis(config.in_doubt_after_ms),
-        barrier_backstop: (config.barrier_backstop_days > 0)
-            .then(|| std::time::Duration::from_secs(config.barrier_backstop_days * 86_400)),
-        auth,
-        lost_at_start: std::sync::Arc::default(),
-    };
-    crate::participant::recover_at_start(&app)
-        .await
-        .map_err(|p| Error::Recovery(p.to_string()))?;
-    Ok(app)
+    Ok(Postgres { pool, control })
 }
 
 /// `lock_timeout` of the control pool.
@@ -290,6 +366,44 @@ fn with_lock_timeout(url: &str, ms: u64) -> String {
 }
 
 impl App {
+    /// The Postgres pools, for what needs prepared transactions (the 2PC / 3PC / Paxos
+    /// participants). On SQLite: the answer a Postgres without `max_prepared_transactions`
+    /// gives (503 `prepared-transactions-disabled`), its detail naming the SQLite file.
+    #[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
+    pub fn postgres(&self) -> Result<&Postgres, Problem> {
+        self.pg.as_ref().ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "prepared-transactions-disabled",
+                "Prepared transactions are disabled",
+            )
+            .detail(format!(
+                "this needs Postgres (prepared transactions): this service runs on SQLite {}",
+                self.db.name()
+            ))
+            .with("setting", "max_prepared_transactions")
+            .with("store", "sqlite")
+        })
+    }
+
+    /// The Postgres pools for `what` (a feature that needs Postgres), or 503 `needs-postgres`
+    /// naming it and the SQLite file.
+    #[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
+    pub fn postgres_for(&self, what: &str) -> Result<&Postgres, Problem> {
+        self.pg.as_ref().ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "needs-postgres",
+                "This needs Postgres",
+            )
+            .detail(format!(
+                "{what} needs Postgres: this service runs on SQLite {}",
+                self.db.name()
+            ))
+            .with("store", "sqlite")
+        })
+    }
+
     /// The service's routes, its saga endpoints, `/healthz`, the fault endpoints and the shared
     /// ones (`/noop`, `/stats`, 404).
     pub fn router(&self) -> Router {
@@ -299,10 +413,13 @@ impl App {
             .merge(crate::paxos::routes())
             .merge(crate::retention::routes())
             .merge(crate::three_phase::routes());
-        let scrape = crate::metrics::Scrape::default()
-            .pool("business", &self.pool)
-            .pool("control", &self.control)
-            .prepared_transactions(&self.control);
+        let scrape = match &self.pg {
+            Some(pg) => crate::metrics::Scrape::default()
+                .pool("business", &pg.pool)
+                .pool("control", &pg.control)
+                .prepared_transactions(&pg.control),
+            None => crate::metrics::Scrape::default(),
+        };
         crate::http::finish_with(
             own.with_state(self.clone()).merge(self.faults.routes()),
             scrape,
@@ -343,15 +460,19 @@ impl App {
         let addr = listener.local_addr().map_err(Error::Serve)?;
         self.auth.check_exposure(addr, self.spec.name)?;
         tracing::info!(%addr, faults = self.faults.enabled(), "{} listening", self.spec.name);
-        let resolver = tokio::spawn(crate::participant::resolve_in_doubt(
-            self.clone(),
-            self.in_doubt_after,
-        ));
+        let resolver = self.pg.is_some().then(|| {
+            tokio::spawn(crate::participant::resolve_in_doubt(
+                self.clone(),
+                self.in_doubt_after,
+            ))
+        });
         let backstop = self
             .barrier_backstop
-            .map(|age| tokio::spawn(crate::retention::backstop_loop(self.pool.clone(), age)));
+            .map(|age| tokio::spawn(crate::retention::backstop_loop(self.db.clone(), age)));
         let served = crate::http::serve(listener, self.router(), shutdown).await;
-        resolver.abort();
+        if let Some(r) = resolver {
+            r.abort();
+        }
         if let Some(b) = backstop {
             b.abort();
         }
@@ -385,6 +506,11 @@ pub async fn main_with(
     let app = build(spec, config).await?;
     let _choreo = match (step, nats_url) {
         (Some(step), Some(url)) if !url.is_empty() => {
+            if let Err(why) =
+                app.postgres_for("the choreographed checkout (NATS_URL: its outbox relay)")
+            {
+                return Err(Error::Nats(why.detail.unwrap_or_default()));
+            }
             let js = crate::choreo::connect(&url).await.map_err(Error::Nats)?;
             tracing::info!(%url, step = step.name, "choreographed checkout: relay and consumer on");
             Some(crate::choreo::step::Worker::start(app.clone(), step, js))
@@ -405,6 +531,7 @@ mod tests {
         about: "an example service",
         port: 8089,
         migrations: &Migrator::DEFAULT,
+        sqlite_migrations: &Migrator::DEFAULT,
         actions: &[],
         compensations: &[],
         routes: crate::api::Api::new,

@@ -11,6 +11,17 @@ impl Served {
         .await
     }
 
+    /// [`Served::with_faults`] on `store`.
+    pub async fn with_faults_on(
+        store: crate::testing::Store,
+        spec: &'static crate::service::Spec,
+    ) -> Served {
+        Served::start_on(store, spec, |c| {
+            c.fault_injection = crate::faults::Switch::On;
+        })
+        .await
+    }
+
     /// `GET {path}?order_id={order}`, which must answer 200 with a JSON array: its items.
     pub async fn list(&self, path: &str, order: &str) -> Vec<serde_json::Value> {
         let (status, body) = self.get(&format!("{path}?order_id={order}")).await;
@@ -103,7 +114,13 @@ impl Served {
     /// A guard that rolls back this service's prepared transactions at the end of the test.
     pub fn prepared_cleanup(&self) -> PreparedCleanup {
         PreparedCleanup {
-            options: (*self.app.control.connect_options()).clone(),
+            options: (*self
+                .app
+                .postgres()
+                .expect("a Postgres service")
+                .control
+                .connect_options())
+            .clone(),
         }
     }
 }
@@ -151,7 +168,7 @@ impl Served {
     /// CI a test may skip when it cannot; with `CI=true` this panics naming the setting.
     pub async fn can_prepare(&self) -> bool {
         let max: String = sqlx::query_scalar("SELECT current_setting('max_prepared_transactions')")
-            .fetch_one(&self.app.control)
+            .fetch_one(&self.app.postgres().expect("a Postgres service").control)
             .await
             .unwrap();
         let can = max.parse::<i64>().unwrap_or(0) > 0;

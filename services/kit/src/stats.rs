@@ -97,46 +97,77 @@ pub fn critical_paths_disturbed() -> BTreeMap<u32, u64> {
 static BY_DATABASE: LazyLock<Mutex<BTreeMap<String, Arc<Counters>>>> =
     LazyLock::new(|| Mutex::new(BTreeMap::new()));
 
-fn counters(pool: &PgPool) -> Arc<Counters> {
-    let opts = pool.connect_options();
-    let db = opts.get_database().unwrap_or("postgres");
-    let mut map = BY_DATABASE.lock().expect("stats lock");
-    if let Some(c) = map.get(db) {
-        return c.clone();
+/// A database the counters are kept for, by name: a Postgres pool, or a service's
+/// [`crate::store::Db`] (a SQLite one by its file).
+pub trait Counted {
+    fn with_name<R>(&self, f: impl FnOnce(&str) -> R) -> R;
+}
+
+impl<T: Counted + ?Sized> Counted for &T {
+    fn with_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        (**self).with_name(f)
     }
-    map.entry(db.to_string()).or_default().clone()
+}
+
+impl Counted for PgPool {
+    fn with_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let opts = self.connect_options();
+        f(opts.get_database().unwrap_or("postgres"))
+    }
+}
+
+impl Counted for crate::store::Db {
+    fn with_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            crate::store::Db::Postgres(pool) => pool.with_name(f),
+            crate::store::Db::Sqlite(pool) => {
+                let opts = pool.connect_options();
+                f(&opts.get_filename().to_string_lossy())
+            }
+        }
+    }
+}
+
+fn counters(pool: &(impl Counted + ?Sized)) -> Arc<Counters> {
+    pool.with_name(|db| {
+        let mut map = BY_DATABASE.lock().expect("stats lock");
+        if let Some(c) = map.get(db) {
+            return c.clone();
+        }
+        map.entry(db.to_string()).or_default().clone()
+    })
 }
 
 /// A transaction that may write was committed on `pool` (a batch of k sagas' writes counts 1).
-pub fn write_committed(pool: &PgPool) {
+pub fn write_committed(pool: &(impl Counted + ?Sized)) {
     counters(pool).writes.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A read-only transaction (an autocommit `SELECT`) ran on `pool`.
-pub fn read_committed(pool: &PgPool) {
+pub fn read_committed(pool: &(impl Counted + ?Sized)) {
     counters(pool).reads.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A `PREPARE TRANSACTION` succeeded on `pool`'s database.
-pub fn prepared(pool: &PgPool) {
+pub fn prepared(pool: &(impl Counted + ?Sized)) {
     counters(pool).prepared.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A `COMMIT PREPARED` succeeded on `pool` (also a write: its statement transaction commits).
-pub fn commit_prepared(pool: &PgPool) {
+pub fn commit_prepared(pool: &(impl Counted + ?Sized)) {
     let c = counters(pool);
     c.commit_prepared.fetch_add(1, Ordering::Relaxed);
     c.writes.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A `ROLLBACK PREPARED` succeeded on `pool` (also a write, as for `pg_stat_database`).
-pub fn rollback_prepared(pool: &PgPool) {
+pub fn rollback_prepared(pool: &(impl Counted + ?Sized)) {
     let c = counters(pool);
     c.rollback_prepared.fetch_add(1, Ordering::Relaxed);
     c.writes.fetch_add(1, Ordering::Relaxed);
 }
 
-fn message(pool: &PgPool, kind: &'static str, sent: bool) {
+fn message(pool: &(impl Counted + ?Sized), kind: &'static str, sent: bool) {
     let c = counters(pool);
     let mut m = c.messages.lock().expect("stats lock");
     let e = m.entry(kind).or_default();
@@ -148,12 +179,12 @@ fn message(pool: &PgPool, kind: &'static str, sent: bool) {
 }
 
 /// The component of `pool`'s database sent a message of `kind` (a request, or a response).
-pub fn message_sent(pool: &PgPool, kind: &'static str) {
+pub fn message_sent(pool: &(impl Counted + ?Sized), kind: &'static str) {
     message(pool, kind, true);
 }
 
 /// The component of `pool`'s database received a message of `kind`.
-pub fn message_received(pool: &PgPool, kind: &'static str) {
+pub fn message_received(pool: &(impl Counted + ?Sized), kind: &'static str) {
     message(pool, kind, false);
 }
 

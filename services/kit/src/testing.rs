@@ -8,6 +8,8 @@
 //!   ([`crate::provision`]), all dropped when the test ends, pass or fail (roles are
 //!   cluster-wide: none is left behind).
 //! - [`recorder`]: a stand-in peer that records what is posted to it.
+//! - [`Store`], [`Served::start_on`], [`TempFiles`]: the same on a SQLite file, and
+//!   [`crate::on_both_stores`]: one test body run on both stores (the conformance suite).
 //! - [`missing_prerequisite`]: how a test reacts to a missing tool or server (skip outside CI,
 //!   fail with `CI=true`).
 
@@ -329,6 +331,51 @@ pub struct Served {
     pub app: crate::service::App,
     /// The service's database: dropped when the test passes, kept when it fails.
     pub database: TestDatabases,
+    /// On SQLite, its file's directory (removed when the test passes, kept when it fails).
+    pub files: Option<TempFiles>,
+}
+
+/// Which store a test runs a service on ([`Served::start_on`], [`crate::on_both_stores`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// A fresh Postgres database ([`fresh_database`]).
+    Postgres,
+    /// A fresh SQLite file in a temporary directory ([`TempFiles`]).
+    Sqlite,
+}
+
+/// A temporary directory for a test's SQLite files: removed when the test passes, kept (and
+/// named) when it fails.
+#[derive(Debug)]
+pub struct TempFiles {
+    pub dir: std::path::PathBuf,
+}
+
+impl TempFiles {
+    /// A new empty directory `tandem_t_<name>_<random>` under the system's temporary one.
+    pub fn new(name: &str) -> TempFiles {
+        let dir = std::env::temp_dir().join(unique_prefix(name));
+        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+        TempFiles { dir }
+    }
+
+    /// The URL of SQLite file `file` in this directory.
+    pub fn sqlite_url(&self, file: &str) -> String {
+        crate::sqlite::url(&self.dir.join(file))
+    }
+}
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed: its SQLite files are kept for inspection: {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 impl Served {
@@ -344,6 +391,27 @@ impl Served {
         let mut config = crate::service::Config::with_database(database.first_url());
         adjust(&mut config);
         Served::serve(spec, config, database).await
+    }
+
+    /// [`Served::start`] on `store`: a fresh Postgres database, or a fresh SQLite file.
+    pub async fn start_on(
+        store: Store,
+        spec: &'static crate::service::Spec,
+        adjust: impl FnOnce(&mut crate::service::Config),
+    ) -> Served {
+        match store {
+            Store::Postgres => Served::start(spec, adjust).await,
+            Store::Sqlite => {
+                let files = TempFiles::new(spec.name);
+                let mut config =
+                    crate::service::Config::with_database(files.sqlite_url("service.db"));
+                adjust(&mut config);
+                let mut served =
+                    Served::serve(spec, config, TestDatabases::new(server_url(), [])).await;
+                served.files = Some(files);
+                served
+            }
+        }
     }
 
     /// Build `spec` with `config` and serve it until the test ends; `database` is the guard of
@@ -362,6 +430,7 @@ impl Served {
             http: reqwest::Client::new(),
             app,
             database,
+            files: None,
         }
     }
 
@@ -402,10 +471,20 @@ impl Served {
             table.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
             "{table:?} is not a plain table name"
         );
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(&self.app.pool)
-            .await
-            .unwrap()
+        let sql = format!("SELECT count(*) FROM {table}");
+        match &self.app.db {
+            crate::store::Db::Postgres(pool) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(pool)
+                    .await
+            }
+            crate::store::Db::Sqlite(pool) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .unwrap()
     }
 
     /// Install a fault (`POST /faults`), which must be accepted.
@@ -531,6 +610,33 @@ fn concrete_path(template: &str, item: &serde_json::Value) -> String {
         )
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Run each named test on both stores: `on_both_stores!(a, b)` where each is an `async fn
+/// a(store: Store)` in scope makes the tests `pg::a`, `sqlite::a`, `pg::b`, `sqlite::b` (a
+/// store-specific test is an ordinary `#[tokio::test]` beside them).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        /// The conformance tests on Postgres.
+        mod pg {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::testing::Store::Postgres).await
+                }
+            )*
+        }
+        /// The conformance tests on SQLite.
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::testing::Store::Sqlite).await
+                }
+            )*
+        }
+    };
 }
 
 #[cfg(test)]

@@ -544,7 +544,7 @@ async fn receive<C: Core>(
         Err(refused) => return refused,
         Ok(injection) => injection,
     };
-    crate::stats::message_received(&app.control, C::kind(env.msg.as_ref()));
+    crate::stats::message_received(&app.db, C::kind(env.msg.as_ref()));
     let answer = match check::<C>(&env) {
         Err(p) => p.into_response(),
         Ok(()) => match deliver::<C>(&app, env).await {
@@ -702,9 +702,9 @@ impl<'a, C: Core> Branch<'a, C> {
         )
         .bind(id.txn_id)
         .bind(i32::from(id.step))
-        .fetch_optional(&app.control)
+        .fetch_optional(&app.postgres()?.control)
         .await?;
-        crate::stats::read_committed(&app.control);
+        crate::stats::read_committed(&app.db);
         let default_q = Quorums::majority(first.n);
         let mut b = Branch {
             app,
@@ -778,8 +778,9 @@ impl<'a, C: Core> Branch<'a, C> {
             },
             _ => Quorums::majority(n),
         };
-        let seen = branch::seen(&mut *self.app.control.acquire().await?, self.id).await?;
-        crate::stats::read_committed(&self.app.control);
+        let seen =
+            branch::seen(&mut *self.app.postgres()?.control.acquire().await?, self.id).await?;
+        crate::stats::read_committed(&self.app.db);
         let log: &[Record] = match (&seen, row.state.as_str()) {
             (Seen::Committed, _) => &[Record::Prepared, Record::Committed],
             (Seen::Aborted { .. }, _) => &[Record::Aborted],
@@ -814,9 +815,9 @@ impl<'a, C: Core> Branch<'a, C> {
         .bind(C::PROTOCOL)
         .bind(quorum.then_some(i32::from(q.commit)))
         .bind(quorum.then_some(i32::from(q.abort)))
-        .execute(&self.app.control)
+        .execute(&self.app.postgres()?.control)
         .await?;
-        crate::stats::write_committed(&self.app.control);
+        crate::stats::write_committed(&self.app.db);
         Ok(())
     }
 
@@ -943,9 +944,9 @@ impl<'a, C: Core> Branch<'a, C> {
         .bind(i32::from(self.id.step))
         .bind(self.core.state_name())
         .bind(i32::from(self.core.round()))
-        .execute(&self.app.control)
+        .execute(&self.app.postgres()?.control)
         .await?;
-        crate::stats::write_committed(&self.app.control);
+        crate::stats::write_committed(&self.app.db);
         Ok(())
     }
 
@@ -968,7 +969,7 @@ impl<'a, C: Core> Branch<'a, C> {
             self.http.clone(),
             self.timeout,
             self.tx.clone(),
-            self.app.control.clone(),
+            self.app.db.clone(),
         );
         let id = self.id;
         tokio::spawn(async move {
@@ -1027,16 +1028,16 @@ async fn view(State(app): State<App>, Path(txn_id): Path<Uuid>) -> Result<Json<V
          WHERE txn_id = $1 ORDER BY step",
     )
     .bind(txn_id)
-    .fetch_all(&app.control)
+    .fetch_all(&app.postgres()?.control)
     .await?;
-    crate::stats::read_committed(&app.control);
+    crate::stats::read_committed(&app.db);
     let mut branches = vec![];
     for (step, state, term, updated_at, protocol, created_at) in rows {
         let id = BranchId {
             txn_id,
             step: u16::try_from(step).unwrap_or(0),
         };
-        let seen = branch::seen(&mut *app.control.acquire().await?, id).await?;
+        let seen = branch::seen(&mut *app.postgres()?.control.acquire().await?, id).await?;
         branches.push(json!({
             "step": step, "state": state, "term": term, "updated_at": updated_at,
             "prepared": seen == Seen::Prepared, "protocol": protocol, "created_at": created_at,

@@ -370,7 +370,7 @@ async fn a_late_action_after_a_timeout_has_no_effect() {
     let (status, origin): (i16, String) = sqlx::query_as(
         "SELECT status, origin FROM saga_barrier WHERE saga_id = 'late-1' AND step = 'charge_payment' AND op = 'action'",
     )
-    .fetch_one(&s.payment.app.pool)
+    .fetch_one(&s.payment.app.postgres().unwrap().pool)
     .await
     .unwrap();
     assert_eq!((status, origin.as_str()), (409, "compensation"));
@@ -542,9 +542,9 @@ async fn finished_orders_past_retention_are_forgotten_by_every_service_and_their
     assert_eq!(s.settled("keep-1").await["status"], "completed");
     assert_eq!(s.settled("gone-1").await["status"], "compensated");
     let services = [
-        ("inventory", &s.inventory.app.pool),
-        ("payment", &s.payment.app.pool),
-        ("shipping", &s.shipping.app.pool),
+        ("inventory", &s.inventory.app.postgres().unwrap().pool),
+        ("payment", &s.payment.app.postgres().unwrap().pool),
+        ("shipping", &s.shipping.app.postgres().unwrap().pool),
     ];
     // Right after settling, every service still has the orders' barrier rows (the charge was
     // refused: payment recorded the refusal; shipping never acted on the declined one).

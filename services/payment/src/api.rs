@@ -3,13 +3,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 use tandem_kit::Problem;
 use tandem_kit::api::Api;
 use tandem_kit::auth::{Access, rule};
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
+use tandem_kit::store::{Conn, query};
 use uuid::Uuid;
 
 use crate::App;
@@ -90,11 +90,7 @@ fn validate_charge(req: &ChargeRequest, issues: &mut Issues) {
     issues.text("/card_token", &req.card_token, MAX_ID_LEN);
 }
 
-async fn charge(
-    conn: &mut PgConnection,
-    origin: &Origin,
-    req: ChargeRequest,
-) -> Result<Value, Problem> {
+async fn charge(mut conn: Conn<'_>, origin: &Origin, req: ChargeRequest) -> Result<Value, Problem> {
     if req.card_token == DECLINED_CARD_TOKEN {
         tracing::info!(%origin, order_id = %req.order_id, "card declined");
         return Err(Problem::conflict("card-declined", "Card declined")
@@ -104,7 +100,7 @@ async fn charge(
             .with("order_id", req.order_id));
     }
     let id = Uuid::now_v7();
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
+    let created_at: DateTime<Utc> = query(
         "INSERT INTO payments (id, kind, order_id, customer_id, amount_cents, currency, saga_id, step, txn_id)
          VALUES ($1, 'charge', $2, $3, $4, $5, $6, $7, $8)
          RETURNING created_at",
@@ -117,7 +113,7 @@ async fn charge(
     .bind(&origin.run_id)
     .bind(&origin.step)
     .bind(origin.txn_id)
-    .fetch_one(&mut *conn)
+    .scalar(&mut conn)
     .await?;
     tracing::info!(%origin, charge_id = %id, order_id = %req.order_id, amount_cents = req.amount_cents, "charged");
     Ok(json!({
@@ -131,10 +127,10 @@ async fn charge(
     }))
 }
 
-async fn refund(conn: &mut PgConnection, origin: &Origin) -> Result<Option<Value>, Problem> {
+async fn refund(mut conn: Conn<'_>, origin: &Origin) -> Result<Option<Value>, Problem> {
     let refund_id = Uuid::now_v7();
     // One refund per charge (a partial unique index backs the barrier up).
-    let row: Option<(Uuid, String, i64, String, DateTime<Utc>)> = sqlx::query_as(
+    let row: Option<(Uuid, String, i64, String, DateTime<Utc>)> = query(
         "INSERT INTO payments
              (id, kind, order_id, customer_id, amount_cents, currency, saga_id, step, charge_id)
          SELECT $1, 'refund', order_id, customer_id, amount_cents, currency, saga_id, step, id
@@ -145,7 +141,7 @@ async fn refund(conn: &mut PgConnection, origin: &Origin) -> Result<Option<Value
     .bind(refund_id)
     .bind(&origin.run_id)
     .bind(&origin.step)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut conn)
     .await?;
     let Some((charge_id, order_id, amount_cents, currency, created_at)) = row else {
         return Ok(None);

@@ -24,6 +24,7 @@ pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
     about: "Tandem payment service: charges and refunds",
     port: 8082,
     migrations: &sqlx::migrate!("../../migrations/payment"),
+    sqlite_migrations: &sqlx::migrate!("../../migrations/sqlite/payment"),
     actions: &[&api::CHARGE],
     compensations: &[&api::REFUND],
     routes: api::routes,

@@ -4,10 +4,10 @@
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tandem_kit::testing::{Served, assert_problem};
+use tandem_kit::testing::{Served, Store, assert_problem};
 
-async fn spawn() -> Served {
-    Served::with_faults(&payment::SPEC).await
+async fn spawn(store: Store) -> Served {
+    Served::with_faults_on(store, &payment::SPEC).await
 }
 
 async fn charge(svc: &Served, key: &str, order: &str, card: &str) -> (StatusCode, Value) {
@@ -29,9 +29,8 @@ fn charge_body(order: &str, card: &str) -> Value {
     })
 }
 
-#[tokio::test]
-async fn charge_then_refund_exactly_once() {
-    let svc = spawn().await;
+async fn charge_then_refund_exactly_once(store: Store) {
+    let svc = spawn(store).await;
     let (s, charged) = charge(&svc, "s1:charge_payment:action", "o-1", "tok_visa").await;
     assert_eq!(s, StatusCode::CREATED, "{charged}");
     assert_eq!(charged["amount_cents"], 4200);
@@ -71,9 +70,8 @@ async fn charge_then_refund_exactly_once() {
     assert!(svc.list("/payments", "o-2").await.is_empty());
 }
 
-#[tokio::test]
-async fn declined_card_is_409_and_charges_nothing() {
-    let svc = spawn().await;
+async fn declined_card_is_409_and_charges_nothing(store: Store) {
+    let svc = spawn(store).await;
     let (s, b) = charge(&svc, "s1:charge_payment:action", "o-1", "tok_decline").await;
     assert_problem(s, &b, StatusCode::CONFLICT, "card-declined");
     assert!(svc.list("/payments", "o-1").await.is_empty());
@@ -87,9 +85,8 @@ async fn declined_card_is_409_and_charges_nothing() {
     assert!(svc.list("/payments", "o-1").await.is_empty());
 }
 
-#[tokio::test]
-async fn null_compensation_then_hanging_charge_is_refused() {
-    let svc = spawn().await;
+async fn null_compensation_then_hanging_charge_is_refused(store: Store) {
+    let svc = spawn(store).await;
     let (s, b) = refund(&svc, "s1:charge_payment:compensation", "o-1").await;
     assert_eq!((s, &b["refunded"]), (StatusCode::OK, &json!(false)), "{b}");
     let (s, b) = charge(&svc, "s1:charge_payment:action", "o-1", "tok_visa").await;
@@ -97,9 +94,8 @@ async fn null_compensation_then_hanging_charge_is_refused() {
     assert!(svc.list("/payments", "o-1").await.is_empty());
 }
 
-#[tokio::test]
-async fn concurrent_duplicate_charges_charge_once() {
-    let svc = spawn().await;
+async fn concurrent_duplicate_charges_charge_once(store: Store) {
+    let svc = spawn(store).await;
     let results =
         join_all((0..10).map(|_| charge(&svc, "s1:charge_payment:action", "o-1", "tok_visa")))
             .await;
@@ -117,9 +113,8 @@ async fn concurrent_duplicate_charges_charge_once() {
     assert_eq!(svc.list("/payments", "o-1").await.len(), 2);
 }
 
-#[tokio::test]
-async fn effect_then_503_retried_charges_once() {
-    let svc = spawn().await;
+async fn effect_then_503_retried_charges_once(store: Store) {
+    let svc = spawn(store).await;
     svc.fault(json!({ "order_id": "o-1", "kind": "effect_then_503" }))
         .await;
     let (s, b) = charge(&svc, "s1:charge_payment:action", "o-1", "tok_visa").await;
@@ -135,9 +130,8 @@ async fn effect_then_503_retried_charges_once() {
     assert_eq!(svc.list("/payments", "o-1").await[0]["id"], b["charge_id"]);
 }
 
-#[tokio::test]
-async fn transient_refund_failures_then_one_refund() {
-    let svc = spawn().await;
+async fn transient_refund_failures_then_one_refund(store: Store) {
+    let svc = spawn(store).await;
     svc.fault(json!({ "order_id": "o-1", "op": "compensation", "kind": "transient", "times": 3 }))
         .await;
     let (s, _) = charge(&svc, "s1:charge_payment:action", "o-1", "tok_visa").await;
@@ -156,9 +150,8 @@ async fn transient_refund_failures_then_one_refund() {
     assert_eq!(svc.list("/payments", "o-1").await.len(), 2);
 }
 
-#[tokio::test]
-async fn bad_input_is_rejected_and_stores_nothing() {
-    let svc = spawn().await;
+async fn bad_input_is_rejected_and_stores_nothing(store: Store) {
+    let svc = spawn(store).await;
     let good = charge_body("o-1", "tok_visa");
     svc.assert_keys_checked("/charges", &good, "/refunds").await;
     let mutate = |f: &dyn Fn(&mut Value)| {
@@ -197,9 +190,8 @@ async fn bad_input_is_rejected_and_stores_nothing() {
 
 /// Defect: `GET /payments?order_id=%00` answered 500 (Postgres refuses a NUL in text); now a
 /// 422 naming the parameter, as is a NUL in a body field. Nothing is stored.
-#[tokio::test]
-async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
-    let svc = spawn().await;
+async fn a_nul_in_the_query_or_the_body_is_422_naming_it(store: Store) {
+    let svc = spawn(store).await;
     let (s, b) = svc.get("/payments?order_id=%00").await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
     assert_eq!(b["errors"][0]["pointer"], "/query/order_id", "{b}");
@@ -222,7 +214,7 @@ async fn two_pc_prepare_commit_and_a_no_vote() {
         charge_body("o-1", "tok_visa"),
         charge_body("o-2", "tok_decline"),
     );
-    spawn()
+    spawn(Store::Postgres)
         .await
         .assert_two_pc_commit_and_refusal("/charges", "/payments", good, refused, "card-declined")
         .await;
@@ -233,3 +225,15 @@ async fn two_pc_prepare_commit_and_a_no_vote() {
 async fn the_openapi_document_matches_the_router() {
     tandem_kit::service_tests::assert_documented(&payment::SPEC).await;
 }
+
+// The conformance suite: each test above that takes a `Store`, on Postgres and on SQLite.
+tandem_kit::on_both_stores!(
+    charge_then_refund_exactly_once,
+    declined_card_is_409_and_charges_nothing,
+    null_compensation_then_hanging_charge_is_refused,
+    concurrent_duplicate_charges_charge_once,
+    effect_then_503_retried_charges_once,
+    transient_refund_failures_then_one_refund,
+    bad_input_is_rejected_and_stores_nothing,
+    a_nul_in_the_query_or_the_body_is_422_naming_it,
+);

@@ -3,7 +3,6 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 use tandem_kit::Problem;
 use tandem_kit::api::Api;
 use tandem_kit::auth::{Access, rule};
@@ -12,6 +11,7 @@ use tandem_kit::checkout::{Item, validate_address, validate_items};
 use tandem_kit::effect::{Action, Compensation, Origin};
 use tandem_kit::problem::Issues;
 use tandem_kit::saga::by_order;
+use tandem_kit::store::{Conn, query};
 use uuid::Uuid;
 
 use crate::App;
@@ -81,7 +81,7 @@ fn validate_shipment(req: &ShipmentRequest, issues: &mut Issues) {
 }
 
 async fn create(
-    conn: &mut PgConnection,
+    mut conn: Conn<'_>,
     origin: &Origin,
     req: ShipmentRequest,
 ) -> Result<Value, Problem> {
@@ -97,7 +97,7 @@ async fn create(
         );
     }
     let id = Uuid::now_v7();
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
+    let created_at: DateTime<Utc> = query(
         "INSERT INTO shipments (id, order_id, saga_id, step, txn_id, status, address, items, reservation_id)
          VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $8)
          RETURNING created_at",
@@ -110,7 +110,7 @@ async fn create(
     .bind(sqlx::types::Json(&req.address))
     .bind(sqlx::types::Json(&req.items))
     .bind(&req.reservation_id)
-    .fetch_one(&mut *conn)
+    .scalar(&mut conn)
     .await?;
     tracing::info!(%origin, shipment_id = %id, order_id = %req.order_id, "shipment created");
     Ok(json!({
@@ -122,15 +122,15 @@ async fn create(
     }))
 }
 
-async fn cancel(conn: &mut PgConnection, origin: &Origin) -> Result<Option<Value>, Problem> {
-    let row: Option<(Uuid, String)> = sqlx::query_as(
+async fn cancel(mut conn: Conn<'_>, origin: &Origin) -> Result<Option<Value>, Problem> {
+    let row: Option<(Uuid, String)> = query(
         "UPDATE shipments SET status = 'cancelled', cancelled_at = now()
          WHERE saga_id = $1 AND step = $2 AND status = 'created'
          RETURNING id, order_id",
     )
     .bind(&origin.run_id)
     .bind(&origin.step)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut conn)
     .await?;
     let Some((id, order_id)) = row else {
         return Ok(None);

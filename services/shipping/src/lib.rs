@@ -23,6 +23,7 @@ pub static SPEC: tandem_kit::service::Spec = tandem_kit::service::Spec {
     about: "Tandem shipping service: shipments",
     port: 8083,
     migrations: &sqlx::migrate!("../../migrations/shipping"),
+    sqlite_migrations: &sqlx::migrate!("../../migrations/sqlite/shipping"),
     actions: &[&api::CREATE],
     compensations: &[&api::CANCEL],
     routes: api::routes,

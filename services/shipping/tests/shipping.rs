@@ -4,10 +4,10 @@
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tandem_kit::testing::{Served, assert_problem};
+use tandem_kit::testing::{Served, Store, assert_problem};
 
-async fn spawn() -> Served {
-    Served::with_faults(&shipping::SPEC).await
+async fn spawn(store: Store) -> Served {
+    Served::with_faults_on(store, &shipping::SPEC).await
 }
 
 async fn ship(svc: &Served, key: &str, order: &str, country: &str) -> (StatusCode, Value) {
@@ -31,9 +31,8 @@ fn shipment_body(order: &str, country: &str) -> Value {
     })
 }
 
-#[tokio::test]
-async fn shipment_is_created_listed_and_cancelled_once() {
-    let svc = spawn().await;
+async fn shipment_is_created_listed_and_cancelled_once(store: Store) {
+    let svc = spawn(store).await;
     let (s, b) = ship(&svc, "s1:create_shipment:action", "o-1", "FR").await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["status"], "created");
@@ -59,9 +58,8 @@ async fn shipment_is_created_listed_and_cancelled_once() {
     assert!(list[0]["cancelled_at"].is_string());
 }
 
-#[tokio::test]
-async fn undeliverable_country_is_409_and_creates_nothing() {
-    let svc = spawn().await;
+async fn undeliverable_country_is_409_and_creates_nothing(store: Store) {
+    let svc = spawn(store).await;
     let (s, b) = ship(&svc, "s1:create_shipment:action", "o-1", "ZZ").await;
     assert_problem(s, &b, StatusCode::CONFLICT, "undeliverable");
     assert!(svc.list("/shipments", "o-1").await.is_empty());
@@ -70,9 +68,8 @@ async fn undeliverable_country_is_409_and_creates_nothing() {
     assert_eq!(svc.counts(ROWS).await, [0, 2]);
 }
 
-#[tokio::test]
-async fn null_compensation_then_hanging_shipment_is_refused() {
-    let svc = spawn().await;
+async fn null_compensation_then_hanging_shipment_is_refused(store: Store) {
+    let svc = spawn(store).await;
     let (s, b) = cancel(&svc, "s1:create_shipment:compensation", "o-1").await;
     assert_eq!((s, &b["cancelled"]), (StatusCode::OK, &json!(false)), "{b}");
     let (s, b) = ship(&svc, "s1:create_shipment:action", "o-1", "FR").await;
@@ -80,12 +77,11 @@ async fn null_compensation_then_hanging_shipment_is_refused() {
     assert!(svc.list("/shipments", "o-1").await.is_empty());
 }
 
-#[tokio::test]
-async fn concurrent_action_and_compensation_end_consistent() {
+async fn concurrent_action_and_compensation_end_consistent(store: Store) {
     // Whichever wins, the end state is "no live shipment": either created then cancelled, or
     // null compensation then hanging refusal.
     for i in 0..5 {
-        let svc = spawn().await;
+        let svc = spawn(store).await;
         let action = format!("s{i}:create_shipment:action");
         let comp = format!("s{i}:create_shipment:compensation");
         let (a, c) = tokio::join!(ship(&svc, &action, "o-1", "FR"), cancel(&svc, &comp, "o-1"));
@@ -104,9 +100,8 @@ async fn concurrent_action_and_compensation_end_consistent() {
     }
 }
 
-#[tokio::test]
-async fn effect_then_503_and_in_progress_faults() {
-    let svc = spawn().await;
+async fn effect_then_503_and_in_progress_faults(store: Store) {
+    let svc = spawn(store).await;
     svc.fault(json!({ "key": "s1:create_shipment:action", "kind": "effect_then_503" }))
         .await;
     svc.fault(json!({ "order_id": "o-2", "kind": "in_progress", "times": 2 }))
@@ -129,9 +124,8 @@ async fn effect_then_503_and_in_progress_faults() {
     assert_eq!(s, StatusCode::CREATED);
 }
 
-#[tokio::test]
-async fn bad_input_is_rejected_and_stores_nothing() {
-    let svc = spawn().await;
+async fn bad_input_is_rejected_and_stores_nothing(store: Store) {
+    let svc = spawn(store).await;
     let good = shipment_body("o-1", "FR");
     svc.assert_keys_checked("/shipments", &good, "/shipments/cancel")
         .await;
@@ -179,9 +173,8 @@ async fn bad_input_is_rejected_and_stores_nothing() {
 
 /// Defect: `GET /shipments?order_id=%00` answered 500 (Postgres refuses a NUL in text); now a
 /// 422 naming the parameter, as is a NUL in a nested body field. Nothing is stored.
-#[tokio::test]
-async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
-    let svc = spawn().await;
+async fn a_nul_in_the_query_or_the_body_is_422_naming_it(store: Store) {
+    let svc = spawn(store).await;
     let (s, b) = svc.get("/shipments?order_id=%00").await;
     assert_problem(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input");
     assert_eq!(b["errors"][0]["pointer"], "/query/order_id", "{b}");
@@ -201,7 +194,7 @@ async fn a_nul_in_the_query_or_the_body_is_422_naming_it() {
 #[tokio::test]
 async fn two_pc_prepare_commit_and_a_no_vote() {
     let (good, refused) = (shipment_body("o-1", "FR"), shipment_body("o-2", "ZZ"));
-    spawn()
+    spawn(Store::Postgres)
         .await
         .assert_two_pc_commit_and_refusal(
             "/shipments",
@@ -218,3 +211,14 @@ async fn two_pc_prepare_commit_and_a_no_vote() {
 async fn the_openapi_document_matches_the_router() {
     tandem_kit::service_tests::assert_documented(&shipping::SPEC).await;
 }
+
+// The conformance suite: each test above that takes a `Store`, on Postgres and on SQLite.
+tandem_kit::on_both_stores!(
+    shipment_is_created_listed_and_cancelled_once,
+    undeliverable_country_is_409_and_creates_nothing,
+    null_compensation_then_hanging_shipment_is_refused,
+    concurrent_action_and_compensation_end_consistent,
+    effect_then_503_and_in_progress_faults,
+    bad_input_is_rejected_and_stores_nothing,
+    a_nul_in_the_query_or_the_body_is_422_naming_it,
+);

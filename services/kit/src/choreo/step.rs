@@ -31,6 +31,7 @@ use crate::effect::{ActionEndpoint, Compensation};
 use crate::faults::{Message, Sender};
 use crate::problem::Problem;
 use crate::service::App;
+use crate::store::Conn;
 
 /// Deliveries of an action's event before it counts as an exhausted retry (→ `failed`).
 /// Compensations are retried without limit (they never fail for business reasons).
@@ -80,11 +81,22 @@ pub const RELAY_POLL: Duration = Duration::from_millis(200);
 impl Worker {
     /// Start `step` for `app`: its outbox relay, and its durable consumer (named after the
     /// service).
+    ///
+    /// The outbox relay needs Postgres: on SQLite this logs why and starts nothing (a service
+    /// binary refuses `NATS_URL` on SQLite at start-up instead, see [`crate::service`]).
     pub fn start(app: App, step: &'static Step, js: jetstream::Context) -> Worker {
-        let relay = Relay::new(app.pool.clone(), js.clone(), RELAY_POLL);
+        let pool = match app.postgres_for("the choreographed checkout (its outbox relay)") {
+            Ok(pg) => pg.pool.clone(),
+            Err(why) => {
+                tracing::error!(step = step.name, "{why}: not started");
+                return Worker { tasks: Vec::new() };
+            }
+        };
+        let relay = Relay::new(pool.clone(), js.clone(), RELAY_POLL);
         let durable = app.spec.name.to_string();
         let handler = Handler {
             app,
+            pool,
             step,
             relay: relay.clone(),
         };
@@ -106,6 +118,8 @@ impl Worker {
 #[derive(Clone)]
 struct Handler {
     app: App,
+    /// The service's Postgres pool (the outbox is Postgres only).
+    pool: sqlx::PgPool,
     step: &'static Step,
     relay: Relay,
 }
@@ -121,7 +135,7 @@ enum Transient {
 impl Handler {
     async fn handle(&self, event: Event, delivered: i64) -> Disposition {
         if event.event == Kind::Forgotten {
-            return match super::forget_order(&self.app.pool, &event.order_id, true).await {
+            return match super::forget_order(&self.pool, &event.order_id, true).await {
                 Ok(_) => Disposition::Ack,
                 Err(e) => {
                     tracing::warn!(order = %event.order_id, error = %e, "forget not done; redelivery");
@@ -160,7 +174,7 @@ impl Handler {
         let mut failed = event.next(Kind::Failed);
         failed.step = Some(self.step.name.to_string());
         failed.reason = Some(reason.to_string());
-        match emit_alone(&self.app, &failed).await {
+        match emit_alone(&self.pool, &failed).await {
             Ok(()) => {
                 self.relay.wake();
                 Disposition::Ack
@@ -192,11 +206,11 @@ impl Handler {
         let barrier = self.app.barrier();
         let outcome = faulted(&self.app, &key, &event.order_id, async {
             barrier
-                .action(&key, move |conn, origin| {
+                .action(&key, move |mut conn, origin| {
                     Box::pin(async move {
-                        let output = accepted.run(conn, origin).await?;
+                        let output = accepted.run(conn.reborrow(), origin).await?;
                         done.output = Some(output.clone());
-                        outbox::emit(conn, &done).await?;
+                        outbox::emit(outbox_conn(&mut conn)?, &done).await?;
                         Ok(output)
                     })
                 })
@@ -225,7 +239,7 @@ impl Handler {
         failed.step = Some(self.step.name.to_string());
         failed.reason = Some(kind.to_string());
         failed.output = Some(problem.clone());
-        emit_alone(&self.app, &failed)
+        emit_alone(&self.pool, &failed)
             .await
             .map_err(Transient::NotDone)
     }
@@ -240,10 +254,12 @@ impl Handler {
         let barrier = self.app.barrier();
         faulted(&self.app, &key, &event.order_id, async {
             barrier
-                .compensation(&key, move |conn, origin, prior| {
+                .compensation(&key, move |mut conn, origin, prior| {
                     Box::pin(async move {
                         let did = match &prior {
-                            Prior::Applied(_) => (compensation.effect)(conn, origin).await?,
+                            Prior::Applied(_) => {
+                                (compensation.effect)(conn.reborrow(), origin).await?
+                            }
                             _ => None,
                         };
                         let mut body = did
@@ -251,7 +267,7 @@ impl Handler {
                             .unwrap_or_else(|| barrier::nothing_to_undo(&prior));
                         body[compensation.undone] = Value::Bool(did.is_some());
                         undone.output = Some(body.clone());
-                        outbox::emit(conn, &undone).await?;
+                        outbox::emit(outbox_conn(&mut conn)?, &undone).await?;
                         Ok(body)
                     })
                 })
@@ -289,10 +305,17 @@ async fn faulted(
 }
 
 /// Write `event` to the outbox in a transaction of its own (a no-op if it is there already).
-async fn emit_alone(app: &App, event: &Event) -> Result<(), String> {
-    let mut conn = app.pool.acquire().await.map_err(|e| e.to_string())?;
+async fn emit_alone(pool: &sqlx::PgPool, event: &Event) -> Result<(), String> {
+    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
     outbox::emit(&mut conn, event)
         .await
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// The Postgres connection under an effect's, for the outbox (a worker starts only on Postgres).
+#[allow(clippy::result_large_err)] // a cold path; `Problem` is what every handler answers
+fn outbox_conn<'a>(conn: &'a mut Conn<'_>) -> Result<&'a mut sqlx::PgConnection, Problem> {
+    conn.postgres()
+        .ok_or_else(|| Problem::internal("the outbox needs Postgres"))
 }

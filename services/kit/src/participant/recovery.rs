@@ -22,7 +22,7 @@ use crate::service::App;
 /// Abort the branches a crash left `preparing` (no prepared transaction). Run before serving.
 /// Returns how many were aborted; those whose row is still locked are left to the timer.
 pub async fn recover_at_start(app: &App) -> Result<usize, Problem> {
-    let lost = branch::lost_at_start(&app.control).await?;
+    let lost = branch::lost_at_start(&app.postgres()?.control).await?;
     let n = lost.len();
     let left = abort_lost(app, lost).await?;
     let aborted = n - left.len();
@@ -83,10 +83,14 @@ pub async fn resolve_in_doubt(app: App, every: Duration) {
         .default_headers(app.client_headers())
         .build()
         .unwrap_or_default();
+    // Only a service on Postgres has prepared branches (`service::App::run` starts this there).
+    let Ok(control) = app.postgres().map(|pg| pg.control.clone()) else {
+        return;
+    };
     let mut min_age_ms = 0;
     loop {
         retry_lost(&app).await;
-        match branch::prepared(&app.control, min_age_ms).await {
+        match branch::prepared(&control, min_age_ms).await {
             Ok(branches) => {
                 for b in branches {
                     let id = BranchId {
@@ -129,13 +133,13 @@ async fn ask_and_finish(
         coordinator_url.trim_end_matches('/'),
         id.txn_id
     );
-    crate::stats::message_sent(&app.control, "query");
+    crate::stats::message_sent(&app.db, "query");
     let resp = http
         .get(&url)
         .send()
         .await
         .map_err(|e| Problem::unavailable(format!("GET {url}: {e}")))?;
-    crate::stats::message_received(&app.control, "decision");
+    crate::stats::message_received(&app.db, "decision");
     if !resp.status().is_success() {
         return Err(Problem::unavailable(format!(
             "GET {url}: {}",
