@@ -32,7 +32,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use tandem_kit::api::{self, Api};
 use tandem_kit::auth::{Access, Auth, Rule, rule};
 use tandem_kit::http::Json;
@@ -47,12 +46,38 @@ pub use sagas::{saga_view, view_of};
 #[derive(Clone)]
 pub struct Ctx {
     pub driver: Arc<Driver>,
-    pub coordinator: Arc<crate::commit::Coordinator>,
-    /// For reads.
-    pub pool: PgPool,
+    /// 2PC / 3PC / Paxos Commit: None on SQLite (they need Postgres: see [`Ctx::commit`]).
+    pub coordinator: Option<Arc<crate::commit::Coordinator>>,
+    /// The saga store, for reads.
+    pub store: crate::store::Store,
     /// The participants' decision queries and the acceptors' messages go through these
     /// (`FAULT_INJECTION`; `tandem_kit::faults`).
     pub faults: tandem_kit::faults::Faults,
+}
+
+impl Ctx {
+    /// The transactions' coordinator, or the problem that says they need Postgres: 501
+    /// `needs-postgres` (nothing is stored).
+    #[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+    pub fn commit(&self) -> Result<&Arc<crate::commit::Coordinator>, Problem> {
+        self.coordinator.as_ref().ok_or_else(needs_postgres)
+    }
+}
+
+/// 501: transactions (2PC / 3PC / Paxos Commit) on an orchestrator whose store is SQLite.
+pub fn needs_postgres() -> Problem {
+    Problem::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "needs-postgres",
+        "Transactions need Postgres",
+    )
+    .detail(
+        "2PC, 3PC and Paxos Commit need Postgres: the services vote YES by preparing a Postgres \
+         transaction (PREPARE TRANSACTION), and the coordinator's log is in Postgres. This \
+         orchestrator runs on the embedded SQLite store, which runs orchestrated sagas only. \
+         Start it with DATABASE_URL=postgres://… (and max_prepared_transactions > 0 on the \
+         services' Postgres) to use transactions.",
+    )
 }
 
 /// Who may call each route (see `tandem_kit::auth`; `/metrics`, `/stats` and `/noop` are the
@@ -91,7 +116,10 @@ pub const ACCESS: &[Rule] = &[
 ];
 
 pub fn router(ctx: Ctx, auth: &Auth) -> Router {
-    let scrape = tandem_kit::metrics::Scrape::default().pool("business", &ctx.pool);
+    let mut scrape = tandem_kit::metrics::Scrape::default();
+    if let Some(pool) = ctx.store.postgres() {
+        scrape = scrape.pool("business", pool);
+    }
     let r = sagas_api()
         .merge(definitions_api(
             ctx.driver.registry().services().keys().cloned().collect(),
@@ -513,10 +541,7 @@ fn business_key_taken(kind: &str, id: Uuid) -> Problem {
 }
 
 async fn healthz(State(c): State<Ctx>) -> Result<Json<Value>, Problem> {
-    sqlx::query("SELECT 1")
-        .execute(&c.pool)
-        .await
-        .map_err(Problem::unavailable)?;
+    c.store.ping().await.map_err(Problem::unavailable)?;
     Ok(Json(
         json!({ "status": "ok", "instance": c.driver.instance_id() }),
     ))
