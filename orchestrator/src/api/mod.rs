@@ -64,6 +64,10 @@ impl Ctx {
     }
 }
 
+/// How each transactions route documents [`needs_postgres`].
+const NEEDS_POSTGRES: &str =
+    "needs-postgres: this orchestrator runs on SQLite; transactions need Postgres";
+
 /// 501: transactions (2PC / 3PC / Paxos Commit) on an orchestrator whose store is SQLite.
 pub fn needs_postgres() -> Problem {
     Problem::new(
@@ -375,14 +379,16 @@ fn transactions_api() -> Api<Ctx> {
                 })))
                 .answer_schema(201, "the new transaction", api::object())
                 .answer_schema(200, "the existing transaction", api::object())
-                .error(409, "the business key is taken (sagas and transactions share one namespace)"),
+                .error(409, "the business key is taken (sagas and transactions share one namespace)")
+                .error(501, NEEDS_POSTGRES),
             transactions::create,
         )
         .route(
             "/transactions",
             api::get("List transactions, newest first")
                 .query::<transactions::ListParams>()
-                .answer_schema(200, "`{\"items\", \"next_cursor\"}`", api::object()),
+                .answer_schema(200, "`{\"items\", \"next_cursor\"}`", api::object())
+                .error(501, NEEDS_POSTGRES),
             transactions::list,
         )
         .route(
@@ -390,14 +396,16 @@ fn transactions_api() -> Api<Ctx> {
             api::get("A transaction: state, decision, votes, message log")
                 .path_uuid()
                 .query::<sagas::WaitParams>()
-                .answer_schema(200, "the transaction", api::object()),
+                .answer_schema(200, "the transaction", api::object())
+                .error(501, NEEDS_POSTGRES),
             transactions::get_one,
         )
         .route(
             "/transactions/{id}/decision",
             api::get("What participants ask: the decision (503 `undecided` while votes come in)")
                 .path_uuid()
-                .answer_schema(200, "`{\"decision\": \"commit\"|\"abort\"}`", api::object()),
+                .answer_schema(200, "`{\"decision\": \"commit\"|\"abort\"}`", api::object())
+                .error(501, NEEDS_POSTGRES),
             transactions::decision,
         )
         .route(
@@ -406,7 +414,8 @@ fn transactions_api() -> Api<Ctx> {
                 .path_uuid()
                 .body::<transactions::ResolveBody>()
                 .answer_schema(200, "the transaction with `recorded`", api::object())
-                .error(409, "decision-conflict or not-all-yes"),
+                .error(409, "decision-conflict or not-all-yes")
+                .error(501, NEEDS_POSTGRES),
             transactions::resolve,
         )
         .route(
@@ -414,7 +423,8 @@ fn transactions_api() -> Api<Ctx> {
             api::post("An acceptor's message for the Paxos Commit leader of this transaction")
                 .path_uuid()
                 .body_json(tandem_kit::paxos::to_leader_schema())
-                .answer_schema(202, "taken by the leader here", api::object()),
+                .answer_schema(202, "taken by the leader here", api::object())
+                .error(501, NEEDS_POSTGRES),
             paxos::deliver,
         )
 }
