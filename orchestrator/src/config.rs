@@ -13,6 +13,8 @@ use clap::Parser;
 pub struct Config {
     /// The orchestrator's own database, as its runtime role (without DATABASE_OWNER_URL also
     /// created if missing and migrated at start with this role: the privileged zero-setup path).
+    /// Postgres by default; `sqlite:///path/orchestrator.db` runs sagas on an embedded SQLite
+    /// file instead (one instance per file, no transactions: docs/storage.md).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -20,7 +22,8 @@ pub struct Config {
     )]
     pub database_url: String,
     /// The same database as its owner role: migrations run with it (one connection at start),
-    /// nothing is created (`tandem db provision`, docs/security.md).
+    /// nothing is created (`tandem db provision`, docs/security.md). Postgres only: refused
+    /// with a SQLite DATABASE_URL.
     #[arg(long, env = "DATABASE_OWNER_URL")]
     pub database_owner_url: Option<String>,
 

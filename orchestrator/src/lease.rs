@@ -18,16 +18,24 @@
 //! owner's write affects no row. Rows decode through [`Leased`]; a row with the standard
 //! column names carries its lease as a [`RowLease`]. The background loops that
 //! drive claims, renewals and wake-ups for a kind are in [`crate::worker`].
+//!
+//! Two backends, one behaviour ([`Store`]): on Postgres the statements above; on SQLite (one
+//! instance, one writer at a time: no `SKIP LOCKED` needed) the same operations as one
+//! `BEGIN IMMEDIATE` transaction each, with times as text ([`crate::store::sqlite`]), and no
+//! NOTIFY: a hand-back is claimed again by this instance's claim loop (woken in-process when a
+//! slot frees, else at its next pass).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
-use crate::store::{PgQuery, secs};
+use crate::store::sqlite::{now as sql_now, now_plus};
+use crate::store::{PgQuery, Store, secs};
 
 /// The names of a leased table's lease columns.
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +106,9 @@ impl LeaseKind {
 }
 
 /// A leased row as a claim returns it (decoded with its [`sqlx::FromRow`]).
-pub trait Leased: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin + 'static {
+pub trait Leased:
+    for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin + 'static
+{
     fn id(&self) -> Uuid;
     /// The epoch this instance's lease was taken with (fences its writes).
     fn epoch(&self) -> i64;
@@ -136,14 +146,15 @@ struct Sql {
 #[derive(Debug, Clone)]
 pub struct Leases {
     pub kind: LeaseKind,
-    pool: PgPool,
+    store: Store,
     owner: Arc<str>,
     ttl: Duration,
     sql: Arc<Sql>,
 }
 
 impl Leases {
-    pub fn new(kind: LeaseKind, pool: PgPool, owner: &str, ttl: Duration) -> Self {
+    /// The leases of `kind` held by `owner` for `ttl` on `store` (a [`Store`], or a `PgPool`).
+    pub fn new(kind: LeaseKind, store: impl Into<Store>, owner: &str, ttl: Duration) -> Self {
         let sql = Sql {
             claim: fill(&kind, CLAIM).into(),
             renew: fill(&kind, RENEW).into(),
@@ -152,15 +163,16 @@ impl Leases {
         };
         Leases {
             kind,
-            pool,
+            store: store.into(),
             owner: owner.into(),
             ttl,
             sql: Arc::new(sql),
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The store the leased rows live in.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
     pub fn owner(&self) -> &str {
         &self.owner
@@ -173,13 +185,17 @@ impl Leases {
     /// The same statement tells when the next one becomes claimable, so an idle instance can
     /// sleep until then (an orphan is taken as its lease expires) instead of a poll interval.
     pub async fn claim<R: Leased>(&self, limit: i64) -> Result<Claimed<R>, sqlx::Error> {
+        let pool = match &self.store {
+            Store::Postgres(p) => p,
+            Store::Sqlite(p) => return self.claim_sqlite(p, limit).await,
+        };
         let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
             .bind(&*self.owner)
             .bind(secs(self.ttl))
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await?;
-        tandem_kit::stats::write_committed(&self.pool);
+        tandem_kit::stats::write_committed(pool);
         let mut claimed = Claimed {
             rows: Vec::new(),
             next_due_in: None,
@@ -200,11 +216,19 @@ impl Leases {
     /// Extend the leases this instance holds on `ids` (one statement): only unexpired leases it
     /// still owns, so a lease that lapsed (a paused process) stays free for another instance.
     pub async fn renew(&self, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+        let pool = match &self.store {
+            Store::Postgres(p) => p,
+            Store::Sqlite(p) => {
+                let sql = fill_sqlite(&self.kind, SQLITE_RENEW);
+                let args = ids.iter().map(|id| (*id, 0));
+                return self.each_sqlite(p, &sql, args).await;
+            }
+        };
         let r = sqlx::query(AssertSqlSafe(self.sql.renew.clone()))
             .bind(&*self.owner)
             .bind(ids)
             .bind(secs(self.ttl))
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
         Ok(r.rows_affected())
     }
@@ -219,14 +243,22 @@ impl Leases {
         epochs: &[i64],
         notifier: &str,
     ) -> Result<u64, sqlx::Error> {
+        let pool = match &self.store {
+            Store::Postgres(p) => p,
+            Store::Sqlite(p) => {
+                let sql = fill_sqlite(&self.kind, SQLITE_RELEASE);
+                let args = ids.iter().copied().zip(epochs.iter().copied());
+                return self.each_sqlite(p, &sql, args).await;
+            }
+        };
         let row = sqlx::query(AssertSqlSafe(self.sql.release.clone()))
             .bind(ids)
             .bind(epochs)
             .bind(self.kind.channel)
             .bind(notifier)
-            .fetch_one(&self.pool)
+            .fetch_one(pool)
             .await?;
-        tandem_kit::stats::write_committed(&self.pool);
+        tandem_kit::stats::write_committed(pool);
         let released: i64 = row.try_get("released")?;
         Ok(released as u64)
     }
@@ -234,6 +266,10 @@ impl Leases {
     /// At start-up: take back the leases this instance identity held before a restart (new
     /// epoch, so anything the previous incarnation still had in flight is fenced).
     pub async fn reclaim_own<R: Leased>(&self) -> Result<Vec<R>, sqlx::Error> {
+        if let Store::Sqlite(p) = &self.store {
+            let sql = fill_sqlite(&self.kind, SQLITE_RECLAIM);
+            return self.leased_rows_sqlite(p, sql, None).await;
+        }
         let q = sqlx::query(AssertSqlSafe(self.sql.reclaim.clone()));
         self.leased_rows(q.bind(&*self.owner).bind(secs(self.ttl)))
             .await
@@ -252,6 +288,13 @@ impl Leases {
             Take::IfFree => "({u} IS NULL OR {u} < now())",
             Take::Steal => "true",
         };
+        if let Store::Sqlite(p) = &self.store {
+            let free = free.replace("now()", sql_now());
+            let template = SQLITE_TAKE.replace("{free}", &free).replace("{also}", also);
+            let sql = fill_sqlite(&self.kind, &template);
+            let rows = self.leased_rows_sqlite(p, sql, Some(id)).await?;
+            return Ok(rows.into_iter().next());
+        }
         let sql = fill(
             &self.kind,
             &TAKE.replace("{free}", free).replace("{also}", also),
@@ -265,10 +308,114 @@ impl Leases {
 
     /// The rows a leasing statement `q` returns (one commit), decoded.
     async fn leased_rows<R: Leased>(&self, q: PgQuery<'_>) -> Result<Vec<R>, sqlx::Error> {
-        let rows = q.fetch_all(&self.pool).await?;
-        tandem_kit::stats::write_committed(&self.pool);
+        let pool = self.pg();
+        let rows = q.fetch_all(pool).await?;
+        tandem_kit::stats::write_committed(pool);
         rows.iter().map(R::from_row).collect()
     }
+
+    fn pg(&self) -> &PgPool {
+        match &self.store {
+            Store::Postgres(p) => p,
+            Store::Sqlite(_) => unreachable!("a Postgres lease statement on SQLite"),
+        }
+    }
+
+    /// SQLite: a claim in one `BEGIN IMMEDIATE` transaction (one writer at a time: the rows
+    /// read are the rows updated).
+    async fn claim_sqlite<R: Leased>(
+        &self,
+        pool: &SqlitePool,
+        limit: i64,
+    ) -> Result<Claimed<R>, sqlx::Error> {
+        let mut tx = tandem_kit::sqlite::begin(pool).await?;
+        let due: Vec<(Uuid, Option<String>)> =
+            sqlx::query_as(AssertSqlSafe(fill_sqlite(&self.kind, SQLITE_DUE)))
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+        // Before the update: the rows claimed now are not waiting.
+        let next: Option<f64> =
+            sqlx::query_scalar(AssertSqlSafe(fill_sqlite(&self.kind, SQLITE_NEXT)))
+                .fetch_one(&mut *tx)
+                .await?;
+        let take = fill_sqlite(&self.kind, SQLITE_CLAIM);
+        let mut rows = Vec::with_capacity(due.len());
+        let mut taken_over = 0;
+        for (id, prev) in &due {
+            let row = sqlx::query(AssertSqlSafe(take.as_str()))
+                .bind(id)
+                .bind(&*self.owner)
+                .bind(secs(self.ttl))
+                .fetch_one(&mut *tx)
+                .await?;
+            rows.push(R::from_row(&row)?);
+            if prev.as_deref().is_some_and(|p| p != &*self.owner) {
+                taken_over += 1;
+            }
+        }
+        tx.commit().await?;
+        crate::metrics::claimed(self.kind.table, rows.len(), taken_over);
+        Ok(Claimed {
+            rows,
+            next_due_in: next.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        })
+    }
+
+    /// SQLite: `sql` once per (id, epoch) (`?1`, `?2`; owner `?3`, TTL `?4`; SQLite ignores
+    /// arguments a statement does not use) in one
+    /// transaction; the rows changed.
+    async fn each_sqlite(
+        &self,
+        pool: &SqlitePool,
+        sql: &str,
+        args: impl Iterator<Item = (Uuid, i64)>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = tandem_kit::sqlite::begin(pool).await?;
+        let mut n = 0;
+        for (id, epoch) in args {
+            n += sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .bind(epoch)
+                .bind(&*self.owner)
+                .bind(secs(self.ttl))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// SQLite: the rows a leasing statement returns (id `?1` if any; owner `?2`, TTL `?3`).
+    async fn leased_rows_sqlite<R: Leased>(
+        &self,
+        pool: &SqlitePool,
+        sql: String,
+        id: Option<Uuid>,
+    ) -> Result<Vec<R>, sqlx::Error> {
+        let mut tx = tandem_kit::sqlite::begin(pool).await?;
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(&*self.owner)
+            .bind(secs(self.ttl))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(R::from_row).collect()
+    }
+}
+
+/// [`fill`] for the SQLite templates: also `{now}` (the database clock as stored) and
+/// `{until}` (now + the TTL bound as `?{ttl}`: `{until3}` / `{until4}`).
+fn fill_sqlite(k: &LeaseKind, template: &str) -> String {
+    fill(
+        k,
+        &template
+            .replace("{until3}", &now_plus("?3"))
+            .replace("{until4}", &now_plus("?4"))
+            .replace("{now}", sql_now()),
+    )
 }
 
 /// `template` with the kind's names filled in: `{t}` table, `{cols}` claim columns, `{id}`,
@@ -317,3 +464,27 @@ const RECLAIM: &str = "UPDATE {t} SET {u} = now() + make_interval(secs => $2), {
 /// `also` and `free` are filled in per call.
 const TAKE: &str = "UPDATE {t} SET {o} = $2, {u} = now() + make_interval(secs => $3), {e} = {e} + 1 \
  WHERE {id} = $1 AND {free} AND ({also}) RETURNING {cols}";
+
+// SQLite (see the module docs). Times are text in one format, so they compare as text; SQLite's
+// two-argument max() is NULL if either is, hence the coalesce.
+const SQLITE_DUE: &str = "SELECT {id}, {o} FROM {t} \
+ WHERE {due} <= {now} AND ({u} IS NULL OR {u} < {now}) ORDER BY {due} LIMIT ?1";
+
+const SQLITE_NEXT: &str = "SELECT (julianday(min(max({due}, coalesce({u}, {due})))) - julianday('now')) * 86400.0 \
+ FROM {t} WHERE {due} IS NOT NULL AND max({due}, coalesce({u}, {due})) > {now}";
+
+const SQLITE_CLAIM: &str = "UPDATE {t} SET {o} = ?2, {u} = {until3}, {e} = {e} + 1 \
+ WHERE {id} = ?1 RETURNING {cols}";
+
+const SQLITE_RENEW: &str = "UPDATE {t} SET {u} = {until4} \
+ WHERE {id} = ?1 AND {o} = ?3 AND {u} > {now}";
+
+const SQLITE_RELEASE: &str = "UPDATE {t} SET {o} = NULL, {u} = NULL, {due} = min({due}, {now}) \
+ WHERE {id} = ?1 AND {e} = ?2 AND {due} IS NOT NULL";
+
+const SQLITE_RECLAIM: &str = "UPDATE {t} SET {u} = {until3}, {e} = {e} + 1 \
+ WHERE {o} = ?2 AND {due} IS NOT NULL RETURNING {cols}";
+
+/// `also` and `free` are filled in per call.
+const SQLITE_TAKE: &str = "UPDATE {t} SET {o} = ?2, {u} = {until3}, {e} = {e} + 1 \
+ WHERE {id} = ?1 AND {free} AND ({also}) RETURNING {cols}";

@@ -7,12 +7,11 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
-use sqlx::PgPool;
 use tandem_kit::problem::FieldIssue;
 
 use crate::error::{Error, Result};
 use crate::saga::{Definition, DefinitionError};
-use crate::store;
+use crate::store::Store;
 
 #[derive(Default)]
 struct Loaded {
@@ -22,7 +21,7 @@ struct Loaded {
 
 /// Loaded definitions (see the module docs).
 pub struct Registry {
-    pool: PgPool,
+    store: Store,
     services: BTreeMap<String, String>,
     /// This node's name, sent as `Tandem-Sender` on every call to a service.
     node: String,
@@ -58,9 +57,9 @@ impl Registry {
         self.auth.client_headers(&self.node)
     }
 
-    pub fn new(pool: PgPool, services: BTreeMap<String, String>) -> Self {
+    pub fn new(store: impl Into<Store>, services: BTreeMap<String, String>) -> Self {
         Registry {
-            pool,
+            store: store.into(),
             services,
             node: "orchestrator".into(),
             auth: tandem_kit::auth::Auth::open(),
@@ -101,10 +100,11 @@ impl Registry {
             let doc: Value =
                 serde_json::from_str(&text).map_err(|e| file_error(format!("not JSON: {e}")))?;
             let def = check(&doc).map_err(|e| file_error(e.to_string()))?;
-            store::insert_definition(&self.pool, &def.name, &Definition::version_of(&doc), &doc)
+            self.store
+                .insert_definition(&def.name, &Definition::version_of(&doc), &doc)
                 .await?;
         }
-        let stored = store::all_definitions(&self.pool).await?;
+        let stored = self.store.all_definitions().await?;
         let mut loaded = self.loaded.write().expect("definitions lock");
         for (name, version, body) in stored {
             match Definition::parse(&body) {
@@ -153,7 +153,7 @@ impl Registry {
         {
             return Ok(Some(d.clone()));
         }
-        let Some(body) = store::definition(&self.pool, name, version).await? else {
+        let Some(body) = self.store.definition(name, version).await? else {
             return Ok(None);
         };
         let def = Definition::parse(&body).map_err(|e| Error::Corrupt {
@@ -199,7 +199,10 @@ impl Registry {
             return Err(Error::Invalid(unknown));
         }
         let version = Definition::version_of(doc);
-        let created = store::insert_definition(&self.pool, &def.name, &version, doc).await?;
+        let created = self
+            .store
+            .insert_definition(&def.name, &version, doc)
+            .await?;
         let name = def.name.clone();
         self.loaded
             .write()

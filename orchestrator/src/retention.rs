@@ -2,7 +2,7 @@
 //! configurable periods, in small batches, by one instance at a time — and a saga's barrier rows
 //! in the services are forgotten **before** the saga is deleted (docs/security.md, "Retention").
 //!
-//! A batch of sagas is one transaction:
+//! On Postgres, a batch of sagas is one transaction (the SQL is [`crate::store::Store`]'s):
 //!
 //! 1. `pg_try_advisory_xact_lock` ([`LOCK_KEY`]): if another instance is purging, skip (one
 //!    purger at a time, whatever the number of instances; the lock ends with the transaction,
@@ -19,18 +19,21 @@
 //! `transaction_messages`) are never deleted by Tandem, so no undecided or unacknowledged commit
 //! record can go. Client idempotency keys of sagas and of transactions are deleted after their
 //! own retention, also in batches.
+//!
+//! On SQLite (one instance: no lock needed), no transaction is held across the forget calls
+//! (it would stop every write meanwhile): the ids are picked, forgotten, then deleted in one
+//! transaction that checks again that each is still finished.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::saga::SagaStatus;
-use crate::store::secs;
+use crate::store::Store;
 
 /// The advisory lock the purger holds for one batch (an arbitrary constant: "tandem retention").
 pub const LOCK_KEY: i64 = 0x7461_6e64_656d_7274;
@@ -66,7 +69,7 @@ pub struct Purged {
 
 /// The purger of one instance.
 pub struct Retention {
-    pool: PgPool,
+    store: Store,
     services: BTreeMap<String, String>,
     http: reqwest::Client,
     pub settings: Settings,
@@ -84,7 +87,7 @@ pub enum PurgeError {
 impl Retention {
     /// `services`: name → base URL of every service that may hold barrier rows of a saga.
     pub fn new(
-        pool: PgPool,
+        store: impl Into<Store>,
         services: BTreeMap<String, String>,
         headers: reqwest::header::HeaderMap,
         settings: Settings,
@@ -95,7 +98,7 @@ impl Retention {
             .timeout(Duration::from_secs(10))
             .build()?;
         Ok(Retention {
-            pool,
+            store: store.into(),
             services,
             http,
             settings,
@@ -106,18 +109,10 @@ impl Retention {
     pub async fn pass(&self) -> Result<Purged, PurgeError> {
         let mut purged = Purged::default();
         loop {
-            let n = crate::store::purge_idempotency_keys(
-                &self.pool,
-                self.settings.keys,
-                self.settings.batch,
-            )
-            .await?;
-            let m = crate::commit::store::purge_keys(
-                &self.pool,
-                self.settings.keys,
-                self.settings.batch,
-            )
-            .await?;
+            let (n, m) = self
+                .store
+                .purge_keys(self.settings.keys, self.settings.batch)
+                .await?;
             purged.keys += n + m;
             if n < self.batch() && m < self.batch() {
                 break;
@@ -145,34 +140,15 @@ impl Retention {
         let Some(retention) = self.settings.sagas else {
             return Ok(Some(0));
         };
-        let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Ok(None);
-        }
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM sagas \
-             WHERE status = ANY($1) AND updated_at < now() - make_interval(secs => $2) \
-               AND (lease_until IS NULL OR lease_until < now()) \
-             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(final_names())
-        .bind(secs(retention))
-        .bind(self.settings.batch.max(1))
-        .fetch_all(&mut *tx)
-        .await?;
-        if ids.is_empty() {
-            return Ok(Some(0));
-        }
-        self.forget(&ids).await?;
-        tandem_kit::crash::point("orchestrator.retention.after_forget");
-        let deleted = delete_sagas(&mut tx, &ids).await?;
-        tx.commit().await?;
-        tandem_kit::stats::write_committed(&self.pool);
-        Ok(Some(deleted))
+        self.store
+            .purge_finished_sagas(
+                &final_names(),
+                retention,
+                self.settings.batch,
+                LOCK_KEY,
+                async |ids: &[Uuid]| self.forget(ids).await,
+            )
+            .await
     }
 
     /// `POST /barrier/forget` with `ids` to every service; an error names the first service
@@ -218,22 +194,4 @@ pub async fn run(retention: Arc<Retention>, mut shutdown: watch::Receiver<bool>)
             _ = crate::until_shutdown(&mut shutdown) => return,
         }
     }
-}
-
-/// Delete `ids` (still final) with their client keys, business keys and events; the number of
-/// sagas deleted.
-async fn delete_sagas(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
-        "WITH gone AS ( \
-            DELETE FROM sagas WHERE id = ANY($1) AND status = ANY($2) RETURNING id), \
-         keys AS (DELETE FROM idempotency_keys WHERE saga_id IN (SELECT id FROM gone)), \
-         bkeys AS (DELETE FROM business_keys WHERE kind = 'saga' AND id IN (SELECT id FROM gone)), \
-         events AS (DELETE FROM saga_events WHERE saga_id IN (SELECT id FROM gone)) \
-         SELECT count(*) FROM gone",
-    )
-    .bind(ids)
-    .bind(final_names())
-    .fetch_one(conn)
-    .await?;
-    Ok(n as u64)
 }

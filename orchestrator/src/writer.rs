@@ -4,7 +4,7 @@
 //! write. Instead of one statement (and one commit) per transition, the driver hands its write
 //! to a [`TransitionWriter`]: `TRANSITION_WRITERS` (≥ 1) writer tasks each take every write that
 //! is waiting (up to `TRANSITION_BATCH`), persist them in **one statement**
-//! ([`store::persist_transitions`]) — one transaction, one WAL flush — with the lease-epoch
+//! ([`Store::persist_transitions`]: on SQLite, one transaction) — one transaction, one WAL flush — with the lease-epoch
 //! fence checked **per row**, and only then answer each waiting saga (applied, or fenced).
 //! Nothing is acted on before its write has committed; under load, k sagas share one commit.
 //!
@@ -13,12 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::saga::{EventRecord, SagaState};
-use crate::store::{self, NextRun, TransitionBatch};
+use crate::store::{self, NextRun, Store, TransitionBatch};
 
 /// One transition to persist.
 #[derive(Clone, Copy)]
@@ -55,14 +54,14 @@ pub struct TransitionWriter {
 impl TransitionWriter {
     /// Start `writers` writer tasks (each holds at most one pool connection at a time), each
     /// persisting up to `max_batch` transitions per statement.
-    pub fn start(pool: PgPool, lease_ttl: Duration, writers: usize, max_batch: usize) -> Self {
+    pub fn start(store: Store, lease_ttl: Duration, writers: usize, max_batch: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers.max(1) {
-            let (rx, pool) = (rx.clone(), pool.clone());
+            let (rx, store) = (rx.clone(), store.clone());
             tokio::spawn(async move {
                 while let Some(batch) = next_batch(&rx, max_batch.max(1)).await {
-                    write_batch(&pool, lease_ttl, batch).await;
+                    write_batch(&store, lease_ttl, batch).await;
                 }
             });
         }
@@ -117,7 +116,7 @@ async fn next_batch(
     Some(batch)
 }
 
-async fn write_batch(pool: &PgPool, lease_ttl: Duration, pending: Vec<Pending>) {
+async fn write_batch(store: &Store, lease_ttl: Duration, pending: Vec<Pending>) {
     let mut all = TransitionBatch::default();
     let mut waiters = Vec::with_capacity(pending.len());
     crate::metrics::transition_batch(pending.len());
@@ -136,7 +135,7 @@ async fn write_batch(pool: &PgPool, lease_ttl: Duration, pending: Vec<Pending>) 
         all.event_details.extend(b.event_details);
         waiters.push((p.id, p.done));
     }
-    match store::persist_transitions(pool, &all, lease_ttl).await {
+    match store.persist_transitions(&all, lease_ttl).await {
         Ok(applied) => {
             for (id, done) in waiters {
                 let _ = done.send(Ok(applied.contains(&id)));

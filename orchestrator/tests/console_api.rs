@@ -19,9 +19,10 @@ fn definition(attempts: u32) -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_definition_version_and_the_transactions_protocol_filter() {
-    let o = common::start("console_api", "http://127.0.0.1:9", |_| {}).await;
+on_both_stores!(every_definition_version);
+
+async fn every_definition_version(backend: common::Backend) {
+    let o = common::start_with(backend, "console_api", "http://127.0.0.1:9", |_| {}).await;
     let (s, first) = o.post("/definitions", &definition(2)).await;
     assert_eq!(s, 201, "{first}");
     let (s, second) = o.post("/definitions", &definition(3)).await;
@@ -76,7 +77,13 @@ async fn every_definition_version_and_the_transactions_protocol_filter() {
         assert_eq!(s, 404, "{unknown}: {b}");
         assert_eq!(b["type"], "urn:tandem:problem:not-found", "{b}");
     }
+}
 
+/// Transactions need Postgres (on SQLite the list answers 501 `needs-postgres`, see
+/// tests/sqlite_checkout.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transactions_protocol_filter() {
+    let o = common::start("console_tx", "http://127.0.0.1:9", |_| {}).await;
     // The protocol filter: a name, or a 422 naming the parameter.
     let (s, b) = o
         .get("/transactions?protocol=paxos-commit&state=committed")

@@ -42,6 +42,17 @@ impl sqlx::FromRow<'_, PgRow> for Job {
     }
 }
 
+// A leased row decodes from both stores' rows (the lease machinery runs on either).
+impl sqlx::FromRow<'_, sqlx::sqlite::SqliteRow> for Job {
+    fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
+        Ok(Job {
+            id: row.try_get("job_id")?,
+            epoch: row.try_get("fence")?,
+            payload: row.try_get("payload")?,
+        })
+    }
+}
+
 impl Leased for Job {
     fn id(&self) -> Uuid {
         self.id

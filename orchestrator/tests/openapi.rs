@@ -3,9 +3,10 @@
 
 mod common;
 
-#[tokio::test]
-async fn the_openapi_document_matches_the_router() {
-    let o = common::start("openapi", "http://127.0.0.1:9", |_| {}).await;
+on_both_stores!(the_openapi_document_matches_the_router);
+
+async fn the_openapi_document_matches_the_router(backend: common::Backend) {
+    let o = common::start_with(backend, "openapi", "http://127.0.0.1:9", |_| {}).await;
     let n = tandem_kit::testing::assert_documented(&o.url).await;
     assert!(n >= 25, "{n} operations");
     let (status, doc) = o.get("/openapi.json").await;
@@ -16,6 +17,9 @@ async fn the_openapi_document_matches_the_router() {
     ] {
         assert!(create["responses"].get(code).is_some(), "{code}: {create}");
     }
+    // What an orchestrator on SQLite answers to transactions is documented.
+    let txn = &doc["paths"]["/transactions"]["post"];
+    assert!(txn["responses"].get("501").is_some(), "{txn}");
     assert_eq!(
         create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/CreateSaga"

@@ -207,7 +207,7 @@ async fn a_query_to_another_instance_while_votes_are_collected_never_splits() {
     let logged: Option<String> =
         sqlx::query_scalar("SELECT decision FROM transactions WHERE id = $1::uuid")
             .bind(&id)
-            .fetch_one(&o.pool)
+            .fetch_one(o.pool())
             .await
             .unwrap();
     assert_eq!(
@@ -263,7 +263,7 @@ async fn concurrent_saga_and_transaction_for_one_key_one_wins() {
     let both: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM sagas s JOIN transactions t USING (definition, business_key)",
     )
-    .fetch_one(&o.pool)
+    .fetch_one(o.pool())
     .await
     .unwrap();
     assert_eq!(both, 0);

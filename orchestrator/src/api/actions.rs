@@ -18,7 +18,6 @@ use super::Ctx;
 use super::sagas::view_of;
 use crate::driver::Acted;
 use crate::saga::{Action, Refusal};
-use crate::store;
 
 /// The header naming who acts.
 pub const ACTOR_HEADER: &str = "tandem-actor";
@@ -85,7 +84,9 @@ async fn act(
             );
         }
     };
-    let (row, events) = store::saga_with_events(&c.pool, id)
+    let (row, events) = c
+        .store
+        .saga_with_events(id)
         .await?
         .ok_or_else(|| Problem::internal("saga vanished"))?;
     Ok((status, Json(view_of(&row, &events))).into_response())

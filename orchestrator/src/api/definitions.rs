@@ -11,7 +11,6 @@ use tandem_kit::http::{Json, Path, Query};
 use tandem_kit::problem::Problem;
 
 use super::Ctx;
-use crate::store;
 
 pub(super) async fn create(
     State(c): State<Ctx>,
@@ -81,7 +80,9 @@ pub(super) async fn get_one(
         }
         None => current,
     };
-    let body = store::definition(&c.pool, &name, &version)
+    let body = c
+        .store
+        .definition(&name, &version)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(
@@ -112,7 +113,9 @@ pub(super) async fn versions(
         .registry()
         .current(&name)
         .ok_or_else(|| unknown(&name))?;
-    let items: Vec<Value> = store::definition_versions(&c.pool, &name, limit)
+    let items: Vec<Value> = c
+        .store
+        .definition_versions(&name, limit)
         .await?
         .into_iter()
         .map(|(version, body, created_at)| {

@@ -32,7 +32,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use tandem_kit::api::{self, Api};
 use tandem_kit::auth::{Access, Auth, Rule, rule};
 use tandem_kit::http::Json;
@@ -47,12 +46,42 @@ pub use sagas::{saga_view, view_of};
 #[derive(Clone)]
 pub struct Ctx {
     pub driver: Arc<Driver>,
-    pub coordinator: Arc<crate::commit::Coordinator>,
-    /// For reads.
-    pub pool: PgPool,
+    /// 2PC / 3PC / Paxos Commit: None on SQLite (they need Postgres: see [`Ctx::commit`]).
+    pub coordinator: Option<Arc<crate::commit::Coordinator>>,
+    /// The saga store, for reads.
+    pub store: crate::store::Store,
     /// The participants' decision queries and the acceptors' messages go through these
     /// (`FAULT_INJECTION`; `tandem_kit::faults`).
     pub faults: tandem_kit::faults::Faults,
+}
+
+impl Ctx {
+    /// The transactions' coordinator, or the problem that says they need Postgres: 501
+    /// `needs-postgres` (nothing is stored).
+    #[allow(clippy::result_large_err)] // `Problem` is what every handler answers
+    pub fn commit(&self) -> Result<&Arc<crate::commit::Coordinator>, Problem> {
+        self.coordinator.as_ref().ok_or_else(needs_postgres)
+    }
+}
+
+/// How each transactions route documents [`needs_postgres`].
+const NEEDS_POSTGRES: &str =
+    "needs-postgres: this orchestrator runs on SQLite; transactions need Postgres";
+
+/// 501: transactions (2PC / 3PC / Paxos Commit) on an orchestrator whose store is SQLite.
+pub fn needs_postgres() -> Problem {
+    Problem::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "needs-postgres",
+        "Transactions need Postgres",
+    )
+    .detail(
+        "2PC, 3PC and Paxos Commit need Postgres: the services vote YES by preparing a Postgres \
+         transaction (PREPARE TRANSACTION), and the coordinator's log is in Postgres. This \
+         orchestrator runs on the embedded SQLite store, which runs orchestrated sagas only. \
+         Start it with DATABASE_URL=postgres://… (and max_prepared_transactions > 0 on the \
+         services' Postgres) to use transactions.",
+    )
 }
 
 /// Who may call each route (see `tandem_kit::auth`; `/metrics`, `/stats` and `/noop` are the
@@ -91,7 +120,10 @@ pub const ACCESS: &[Rule] = &[
 ];
 
 pub fn router(ctx: Ctx, auth: &Auth) -> Router {
-    let scrape = tandem_kit::metrics::Scrape::default().pool("business", &ctx.pool);
+    let mut scrape = tandem_kit::metrics::Scrape::default();
+    if let Some(pool) = ctx.store.postgres() {
+        scrape = scrape.pool("business", pool);
+    }
     let r = sagas_api()
         .merge(definitions_api(
             ctx.driver.registry().services().keys().cloned().collect(),
@@ -347,14 +379,16 @@ fn transactions_api() -> Api<Ctx> {
                 })))
                 .answer_schema(201, "the new transaction", api::object())
                 .answer_schema(200, "the existing transaction", api::object())
-                .error(409, "the business key is taken (sagas and transactions share one namespace)"),
+                .error(409, "the business key is taken (sagas and transactions share one namespace)")
+                .error(501, NEEDS_POSTGRES),
             transactions::create,
         )
         .route(
             "/transactions",
             api::get("List transactions, newest first")
                 .query::<transactions::ListParams>()
-                .answer_schema(200, "`{\"items\", \"next_cursor\"}`", api::object()),
+                .answer_schema(200, "`{\"items\", \"next_cursor\"}`", api::object())
+                .error(501, NEEDS_POSTGRES),
             transactions::list,
         )
         .route(
@@ -362,14 +396,16 @@ fn transactions_api() -> Api<Ctx> {
             api::get("A transaction: state, decision, votes, message log")
                 .path_uuid()
                 .query::<sagas::WaitParams>()
-                .answer_schema(200, "the transaction", api::object()),
+                .answer_schema(200, "the transaction", api::object())
+                .error(501, NEEDS_POSTGRES),
             transactions::get_one,
         )
         .route(
             "/transactions/{id}/decision",
             api::get("What participants ask: the decision (503 `undecided` while votes come in)")
                 .path_uuid()
-                .answer_schema(200, "`{\"decision\": \"commit\"|\"abort\"}`", api::object()),
+                .answer_schema(200, "`{\"decision\": \"commit\"|\"abort\"}`", api::object())
+                .error(501, NEEDS_POSTGRES),
             transactions::decision,
         )
         .route(
@@ -378,7 +414,8 @@ fn transactions_api() -> Api<Ctx> {
                 .path_uuid()
                 .body::<transactions::ResolveBody>()
                 .answer_schema(200, "the transaction with `recorded`", api::object())
-                .error(409, "decision-conflict or not-all-yes"),
+                .error(409, "decision-conflict or not-all-yes")
+                .error(501, NEEDS_POSTGRES),
             transactions::resolve,
         )
         .route(
@@ -386,7 +423,8 @@ fn transactions_api() -> Api<Ctx> {
             api::post("An acceptor's message for the Paxos Commit leader of this transaction")
                 .path_uuid()
                 .body_json(tandem_kit::paxos::to_leader_schema())
-                .answer_schema(202, "taken by the leader here", api::object()),
+                .answer_schema(202, "taken by the leader here", api::object())
+                .error(501, NEEDS_POSTGRES),
             paxos::deliver,
         )
 }
@@ -513,10 +551,7 @@ fn business_key_taken(kind: &str, id: Uuid) -> Problem {
 }
 
 async fn healthz(State(c): State<Ctx>) -> Result<Json<Value>, Problem> {
-    sqlx::query("SELECT 1")
-        .execute(&c.pool)
-        .await
-        .map_err(Problem::unavailable)?;
+    c.store.ping().await.map_err(Problem::unavailable)?;
     Ok(Json(
         json!({ "status": "ok", "instance": c.driver.instance_id() }),
     ))

@@ -28,7 +28,7 @@ pub(super) async fn deliver(
 }
 
 async fn take(c: &Ctx, id: Uuid, m: ToLeader) -> Result<(StatusCode, Json<Value>), Problem> {
-    if c.coordinator.paxos_deliver(id, m) {
+    if c.commit()?.paxos_deliver(id, m) {
         Ok((StatusCode::ACCEPTED, Json(json!({ "transaction_id": id }))))
     } else {
         Err(Problem::new(

@@ -100,7 +100,7 @@ pub(super) async fn create(
             Ok(super::located(StatusCode::CREATED, format!("/sagas/{id}"), view))
         }
         Started::Existing(existing) => {
-            let (row, events) = store::saga_with_events(&c.pool, existing)
+            let (row, events) = c.store.saga_with_events(existing)
                 .await?
                 .ok_or_else(|| Problem::internal("saga vanished"))?;
             Ok(super::located(StatusCode::OK, format!("/sagas/{existing}"), view_of(&row, &events)))
@@ -116,8 +116,9 @@ pub(super) async fn create(
 }
 
 /// The JSON view of a saga: state, steps, lease and the event log.
-pub async fn saga_view(pool: &sqlx::PgPool, row: &SagaRow) -> Result<Value, Problem> {
-    let (_, events) = store::saga_with_events(pool, row.id)
+pub async fn saga_view(store: &store::Store, row: &SagaRow) -> Result<Value, Problem> {
+    let (_, events) = store
+        .saga_with_events(row.id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no saga {}", row.id)))?;
     Ok(view_of(row, &events))
@@ -201,7 +202,9 @@ async fn wait_settled(
     just_started: bool,
 ) -> Result<(SagaRow, Vec<EventRow>), Problem> {
     let r = super::until_settled(wait, finished, just_started, || async move {
-        let (row, events) = store::saga_with_events(&c.pool, id)
+        let (row, events) = c
+            .store
+            .saga_with_events(id)
             .await?
             .ok_or_else(|| Problem::not_found(format!("no saga {id}")))?;
         let settled = row.status.is_settled();
@@ -264,7 +267,7 @@ pub(super) async fn list(
             .flatten()
             .min(),
     };
-    let rows = store::list(&c.pool, &filter, limit + 1).await?;
+    let rows = c.store.list(&filter, limit + 1).await?;
     Ok(Json(super::page(
         &rows,
         limit,

@@ -42,12 +42,14 @@ pub(super) async fn create(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
+    // On SQLite: 501 before anything else (nothing is stored).
+    c.commit()?;
     let hash = hash_json(&body);
     let mut body = body;
     let protocol = take_protocol(&mut body)?;
     let (wait, run) = run_request(p, &headers, hash, body)?;
     let begun = c
-        .coordinator
+        .commit()?
         .begin(Begin { protocol, run })
         .await?
         .map_err(|e| {
@@ -86,10 +88,10 @@ pub(super) async fn create(
 /// The JSON view of a transaction: state, decision, each participant's vote, state and
 /// lock-hold time, the message log.
 async fn view(c: &Ctx, id: Uuid) -> Result<Value, Problem> {
-    let row = store::get(&c.pool, id)
+    let row = store::get(c.commit()?.pool(), id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no transaction {id}")))?;
-    let messages = store::messages(&c.pool, id).await?;
+    let messages = store::messages(c.commit()?.pool(), id).await?;
     Ok(view_of(&row, &messages))
 }
 
@@ -158,15 +160,16 @@ async fn settled(
     wait: f64,
     finished: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<Value, Problem> {
-    let finished = finished.unwrap_or_else(|| c.coordinator.watch(id));
+    let co = c.commit()?;
+    let finished = finished.unwrap_or_else(|| co.watch(id));
     let r = super::until_settled(wait, finished, false, || async move {
-        let row = store::get(&c.pool, id)
+        let row = store::get(c.commit()?.pool(), id)
             .await?
             .ok_or_else(|| Problem::not_found(format!("no transaction {id}")))?;
         Ok(((), row.state.is_settled()))
     })
     .await;
-    c.coordinator.unwatch(id);
+    co.unwatch(id);
     r?;
     view(c, id).await
 }
@@ -215,7 +218,7 @@ pub(super) async fn list(
     let limit = super::list_limit(p.limit)?;
     let protocol = protocol_filter(p.protocol.as_deref())?;
     let rows = store::list(
-        &c.pool,
+        c.commit()?.pool(),
         p.state,
         protocol,
         super::read_ahead(limit, p.cursor),
@@ -255,7 +258,7 @@ pub(super) async fn decision(State(c): State<Ctx>, Path(id): Path<Uuid>, from: S
 /// The decision: 200 `{"decision": "commit"|"abort"}`, or 503 with `Retry-After` while this
 /// instance is still collecting votes.
 async fn decide(c: &Ctx, id: Uuid) -> Result<Json<Value>, Problem> {
-    match c.coordinator.decision(id).await? {
+    match c.commit()?.decision(id).await? {
         Some(o) => Ok(Json(json!({
             "transaction_id": id,
             "decision": if o == Outcome::Commit { "commit" } else { "abort" },
@@ -316,7 +319,7 @@ pub(super) async fn resolve(
         operator,
     };
     let recorded =
-        match c.coordinator.resolve(id, &r).await? {
+        match c.commit()?.resolve(id, &r).await? {
             Resolution::Recorded => true,
             Resolution::AlreadyLogged => false,
             Resolution::Conflict { logged } => {

@@ -49,6 +49,8 @@ pub struct CannotPrepare {
 }
 
 pub struct Coordinator {
+    /// The store of transactions (Postgres only).
+    pool: sqlx::PgPool,
     /// Leases, slots, waiters and hand-backs of transactions.
     pub(super) work: Plumbing,
     pub(super) registry: Arc<Registry>,
@@ -66,12 +68,17 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A coordinator of the transactions `work` leases (see [`super::TRANSACTIONS`]).
+    /// 2PC / 3PC / Paxos Commit need Postgres (the services' prepared transactions), so the
+    /// coordinator runs on a Postgres `pool` only: on SQLite there is none (see
+    /// `crate::api::Ctx::commit`).
     pub fn new(
+        pool: sqlx::PgPool,
         work: Plumbing,
         registry: Arc<Registry>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self> {
         Ok(Coordinator {
+            pool,
             http: reqwest::Client::builder()
                 .default_headers(registry.sender_headers())
                 .connect_timeout(Duration::from_secs(2))
@@ -84,6 +91,11 @@ impl Coordinator {
             paxos: Default::default(),
             three_pc: Default::default(),
         })
+    }
+
+    /// The Postgres pool of the transactions' store.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
     }
 
     /// Set once the API is bound: where participants ask for decisions.
@@ -182,7 +194,7 @@ impl Coordinator {
             let Some(base) = self.registry.services().get(svc) else {
                 continue;
             };
-            let pool = self.work.leases.pool();
+            let pool = self.pool();
             tandem_kit::stats::message_sent(pool, "status");
             let status: Option<Value> = match self
                 .http
@@ -263,7 +275,7 @@ impl Coordinator {
             protocol: &protocol,
             participants: &participants,
         };
-        let created = store::create(self.work.leases.pool(), &new).await?;
+        let created = store::create(self.pool(), &new).await?;
         Ok(Ok(match created {
             Created::New(row) => {
                 let finished = req.watch.then(|| self.watch(id));
@@ -289,7 +301,7 @@ impl Coordinator {
     /// abort to every participant.
     pub async fn decision(self: &Arc<Self>, id: Uuid) -> Result<Option<Outcome>> {
         // The query and the answer are a message each, as on the participant's side.
-        let pool = self.work.leases.pool();
+        let pool = self.pool();
         tandem_kit::stats::message_received(pool, "query");
         let answer = self.answer_participant(id).await;
         tandem_kit::stats::message_sent(pool, "decision");
@@ -298,7 +310,7 @@ impl Coordinator {
 
     async fn answer_participant(self: &Arc<Self>, id: Uuid) -> Result<Option<Outcome>> {
         loop {
-            let Some(row) = store::get(self.work.leases.pool(), id).await? else {
+            let Some(row) = store::get(self.pool(), id).await? else {
                 // Never logged: a core that knows nothing answers abort (presumed abort).
                 return Ok(answer_query(&mut two_phase::Coordinator::recover(1, &[]).0));
             };
@@ -352,7 +364,7 @@ impl Coordinator {
             participants: &row.participants,
             messages: &[],
         };
-        if !store::progress(self.work.leases.pool(), id, row.lease.epoch, &progress).await? {
+        if !store::progress(self.pool(), id, row.lease.epoch, &progress).await? {
             return Ok(false);
         }
         tracing::warn!(txn = %id, epoch = row.lease.epoch, "undecided transaction taken over to answer a participant: abort (presumed)");

@@ -296,7 +296,7 @@ impl Coordinator {
     /// it lands or is fenced. False: fenced.
     async fn write(&self, t: &mut Txn, decision: Option<&'static str>) -> bool {
         let row = Fenced::of(t.id, t.epoch, t.state, &t.parts);
-        write_fenced(self.work.leases.pool(), row, decision, &mut t.messages).await
+        write_fenced(self.pool(), row, decision, &mut t.messages).await
     }
 
     /// An event from a send: update what the view shows, and the core's input if any.

@@ -146,7 +146,7 @@ impl Coordinator {
         let Some((bodies, _)) = self.prepare_bodies(&row).await else {
             return;
         };
-        let pool = self.work.leases.pool().clone();
+        let pool = self.pool().clone();
         let n = row.participants.len() as u8;
         let shape = tandem_kit::paxos::shape(n, self.paxos.acceptors().len());
         let epoch = u64::try_from(row.lease.epoch).unwrap_or(1).max(1);
@@ -261,7 +261,7 @@ impl Coordinator {
         for a in actions {
             match a {
                 Action::ForceWrite(Record::Ballot(b)) => {
-                    let pool = self.work.leases.pool();
+                    let pool = self.pool();
                     match force_ballot(pool, t.id, t.epoch, b).await {
                         Ok(true) => {}
                         Ok(false) => return fenced(t),
@@ -304,7 +304,7 @@ impl Coordinator {
     /// Write the row's progress (and the messages logged since), fenced. False: fenced.
     async fn write_led(&self, t: &mut Led, decision: Option<&'static str>) -> bool {
         let row = Fenced::of(t.id, t.epoch, t.state, &t.parts);
-        write_fenced(self.work.leases.pool(), row, decision, &mut t.messages).await
+        write_fenced(self.pool(), row, decision, &mut t.messages).await
     }
 
     /// One message of the core, in the background; answers come back as events.

@@ -64,7 +64,7 @@ pub const HEURISTIC_KIND: &str = "heuristic_decision";
 impl Coordinator {
     /// Force `r.decision` on transaction `id` (see the module doc).
     pub async fn resolve(self: &Arc<Self>, id: Uuid, r: &Resolve) -> Result<Resolution> {
-        let pool = self.work.leases.pool().clone();
+        let pool = self.pool().clone();
         loop {
             let row = store::get(&pool, id)
                 .await?
@@ -132,7 +132,7 @@ impl Coordinator {
             participants: &row.participants,
             messages: std::slice::from_ref(&entry),
         };
-        if !store::progress(self.work.leases.pool(), row.id, row.lease.epoch, &progress).await? {
+        if !store::progress(self.pool(), row.id, row.lease.epoch, &progress).await? {
             return Ok(false);
         }
         tracing::warn!(

@@ -197,7 +197,7 @@ impl Coordinator {
         };
         let call = Call {
             http: self.http.clone(),
-            pool: self.work.leases.pool().clone(),
+            pool: self.pool().clone(),
             kinds,
             url: format!("{base}{path}"),
             body,

@@ -421,7 +421,7 @@ impl Coordinator {
         };
         tracing::info!(txn = %t.id, ?o, "3pc: decided");
         let row = Fenced::of(t.id, t.epoch, t.state, &t.parts);
-        write_fenced(self.work.leases.pool(), row, Some(d), &mut t.messages).await
+        write_fenced(self.pool(), row, Some(d), &mut t.messages).await
     }
 
     /// Settle the row once decided and every outcome sent was answered (or failed).
@@ -436,7 +436,7 @@ impl Coordinator {
         }
         t.state = settled;
         let row = Fenced::of(t.id, t.epoch, t.state, &t.parts);
-        if write_fenced(self.work.leases.pool(), row, None, &mut t.messages).await {
+        if write_fenced(self.pool(), row, None, &mut t.messages).await {
             self.work.watchers.settled(t.id);
         }
         t.done = true;
@@ -474,7 +474,7 @@ impl Coordinator {
         let base = t.peers[p as usize].clone();
         let (http, tx, id) = (self.http.clone(), t.tx.clone(), t.id);
         let timeout = self.three_pc.timeout();
-        let pool = self.work.leases.pool().clone();
+        let pool = self.pool().clone();
         // A Begin is answered by participant 0's BeginCommit.
         let msg = msg.unwrap_or_else(C::begin_commit);
         tandem_kit::hop::spawn_send(tracing::Instrument::in_current_span(async move {
@@ -553,7 +553,7 @@ impl Coordinator {
                 };
                 tracing::info!(txn = %t.id, ?o, "3pc: the participants terminated without the coordinator");
                 let row = Fenced::of(t.id, t.epoch, t.state, &t.parts);
-                if write_fenced(self.work.leases.pool(), row, Some(d), &mut t.messages).await {
+                if write_fenced(self.pool(), row, Some(d), &mut t.messages).await {
                     self.work.watchers.settled(t.id);
                 }
                 return;

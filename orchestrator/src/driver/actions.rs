@@ -29,7 +29,7 @@ use super::run::Active;
 use crate::error::{Error, Result};
 use crate::lease::Take;
 use crate::saga::{Action, Admission, Input, Refusal, admit};
-use crate::store::{self, SagaRow};
+use crate::store::SagaRow;
 
 /// What an operator's action did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +57,9 @@ impl From<Admission> for Acted {
 impl Driver {
     /// Apply `action` to saga `id` at the request of `by` (see the module docs).
     pub async fn act(self: &Arc<Self>, id: Uuid, action: Action, by: &str) -> Result<Acted> {
-        let pool = self.work.leases.pool();
-        let row = store::saga(pool, id)
+        let store = self.work.leases.store();
+        let row = store
+            .saga(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no saga {id}")))?;
         let admitted = admit(&row.state, action, Utc::now());
@@ -72,7 +73,8 @@ impl Driver {
         };
         let Some(row) = self.work.leases.take::<SagaRow>(id, mode, also).await? else {
             // Changed since the check: settled, cancelled, or (resume) held by another resume.
-            let row = store::saga(pool, id)
+            let row = store
+                .saga(id)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no saga {id}")))?;
             return Ok(match admit(&row.state, action, Utc::now()) {

@@ -68,7 +68,7 @@ impl Driver {
             .connect_timeout(Duration::from_secs(2))
             .build()?;
         let writer = TransitionWriter::start(
-            work.leases.pool().clone(),
+            work.leases.store().clone(),
             work.leases.ttl(),
             config.transition_writers,
             config.transition_batch,

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::lease::Leases;
 use crate::saga::definition::canonical_json;
 use crate::saga::{Definition, Input, engine};
-use crate::store::{self, Created, EventRow, NewRun, NewSaga, SagaRow};
+use crate::store::{Created, EventRow, NewRun, NewSaga, SagaRow};
 use crate::text::{check_json, check_str};
 
 /// A request to start a saga.
@@ -131,7 +131,7 @@ impl Driver {
             state: &t.state,
             events: &t.events,
         };
-        let created = store::create_saga(self.work.leases.pool(), &new).await?;
+        let created = self.work.leases.store().create_saga(&new).await?;
         Ok(match created {
             Created::New(saga) => {
                 let (row, events) = *saga;

@@ -1,6 +1,10 @@
-//! The orchestrator's Postgres store (migrations in `migrations/orchestrator/`).
+//! The orchestrator's saga store: one interface, [`Store`], two implementations chosen once by
+//! the `DATABASE_URL` ([`Store::open`]): Postgres (the default: the free functions of this
+//! module, [`create`] and [`transition`]; migrations in `migrations/orchestrator/`) and SQLite
+//! (the embedded store: [`sqlite`]; migrations in `migrations/sqlite/orchestrator/`). Leases
+//! of sagas run on the same [`Store`] ([`crate::lease::Leases`]).
 //!
-//! - here: the saga row ([`SagaRow`], the lease kind [`SAGAS`]), reads, definitions;
+//! - here: [`Store`] (dispatching each operation to its backend), the saga row ([`SagaRow`], the lease kind [`SAGAS`]), reads, definitions;
 //! - [`create`]: creating a run: what sagas and transactions share (client idempotency key,
 //!   business key), and a saga's row with its first transition;
 //! - [`transition`]: persisting transitions, fenced by the lease epoch — one statement for any
@@ -12,6 +16,7 @@
 //! client key); each later transition is one statement shared with the other sagas waiting.
 
 pub mod create;
+pub mod sqlite;
 pub mod transition;
 
 use std::time::Duration;
@@ -322,4 +327,284 @@ pub async fn release_leases(
     crate::lease::Leases::new(SAGAS, pool.clone(), notifier, Duration::ZERO)
         .release(ids, epochs, notifier)
         .await
+}
+
+// ---------- the interface ----------
+
+/// The saga store: every operation the saga side of the orchestrator needs (definitions,
+/// creating a saga, transitions, reads, lists, retention; leases are
+/// [`crate::lease::Leases`]'s on the same store), on Postgres or SQLite. Chosen once, by the
+/// URL ([`Store::open`]); nothing above it asks which one it is. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Production: several instances may share it (leases with `SKIP LOCKED`, NOTIFY).
+    Postgres(PgPool),
+    /// The embedded store: one instance (a lock file refuses a second one).
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl From<PgPool> for Store {
+    fn from(p: PgPool) -> Self {
+        Store::Postgres(p)
+    }
+}
+
+impl From<sqlx::SqlitePool> for Store {
+    fn from(p: sqlx::SqlitePool) -> Self {
+        Store::Sqlite(p)
+    }
+}
+
+/// Whether `url` names the embedded SQLite store (the one place the choice is read).
+pub fn is_sqlite(url: &str) -> bool {
+    tandem_kit::sqlite::is_sqlite(url)
+}
+
+impl Store {
+    /// Migrate and open the store `url` names: Postgres (migrating as `owner_url`'s role when
+    /// given, see `tandem_kit::db::migrate`) or SQLite (`sqlite:///path/orchestrator.db`; the
+    /// file is created if missing; `owner_url` is refused: SQLite has no roles).
+    pub async fn open(
+        url: &str,
+        owner_url: Option<&str>,
+        pool_size: u32,
+    ) -> Result<Store, crate::Error> {
+        use crate::Error;
+        if is_sqlite(url) {
+            if owner_url.is_some() {
+                return Err(Error::Config(
+                    "DATABASE_OWNER_URL (a least-privilege Postgres role for migrations) does not \
+                     apply to a SQLite DATABASE_URL: SQLite has no roles; unset it, or use \
+                     Postgres"
+                        .into(),
+                ));
+            }
+            let pool = tandem_kit::sqlite::open(url, pool_size)
+                .await
+                .map_err(|e| Error::Connect(e.into()))?;
+            sqlite::MIGRATOR.run(&pool).await?;
+            return Ok(Store::Sqlite(pool));
+        }
+        tandem_kit::db::migrate(url, owner_url, &MIGRATOR)
+            .await
+            .map_err(|e| match e {
+                tandem_kit::db::MigrateFailed::Migrate(e) => Error::Migrate(e),
+                other => Error::Connect(other.into()),
+            })?;
+        let pool = tandem_kit::db::open(url, pool_size)
+            .await
+            .map_err(|e| Error::Connect(e.into()))?;
+        Ok(Store::Postgres(pool))
+    }
+
+    /// For logs: `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// The Postgres pool, for what only Postgres offers (2PC / 3PC / Paxos Commit, LISTEN,
+    /// pool metrics): None on SQLite.
+    pub fn postgres(&self) -> Option<&PgPool> {
+        match self {
+            Store::Postgres(p) => Some(p),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Store::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+            Store::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+        }
+    }
+
+    /// Store a definition version; true if it was new.
+    pub async fn insert_definition(
+        &self,
+        name: &str,
+        version: &str,
+        body: &Value,
+    ) -> Result<bool, sqlx::Error> {
+        match self {
+            Store::Postgres(p) => insert_definition(p, name, version, body).await,
+            Store::Sqlite(p) => sqlite::insert_definition(p, name, version, body).await,
+        }
+    }
+
+    /// Every stored definition version: (name, version, body), oldest first.
+    pub async fn all_definitions(&self) -> Result<Vec<(String, String, Value)>, sqlx::Error> {
+        match self {
+            Store::Postgres(p) => all_definitions(p).await,
+            Store::Sqlite(p) => sqlite::all_definitions(p).await,
+        }
+    }
+
+    /// The stored versions of `name`, newest first, at most `limit`.
+    pub async fn definition_versions(
+        &self,
+        name: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Value, DateTime<Utc>)>, sqlx::Error> {
+        match self {
+            Store::Postgres(p) => definition_versions(p, name, limit).await,
+            Store::Sqlite(p) => sqlite::definition_versions(p, name, limit).await,
+        }
+    }
+
+    pub async fn definition(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Value>, sqlx::Error> {
+        match self {
+            Store::Postgres(p) => definition(p, name, version).await,
+            Store::Sqlite(p) => sqlite::definition(p, name, version).await,
+        }
+    }
+
+    pub async fn saga(&self, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
+        Ok(self.saga_with_events(id).await?.map(|(row, _)| row))
+    }
+
+    /// A saga and its event log (ordered by sequence).
+    pub async fn saga_with_events(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(SagaRow, Vec<EventRow>)>, sqlx::Error> {
+        match self {
+            Store::Postgres(p) => saga_with_events(p, id).await,
+            Store::Sqlite(p) => sqlite::saga_with_events(p, id).await,
+        }
+    }
+
+    /// Sagas newest first (by id), at most `limit`.
+    pub async fn list(&self, f: &SagaFilter<'_>, limit: i64) -> Result<Vec<SagaRow>, sqlx::Error> {
+        match self {
+            Store::Postgres(p) => list(p, f, limit).await,
+            Store::Sqlite(p) => sqlite::list(p, f, limit).await,
+        }
+    }
+
+    /// Create a saga (see [`create`]).
+    pub async fn create_saga(&self, new: &NewSaga<'_>) -> Result<CreatedSaga, sqlx::Error> {
+        match self {
+            Store::Postgres(p) => create_saga(p, new).await,
+            Store::Sqlite(p) => sqlite::create_saga(p, new).await,
+        }
+    }
+
+    /// Persist a batch of transitions in one commit, each fenced by its epoch: the ids whose
+    /// write applied (see [`transition`]).
+    pub async fn persist_transitions(
+        &self,
+        b: &TransitionBatch,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        match self {
+            Store::Postgres(p) => persist_transitions(p, b, lease_ttl).await,
+            Store::Sqlite(p) => sqlite::persist_transitions(p, b, lease_ttl).await,
+        }
+    }
+
+    /// Drop at most `batch` client idempotency keys (of sagas and, on Postgres, of
+    /// transactions) older than `retention`: the number dropped of each.
+    pub async fn purge_keys(
+        &self,
+        retention: Duration,
+        batch: i64,
+    ) -> Result<(u64, u64), sqlx::Error> {
+        match self {
+            Store::Postgres(p) => Ok((
+                purge_idempotency_keys(p, retention, batch).await?,
+                crate::commit::store::purge_keys(p, retention, batch).await?,
+            )),
+            Store::Sqlite(p) => Ok((
+                sqlite::purge_idempotency_keys(p, retention, batch).await?,
+                0,
+            )),
+        }
+    }
+
+    /// One batch of finished sagas (`statuses`, untouched for `retention`, not leased): `forget`
+    /// them (in every service), then delete them with their keys and events. None: another
+    /// instance is purging (Postgres: an advisory lock; SQLite has one instance). The ids
+    /// stay until `forget` succeeded.
+    pub async fn purge_finished_sagas<E: From<sqlx::Error>>(
+        &self,
+        statuses: &[&str],
+        retention: Duration,
+        batch: i64,
+        lock_key: i64,
+        forget: impl AsyncFnOnce(&[Uuid]) -> Result<(), E>,
+    ) -> Result<Option<u64>, E> {
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(lock_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !locked {
+                    return Ok(None);
+                }
+                let ids: Vec<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM sagas \
+                     WHERE status = ANY($1) AND updated_at < now() - make_interval(secs => $2) \
+                       AND (lease_until IS NULL OR lease_until < now()) \
+                     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(statuses)
+                .bind(secs(retention))
+                .bind(batch.max(1))
+                .fetch_all(&mut *tx)
+                .await?;
+                if ids.is_empty() {
+                    return Ok(Some(0));
+                }
+                forget(&ids).await?;
+                tandem_kit::crash::point("orchestrator.retention.after_forget");
+                let deleted = delete_sagas(&mut tx, &ids, statuses).await?;
+                tx.commit().await?;
+                tandem_kit::stats::write_committed(pool);
+                Ok(Some(deleted))
+            }
+            Store::Sqlite(pool) => {
+                // No transaction is held across the calls (it would stop every write): the
+                // delete re-checks that each saga is still finished.
+                let ids = sqlite::finished_sagas(pool, statuses, retention, batch).await?;
+                if ids.is_empty() {
+                    return Ok(Some(0));
+                }
+                forget(&ids).await?;
+                tandem_kit::crash::point("orchestrator.retention.after_forget");
+                Ok(Some(sqlite::delete_sagas(pool, &ids, statuses).await?))
+            }
+        }
+    }
+}
+
+/// Delete `ids` (still final) with their client keys, business keys and events; the number of
+/// sagas deleted.
+async fn delete_sagas(
+    conn: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+    statuses: &[&str],
+) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH gone AS ( \
+            DELETE FROM sagas WHERE id = ANY($1) AND status = ANY($2) RETURNING id), \
+         keys AS (DELETE FROM idempotency_keys WHERE saga_id IN (SELECT id FROM gone)), \
+         bkeys AS (DELETE FROM business_keys WHERE kind = 'saga' AND id IN (SELECT id FROM gone)), \
+         events AS (DELETE FROM saga_events WHERE saga_id IN (SELECT id FROM gone)) \
+         SELECT count(*) FROM gone",
+    )
+    .bind(ids)
+    .bind(statuses)
+    .fetch_one(conn)
+    .await?;
+    Ok(n as u64)
 }

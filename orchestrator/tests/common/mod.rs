@@ -1,5 +1,6 @@
-//! What the orchestrator's integration tests share: an orchestrator on a fresh database, served
-//! on an ephemeral port, with a client.
+//! What the orchestrator's integration tests share: an orchestrator on a fresh database (Postgres,
+//! or with [`start_with`] either store: [`on_both_stores!`] runs a test on each), served on an
+//! ephemeral port, with a client.
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -12,23 +13,90 @@ use serde_json::Value;
 pub struct Orch {
     pub url: String,
     pub http: reqwest::Client,
-    pub pool: sqlx::PgPool,
+    /// The orchestrator's store, for what a test reads directly.
+    pub store: orchestrator::store::Store,
     pub database_url: String,
     /// Dropped with the test's database when the test passes (kept when it fails).
     /// `None` for a second instance on another's database.
     pub databases: Option<tandem_kit::testing::TestDatabases>,
+    /// A SQLite store's directory, removed when the test passes.
+    pub sqlite_dir: Option<SqliteDir>,
 }
 
-/// An orchestrator whose services all point at `service_url`, on a fresh database.
+/// Which store an orchestrator runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A SQLite store's data directory, removed when the test passes.
+pub struct SqliteDir(pub std::path::PathBuf);
+
+impl Drop for SqliteDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Run each test `async fn name(backend: Backend)` on both stores: `pg::name` and
+/// `sqlite::name`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+
+/// An orchestrator whose services all point at `service_url`, on a fresh Postgres database.
 pub async fn start(
     name: &str,
     service_url: &str,
     tweak: impl FnOnce(&mut orchestrator::Config),
 ) -> Orch {
-    let databases = tandem_kit::testing::fresh_database(name).await;
-    let mut orch = start_on(databases.first_url(), service_url, tweak).await;
-    orch.databases = Some(databases);
-    orch
+    start_with(Backend::Postgres, name, service_url, tweak).await
+}
+
+/// [`start`] on a fresh store of `backend`.
+pub async fn start_with(
+    backend: Backend,
+    name: &str,
+    service_url: &str,
+    tweak: impl FnOnce(&mut orchestrator::Config),
+) -> Orch {
+    match backend {
+        Backend::Postgres => {
+            let databases = tandem_kit::testing::fresh_database(name).await;
+            let mut orch = start_on(databases.first_url(), service_url, tweak).await;
+            orch.databases = Some(databases);
+            orch
+        }
+        Backend::Sqlite => {
+            let dir =
+                std::env::temp_dir().join(format!("tandem-orch-{name}-{}", uuid::Uuid::now_v7()));
+            let url = tandem_kit::sqlite::url(&dir.join("orchestrator.db"));
+            let mut orch = start_on(url, service_url, tweak).await;
+            orch.sqlite_dir = Some(SqliteDir(dir));
+            orch
+        }
+    }
 }
 
 /// Another orchestrator instance on `database_url` (the first instance's guard owns it).
@@ -49,13 +117,16 @@ pub async fn start_on(
         .unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(app.run(listener, std::future::pending()));
-    let pool = tandem_kit::db::connect(&database_url, 2).await.unwrap();
+    let store = orchestrator::store::Store::open(&database_url, None, 2)
+        .await
+        .unwrap();
     Orch {
         url,
         http: reqwest::Client::new(),
-        pool,
+        store,
         database_url,
         databases: None,
+        sqlite_dir: None,
     }
 }
 
@@ -82,13 +153,26 @@ impl Orch {
         .await
     }
 
+    /// The Postgres pool (a test of what only Postgres has).
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.store.postgres().expect("an orchestrator on Postgres")
+    }
+
     /// Rows in an orchestrator table.
     pub async fn count(&self, table: &str) -> i64 {
+        use orchestrator::store::Store;
         assert!(table.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        let sql = format!("SELECT count(*) FROM {table}");
+        match &self.store {
+            Store::Postgres(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(p)
+                .await
+                .unwrap(),
+            Store::Sqlite(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(p)
+                .await
+                .unwrap(),
+        }
     }
 
     /// The saga once it settles (long poll), failing the test after `within`.
