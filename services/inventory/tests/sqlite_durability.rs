@@ -184,13 +184,22 @@ async fn what_needs_postgres_says_so_on_sqlite() {
         detail.contains("SQLite") && detail.contains("service.db"),
         "{b}"
     );
-    let (s, b) = svc.get("/2pc/status").await;
-    assert_problem(
-        s,
-        &b,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "prepared-transactions-disabled",
-    );
+    let acceptor = "http://127.0.0.1:9";
+    let paxos = json!({ "txn_id": uuid::Uuid::now_v7(), "step": 0, "action": "/reservations",
+        "body": { "order_id": "px-1", "items": [{ "sku": "a", "quantity": 1 }] },
+        "leader_url": acceptor, "acceptors": [acceptor, acceptor, acceptor], "n": 3 });
+    for (s, b) in [
+        svc.get("/2pc/status").await,
+        svc.post("/paxos/prepare", None, paxos).await,
+    ] {
+        assert_problem(
+            s,
+            &b,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "prepared-transactions-disabled",
+        );
+    }
+    assert_eq!(svc.count("saga_barrier").await, 0, "nothing stored");
     for path in ["/metrics", "/stats", "/healthz"] {
         let r = svc
             .http
