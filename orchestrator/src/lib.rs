@@ -90,6 +90,7 @@ pub async fn build(config: Config) -> Result<App> {
     // The one place the backend is chosen. On SQLite, the lock file before the database is
     // touched: a second orchestrator on the same data directory stops here.
     let exclusive = if store::is_sqlite(&config.database_url) {
+        store::check_sqlite_url(&config.database_url)?;
         tandem_kit::sqlite::Exclusive::take(&config.database_url, "orchestrator")
             .map_err(|e| Error::Config(e.to_string()))?
     } else {

@@ -323,6 +323,13 @@ async fn what_needs_postgres_is_refused_clearly_on_sqlite() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("DATABASE_OWNER_URL"), "{err}");
+
+    // An in-memory database would lose every saga: refused, asking for a file.
+    let err = match orchestrator::build(config("sqlite::memory:", &s)).await {
+        Ok(_) => panic!("an in-memory SQLite store accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("in-memory") && err.contains("file"), "{err}");
 }
 
 /// The orchestrator binary on `url`, listening on `port`, killed on drop.

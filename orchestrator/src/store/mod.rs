@@ -360,6 +360,20 @@ pub fn is_sqlite(url: &str) -> bool {
     tandem_kit::sqlite::is_sqlite(url)
 }
 
+/// A SQLite store must be a file: an in-memory database would lose every saga at exit (and be
+/// one database per pooled connection).
+pub fn check_sqlite_url(url: &str) -> Result<(), crate::Error> {
+    let memory = url.contains(":memory:") || url.contains("mode=memory");
+    let file = tandem_kit::sqlite::file(url).map_err(|e| crate::Error::Config(e.to_string()))?;
+    if memory || file.is_none() {
+        return Err(crate::Error::Config(format!(
+            "DATABASE_URL {url} is an in-memory SQLite database: sagas must outlive the \
+             process; give a file (sqlite:///path/orchestrator.db)"
+        )));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Migrate and open the store `url` names: Postgres (migrating as `owner_url`'s role when
     /// given, see `tandem_kit::db::migrate`) or SQLite (`sqlite:///path/orchestrator.db`; the
@@ -379,6 +393,7 @@ impl Store {
                         .into(),
                 ));
             }
+            check_sqlite_url(url)?;
             let pool = tandem_kit::sqlite::open(url, pool_size)
                 .await
                 .map_err(|e| Error::Connect(e.into()))?;
