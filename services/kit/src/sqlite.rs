@@ -65,8 +65,13 @@ pub fn options(url: &str) -> Result<SqliteConnectOptions, Error> {
 /// The database file `url` names (None for an in-memory database).
 pub fn file(url: &str) -> Result<Option<PathBuf>, Error> {
     let opts = options(url)?;
+    // sqlx names an in-memory database `file:sqlx-in-memory-<n>`, not `:memory:`: look at
+    // what was asked for.
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
     let path = opts.get_filename();
-    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+    if path.as_os_str().is_empty() {
         return Ok(None);
     }
     Ok(Some(path.to_path_buf()))
@@ -284,6 +289,21 @@ mod tests {
         drop(first);
         assert!(Exclusive::take(&url, "orchestrator").unwrap().is_some());
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn an_in_memory_database_has_no_file_and_takes_no_lock() {
+        assert_eq!(file("sqlite::memory:").unwrap(), None);
+        assert_eq!(file("sqlite://x.db?mode=memory").unwrap(), None);
+        assert!(
+            Exclusive::take("sqlite::memory:", "orchestrator")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            file("sqlite:///tmp/d/x.db").unwrap(),
+            Some(PathBuf::from("/tmp/d/x.db"))
+        );
     }
 
     #[test]
