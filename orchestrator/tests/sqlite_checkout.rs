@@ -144,6 +144,20 @@ async fn settled(base: &str, id: &str, within: Duration) -> Value {
     }
 }
 
+/// Wait (10 s at most) until saga `id` has started its charge.
+async fn charge_started(base: &str, id: &str) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = send(http.get(format!("{base}/sagas/{id}"))).await;
+        if kinds_of(&v, "step_started").contains(&"charge_payment") {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn kinds_of<'a>(v: &'a Value, kind: &str) -> Vec<&'a str> {
     v["events"]
         .as_array()
@@ -236,15 +250,7 @@ async fn an_operator_cancels_a_saga_in_flight_on_sqlite() {
     .await;
     assert_eq!(st, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, v) = send(http.get(format!("{base}/sagas/{id}"))).await;
-        if kinds_of(&v, "step_started").contains(&"charge_payment") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    charge_started(&base, &id).await;
     let (st, v) = send(
         http.post(format!("{base}/sagas/{id}/cancel"))
             .header("Tandem-Actor", "alice"),
@@ -404,15 +410,7 @@ async fn a_saga_in_flight_at_kill_9_resumes_from_the_sqlite_file() {
     .await;
     assert_eq!(st, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, v) = send(http.get(format!("{base}/sagas/{id}"))).await;
-        if kinds_of(&v, "step_started").contains(&"charge_payment") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    charge_started(&base, &id).await;
     first.kill9();
 
     // The restart takes the lock file again (the kernel released it with the process) and

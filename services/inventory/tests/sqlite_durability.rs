@@ -56,6 +56,11 @@ async fn start(url: &str, port: u16, http: &reqwest::Client) -> Child {
     }
 }
 
+/// GET `url`, its JSON body.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 fn quantity(i: usize) -> i64 {
     (i % 3 + 1) as i64
 }
@@ -117,14 +122,7 @@ async fn acknowledged_reservations_survive_kill_9_on_sqlite() {
     let mut child = start(&url, port, &http).await;
     let mut reserved_sum = 0;
     for i in 0..SENT {
-        let rows: Value = http
-            .get(format!("{base}/reservations?order_id=o-{i}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rows: Value = get_json(&http, format!("{base}/reservations?order_id=o-{i}")).await;
         let rows = rows.as_array().expect("a list");
         if acknowledged.contains(&i) {
             assert_eq!(rows.len(), 1, "acknowledged reservation o-{i} was lost");
@@ -136,14 +134,7 @@ async fn acknowledged_reservations_survive_kill_9_on_sqlite() {
             reserved_sum += quantity(i);
         }
     }
-    let stock: Value = http
-        .get(format!("{base}/stock/a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stock: Value = get_json(&http, format!("{base}/stock/a")).await;
     assert_eq!(stock["reserved"], reserved_sum, "{stock}");
     assert_eq!(stock["available"], STOCK - reserved_sum, "{stock}");
     // A reservation acknowledged before the kill, sent again: replayed, not made twice.
