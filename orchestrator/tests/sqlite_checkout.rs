@@ -427,3 +427,37 @@ async fn a_saga_in_flight_at_kill_9_resumes_from_the_sqlite_file() {
         .count();
     assert_eq!(charges, 1, "one charge despite the resend after the crash");
 }
+
+/// The orchestrator's own pool on SQLite, every connection at once: WAL and `synchronous =
+/// FULL` (a kill -9 cannot prove the latter: the page cache survives it, a power cut would not).
+#[tokio::test]
+async fn every_connection_of_the_orchestrator_on_sqlite_is_wal_and_synchronous_full() {
+    let dir = DataDir::new("pragmas");
+    let mut c = orchestrator::Config::new(
+        dir.url(),
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:1",
+    );
+    c.db_pool_size = 3;
+    let app = orchestrator::build(c).await.unwrap();
+    let orchestrator::store::Store::Sqlite(pool) = app.store() else {
+        panic!("the orchestrator is not on SQLite");
+    };
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(sync, 2, "synchronous = FULL");
+    }
+}

@@ -1,7 +1,8 @@
 //! The real inventory binary on a SQLite file: every reservation it acknowledged survives a
 //! kill -9 in the middle of concurrent traffic, and the stock adds up after the restart.
-//! (`synchronous = FULL` on every connection, which a kill -9 alone cannot prove, is asserted
-//! by `tandem_kit::sqlite`'s unit tests.) Also: what needs Postgres answers clearly.
+//! `synchronous = FULL` on every connection of the service's pool, which a kill -9 alone
+//! cannot prove (the page cache survives it; a power cut would not), is asserted here too. Also:
+//! what needs Postgres answers clearly.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -249,5 +250,41 @@ async fn the_binary_on_sqlite_refuses_what_needs_postgres() {
             text.contains(says) && text.contains("SQLite"),
             "{var}: {text}"
         );
+    }
+}
+
+/// The service's own pool on SQLite, every connection at once (so none is checked twice): WAL,
+/// `synchronous = FULL` (2), the busy timeout, foreign keys. What `service::build` opens, not
+/// only what `tandem_kit::sqlite::open` would.
+#[tokio::test]
+async fn every_connection_of_the_service_on_sqlite_is_wal_and_synchronous_full() {
+    let pool_size = 4;
+    let served = Served::start_on(Store::Sqlite, &inventory::SPEC, |c| {
+        c.db_pool_size = pool_size;
+    })
+    .await;
+    let tandem_kit::store::Db::Sqlite(pool) = &served.app.db else {
+        panic!("the service is not on SQLite");
+    };
+    let mut conns = Vec::new();
+    for _ in 0..pool_size {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    for c in &mut conns {
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap();
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap();
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(sync, 2, "synchronous = FULL");
+        assert_eq!(busy, tandem_kit::sqlite::BUSY_TIMEOUT.as_millis() as i64);
     }
 }
