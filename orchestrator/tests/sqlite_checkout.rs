@@ -444,20 +444,10 @@ async fn every_connection_of_the_orchestrator_on_sqlite_is_wal_and_synchronous_f
     let orchestrator::store::Store::Sqlite(pool) = app.store() else {
         panic!("the orchestrator is not on SQLite");
     };
-    let mut conns = Vec::new();
-    for _ in 0..3 {
-        conns.push(pool.acquire().await.unwrap());
-    }
-    for conn in &mut conns {
-        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&mut **conn)
-            .await
-            .unwrap();
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&mut **conn)
-            .await
-            .unwrap();
-        assert_eq!(journal, "wal");
-        assert_eq!(sync, 2, "synchronous = FULL");
+    let settings = tandem_kit::sqlite::connection_settings(pool).await.unwrap();
+    assert_eq!(settings.len(), 3, "every connection of the pool");
+    for c in settings {
+        assert_eq!(c.journal_mode, "wal");
+        assert_eq!(c.synchronous, 2, "synchronous = FULL");
     }
 }

@@ -266,25 +266,18 @@ async fn every_connection_of_the_service_on_sqlite_is_wal_and_synchronous_full()
     let tandem_kit::store::Db::Sqlite(pool) = &served.app.db else {
         panic!("the service is not on SQLite");
     };
-    let mut conns = Vec::new();
-    for _ in 0..pool_size {
-        conns.push(pool.acquire().await.unwrap());
-    }
-    for c in &mut conns {
-        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&mut **c)
-            .await
-            .unwrap();
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&mut **c)
-            .await
-            .unwrap();
-        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-            .fetch_one(&mut **c)
-            .await
-            .unwrap();
-        assert_eq!(journal, "wal");
-        assert_eq!(sync, 2, "synchronous = FULL");
-        assert_eq!(busy, tandem_kit::sqlite::BUSY_TIMEOUT.as_millis() as i64);
+    let settings = tandem_kit::sqlite::connection_settings(pool).await.unwrap();
+    assert_eq!(
+        settings.len(),
+        pool_size as usize,
+        "every connection of the pool"
+    );
+    for c in settings {
+        assert_eq!(c.journal_mode, "wal");
+        assert_eq!(c.synchronous, 2, "synchronous = FULL");
+        assert_eq!(
+            c.busy_timeout_ms,
+            tandem_kit::sqlite::BUSY_TIMEOUT.as_millis() as i64
+        );
     }
 }

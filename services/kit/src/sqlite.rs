@@ -98,6 +98,45 @@ pub async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sq
     pool.begin_with("BEGIN IMMEDIATE").await
 }
 
+/// What one connection runs with (see the module docs): read back by [`connection_settings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `wal`.
+    pub journal_mode: String,
+    /// 2 is `FULL`.
+    pub synchronous: i64,
+    pub busy_timeout_ms: i64,
+    /// 1: enforced.
+    pub foreign_keys: i64,
+}
+
+/// The settings of **every** connection of `pool`, all held at once (so that none is read
+/// twice): what the tests assert, since a kill -9 cannot show `synchronous = FULL`.
+pub async fn connection_settings(pool: &SqlitePool) -> Result<Vec<Settings>, sqlx::Error> {
+    let mut conns = Vec::new();
+    for _ in 0..pool.options().get_max_connections() {
+        conns.push(pool.acquire().await?);
+    }
+    let mut out = Vec::new();
+    for c in &mut conns {
+        out.push(Settings {
+            journal_mode: sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut **c)
+                .await?,
+            synchronous: sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut **c)
+                .await?,
+            busy_timeout_ms: sqlx::query_scalar("PRAGMA busy_timeout")
+                .fetch_one(&mut **c)
+                .await?,
+            foreign_keys: sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(&mut **c)
+                .await?,
+        });
+    }
+    Ok(out)
+}
+
 /// A lock file held for as long as this value lives: `<database file>.lock`, holding the
 /// holder's process id. The operating system drops the lock when the process ends, even by
 /// kill -9, so a stale file never blocks a restart.
@@ -198,34 +237,14 @@ mod tests {
     async fn every_connection_has_wal_full_sync_busy_timeout_and_foreign_keys() {
         let (dir, url) = temp_url("a.db");
         let pool = open(&url, 3).await.unwrap();
-        // Hold several connections at once, so that each one is checked, not the first again.
-        let mut conns = Vec::new();
-        for _ in 0..3 {
-            conns.push(pool.acquire().await.unwrap());
+        let settings = connection_settings(&pool).await.unwrap();
+        assert_eq!(settings.len(), 3, "every connection of the pool");
+        for c in settings {
+            assert_eq!(c.journal_mode, "wal");
+            assert_eq!(c.synchronous, 2, "synchronous = FULL is 2");
+            assert_eq!(c.busy_timeout_ms, BUSY_TIMEOUT.as_millis() as i64);
+            assert_eq!(c.foreign_keys, 1);
         }
-        for c in &mut conns {
-            let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-                .fetch_one(&mut **c)
-                .await
-                .unwrap();
-            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-                .fetch_one(&mut **c)
-                .await
-                .unwrap();
-            let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-                .fetch_one(&mut **c)
-                .await
-                .unwrap();
-            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-                .fetch_one(&mut **c)
-                .await
-                .unwrap();
-            assert_eq!(journal, "wal");
-            assert_eq!(sync, 2, "synchronous = FULL is 2");
-            assert_eq!(busy, BUSY_TIMEOUT.as_millis() as i64);
-            assert_eq!(fk, 1);
-        }
-        drop(conns);
         pool.close().await;
         std::fs::remove_dir_all(dir).ok();
     }
